@@ -1,0 +1,16 @@
+"""hyena_dna: a readable HyenaDNA backbone that loads every public LongSafari checkpoint."""
+
+from hyena_dna import tokenizer
+from hyena_dna.config import HUB_ORG, PRETRAINED_SIZES, HyenaDNAConfig
+from hyena_dna.model import HyenaDNAModel
+from hyena_dna.pretrained import CheckpointKeyError, PretrainedNotFoundError
+
+__all__ = [
+    "HUB_ORG",
+    "PRETRAINED_SIZES",
+    "CheckpointKeyError",
+    "HyenaDNAConfig",
+    "HyenaDNAModel",
+    "PretrainedNotFoundError",
+    "tokenizer",
+]

@@ -1,0 +1,286 @@
+"""Checkpoint I/O: find a LongSafari checkpoint (folder, hub id, size name), read it without running code, map keys.
+
+The public `weights.ckpt` files are Lightning checkpoints. Besides the tensors they pickle OmegaConf
+hyperparameters and optimizer state, so `torch.load(weights_only=True)` refuses them, and
+`weights_only=False` would execute whatever a downloaded file asks. `read_checkpoint_tensors` instead
+unpickles with an allow-list: tensors and plain containers are rebuilt, every other object becomes an
+inert placeholder, and nothing named in the file is ever called.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import zipfile
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hyena_dna.config import HUB_ORG, PRETRAINED_SIZES, HyenaDNAConfig
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "weights.ckpt"
+# Checkpoint key = "model.backbone." + our key (with ".layer" after mixer/mlp for gradient-checkpointed runs).
+CHECKPOINT_PREFIX = "model.backbone."
+_CKPT_WRAPPER = re.compile(r"\.(mixer|mlp)\.layer\.")
+
+
+class PretrainedNotFoundError(OSError):
+    """The requested checkpoint could not be found locally or downloaded."""
+
+
+class CheckpointKeyError(RuntimeError):
+    """A checkpoint's backbone keys do not match the model's (missing, unexpected or mis-shaped)."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Safe reading of torch zip checkpoints
+# ---------------------------------------------------------------------------------------------------------
+
+
+class _Inert:
+    """Stands in for any object the allow-list does not know: accepts construction and state, does nothing."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> _Inert:
+        return object.__new__(cls)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
+
+    def append(self, value: Any) -> None:
+        pass
+
+    def extend(self, values: Any) -> None:
+        pass
+
+    def __call__(self, *args: Any, **kwargs: Any) -> _Inert:
+        return _Inert()
+
+
+class _StorageType:
+    """Marks a legacy typed storage class (torch.FloatStorage, ...) with its dtype."""
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        self.dtype = dtype
+
+
+_STORAGE_DTYPES = {
+    "DoubleStorage": torch.float64,
+    "FloatStorage": torch.float32,
+    "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16,
+    "LongStorage": torch.int64,
+    "IntStorage": torch.int32,
+    "ShortStorage": torch.int16,
+    "CharStorage": torch.int8,
+    "ByteStorage": torch.uint8,
+    "BoolStorage": torch.bool,
+    "UntypedStorage": torch.uint8,
+}
+
+
+def _rebuild_tensor(storage: torch.Tensor, offset: int, size: Any, stride: Any, *args: Any) -> torch.Tensor:
+    return storage.as_strided(tuple(size), tuple(stride), offset)
+
+
+def _rebuild_parameter(data: torch.Tensor, *args: Any) -> torch.Tensor:
+    return data
+
+
+_ALLOWED = {
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+    ("collections", "OrderedDict"): OrderedDict,
+    ("torch", "Size"): tuple,
+}
+
+
+class _AllowListUnpickler(pickle.Unpickler):
+    def __init__(self, file: Any, archive: zipfile.ZipFile, root: str) -> None:
+        super().__init__(file)
+        self._archive = archive
+        self._root = root
+        self._storages: dict[str, torch.Tensor] = {}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _ALLOWED:
+            return _ALLOWED[(module, name)]
+        if module in ("torch", "torch.storage") and name in _STORAGE_DTYPES:
+            return _StorageType(_STORAGE_DTYPES[name])
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        return _Inert
+
+    def persistent_load(self, pid: Any) -> torch.Tensor:
+        kind, storage_type, key, _location, _numel = pid
+        if kind != "storage":
+            raise pickle.UnpicklingError(f"unsupported persistent id {kind!r}")
+        dtype = storage_type.dtype if isinstance(storage_type, _StorageType) else torch.uint8
+        cache_key = f"{key}:{dtype}"
+        if cache_key not in self._storages:
+            raw = bytearray(self._archive.read(f"{self._root}/data/{key}"))
+            self._storages[cache_key] = torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
+        return self._storages[cache_key]
+
+
+def read_checkpoint_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint's `state_dict` (or of a bare state dict), read without executing code."""
+    path = Path(path)
+    if not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"{path} is not a torch zip checkpoint (legacy torch<1.6 format or not a checkpoint); "
+            "re-save it with a current torch (torch.save) and try again"
+        )
+    with zipfile.ZipFile(path) as archive:
+        pickles = [n for n in archive.namelist() if n.endswith("/data.pkl")]
+        if len(pickles) != 1:
+            raise ValueError(f"{path}: expected one data.pkl in the archive, found {len(pickles)}")
+        root = pickles[0][: -len("/data.pkl")]
+        byteorder = f"{root}/byteorder"
+        if byteorder in archive.namelist() and archive.read(byteorder).strip() != b"little":
+            raise ValueError(f"{path} was saved on a big-endian machine; re-save it on a little-endian one")
+        with archive.open(pickles[0]) as fh:
+            obj = _AllowListUnpickler(fh, archive, root).load()
+    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds no state_dict (found {type(obj).__name__})")
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Key mapping
+# ---------------------------------------------------------------------------------------------------------
+
+
+def backbone_state_dict(checkpoint_tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Checkpoint keys -> our module keys: keep `model.backbone.*`, drop the prefix and any `.layer` wrapper.
+
+    Everything else in the file (the LM head tied to the embeddings, metric counters) is not the backbone's.
+    """
+    out = {}
+    for key, value in checkpoint_tensors.items():
+        if key.startswith(CHECKPOINT_PREFIX):
+            out[_CKPT_WRAPPER.sub(r".\1.", key[len(CHECKPOINT_PREFIX) :])] = value
+    return out
+
+
+def checkpoint_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Our module keys -> checkpoint keys, in the form the model's config says (inverse of backbone_state_dict)."""
+    config: HyenaDNAConfig = model.config
+    out = {}
+    for key, value in model.state_dict().items():
+        if config.checkpoint_mixer:
+            key = key.replace(".mixer.", ".mixer.layer.", 1)
+        if config.checkpoint_mlp:
+            key = key.replace(".mlp.", ".mlp.layer.", 1)
+        out[CHECKPOINT_PREFIX + key] = value.detach().cpu().contiguous()
+    return out
+
+
+def load_backbone_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Strict load: every missing, unexpected or mis-shaped key is an error that lists them."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mis_shaped = sorted(
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in set(state) & set(expected)
+        if state[k].shape != expected[k].shape
+    )
+    if missing or unexpected or mis_shaped:
+        parts = [f"checkpoint {source} does not match the model built from its config:"]
+        for title, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mis_shaped)):
+            if keys:
+                parts.append(f"  {len(keys)} {title}: " + ", ".join(keys[:20]) + (" ..." if len(keys) > 20 else ""))
+        raise CheckpointKeyError("\n".join(parts))
+    model.load_state_dict(state, strict=True)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Locating checkpoints
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _hub_repo_id(name: str) -> str | None:
+    if name in PRETRAINED_SIZES:
+        return f"{HUB_ORG}/{name}"
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", name) and not name.startswith((".", "/")):
+        return name
+    return None
+
+
+def resolve_checkpoint_dir(name_or_path: str | Path, *, revision: str | None = None) -> Path:
+    """A local folder holding config.json + weights.ckpt, downloading from the hub when needed."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        missing = [n for n in (CONFIG_NAME, WEIGHTS_NAME) if not (path / n).is_file()]
+        if missing:
+            raise PretrainedNotFoundError(
+                f"{path} is a folder but lacks {' and '.join(missing)}; a HyenaDNA checkpoint folder holds "
+                f"{CONFIG_NAME} and {WEIGHTS_NAME} (the LongSafari layout, as written by save_pretrained)"
+            )
+        return path
+    repo_id = _hub_repo_id(str(name_or_path))
+    if repo_id is None:
+        raise PretrainedNotFoundError(
+            f"{name_or_path!r} is neither a local folder nor a hub repo id; use a folder with {CONFIG_NAME} + "
+            f"{WEIGHTS_NAME}, a repo id like {HUB_ORG}/hyenadna-tiny-1k-seqlen, or a size name: "
+            + ", ".join(PRETRAINED_SIZES)
+        )
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        folder = snapshot_download(repo_id, revision=revision, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME])
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as err:
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        raise PretrainedNotFoundError(
+            f"could not get the HyenaDNA checkpoint {repo_id!r} ({CONFIG_NAME} + {WEIGHTS_NAME}) from the "
+            f"Hugging Face hub or its local cache"
+            + (" (HF_HUB_OFFLINE is set, so only the cache was searched)" if offline else "")
+            + f": {type(err).__name__}: {err}\n"
+            "Fixes: connect to the internet (and unset HF_HUB_OFFLINE) so it can be downloaded once into the "
+            "cache; or download it elsewhere (e.g. `hf download "
+            f"{repo_id} {CONFIG_NAME} {WEIGHTS_NAME} --local-dir DIR`) and pass that folder's path instead."
+        ) from err
+    folder = Path(folder)
+    if not (folder / WEIGHTS_NAME).is_file() or not (folder / CONFIG_NAME).is_file():
+        raise PretrainedNotFoundError(
+            f"hub repo {repo_id!r} has no {CONFIG_NAME} + {WEIGHTS_NAME} (is it a '-hf' transformers "
+            f"repo?); use the original LongSafari repo, e.g. {HUB_ORG}/hyenadna-tiny-1k-seqlen"
+        )
+    return folder
+
+
+def load_pretrained(cls: type, name_or_path: str | Path, *, shift: float | None = None, revision: str | None = None):
+    """Build the model from a checkpoint's config.json and load its backbone weights strictly."""
+    folder = resolve_checkpoint_dir(name_or_path, revision=revision)
+    config = HyenaDNAConfig.from_json(folder / CONFIG_NAME)
+    if shift is not None:
+        config.shift = shift
+    model = cls(config)
+    weights = folder / WEIGHTS_NAME
+    load_backbone_weights(model, backbone_state_dict(read_checkpoint_tensors(weights)), str(weights))
+    return model
+
+
+def save_pretrained(model: torch.nn.Module, directory: str | Path) -> Path:
+    """Write config.json and a weights.ckpt ({"state_dict": ...}) that load_pretrained (and torch) read back."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.config.to_json(directory / CONFIG_NAME)
+    tmp = directory / (WEIGHTS_NAME + ".tmp")
+    torch.save({"state_dict": checkpoint_state_dict(model)}, tmp)
+    tmp.replace(directory / WEIGHTS_NAME)
+    return directory
