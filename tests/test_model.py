@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hyena_dna import HyenaDNAConfig, HyenaDNAModel, PRETRAINED_SIZES
-from hyena_dna.model import _fast_fft_size, fft_conv
+from hyena_dna.model import _fast_fft_size, fft_conv, short_conv
 
 FIXTURES = os.environ.get("HYENA_REF_FIXTURES")
 CASES = [
@@ -58,6 +58,7 @@ def test_causal_output_depends_only_on_past():
 
 
 def test_gradient_is_causal():
+    torch.manual_seed(0)
     model = HyenaDNAModel(tiny_config()).eval()
     emb = model.embeddings.word_embeddings
     ids = torch.randint(7, 12, (1, 64))
@@ -67,7 +68,9 @@ def test_gradient_is_causal():
     # A random projection: the plain sum of a LayerNorm output is constant and has no gradient.
     (out[0, 20] * torch.randn(32)).sum().backward()
     grad = x.grad[0].abs().sum(-1)
-    assert grad[21:].max() == 0 and grad[:21].max() > 0
+    # Future positions get only FFT round-off (~1e-7), past ones real gradient (~1e-2 and up).
+    assert grad[:21].min() > 0
+    assert grad[21:].max() < 1e-4 * grad[:21].max()
 
 
 def test_shorter_input_evaluates_filter_for_its_own_length():
@@ -94,6 +97,13 @@ def test_fft_conv_equals_direct_causal_convolution():
         expected[..., t] = (u[..., : t + 1].flip(-1) * k[:, : t + 1]).sum(-1)
     expected += u * bias[:, None]
     torch.testing.assert_close(fft_conv(u, k, bias), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_short_conv_equals_causal_depthwise_conv1d():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(6, 6, 3, padding=2, groups=6)
+    z = torch.randn(2, 6, 20)
+    torch.testing.assert_close(short_conv(z, conv.weight, conv.bias), conv(z)[..., :20], rtol=1e-5, atol=1e-6)
 
 
 def test_fast_fft_size():

@@ -52,6 +52,21 @@ def fft_conv(u: Tensor, k: Tensor, bias: Tensor) -> Tensor:
     return y.to(u.dtype)
 
 
+def short_conv(z: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """Causal depthwise convolution of z (B, C, L) with a short kernel (C, 1, K): K shifted multiply-adds.
+
+    Equal to Conv1d(groups=C, padding=K-1)[..., :L]; for K = 3 the shifts are cheaper than a depthwise
+    convolution, whose backward pass is slow on CPU.
+    """
+    seq_len, width = z.shape[-1], weight.shape[-1]
+    padded = F.pad(z, (width - 1, 0))
+    w = weight[:, 0, :, None]  # (C, K, 1)
+    out = bias[:, None] + padded[..., width - 1 :] * w[:, -1]
+    for j in range(width - 1):
+        out = out + padded[..., j : j + seq_len] * w[:, j]
+    return out
+
+
 class Sin(nn.Module):
     """sin(freq * x) with a learnable frequency per channel: the implicit filter's activation."""
 
@@ -135,7 +150,7 @@ class HyenaOperator(nn.Module):
         width = d * (order + 1)
         self.in_proj = nn.Linear(d, width)
         self.out_proj = nn.Linear(d, d)
-        # Depthwise and causal: pad local_order - 1 on both sides, keep the first L outputs.
+        # Depthwise and causal; kept as a Conv1d for the checkpoint's weight layout, applied by short_conv.
         self.short_filter = nn.Conv1d(
             width, width, config.local_order, padding=config.local_order - 1, groups=width
         )
@@ -144,7 +159,7 @@ class HyenaOperator(nn.Module):
     def forward(self, u: Tensor) -> Tensor:
         seq_len = u.shape[1]
         z = self.in_proj(u).transpose(1, 2)  # (B, width, L)
-        z = self.short_filter(z)[..., :seq_len]
+        z = short_conv(z, self.short_filter.weight, self.short_filter.bias)
         x0, *gates, v = z.split(self.d_model, dim=1)
         k = self.filter_fn(seq_len).view(self.order - 1, self.d_model, seq_len)
         bias = self.filter_fn.bias.view(self.order - 1, self.d_model)
