@@ -1,0 +1,594 @@
+"""Samples from the hub, local copies, FASTA files or the demo → validated table → published split → token arrays."""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import logging
+import math
+import os
+import socket
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from hyena_dna import tokenizer
+from tune_ph import tokens
+from tune_ph.tokens import TokenizedDataset
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DATASET = "jedick/microbial-DNA-pH"
+SCHEMA = (
+    "sample_id",
+    "study_name",
+    "pH",
+    "sequences",
+    "num_sequences",
+    "total_DNA_length",
+    "sample",
+    "environment",
+    "Bacteria",
+    "Archaea",
+)
+REQUIRED = ("sample_id", "study_name", "pH", "sequences", "environment")
+DEFAULT_MAX_DNA = 250_000
+FASTA_SUFFIXES = (".fasta.gz", ".fasta", ".fa.gz", ".fa", ".fna.gz", ".fna")
+_TABLE_SUFFIXES = (".parquet", ".jsonl", ".json")
+_SKIP_HINT = "Fix the data, or pass skip_bad_rows=True (CLI: --skip-bad-rows) to drop such rows."
+
+
+class DatasetError(ValueError):
+    """A dataset source cannot be read or does not have the expected schema."""
+
+
+class BadRowError(DatasetError):
+    """A sample row is invalid (non-DNA characters, a missing field, pH out of range, a duplicate id)."""
+
+
+# ---------------------------------------------------------------- sources
+
+
+def _local_alternatives() -> str:
+    return (
+        "Local alternatives: a folder laid out like the hub repository (data/*.parquet), a folder written by "
+        "datasets' save_to_disk, .parquet/.jsonl files with the same columns, your own FASTA files via "
+        "`python -m tune_ph.data build --fasta-dir DIR --metadata CSV --out DIR`, or `demo` for the synthetic set."
+    )
+
+
+def _looks_like_path(source: str) -> bool:
+    # Hub ids are "name" or "owner/name"; anything else path-like must exist on disk.
+    return (
+        source.startswith(("/", "./", "../", "~", "."))
+        or "\\" in source
+        or source.count("/") > 1
+        or source.lower().endswith(_TABLE_SUFFIXES + (".csv", ".arrow"))
+    )
+
+
+def _frame_from_hf(obj) -> pd.DataFrame:
+    """A pandas frame from a datasets Dataset or DatasetDict (all splits: we split ourselves)."""
+    parts = list(obj.values()) if hasattr(obj, "keys") else [obj]
+    frames = [p.to_pandas() for p in parts]
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+
+def _read_table_files(files: Sequence[Path]) -> pd.DataFrame:
+    frames = []
+    for f in files:
+        name = f.name.lower()
+        try:
+            if name.endswith(".parquet"):
+                frames.append(pd.read_parquet(f))
+            else:
+                frames.append(pd.read_json(f, lines=name.endswith(".jsonl") or _is_json_lines(f)))
+        except (OSError, ValueError) as exc:
+            raise DatasetError(f"{f}: cannot read it as {f.suffix.lstrip('.')} ({exc})") from exc
+        _check_columns(frames[-1], str(f))
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+
+def _is_json_lines(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        head = fh.read(1).strip()
+    return head != b"["
+
+
+def _load_local(path: Path) -> pd.DataFrame:
+    if path.is_file():
+        if not path.name.lower().endswith(_TABLE_SUFFIXES):
+            raise DatasetError(f"{path}: unsupported file type; use .parquet or .jsonl (or a dataset folder)")
+        return _read_table_files([path])
+    if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
+        import datasets  # slow to import; only needed for save_to_disk folders
+
+        return _check_columns(_frame_from_hf(datasets.load_from_disk(str(path))), str(path))
+    files = sorted(p for p in path.rglob("*.parquet") if not any(part.startswith(".") for part in p.parts))
+    if not files:
+        files = sorted(p for p in path.rglob("*.jsonl") if not any(part.startswith(".") for part in p.parts))
+    if not files:
+        raise DatasetError(
+            f"{path}: no dataset found in this folder (expected parquet shards such as data/train-00000-of-00001.parquet, "
+            "a save_to_disk folder, or .jsonl files)"
+        )
+    log.info("reading %d file(s) from %s", len(files), path)
+    return _read_table_files(files)
+
+
+def _hub_unreachable() -> str | None:
+    """Why the hub cannot be reached (a quick TCP check), or None; saves datasets' ~25 s of retries."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")):
+        return None  # behind a proxy a direct connection says nothing
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=3).close()
+    except OSError as exc:
+        return f"cannot connect to {host}:{port} ({exc})"
+    return None
+
+
+def _hub_error(source: str, reason: str) -> DatasetError:
+    offline = [v for v in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE") if os.environ.get(v, "").strip() not in ("", "0")]
+    state = f"{' and '.join(offline)} is set" if offline else "HF_DATASETS_OFFLINE is not set"
+    return DatasetError(
+        f"cannot load the hub dataset {source!r}: {reason}\n"
+        f"({state}. With HF_DATASETS_OFFLINE=1 only a dataset already in the local Hugging Face cache loads; "
+        "without network access the hub cannot be reached.)\n" + _local_alternatives()
+    )
+
+
+def _load_hub(source: str) -> pd.DataFrame:
+    import datasets
+
+    if not datasets.config.HF_HUB_OFFLINE:  # the library will go to the network: fail fast if it can't
+        reason = _hub_unreachable()
+        if reason is not None:
+            raise _hub_error(source, reason)
+    try:
+        return _check_columns(_frame_from_hf(datasets.load_dataset(source)), f"hub dataset {source}")
+    except DatasetError:
+        raise
+    except Exception as exc:  # datasets raises many types (ConnectionError, FileNotFoundError, HfHubHTTPError...)
+        raise _hub_error(source, f"{type(exc).__name__}: {exc}") from exc
+
+
+def _check_columns(df: pd.DataFrame, where: str) -> pd.DataFrame:
+    missing = [c for c in REQUIRED if c not in df.columns]
+    if missing:
+        raise DatasetError(
+            f"{where}: missing column(s) {', '.join(missing)}; a dataset needs {', '.join(REQUIRED)} "
+            f"(found: {', '.join(map(str, df.columns))})"
+        )
+    return df
+
+
+def _read_source(source: str) -> pd.DataFrame:
+    if source == "demo":
+        from tune_ph.demo import make_demo
+
+        return make_demo()
+    path = Path(source).expanduser()
+    if path.exists():
+        return _load_local(path)
+    if _looks_like_path(source):
+        raise DatasetError(f"no such file or folder: {source}. " + _local_alternatives())
+    return _load_hub(source)
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _as_reads(value) -> list[str] | None:
+    if value is None or isinstance(value, (str, bytes, float)):
+        return None
+    try:
+        return [str(r) if r is not None else "" for r in value]
+    except TypeError:
+        return None
+
+
+def _row_problem(sid, study, env, ph, reads) -> tuple[str, str] | None:
+    """(field, problem) of the first thing wrong with a row, or None."""
+    for field, value in (("sample_id", sid), ("study_name", study), ("environment", env)):
+        if value is None or (isinstance(value, float) and math.isnan(value)) or not str(value).strip():
+            return field, "is missing or empty"
+    try:
+        ph = float(ph)
+    except (TypeError, ValueError):
+        return "pH", f"is not a number ({ph!r})"
+    if not 0.0 <= ph <= 14.0:
+        return "pH", f"is {ph}, outside 0-14"
+    if reads is None:
+        return "sequences", "is missing or not a list of DNA strings"
+    if reads:
+        joined = "".join(reads)
+        try:
+            tokenizer.encode(joined)  # one vectorised check; per read only to name the culprit
+        except tokenizer.InvalidSequenceError:
+            for k, r in enumerate(reads):
+                try:
+                    tokenizer.encode(r, name=f"read {k}")
+                except tokenizer.InvalidSequenceError as exc:
+                    return "sequences", str(exc)
+    return None
+
+
+def clean_samples(df: pd.DataFrame, *, skip_bad_rows: bool = False, where: str = "dataset") -> pd.DataFrame:
+    """Validate and normalise a raw sample table (drop null pH and empty reads; bad rows → error or skip)."""
+    _check_columns(df, where)
+    df = df.reset_index(drop=True)
+    null_ph = pd.to_numeric(df["pH"], errors="coerce").isna() & df["pH"].isna()
+    if null_ph.any():
+        log.info("%s: dropped %d sample(s) with no pH", where, int(null_ph.sum()))
+        df = df.loc[~null_ph].reset_index(drop=True)
+
+    reads_col: list[list[str] | None] = [_as_reads(v) for v in df["sequences"]]
+    bad: list[tuple[int, str, str, str]] = []
+    seen: set[str] = set()
+    empty_reads = 0
+    keep = np.ones(len(df), dtype=bool)
+    for i, (sid, study, env, ph) in enumerate(
+        zip(df["sample_id"].tolist(), df["study_name"].tolist(), df["environment"].tolist(), df["pH"].tolist())
+    ):
+        reads = reads_col[i]
+        if reads is not None:
+            nonempty = [r.strip() for r in reads if r and r.strip()]
+            empty_reads += len(reads) - len(nonempty)
+            reads_col[i] = reads = nonempty
+        problem = _row_problem(sid, study, env, ph, reads)
+        if problem is None and str(sid) in seen:
+            problem = ("sample_id", "is a duplicate of an earlier row")
+        if problem is not None:
+            bad.append((i, str(sid), *problem))
+            keep[i] = False
+        else:
+            seen.add(str(sid))
+    if bad and not skip_bad_rows:
+        i, sid, field, problem = bad[0]
+        more = f" ({len(bad) - 1} more bad row(s))" if len(bad) > 1 else ""
+        raise BadRowError(f"{where}: sample_id {sid!r} (row {i}): field {field!r} {problem}{more}. {_SKIP_HINT}")
+    if bad:
+        examples = "; ".join(f"{sid} ({field})" for _, sid, field, _ in bad[:5])
+        log.warning("%s: skipped %d bad row(s), e.g. %s", where, len(bad), examples)
+    if empty_reads:
+        log.info("%s: dropped %d empty read(s)", where, empty_reads)
+
+    out = df.loc[keep].copy()
+    out["sequences"] = [reads_col[i] for i in np.flatnonzero(keep)]
+    no_reads = out["sequences"].map(len) == 0
+    if no_reads.any():
+        log.warning(
+            "%s: dropped %d sample(s) with no reads, e.g. %s",
+            where,
+            int(no_reads.sum()),
+            ", ".join(map(str, out.loc[no_reads, "sample_id"].head(5))),
+        )
+        out = out.loc[~no_reads]
+    for col in ("sample_id", "study_name", "environment"):
+        out[col] = out[col].astype(str).str.strip()
+    out["pH"] = out["pH"].astype(float)
+    # A fixed row order makes the token arrays (and their cache key) independent of shard order.
+    return out.sort_values("sample_id", kind="stable").reset_index(drop=True)
+
+
+def load_samples(source: str = DEFAULT_DATASET, *, skip_bad_rows: bool = False) -> pd.DataFrame:
+    """Samples of a dataset source ("demo", hub id, local folder or file), validated and cleaned."""
+    raw = _read_source(str(source))
+    df = clean_samples(raw, skip_bad_rows=skip_bad_rows, where=str(source))
+    log.info("%s: %d samples", source, len(df))
+    return df
+
+
+# ---------------------------------------------------------------- split
+
+
+def _strata(labels: np.ndarray) -> np.ndarray:
+    """Environment labels usable for stratification: classes with < 2 members are merged into "other".
+
+    Only the stratification sees the merged label; with no rare class (the published data) the labels,
+    and so the split, are exactly those of the plain stratified split.
+    """
+    labels = np.asarray(labels, dtype=object)
+    values, counts = np.unique(labels, return_counts=True)
+    rare = set(values[counts < 2])
+    if not rare:
+        return labels
+    merged = np.array(["\x00other" if v in rare else v for v in labels], dtype=object)
+    values, counts = np.unique(merged, return_counts=True)
+    if (counts < 2).any():  # a lone rare sample: fold it into the largest class
+        largest = values[np.argmax(counts)]
+        merged = np.where(merged == "\x00other", largest, merged)
+    log.info("environments with fewer than 2 samples (%s) are stratified together", ", ".join(sorted(rare)))
+    return merged
+
+
+def _stratified(ids: np.ndarray, labels: np.ndarray, test_size: float, seed: int, what: str):
+    """A stratified split; on data too small to stratify (fewer held-out samples than environments), a
+    plain random split with a warning, so tiny datasets still work."""
+    try:
+        return train_test_split(ids, test_size=test_size, random_state=seed, stratify=_strata(labels))
+    except ValueError as exc:
+        log.warning("the %s split is not stratified by environment: %s", what, exc)
+    try:
+        return train_test_split(ids, test_size=test_size, random_state=seed)
+    except ValueError as exc:
+        raise DatasetError(
+            f"cannot make the {what} split of {len(ids)} samples ({exc}); use more samples or other fractions"
+        ) from exc
+
+
+def split_samples(
+    df: pd.DataFrame, *, seed: int = 42, test_fraction: float = 0.2, val_fraction: float = 0.1
+) -> dict[str, list[str]]:
+    """Train/val/test sample ids by the published recipe (sorted ids, environment-stratified 80:20, then val).
+
+    Environments with a single sample are stratified together; a split too small to stratify at all
+    falls back to a plain random split (logged).
+    """
+    if not (0 < test_fraction < 1 and 0 <= val_fraction < 1 and test_fraction + val_fraction < 1):
+        raise ValueError(f"bad split fractions: test {test_fraction}, val {val_fraction}")
+    d = df.sort_values("sample_id", kind="stable")
+    ids = d["sample_id"].astype(str).to_numpy()
+    env = d["environment"].astype(str).to_numpy()
+    n_all = len(ids)
+    idx_trainval, idx_test = _stratified(np.arange(n_all), env, test_fraction, seed, "train+val : test")
+    n_val = int(round(n_all * val_fraction))
+    if n_val == 0:
+        idx_train, idx_val = idx_trainval, np.zeros(0, dtype=int)
+    else:
+        # A float fraction, as the published code passes it (sklearn rounds it up to a count).
+        idx_train, idx_val = _stratified(idx_trainval, env[idx_trainval], n_val / len(idx_trainval), seed, "train : val")
+    return {
+        "train": [str(s) for s in ids[idx_train]],
+        "val": [str(s) for s in ids[idx_val]],
+        "test": [str(s) for s in ids[idx_test]],
+    }
+
+
+def prepare(
+    source: str = DEFAULT_DATASET,
+    *,
+    max_length: int,
+    num_sets: int = 5,
+    seed: int = 42,
+    test_fraction: float = 0.2,
+    val_fraction: float = 0.1,
+    cache_dir: str | os.PathLike | None = None,
+    skip_bad_rows: bool = False,
+) -> TokenizedDataset:
+    """Load, split and tokenize a dataset source (token arrays are cached on disk by content)."""
+    df = load_samples(source, skip_bad_rows=skip_bad_rows)
+    split = split_samples(df, seed=seed, test_fraction=test_fraction, val_fraction=val_fraction)
+    ds = tokens.build(df, split, max_length=max_length, num_sets=num_sets, cache_dir=cache_dir)
+    log.info("%s", ds)
+    return ds
+
+
+# ---------------------------------------------------------------- builder
+
+
+def read_fasta(path: str | os.PathLike, max_dna: int | None = None) -> list[str]:
+    """Reads of a FASTA file (plain or .gz), in file order, whole reads until ``max_dna`` bases in total."""
+    path = Path(path)
+    opener = gzip.open if path.name.endswith(".gz") else open
+    reads: list[str] = []
+    total = 0
+
+    def records() -> Iterator[str]:
+        parts: list[str] = []
+        started = False
+        with opener(path, "rt", encoding="latin-1") as fh:
+            for line in fh:
+                line = line.strip()
+                if line.startswith(">"):
+                    if started:
+                        yield "".join(parts)
+                    parts, started = [], True
+                elif line and not line.startswith(";"):
+                    if not started:
+                        raise DatasetError(f"{path}: not FASTA (sequence before the first '>' header)")
+                    parts.append(line)
+            if started:
+                yield "".join(parts)
+
+    for seq in records():
+        if not seq:
+            continue
+        if max_dna is not None and total + len(seq) > max_dna:
+            if not reads:  # one read longer than the cap: keep its start rather than nothing
+                reads.append(seq[:max_dna])
+            break
+        reads.append(seq)
+        total += len(seq)
+    return reads
+
+
+def _fasta_key(path: Path) -> str | None:
+    name = path.name
+    for suffix in FASTA_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+def build_dataset(
+    fasta_dir: str | os.PathLike,
+    metadata: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    max_dna: int = DEFAULT_MAX_DNA,
+    rows_per_shard: int = 2000,
+) -> dict:
+    """Write a hub-layout dataset (out/data/train-*.parquet) from FASTA_DIR/{study}/{sample}.fasta[.gz] + a CSV."""
+    fasta_dir, metadata, out = Path(fasta_dir), Path(metadata), Path(out)
+    if not fasta_dir.is_dir():
+        raise DatasetError(f"--fasta-dir {fasta_dir}: no such folder")
+    try:
+        meta = pd.read_csv(metadata, dtype={"sample_id": str, "study_name": str})
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"--metadata {metadata}: cannot read it as CSV ({exc})") from exc
+    need = ("sample_id", "study_name", "environment", "pH")
+    missing = [c for c in need if c not in meta.columns]
+    if missing:
+        raise DatasetError(f"{metadata}: missing column(s) {', '.join(missing)}; the CSV needs {', '.join(need)}")
+
+    ph = pd.to_numeric(meta["pH"], errors="coerce")
+    bad_ph = ph.isna() & meta["pH"].notna()  # empty / NA is a missing pH; anything else must be a number
+    meta["pH"] = ph
+    if bad_ph.any():
+        first = meta.loc[bad_ph].iloc[0]
+        raise DatasetError(
+            f"{metadata}: sample_id {first['sample_id']!r}: field 'pH' is not a number "
+            f"({int(bad_ph.sum())} such row(s)); use a number, or leave it empty / NA for unknown"
+        )
+    keys = meta["study_name"].astype(str).str.strip() + "/" + meta["sample_id"].astype(str).str.strip()
+    if keys.duplicated().any():
+        dups = keys[keys.duplicated()].tolist()
+        log.warning("%s: %d duplicate row(s) ignored (first one kept), e.g. %s", metadata, len(dups), ", ".join(dups[:5]))
+        meta = meta.loc[~keys.duplicated()]
+
+    found: dict[tuple[str, str], Path] = {}
+    for study_dir in sorted(p for p in fasta_dir.iterdir() if p.is_dir()):
+        for f in sorted(study_dir.iterdir()):
+            key = _fasta_key(f)
+            if key is not None and (study_dir.name, key) not in found:
+                found[(study_dir.name, key)] = f
+
+    from tqdm.auto import tqdm
+
+    rows, without_reads = [], []
+    wanted = set()
+    for rec in tqdm(meta.to_dict("records"), desc="reading FASTA", unit="sample", disable=len(meta) < 50):
+        key = (str(rec["study_name"]).strip(), str(rec["sample_id"]).strip())
+        wanted.add(key)
+        path = found.get(key)
+        reads = read_fasta(path, max_dna) if path is not None else []
+        if not reads:
+            without_reads.append(f"{key[0]}/{key[1]}")
+            continue
+        ph = rec["pH"]
+        rows.append(
+            {
+                "sample_id": key[1],
+                "study_name": key[0],
+                "pH": None if pd.isna(ph) else float(ph),
+                "sequences": reads,
+                "num_sequences": len(reads),
+                "total_DNA_length": sum(map(len, reads)),
+                "sample": None if pd.isna(rec.get("sample")) else str(rec.get("sample")),
+                "environment": None if pd.isna(rec["environment"]) else str(rec["environment"]),
+                "Bacteria": _optional_int(rec.get("Bacteria")),
+                "Archaea": _optional_int(rec.get("Archaea")),
+            }
+        )
+    without_metadata = [f"{s}/{k}" for (s, k) in found if (s, k) not in wanted]
+    if without_reads:
+        log.warning("%d sample(s) in the metadata have no reads, e.g. %s", len(without_reads), ", ".join(without_reads[:5]))
+    if without_metadata:
+        log.warning(
+            "%d FASTA file(s) have no metadata row, e.g. %s", len(without_metadata), ", ".join(without_metadata[:5])
+        )
+    if not rows:
+        raise DatasetError(f"no sample of {metadata} has reads under {fasta_dir}/{{study_name}}/{{sample_id}}.fasta[.gz]")
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema(
+        [
+            ("sample_id", pa.string()),
+            ("study_name", pa.string()),
+            ("pH", pa.float64()),
+            ("sequences", pa.list_(pa.string())),
+            ("num_sequences", pa.int64()),
+            ("total_DNA_length", pa.int64()),
+            ("sample", pa.string()),
+            ("environment", pa.string()),
+            ("Bacteria", pa.int64()),
+            ("Archaea", pa.int64()),
+        ]
+    )
+    data_dir = out / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    for old in data_dir.glob("train-*.parquet"):  # a rebuild must not leave shards of an older build
+        old.unlink()
+    n_shards = max(1, math.ceil(len(rows) / rows_per_shard))
+    for k in range(n_shards):
+        chunk = rows[k * rows_per_shard : (k + 1) * rows_per_shard]
+        table = pa.Table.from_pylist(chunk, schema=schema)
+        target = data_dir / f"train-{k:05d}-of-{n_shards:05d}.parquet"
+        tmp = target.with_suffix(".parquet.tmp")
+        pq.write_table(table, tmp)
+        os.replace(tmp, target)
+    summary = {
+        "samples": len(rows),
+        "reads": sum(r["num_sequences"] for r in rows),
+        "bases": sum(r["total_DNA_length"] for r in rows),
+        "shards": n_shards,
+        "without_reads": without_reads,
+        "without_metadata": without_metadata,
+        "out": str(out),
+    }
+    return summary
+
+
+def _optional_int(value) -> int | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _print_examples(label: str, names: list[str]) -> None:
+    if names:
+        more = f" (+{len(names) - 5} more)" if len(names) > 5 else ""
+        print(f"  {len(names)} {label}: {', '.join(names[:5])}{more}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: `python -m tune_ph.data build ...` (and `summary` of any source)."""
+    parser = argparse.ArgumentParser(prog="python -m tune_ph.data", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="build a hub-layout dataset from FASTA files and a metadata CSV")
+    b.add_argument("--fasta-dir", required=True, help="folder with {study_name}/{sample_id}.fasta[.gz]")
+    b.add_argument("--metadata", required=True, help="CSV with sample_id, study_name, environment, pH (+ sample, Bacteria, Archaea)")
+    b.add_argument("--out", required=True, help="output folder (written as out/data/train-*.parquet)")
+    b.add_argument("--max-dna", type=int, default=DEFAULT_MAX_DNA, help="max bases per sample, whole reads in file order (default 250000)")
+    s = sub.add_parser("summary", help="load a dataset source and print its size and split")
+    s.add_argument("source", nargs="?", default=DEFAULT_DATASET, help="demo, hub id, folder or file")
+    s.add_argument("--skip-bad-rows", action="store_true", help="drop invalid rows instead of stopping")
+    s.add_argument("--seed", type=int, default=42)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "build":
+            res = build_dataset(args.fasta_dir, args.metadata, args.out, max_dna=args.max_dna)
+            print(
+                f"wrote {res['samples']} samples ({res['reads']:,} reads, {res['bases']:,} bases) "
+                f"in {res['shards']} shard(s) to {res['out']}/data/"
+            )
+            _print_examples("sample(s) in the metadata without reads", res["without_reads"])
+            _print_examples("FASTA file(s) without metadata", res["without_metadata"])
+            print(f"use it with: --dataset {res['out']}")
+        else:
+            df = load_samples(args.source, skip_bad_rows=args.skip_bad_rows)
+            split = split_samples(df, seed=args.seed)
+            print(f"{len(df)} samples; environments: {df['environment'].value_counts().to_dict()}")
+            print({k: len(v) for k, v in split.items()})
+    except DatasetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
