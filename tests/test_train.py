@@ -1,0 +1,235 @@
+"""Tests for tune_ph.train: fit on tiny models and datasets, freezing, NaN stop, resume, config checks."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from hyena_dna import HyenaDNAConfig, PretrainedNotFoundError
+from hyena_dna.tokenizer import VOCAB
+from tune_ph import train
+from tune_ph.tokens import TokenizedDataset
+from tune_ph.train import NonFiniteLossError, PhRegressor, TrainConfig, build_model, fit, predict
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny models run fastest single-threaded; spinning thread pools crawl on a busy 2-core machine.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+TINY = dict(d_model=32, n_layer=1, d_inner=64, l_max=66)
+
+
+def tiny_config() -> HyenaDNAConfig:
+    return HyenaDNAConfig(**TINY)
+
+
+def motif_dataset(n_samples: int = 48, max_length: int = 64, num_sets: int = 2, seed: int = 0) -> TokenizedDataset:
+    """Sets made of two bases, pH linear in the fraction of G: learnable by a tiny model in a few epochs."""
+    rng = np.random.default_rng(seed)
+    ph = rng.uniform(3.0, 9.0, n_samples).astype(np.float32)
+    chunks, lengths, set_sample = [], [], []
+    for i, value in enumerate(ph):
+        frac_g = (value - 3.0) / 6.0
+        for _ in range(num_sets):
+            n = int(rng.integers(max_length // 2, max_length + 1))  # ragged: exercises the padding
+            ids = np.where(rng.random(n) < frac_g, VOCAB["G"], VOCAB["A"]).astype(np.uint8)
+            chunks.append(ids)
+            lengths.append(n)
+            set_sample.append(i)
+    split = np.array(["train"] * n_samples, dtype="<U5")
+    split[-12:-6] = "val"
+    split[-6:] = "test"
+    return TokenizedDataset(
+        ids=np.concatenate(chunks),
+        offsets=np.r_[0, np.cumsum(lengths)].astype(np.int64),
+        set_sample=np.asarray(set_sample, dtype=np.int32),
+        sample_ids=np.array([f"S{i:03d}" for i in range(n_samples)]),
+        study_name=np.array(["study"] * n_samples),
+        environment=np.array(["soil", "lake"] * (n_samples // 2)),
+        ph=ph,
+        split=split,
+        max_length=max_length,
+        num_sets=num_sets,
+        fingerprint="motif",
+    )
+
+
+@pytest.fixture(scope="module")
+def dataset() -> TokenizedDataset:
+    return motif_dataset()
+
+
+def cfg(**overrides) -> TrainConfig:
+    base = dict(epochs=2, batch_size=8, learning_rate=1e-3, device="cpu", from_scratch=True, seed=0)
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+def test_fit_learns_a_learnable_task(dataset: TokenizedDataset) -> None:
+    result = fit(cfg(epochs=6, learning_rate=3e-3, head_dropout=0.0), dataset, model_config=tiny_config(), progress=False)
+    losses = [h["train_loss"] for h in result.history]
+    assert [h["epoch"] for h in result.history] == list(range(1, 7))
+    assert losses[-1] < 0.5 * losses[0]
+    assert result.history[result.best_epoch - 1]["val_loss"] == min(h["val_loss"] for h in result.history)
+    assert max(h["val_r2"] for h in result.history) > 0.5
+    expected = {"epoch", "train_loss", "val_loss", "val_mse", "val_rmse", "val_mae", "val_r2", "lr"}
+    assert expected <= set(result.history[0])
+    assert result.best_state["epoch"] == result.best_epoch
+    # Predictions come back in pH units, not standardised ones.
+    model, _ = _model_from_state(result.best_state)
+    preds = predict(model, dataset, "val", target_mean=result.best_state["target_mean"],
+                    target_std=result.best_state["target_std"])  # fmt: skip
+    assert 2.0 < preds.predicted.mean() < 10.0
+    _, means, true = preds.sample_means()
+    assert np.sqrt(np.mean((means - true) ** 2)) == pytest.approx(result.history[result.best_epoch - 1]["val_rmse"])
+
+
+def _model_from_state(state: dict) -> tuple[PhRegressor, TrainConfig]:
+    c = TrainConfig.from_dict(state["train_config"])
+    model = build_model(c, HyenaDNAConfig.from_dict(state["model_config"]))
+    model.load_state_dict(state["model"])
+    return model, c
+
+
+def test_freeze_backbone_trains_head_only(dataset: TokenizedDataset) -> None:
+    torch.manual_seed(0)
+    c = cfg(epochs=1, freeze_backbone=True)
+    model = build_model(c, tiny_config())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    assert not model.backbone.training and model.head.training
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    result = fit(c, dataset, model=model, progress=False)
+    after = result.best_state["model"]
+    for key, value in before.items():
+        if key.startswith("backbone."):
+            assert torch.equal(after[key], value), key
+    assert any(not torch.equal(after[k], before[k]) for k in before if k.startswith("head."))
+    # The optimizer only ever saw the head's parameters.
+    n_head = len(list(model.head.parameters()))
+    assert len(result.best_state["optimizer"]["param_groups"][0]["params"]) == n_head
+
+
+def test_fine_tuning_changes_backbone(dataset: TokenizedDataset) -> None:
+    c = cfg(epochs=1)
+    model = build_model(c, tiny_config())
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    fit(c, dataset, model=model, progress=False)
+    assert any(not torch.equal(model.backbone.state_dict()[k], v) for k, v in before.items())
+
+
+class _NanOnCall(torch.nn.Module):
+    def __init__(self, bad_call: int):
+        super().__init__()
+        self.calls, self.bad_call = 0, bad_call
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        loss = torch.nn.functional.mse_loss(pred, target)
+        return loss * float("nan") if self.calls == self.bad_call else loss
+
+
+def test_non_finite_loss_stops_with_epoch_and_batch(dataset: TokenizedDataset, monkeypatch) -> None:
+    n_batches = dataset.num_batches("train", 8)
+    # Calls: epoch 1 has n_batches training calls, then one val-loss call; batch 2 of epoch 2 goes bad.
+    monkeypatch.setattr(train, "make_loss", lambda _cfg: _NanOnCall(n_batches + 1 + 2))
+    seen: list[int] = []
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2, batch 2\b"):
+        fit(cfg(epochs=3), dataset, model_config=tiny_config(), progress=False,
+            on_epoch_end=lambda m, _s: seen.append(m["epoch"]))  # fmt: skip
+    assert seen == [1]
+
+
+def test_huge_learning_rate_is_caught(dataset: TokenizedDataset) -> None:
+    with pytest.raises(NonFiniteLossError, match="epoch 1, batch"):
+        fit(cfg(epochs=1, learning_rate=1e30, grad_clip=None), dataset, model_config=tiny_config(), progress=False)
+
+
+def test_resume_continues_at_the_next_epoch(dataset: TokenizedDataset) -> None:
+    states: dict[int, bytes] = {}
+
+    def keep(metrics: dict, state_fn) -> None:
+        buffer = io.BytesIO()
+        torch.save(state_fn(), buffer)  # what a Ray checkpoint does
+        states[metrics["epoch"]] = buffer.getvalue()
+
+    c = cfg(epochs=2, lr_scheduler="plateau")
+    first = fit(c, dataset, model_config=tiny_config(), progress=False, on_epoch_end=keep)
+    state = torch.load(io.BytesIO(states[2]), weights_only=True)
+    assert state["epoch"] == 2 and len(state["history"]) == 2
+    assert state["scheduler"] is not None and state["optimizer"]["state"]
+
+    epochs_run: list[int] = []
+    resumed = fit(cfg(epochs=4, lr_scheduler="plateau"), dataset, model_config=tiny_config(), progress=False,
+                  resume_from=state, on_epoch_end=lambda m, _s: epochs_run.append(m["epoch"]))  # fmt: skip
+    assert epochs_run == [3, 4]
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
+    assert resumed.history[:2] == first.history
+    # Nothing left to do: resuming a finished run returns at once.
+    done: list[int] = []
+    fit(cfg(epochs=2), dataset, model_config=tiny_config(), progress=False, resume_from=state,
+        on_epoch_end=lambda m, _s: done.append(m["epoch"]))  # fmt: skip
+    assert done == []
+
+
+def test_callback_and_early_stopping_end_training(dataset: TokenizedDataset) -> None:
+    seen: list[int] = []
+    fit(cfg(epochs=5), dataset, model_config=tiny_config(), progress=False,
+        on_epoch_end=lambda m, _s: seen.append(m["epoch"]) or True)  # fmt: skip
+    assert seen == [1]
+    # An absurdly small learning rate never improves by much; patience 1 ends the run after a flat epoch.
+    result = fit(cfg(epochs=6, early_stopping_patience=1, learning_rate=1e-12), dataset,
+                 model_config=tiny_config(), progress=False)  # fmt: skip
+    assert len(result.history) < 6
+    assert len(result.history) - result.best_epoch == 1
+
+
+def test_seed_makes_runs_repeatable(dataset: TokenizedDataset) -> None:
+    a = fit(cfg(epochs=1), dataset, model_config=tiny_config(), progress=False)
+    b = fit(cfg(epochs=1), dataset, model_config=tiny_config(), progress=False)
+    assert a.history[0]["train_loss"] == b.history[0]["train_loss"]
+    assert a.history[0]["val_loss"] == b.history[0]["val_loss"]
+
+
+def test_dataset_longer_than_model_is_refused() -> None:
+    ds = motif_dataset(n_samples=24, max_length=128)
+    with pytest.raises(ValueError, match="max_length=128"):
+        fit(cfg(epochs=1), ds, model_config=tiny_config(), progress=False)
+
+
+def test_missing_pretrained_weights_raise_with_hint(tmp_path) -> None:
+    empty = tmp_path / "checkpoint"
+    empty.mkdir()
+    with pytest.raises(PretrainedNotFoundError, match="--from-scratch"):
+        build_model(TrainConfig(model=str(empty)))
+    # With from_scratch the same folder's config.json alone is enough.
+    tiny_config().to_json(empty / "config.json")
+    model = build_model(TrainConfig(model=str(empty), from_scratch=True))
+    assert model.backbone.config.d_model == 32
+
+
+def test_config_validation_names_the_field() -> None:
+    with pytest.raises(ValueError, match="mlp2_ln"):
+        TrainConfig(head="mlp7")
+    with pytest.raises(ValueError, match="smoothl1"):
+        TrainConfig(loss="l3")
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainConfig(batch_size=0)
+    with pytest.raises(ValueError, match="lerning_rate"):
+        TrainConfig.from_dict({"lerning_rate": 1e-3})
+    c = TrainConfig(head="mlp3", pooling="last", lr_scheduler="plateau")
+    assert TrainConfig.from_dict(c.to_dict()) == c
+
+
+@pytest.mark.parametrize("loss", train.LOSSES)
+def test_every_loss_trains(dataset: TokenizedDataset, loss: str) -> None:
+    result = fit(cfg(epochs=1, loss=loss, head="linear", pooling="last"), dataset, model_config=tiny_config(),
+                 progress=False)  # fmt: skip
+    assert np.isfinite(result.history[0]["train_loss"])
