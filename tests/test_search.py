@@ -1,0 +1,203 @@
+"""The Ray Tune search end to end on a tiny model: results, tokenize-once, failures, resume, two nodes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import ROOT, tiny_space, write_space
+
+pytest.importorskip("ray")
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def test_search_end_to_end(finished_experiment):
+    assert finished_experiment["rc"] == 0
+    folder = finished_experiment["folder"]
+    table = pd.read_csv(folder / "trials.csv")
+    assert len(table) == 3 and set(table["status"]) == {"TERMINATED"}
+    assert {"config/head", "config/learning_rate", "epochs_run", "best_val_loss", "best_val_rmse", "best_val_mae",
+            "best_val_r2", "error"} <= set(table.columns)
+    assert table["best_val_loss"].is_monotonic_increasing  # sorted, best first
+    # Conditional parameter: dropout only recorded for MLP heads.
+    linear = table[table["config/head"] == "linear"]
+    assert linear.get("config/head_dropout", pd.Series(dtype=float)).isna().all()
+    metrics = json.loads((folder / "best" / "metrics.json").read_text())
+    assert "test_r2" in metrics and "test_rmse" in metrics
+    for name in ("best_model.pt", "config.json", "test_predictions.csv", "residuals.png"):
+        assert (folder / "best" / name).is_file(), name
+    assert (folder / "report.html").is_file()
+    assert (folder / "optuna_study.db").is_file()
+    # Each trial reported every epoch with a checkpoint; at most KEEP_CHECKPOINTS kept.
+    for trial_path in table["path"]:
+        rows = [json.loads(line) for line in Path(trial_path, "result.json").read_text().splitlines()]
+        assert {"val_loss", "val_rmse", "val_mae", "val_r2", "train_loss", "epoch"} <= set(rows[0])
+        assert [r["epoch"] for r in rows] == list(range(1, len(rows) + 1))
+        assert len(list(Path(trial_path).glob("checkpoint_*"))) <= 2
+
+
+def test_dataset_tokenized_once_per_search(finished_experiment):
+    # The driver built one tokenized dataset (one max_length) ...
+    assert finished_experiment["driver_builds"] == [128]
+    # ... and no trial process tokenized anything (the hook logs any call made in a Ray worker).
+    assert finished_experiment["hook_lines"] == []
+
+
+def test_build_hook_sees_calls_in_ray_workers(ray_session, build_log):
+    """Guards the previous test: the counting hook does record tokenization inside a Ray worker."""
+
+    @ray_session.remote(num_cpus=1)
+    def tokenize_in_worker():
+        from tune_ph import data, tokens
+
+        df = data.load_samples("demo").head(12)
+        split = {"train": list(df.sample_id[:8]), "val": list(df.sample_id[8:10]), "test": list(df.sample_id[10:])}
+        tokens.build(df, split, max_length=64, num_sets=1, use_cache=False)
+        return os.getpid()
+
+    before = build_log.read_text().splitlines()
+    pid = ray_session.get(tokenize_in_worker.remote())
+    new = build_log.read_text().splitlines()[len(before):]
+    assert f"{pid} build" in new and pid != os.getpid()
+
+
+def test_failing_trial_is_recorded_while_others_finish(ray_session, tmp_path):
+    from tune_ph import search
+
+    # "cuda:7" is no device on any CI machine: those trials raise inside fit; the cpu trials must still finish.
+    space = tiny_space(name="failing", search__num_samples=4, scheduler__grace_period=2)
+    space["fixed"].pop("device")
+    space["space"]["device"] = {"choice": ["cpu", "cuda:7"]}
+    rc = search.main(["--space", str(write_space(tmp_path, space)), "--output", str(tmp_path), "--verbose", "0"])
+    table = pd.read_csv(tmp_path / "failing" / "trials.csv")
+    failed = table[table["status"] == "ERROR"]
+    done = table[table["status"] == "TERMINATED"]
+    assert len(table) == 4 and len(failed) >= 1 and len(done) >= 1, table[["status", "config/device"]]
+    assert set(failed["config/device"]) == {"cuda:7"} and set(done["config/device"]) == {"cpu"}
+    assert failed["error"].str.len().gt(0).all()
+    assert rc == 0 and (tmp_path / "failing" / "best" / "metrics.json").is_file()
+
+
+def test_resume_after_interruption_keeps_finished_trials(ray_session, tmp_path):
+    from tune_ph import search
+
+    # One trial at a time, 4 trials; Ctrl-C (SIGINT) once two have finished and the third has a checkpoint,
+    # then --resume.
+    space = tiny_space(name="resumable", fixed__epochs=6, search__num_samples=4, search__max_concurrent=1,
+                       scheduler__max_epochs=6, scheduler__grace_period=6)
+    path = write_space(tmp_path, space)
+    cmd = [sys.executable, "-m", "tune_ph.search", "--space", str(path), "--output", str(tmp_path), "--verbose", "0",
+           "--no-export"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    folder = tmp_path / "resumable"
+    deadline = time.time() + 240
+    try:
+        # With one trial at a time, a third trial folder means the first two have finished.
+        def third_has_checkpoint() -> bool:
+            trials = sorted(folder.glob("trial_*"), key=lambda p: p.stat().st_ctime)
+            return len(trials) >= 3 and any(trials[2].glob("checkpoint_*"))
+
+        while time.time() < deadline and not third_has_checkpoint():
+            assert proc.poll() is None, proc.stdout.read()
+            time.sleep(0.1)
+        assert third_has_checkpoint(), "the search did not reach its third trial in time"
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    before = pd.read_csv(folder / "trials.csv")
+    finished = before[before["status"] == "TERMINATED"]
+    assert len(finished) >= 2, output
+    results_before = {t: Path(p, "result.json").read_text() for t, p in zip(finished["trial_id"], finished["path"])}
+    unfinished = before[before["status"] != "TERMINATED"]
+    assert len(unfinished) >= 1, before[["trial_id", "status", "epochs_run"]]
+
+    rc = search.main(["--name", "resumable", "--output", str(tmp_path), "--resume", "--verbose", "0", "--no-export"])
+    assert rc == 0
+    after = pd.read_csv(folder / "trials.csv")
+    assert len(after) == 4 and set(after["status"]) == {"TERMINATED"}
+    kept = after.set_index("trial_id").loc[list(finished["trial_id"])]
+    assert (kept["best_val_loss"].values == finished.set_index("trial_id")["best_val_loss"].values).all()
+    for trial_id, text in results_before.items():  # finished trials were not trained again
+        path = after.set_index("trial_id").loc[trial_id, "path"]
+        assert Path(path, "result.json").read_text() == text
+    for path in unfinished["path"]:  # the interrupted trial continued from its checkpoint, not from epoch 1
+        epochs = [json.loads(line)["epoch"] for line in Path(path, "result.json").read_text().splitlines()]
+        assert epochs.count(1) == 1 and epochs[-1] == 6, epochs
+
+
+TWO_NODES = """
+import json, sys
+from ray.cluster_utils import Cluster
+from tune_ph import search
+
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+cluster.add_node(num_cpus=1)
+cluster.wait_for_nodes()
+try:
+    rc = search.main(sys.argv[1:] + ["--address", cluster.address])
+finally:
+    import ray
+    ray.shutdown()
+    cluster.shutdown()
+sys.exit(rc)
+"""
+
+
+def test_two_node_search(tmp_path):
+    # Its own Ray cluster (head + one worker node, one CPU each) in a separate process: the session's Ray would
+    # otherwise be the one this process talks to.
+    space = tiny_space(name="twonodes", search__num_samples=2, search__max_concurrent=2, scheduler__grace_period=2)
+    path = write_space(tmp_path, space)
+    cmd = [sys.executable, "-c", TWO_NODES, "--space", str(path), "--output", str(tmp_path), "--verbose", "0"]
+    done = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    table = pd.read_csv(tmp_path / "twonodes" / "trials.csv")
+    assert len(table) == 2 and set(table["status"]) == {"TERMINATED"}
+    nodes = set()
+    for trial_path in table["path"]:
+        nodes |= {json.loads(line)["node_id"] for line in Path(trial_path, "result.json").read_text().splitlines()}
+    assert len(nodes) == 2  # one CPU per node, two trials at once: one ran on each node
+    assert (tmp_path / "twonodes" / "best" / "metrics.json").is_file()
+
+
+def test_per_model_sizes_lengths_and_resources(ray_session, tmp_path, monkeypatch):
+    """Model size searched with a batch size, a max length and a GPU share per size: one dataset per length."""
+    from tune_ph import search, tokens
+
+    tiny, d256 = "hyenadna-tiny-1k-seqlen", "hyenadna-tiny-1k-seqlen-d256"
+    space = {
+        "name": "sizes",
+        "fixed": {"dataset": "demo", "from_scratch": True, "num_sets": 1, "epochs": 1, "device": "cpu",
+                  "max_length": {"per": "model", "values": {tiny: 48, d256: 32}}},
+        "space": {"model": {"choice": [tiny, d256]},
+                  "batch_size": {"per": "model", "values": {tiny: {"choice": [16, 32]}, d256: 64}}},
+        "search": {"num_samples": 3, "seed": 4, "max_concurrent": 2},
+        "scheduler": {"grace_period": 1, "max_epochs": 1},
+        "resources": {"cpus_per_trial": 1, "gpus_per_trial": {"per": "model", "values": {tiny: 0, d256: 0}}},
+    }
+    lengths = []
+    original = tokens.build
+    monkeypatch.setattr(tokens, "build", lambda *a, **k: lengths.append(k["max_length"]) or original(*a, **k))
+    rc = search.main(["--space", str(write_space(tmp_path, space)), "--output", str(tmp_path), "--verbose", "0",
+                      "--no-export"])
+    assert rc == 0 and sorted(lengths) == [32, 48]
+    table = pd.read_csv(tmp_path / "sizes" / "trials.csv")
+    assert set(table["status"]) == {"TERMINATED"} and set(table["config/model"]) == {tiny, d256}
+    for _, row in table.iterrows():
+        assert row["config/batch_size"] in ({16, 32} if row["config/model"] == tiny else {64})
+        assert json.loads(Path(row["path"], "params.json").read_text())["max_length_per_model"] == {tiny: 48, d256: 32}

@@ -1,0 +1,179 @@
+"""Search-space YAML: the shipped files load, bad files fail with one clear error, the Optuna space is conditional."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import optuna
+import pytest
+
+from tests.conftest import ROOT, tiny_space, write_space
+from tune_ph.space import FIELD_TYPES, OptunaSpace, SpaceError, apply_overrides, load_space, parse_space
+
+
+@pytest.mark.parametrize("name", ["quick", "heads", "sizes"])
+def test_shipped_spaces_load(name):
+    spec = load_space(ROOT / "search_spaces" / f"{name}.yaml")
+    assert spec.name == name
+    assert spec.params and spec.search["num_samples"] >= 1
+
+
+def test_field_types_match_train_config():
+    from tune_ph.train import TrainConfig
+
+    names = {f.name for f in dataclasses.fields(TrainConfig)} - {"output_dir"}
+    assert set(FIELD_TYPES) == names
+
+
+def _unfixed(name: str, spec: dict) -> dict:
+    space = tiny_space()
+    space["fixed"].pop(name, None)
+    space["space"][name] = spec
+    return space
+
+
+def _error(tmp_path: Path, space: dict) -> str:
+    path = write_space(tmp_path, space, "bad.yaml")
+    with pytest.raises(SpaceError) as info:
+        load_space(path)
+    message = str(info.value)
+    assert message.startswith(str(path)), message  # every error names the file first
+    return message
+
+
+def test_unknown_keys(tmp_path):
+    msg = _error(tmp_path, tiny_space(space__haed={"choice": ["linear"]}))
+    assert "space.haed" in msg and "allowed" in msg and "head" in msg
+    msg = _error(tmp_path, tiny_space(search__num_trials=3))
+    assert "search.num_trials" in msg and "num_samples" in msg
+    msg = _error(tmp_path, {**tiny_space(), "schedular": {}})
+    assert "schedular" in msg and "scheduler" in msg
+    msg = _error(tmp_path, tiny_space(space__learning_rate={"logunif": [1e-4, 1e-3]}))
+    assert "space.learning_rate" in msg and "loguniform" in msg
+
+
+def test_wrong_types(tmp_path):
+    msg = _error(tmp_path, tiny_space(fixed__epochs="three"))
+    assert "fixed.epochs" in msg and "integer" in msg
+    msg = _error(tmp_path, _unfixed("batch_size", {"choice": [8, 16.5]}))
+    assert "space.batch_size.choice[1]" in msg and "integer" in msg
+    msg = _error(tmp_path, tiny_space(space__freeze_backbone={"choice": ["no"]}))
+    assert "space.freeze_backbone" in msg and "true/false" in msg
+    msg = _error(tmp_path, _unfixed("batch_size", {"uniform": [4, 16]}))
+    assert "space.batch_size" in msg and "choice" in msg
+
+
+def test_empty_choice_and_bad_ranges(tmp_path):
+    msg = _error(tmp_path, tiny_space(space__head={"choice": []}))
+    assert "space.head.choice" in msg and "non-empty" in msg
+    msg = _error(tmp_path, tiny_space(space__learning_rate={"loguniform": [1e-3, 1e-4]}))
+    assert "space.learning_rate.loguniform" in msg and "low must be below high" in msg
+    msg = _error(tmp_path, tiny_space(space__weight_decay={"loguniform": [0.0, 0.1]}))
+    assert "loguniform needs low > 0" in msg
+    msg = _error(tmp_path, tiny_space(scheduler__grace_period=5))
+    assert "scheduler.grace_period" in msg and "between 1 and max_epochs" in msg
+
+
+def test_impossible_values(tmp_path):
+    msg = _error(tmp_path, tiny_space(space__head={"choice": ["linear", "mlp9"]}))
+    assert "space.head.choice[1]" in msg and "mlp9" in msg and "mlp2" in msg
+    space = tiny_space()
+    del space["fixed"]["model_config"]
+    space["fixed"]["model"] = "hyenadna-enormous"
+    msg = _error(tmp_path, space)
+    assert "fixed.model" in msg and "hyenadna-tiny-1k-seqlen" in msg
+    # A sequence set longer than the model can read.
+    space = tiny_space()
+    del space["fixed"]["model_config"]
+    space["fixed"].update(model="hyenadna-tiny-1k-seqlen", max_length=4096)
+    msg = _error(tmp_path, space)
+    assert "fixed.max_length" in msg and "1024" in msg and "hyenadna-tiny-1k-seqlen" in msg
+    msg = _error(tmp_path, tiny_space(fixed__max_length=500))  # the custom model_config reads 128
+    assert "fixed.max_length" in msg and "128" in msg
+    msg = _error(tmp_path, tiny_space(resources__gpus_per_trial=1.5))
+    assert "resources.gpus_per_trial" in msg and "fraction" in msg
+    msg = _error(tmp_path, tiny_space(space__num_sets={"choice": [1, 2]}))
+    assert "space.num_sets" in msg and "fixed" in msg
+    msg = _error(tmp_path, tiny_space(space__head_dropout={"uniform": [0.0, 0.3], "when": {"head": ["mlp7"]}}))
+    assert "space.head_dropout.when.head" in msg and "mlp7" in msg
+
+
+def test_per_model_values_need_every_size(tmp_path):
+    space = tiny_space()
+    del space["fixed"]["model_config"]
+    space["fixed"].update(from_scratch=False, max_length=1024)
+    space["space"]["model"] = {"choice": ["hyenadna-tiny-1k-seqlen", "hyenadna-small-32k-seqlen"]}
+    del space["fixed"]["batch_size"]
+    space["space"]["batch_size"] = {"per": "model", "values": {"hyenadna-tiny-1k-seqlen": {"choice": [8, 16]}}}
+    msg = _error(tmp_path, space)
+    assert "space.batch_size.values" in msg and "hyenadna-small-32k-seqlen" in msg
+
+
+def test_not_yaml_and_missing_file(tmp_path):
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("space: {head: [linear\n")
+    with pytest.raises(SpaceError, match="broken.yaml: not valid YAML"):
+        load_space(bad)
+    with pytest.raises(SpaceError, match="no such file"):
+        load_space(tmp_path / "missing.yaml")
+
+
+def test_overrides_win_and_are_validated(tmp_path):
+    spec = load_space(write_space(tmp_path, tiny_space()))
+    apply_overrides(spec, {"epochs": 1, "num_samples": 7, "dataset": "other", "max_concurrent": 3})
+    assert spec.fixed["epochs"] == 1 and spec.scheduler["max_epochs"] == 1 and spec.scheduler["grace_period"] == 1
+    assert spec.search["num_samples"] == 7 and spec.search["max_concurrent"] == 3 and spec.fixed["dataset"] == "other"
+    with pytest.raises(SpaceError, match="search.num_samples"):
+        apply_overrides(spec, {"num_samples": 0})
+
+
+def _suggestions(spec, n=12, seed=0):
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=3))
+    space = OptunaSpace(spec.params)
+    out = []
+    for i in range(n):
+        trial = study.ask()
+        config = space(trial)
+        study.tell(trial, float(config.get("learning_rate", 0.0)) + i * 1e-6)
+        out.append((config, trial.params))
+    return out
+
+
+def test_conditional_parameter_is_only_suggested_when_it_applies():
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    spec = parse_space(tiny_space())
+    seen = set()
+    for config, params in _suggestions(spec):
+        seen.add(config["head"])
+        # TPE itself sees the conditional parameter only for MLP heads (define-by-run), not filled in afterwards.
+        assert ("head_dropout" in params) == (config["head"] == "mlp2")
+        assert ("head_dropout" in config) == (config["head"] == "mlp2")
+        assert 1e-4 <= config["learning_rate"] <= 3e-3
+    assert seen == {"linear", "mlp2"}
+
+
+def test_per_model_batch_sizes():
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    spec = load_space(ROOT / "search_spaces" / "sizes.yaml")
+    allowed = {m: p for m, p in spec.params["batch_size"].values.items()}
+    for config, params in _suggestions(spec, n=15):
+        model = config["model"]
+        assert config["batch_size"] in allowed[model].args
+        assert f"batch_size__{model}" in params  # a separate TPE dimension per size
+        assert config["gradient_checkpointing"] == (model == "hyenadna-medium-160k-seqlen")
+        assert spec.gpus_for(model) == {"hyenadna-medium-160k-seqlen": 1.0, "hyenadna-small-32k-seqlen": 0.5}.get(
+            model, 0.25)
+
+
+@pytest.mark.parametrize("name", ["quick", "heads", "sizes"])
+def test_saved_settings_round_trip(name, tmp_path):
+    """--resume re-reads the saved settings: they must parse back to the same search (overrides included)."""
+    import json
+
+    spec = apply_overrides(load_space(ROOT / "search_spaces" / f"{name}.yaml"), {"num_samples": 3, "head": "linear"})
+    assert "head" not in spec.params and spec.fixed["head"] == "linear"
+    again = parse_space(json.loads(json.dumps(spec.to_dict())), "saved.json")
+    assert again.fixed == spec.fixed and again.search == spec.search and again.resources == spec.resources
+    assert again.scheduler == spec.scheduler and again.name == spec.name
+    assert set(again.params) == set(spec.params)
