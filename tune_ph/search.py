@@ -103,6 +103,24 @@ def base_train_config(spec: SearchSpec, model: str | None = None) -> Any:
     return TrainConfig.from_dict(values)
 
 
+def check_pretrained(spec: SearchSpec) -> None:
+    """Fetch (or find in the cache) every pretrained backbone the search may use, before any trial starts.
+
+    Failing here takes seconds; failing in every trial would take a whole search. It also means trials on
+    this node read the weights from the local cache instead of all downloading them at once.
+    """
+    if "from_scratch" in spec.params:
+        scratch = spec.params["from_scratch"].args
+    else:
+        scratch = [spec.fixed.get("from_scratch", False)]
+    if all(scratch) or spec.fixed.get("model_config"):
+        return
+    from hyena_dna.pretrained import resolve_checkpoint_dir
+
+    for model in spec.model_choices():
+        resolve_checkpoint_dir(model)
+
+
 def prepare_datasets(spec: SearchSpec) -> dict[int, Any]:
     """Load and tokenize the dataset once per distinct max length, on the driver."""
     from tune_ph.train import load_dataset
@@ -295,6 +313,11 @@ def main(argv: list[str] | None = None) -> int:
 
     # Short epochs make Tune snapshot often (num_to_keep forces it); that is expected here, not a problem.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    try:
+        check_pretrained(spec)
+    except OSError as err:  # hyena_dna.PretrainedNotFoundError: the message says how to get the weights
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     try:
         shutdown = init_ray(args)
     except SetupError as err:
