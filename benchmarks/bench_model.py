@@ -1,7 +1,7 @@
 """Benchmark the HyenaDNA backbone: tokenizer speed, train step (fwd+bwd+AdamW, small head) and inference.
 
 One result line per case: tokens/s and peak memory. On CPU it also times a straightforward fp32 baseline
-(FFT at exactly 2L, no autocast guards) to check we are at least as fast.
+(FFT at exactly 2L, depthwise Conv1d) to check we are at least as fast.
 
     python benchmarks/bench_model.py                 # CPU cases
     python benchmarks/bench_model.py --device cuda   # the H200 cases from the README table
@@ -39,6 +39,11 @@ def naive_fft_conv(u: torch.Tensor, k: torch.Tensor, bias: torch.Tensor) -> torc
     u_f = torch.fft.rfft(u.to(k.dtype), n=n)
     y = torch.fft.irfft(u_f * k_f, n=n, norm="forward")[..., :seq_len]
     return (y + u * bias.unsqueeze(-1)).to(u.dtype)
+
+
+def naive_short_conv(z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """The textbook causal depthwise convolution: Conv1d padded on both sides, first L outputs kept."""
+    return nn.functional.conv1d(z, weight, bias, padding=weight.shape[-1] - 1, groups=z.shape[1])[..., : z.shape[-1]]
 
 
 def peak_memory_gib(device: torch.device) -> float:
@@ -121,13 +126,13 @@ def main() -> None:
         torch.set_num_threads(threads)
         for size, batch, length, ckpt in CPU_CASES:
             ours = bench_model(size, batch, length, ckpt, device, False, args.steps, True)
-            original = hm.fft_conv
-            hm.fft_conv = naive_fft_conv
+            originals = hm.fft_conv, hm.short_conv
+            hm.fft_conv, hm.short_conv = naive_fft_conv, naive_short_conv
             try:
                 print("  baseline (straightforward fp32):", end=" ")
                 base = bench_model(size, batch, length, ckpt, device, False, args.steps, True)
             finally:
-                hm.fft_conv = original
+                hm.fft_conv, hm.short_conv = originals
             print(f"tiny-1k CPU train speed vs straightforward fp32: {ours / base:.2f}x")
             bench_model(size, 16, length, ckpt, device, False, args.steps, False)
         return
