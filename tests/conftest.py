@@ -142,3 +142,14 @@ def finished_experiment(ray_session, build_log: Path, tmp_path_factory) -> dict:
         "hook_lines": build_log.read_text().splitlines()[len(lines_before):],
     }
 
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest single-threaded; spinning thread pools crawl on a busy 2-core machine."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -13,15 +13,9 @@ from hyena_dna import HyenaDNAConfig
 from tune_ph import evaluate, train
 from tune_ph.evaluate import evaluate_checkpoint, load_checkpoint
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 MAX_LENGTH = 128
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

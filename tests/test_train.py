@@ -14,14 +14,7 @@ from tune_ph import train
 from tune_ph.tokens import TokenizedDataset
 from tune_ph.train import NonFiniteLossError, PhRegressor, TrainConfig, build_model, fit, predict
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models run fastest single-threaded; spinning thread pools crawl on a busy 2-core machine.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = dict(d_model=32, n_layer=1, d_inner=64, l_max=66)
 
