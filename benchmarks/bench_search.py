@@ -45,10 +45,23 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     raw = {
         "name": "bench",
-        "fixed": {"dataset": "demo", "from_scratch": True, "max_length": args.max_length, "num_sets": 2,
-                  "epochs": args.epochs, "batch_size": 8, "device": "auto", "head": "linear",
-                  "model_config": {"d_model": args.d_model, "n_layer": 2, "d_inner": 2 * args.d_model,
-                                   "filter_order": 32, "l_max": args.max_length + 2}},
+        "fixed": {
+            "dataset": "demo",
+            "from_scratch": True,
+            "max_length": args.max_length,
+            "num_sets": 2,
+            "epochs": args.epochs,
+            "batch_size": 8,
+            "device": "auto",
+            "head": "linear",
+            "model_config": {
+                "d_model": args.d_model,
+                "n_layer": 2,
+                "d_inner": 2 * args.d_model,
+                "filter_order": 32,
+                "l_max": args.max_length + 2,
+            },
+        },
         "space": {"learning_rate": {"loguniform": [3e-4, 1e-3]}},
         "search": {"num_samples": args.trials, "seed": 0, "max_concurrent": 1},
         # grace = max: ASHA stops nothing, so every trial has the same length.
@@ -78,10 +91,12 @@ def main() -> None:
     outside = 1 - training / wall if wall else float("nan")
     n = max(len(ids), 1)
     in_trial = sum(clock.trial_setup.get(i, 0.0) for i in ids) / n
-    print(f"bench_search: {len(ids)} trials, mean trial wall {wall / n:.1f}s, "
-          f"outside training {100 * outside:.1f}% (target <= 5% for 1-minute trials), "
-          f"dataset setup {setup:.2f}s once on the driver = {setup / n:.2f}s per trial "
-          f"(+ {in_trial:.2f}s inside each trial before its first epoch)")
+    print(
+        f"bench_search: {len(ids)} trials, mean trial wall {wall / n:.1f}s, "
+        f"outside training {100 * outside:.1f}% (target <= 5% for 1-minute trials), "
+        f"dataset setup {setup:.2f}s once on the driver = {setup / n:.2f}s per trial "
+        f"(+ {in_trial:.2f}s inside each trial before its first epoch)"
+    )
 
 
 if __name__ == "__main__":

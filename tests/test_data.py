@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from sklearn.model_selection import train_test_split
 
-from tune_ph import data
+from tune_ph import data, fasta
 from tune_ph.data import BadRowError, DatasetError
 
 
@@ -195,8 +195,9 @@ def test_split_sizes_stratification_and_published_recipe() -> None:
             assert abs(counts[e] - share * n) <= 1, (name, e, counts)
     # The same as the published code: sorted ids, sklearn stratified 80:20, then val = round(10 % of all).
     d = df.sort_values("sample_id")
-    tv, test = train_test_split(d["sample_id"].tolist(), test_size=0.2, random_state=42,
-                                stratify=d["environment"].tolist())
+    tv, test = train_test_split(
+        d["sample_id"].tolist(), test_size=0.2, random_state=42, stratify=d["environment"].tolist()
+    )
     tv_env = [env[s] for s in tv]
     train, val = train_test_split(tv, test_size=20 / len(tv), random_state=42, stratify=tv_env)
     assert split == {"train": train, "val": val, "test": test}
@@ -219,8 +220,10 @@ def test_split_rare_environment_fallback_and_error() -> None:
     df.loc[1, "environment"] = "cave"
     split = data.split_samples(df)
     assert sum(map(len, split.values())) == 60 and {k: len(v) for k, v in split.items()} == {
-        "train": 42, "val": 6, "test": 12}
-
+        "train": 42,
+        "val": 6,
+        "test": 12,
+    }
 
 
 def test_split_too_small_to_stratify_falls_back(caplog) -> None:
@@ -255,8 +258,10 @@ def test_prepare_end_to_end_with_cache(tmp_path) -> None:
 
 
 def _write_fasta(path, records, gz=False) -> None:
-    text = "".join(f">{name} length={len(seq)}\n" + "\n".join(seq[i : i + 60] for i in range(0, len(seq), 60)) + "\n"
-                   for name, seq in records)
+    text = "".join(
+        f">{name} length={len(seq)}\n" + "\n".join(seq[i : i + 60] for i in range(0, len(seq), 60)) + "\n"
+        for name, seq in records
+    )
     if gz:
         with gzip.open(path, "wt") as fh:
             fh.write(text)
@@ -266,12 +271,12 @@ def _write_fasta(path, records, gz=False) -> None:
 
 def test_read_fasta_cap_keeps_whole_reads(tmp_path) -> None:
     _write_fasta(tmp_path / "a.fasta", [("r1", "A" * 100), ("r2", "C" * 130), ("r3", "G" * 50)])
-    assert [len(r) for r in data.read_fasta(tmp_path / "a.fasta")] == [100, 130, 50]
-    assert [len(r) for r in data.read_fasta(tmp_path / "a.fasta", max_dna=250)] == [100, 130]
-    assert [len(r) for r in data.read_fasta(tmp_path / "a.fasta", max_dna=229)] == [100]
+    assert [len(r) for r in fasta.read_fasta(tmp_path / "a.fasta")] == [100, 130, 50]
+    assert [len(r) for r in fasta.read_fasta(tmp_path / "a.fasta", max_dna=250)] == [100, 130]
+    assert [len(r) for r in fasta.read_fasta(tmp_path / "a.fasta", max_dna=229)] == [100]
     (tmp_path / "bad.fasta").write_text("ACGT\n>r\nAC\n")
     with pytest.raises(DatasetError, match="bad.fasta"):
-        data.read_fasta(tmp_path / "bad.fasta")
+        fasta.read_fasta(tmp_path / "bad.fasta")
 
 
 def test_builder_cli_writes_hub_layout(tmp_path, capsys) -> None:
@@ -294,7 +299,9 @@ def test_builder_cli_writes_hub_layout(tmp_path, capsys) -> None:
         }
     ).to_csv(meta, index=False)
     out = tmp_path / "out"
-    rc = data.main(["build", "--fasta-dir", str(fasta), "--metadata", str(meta), "--out", str(out), "--max-dna", "250"])
+    rc = data.main(
+        ["build", "--fasta-dir", str(fasta), "--metadata", str(meta), "--output-dir", str(out), "--max-dna", "250"]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
     assert "wrote 3 samples" in printed
@@ -317,13 +324,19 @@ def test_builder_errors_and_help(tmp_path, capsys) -> None:
     meta = tmp_path / "m.csv"
     pd.DataFrame({"sample_id": ["a"], "study_name": ["s"]}).to_csv(meta, index=False)
     (tmp_path / "f").mkdir()
-    assert data.main(["build", "--fasta-dir", str(tmp_path / "f"), "--metadata", str(meta), "--out", str(tmp_path / "o")]) == 2
+    assert (
+        data.main(
+            ["build", "--fasta-dir", str(tmp_path / "f"), "--metadata", str(meta), "--output-dir", str(tmp_path / "o")]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "m.csv" in err and "environment" in err and "pH" in err
-    pd.DataFrame({"sample_id": ["a", "b"], "study_name": ["s", "s"], "environment": ["soil"] * 2,
-                  "pH": ["5.5", "high"]}).to_csv(meta, index=False)
+    pd.DataFrame(
+        {"sample_id": ["a", "b"], "study_name": ["s", "s"], "environment": ["soil"] * 2, "pH": ["5.5", "high"]}
+    ).to_csv(meta, index=False)
     with pytest.raises(DatasetError, match=r"m\.csv: sample_id 'b': field 'pH' is not a number"):
-        data.build_dataset(tmp_path / "f", meta, tmp_path / "o")
+        fasta.build_dataset(tmp_path / "f", meta, tmp_path / "o")
     with pytest.raises(SystemExit) as exit_:
         data.main(["--help"])
     assert exit_.value.code == 0

@@ -35,6 +35,7 @@ def run_dir(tmp_path_factory) -> Path:
     return root / "run"
 
 
+@pytest.mark.slow  # uses the CLI training run
 def test_run_folder_has_every_output(run_dir: Path) -> None:
     for name in ("best_model.pt", "config.json", "training_log.json", "split.json",
                  "test_predictions.csv", "metrics.json", "residuals.png"):  # fmt: skip
@@ -52,6 +53,7 @@ def test_run_folder_has_every_output(run_dir: Path) -> None:
     assert (run_dir / "residuals.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow  # uses the CLI training run
 def test_predictions_csv_columns_and_values(run_dir: Path) -> None:
     df = pd.read_csv(run_dir / "test_predictions.csv")
     required = ["sample_id", "study_name", "true_ph", "predicted_ph_set1", "predicted_ph_set2",
@@ -65,6 +67,7 @@ def test_predictions_csv_columns_and_values(run_dir: Path) -> None:
     assert df["true_ph"].between(0, 14).all()
 
 
+@pytest.mark.slow  # uses the CLI training run
 def test_checkpoint_loads_weights_only_and_rebuilds(run_dir: Path) -> None:
     state = torch.load(run_dir / "best_model.pt", weights_only=True)
     log = json.loads((run_dir / "training_log.json").read_text())
@@ -77,6 +80,7 @@ def test_checkpoint_loads_weights_only_and_rebuilds(run_dir: Path) -> None:
     assert model.head.pooling == "pool" and model.head.architecture == "mlp2_ln"
 
 
+@pytest.mark.slow  # uses the CLI training run
 def test_evaluate_reproduces_saved_metrics(run_dir: Path, tmp_path: Path) -> None:
     saved = json.loads((run_dir / "metrics.json").read_text())
     # Rebuilt from the checkpoint's config alone: dataset source, max length, sets, split.
@@ -90,11 +94,12 @@ def test_evaluate_reproduces_saved_metrics(run_dir: Path, tmp_path: Path) -> Non
     assert (tmp_path / "residuals.png").is_file() and (tmp_path / "metrics.json").is_file()
 
 
+@pytest.mark.slow  # uses the CLI training run
 def test_evaluate_cli(run_dir: Path, tmp_path: Path, capsys) -> None:
     assert evaluate.main(["--checkpoint", str(run_dir / "best_model.pt"), "--output-dir", str(tmp_path),
                           "--device", "cpu"]) == 0  # fmt: skip
     assert "test_r2" in json.loads(capsys.readouterr().out)
-    assert evaluate.main(["--checkpoint", str(tmp_path / "missing.pt")]) == 1
+    assert evaluate.main(["--checkpoint", str(tmp_path / "missing.pt")]) == 2
     assert "does not exist" in capsys.readouterr().err
 
 
@@ -105,6 +110,7 @@ def test_not_a_checkpoint_is_refused(tmp_path: Path) -> None:
         load_checkpoint(path)
 
 
+@pytest.mark.slow  # uses the CLI training run
 def test_mismatched_dataset_is_refused(run_dir: Path) -> None:
     from tune_ph import data
 

@@ -22,6 +22,7 @@ def _all_epochs(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+@pytest.mark.slow
 def test_export_cli_from_finished_experiment(finished_experiment, tmp_path):
     from tune_ph import export
 

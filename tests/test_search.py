@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import ROOT, tiny_space, write_space
 
-from tests.conftest import ROOT, tiny_space, write_space
-
-pytest.importorskip("ray")
+# Every test here runs Ray Tune searches: the slow lane (`pytest -m "not slow"` skips them).
+pytestmark = pytest.mark.slow
 
 
 def _env() -> dict:
@@ -29,8 +29,16 @@ def test_search_end_to_end(finished_experiment):
     folder = finished_experiment["folder"]
     table = pd.read_csv(folder / "trials.csv")
     assert len(table) == 3 and set(table["status"]) == {"TERMINATED"}
-    assert {"config/head", "config/learning_rate", "epochs_run", "best_val_loss", "best_val_rmse", "best_val_mae",
-            "best_val_r2", "error"} <= set(table.columns)
+    assert {
+        "config/head",
+        "config/learning_rate",
+        "epochs_run",
+        "best_val_loss",
+        "best_val_rmse",
+        "best_val_mae",
+        "best_val_r2",
+        "error",
+    } <= set(table.columns)
     assert table["best_val_loss"].is_monotonic_increasing  # sorted, best first
     # Conditional parameter: dropout only recorded for MLP heads.
     linear = table[table["config/head"] == "linear"]
@@ -70,7 +78,7 @@ def test_build_hook_sees_calls_in_ray_workers(ray_session, build_log):
 
     before = build_log.read_text().splitlines()
     pid = ray_session.get(tokenize_in_worker.remote())
-    new = build_log.read_text().splitlines()[len(before):]
+    new = build_log.read_text().splitlines()[len(before) :]
     assert f"{pid} build" in new and pid != os.getpid()
 
 
@@ -81,7 +89,7 @@ def test_failing_trial_is_recorded_while_others_finish(ray_session, tmp_path):
     space = tiny_space(name="failing", search__num_samples=4, scheduler__grace_period=2)
     space["fixed"].pop("device")
     space["space"]["device"] = {"choice": ["cpu", "cuda:7"]}
-    rc = search.main(["--space", str(write_space(tmp_path, space)), "--output", str(tmp_path), "--verbose", "0"])
+    rc = search.main(["--space", str(write_space(tmp_path, space)), "--output-dir", str(tmp_path), "--verbose", "0"])
     table = pd.read_csv(tmp_path / "failing" / "trials.csv")
     failed = table[table["status"] == "ERROR"]
     done = table[table["status"] == "TERMINATED"]
@@ -96,11 +104,27 @@ def test_resume_after_interruption_keeps_finished_trials(ray_session, tmp_path):
 
     # One trial at a time, 4 trials; Ctrl-C (SIGINT) once two have finished and the third has a checkpoint,
     # then --resume.
-    space = tiny_space(name="resumable", fixed__epochs=6, search__num_samples=4, search__max_concurrent=1,
-                       scheduler__max_epochs=6, scheduler__grace_period=6)
+    space = tiny_space(
+        name="resumable",
+        fixed__epochs=6,
+        search__num_samples=4,
+        search__max_concurrent=1,
+        scheduler__max_epochs=6,
+        scheduler__grace_period=6,
+    )
     path = write_space(tmp_path, space)
-    cmd = [sys.executable, "-m", "tune_ph.search", "--space", str(path), "--output", str(tmp_path), "--verbose", "0",
-           "--no-export"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tune_ph.search",
+        "--space",
+        str(path),
+        "--output-dir",
+        str(tmp_path),
+        "--verbose",
+        "0",
+        "--no-export",
+    ]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     folder = tmp_path / "resumable"
     deadline = time.time() + 240
@@ -126,7 +150,9 @@ def test_resume_after_interruption_keeps_finished_trials(ray_session, tmp_path):
     unfinished = before[before["status"] != "TERMINATED"]
     assert len(unfinished) >= 1, before[["trial_id", "status", "epochs_run"]]
 
-    rc = search.main(["--name", "resumable", "--output", str(tmp_path), "--resume", "--verbose", "0", "--no-export"])
+    rc = search.main(
+        ["--name", "resumable", "--output-dir", str(tmp_path), "--resume", "--verbose", "0", "--no-export"]
+    )
     assert rc == 0
     after = pd.read_csv(folder / "trials.csv")
     assert len(after) == 4 and set(after["status"]) == {"TERMINATED"}
@@ -163,7 +189,7 @@ def test_two_node_search(tmp_path):
     # otherwise be the one this process talks to.
     space = tiny_space(name="twonodes", search__num_samples=2, search__max_concurrent=2, scheduler__grace_period=2)
     path = write_space(tmp_path, space)
-    cmd = [sys.executable, "-c", TWO_NODES, "--space", str(path), "--output", str(tmp_path), "--verbose", "0"]
+    cmd = [sys.executable, "-c", TWO_NODES, "--space", str(path), "--output-dir", str(tmp_path), "--verbose", "0"]
     done = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     table = pd.read_csv(tmp_path / "twonodes" / "trials.csv")
@@ -182,10 +208,18 @@ def test_per_model_sizes_lengths_and_resources(ray_session, tmp_path, monkeypatc
     tiny, d256 = "hyenadna-tiny-1k-seqlen", "hyenadna-tiny-1k-seqlen-d256"
     space = {
         "name": "sizes",
-        "fixed": {"dataset": "demo", "from_scratch": True, "num_sets": 1, "epochs": 1, "device": "cpu",
-                  "max_length": {"per": "model", "values": {tiny: 48, d256: 32}}},
-        "space": {"model": {"choice": [tiny, d256]},
-                  "batch_size": {"per": "model", "values": {tiny: {"choice": [16, 32]}, d256: 64}}},
+        "fixed": {
+            "dataset": "demo",
+            "from_scratch": True,
+            "num_sets": 1,
+            "epochs": 1,
+            "device": "cpu",
+            "max_length": {"per": "model", "values": {tiny: 48, d256: 32}},
+        },
+        "space": {
+            "model": {"choice": [tiny, d256]},
+            "batch_size": {"per": "model", "values": {tiny: {"choice": [16, 32]}, d256: 64}},
+        },
         "search": {"num_samples": 3, "seed": 4, "max_concurrent": 2},
         "scheduler": {"grace_period": 1, "max_epochs": 1},
         "resources": {"cpus_per_trial": 1, "gpus_per_trial": {"per": "model", "values": {tiny: 0, d256: 0}}},
@@ -193,11 +227,44 @@ def test_per_model_sizes_lengths_and_resources(ray_session, tmp_path, monkeypatc
     lengths = []
     original = tokens.build
     monkeypatch.setattr(tokens, "build", lambda *a, **k: lengths.append(k["max_length"]) or original(*a, **k))
-    rc = search.main(["--space", str(write_space(tmp_path, space)), "--output", str(tmp_path), "--verbose", "0",
-                      "--no-export"])
+    rc = search.main(
+        ["--space", str(write_space(tmp_path, space)), "--output-dir", str(tmp_path), "--verbose", "0", "--no-export"]
+    )
     assert rc == 0 and sorted(lengths) == [32, 48]
     table = pd.read_csv(tmp_path / "sizes" / "trials.csv")
     assert set(table["status"]) == {"TERMINATED"} and set(table["config/model"]) == {tiny, d256}
     for _, row in table.iterrows():
         assert row["config/batch_size"] in ({16, 32} if row["config/model"] == tiny else {64})
-        assert json.loads(Path(row["path"], "params.json").read_text())["max_length_per_model"] == {tiny: 48, d256: 32}
+        # The trial config carries the length of its own model, a plain TrainConfig field.
+        params = json.loads(Path(row["path"], "params.json").read_text())
+        assert params["max_length"] == {tiny: 48, d256: 32}[row["config/model"]]
+
+
+def test_search_metric_drives_selection_and_export(ray_session, tmp_path):
+    """metric: val_rmse ranks trials, keeps checkpoints and picks the exported epoch: the best-RMSE one."""
+    from tune_ph import search
+
+    space = tiny_space(
+        name="by_rmse",
+        fixed__epochs=4,
+        search__num_samples=2,
+        search__metric="val_rmse",
+        scheduler__max_epochs=4,
+        scheduler__grace_period=4,
+    )
+    rc = search.main(["--space", str(write_space(tmp_path, space)), "--output-dir", str(tmp_path), "--verbose", "0"])
+    assert rc == 0
+    folder = tmp_path / "by_rmse"
+    table = pd.read_csv(folder / "trials.csv")
+    assert table["best_val_rmse"].is_monotonic_increasing  # ranked by the search metric
+    best = json.loads((folder / "best" / "config.json").read_text())
+    assert best["selected_by"] == "val_rmse"
+    by_trial = {}
+    for trial_id, path in zip(table["trial_id"], table["path"]):
+        rows = [json.loads(line) for line in Path(path, "result.json").read_text().splitlines()]
+        by_trial[trial_id] = min(rows, key=lambda r: r["val_rmse"])
+        assert rows[-1]["best_val_rmse"] == pytest.approx(by_trial[trial_id]["val_rmse"])  # what TPE learns from
+    winner = min(by_trial, key=lambda t: by_trial[t]["val_rmse"])
+    assert best["trial_id"] == winner
+    assert best["epoch"] == by_trial[winner]["epoch"]
+    assert best["val_metrics"]["val_rmse"] == pytest.approx(by_trial[winner]["val_rmse"])

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import optuna
 import pytest
+from helpers import ROOT, tiny_space, write_space
 
-from tests.conftest import ROOT, tiny_space, write_space
 from tune_ph.space import FIELD_TYPES, OptunaSpace, SpaceError, apply_overrides, load_space, parse_space
 
 
@@ -20,7 +20,7 @@ def test_shipped_spaces_load(name):
 
 
 def test_field_types_match_train_config():
-    from tune_ph.train import TrainConfig
+    from tune_ph.config import TrainConfig
 
     names = {f.name for f in dataclasses.fields(TrainConfig)} - {"output_dir"}
     assert set(FIELD_TYPES) == names
@@ -163,7 +163,8 @@ def test_per_model_batch_sizes():
         assert f"batch_size__{model}" in params  # a separate TPE dimension per size
         assert config["gradient_checkpointing"] == (model == "hyenadna-medium-160k-seqlen")
         assert spec.gpus_for(model) == {"hyenadna-medium-160k-seqlen": 1.0, "hyenadna-small-32k-seqlen": 0.5}.get(
-            model, 0.25)
+            model, 0.25
+        )
 
 
 @pytest.mark.parametrize("name", ["quick", "heads", "sizes"])

@@ -148,8 +148,13 @@ def test_cache_hit_skips_tokenization(tmp_path, monkeypatch) -> None:
         with pytest.raises(AssertionError, match="tokenize called"):
             build(df, split, cache_dir=tmp_path, **kwargs)
     with pytest.raises(AssertionError, match="tokenize called"):
-        build(df, {"train": ["s0", "s1", "s2", "s4"], "val": ["s3"], "test": ["s5"]},
-              max_length=64, num_sets=2, cache_dir=tmp_path)
+        build(
+            df,
+            {"train": ["s0", "s1", "s2", "s4"], "val": ["s3"], "test": ["s5"]},
+            max_length=64,
+            num_sets=2,
+            cache_dir=tmp_path,
+        )
     changed = df.copy()
     changed.loc[0, "pH"] = 3.0
     with pytest.raises(AssertionError, match="tokenize called"):

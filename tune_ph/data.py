@@ -1,15 +1,13 @@
-"""Samples from the hub, local copies, FASTA files or the demo → validated table → published split → token arrays."""
+"""Dataset sources (hub, local copies, demo) -> validated sample table -> published split -> token arrays."""
 
 from __future__ import annotations
 
 import argparse
-import gzip
 import logging
 import math
 import os
 import socket
-import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -18,37 +16,22 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from hyena_dna import tokenizer
-from tune_ph import tokens
+from tune_ph import cli, fasta, tokens
+from tune_ph.config import DEFAULT_DATASET, TrainConfig
+from tune_ph.demo import make_demo
+from tune_ph.errors import BadRowError, DatasetError
 from tune_ph.tokens import TokenizedDataset
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DATASET = "jedick/microbial-DNA-pH"
-SCHEMA = (
-    "sample_id",
-    "study_name",
-    "pH",
-    "sequences",
-    "num_sequences",
-    "total_DNA_length",
-    "sample",
-    "environment",
-    "Bacteria",
-    "Archaea",
-)
+# The columns of the published dataset, as the FASTA builder writes them.
+SCHEMA = tuple(fasta.PARQUET_SCHEMA.names)
 REQUIRED = ("sample_id", "study_name", "pH", "sequences", "environment")
-DEFAULT_MAX_DNA = 250_000
-FASTA_SUFFIXES = (".fasta.gz", ".fasta", ".fa.gz", ".fa", ".fna.gz", ".fna")
 _TABLE_SUFFIXES = (".parquet", ".jsonl", ".json")
 _SKIP_HINT = "Fix the data, or pass skip_bad_rows=True (CLI: --skip-bad-rows) to drop such rows."
 
 
-class DatasetError(ValueError):
-    """A dataset source cannot be read or does not have the expected schema."""
-
-
-class BadRowError(DatasetError):
-    """A sample row is invalid (non-DNA characters, a missing field, pH out of range, a duplicate id)."""
+__all__ = ["BadRowError", "DatasetError", "load_samples", "prepare", "prepare_for", "split_samples"]
 
 
 # ---------------------------------------------------------------- sources
@@ -114,8 +97,8 @@ def _load_local(path: Path) -> pd.DataFrame:
         files = sorted(p for p in path.rglob("*.jsonl") if not any(part.startswith(".") for part in p.parts))
     if not files:
         raise DatasetError(
-            f"{path}: no dataset found in this folder (expected parquet shards such as data/train-00000-of-00001.parquet, "
-            "a save_to_disk folder, or .jsonl files)"
+            f"{path}: no dataset found in this folder (expected parquet shards such as "
+            "data/train-00000-of-00001.parquet, a save_to_disk folder, or .jsonl files)"
         )
     log.info("reading %d file(s) from %s", len(files), path)
     return _read_table_files(files)
@@ -171,8 +154,6 @@ def _check_columns(df: pd.DataFrame, where: str) -> pd.DataFrame:
 
 def _read_source(source: str) -> pd.DataFrame:
     if source == "demo":
-        from tune_ph.demo import make_demo
-
         return make_demo()
     path = Path(source).expanduser()
     if path.exists():
@@ -344,7 +325,9 @@ def split_samples(
         idx_train, idx_val = idx_trainval, np.zeros(0, dtype=int)
     else:
         # A float fraction, as the published code passes it (sklearn rounds it up to a count).
-        idx_train, idx_val = _stratified(idx_trainval, env[idx_trainval], n_val / len(idx_trainval), seed, "train : val")
+        idx_train, idx_val = _stratified(
+            idx_trainval, env[idx_trainval], n_val / len(idx_trainval), seed, "train : val"
+        )
     return {
         "train": [str(s) for s in ids[idx_train]],
         "val": [str(s) for s in ids[idx_val]],
@@ -371,181 +354,19 @@ def prepare(
     return ds
 
 
-# ---------------------------------------------------------------- builder
-
-
-def read_fasta(path: str | os.PathLike, max_dna: int | None = None) -> list[str]:
-    """Reads of a FASTA file (plain or .gz), in file order, whole reads until ``max_dna`` bases in total."""
-    path = Path(path)
-    opener = gzip.open if path.name.endswith(".gz") else open
-    reads: list[str] = []
-    total = 0
-
-    def records() -> Iterator[str]:
-        parts: list[str] = []
-        started = False
-        with opener(path, "rt", encoding="latin-1") as fh:
-            for line in fh:
-                line = line.strip()
-                if line.startswith(">"):
-                    if started:
-                        yield "".join(parts)
-                    parts, started = [], True
-                elif line and not line.startswith(";"):
-                    if not started:
-                        raise DatasetError(f"{path}: not FASTA (sequence before the first '>' header)")
-                    parts.append(line)
-            if started:
-                yield "".join(parts)
-
-    for seq in records():
-        if not seq:
-            continue
-        if max_dna is not None and total + len(seq) > max_dna:
-            if not reads:  # one read longer than the cap: keep its start rather than nothing
-                reads.append(seq[:max_dna])
-            break
-        reads.append(seq)
-        total += len(seq)
-    return reads
-
-
-def _fasta_key(path: Path) -> str | None:
-    name = path.name
-    for suffix in FASTA_SUFFIXES:
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return None
-
-
-def build_dataset(
-    fasta_dir: str | os.PathLike,
-    metadata: str | os.PathLike,
-    out: str | os.PathLike,
-    *,
-    max_dna: int = DEFAULT_MAX_DNA,
-    rows_per_shard: int = 2000,
-) -> dict:
-    """Write a hub-layout dataset (out/data/train-*.parquet) from FASTA_DIR/{study}/{sample}.fasta[.gz] + a CSV."""
-    fasta_dir, metadata, out = Path(fasta_dir), Path(metadata), Path(out)
-    if not fasta_dir.is_dir():
-        raise DatasetError(f"--fasta-dir {fasta_dir}: no such folder")
-    try:
-        meta = pd.read_csv(metadata, dtype={"sample_id": str, "study_name": str})
-    except (OSError, ValueError) as exc:
-        raise DatasetError(f"--metadata {metadata}: cannot read it as CSV ({exc})") from exc
-    need = ("sample_id", "study_name", "environment", "pH")
-    missing = [c for c in need if c not in meta.columns]
-    if missing:
-        raise DatasetError(f"{metadata}: missing column(s) {', '.join(missing)}; the CSV needs {', '.join(need)}")
-
-    ph = pd.to_numeric(meta["pH"], errors="coerce")
-    bad_ph = ph.isna() & meta["pH"].notna()  # empty / NA is a missing pH; anything else must be a number
-    meta["pH"] = ph
-    if bad_ph.any():
-        first = meta.loc[bad_ph].iloc[0]
-        raise DatasetError(
-            f"{metadata}: sample_id {first['sample_id']!r}: field 'pH' is not a number "
-            f"({int(bad_ph.sum())} such row(s)); use a number, or leave it empty / NA for unknown"
-        )
-    keys = meta["study_name"].astype(str).str.strip() + "/" + meta["sample_id"].astype(str).str.strip()
-    if keys.duplicated().any():
-        dups = keys[keys.duplicated()].tolist()
-        log.warning("%s: %d duplicate row(s) ignored (first one kept), e.g. %s", metadata, len(dups), ", ".join(dups[:5]))
-        meta = meta.loc[~keys.duplicated()]
-
-    found: dict[tuple[str, str], Path] = {}
-    for study_dir in sorted(p for p in fasta_dir.iterdir() if p.is_dir()):
-        for f in sorted(study_dir.iterdir()):
-            key = _fasta_key(f)
-            if key is not None and (study_dir.name, key) not in found:
-                found[(study_dir.name, key)] = f
-
-    from tqdm.auto import tqdm
-
-    rows, without_reads = [], []
-    wanted = set()
-    for rec in tqdm(meta.to_dict("records"), desc="reading FASTA", unit="sample", disable=len(meta) < 50):
-        key = (str(rec["study_name"]).strip(), str(rec["sample_id"]).strip())
-        wanted.add(key)
-        path = found.get(key)
-        reads = read_fasta(path, max_dna) if path is not None else []
-        if not reads:
-            without_reads.append(f"{key[0]}/{key[1]}")
-            continue
-        ph = rec["pH"]
-        rows.append(
-            {
-                "sample_id": key[1],
-                "study_name": key[0],
-                "pH": None if pd.isna(ph) else float(ph),
-                "sequences": reads,
-                "num_sequences": len(reads),
-                "total_DNA_length": sum(map(len, reads)),
-                "sample": None if pd.isna(rec.get("sample")) else str(rec.get("sample")),
-                "environment": None if pd.isna(rec["environment"]) else str(rec["environment"]),
-                "Bacteria": _optional_int(rec.get("Bacteria")),
-                "Archaea": _optional_int(rec.get("Archaea")),
-            }
-        )
-    without_metadata = [f"{s}/{k}" for (s, k) in found if (s, k) not in wanted]
-    if without_reads:
-        log.warning("%d sample(s) in the metadata have no reads, e.g. %s", len(without_reads), ", ".join(without_reads[:5]))
-    if without_metadata:
-        log.warning(
-            "%d FASTA file(s) have no metadata row, e.g. %s", len(without_metadata), ", ".join(without_metadata[:5])
-        )
-    if not rows:
-        raise DatasetError(f"no sample of {metadata} has reads under {fasta_dir}/{{study_name}}/{{sample_id}}.fasta[.gz]")
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    schema = pa.schema(
-        [
-            ("sample_id", pa.string()),
-            ("study_name", pa.string()),
-            ("pH", pa.float64()),
-            ("sequences", pa.list_(pa.string())),
-            ("num_sequences", pa.int64()),
-            ("total_DNA_length", pa.int64()),
-            ("sample", pa.string()),
-            ("environment", pa.string()),
-            ("Bacteria", pa.int64()),
-            ("Archaea", pa.int64()),
-        ]
+def prepare_for(cfg: TrainConfig) -> TokenizedDataset:
+    """The tokenized dataset a training config reads (max_length resolved from the model when not set)."""
+    cfg = cfg.resolved()
+    return prepare(
+        cfg.dataset,
+        max_length=cfg.max_length,
+        num_sets=cfg.num_sets,
+        seed=cfg.split_seed,
+        test_fraction=cfg.test_fraction,
+        val_fraction=cfg.val_fraction,
+        cache_dir=cfg.cache_dir,
+        skip_bad_rows=cfg.skip_bad_rows,
     )
-    data_dir = out / "data"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    for old in data_dir.glob("train-*.parquet"):  # a rebuild must not leave shards of an older build
-        old.unlink()
-    n_shards = max(1, math.ceil(len(rows) / rows_per_shard))
-    for k in range(n_shards):
-        chunk = rows[k * rows_per_shard : (k + 1) * rows_per_shard]
-        table = pa.Table.from_pylist(chunk, schema=schema)
-        target = data_dir / f"train-{k:05d}-of-{n_shards:05d}.parquet"
-        tmp = target.with_suffix(".parquet.tmp")
-        pq.write_table(table, tmp)
-        os.replace(tmp, target)
-    summary = {
-        "samples": len(rows),
-        "reads": sum(r["num_sequences"] for r in rows),
-        "bases": sum(r["total_DNA_length"] for r in rows),
-        "shards": n_shards,
-        "without_reads": without_reads,
-        "without_metadata": without_metadata,
-        "out": str(out),
-    }
-    return summary
-
-
-def _optional_int(value) -> int | None:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
 
 
 def _print_examples(label: str, names: list[str]) -> None:
@@ -555,40 +376,48 @@ def _print_examples(label: str, names: list[str]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: `python -m tune_ph.data build ...` (and `summary` of any source)."""
+    """`python -m tune_ph.data build|summary`: exit code 0, 1 (runtime failure) or 2 (bad input)."""
+    return cli.run(_main, argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tune_ph.data", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="build a hub-layout dataset from FASTA files and a metadata CSV")
     b.add_argument("--fasta-dir", required=True, help="folder with {study_name}/{sample_id}.fasta[.gz]")
-    b.add_argument("--metadata", required=True, help="CSV with sample_id, study_name, environment, pH (+ sample, Bacteria, Archaea)")
-    b.add_argument("--out", required=True, help="output folder (written as out/data/train-*.parquet)")
-    b.add_argument("--max-dna", type=int, default=DEFAULT_MAX_DNA, help="max bases per sample, whole reads in file order (default 250000)")
+    b.add_argument(
+        "--metadata",
+        required=True,
+        help="CSV with sample_id, study_name, environment, pH (+ sample, Bacteria, Archaea)",
+    )
+    b.add_argument("--output-dir", required=True, help="output folder (written as OUTPUT_DIR/data/train-*.parquet)")
+    b.add_argument(
+        "--max-dna",
+        type=int,
+        default=fasta.DEFAULT_MAX_DNA,
+        help="max bases per sample, whole reads in file order (default %(default)s)",
+    )
     s = sub.add_parser("summary", help="load a dataset source and print its size and split")
     s.add_argument("source", nargs="?", default=DEFAULT_DATASET, help="demo, hub id, folder or file")
     s.add_argument("--skip-bad-rows", action="store_true", help="drop invalid rows instead of stopping")
     s.add_argument("--seed", type=int, default=42)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        if args.command == "build":
-            res = build_dataset(args.fasta_dir, args.metadata, args.out, max_dna=args.max_dna)
-            print(
-                f"wrote {res['samples']} samples ({res['reads']:,} reads, {res['bases']:,} bases) "
-                f"in {res['shards']} shard(s) to {res['out']}/data/"
-            )
-            _print_examples("sample(s) in the metadata without reads", res["without_reads"])
-            _print_examples("FASTA file(s) without metadata", res["without_metadata"])
-            print(f"use it with: --dataset {res['out']}")
-        else:
-            df = load_samples(args.source, skip_bad_rows=args.skip_bad_rows)
-            split = split_samples(df, seed=args.seed)
-            print(f"{len(df)} samples; environments: {df['environment'].value_counts().to_dict()}")
-            print({k: len(v) for k, v in split.items()})
-    except DatasetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    if args.command == "build":
+        res = fasta.build_dataset(args.fasta_dir, args.metadata, args.output_dir, max_dna=args.max_dna)
+        print(
+            f"wrote {res['samples']} samples ({res['reads']:,} reads, {res['bases']:,} bases) "
+            f"in {res['shards']} shard(s) to {res['out']}/data/"
+        )
+        _print_examples("sample(s) in the metadata without reads", res["without_reads"])
+        _print_examples("FASTA file(s) without metadata", res["without_metadata"])
+        print(f"use it with: --dataset {res['out']}")
+    else:
+        df = load_samples(args.source, skip_bad_rows=args.skip_bad_rows)
+        split = split_samples(df, seed=args.seed)
+        print(f"{len(df)} samples; environments: {df['environment'].value_counts().to_dict()}")
+        print({k: len(v) for k, v in split.items()})
+    return cli.EXIT_OK
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -5,48 +5,24 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
-import os
-import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if __name__ == "__main__":
-    # Before torch loads its OpenMP runtime: busy-waiting threads crawl (5-10x slower steps measured on a
-    # 2-core machine) whenever anything else runs; passive waiting costs little when the machine is idle.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
-from hyena_dna import HyenaDNAConfig, HyenaDNAModel
-from tune_ph.head import RegressionHead
-from tune_ph.train import PhRegressor, TrainConfig, Predictions, load_dataset, predict, regression_metrics, resolve_device
-
-if TYPE_CHECKING:
-    from tune_ph.tokens import TokenizedDataset
+from tune_ph import cli, data
+from tune_ph.config import TrainConfig
+from tune_ph.files import write_csv, write_json
+from tune_ph.model import load_checkpoint, resolve_device
+from tune_ph.predict import Predictions, predict, regression_metrics
+from tune_ph.report import plot_residuals
+from tune_ph.tokens import TokenizedDataset
 
 log = logging.getLogger("tune_ph.evaluate")
 
-_REQUIRED_KEYS = ("model", "train_config", "model_config", "target_mean", "target_std")
-
-
-def load_checkpoint(path: str | Path) -> tuple[PhRegressor, dict[str, Any]]:
-    """Rebuild the model of a checkpoint saved by train/fit (weights_only load) -> (model in eval mode, state)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist; pass RUN/best_model.pt of a finished run")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    missing = [k for k in _REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
-    if missing:
-        raise ValueError(f"{path} is not a tune_ph checkpoint: it lacks {', '.join(missing)}")
-    cfg = TrainConfig.from_dict(state["train_config"])
-    backbone = HyenaDNAModel(HyenaDNAConfig.from_dict(state["model_config"]))
-    head = RegressionHead(backbone.config.d_model, cfg.head, cfg.pooling, cfg.head_dropout)
-    model = PhRegressor(backbone, head, freeze_backbone=cfg.freeze_backbone)
-    model.load_state_dict(state["model"])
-    return model.eval(), state
+__all__ = ["evaluate_checkpoint", "load_checkpoint", "predictions_table"]
 
 
 def predictions_table(dataset: TokenizedDataset, preds: Predictions, num_sets: int) -> pd.DataFrame:
@@ -88,8 +64,6 @@ def evaluate_checkpoint(
     dataset: a TokenizedDataset (reused as is), a source string, or None for the source in the saved config.
     output_dir: defaults to the checkpoint's folder.
     """
-    from tune_ph.report import plot_residuals
-
     checkpoint_path = Path(checkpoint_path)
     model, state = load_checkpoint(checkpoint_path)
     cfg = TrainConfig.from_dict(state["train_config"])
@@ -97,7 +71,8 @@ def evaluate_checkpoint(
     if dataset is None or isinstance(dataset, str):
         if isinstance(dataset, str):
             cfg.dataset = dataset
-        dataset = load_dataset(cfg, max_length)
+        cfg.max_length = max_length
+        dataset = data.prepare_for(cfg)
     elif dataset.max_length != max_length or dataset.num_sets != cfg.num_sets:
         raise ValueError(
             f"the dataset was tokenized with max_length={dataset.max_length}, num_sets={dataset.num_sets} but "
@@ -111,11 +86,19 @@ def evaluate_checkpoint(
     torch_device = resolve_device(device)
     model.to(torch_device)
     preds = predict(
-        model, dataset, "test", target_mean=float(state["target_mean"]), target_std=float(state["target_std"]),
-        batch_size=cfg.batch_size, device=torch_device, progress=progress,
-    )  # fmt: skip
+        model,
+        dataset,
+        "test",
+        target_mean=float(state["target_mean"]),
+        target_std=float(state["target_std"]),
+        batch_size=cfg.batch_size,
+        device=torch_device,
+        progress=progress,
+    )
     table = predictions_table(dataset, preds, cfg.num_sets)
-    metrics: dict[str, Any] = regression_metrics(table["true_ph"].to_numpy(), table["predicted_ph_mean"].to_numpy(), "test_")
+    metrics: dict[str, Any] = regression_metrics(
+        table["true_ph"].to_numpy(), table["predicted_ph_mean"].to_numpy(), "test_"
+    )
     metrics.update(
         test_n_samples=len(table),
         test_n_sets=len(preds.set_index),
@@ -124,16 +107,19 @@ def evaluate_checkpoint(
     )
 
     out = Path(output_dir) if output_dir is not None else checkpoint_path.parent
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "test_predictions.csv", index=False)
-    # JSON has no NaN; an undefined R² (one test sample) is written as null.
-    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
-    (out / "metrics.json").write_text(json.dumps(clean, indent=2) + "\n")
-    plot_residuals(table, out / "residuals.png", title=f"Test residuals, R² {metrics['test_r2']:.3f} ({len(table)} samples)")
+    write_csv(out / "test_predictions.csv", table)
+    write_json(out / "metrics.json", metrics)  # an undefined R² (one test sample) is written as null
+    title = f"Test residuals, R² {metrics['test_r2']:.3f} ({len(table)} samples)"
+    plot_residuals(table, out / "residuals.png", title=title)
     return metrics
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m tune_ph.evaluate`: exit code 0, 1 (runtime failure), 2 (bad input) or 130 (interrupted)."""
+    return cli.run(_main, argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m tune_ph.evaluate",
         description="Re-run the test evaluation of a training run from its checkpoint and saved config.",
@@ -143,15 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output-dir", default=None, help="where to write the outputs (default: the checkpoint's folder)")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    try:
-        metrics = evaluate_checkpoint(args.checkpoint, dataset=args.dataset, output_dir=args.output_dir, device=args.device)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    metrics = evaluate_checkpoint(args.checkpoint, dataset=args.dataset, output_dir=args.output_dir, device=args.device)
     print(json.dumps(metrics, indent=2))
-    return 0
+    return cli.EXIT_OK
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -1,0 +1,72 @@
+"""Helpers shared by the test modules: a tiny search space, writing it as YAML, and a tokenization counter."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_MODEL = {"d_model": 16, "n_layer": 1, "d_inner": 32, "filter_order": 16, "l_max": 130}
+BUILD_LOG_VAR = "TUNE_PH_BUILD_LOG"
+
+
+def tiny_space(**changes: object) -> dict:
+    """A search that trains in seconds: 16-wide one-layer backbone, 128 tokens, one set per sample.
+
+    changes: `section__key=value` sets one key of a section, `section=value` replaces a section.
+    """
+    space = {
+        "name": "tiny",
+        "fixed": {
+            "dataset": "demo",
+            "from_scratch": True,
+            "model_config": dict(TINY_MODEL),
+            "max_length": 128,
+            "num_sets": 1,
+            "epochs": 2,
+            "batch_size": 32,
+            "device": "cpu",
+        },
+        "space": {
+            "head": {"choice": ["linear", "mlp2"]},
+            "learning_rate": {"loguniform": [1e-4, 3e-3]},
+            "head_dropout": {"uniform": [0.0, 0.3], "when": {"head": ["mlp2"]}},
+        },
+        "search": {"num_samples": 3, "seed": 0, "max_concurrent": 2},
+        "scheduler": {"grace_period": 1, "reduction_factor": 2, "max_epochs": 2},
+        "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0},
+    }
+    for key, value in changes.items():
+        section, _, name = key.partition("__")
+        if name:
+            space[section][name] = value
+        else:
+            space[section] = value
+    return space
+
+
+def write_space(folder: Path, space: dict, name: str = "space.yaml") -> Path:
+    path = folder / name
+    path.write_text(yaml.safe_dump(space, sort_keys=False))
+    return path
+
+
+def count_tokenizing() -> None:
+    """Ray worker setup hook: append `<pid> build|tokenize` to $TUNE_PH_BUILD_LOG for every call in this worker.
+
+    It lets a test prove that trial processes never tokenize, without mocking anything they run.
+    """
+    log = os.environ[BUILD_LOG_VAR]
+    from tune_ph import tokens  # in the worker, after Ray has set up its environment
+
+    for name in ("build", "tokenize"):
+        original = getattr(tokens, name)
+
+        def counted(*args, _original=original, _name=name, **kwargs):
+            with open(log, "a") as fh:
+                fh.write(f"{os.getpid()} {_name}\n")
+            return _original(*args, **kwargs)
+
+        setattr(tokens, name, counted)

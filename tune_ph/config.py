@@ -1,0 +1,287 @@
+"""TrainConfig: the one schema of a training run (fields, defaults, allowed names, every range rule, CLI flags)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from hyena_dna import PRETRAINED_SIZES, HyenaDNAConfig
+from tune_ph.errors import ConfigError
+
+DEFAULT_DATASET = "jedick/microbial-DNA-pH"
+DEFAULT_MODEL = "hyenadna-tiny-1k-seqlen"
+ARCHITECTURES: tuple[str, ...] = ("linear", "mlp2", "mlp2_ln", "mlp3", "mlp4", "mlp5")
+POOLINGS: tuple[str, ...] = ("pool", "last", "first", "sum")
+LOSSES: tuple[str, ...] = ("smoothl1", "mse", "mae", "huber")
+LR_SCHEDULERS: tuple[str, ...] = ("none", "plateau")
+# Validation metrics a run can be selected by, each with the direction that is better.
+METRIC_MODES: dict[str, str] = {"val_loss": "min", "val_rmse": "min", "val_mae": "min", "val_r2": "max"}
+MIN_MAX_LENGTH = 8
+
+
+def _field(default: Any, help: str, **meta: Any) -> Any:
+    """A TrainConfig field with its help text and flags for the CLI and the search-space YAML.
+
+    meta: choices (allowed values), aliases (extra CLI flags), cli=False (no CLI flag), yaml=False (not in a
+    search space), data=True (decides the tokenized data, so one value per search), searchable=False.
+    """
+    return field(default=default, metadata={"help": help, **meta})
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs, as JSON-able primitives (saved with every checkpoint)."""
+
+    dataset: str = _field(
+        DEFAULT_DATASET, "hub dataset id, local folder/.parquet/.jsonl, or 'demo' (offline)", data=True
+    )
+    model: str = _field(DEFAULT_MODEL, "HyenaDNA size name, hub id or local checkpoint folder")
+    from_scratch: bool = _field(False, "random initialisation instead of pretrained weights")
+    # A custom backbone (HyenaDNAConfig fields), from scratch only; `model` then only names the run.
+    model_config: dict[str, Any] | None = _field(
+        None, "custom backbone: HyenaDNAConfig fields", cli=False, searchable=False
+    )
+    head: str = _field("mlp2", "regression head architecture", choices=ARCHITECTURES)
+    pooling: str = _field("pool", "how a set's tokens are pooled (real tokens only)", choices=POOLINGS)
+    head_dropout: float = _field(0.1, "dropout between head layers")
+    freeze_backbone: bool = _field(False, "train the head only")
+    learning_rate: float = _field(
+        1e-4, "AdamW learning rate (the implicit filter uses the backbone's filter_lr)", aliases=("--lr",)
+    )
+    weight_decay: float = _field(0.01, "AdamW weight decay (not on biases, norms, embeddings or the filter)")
+    batch_size: int = _field(4, "sequence sets per step")
+    epochs: int = _field(10, "maximum number of epochs")
+    loss: str = _field("smoothl1", "training loss on standardised pH", choices=LOSSES)
+    loss_beta: float = _field(1.0, "SmoothL1 beta / Huber delta")
+    lr_scheduler: str = _field("none", "plateau: ReduceLROnPlateau on val loss, patience 3", choices=LR_SCHEDULERS)
+    grad_clip: float | None = _field(1.0, "max gradient norm; 0 disables")
+    seed: int = _field(42, "seed for initialisation, shuffling and dropout")
+    device: str = _field("auto", "auto, cpu, cuda, cuda:1, ...")
+    num_sets: int = _field(5, "sequence sets per sample", data=True)
+    max_length: int | None = _field(None, "tokens per set; default: the model's maximum", data=True)
+    early_stopping_patience: int | None = _field(None, "stop after this many epochs without improvement")
+    gradient_checkpointing: bool = _field(False, "recompute blocks in backward (less memory)")
+    output_dir: str | None = _field(None, "run folder; default: runs/<timestamp>", yaml=False)
+    # Data options: saved so that evaluate rebuilds exactly the split the run was trained on.
+    split_seed: int = _field(42, "seed of the train/val/test split", data=True)
+    test_fraction: float = _field(0.2, "share of samples held out for test", data=True)
+    val_fraction: float = _field(0.1, "share of all samples used for validation", data=True)
+    cache_dir: str | None = _field(None, "where tokenized datasets are cached", data=True)
+    skip_bad_rows: bool = _field(False, "drop invalid rows (counted) instead of failing", data=True)
+
+    def __post_init__(self) -> None:
+        if self.grad_clip == 0 and not isinstance(self.grad_clip, bool):
+            self.grad_clip = None  # "0 disables", on the command line and in YAML alike
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the field and what is allowed."""
+        for f in fields(self):
+            check_field(f.name, getattr(self, f.name))
+        if self.model_config is not None and not self.from_scratch:
+            raise ConfigError(
+                "model_config", "a custom model_config needs from_scratch=True (there are no pretrained weights for it)"
+            )
+        if self.test_fraction + self.val_fraction >= 1:
+            raise ConfigError(
+                "val_fraction",
+                f"test_fraction + val_fraction must be below 1 (nothing would be left "
+                f"to train on), got {self.test_fraction} + {self.val_fraction}",
+            )
+        if self.max_length is not None:
+            try:
+                limit = model_max_length(self.model, self.model_config)
+            except ValueError:  # a hub id: its length is known once its config.json is fetched (fit checks it)
+                return
+            if self.max_length > limit:
+                raise ConfigError(
+                    "max_length",
+                    f"{self.max_length} tokens do not fit model {self.model}, whose max "
+                    f"length is {limit}; allowed: {MIN_MAX_LENGTH}..{limit}",
+                )
+
+    def resolved(self) -> TrainConfig:
+        """A copy with max_length filled in (the model's maximum when not set)."""
+        return replace(self, max_length=self.max_length or model_max_length(self.model, self.model_config))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Build from a dict; unknown keys are an error (they are usually typos)."""
+        known = field_names()
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ConfigError(unknown[0], f"unknown TrainConfig fields {unknown}; known fields: {', '.join(known)}")
+        return cls(**data)
+
+    @classmethod
+    def from_trial(cls, config: dict[str, Any]) -> TrainConfig:
+        """The TrainConfig of a Ray Tune trial config, resolved.
+
+        A trial config holds TrainConfig fields plus Optuna's own names for per-model parameters
+        (``batch_size__<model>``), which repeat a field's value and are dropped here.
+        """
+        known = set(field_names())
+        return cls(**{k: v for k, v in config.items() if k in known}).resolved()
+
+
+def field_names() -> list[str]:
+    return [f.name for f in fields(TrainConfig)]
+
+
+def field_meta(name: str) -> dict[str, Any]:
+    return dict(TrainConfig.__dataclass_fields__[name].metadata)
+
+
+def field_types(name: str) -> tuple[type, ...]:
+    """The Python types a field accepts, from its annotation (an int is accepted for a float)."""
+    hint = typing.get_type_hints(TrainConfig)[name]
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = typing.get_args(hint)
+    else:
+        args = (hint,)
+    out: list[type] = []
+    for arg in args:
+        origin = typing.get_origin(arg) or arg
+        out.append(origin)
+        if origin is float:
+            out.append(int)
+    return tuple(out)
+
+
+def model_max_length(model: str, model_config: dict[str, Any] | None = None) -> int:
+    """Tokens a model reads at most: from a custom model_config, a public size name or a local config.json."""
+    if model_config:
+        return HyenaDNAConfig.from_dict(model_config).max_length
+    size = model.rstrip("/").split("/")[-1]
+    if size in PRETRAINED_SIZES:
+        return PRETRAINED_SIZES[size][2]
+    config_json = Path(model) / "config.json"
+    if config_json.is_file():
+        return HyenaDNAConfig.from_json(config_json).max_length
+    raise ValueError(
+        f"unknown model size {model!r}; allowed: {', '.join(PRETRAINED_SIZES)} or a local folder with config.json"
+    )
+
+
+_TYPE_NAMES = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "true/false",
+    dict: "a mapping",
+    list: "a list",
+    type(None): "null",
+}
+
+
+def type_name(t: type) -> str:
+    return _TYPE_NAMES.get(t, t.__name__)
+
+
+def check_type(name: str, value: Any, allowed: tuple[type, ...]) -> None:
+    # bool is an int in Python; true/false is never a number here.
+    ok = isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
+    if isinstance(value, float) and float in allowed and not math.isfinite(value):
+        raise ConfigError(name, f"{name} must be a finite number, got {value!r}")
+    if not ok:
+        names = " or ".join(type_name(t) for t in allowed)
+        raise ConfigError(name, f"expected {names}, got {value!r} ({type_name(type(value))})")
+
+
+def check_field(name: str, value: Any) -> None:
+    """Type and range of one TrainConfig value on its own; raise ConfigError naming the field."""
+    if name not in TrainConfig.__dataclass_fields__:
+        raise ConfigError(name, f"unknown field {name!r}; known fields: {', '.join(field_names())}")
+    check_type(name, value, field_types(name))
+    if value is None:
+        return
+    choices = field_meta(name).get("choices")
+    if choices and value not in choices:
+        raise ConfigError(name, f"unknown {name} {value!r}; allowed: {', '.join(choices)}")
+    if name in ("batch_size", "epochs", "num_sets", "early_stopping_patience") and value < 1:
+        raise ConfigError(name, f"{name} must be a positive integer, got {value!r}")
+    if name in ("learning_rate", "loss_beta") and not value > 0:
+        raise ConfigError(name, f"{name} must be > 0, got {value!r}")
+    if name in ("weight_decay", "grad_clip") and value < 0:
+        raise ConfigError(name, f"{name} must be >= 0, got {value!r}")
+    if name in ("seed", "split_seed") and value < 0:
+        raise ConfigError(name, f"{name} must be >= 0 (numpy seeds are unsigned), got {value!r}")
+    if name == "test_fraction" and not 0 < value < 1:
+        raise ConfigError(name, f"test_fraction must be between 0 and 1, got {value!r}")
+    if name == "val_fraction" and not 0 <= value < 1:
+        raise ConfigError(name, f"val_fraction must be in [0, 1), got {value!r}")
+    if name == "head_dropout" and not 0 <= value < 1:
+        raise ConfigError(name, f"head_dropout must be in [0, 1), got {value!r}")
+    if name == "max_length" and value < MIN_MAX_LENGTH:
+        raise ConfigError(name, f"max_length must be at least {MIN_MAX_LENGTH} tokens, got {value!r}")
+    if name == "device" and not (value in ("auto", "cpu") or value == "cuda" or value.startswith("cuda:")):
+        raise ConfigError(name, f"device must be auto, cpu or cuda[:N], got {value!r}")
+    if name == "model" and not value.strip():
+        raise ConfigError(name, "model must name a HyenaDNA size, a hub id or a local checkpoint folder")
+    if name == "model_config":
+        known = set(HyenaDNAConfig.__dataclass_fields__) - {"extra"}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ConfigError(
+                name,
+                f"unknown HyenaDNAConfig field(s) {', '.join(map(str, unknown))}; allowed: {', '.join(sorted(known))}",
+            )
+        try:
+            HyenaDNAConfig.from_dict(value)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(name, str(err)) from None
+
+
+# ------------------------------------------------------------------------------------------------ CLI flags
+
+
+def _base_type(name: str) -> type:
+    return next(t for t in field_types(name) if t is not type(None))
+
+
+def add_arguments(
+    parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None, overrides: bool = False
+) -> None:
+    """One flag per TrainConfig field (``--learning-rate`` for learning_rate), with its help and choices.
+
+    overrides: every default is None, meaning "not given" (a search's flags override its YAML).
+    """
+    for f in fields(TrainConfig):
+        meta = f.metadata
+        if not meta.get("cli", True) or (only is not None and f.name not in only):
+            continue
+        flags = [f"--{f.name.replace('_', '-')}", *meta.get("aliases", ())]
+        default = None if overrides else f.default
+        kind = _base_type(f.name)
+        help_text = meta["help"] if overrides else f"{meta['help']} (default: {f.default})"
+        if kind is bool:
+            parser.add_argument(*flags, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+        else:
+            parser.add_argument(*flags, type=kind, default=default, choices=meta.get("choices"), help=help_text)
+
+
+def given_fields(args: argparse.Namespace, only: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The TrainConfig values on a parsed command line (None = not given, for override flags).
+
+    only: the fields add_arguments() was given; another flag may share a field's name (a search's --output-dir).
+    """
+    names = field_names() if only is None else only
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+
+
+def is_better(metric: str, value: float, than: float) -> bool:
+    """Whether `value` of a metric beats `than` (NaN never does)."""
+    return value < than if METRIC_MODES[metric] == "min" else value > than
+
+
+def worst_value(metric: str) -> float:
+    """The starting point that every finite value of the metric beats."""
+    return math.inf if METRIC_MODES[metric] == "min" else -math.inf

@@ -1,0 +1,32 @@
+"""The project's exception types; the command-line tools map them to exit codes (tune_ph.cli)."""
+
+from __future__ import annotations
+
+
+class InputError(ValueError):
+    """Bad input or usage (a file, row, field or flag): the message names it and the fix. Exit code 2."""
+
+
+class ConfigError(InputError):
+    """A TrainConfig value that breaks a rule; ``field`` names the offending field."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+class DatasetError(InputError):
+    """A dataset source cannot be read or does not have the expected schema."""
+
+
+class BadRowError(DatasetError):
+    """A sample row is invalid (non-DNA characters, a missing field, pH out of range, a duplicate id)."""
+
+
+class SpaceError(InputError):
+    """A search-space file that cannot be used; the message names the file, the key path and what is allowed."""
+
+
+class SetupError(RuntimeError):
+    """The environment cannot run what was asked (Ray cannot start, an extra is missing). Exit code 1."""

@@ -1,0 +1,206 @@
+"""FASTA builder: reads/{study_name}/{sample_id}.fasta[.gz] + a metadata CSV -> a dataset in the hub layout."""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import math
+import os
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from tune_ph.errors import DatasetError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_DNA = 250_000
+FASTA_SUFFIXES = (".fasta.gz", ".fasta", ".fa.gz", ".fa", ".fna.gz", ".fna")
+# The columns and types of the published dataset (jedick/microbial-DNA-pH), as the builder writes them.
+PARQUET_SCHEMA = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("study_name", pa.string()),
+        ("pH", pa.float64()),
+        ("sequences", pa.list_(pa.string())),
+        ("num_sequences", pa.int64()),
+        ("total_DNA_length", pa.int64()),
+        ("sample", pa.string()),
+        ("environment", pa.string()),
+        ("Bacteria", pa.int64()),
+        ("Archaea", pa.int64()),
+    ]
+)
+
+
+def read_fasta(path: str | os.PathLike, max_dna: int | None = None) -> list[str]:
+    """Reads of a FASTA file (plain or .gz), in file order, whole reads until ``max_dna`` bases in total."""
+    path = Path(path)
+    opener = gzip.open if path.name.endswith(".gz") else open
+    reads: list[str] = []
+    total = 0
+
+    def records() -> Iterator[str]:
+        parts: list[str] = []
+        started = False
+        with opener(path, "rt", encoding="latin-1") as fh:
+            for line in fh:
+                line = line.strip()
+                if line.startswith(">"):
+                    if started:
+                        yield "".join(parts)
+                    parts, started = [], True
+                elif line and not line.startswith(";"):
+                    if not started:
+                        raise DatasetError(f"{path}: not FASTA (sequence before the first '>' header)")
+                    parts.append(line)
+            if started:
+                yield "".join(parts)
+
+    try:
+        read = list(records())
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:  # not gzip, truncated, unreadable
+        raise DatasetError(
+            f"{path}: cannot read it as FASTA{' (gzip)' if path.name.endswith('.gz') else ''} "
+            f"({type(exc).__name__}: {exc}); replace or remove the file"
+        ) from None
+    for seq in read:
+        if not seq:
+            continue
+        if max_dna is not None and total + len(seq) > max_dna:
+            if not reads:  # one read longer than the cap: keep its start rather than nothing
+                reads.append(seq[:max_dna])
+            break
+        reads.append(seq)
+        total += len(seq)
+    return reads
+
+
+def _fasta_key(path: Path) -> str | None:
+    name = path.name
+    for suffix in FASTA_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+def build_dataset(
+    fasta_dir: str | os.PathLike,
+    metadata: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    max_dna: int = DEFAULT_MAX_DNA,
+    rows_per_shard: int = 2000,
+) -> dict:
+    """Write a hub-layout dataset (out/data/train-*.parquet) from FASTA_DIR/{study}/{sample}.fasta[.gz] + a CSV."""
+    fasta_dir, metadata, out = Path(fasta_dir), Path(metadata), Path(out)
+    if not fasta_dir.is_dir():
+        raise DatasetError(f"--fasta-dir {fasta_dir}: no such folder")
+    try:
+        meta = pd.read_csv(metadata, dtype={"sample_id": str, "study_name": str})
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"--metadata {metadata}: cannot read it as CSV ({exc})") from exc
+    need = ("sample_id", "study_name", "environment", "pH")
+    missing = [c for c in need if c not in meta.columns]
+    if missing:
+        raise DatasetError(f"{metadata}: missing column(s) {', '.join(missing)}; the CSV needs {', '.join(need)}")
+
+    ph = pd.to_numeric(meta["pH"], errors="coerce")
+    bad_ph = ph.isna() & meta["pH"].notna()  # empty / NA is a missing pH; anything else must be a number
+    meta["pH"] = ph
+    if bad_ph.any():
+        first = meta.loc[bad_ph].iloc[0]
+        raise DatasetError(
+            f"{metadata}: sample_id {first['sample_id']!r}: field 'pH' is not a number "
+            f"({int(bad_ph.sum())} such row(s)); use a number, or leave it empty / NA for unknown"
+        )
+    keys = meta["study_name"].astype(str).str.strip() + "/" + meta["sample_id"].astype(str).str.strip()
+    if keys.duplicated().any():
+        dups = keys[keys.duplicated()].tolist()
+        log.warning(
+            "%s: %d duplicate row(s) ignored (first one kept), e.g. %s", metadata, len(dups), ", ".join(dups[:5])
+        )
+        meta = meta.loc[~keys.duplicated()]
+
+    found: dict[tuple[str, str], Path] = {}
+    for study_dir in sorted(p for p in fasta_dir.iterdir() if p.is_dir()):
+        for f in sorted(study_dir.iterdir()):
+            key = _fasta_key(f)
+            if key is not None and (study_dir.name, key) not in found:
+                found[(study_dir.name, key)] = f
+
+    rows, without_reads = [], []
+    wanted = set()
+    for rec in tqdm(meta.to_dict("records"), desc="reading FASTA", unit="sample", disable=len(meta) < 50):
+        key = (str(rec["study_name"]).strip(), str(rec["sample_id"]).strip())
+        wanted.add(key)
+        path = found.get(key)
+        reads = read_fasta(path, max_dna) if path is not None else []
+        if not reads:
+            without_reads.append(f"{key[0]}/{key[1]}")
+            continue
+        ph = rec["pH"]
+        rows.append(
+            {
+                "sample_id": key[1],
+                "study_name": key[0],
+                "pH": None if pd.isna(ph) else float(ph),
+                "sequences": reads,
+                "num_sequences": len(reads),
+                "total_DNA_length": sum(map(len, reads)),
+                "sample": None if pd.isna(rec.get("sample")) else str(rec.get("sample")),
+                "environment": None if pd.isna(rec["environment"]) else str(rec["environment"]),
+                "Bacteria": _optional_int(rec.get("Bacteria")),
+                "Archaea": _optional_int(rec.get("Archaea")),
+            }
+        )
+    without_metadata = [f"{s}/{k}" for (s, k) in found if (s, k) not in wanted]
+    if without_reads:
+        log.warning(
+            "%d sample(s) in the metadata have no reads, e.g. %s", len(without_reads), ", ".join(without_reads[:5])
+        )
+    if without_metadata:
+        log.warning(
+            "%d FASTA file(s) have no metadata row, e.g. %s", len(without_metadata), ", ".join(without_metadata[:5])
+        )
+    if not rows:
+        raise DatasetError(
+            f"no sample of {metadata} has reads under {fasta_dir}/{{study_name}}/{{sample_id}}.fasta[.gz]"
+        )
+
+    data_dir = out / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    for old in data_dir.glob("train-*.parquet"):  # a rebuild must not leave shards of an older build
+        old.unlink()
+    n_shards = max(1, math.ceil(len(rows) / rows_per_shard))
+    for k in range(n_shards):
+        chunk = rows[k * rows_per_shard : (k + 1) * rows_per_shard]
+        table = pa.Table.from_pylist(chunk, schema=PARQUET_SCHEMA)
+        target = data_dir / f"train-{k:05d}-of-{n_shards:05d}.parquet"
+        tmp = target.with_suffix(".parquet.tmp")
+        pq.write_table(table, tmp)
+        os.replace(tmp, target)
+    summary = {
+        "samples": len(rows),
+        "reads": sum(r["num_sequences"] for r in rows),
+        "bases": sum(r["total_DNA_length"] for r in rows),
+        "shards": n_shards,
+        "without_reads": without_reads,
+        "without_metadata": without_metadata,
+        "out": str(out),
+    }
+    return summary
+
+
+def _optional_int(value) -> int | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None

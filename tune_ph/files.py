@@ -1,0 +1,56 @@
+"""Atomic writes of results and settings files: a crash mid-write never leaves a truncated file behind."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+
+def _atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
+    """Write to a temp file in the same folder, then rename it over `path` (atomic on POSIX)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    return _atomic(path, lambda fh: fh.write(text.encode("utf-8")))
+
+
+def write_json(path: str | os.PathLike, payload: Any) -> Path:
+    """JSON with 2-space indent; NaN and infinities are written as null (JSON has no NaN)."""
+    return write_text(path, json.dumps(_json_safe(payload), indent=2, default=str) + "\n")
+
+
+def save_torch(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+    return _atomic(path, lambda fh: torch.save(state, fh))
+
+
+def write_csv(path: str | os.PathLike, frame: Any) -> Path:
+    """A pandas DataFrame as CSV, without the index."""
+    return _atomic(path, lambda fh: fh.write(frame.to_csv(index=False).encode("utf-8")))
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value

@@ -1,0 +1,227 @@
+"""The task model: RegressionHead on a HyenaDNA backbone; build it from a config, load it, and optimize it."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hyena_dna import HyenaDNAConfig, HyenaDNAModel, PretrainedNotFoundError
+from hyena_dna.model import HyenaFilter
+from tune_ph.config import ARCHITECTURES, POOLINGS, TrainConfig
+
+log = logging.getLogger(__name__)
+
+# Number of hidden layers of each MLP architecture; every layer halves the width (floored, see _widths).
+_HIDDEN_LAYERS = {"linear": 0, "mlp2": 1, "mlp2_ln": 1, "mlp3": 2, "mlp4": 3, "mlp5": 4}
+_MIN_WIDTH = 16
+# What a checkpoint written by tune_ph holds besides the weights; without them it cannot be rebuilt.
+CHECKPOINT_KEYS = ("model", "train_config", "model_config", "target_mean", "target_std")
+
+
+def _widths(d_model: int, n_hidden: int) -> list[int]:
+    # Deep heads on a small d_model would otherwise shrink to a handful of units; never go below 16
+    # (or below d_model itself when the model is smaller than that).
+    floor = min(_MIN_WIDTH, d_model)
+    return [max(d_model // 2**k, floor) for k in range(1, n_hidden + 1)]
+
+
+def pool_hidden(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Reduce (B, L, D) hidden states to (B, D) using only positions where mask is True."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling {pooling!r}; choose one of: {', '.join(POOLINGS)}")
+    if hidden.dim() != 3 or mask.shape != hidden.shape[:2]:
+        raise ValueError(
+            f"expected hidden (B, L, D) and mask (B, L); got {tuple(hidden.shape)} and {tuple(mask.shape)}"
+        )
+    mask = mask.bool()
+    if pooling in ("pool", "sum"):
+        # where() rather than multiplication so non-finite values at padded positions cannot leak in.
+        total = torch.where(mask.unsqueeze(-1), hidden, hidden.new_zeros(())).sum(dim=1)
+        if pooling == "sum":
+            return total
+        count = mask.sum(dim=1, keepdim=True).clamp(min=1).to(total.dtype)
+        return total / count
+    length = mask.shape[1]
+    positions = torch.arange(length, device=mask.device).expand_as(mask)
+    if pooling == "last":
+        # Largest real position; computed from the mask so left and right padding both work.
+        index = torch.where(mask, positions, -1).amax(dim=1).clamp(min=0)
+    else:
+        index = torch.where(mask, positions, length).amin(dim=1).clamp(max=length - 1)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), index]
+
+
+class RegressionHead(nn.Module):
+    """Masked pooling followed by a linear layer or a small MLP; returns one value per sequence."""
+
+    def __init__(self, d_model: int, architecture: str = "mlp2", pooling: str = "pool", dropout: float = 0.1):
+        super().__init__()
+        if architecture not in ARCHITECTURES:
+            raise ValueError(f"unknown head architecture {architecture!r}; choose one of: {', '.join(ARCHITECTURES)}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {pooling!r}; choose one of: {', '.join(POOLINGS)}")
+        self.architecture = architecture
+        self.pooling = pooling
+        layers: list[nn.Module] = []
+        if architecture == "mlp2_ln":
+            layers.append(nn.LayerNorm(d_model))
+        width = d_model
+        for hidden in _widths(d_model, _HIDDEN_LAYERS[architecture]):
+            # nn.Dropout refuses a probability outside [0, 1] itself; TrainConfig narrows it to [0, 1).
+            layers += [nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(dropout)]
+            width = hidden
+        layers.append(nn.Linear(width, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """hidden (B, L, D), mask (B, L) bool with True at real tokens -> (B,)."""
+        return self.net(pool_hidden(hidden, mask, self.pooling)).squeeze(-1)
+
+    def extra_repr(self) -> str:
+        return f"architecture={self.architecture!r}, pooling={self.pooling!r}"
+
+
+class PhRegressor(nn.Module):
+    """Backbone + RegressionHead: (input_ids, mask) -> standardised pH predictions (B,)."""
+
+    def __init__(self, backbone: HyenaDNAModel, head: RegressionHead, freeze_backbone: bool = False):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.freeze_backbone = freeze_backbone
+        if freeze_backbone:
+            self.backbone.requires_grad_(False)
+            self.backbone.eval()
+
+    def train(self, mode: bool = True) -> PhRegressor:
+        super().train(mode)
+        if self.freeze_backbone:
+            # A frozen backbone is a fixed feature extractor: its dropout stays off.
+            self.backbone.eval()
+        return self
+
+    def forward(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.freeze_backbone:
+            with torch.no_grad():
+                hidden = self.backbone(input_ids)
+        else:
+            hidden = self.backbone(input_ids)
+        return self.head(hidden, mask).float()
+
+
+def backbone_config(cfg: TrainConfig) -> HyenaDNAConfig:
+    """The backbone architecture: cfg.model_config if given, a local folder's config.json, or a size name."""
+    if cfg.model_config is not None:
+        return HyenaDNAConfig.from_dict(cfg.model_config)
+    folder = Path(cfg.model)
+    if (folder / "config.json").is_file():
+        return HyenaDNAConfig.from_json(folder / "config.json")
+    return HyenaDNAConfig.from_name(cfg.model)
+
+
+def _assemble(cfg: TrainConfig, backbone: HyenaDNAModel) -> PhRegressor:
+    head = RegressionHead(backbone.config.d_model, cfg.head, cfg.pooling, cfg.head_dropout)
+    return PhRegressor(backbone, head, freeze_backbone=cfg.freeze_backbone)
+
+
+def build_model(cfg: TrainConfig) -> PhRegressor:
+    """Backbone (pretrained unless cfg.from_scratch) + a fresh head."""
+    if cfg.from_scratch:
+        backbone = HyenaDNAModel(backbone_config(cfg))
+    else:
+        try:
+            backbone = HyenaDNAModel.from_pretrained(cfg.model)
+        except PretrainedNotFoundError as err:
+            # Never fall back to random weights silently: the results would be mistaken for fine-tuning.
+            raise PretrainedNotFoundError(
+                f"{err}\nTo train the same architecture from random initialisation on purpose, "
+                "pass --from-scratch (TrainConfig.from_scratch=True)."
+            ) from err
+    backbone.gradient_checkpointing = cfg.gradient_checkpointing
+    return _assemble(cfg, backbone)
+
+
+def load_checkpoint(path: str | Path) -> tuple[PhRegressor, dict[str, Any]]:
+    """Rebuild the model of a checkpoint saved by train.fit (weights_only load) -> (model in eval mode, state)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist; pass RUN/best_model.pt of a finished run")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError, ...
+        raise ValueError(
+            f"{path} cannot be read as a tune_ph checkpoint ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}); it is damaged or not a checkpoint "
+            "(only plain tensors and settings are ever loaded from it)"
+        ) from None
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ValueError(f"{path} is not a tune_ph checkpoint: it lacks {', '.join(missing)}")
+    cfg = TrainConfig.from_dict(state["train_config"])
+    model = _assemble(cfg, HyenaDNAModel(HyenaDNAConfig.from_dict(state["model_config"])))
+    model.load_state_dict(state["model"])
+    return model.eval(), state
+
+
+def parameter_groups(model: PhRegressor, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """AdamW parameter groups, as HyenaDNA's own training code sets them up.
+
+    - decay: weight matrices of linear layers (backbone and head) at cfg.learning_rate / cfg.weight_decay;
+    - no_decay: biases, norms and embeddings (decaying them only pulls them towards 0);
+    - filter: the implicit long-convolution filter (its MLP and Sin frequencies) at the backbone's own
+      ``filter_lr`` / ``filter_wd`` (config.json's layer.lr / layer.wd), which the filter was trained with.
+    Frozen parameters are left out. Groups that come out empty are dropped.
+    """
+    config = model.backbone.config
+    filter_ids = {id(p) for m in model.modules() if isinstance(m, HyenaFilter) for p in m.implicit_filter.parameters()}
+    groups: dict[str, dict[str, Any]] = {
+        "decay": {"name": "decay", "params": [], "lr": cfg.learning_rate, "weight_decay": cfg.weight_decay},
+        "no_decay": {"name": "no_decay", "params": [], "lr": cfg.learning_rate, "weight_decay": 0.0},
+        "filter": {"name": "filter", "params": [], "lr": config.filter_lr, "weight_decay": config.filter_wd},
+    }
+    no_decay_modules = (nn.LayerNorm, nn.Embedding)
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad:
+                continue
+            if id(param) in filter_ids:
+                key = "filter"
+            elif isinstance(module, no_decay_modules) or name == "bias" or param.dim() < 2:
+                key = "no_decay"
+            else:
+                key = "decay"
+            groups[key]["params"].append(param)
+    return [g for g in groups.values() if g["params"]]
+
+
+def configure_optimizer(model: PhRegressor, cfg: TrainConfig, fused: bool | None = None) -> torch.optim.AdamW:
+    """AdamW over parameter_groups(); logs each group's size and settings."""
+    groups = parameter_groups(model, cfg)
+    for g in groups:
+        log.info(
+            "optimizer group %-8s %9d parameters  lr %.2g  weight_decay %.2g",
+            g["name"],
+            sum(p.numel() for p in g["params"]),
+            g["lr"],
+            g["weight_decay"],
+        )
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=fused)
+
+
+def resolve_device(device: str) -> torch.device:
+    """ "auto" -> cuda when available, else cpu; anything else is passed to torch.device."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was asked for but CUDA is not available; use --device cpu or auto")
+    return resolved
+
+
+def autocast(device: torch.device) -> torch.autocast:
+    """bf16 autocast on CUDA only: on CPU it is slow, and its rounding would make CPU runs differ from GPU runs."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
