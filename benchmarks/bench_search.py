@@ -75,7 +75,7 @@ def main() -> None:
         started = time.perf_counter()
         datasets = search.prepare_datasets(spec)
         setup = time.perf_counter() - started
-        shutdown = search.init_ray(search.parse_args(["--space", "-"]))
+        shutdown = search.init_ray()
         try:
             clock = TrialClock()
             tuner = search.make_tuner(spec, search.make_trainable(spec, datasets), folder, None, 0, [clock])

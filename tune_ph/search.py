@@ -214,7 +214,14 @@ def make_trainable(spec: SearchSpec, datasets: dict[int, TokenizedDataset]) -> A
     return tune.with_resources(trainable, {"cpu": cpus, "gpu": spec.gpus_for(spec.model_choices()[0])})
 
 
-def make_tuner(spec: SearchSpec, trainable: Any, folder: Path, storage: str | None, verbose: int) -> tune.Tuner:
+def make_tuner(
+    spec: SearchSpec,
+    trainable: Any,
+    folder: Path,
+    storage: str | None,
+    verbose: int,
+    callbacks: list[tune.Callback] | None = None,
+) -> tune.Tuner:
     """A fresh Tuner: OptunaSearch (seeded TPE, study in SQLite) + ASHA, both on the search metric."""
     metric = spec.search["metric"]
     mode = METRIC_MODES[metric]
@@ -259,6 +266,7 @@ def make_tuner(spec: SearchSpec, trainable: Any, folder: Path, storage: str | No
             # A failing trial (OOM, NaN loss, exception) is recorded with its error; the others go on.
             failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
             verbose=verbose,
+            callbacks=callbacks,
         ),
     )
 
