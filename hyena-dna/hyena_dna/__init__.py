@@ -3,7 +3,7 @@
 from hyena_dna import tokenizer
 from hyena_dna.config import HUB_ORG, PRETRAINED_SIZES, HyenaDNAConfig
 from hyena_dna.model import HyenaDNAModel
-from hyena_dna.pretrained import CheckpointKeyError, PretrainedNotFoundError
+from hyena_dna.pretrained import CheckpointKeyError, PretrainedNotFoundError, UnsafeCheckpointError
 
 __all__ = [
     "HUB_ORG",
@@ -12,5 +12,6 @@ __all__ = [
     "HyenaDNAConfig",
     "HyenaDNAModel",
     "PretrainedNotFoundError",
+    "UnsafeCheckpointError",
     "tokenizer",
 ]

@@ -4,7 +4,8 @@ The public `weights.ckpt` files are Lightning checkpoints. Besides the tensors t
 hyperparameters and optimizer state, so `torch.load(weights_only=True)` refuses them, and
 `weights_only=False` would execute whatever a downloaded file asks. `read_checkpoint_tensors` instead
 unpickles with an allow-list: tensors and plain containers are rebuilt, every other object becomes an
-inert placeholder, and nothing named in the file is ever called.
+inert placeholder, nothing named in the file is ever called, and every storage's declared size is checked
+against the archive before any memory is allocated for it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ WEIGHTS_NAME = "weights.ckpt"
 # Checkpoint key = "model.backbone." + our key (with ".layer" after mixer/mlp for gradient-checkpointed runs).
 CHECKPOINT_PREFIX = "model.backbone."
 _CKPT_WRAPPER = re.compile(r"\.(mixer|mlp)\.layer\.")
+# A compressed storage entry may not expand more than this (torch.save never compresses; a zip bomb does).
+MAX_COMPRESSION_RATIO = 16
+_READ_CHUNK = 1 << 20
 
 
 class PretrainedNotFoundError(OSError):
@@ -34,6 +38,10 @@ class PretrainedNotFoundError(OSError):
 
 class CheckpointKeyError(RuntimeError):
     """A checkpoint's backbone keys do not match the model's (missing, unexpected or mis-shaped)."""
+
+
+class UnsafeCheckpointError(ValueError):
+    """A weights.ckpt whose storages are inconsistent with its archive (declared sizes, dtypes), refused unread."""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -107,11 +115,14 @@ _ALLOWED = {
 
 
 class _AllowListUnpickler(pickle.Unpickler):
-    def __init__(self, file: Any, archive: zipfile.ZipFile, root: str) -> None:
+    def __init__(self, file: Any, archive: zipfile.ZipFile, root: str, path: Path, max_bytes: int | None) -> None:
         super().__init__(file)
         self._archive = archive
         self._root = root
-        self._storages: dict[str, torch.Tensor] = {}
+        self._path = path
+        self._max_bytes = max_bytes
+        self._total = 0
+        self._storages: dict[str, tuple[torch.dtype, int, torch.Tensor]] = {}
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _ALLOWED:
@@ -122,20 +133,83 @@ class _AllowListUnpickler(pickle.Unpickler):
             return getattr(torch, name)
         return _Inert
 
+    def _refuse(self, key: Any, why: str) -> UnsafeCheckpointError:
+        return UnsafeCheckpointError(
+            f"{self._path}: storage {key!r} {why}; refusing to read this checkpoint (corrupt or crafted)"
+        )
+
     def persistent_load(self, pid: Any) -> torch.Tensor:
-        kind, storage_type, key, _location, _numel = pid
-        if kind != "storage":
-            raise pickle.UnpicklingError(f"unsupported persistent id {kind!r}")
-        dtype = storage_type.dtype if isinstance(storage_type, _StorageType) else torch.uint8
-        cache_key = f"{key}:{dtype}"
-        if cache_key not in self._storages:
-            raw = bytearray(self._archive.read(f"{self._root}/data/{key}"))
-            self._storages[cache_key] = torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
-        return self._storages[cache_key]
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+            raise pickle.UnpicklingError(f"{self._path}: unsupported persistent id {str(pid)[:80]}")
+        _, storage_type, key, _location, numel = pid
+        if not isinstance(key, str):
+            raise self._refuse(key, "has a key that is not a string")
+        if not isinstance(storage_type, _StorageType):
+            raise self._refuse(key, "has an unsupported storage type")
+        if not isinstance(numel, int) or isinstance(numel, bool) or numel < 0:
+            raise self._refuse(key, f"declares an invalid size {numel!r}")
+        dtype = storage_type.dtype
+        if key in self._storages:
+            # torch.save writes one storage under one dtype and size; anything else re-reads (and re-allocates)
+            # the same bytes under another type.
+            seen_dtype, seen_numel, tensor = self._storages[key]
+            if (seen_dtype, seen_numel) != (dtype, numel):
+                raise self._refuse(
+                    key,
+                    f"is referenced as {numel} x {dtype} after {seen_numel} x {seen_dtype} "
+                    "(one storage, two types or sizes)",
+                )
+            return tensor
+        tensor = self._read_storage(key, dtype, numel)
+        self._storages[key] = (dtype, numel, tensor)
+        return tensor
+
+    def _read_storage(self, key: str, dtype: torch.dtype, numel: int) -> torch.Tensor:
+        name = f"{self._root}/data/{key}"
+        try:
+            info = self._archive.getinfo(name)
+        except KeyError:
+            raise self._refuse(key, f"has no data entry {name} in the archive") from None
+        nbytes = numel * dtype.itemsize
+        # All checks use the zip's directory only: nothing is allocated or decompressed before they pass.
+        if info.file_size != nbytes:
+            raise self._refuse(
+                key, f"declares {numel} x {dtype} = {nbytes} bytes but its entry {name} holds {info.file_size} bytes"
+            )
+        compressed = info.compress_type != zipfile.ZIP_STORED
+        if compressed and nbytes > max(MAX_COMPRESSION_RATIO * info.compress_size, _READ_CHUNK):
+            raise self._refuse(
+                key,
+                f"expands from {info.compress_size} compressed bytes to {nbytes} (more than {MAX_COMPRESSION_RATIO}x)",
+            )
+        self._total += nbytes
+        if self._max_bytes is not None and self._total > self._max_bytes:
+            raise self._refuse(key, f"brings the storages to {self._total} bytes, over the cap of {self._max_bytes}")
+        if nbytes == 0:
+            return torch.empty(0, dtype=dtype)
+        # Read in bounded chunks into one buffer: memory is the declared size even if the stream lies.
+        raw = bytearray(nbytes)
+        view = memoryview(raw)
+        with self._archive.open(info) as fh:
+            pos = 0
+            while pos < nbytes:
+                chunk = fh.read(min(_READ_CHUNK, nbytes - pos))
+                if not chunk:
+                    raise self._refuse(key, f"has a truncated entry {name}")
+                view[pos : pos + len(chunk)] = chunk
+                pos += len(chunk)
+        return torch.frombuffer(raw, dtype=dtype)
 
 
-def read_checkpoint_tensors(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors of a checkpoint's `state_dict` (or of a bare state dict), read without executing code."""
+def read_checkpoint_tensors(path: str | Path, *, max_bytes: int | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint's `state_dict` (or of a bare state dict), read without executing code.
+
+    Every storage the pickle references is checked before it is read: its declared size (elements x dtype size)
+    must equal its zip entry's uncompressed size, one storage may not be referenced under two dtypes or sizes,
+    a compressed entry may not expand more than MAX_COMPRESSION_RATIO times, and (when `max_bytes` is given)
+    all storages together may not exceed `max_bytes`. A violation is an UnsafeCheckpointError naming the file and
+    the storage, raised before that storage's memory is allocated.
+    """
     path = Path(path)
     if not zipfile.is_zipfile(path):
         raise ValueError(
@@ -151,7 +225,7 @@ def read_checkpoint_tensors(path: str | Path) -> dict[str, torch.Tensor]:
         if byteorder in archive.namelist() and archive.read(byteorder).strip() != b"little":
             raise ValueError(f"{path} was saved on a big-endian machine; re-save it on a little-endian one")
         with archive.open(pickles[0]) as fh:
-            obj = _AllowListUnpickler(fh, archive, root).load()
+            obj = _AllowListUnpickler(fh, archive, root, path, max_bytes).load()
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds no state_dict (found {type(obj).__name__})")
