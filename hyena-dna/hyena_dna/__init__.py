@@ -1,7 +1,7 @@
 """hyena_dna: a readable HyenaDNA backbone that loads every public LongSafari checkpoint."""
 
 from hyena_dna import tokenizer
-from hyena_dna.config import HUB_ORG, PRETRAINED_SIZES, HyenaDNAConfig
+from hyena_dna.config import HUB_ORG, PRETRAINED_SIZES, HyenaDNAConfig, PretrainedSize, max_length_of
 from hyena_dna.model import HyenaDNAModel
 from hyena_dna.pretrained import CheckpointKeyError, PretrainedNotFoundError, UnsafeCheckpointError
 
@@ -12,6 +12,8 @@ __all__ = [
     "HyenaDNAConfig",
     "HyenaDNAModel",
     "PretrainedNotFoundError",
+    "PretrainedSize",
     "UnsafeCheckpointError",
+    "max_length_of",
     "tokenizer",
 ]
