@@ -3,7 +3,13 @@
 from hyena_dna import tokenizer
 from hyena_dna.config import HUB_ORG, PRETRAINED_SIZES, HyenaDNAConfig, PretrainedSize, max_length_of
 from hyena_dna.model import HyenaDNAModel
-from hyena_dna.pretrained import CheckpointKeyError, PretrainedNotFoundError, UnsafeCheckpointError
+from hyena_dna.pretrained import (
+    CheckpointKeyError,
+    PretrainedNotFoundError,
+    UnsafeCheckpointError,
+    from_hf_layout,
+    to_hf_layout,
+)
 
 __all__ = [
     "HUB_ORG",
@@ -14,6 +20,8 @@ __all__ = [
     "PretrainedNotFoundError",
     "PretrainedSize",
     "UnsafeCheckpointError",
+    "from_hf_layout",
     "max_length_of",
+    "to_hf_layout",
     "tokenizer",
 ]

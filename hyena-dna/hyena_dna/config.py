@@ -1,4 +1,4 @@
-"""HyenaDNAConfig (read from / written to the public config.json layout), the public sizes table, max_length_of."""
+"""HyenaDNAConfig (read from / written to both config.json layouts), the public sizes table, max_length_of."""
 
 from __future__ import annotations
 
@@ -51,8 +51,10 @@ PRETRAINED_SIZES: dict[str, PretrainedSize] = {
     "hyenadna-large-1m-seqlen": PretrainedSize(256, 8, 1000000, True, True),
 }
 HUB_ORG = "LongSafari"
-# The transformers ports of the public sizes are named LongSafari/<name>-hf.
+# The transformers ports (LongSafari/<name>-hf): config.json in the layout of their configuration_hyena.py
+# HyenaConfig, weights in model.safetensors.
 HF_SUFFIX = "-hf"
+HF_MODEL_TYPE = "hyenadna"
 
 # Keys of the nested "layer" block of the public config.json, mapped to our field names.
 _LAYER_KEYS = {
@@ -70,6 +72,37 @@ _LAYER_KEYS = {
 
 CONFIG_NAME = "config.json"
 
+# Fields of the -hf HyenaConfig (configuration_hyena.py of the LongSafari/*-hf repos) that carry the
+# architecture: -hf name -> (our field, that class's default when the key is absent).
+_HF_KEYS: dict[str, tuple[str, Any]] = {
+    "d_model": ("d_model", 256),
+    "n_layer": ("n_layer", 12),
+    "d_inner": ("d_inner", None),  # None: 4 * d_model
+    "vocab_size": ("vocab_size", 12),
+    "pad_vocab_size_multiple": ("pad_vocab_size_multiple", 8),
+    "embed_dropout": ("embed_dropout", 0.1),
+    "layer_norm_epsilon": ("layer_norm_epsilon", 1e-5),
+    # The -hf positional embedding and filters are built for max_seq_len positions, exactly what l_max is
+    # in the original config (the public -hf configs say 1026, 16386, 32770, 160002, 450002, 1000002).
+    "max_seq_len": ("l_max", 1024),
+    "emb_dim": ("emb_dim", 3),
+    "filter_order": ("filter_order", 64),
+    "short_filter_order": ("local_order", 3),
+    "hyena_order": ("hyena_order", 2),
+    "num_inner_mlps": ("num_inner_mlps", 2),
+    "activation_freq": ("w", 1),
+}
+# What the -hf modeling code hard-codes (HyenaExponentialModulation defaults, LayerNorm() defaults in the
+# blocks, a short conv padded by 2, a filter MLP whose output width is d_model).
+_HF_FIXED = {"modulate": True, "shift": 0.05, "hyena_order": 2, "local_order": 3, "layer_norm_epsilon": 1e-5}
+
+
+def config_layout(data: dict[str, Any]) -> str:
+    """"hf" for a transformers (-hf repo) config.json, "original" for the LongSafari / our own layout."""
+    if "layer" not in data and ("max_seq_len" in data or data.get("model_type") == HF_MODEL_TYPE):
+        return "hf"
+    return "original"
+
 
 def _parse_size(model: str) -> tuple[str, bool] | None:
     """A public size from a size name or hub id, with or without "-hf": (size, is_hf), else None."""
@@ -84,14 +117,14 @@ def _parse_size(model: str) -> tuple[str, bool] | None:
 def _known_models_hint() -> str:
     return (
         f"known sizes: {', '.join(PRETRAINED_SIZES)} (also as {HUB_ORG}/<size> and with the '{HF_SUFFIX}' "
-        f"suffix); or a local checkpoint folder with {CONFIG_NAME} (LongSafari layout)"
+        f"suffix); or a local checkpoint folder with {CONFIG_NAME} (LongSafari or -hf layout)"
     )
 
 
 def max_length_of(model: str | os.PathLike) -> int:
     """Tokens a model reads at most: for a public size name, its hub id (also "-hf") or a local folder.
 
-    A local folder is read from its own config.json; names need no network.
+    A local folder is read from its own config.json (either layout); names need no network.
     Unknown -> ValueError listing the known sizes.
     """
     if not str(model).strip():
@@ -154,7 +187,10 @@ class HyenaDNAConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> HyenaDNAConfig:
-        """Build from the public config.json layout (nested "layer") or our flat to_dict() output."""
+        """Build from the public config.json layout (nested "layer"), a flat dict of our fields, or an -hf
+        (transformers) config.json (detected by its `max_seq_len`; see from_hf_dict)."""
+        if config_layout(data) == "hf":
+            return cls.from_hf_dict(data)
         data = dict(data)
         known = {f.name for f in fields(cls)} - {"extra"}
         kwargs: dict[str, Any] = {}
@@ -212,6 +248,67 @@ class HyenaDNAConfig:
             checkpoint_mixer=spec.checkpoint_mixer and not hf,
             checkpoint_mlp=spec.checkpoint_mlp and not hf,
         )
+
+    @classmethod
+    def from_hf_dict(cls, data: dict[str, Any]) -> HyenaDNAConfig:
+        """Translate an -hf (transformers HyenaConfig) config.json; fields it lacks take that class's defaults.
+
+        max_seq_len -> l_max (same meaning), short_filter_order -> local_order, activation_freq -> w. What the
+        -hf code hard-codes (modulate, shift 0.05, fp32 residual, no residual dropout) is set to match. Fields we
+        do not use (train_freq, use_bias, pad_token_id, hyena_dropout, ...) are kept in extra["hf"] so that
+        to_hf_dict writes them back.
+        """
+        data = dict(data)
+        kwargs: dict[str, Any] = {}
+        for hf_key, (ours, default) in _HF_KEYS.items():
+            kwargs[ours] = data.pop(hf_key, default)
+        if kwargs["d_inner"] is None:
+            kwargs["d_inner"] = 4 * kwargs["d_model"] if isinstance(kwargs["d_model"], int) else None
+        problems = [
+            f"{hf_key} {kwargs[ours]!r} (the -hf modeling code only works with {_HF_FIXED[ours]!r})"
+            for hf_key, (ours, _) in _HF_KEYS.items()
+            if ours in _HF_FIXED and kwargs[ours] != _HF_FIXED[ours]
+        ]
+        if problems:
+            raise ValueError("unsupported -hf config: " + "; ".join(problems))
+        config = cls(
+            **kwargs,
+            modulate=True,
+            shift=_HF_FIXED["shift"],
+            residual_in_fp32=True,
+            resid_dropout=0.0,
+            checkpoint_mixer=False,
+            checkpoint_mlp=False,
+            extra={"hf": data} if data else {},
+        )
+        config.validate()
+        return config
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        """This configuration as an -hf (transformers HyenaConfig) config.json; ValueError if it cannot be one."""
+        problems = [
+            f"{name}={getattr(self, name)!r} (the -hf modeling code hard-codes {value!r})"
+            for name, value in _HF_FIXED.items()
+            if getattr(self, name) != value
+        ]
+        if problems:
+            raise ValueError("this configuration has no -hf equivalent: " + "; ".join(problems))
+        out: dict[str, Any] = {
+            "architectures": ["HyenaDNAForCausalLM"],
+            "model_type": HF_MODEL_TYPE,
+            "hyena_dropout": 0.0,
+            "hyena_filter_dropout": 0.0,
+            "initializer_range": 0.02,
+            "pad_token_id": 4,  # [PAD] of the public vocabulary
+            "tie_word_embeddings": False,
+            "torch_dtype": "float32",
+            "train_freq": True,
+            "use_bias": True,
+        }
+        out.update(self.extra.get("hf", {}))
+        for hf_key, (ours, _) in _HF_KEYS.items():
+            out[hf_key] = getattr(self, ours)
+        return dict(sorted(out.items()))
 
     def to_dict(self) -> dict[str, Any]:
         """The public config.json layout (nested "layer"), plus any fields read but not used."""

@@ -1,5 +1,7 @@
 """The public sizes table (architecture + gradient-checkpoint flags) and max_length_of."""
 
+import json
+
 import pytest
 
 from hyena_dna import PRETRAINED_SIZES, HyenaDNAConfig, HyenaDNAModel, PretrainedSize, max_length_of
@@ -52,15 +54,23 @@ def test_max_length_of_names_and_hub_ids(name):
     assert max_length_of(f"LongSafari/{name}-hf") == expected
 
 
-def test_max_length_of_local_folders(tmp_path):
+def test_max_length_of_local_folders_in_both_layouts(tmp_path):
     model = HyenaDNAModel(HyenaDNAConfig(d_model=16, n_layer=1, d_inner=32, filter_order=16, l_max=202))
     model.save_pretrained(tmp_path / "original")
+    model.save_pretrained(tmp_path / "hf", layout="hf")
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["max_seq_len"] == 202
     assert max_length_of(tmp_path / "original") == 200
-    assert max_length_of(str(tmp_path / "original") + "/") == 200
+    assert max_length_of(str(tmp_path / "hf") + "/") == 200
     # A local folder is read from its own config, whatever its name says.
     named = tmp_path / "hyenadna-large-1m-seqlen"
     model.save_pretrained(named)
     assert max_length_of(str(named)) == 200
+
+
+def test_max_length_of_an_hf_config_maps_max_seq_len_to_l_max(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "hyenadna", "d_model": 256, "n_layer": 4,
+                                                       "max_seq_len": 32770, "emb_dim": 5}))
+    assert max_length_of(tmp_path) == 32768
 
 
 @pytest.mark.parametrize("bad", ["hyenadna-huge", "LongSafari/hyenadna-huge-hf", "./no/such/folder", ""])
