@@ -265,16 +265,18 @@ class HyenaDNAModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, **kwargs) -> HyenaDNAModel:
-        """Load a local checkpoint folder, a hub repo id or a bare size name (see hyena_dna.pretrained)."""
+        """Load a local checkpoint folder, a hub repo id or a bare size name, in the LongSafari or the -hf
+        layout (see hyena_dna.pretrained)."""
         from hyena_dna.pretrained import load_pretrained
 
         return load_pretrained(cls, name_or_path, **kwargs)
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write config.json + weights.ckpt in the public LongSafari layout."""
+    def save_pretrained(self, directory: str | Path, *, layout: str = "original") -> Path:
+        """Write config.json + weights.ckpt in the public LongSafari layout, or with layout="hf" config.json +
+        model.safetensors as the LongSafari/*-hf repos hold them."""
         from hyena_dna.pretrained import save_pretrained
 
-        return save_pretrained(self, directory)
+        return save_pretrained(self, directory, layout=layout)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -1,14 +1,22 @@
-"""Checkpoint I/O: find a LongSafari checkpoint (folder, hub id, size name), read it without running code, map keys.
+"""Checkpoint I/O: find a HyenaDNA checkpoint (folder, hub id, size name), read it without running code, map keys.
 
-The public `weights.ckpt` files are Lightning checkpoints. Besides the tensors they pickle OmegaConf
-hyperparameters and optimizer state, so `torch.load(weights_only=True)` refuses them, and
-`weights_only=False` would execute whatever a downloaded file asks. `read_checkpoint_tensors` instead
-unpickles with an allow-list: tensors and plain containers are rebuilt, every other object becomes an
-inert placeholder, and nothing named in the file is ever called.
+Two layouts are read and written:
+
+- LongSafari (original): `config.json` (nested "layer") + `weights.ckpt`, a Lightning checkpoint. Besides the
+  tensors it pickles OmegaConf hyperparameters and optimizer state, so `torch.load(weights_only=True)` refuses
+  it, and `weights_only=False` would execute whatever a downloaded file asks. `read_checkpoint_tensors`
+  instead unpickles with an allow-list: tensors and plain containers are rebuilt, every other object becomes
+  an inert placeholder, nothing named in the file is ever called, and every storage's declared size is
+  checked against the archive before any memory is allocated for it.
+- -hf (the transformers ports, `LongSafari/<size>-hf`): `config.json` of their HyenaConfig + `model.safetensors`,
+  read with the safetensors library only (no pickle, no remote code). `from_hf_layout` / `to_hf_layout`
+  convert the keys: the `hyena.backbone.` (or `backbone.`) prefix, the filter's shared Sin `freq` that the
+  -hf file stores once, and the untied `lm_head.weight`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
@@ -19,13 +27,31 @@ from typing import Any
 
 import torch
 
-from hyena_dna.config import HUB_ORG, PRETRAINED_SIZES, HyenaDNAConfig
+from hyena_dna.config import (
+    CONFIG_NAME,
+    HF_SUFFIX,
+    HUB_ORG,
+    PRETRAINED_SIZES,
+    HyenaDNAConfig,
+    _parse_size,
+    config_layout,
+)
 
-CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "weights.ckpt"
+HF_WEIGHTS_NAME = "model.safetensors"
+LAYOUTS = ("original", "hf")
 # Checkpoint key = "model.backbone." + our key (with ".layer" after mixer/mlp for gradient-checkpointed runs).
 CHECKPOINT_PREFIX = "model.backbone."
 _CKPT_WRAPPER = re.compile(r"\.(mixer|mlp)\.layer\.")
+# -hf key = prefix + our key: "hyena.backbone." under HyenaDNAForCausalLM / ...ForSequenceClassification (what
+# the hub files hold), "backbone." when a bare HyenaDNAModel was saved. Other keys (lm_head, score) are heads.
+HF_PREFIX = "hyena.backbone."
+HF_PREFIXES = (HF_PREFIX, "backbone.")
+HF_LM_HEAD = "lm_head.weight"
+_SIN_FREQ = re.compile(r"^layers\.(\d+)\.mixer\.filter_fn\.implicit_filter\.(\d+)\.freq$")
+# A compressed storage entry may not expand more than this (torch.save never compresses; a zip bomb does).
+MAX_COMPRESSION_RATIO = 16
+_READ_CHUNK = 1 << 20
 
 
 class PretrainedNotFoundError(OSError):
@@ -34,6 +60,10 @@ class PretrainedNotFoundError(OSError):
 
 class CheckpointKeyError(RuntimeError):
     """A checkpoint's backbone keys do not match the model's (missing, unexpected or mis-shaped)."""
+
+
+class UnsafeCheckpointError(ValueError):
+    """A weights.ckpt whose storages are inconsistent with its archive (declared sizes, dtypes), refused unread."""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -107,11 +137,14 @@ _ALLOWED = {
 
 
 class _AllowListUnpickler(pickle.Unpickler):
-    def __init__(self, file: Any, archive: zipfile.ZipFile, root: str) -> None:
+    def __init__(self, file: Any, archive: zipfile.ZipFile, root: str, path: Path, max_bytes: int | None) -> None:
         super().__init__(file)
         self._archive = archive
         self._root = root
-        self._storages: dict[str, torch.Tensor] = {}
+        self._path = path
+        self._max_bytes = max_bytes
+        self._total = 0
+        self._storages: dict[str, tuple[torch.dtype, int, torch.Tensor]] = {}
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _ALLOWED:
@@ -122,20 +155,83 @@ class _AllowListUnpickler(pickle.Unpickler):
             return getattr(torch, name)
         return _Inert
 
+    def _refuse(self, key: Any, why: str) -> UnsafeCheckpointError:
+        return UnsafeCheckpointError(
+            f"{self._path}: storage {key!r} {why}; refusing to read this checkpoint (corrupt or crafted)"
+        )
+
     def persistent_load(self, pid: Any) -> torch.Tensor:
-        kind, storage_type, key, _location, _numel = pid
-        if kind != "storage":
-            raise pickle.UnpicklingError(f"unsupported persistent id {kind!r}")
-        dtype = storage_type.dtype if isinstance(storage_type, _StorageType) else torch.uint8
-        cache_key = f"{key}:{dtype}"
-        if cache_key not in self._storages:
-            raw = bytearray(self._archive.read(f"{self._root}/data/{key}"))
-            self._storages[cache_key] = torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
-        return self._storages[cache_key]
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+            raise pickle.UnpicklingError(f"{self._path}: unsupported persistent id {str(pid)[:80]}")
+        _, storage_type, key, _location, numel = pid
+        if not isinstance(key, str):
+            raise self._refuse(key, "has a key that is not a string")
+        if not isinstance(storage_type, _StorageType):
+            raise self._refuse(key, "has an unsupported storage type")
+        if not isinstance(numel, int) or isinstance(numel, bool) or numel < 0:
+            raise self._refuse(key, f"declares an invalid size {numel!r}")
+        dtype = storage_type.dtype
+        if key in self._storages:
+            # torch.save writes one storage under one dtype and size; anything else re-reads (and re-allocates)
+            # the same bytes under another type.
+            seen_dtype, seen_numel, tensor = self._storages[key]
+            if (seen_dtype, seen_numel) != (dtype, numel):
+                raise self._refuse(
+                    key,
+                    f"is referenced as {numel} x {dtype} after {seen_numel} x {seen_dtype} "
+                    "(one storage, two types or sizes)",
+                )
+            return tensor
+        tensor = self._read_storage(key, dtype, numel)
+        self._storages[key] = (dtype, numel, tensor)
+        return tensor
+
+    def _read_storage(self, key: str, dtype: torch.dtype, numel: int) -> torch.Tensor:
+        name = f"{self._root}/data/{key}"
+        try:
+            info = self._archive.getinfo(name)
+        except KeyError:
+            raise self._refuse(key, f"has no data entry {name} in the archive") from None
+        nbytes = numel * dtype.itemsize
+        # All checks use the zip's directory only: nothing is allocated or decompressed before they pass.
+        if info.file_size != nbytes:
+            raise self._refuse(
+                key, f"declares {numel} x {dtype} = {nbytes} bytes but its entry {name} holds {info.file_size} bytes"
+            )
+        compressed = info.compress_type != zipfile.ZIP_STORED
+        if compressed and nbytes > max(MAX_COMPRESSION_RATIO * info.compress_size, _READ_CHUNK):
+            raise self._refuse(
+                key,
+                f"expands from {info.compress_size} compressed bytes to {nbytes} (more than {MAX_COMPRESSION_RATIO}x)",
+            )
+        self._total += nbytes
+        if self._max_bytes is not None and self._total > self._max_bytes:
+            raise self._refuse(key, f"brings the storages to {self._total} bytes, over the cap of {self._max_bytes}")
+        if nbytes == 0:
+            return torch.empty(0, dtype=dtype)
+        # Read in bounded chunks into one buffer: memory is the declared size even if the stream lies.
+        raw = bytearray(nbytes)
+        view = memoryview(raw)
+        with self._archive.open(info) as fh:
+            pos = 0
+            while pos < nbytes:
+                chunk = fh.read(min(_READ_CHUNK, nbytes - pos))
+                if not chunk:
+                    raise self._refuse(key, f"has a truncated entry {name}")
+                view[pos : pos + len(chunk)] = chunk
+                pos += len(chunk)
+        return torch.frombuffer(raw, dtype=dtype)
 
 
-def read_checkpoint_tensors(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors of a checkpoint's `state_dict` (or of a bare state dict), read without executing code."""
+def read_checkpoint_tensors(path: str | Path, *, max_bytes: int | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint's `state_dict` (or of a bare state dict), read without executing code.
+
+    Every storage the pickle references is checked before it is read: its declared size (elements x dtype size)
+    must equal its zip entry's uncompressed size, one storage may not be referenced under two dtypes or sizes,
+    a compressed entry may not expand more than MAX_COMPRESSION_RATIO times, and (when `max_bytes` is given)
+    all storages together may not exceed `max_bytes`. A violation is an UnsafeCheckpointError naming the file and
+    the storage, raised before that storage's memory is allocated.
+    """
     path = Path(path)
     if not zipfile.is_zipfile(path):
         raise ValueError(
@@ -151,11 +247,22 @@ def read_checkpoint_tensors(path: str | Path) -> dict[str, torch.Tensor]:
         if byteorder in archive.namelist() and archive.read(byteorder).strip() != b"little":
             raise ValueError(f"{path} was saved on a big-endian machine; re-save it on a little-endian one")
         with archive.open(pickles[0]) as fh:
-            obj = _AllowListUnpickler(fh, archive, root).load()
+            obj = _AllowListUnpickler(fh, archive, root, path, max_bytes).load()
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds no state_dict (found {type(obj).__name__})")
     return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of a .safetensors file, on CPU (the safetensors library only: no pickle, no code)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise ValueError(f"{path} is not a readable safetensors file: {type(err).__name__}: {err}") from err
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -207,78 +314,229 @@ def load_backbone_weights(model: torch.nn.Module, state: dict[str, torch.Tensor]
     model.load_state_dict(state, strict=True)
 
 
+def _sin_positions(config: HyenaDNAConfig) -> list[int]:
+    """Indices of the shared Sin activation inside implicit_filter: after each Linear but the last."""
+    return [2 * i + 1 for i in range(config.num_inner_mlps + 1)]
+
+
+def _freq_key(layer: int | str, position: int) -> str:
+    return f"layers.{layer}.mixer.filter_fn.implicit_filter.{position}.freq"
+
+
+def from_hf_layout(
+    hf_state: dict[str, torch.Tensor], config: HyenaDNAConfig, *, source: str = "-hf state dict"
+) -> dict[str, torch.Tensor]:
+    """-hf keys -> our module keys: strip `hyena.backbone.` (or `backbone.`), restore the shared Sin `freq`.
+
+    The -hf files store each filter's Sin `freq` once (safetensors drops aliases; the -hf code declares it
+    ignorable when missing); our module, like the original checkpoints, lists it at every position it is used.
+    Keys outside the backbone (lm_head, a classification score) are left out. What remains is checked strictly by
+    load_backbone_weights.
+    """
+    prefixes = [p for p in HF_PREFIXES if any(k.startswith(p) for k in hf_state)]
+    if len(prefixes) != 1:
+        found = "both" if prefixes else "neither"
+        sample = ", ".join(sorted(hf_state)[:5])
+        raise CheckpointKeyError(
+            f"{source}: expected backbone keys under exactly one of {' / '.join(p + '*' for p in HF_PREFIXES)}, "
+            f"found {found} (first keys: {sample or 'none'})"
+        )
+    prefix = prefixes[0]
+    state = {k[len(prefix) :]: v for k, v in hf_state.items() if k.startswith(prefix)}
+    positions = _sin_positions(config)
+    train_freq = config.extra.get("hf", {}).get("train_freq", True)
+    for layer in range(config.n_layer):
+        keys = [_freq_key(layer, p) for p in positions]
+        present = [k for k in keys if k in state]
+        if present:
+            shared = state[present[0]]
+            differing = [k for k in present[1:] if state[k].shape != shared.shape or not torch.equal(state[k], shared)]
+            if differing:
+                raise CheckpointKeyError(
+                    f"{source}: the filter's Sin freq is one shared parameter, but {prefix}{present[0]} differs from "
+                    + ", ".join(prefix + k for k in differing)
+                )
+            for key in keys:
+                state[key] = shared
+        elif not train_freq and any(k.startswith(f"layers.{layer}.") for k in state):
+            # train_freq false: the -hf Sin keeps a constant activation_freq tensor that is never saved.
+            constant = torch.full((1, config.filter_order), float(config.w))
+            for key in keys:
+                state[key] = constant
+    return state
+
+
+def to_hf_layout(
+    state_dict: dict[str, torch.Tensor], config: HyenaDNAConfig
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Our weights -> (the -hf model.safetensors tensors, the -hf config.json dict), as LongSafari/*-hf hold them.
+
+    `state_dict` is a model's state_dict() or a LongSafari checkpoint's tensors (`model.backbone.*`, with or
+    without the `.layer` wrapper; other keys are dropped). Keys become `hyena.backbone.<key>`, the shared Sin
+    `freq` is stored once (at its first position, where transformers' save_pretrained keeps it; the others must
+    be equal), and `lm_head.weight` is an untied copy of the embeddings (the original head was tied to them).
+    Raises ValueError when the config has no -hf equivalent (see HyenaDNAConfig.to_hf_dict).
+    """
+    hf_config = config.to_hf_dict()
+    if any(k.startswith(CHECKPOINT_PREFIX) for k in state_dict):
+        state_dict = backbone_state_dict(state_dict)
+    first = _sin_positions(config)[0]
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        match = _SIN_FREQ.match(key)
+        if match and int(match.group(2)) != first:
+            kept = state_dict.get(_freq_key(match.group(1), first))
+            if kept is None or kept.shape != value.shape or not torch.equal(kept, value):
+                raise ValueError(
+                    f"{key} differs from {_freq_key(match.group(1), first)}; the -hf layout stores the shared "
+                    "Sin freq once, so they must be equal"
+                )
+            continue
+        # Copies: safetensors refuses tensors that share memory, and the result must not alias the model.
+        out[HF_PREFIX + key] = value.detach().to("cpu", copy=True).contiguous()
+    embeddings = state_dict.get("embeddings.word_embeddings.weight")
+    if embeddings is not None:
+        out[HF_LM_HEAD] = embeddings.detach().to("cpu", copy=True).contiguous()
+    return out, hf_config
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Locating checkpoints
 # ---------------------------------------------------------------------------------------------------------
 
 
 def _hub_repo_id(name: str) -> str | None:
-    if name in PRETRAINED_SIZES:
+    if "/" not in name and _parse_size(name) is not None:
         return f"{HUB_ORG}/{name}"
     if re.fullmatch(r"[\w.-]+/[\w.-]+", name) and not name.startswith((".", "/")):
         return name
     return None
 
 
-def resolve_checkpoint_dir(name_or_path: str | Path, *, revision: str | None = None) -> Path:
-    """A local folder holding config.json + weights.ckpt, downloading from the hub when needed."""
-    path = Path(name_or_path).expanduser()
-    if path.is_dir():
-        missing = [n for n in (CONFIG_NAME, WEIGHTS_NAME) if not (path / n).is_file()]
-        if missing:
-            raise PretrainedNotFoundError(
-                f"{path} is a folder but lacks {' and '.join(missing)}; a HyenaDNA checkpoint folder holds "
-                f"{CONFIG_NAME} and {WEIGHTS_NAME} (the LongSafari layout, as written by save_pretrained)"
+def _weights_name(layout: str) -> str:
+    return HF_WEIGHTS_NAME if layout == "hf" else WEIGHTS_NAME
+
+
+def _layout_of(config_json: Path) -> str:
+    """The layout a config.json is in ("original" when unreadable: HyenaDNAConfig.from_json then says why)."""
+    try:
+        data = json.loads(config_json.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return "original"
+    return config_layout(data) if isinstance(data, dict) else "original"
+
+
+_FOLDER_LAYOUTS = (
+    f"a HyenaDNA checkpoint folder holds {CONFIG_NAME} + {WEIGHTS_NAME} (the LongSafari layout, as written by "
+    f"save_pretrained) or {CONFIG_NAME} + {HF_WEIGHTS_NAME} (the -hf layout, save_pretrained(layout='hf'))"
+)
+
+
+def _check_folder(path: Path) -> Path:
+    if not (path / CONFIG_NAME).is_file():
+        raise PretrainedNotFoundError(f"{path} is a folder but lacks {CONFIG_NAME}; {_FOLDER_LAYOUTS}")
+    layout = _layout_of(path / CONFIG_NAME)
+    weights = _weights_name(layout)
+    if not (path / weights).is_file():
+        extra = ""
+        if layout == "hf" and any((path / n).exists() for n in ("pytorch_model.bin", "model.safetensors.index.json")):
+            extra = (
+                "; it holds pytorch_model.bin or sharded safetensors, which are not read (pickle / shards): "
+                f"re-save the model as one {HF_WEIGHTS_NAME}"
             )
-        return path
-    repo_id = _hub_repo_id(str(name_or_path))
-    if repo_id is None:
         raise PretrainedNotFoundError(
-            f"{name_or_path!r} is neither a local folder nor a hub repo id; use a folder with {CONFIG_NAME} + "
-            f"{WEIGHTS_NAME}, a repo id like {HUB_ORG}/hyenadna-tiny-1k-seqlen, or a size name: "
-            + ", ".join(PRETRAINED_SIZES)
+            f"{path} is a folder but lacks {weights} (its {CONFIG_NAME} is in the {layout} layout); "
+            f"{_FOLDER_LAYOUTS}{extra}"
         )
+    return path
+
+
+def _snapshot(repo_id: str, revision: str | None, weights: str) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
-        folder = snapshot_download(repo_id, revision=revision, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME])
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=[CONFIG_NAME, weights]))
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as err:
         offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
         raise PretrainedNotFoundError(
-            f"could not get the HyenaDNA checkpoint {repo_id!r} ({CONFIG_NAME} + {WEIGHTS_NAME}) from the "
+            f"could not get the HyenaDNA checkpoint {repo_id!r} ({CONFIG_NAME} + {weights}) from the "
             f"Hugging Face hub or its local cache"
             + (" (HF_HUB_OFFLINE is set, so only the cache was searched)" if offline else "")
             + f": {type(err).__name__}: {err}\n"
             "Fixes: connect to the internet (and unset HF_HUB_OFFLINE) so it can be downloaded once into the "
             "cache; or download it elsewhere (e.g. `hf download "
-            f"{repo_id} {CONFIG_NAME} {WEIGHTS_NAME} --local-dir DIR`) and pass that folder's path instead."
+            f"{repo_id} {CONFIG_NAME} {weights} --local-dir DIR`) and pass that folder's path instead."
         ) from err
-    folder = Path(folder)
-    if not (folder / WEIGHTS_NAME).is_file() or not (folder / CONFIG_NAME).is_file():
+
+
+def resolve_checkpoint_dir(name_or_path: str | Path, *, revision: str | None = None) -> Path:
+    """A local folder holding config.json + its weights (weights.ckpt, or model.safetensors for the -hf layout),
+    downloading from the hub when needed."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return _check_folder(path)
+    repo_id = _hub_repo_id(str(name_or_path))
+    if repo_id is None:
         raise PretrainedNotFoundError(
-            f"hub repo {repo_id!r} has no {CONFIG_NAME} + {WEIGHTS_NAME} (is it a '-hf' transformers "
-            f"repo?); use the original LongSafari repo, e.g. {HUB_ORG}/hyenadna-tiny-1k-seqlen"
+            f"{name_or_path!r} is neither a local folder nor a hub repo id; use a folder with {CONFIG_NAME} + "
+            f"{WEIGHTS_NAME} (or + {HF_WEIGHTS_NAME}), a repo id like {HUB_ORG}/hyenadna-tiny-1k-seqlen (or its "
+            f"'{HF_SUFFIX}' variant), or a size name: " + ", ".join(PRETRAINED_SIZES)
+        )
+    # The repo name says which weights file to fetch; the config.json decides (a fine-tuned -hf repo may be
+    # named anything), so a mismatch costs a second, small request.
+    asked = HF_WEIGHTS_NAME if repo_id.endswith(HF_SUFFIX) else WEIGHTS_NAME
+    folder = _snapshot(repo_id, revision, asked)
+    weights = _weights_name(_layout_of(folder / CONFIG_NAME)) if (folder / CONFIG_NAME).is_file() else asked
+    if weights != asked:
+        folder = _snapshot(repo_id, revision, weights)
+    if not (folder / weights).is_file() or not (folder / CONFIG_NAME).is_file():
+        raise PretrainedNotFoundError(
+            f"hub repo {repo_id!r} has no {CONFIG_NAME} + {weights}; HyenaDNA checkpoints are read from "
+            f"{CONFIG_NAME} + {WEIGHTS_NAME} (e.g. {HUB_ORG}/hyenadna-tiny-1k-seqlen) or {CONFIG_NAME} + "
+            f"{HF_WEIGHTS_NAME} (e.g. {HUB_ORG}/hyenadna-tiny-1k-seqlen{HF_SUFFIX}); pickled pytorch_model.bin "
+            "files are never read"
         )
     return folder
 
 
 def load_pretrained(cls: type, name_or_path: str | Path, *, shift: float | None = None, revision: str | None = None):
-    """Build the model from a checkpoint's config.json and load its backbone weights strictly."""
+    """Build the model from a checkpoint's config.json (either layout) and load its backbone weights strictly."""
     folder = resolve_checkpoint_dir(name_or_path, revision=revision)
+    layout = _layout_of(folder / CONFIG_NAME)
     config = HyenaDNAConfig.from_json(folder / CONFIG_NAME)
     if shift is not None:
         config.shift = shift
     model = cls(config)
-    weights = folder / WEIGHTS_NAME
-    load_backbone_weights(model, backbone_state_dict(read_checkpoint_tensors(weights)), str(weights))
+    weights = folder / _weights_name(layout)
+    if layout == "hf":
+        state = from_hf_layout(read_safetensors(weights), config, source=str(weights))
+    else:
+        state = backbone_state_dict(read_checkpoint_tensors(weights))
+    load_backbone_weights(model, state, str(weights))
     return model
 
 
-def save_pretrained(model: torch.nn.Module, directory: str | Path) -> Path:
-    """Write config.json and a weights.ckpt ({"state_dict": ...}) that load_pretrained (and torch) read back."""
+def save_pretrained(model: torch.nn.Module, directory: str | Path, *, layout: str = "original") -> Path:
+    """Write config.json + weights that load_pretrained reads back.
+
+    layout="original": a weights.ckpt ({"state_dict": ...}, also readable by torch.load(weights_only=True)) in
+    the LongSafari layout. layout="hf": config.json + model.safetensors as the LongSafari/*-hf repos hold them
+    (see to_hf_layout).
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown checkpoint layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    if layout == "hf":
+        from safetensors.torch import save_file
+
+        tensors, hf_config = to_hf_layout(model.state_dict(), model.config)
+        (directory / CONFIG_NAME).write_text(json.dumps(hf_config, indent=2) + "\n")
+        tmp = directory / (HF_WEIGHTS_NAME + ".tmp")
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+        tmp.replace(directory / HF_WEIGHTS_NAME)
+        return directory
     model.config.to_json(directory / CONFIG_NAME)
     tmp = directory / (WEIGHTS_NAME + ".tmp")
     torch.save({"state_dict": checkpoint_state_dict(model)}, tmp)

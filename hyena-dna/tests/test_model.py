@@ -146,7 +146,7 @@ def test_works_under_torch_compile():
 @pytest.mark.parametrize("name", list(PRETRAINED_SIZES))
 def test_every_public_size_has_an_architecture(name):
     config = HyenaDNAConfig.from_name(name)
-    d_model, n_layer, max_length = PRETRAINED_SIZES[name]
+    d_model, n_layer, max_length = PRETRAINED_SIZES[name][:3]
     assert (config.d_model, config.n_layer, config.max_length) == (d_model, n_layer, max_length)
     assert HyenaDNAConfig.from_name(f"LongSafari/{name}") == config
 
