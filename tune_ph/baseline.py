@@ -420,9 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
 
-    from tune_ph.data import DatasetError, load_samples, split_samples
-
-    start = time.perf_counter()
+    # Options are checked before tune_ph.data is imported: it pulls in torch, seconds wasted on a typo.
     try:
         k = check_k(args.k)
         if not (0 < args.test_fraction < 1 and 0 <= args.val_fraction < 1 and args.test_fraction + args.val_fraction < 1):
@@ -430,6 +428,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"--test-fraction {args.test_fraction} and --val-fraction {args.val_fraction} must be in [0, 1) "
                 "(test > 0) and sum to less than 1"
             )
+    except BaselineError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    from tune_ph.data import DatasetError, load_samples, split_samples
+
+    start = time.perf_counter()
+    try:
         df = load_samples(args.dataset, skip_bad_rows=args.skip_bad_rows)
         split = split_samples(df, seed=args.split_seed, test_fraction=args.test_fraction, val_fraction=args.val_fraction)
     except (BaselineError, DatasetError) as err:
