@@ -1,0 +1,469 @@
+"""k-mer baseline for pH: each sample's pooled k-mer profile → HGB / Ridge, on the DNA model's own split."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger("tune_ph.baseline")
+
+MODELS = ("hgb", "ridge")
+K_RANGE = (1, 8)  # 4^8 = 65,536 features is already far more than the samples of any pH dataset
+PREDICTION_COLUMNS = ("sample_id", "study_name", "true_ph", "predicted_ph_mean", "residual_mean", "environment")
+# Bump when the profile definition, a model's settings or the cached layout change: stale results are never reused.
+CACHE_FORMAT = 1
+SEED = 0
+# Ridge is fitted on standardised profiles, so one grid suits every k (raw frequencies shrink as 4^-k).
+RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-1, 5, 13))
+# scikit-learn's defaults (100 rounds, learning rate 0.1), with early stopping pinned off and a fixed seed.
+HGB_PARAMS: dict[str, Any] = {"max_iter": 100, "learning_rate": 0.1, "early_stopping": False, "random_state": SEED}
+
+# Byte → base code (A=0, C=1, G=2, T=3); anything else, the read separator included, is invalid (255).
+# Case-insensitive and U = T, as the HyenaDNA tokenizer reads reads; IUPAC codes such as N are invalid here.
+_INVALID = 255
+_SEP = b"\n"
+_CODE = np.full(256, _INVALID, dtype=np.uint8)
+for _i, _bases in enumerate(("Aa", "Cc", "Gg", "TtUu")):
+    for _b in _bases:
+        _CODE[ord(_b)] = _i
+# Profiling works on chunks of at most this many bases (~20 bytes of temporaries each) and samples x 4^k count
+# cells (8 bytes each), so memory stays bounded at any dataset size and k.
+_CHUNK_BASES = 4_000_000
+_CHUNK_CELLS = 8_000_000
+# A progress bar only pays off on slow profiling: ~38 M bases/s was measured at k <= 6 (half that at k = 8) on one
+# core, so 40 M bases is about 1-2 s (realistic16s, 50 M bases, shows one).
+_PROGRESS_MIN_BASES = 40_000_000
+
+
+class BaselineError(ValueError):
+    """Bad input to the baseline (an unknown model, k out of range, a split naming unknown samples)."""
+
+
+# ---------------------------------------------------------------- k-mer profiles
+
+
+def check_k(k: int) -> int:
+    """k itself if it is an integer in 1..8, else a BaselineError naming --k."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not K_RANGE[0] <= int(k) <= K_RANGE[1]:
+        raise BaselineError(f"--k must be an integer from {K_RANGE[0]} to {K_RANGE[1]}, got {k!r}")
+    return int(k)
+
+
+def kmer_names(k: int) -> list[str]:
+    """The k-mers in profile column order (lexicographic: column j is j written in base 4 with digits ACGT)."""
+    k = check_k(k)
+    digits = (np.arange(4**k)[:, None] // 4 ** np.arange(k - 1, -1, -1)) % 4
+    return ["".join("ACGT"[d] for d in row) for row in digits]
+
+
+def _chunk_counts(samples: Sequence[Sequence[str]], k: int) -> np.ndarray:
+    """k-mer counts (int64, len(samples) x 4^k) of a few samples in one vectorised pass."""
+    n_kmers = 4**k
+    # Every read ends with the separator (an invalid byte), so no window crosses a read or sample boundary.
+    pieces = [(_SEP.join(r.encode("latin-1", "replace") for r in reads) + _SEP) if len(reads) else b"" for reads in samples]
+    lengths = np.fromiter((len(p) for p in pieces), dtype=np.int64, count=len(pieces))
+    codes = _CODE[np.frombuffer(b"".join(pieces), dtype=np.uint8)]
+    n_windows = len(codes) - k + 1
+    if n_windows <= 0:
+        return np.zeros((len(samples), n_kmers), dtype=np.int64)
+    # A window is valid when it holds no invalid byte: a difference of the running count of invalid bytes.
+    bad = np.concatenate(([0], np.cumsum(codes == _INVALID, dtype=np.int32)))
+    valid = bad[k:] == bad[:-k]
+    # Rolling base-4 number of each window (first base most significant); invalid bytes give garbage that is masked.
+    index = np.zeros(n_windows, dtype=np.int64)
+    for j in range(k):
+        index *= 4
+        index += codes[j : j + n_windows] & 3
+    sample_of = np.repeat(np.arange(len(samples), dtype=np.int64), lengths)[:n_windows]
+    keys = sample_of[valid] * n_kmers + index[valid]
+    return np.bincount(keys, minlength=len(samples) * n_kmers).reshape(len(samples), n_kmers)
+
+
+def kmer_counts(reads: Sequence[str], k: int) -> np.ndarray:
+    """Counts (int64, 4^k) of every k-mer over all reads of one sample; k-mers with a non-ACGT base are skipped."""
+    return _chunk_counts([reads], check_k(k))[0]
+
+
+def _chunks(sizes: np.ndarray, n_kmers: int) -> list[tuple[int, int]]:
+    """[start, end) sample ranges within _CHUNK_BASES bases and _CHUNK_CELLS count cells (at least one sample)."""
+    max_samples = max(1, _CHUNK_CELLS // n_kmers)
+    ranges, start, bases = [], 0, 0
+    for i, size in enumerate(sizes.tolist()):
+        if i > start and (bases + size > _CHUNK_BASES or i - start >= max_samples):
+            ranges.append((start, i))
+            start, bases = i, 0
+        bases += size
+    if start < len(sizes):
+        ranges.append((start, len(sizes)))
+    return ranges
+
+
+def kmer_profiles(sequences: Sequence[Sequence[str]], k: int, *, progress: bool | None = None) -> np.ndarray:
+    """Relative k-mer frequencies (float32, n_samples x 4^k) pooled over all reads of each sample.
+
+    Rows sum to 1; a sample without any valid k-mer (all reads shorter than k or ambiguous) gets a zero row and a
+    warning. ``progress=None`` shows a bar only on datasets large enough to take a few seconds.
+    """
+    from tqdm.auto import tqdm
+
+    k = check_k(k)
+    sizes = np.fromiter((sum(map(len, reads)) + len(reads) for reads in sequences), dtype=np.int64, count=len(sequences))
+    out = np.zeros((len(sequences), 4**k), dtype=np.float32)
+    show = bool(sizes.sum() >= _PROGRESS_MIN_BASES) if progress is None else progress
+    with tqdm(total=len(sequences), desc=f"{k}-mer profiles", unit="sample", disable=not show) as bar:
+        for a, b in _chunks(sizes, 4**k):
+            counts = _chunk_counts(sequences[a:b], k)
+            totals = counts.sum(axis=1, keepdims=True)
+            out[a:b] = counts / np.maximum(totals, 1)
+            bar.update(b - a)
+    empty = ~out.any(axis=1)
+    if empty.any():
+        log.warning("%d sample(s) have no valid %d-mer (reads shorter than k or ambiguous); their profile is all zero",
+                    int(empty.sum()), k)  # fmt: skip
+    return out
+
+
+# ---------------------------------------------------------------- models
+
+
+def regression_metrics(true: np.ndarray, predicted: np.ndarray, prefix: str) -> dict[str, float]:
+    """MSE, RMSE, MAE, R² (scikit-learn) with the key names evaluate.py writes; R² is NaN below 2 samples."""
+    # Own copy rather than train.regression_metrics: importing train pulls in torch and the model for 10 lines.
+    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+
+    if len(true) == 0:
+        nan = float("nan")
+        return {f"{prefix}mse": nan, f"{prefix}rmse": nan, f"{prefix}mae": nan, f"{prefix}r2": nan}
+    mse = float(mean_squared_error(true, predicted))
+    return {
+        f"{prefix}mse": mse,
+        f"{prefix}rmse": math.sqrt(mse),
+        f"{prefix}mae": float(mean_absolute_error(true, predicted)),
+        f"{prefix}r2": float(r2_score(true, predicted)) if len(true) >= 2 else float("nan"),
+    }
+
+
+def _fit_hgb(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray):
+    """HistGradientBoostingRegressor with fixed settings, fitted on train only.
+
+    No early stopping: it would carve its own validation set out of the small train split (or need the val split,
+    which then could not report an honest score). The val split is only scored.
+    """
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    model = HistGradientBoostingRegressor(**HGB_PARAMS).fit(x_train, y_train)
+    return model, {"hgb_max_iter": HGB_PARAMS["max_iter"], "hgb_learning_rate": HGB_PARAMS["learning_rate"]}
+
+
+def _fit_ridge(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray):
+    """StandardScaler + Ridge; alpha is the one of RIDGE_ALPHAS with the lowest val MSE, the model fitted on train.
+
+    So val metrics of Ridge are slightly optimistic (val chose alpha); test is untouched. Without a val split
+    (val_fraction 0), RidgeCV picks alpha by leave-one-out on train instead.
+    """
+    from sklearn.linear_model import Ridge, RidgeCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if len(y_val) == 0:
+        model = make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS)).fit(x_train, y_train)
+        alpha = float(model[-1].alpha_)
+        return model, {"ridge_alpha": alpha, "ridge_alpha_chosen_by": "RidgeCV leave-one-out on train"}
+    # Standardise once; each alpha then costs one solve (dual form when features outnumber samples).
+    scaler = StandardScaler().fit(x_train)
+    xt, xv = scaler.transform(x_train), scaler.transform(x_val)
+    val_mse = [float(np.mean((Ridge(alpha=a).fit(xt, y_train).predict(xv) - y_val) ** 2)) for a in RIDGE_ALPHAS]
+    alpha = RIDGE_ALPHAS[int(np.argmin(val_mse))]
+    if alpha in (RIDGE_ALPHAS[0], RIDGE_ALPHAS[-1]):
+        log.warning("ridge: the best alpha %.3g is at the edge of the grid %.3g..%.3g", alpha, RIDGE_ALPHAS[0], RIDGE_ALPHAS[-1])
+    model = make_pipeline(StandardScaler(), Ridge(alpha=alpha)).fit(x_train, y_train)
+    return model, {"ridge_alpha": alpha, "ridge_alpha_chosen_by": "val MSE"}
+
+
+_FITTERS = {"hgb": _fit_hgb, "ridge": _fit_ridge}
+
+
+# ---------------------------------------------------------------- cache
+
+
+def split_hash(split: Mapping[str, Sequence[str]]) -> str:
+    """A short hash of the train/val/test sample ids (order-free)."""
+    payload = json.dumps({name: sorted(map(str, split.get(name, []))) for name in ("train", "val", "test")}, sort_keys=True)
+    return hashlib.blake2b(payload.encode(), digest_size=8).hexdigest()
+
+
+def default_baseline_cache_dir() -> Path:
+    """Beside the token cache: $TUNE_PH_CACHE/../baseline, else ~/.cache/tune_ph/baseline."""
+    from tune_ph.tokens import default_cache_dir
+
+    return default_cache_dir().parent / "baseline"
+
+
+def _model_settings(model: str) -> dict[str, Any]:
+    # Part of the cache key, so changing a model's settings never returns results of the old ones.
+    return dict(HGB_PARAMS) if model == "hgb" else {"alphas": list(RIDGE_ALPHAS)}
+
+
+def _cache_path(folder: Path, fp: str, k: int, model: str, split_id: str) -> Path:
+    settings = hashlib.blake2b(json.dumps(_model_settings(model), sort_keys=True).encode(), digest_size=4).hexdigest()
+    return folder / f"{fp}-k{k}-{model}-{settings}-s{split_id}-v{CACHE_FORMAT}.json"
+
+
+def _json_safe(value: Any) -> Any:
+    # JSON has no NaN: an undefined metric (R² of one sample) is written as null, as evaluate.py does.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write text to path via a temp file in the same folder + rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _load_cached(path: Path) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    try:
+        entry = json.loads(path.read_text(encoding="utf-8"))
+        table = pd.DataFrame(entry["test_predictions"], columns=list(PREDICTION_COLUMNS))
+        metrics = {k: (float("nan") if v is None and k.endswith(("_mse", "_rmse", "_mae", "_r2")) else v)
+                   for k, v in entry["metrics"].items()}  # fmt: skip
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # a damaged cache entry is recomputed, not fatal
+        log.warning("ignoring unreadable baseline cache %s (%s); recomputing it", path, exc)
+        return None
+    return {"metrics": metrics, "predictions": table, "cached": True, "cache_path": str(path)}
+
+
+# ---------------------------------------------------------------- run
+
+
+def predictions_table(df: pd.DataFrame, predicted: np.ndarray) -> pd.DataFrame:
+    """One row per sample of df: sample_id, study_name, true_ph, predicted_ph_mean, residual_mean, environment.
+
+    The column names are those of the DNA model's test_predictions.csv, so reports read both (a baseline makes
+    one prediction per sample, which is its own mean).
+    """
+    true = df["pH"].to_numpy(dtype=np.float64)
+    return pd.DataFrame(
+        {
+            "sample_id": df["sample_id"].astype(str).to_numpy(),
+            "study_name": df["study_name"].astype(str).to_numpy(),
+            "true_ph": true,
+            "predicted_ph_mean": predicted.astype(np.float64),
+            "residual_mean": true - predicted,  # observed minus predicted, as evaluate.py
+            "environment": df["environment"].astype(str).to_numpy(),
+        },
+        columns=list(PREDICTION_COLUMNS),
+    )
+
+
+def _split_frames(samples_df: pd.DataFrame, split: Mapping[str, Sequence[str]]) -> dict[str, pd.DataFrame]:
+    ids = samples_df["sample_id"].astype(str)
+    known = set(ids)
+    parts = {}
+    for name in ("train", "val", "test"):
+        wanted = [str(s) for s in split.get(name, [])]
+        unknown = [s for s in wanted if s not in known]
+        if unknown:
+            raise BaselineError(f"the {name} split names {len(unknown)} sample(s) not in the data, e.g. {unknown[:3]}")
+        # Rows in data order (sorted sample_id after load_samples), like the DNA model's predictions CSV.
+        parts[name] = samples_df.loc[ids.isin(set(wanted)).to_numpy()].reset_index(drop=True)
+    if len(parts["train"]) < 2 or len(parts["test"]) < 1:
+        raise BaselineError(
+            f"the split has {len(parts['train'])} train and {len(parts['test'])} test sample(s); need at least 2 and 1"
+        )
+    return parts
+
+
+def run_baseline(
+    samples_df: pd.DataFrame,
+    split: Mapping[str, Sequence[str]],
+    *,
+    k: int = 6,
+    models: Sequence[str] = ("hgb",),
+    cache_dir: str | os.PathLike | None = None,
+    use_cache: bool = True,
+) -> dict[str, dict[str, Any]]:
+    """Fit k-mer baselines on the train split, score val and test; results cached on disk.
+
+    samples_df: cleaned samples (``tune_ph.data.load_samples``); split: {"train"|"val"|"test": sample ids}, e.g.
+    ``tune_ph.data.split_samples(samples_df, ...)``. Each sample is one row of relative k-mer frequencies over
+    all its reads. Models: "hgb" (HistGradientBoostingRegressor, fixed seed, no early stopping, val only scored)
+    and "ridge" (standardised features, alpha chosen on val MSE from RIDGE_ALPHAS; RidgeCV on train without val).
+
+    Returns {model: {"metrics": {val_*/test_* mse, rmse, mae, r2, n_samples, model, k, ...},
+    "predictions": test DataFrame (PREDICTION_COLUMNS), "cached": bool, "cache_path": str}}.
+    Results are cached as JSON under ``cache_dir`` (default: ``default_cache_dir().parent / "baseline"``), keyed
+    by the dataset fingerprint, k, model (and its settings) and the split; a second call is a logged cache hit.
+    """
+    from tune_ph.tokens import fingerprint
+
+    k = check_k(k)
+    models = list(dict.fromkeys(models))  # dedupe, keep order
+    unknown = [m for m in models if m not in MODELS]
+    if unknown or not models:
+        raise BaselineError(f"unknown model(s) {unknown or models}; use {', '.join(MODELS)}")
+    parts = _split_frames(samples_df, split)
+    fp = fingerprint(samples_df)
+    split_id = split_hash(split)
+    folder = Path(cache_dir).expanduser() if cache_dir is not None else default_baseline_cache_dir()
+
+    results: dict[str, dict[str, Any]] = {}
+    todo = []
+    for model in models:
+        path = _cache_path(folder, fp, k, model, split_id)
+        hit = _load_cached(path) if use_cache else None
+        if hit is not None:
+            log.info("baseline cache hit: %s k=%d (%s)", model, k, path)
+            results[model] = hit
+        else:
+            todo.append((model, path))
+    if not todo:
+        return {m: results[m] for m in models}
+
+    # Profile only the samples in the split, once for all models still to fit.
+    t0 = time.perf_counter()
+    names = ("train", "val", "test")
+    every = kmer_profiles([reads for name in names for reads in parts[name]["sequences"]], k)
+    bounds = np.cumsum([0] + [len(parts[name]) for name in names])
+    x = {name: every[bounds[i] : bounds[i + 1]] for i, name in enumerate(names)}
+    y = {name: parts[name]["pH"].to_numpy(dtype=np.float64) for name in names}
+    profile_s = time.perf_counter() - t0
+    log.info("%d-mer profiles of %d samples in %.1f s", k, len(every), profile_s)
+
+    for model, path in todo:
+        t0 = time.perf_counter()
+        fitted, params = _FITTERS[model](x["train"], y["train"], x["val"], y["val"])
+        metrics: dict[str, Any] = {"model": model, "k": k}
+        pred = {name: fitted.predict(x[name]) if len(y[name]) else np.zeros(0) for name in ("val", "test")}
+        for name in ("val", "test"):
+            metrics.update(regression_metrics(y[name], pred[name], f"{name}_"))
+            metrics[f"{name}_n_samples"] = int(len(y[name]))
+        table = predictions_table(parts["test"], pred["test"])
+        fit_s = time.perf_counter() - t0
+        metrics.update(params)
+        metrics.update(train_n_samples=int(len(y["train"])), n_features=4**k, fit_seconds=round(fit_s, 3),
+                       profile_seconds=round(profile_s, 3), dataset_fingerprint=fp, split_hash=split_id)  # fmt: skip
+        log.info("%s k=%d fitted in %.1f s", model, k, fit_s)
+        entry = {"metrics": metrics, "test_predictions": table.to_dict(orient="records")}
+        if use_cache:
+            try:
+                _write_atomic(path, json.dumps(_json_safe(entry)) + "\n")
+                log.info("baseline cache written: %s", path)
+            except OSError as exc:  # a read-only cache folder should not stop the run
+                log.warning("could not write the baseline cache %s (%s); pass a writable cache_dir", path, exc)
+        results[model] = {"metrics": metrics, "predictions": table, "cached": False, "cache_path": str(path)}
+    return {m: results[m] for m in models}
+
+
+def write_outputs(results: Mapping[str, Mapping[str, Any]], output_dir: str | os.PathLike) -> dict[str, Path]:
+    """Write OUTPUT_DIR/<model>/metrics.json and test_predictions.csv for each model; returns the model folders."""
+    out = Path(output_dir)
+    folders = {}
+    for model, res in results.items():
+        folder = out / model
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_atomic(folder / "metrics.json", json.dumps(_json_safe(dict(res["metrics"])), indent=2) + "\n")
+        _write_atomic(folder / "test_predictions.csv", res["predictions"].to_csv(index=False))
+        folders[model] = folder
+    return folders
+
+
+# ---------------------------------------------------------------- CLI
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one `error: …` line instead of argparse's usage block
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = _Parser(
+        prog="python -m tune_ph.baseline",
+        description="k-mer profile baselines (HistGradientBoosting, Ridge) for pH on the DNA model's split.",
+    )
+    p.add_argument("--dataset", required=True, help="source: demo, a hub id, or a local folder / .parquet / .jsonl")
+    p.add_argument("--k", type=int, default=6, help="k-mer length, 1..8 (default 6)")
+    p.add_argument("--model", choices=(*MODELS, "both"), default="both", help="which baseline(s) (default both)")
+    p.add_argument("--output-dir", default=None, help="where <model>/metrics.json goes (default runs/baseline-<time>)")
+    p.add_argument("--split-seed", type=int, default=42)
+    p.add_argument("--test-fraction", type=float, default=0.2)
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--skip-bad-rows", action="store_true", help="drop invalid rows instead of stopping")
+    p.add_argument("--cache-dir", default=None, help="result cache (default: beside the token cache, .../baseline)")
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the result cache")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+
+    # Options are checked before tune_ph.data is imported: it pulls in torch, seconds wasted on a typo.
+    try:
+        k = check_k(args.k)
+        if not (0 < args.test_fraction < 1 and 0 <= args.val_fraction < 1 and args.test_fraction + args.val_fraction < 1):
+            raise BaselineError(
+                f"--test-fraction {args.test_fraction} and --val-fraction {args.val_fraction} must be in [0, 1) "
+                "(test > 0) and sum to less than 1"
+            )
+    except BaselineError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    from tune_ph.data import DatasetError, load_samples, split_samples
+
+    start = time.perf_counter()
+    try:
+        df = load_samples(args.dataset, skip_bad_rows=args.skip_bad_rows)
+        split = split_samples(df, seed=args.split_seed, test_fraction=args.test_fraction, val_fraction=args.val_fraction)
+    except (BaselineError, DatasetError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    load_s = time.perf_counter() - start
+    models = list(MODELS) if args.model == "both" else [args.model]
+    try:
+        results = run_baseline(df, split, k=k, models=models, cache_dir=args.cache_dir, use_cache=not args.no_cache)
+        out = Path(args.output_dir or Path("runs") / time.strftime("baseline-%Y%m%d-%H%M%S"))
+        write_outputs(results, out)
+        _write_atomic(out / "split.json", json.dumps(split) + "\n")
+    except BaselineError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError, MemoryError) as err:
+        print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+    log.info("loaded %s in %.1f s; outputs in %s", args.dataset, load_s, out)
+    for model, res in results.items():
+        m = res["metrics"]
+        # This model's own time: the shared profiling plus its fit and predictions (profiling is counted per model).
+        took = "cached" if res["cached"] else f"{m['profile_seconds'] + m['fit_seconds']:.1f}s"
+        print(f"{model} k={k}: test R² {m['test_r2']:.3f}  RMSE {m['test_rmse']:.3f}  MAE {m['test_mae']:.3f}  "
+              f"({m['test_n_samples']} test samples, {took})")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
