@@ -1,7 +1,7 @@
 """Benchmark the k-mer baseline: profiling throughput on realistic16s-shaped reads, optionally a full run on a dataset.
 
-    python benchmarks/bench_baseline.py                                           # profiling, k = 4, 6, 8
-    python benchmarks/bench_baseline.py --dataset ../shared/data/realistic16s     # + fit/score both models, no cache
+python benchmarks/bench_baseline.py                                           # profiling, k = 4, 6, 8
+python benchmarks/bench_baseline.py --dataset ../shared/data/realistic16s     # + fit/score both models, no cache
 """
 
 from __future__ import annotations
@@ -39,8 +39,10 @@ def main() -> None:
         t0 = time.perf_counter()
         prof = kmer_profiles(seqs, k, progress=False)
         took = time.perf_counter() - t0
-        print(f"profiles k={k}: {args.samples} samples, {bases / 1e6:.1f} M bases in {took:.2f} s "
-              f"({bases / took / 1e6:.1f} M bases/s), matrix {prof.nbytes / 2**20:.0f} MiB")  # fmt: skip
+        print(
+            f"profiles k={k}: {args.samples} samples, {bases / 1e6:.1f} M bases in {took:.2f} s "
+            f"({bases / took / 1e6:.1f} M bases/s), matrix {prof.nbytes / 2**20:.0f} MiB"
+        )
     del seqs
 
     if args.dataset:
@@ -54,8 +56,10 @@ def main() -> None:
             res = run_baseline(df, split, k=k, models=("hgb", "ridge"), use_cache=False)
             for model, r in res.items():
                 m = r["metrics"]
-                print(f"{model} k={k}: test R² {m['test_r2']:.3f}, profile {m['profile_seconds']:.1f} s (shared), "
-                      f"fit+predict {m['fit_seconds']:.1f} s")  # fmt: skip
+                print(
+                    f"{model} k={k}: test R² {m['test_r2']:.3f}, profile {m['profile_seconds']:.1f} s (shared), "
+                    f"fit+predict {m['fit_seconds']:.1f} s"
+                )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"peak RSS {peak:.2f} GiB")
 

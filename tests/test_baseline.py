@@ -43,8 +43,14 @@ def demo_parquet(tmp_path_factory) -> Path:
 
 def run_cli(*args: str, cache: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "TUNE_PH_CACHE": str(cache / "tokens")}  # never the user's ~/.cache
-    return subprocess.run([sys.executable, "-m", "tune_ph.baseline", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "tune_ph.baseline", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 # ---------------------------------------------------------------- counting
@@ -147,8 +153,24 @@ def test_bad_models_and_splits_are_refused(demo_df):
 
 def test_cli_writes_metrics_and_one_csv_row_per_test_sample(demo_parquet, tmp_path, capsys):
     out = tmp_path / "out"
-    args = ["--dataset", str(demo_parquet), "--k", "3", "--model", "both", "--output-dir", str(out),
-            "--split-seed", "7", "--test-fraction", "0.25", "--val-fraction", "0.15", "--cache-dir", str(tmp_path / "c")]  # fmt: skip
+    args = [
+        "--dataset",
+        str(demo_parquet),
+        "--k",
+        "3",
+        "--model",
+        "both",
+        "--output-dir",
+        str(out),
+        "--split-seed",
+        "7",
+        "--test-fraction",
+        "0.25",
+        "--val-fraction",
+        "0.15",
+        "--cache-dir",
+        str(tmp_path / "c"),
+    ]
     assert baseline.main(args) == 0
     split = split_samples(load_samples(str(demo_parquet)), seed=7, test_fraction=0.25, val_fraction=0.15)
     assert json.loads((out / "split.json").read_text()) == split

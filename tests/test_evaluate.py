@@ -26,19 +26,49 @@ def run_dir(tmp_path_factory) -> Path:
     model_dir.mkdir()
     HyenaDNAConfig(d_model=32, n_layer=1, d_inner=64, l_max=MAX_LENGTH + 2).to_json(model_dir / "config.json")
     torch.set_num_threads(1)
-    code = train.main([
-        "--dataset", "demo", "--model", str(model_dir), "--from-scratch", "--epochs", "2", "--batch-size", "16",
-        "--learning-rate", "1e-3", "--num-sets", "2", "--head", "mlp2_ln", "--pooling", "pool",
-        "--output-dir", str(root / "run"), "--cache-dir", str(root / "cache"), "--no-progress", "--device", "cpu",
-    ])  # fmt: skip
+    code = train.main(
+        [
+            "--dataset",
+            "demo",
+            "--model",
+            str(model_dir),
+            "--from-scratch",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "16",
+            "--learning-rate",
+            "1e-3",
+            "--num-sets",
+            "2",
+            "--head",
+            "mlp2_ln",
+            "--pooling",
+            "pool",
+            "--output-dir",
+            str(root / "run"),
+            "--cache-dir",
+            str(root / "cache"),
+            "--no-progress",
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0
     return root / "run"
 
 
 @pytest.mark.slow  # uses the CLI training run
 def test_run_folder_has_every_output(run_dir: Path) -> None:
-    for name in ("best_model.pt", "config.json", "training_log.json", "split.json",
-                 "test_predictions.csv", "metrics.json", "residuals.png"):  # fmt: skip
+    for name in (
+        "best_model.pt",
+        "config.json",
+        "training_log.json",
+        "split.json",
+        "test_predictions.csv",
+        "metrics.json",
+        "residuals.png",
+    ):
         assert (run_dir / name).is_file(), name
     assert not list(run_dir.glob("*.tmp"))
     log = json.loads((run_dir / "training_log.json").read_text())
@@ -56,8 +86,15 @@ def test_run_folder_has_every_output(run_dir: Path) -> None:
 @pytest.mark.slow  # uses the CLI training run
 def test_predictions_csv_columns_and_values(run_dir: Path) -> None:
     df = pd.read_csv(run_dir / "test_predictions.csv")
-    required = ["sample_id", "study_name", "true_ph", "predicted_ph_set1", "predicted_ph_set2",
-                "predicted_ph_mean", "residual_mean"]  # fmt: skip
+    required = [
+        "sample_id",
+        "study_name",
+        "true_ph",
+        "predicted_ph_set1",
+        "predicted_ph_set2",
+        "predicted_ph_mean",
+        "residual_mean",
+    ]
     assert list(df.columns[: len(required)]) == required
     split = json.loads((run_dir / "split.json").read_text())
     assert sorted(df["sample_id"]) == sorted(split["test"])
@@ -96,8 +133,12 @@ def test_evaluate_reproduces_saved_metrics(run_dir: Path, tmp_path: Path) -> Non
 
 @pytest.mark.slow  # uses the CLI training run
 def test_evaluate_cli(run_dir: Path, tmp_path: Path, capsys) -> None:
-    assert evaluate.main(["--checkpoint", str(run_dir / "best_model.pt"), "--output-dir", str(tmp_path),
-                          "--device", "cpu"]) == 0  # fmt: skip
+    assert (
+        evaluate.main(
+            ["--checkpoint", str(run_dir / "best_model.pt"), "--output-dir", str(tmp_path), "--device", "cpu"]
+        )
+        == 0
+    )
     assert "test_r2" in json.loads(capsys.readouterr().out)
     assert evaluate.main(["--checkpoint", str(tmp_path / "missing.pt")]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -79,8 +79,9 @@ def test_fit_learns_a_learnable_task(dataset: TokenizedDataset) -> None:
     assert result.best_state["epoch"] == result.best_epoch
     # Predictions come back in pH units, not standardised ones.
     model, _ = _model_from_state(result.best_state)
-    preds = predict(model, dataset, "val", target_mean=result.best_state["target_mean"],
-                    target_std=result.best_state["target_std"])  # fmt: skip
+    preds = predict(
+        model, dataset, "val", target_mean=result.best_state["target_mean"], target_std=result.best_state["target_std"]
+    )
     assert 2.0 < preds.predicted.mean() < 10.0
     _, means, true = preds.sample_means()
     assert np.sqrt(np.mean((means - true) ** 2)) == pytest.approx(result.history[result.best_epoch - 1]["val_rmse"])
@@ -138,8 +139,7 @@ def test_non_finite_loss_stops_with_epoch_and_batch(dataset: TokenizedDataset, m
     monkeypatch.setattr(train, "make_loss", lambda _cfg: _NanOnCall(n_batches + 1 + 2))
     seen: list[int] = []
     with pytest.raises(NonFiniteLossError, match=r"epoch 2, batch 2\b"):
-        fit(cfg(epochs=3), dataset, progress=False,
-            on_epoch_end=lambda m, _s: seen.append(m["epoch"]))  # fmt: skip
+        fit(cfg(epochs=3), dataset, progress=False, on_epoch_end=lambda m, _s: seen.append(m["epoch"]))
     assert seen == [1]
 
 
@@ -163,25 +163,28 @@ def test_resume_continues_at_the_next_epoch(dataset: TokenizedDataset) -> None:
     assert state["scheduler"] is not None and state["optimizer"]["state"]
 
     epochs_run: list[int] = []
-    resumed = fit(cfg(epochs=4, lr_scheduler="plateau"), dataset, progress=False,
-                  resume_from=state, on_epoch_end=lambda m, _s: epochs_run.append(m["epoch"]))  # fmt: skip
+    resumed = fit(
+        cfg(epochs=4, lr_scheduler="plateau"),
+        dataset,
+        progress=False,
+        resume_from=state,
+        on_epoch_end=lambda m, _s: epochs_run.append(m["epoch"]),
+    )
     assert epochs_run == [3, 4]
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
     assert resumed.history[:2] == first.history
     # Nothing left to do: resuming a finished run returns at once.
     done: list[int] = []
-    fit(cfg(epochs=2), dataset, progress=False, resume_from=state,
-        on_epoch_end=lambda m, _s: done.append(m["epoch"]))  # fmt: skip
+    fit(cfg(epochs=2), dataset, progress=False, resume_from=state, on_epoch_end=lambda m, _s: done.append(m["epoch"]))
     assert done == []
 
 
 def test_callback_and_early_stopping_end_training(dataset: TokenizedDataset) -> None:
     seen: list[int] = []
-    fit(cfg(epochs=5), dataset, progress=False,
-        on_epoch_end=lambda m, _s: seen.append(m["epoch"]) or True)  # fmt: skip
+    fit(cfg(epochs=5), dataset, progress=False, on_epoch_end=lambda m, _s: seen.append(m["epoch"]) or True)
     assert seen == [1]
     # An absurdly small learning rate never improves by much; patience 1 ends the run after a flat epoch.
-    result = fit(cfg(epochs=6, early_stopping_patience=1, learning_rate=1e-12), dataset, progress=False)  # fmt: skip
+    result = fit(cfg(epochs=6, early_stopping_patience=1, learning_rate=1e-12), dataset, progress=False)
     assert len(result.history) < 6
     assert len(result.history) - result.best_epoch == 1
 
@@ -225,6 +228,5 @@ def test_config_validation_names_the_field() -> None:
 
 @pytest.mark.parametrize("loss", config.LOSSES)
 def test_every_loss_trains(dataset: TokenizedDataset, loss: str) -> None:
-    result = fit(cfg(epochs=1, loss=loss, head="linear", pooling="last"), dataset,
-                 progress=False)  # fmt: skip
+    result = fit(cfg(epochs=1, loss=loss, head="linear", pooling="last"), dataset, progress=False)
     assert np.isfinite(result.history[0]["train_loss"])

@@ -6,10 +6,7 @@ import argparse
 import hashlib
 import json
 import logging
-import math
 import os
-import sys
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,6 +14,18 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.ensemble import HistGradientBoostingRegressor
+from sklearn.linear_model import Ridge, RidgeCV
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from tqdm.auto import tqdm
+
+from tune_ph import cli
+from tune_ph.data import load_samples, split_samples
+from tune_ph.errors import InputError
+from tune_ph.files import write_csv, write_json
+from tune_ph.metrics import regression_metrics
+from tune_ph.tokens import default_cache_dir, fingerprint, split_hash
 
 log = logging.getLogger("tune_ph.baseline")
 
@@ -48,7 +57,7 @@ _CHUNK_CELLS = 8_000_000
 _PROGRESS_MIN_BASES = 40_000_000
 
 
-class BaselineError(ValueError):
+class BaselineError(InputError):
     """Bad input to the baseline (an unknown model, k out of range, a split naming unknown samples)."""
 
 
@@ -73,7 +82,9 @@ def _chunk_counts(samples: Sequence[Sequence[str]], k: int) -> np.ndarray:
     """k-mer counts (int64, len(samples) x 4^k) of a few samples in one vectorised pass."""
     n_kmers = 4**k
     # Every read ends with the separator (an invalid byte), so no window crosses a read or sample boundary.
-    pieces = [(_SEP.join(r.encode("latin-1", "replace") for r in reads) + _SEP) if len(reads) else b"" for reads in samples]
+    pieces = [
+        (_SEP.join(r.encode("latin-1", "replace") for r in reads) + _SEP) if len(reads) else b"" for reads in samples
+    ]
     lengths = np.fromiter((len(p) for p in pieces), dtype=np.int64, count=len(pieces))
     codes = _CODE[np.frombuffer(b"".join(pieces), dtype=np.uint8)]
     n_windows = len(codes) - k + 1
@@ -117,10 +128,10 @@ def kmer_profiles(sequences: Sequence[Sequence[str]], k: int, *, progress: bool 
     Rows sum to 1; a sample without any valid k-mer (all reads shorter than k or ambiguous) gets a zero row and a
     warning. ``progress=None`` shows a bar only on datasets large enough to take a few seconds.
     """
-    from tqdm.auto import tqdm
-
     k = check_k(k)
-    sizes = np.fromiter((sum(map(len, reads)) + len(reads) for reads in sequences), dtype=np.int64, count=len(sequences))
+    sizes = np.fromiter(
+        (sum(map(len, reads)) + len(reads) for reads in sequences), dtype=np.int64, count=len(sequences)
+    )
     out = np.zeros((len(sequences), 4**k), dtype=np.float32)
     show = bool(sizes.sum() >= _PROGRESS_MIN_BASES) if progress is None else progress
     with tqdm(total=len(sequences), desc=f"{k}-mer profiles", unit="sample", disable=not show) as bar:
@@ -131,29 +142,15 @@ def kmer_profiles(sequences: Sequence[Sequence[str]], k: int, *, progress: bool 
             bar.update(b - a)
     empty = ~out.any(axis=1)
     if empty.any():
-        log.warning("%d sample(s) have no valid %d-mer (reads shorter than k or ambiguous); their profile is all zero",
-                    int(empty.sum()), k)  # fmt: skip
+        log.warning(
+            "%d sample(s) have no valid %d-mer (reads shorter than k or ambiguous); their profile is all zero",
+            int(empty.sum()),
+            k,
+        )
     return out
 
 
 # ---------------------------------------------------------------- models
-
-
-def regression_metrics(true: np.ndarray, predicted: np.ndarray, prefix: str) -> dict[str, float]:
-    """MSE, RMSE, MAE, R² (scikit-learn) with the key names evaluate.py writes; R² is NaN below 2 samples."""
-    # Own copy rather than train.regression_metrics: importing train pulls in torch and the model for 10 lines.
-    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
-
-    if len(true) == 0:
-        nan = float("nan")
-        return {f"{prefix}mse": nan, f"{prefix}rmse": nan, f"{prefix}mae": nan, f"{prefix}r2": nan}
-    mse = float(mean_squared_error(true, predicted))
-    return {
-        f"{prefix}mse": mse,
-        f"{prefix}rmse": math.sqrt(mse),
-        f"{prefix}mae": float(mean_absolute_error(true, predicted)),
-        f"{prefix}r2": float(r2_score(true, predicted)) if len(true) >= 2 else float("nan"),
-    }
 
 
 def _fit_hgb(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray):
@@ -162,8 +159,6 @@ def _fit_hgb(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val:
     No early stopping: it would carve its own validation set out of the small train split (or need the val split,
     which then could not report an honest score). The val split is only scored.
     """
-    from sklearn.ensemble import HistGradientBoostingRegressor
-
     model = HistGradientBoostingRegressor(**HGB_PARAMS).fit(x_train, y_train)
     return model, {"hgb_max_iter": HGB_PARAMS["max_iter"], "hgb_learning_rate": HGB_PARAMS["learning_rate"]}
 
@@ -174,10 +169,6 @@ def _fit_ridge(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_va
     So val metrics of Ridge are slightly optimistic (val chose alpha); test is untouched. Without a val split
     (val_fraction 0), RidgeCV picks alpha by leave-one-out on train instead.
     """
-    from sklearn.linear_model import Ridge, RidgeCV
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     if len(y_val) == 0:
         model = make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS)).fit(x_train, y_train)
         alpha = float(model[-1].alpha_)
@@ -188,7 +179,9 @@ def _fit_ridge(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_va
     val_mse = [float(np.mean((Ridge(alpha=a).fit(xt, y_train).predict(xv) - y_val) ** 2)) for a in RIDGE_ALPHAS]
     alpha = RIDGE_ALPHAS[int(np.argmin(val_mse))]
     if alpha in (RIDGE_ALPHAS[0], RIDGE_ALPHAS[-1]):
-        log.warning("ridge: the best alpha %.3g is at the edge of the grid %.3g..%.3g", alpha, RIDGE_ALPHAS[0], RIDGE_ALPHAS[-1])
+        log.warning(
+            "ridge: the best alpha %.3g is at the edge of the grid %.3g..%.3g", alpha, RIDGE_ALPHAS[0], RIDGE_ALPHAS[-1]
+        )
     model = make_pipeline(StandardScaler(), Ridge(alpha=alpha)).fit(x_train, y_train)
     return model, {"ridge_alpha": alpha, "ridge_alpha_chosen_by": "val MSE"}
 
@@ -199,16 +192,8 @@ _FITTERS = {"hgb": _fit_hgb, "ridge": _fit_ridge}
 # ---------------------------------------------------------------- cache
 
 
-def split_hash(split: Mapping[str, Sequence[str]]) -> str:
-    """A short hash of the train/val/test sample ids (order-free)."""
-    payload = json.dumps({name: sorted(map(str, split.get(name, []))) for name in ("train", "val", "test")}, sort_keys=True)
-    return hashlib.blake2b(payload.encode(), digest_size=8).hexdigest()
-
-
 def default_baseline_cache_dir() -> Path:
     """Beside the token cache: $TUNE_PH_CACHE/../baseline, else ~/.cache/tune_ph/baseline."""
-    from tune_ph.tokens import default_cache_dir
-
     return default_cache_dir().parent / "baseline"
 
 
@@ -222,38 +207,16 @@ def _cache_path(folder: Path, fp: str, k: int, model: str, split_id: str) -> Pat
     return folder / f"{fp}-k{k}-{model}-{settings}-s{split_id}-v{CACHE_FORMAT}.json"
 
 
-def _json_safe(value: Any) -> Any:
-    # JSON has no NaN: an undefined metric (R² of one sample) is written as null, as evaluate.py does.
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write text to path via a temp file in the same folder + rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _load_cached(path: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:
         entry = json.loads(path.read_text(encoding="utf-8"))
         table = pd.DataFrame(entry["test_predictions"], columns=list(PREDICTION_COLUMNS))
-        metrics = {k: (float("nan") if v is None and k.endswith(("_mse", "_rmse", "_mae", "_r2")) else v)
-                   for k, v in entry["metrics"].items()}  # fmt: skip
+        metrics = {
+            k: (float("nan") if v is None and k.endswith(("_mse", "_rmse", "_mae", "_r2")) else v)
+            for k, v in entry["metrics"].items()
+        }
     except (OSError, ValueError, KeyError, TypeError) as exc:  # a damaged cache entry is recomputed, not fatal
         log.warning("ignoring unreadable baseline cache %s (%s); recomputing it", path, exc)
         return None
@@ -322,8 +285,6 @@ def run_baseline(
     Results are cached as JSON under ``cache_dir`` (default: ``default_cache_dir().parent / "baseline"``), keyed
     by the dataset fingerprint, k, model (and its settings) and the split; a second call is a logged cache hit.
     """
-    from tune_ph.tokens import fingerprint
-
     k = check_k(k)
     models = list(dict.fromkeys(models))  # dedupe, keep order
     unknown = [m for m in models if m not in MODELS]
@@ -368,13 +329,19 @@ def run_baseline(
         table = predictions_table(parts["test"], pred["test"])
         fit_s = time.perf_counter() - t0
         metrics.update(params)
-        metrics.update(train_n_samples=int(len(y["train"])), n_features=4**k, fit_seconds=round(fit_s, 3),
-                       profile_seconds=round(profile_s, 3), dataset_fingerprint=fp, split_hash=split_id)  # fmt: skip
+        metrics.update(
+            train_n_samples=int(len(y["train"])),
+            n_features=4**k,
+            fit_seconds=round(fit_s, 3),
+            profile_seconds=round(profile_s, 3),
+            dataset_fingerprint=fp,
+            split_hash=split_id,
+        )
         log.info("%s k=%d fitted in %.1f s", model, k, fit_s)
         entry = {"metrics": metrics, "test_predictions": table.to_dict(orient="records")}
         if use_cache:
             try:
-                _write_atomic(path, json.dumps(_json_safe(entry)) + "\n")
+                write_json(path, entry)
                 log.info("baseline cache written: %s", path)
             except OSError as exc:  # a read-only cache folder should not stop the run
                 log.warning("could not write the baseline cache %s (%s); pass a writable cache_dir", path, exc)
@@ -389,8 +356,8 @@ def write_outputs(results: Mapping[str, Mapping[str, Any]], output_dir: str | os
     for model, res in results.items():
         folder = out / model
         folder.mkdir(parents=True, exist_ok=True)
-        _write_atomic(folder / "metrics.json", json.dumps(_json_safe(dict(res["metrics"])), indent=2) + "\n")
-        _write_atomic(folder / "test_predictions.csv", res["predictions"].to_csv(index=False))
+        write_json(folder / "metrics.json", dict(res["metrics"]))
+        write_csv(folder / "test_predictions.csv", res["predictions"])
         folders[model] = folder
     return folders
 
@@ -398,13 +365,13 @@ def write_outputs(results: Mapping[str, Mapping[str, Any]], output_dir: str | os
 # ---------------------------------------------------------------- CLI
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one `error: …` line instead of argparse's usage block
-        self.exit(2, f"error: {message} (see --help)\n")
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m tune_ph.baseline`: exit code 0, 1 (runtime failure), 2 (bad input) or 130 (interrupted)."""
+    return cli.run(_main, argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = _Parser(
+def _main(argv: Sequence[str] | None) -> int:
+    p = argparse.ArgumentParser(
         prog="python -m tune_ph.baseline",
         description="k-mer profile baselines (HistGradientBoosting, Ridge) for pH on the DNA model's split.",
     )
@@ -419,51 +386,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache-dir", default=None, help="result cache (default: beside the token cache, .../baseline)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the result cache")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-
-    # Options are checked before tune_ph.data is imported: it pulls in torch, seconds wasted on a typo.
-    try:
-        k = check_k(args.k)
-        if not (0 < args.test_fraction < 1 and 0 <= args.val_fraction < 1 and args.test_fraction + args.val_fraction < 1):
-            raise BaselineError(
-                f"--test-fraction {args.test_fraction} and --val-fraction {args.val_fraction} must be in [0, 1) "
-                "(test > 0) and sum to less than 1"
-            )
-    except BaselineError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-
-    from tune_ph.data import DatasetError, load_samples, split_samples
-
+    k = check_k(args.k)
+    if not (0 < args.test_fraction < 1 and 0 <= args.val_fraction < 1 and args.test_fraction + args.val_fraction < 1):
+        raise BaselineError(
+            f"--test-fraction {args.test_fraction} and --val-fraction {args.val_fraction} must be in [0, 1) "
+            "(test > 0) and sum to less than 1"
+        )
     start = time.perf_counter()
-    try:
-        df = load_samples(args.dataset, skip_bad_rows=args.skip_bad_rows)
-        split = split_samples(df, seed=args.split_seed, test_fraction=args.test_fraction, val_fraction=args.val_fraction)
-    except (BaselineError, DatasetError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    df = load_samples(args.dataset, skip_bad_rows=args.skip_bad_rows)
+    split = split_samples(df, seed=args.split_seed, test_fraction=args.test_fraction, val_fraction=args.val_fraction)
     load_s = time.perf_counter() - start
     models = list(MODELS) if args.model == "both" else [args.model]
-    try:
-        results = run_baseline(df, split, k=k, models=models, cache_dir=args.cache_dir, use_cache=not args.no_cache)
-        out = Path(args.output_dir or Path("runs") / time.strftime("baseline-%Y%m%d-%H%M%S"))
-        write_outputs(results, out)
-        _write_atomic(out / "split.json", json.dumps(split) + "\n")
-    except BaselineError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except (OSError, ValueError, MemoryError) as err:
-        print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
-        return 1
+    results = run_baseline(df, split, k=k, models=models, cache_dir=args.cache_dir, use_cache=not args.no_cache)
+    out = Path(args.output_dir or Path("runs") / time.strftime("baseline-%Y%m%d-%H%M%S"))
+    write_outputs(results, out)
+    write_json(out / "split.json", split)
     log.info("loaded %s in %.1f s; outputs in %s", args.dataset, load_s, out)
     for model, res in results.items():
         m = res["metrics"]
         # This model's own time: the shared profiling plus its fit and predictions (profiling is counted per model).
         took = "cached" if res["cached"] else f"{m['profile_seconds'] + m['fit_seconds']:.1f}s"
-        print(f"{model} k={k}: test R² {m['test_r2']:.3f}  RMSE {m['test_rmse']:.3f}  MAE {m['test_mae']:.3f}  "
-              f"({m['test_n_samples']} test samples, {took})")  # fmt: skip
-    return 0
+        print(
+            f"{model} k={k}: test R² {m['test_r2']:.3f}  RMSE {m['test_rmse']:.3f}  MAE {m['test_mae']:.3f}  "
+            f"({m['test_n_samples']} test samples, {took})"
+        )
+    return cli.EXIT_OK
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

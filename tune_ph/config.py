@@ -7,10 +7,9 @@ import math
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields, replace
-from pathlib import Path
 from typing import Any
 
-from hyena_dna import PRETRAINED_SIZES, HyenaDNAConfig
+from hyena_dna import HyenaDNAConfig, max_length_of
 from tune_ph.errors import ConfigError
 
 DEFAULT_DATASET = "jedick/microbial-DNA-pH"
@@ -157,18 +156,10 @@ def field_types(name: str) -> tuple[type, ...]:
 
 
 def model_max_length(model: str, model_config: dict[str, Any] | None = None) -> int:
-    """Tokens a model reads at most: from a custom model_config, a public size name or a local config.json."""
+    """Tokens a model reads at most: a custom model_config's, else hyena_dna's lookup (size name, hub id, folder)."""
     if model_config:
         return HyenaDNAConfig.from_dict(model_config).max_length
-    size = model.rstrip("/").split("/")[-1]
-    if size in PRETRAINED_SIZES:
-        return PRETRAINED_SIZES[size][2]
-    config_json = Path(model) / "config.json"
-    if config_json.is_file():
-        return HyenaDNAConfig.from_json(config_json).max_length
-    raise ValueError(
-        f"unknown model size {model!r}; allowed: {', '.join(PRETRAINED_SIZES)} or a local folder with config.json"
-    )
+    return max_length_of(model)
 
 
 _TYPE_NAMES = {

@@ -67,7 +67,7 @@ def write_report(path: str, folder: Path, metric: str = "val_loss") -> Path | No
             study_db=folder / results.STUDY_FILE,
             metric=metric,
         )
-    except Exception as err:  # noqa: BLE001 - the report is a convenience; the results are already saved
+    except Exception as err:  # the report is a convenience; the results are already saved
         log.warning("could not write the experiment report: %s", err)
         return None
 

@@ -152,7 +152,7 @@ def load_checkpoint(path: str | Path) -> tuple[PhRegressor, dict[str, Any]]:
         raise FileNotFoundError(f"checkpoint {path} does not exist; pass RUN/best_model.pt of a finished run")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError, ...
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
         raise ValueError(
             f"{path} cannot be read as a tune_ph checkpoint ({type(err).__name__}: "
             f"{str(err).splitlines()[0] if str(err) else ''}); it is damaged or not a checkpoint "

@@ -1,17 +1,18 @@
-"""Inference: per-set predictions of a split in pH units, per-sample means, and regression metrics."""
+"""Inference: per-set predictions of a split in pH units and their per-sample means."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 from tqdm.auto import tqdm
 
+from tune_ph.metrics import regression_metrics
 from tune_ph.model import PhRegressor, autocast, resolve_device
 from tune_ph.tokens import TokenizedDataset
+
+__all__ = ["Predictions", "predict", "regression_metrics"]
 
 
 @dataclass
@@ -30,18 +31,6 @@ class Predictions:
         predicted = np.bincount(inverse, weights=self.predicted) / counts
         true = np.bincount(inverse, weights=self.true) / counts
         return samples, predicted, true
-
-
-def regression_metrics(true: np.ndarray, predicted: np.ndarray, prefix: str = "") -> dict[str, float]:
-    """MSE, RMSE, MAE, R² (scikit-learn) of per-sample values."""
-    mse = float(mean_squared_error(true, predicted))
-    r2 = float(r2_score(true, predicted)) if len(true) >= 2 else float("nan")
-    return {
-        f"{prefix}mse": mse,
-        f"{prefix}rmse": math.sqrt(mse),
-        f"{prefix}mae": float(mean_absolute_error(true, predicted)),
-        f"{prefix}r2": r2,
-    }
 
 
 def predict(

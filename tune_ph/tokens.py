@@ -228,7 +228,8 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "tune_ph" / "tokens"
 
 
-def _split_hash(split: Mapping[str, Sequence[str]]) -> str:
+def split_hash(split: Mapping[str, Sequence[str]]) -> str:
+    """A short hash of the train/val/test sample ids (order-free): part of every cache key."""
     payload = json.dumps({k: sorted(map(str, split.get(k, []))) for k in SPLITS}, sort_keys=True)
     return hashlib.blake2b(payload.encode(), digest_size=8).hexdigest()
 
@@ -296,7 +297,7 @@ def build(
     if not use_cache:
         return tokenize(df, split, max_length=max_length, num_sets=num_sets, fp=fp)
     folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    path = folder / f"{fp}-L{max_length}-n{num_sets}-s{_split_hash(split)}-v{CACHE_FORMAT}.npz"
+    path = folder / f"{fp}-L{max_length}-n{num_sets}-s{split_hash(split)}-v{CACHE_FORMAT}.npz"
     if path.exists():
         try:
             ds = TokenizedDataset.load(path)

@@ -98,7 +98,7 @@ _HF_FIXED = {"modulate": True, "shift": 0.05, "hyena_order": 2, "local_order": 3
 
 
 def config_layout(data: dict[str, Any]) -> str:
-    """"hf" for a transformers (-hf repo) config.json, "original" for the LongSafari / our own layout."""
+    """ "hf" for a transformers (-hf repo) config.json, "original" for the LongSafari / our own layout."""
     if "layer" not in data and ("max_seq_len" in data or data.get("model_type") == HF_MODEL_TYPE):
         return "hf"
     return "original"

@@ -151,9 +151,7 @@ class HyenaOperator(nn.Module):
         self.in_proj = nn.Linear(d, width)
         self.out_proj = nn.Linear(d, d)
         # Depthwise and causal; kept as a Conv1d for the checkpoint's weight layout, applied by short_conv.
-        self.short_filter = nn.Conv1d(
-            width, width, config.local_order, padding=config.local_order - 1, groups=width
-        )
+        self.short_filter = nn.Conv1d(width, width, config.local_order, padding=config.local_order - 1, groups=width)
         self.filter_fn = HyenaFilter(config, d * (order - 1))
 
     def forward(self, u: Tensor) -> Tensor:

@@ -119,8 +119,12 @@ def test_same_storage_same_dtype_is_shared_not_reread(tmp_path):
 def test_compressed_bomb_is_refused_before_decompressing(tmp_path):
     # 32 MiB of zeros deflate to ~32 KiB; the declared size matches, the expansion ratio does not.
     numel = (32 << 20) // 4
-    path = craft(tmp_path / "weights.ckpt", {"w": _TensorOf(_StorageRef("0", torch.FloatStorage, numel), numel)},
-                 {"0": 32 << 20}, compressed=True)
+    path = craft(
+        tmp_path / "weights.ckpt",
+        {"w": _TensorOf(_StorageRef("0", torch.FloatStorage, numel), numel)},
+        {"0": 32 << 20},
+        compressed=True,
+    )
     assert path.stat().st_size < 1 << 20
     peak, seconds, msg = peak_bytes_while_refused(path, "expands from")
     assert str(path) in msg and "storage '0'" in msg

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from hyena_dna import HyenaDNAConfig, HyenaDNAModel, PRETRAINED_SIZES
+from hyena_dna import PRETRAINED_SIZES, HyenaDNAConfig, HyenaDNAModel
 from hyena_dna.model import _fast_fft_size, fft_conv, short_conv
 
 FIXTURES = os.environ.get("HYENA_REF_FIXTURES")

@@ -2,6 +2,7 @@
 
 import json
 import os
+import pickle
 import sys
 import types
 from pathlib import Path
@@ -51,12 +52,31 @@ def fake_omegaconf():
 
 def test_config_reads_public_layout_and_round_trips(tmp_path):
     public = {
-        "d_model": 128, "n_layer": 2, "d_inner": 512, "vocab_size": 12, "resid_dropout": 0.0,
-        "embed_dropout": 0.1, "fused_mlp": False, "fused_dropout_add_ln": True, "checkpoint_mixer": False,
-        "checkpoint_mlp": False, "residual_in_fp32": True, "pad_vocab_size_multiple": 8,
+        "d_model": 128,
+        "n_layer": 2,
+        "d_inner": 512,
+        "vocab_size": 12,
+        "resid_dropout": 0.0,
+        "embed_dropout": 0.1,
+        "fused_mlp": False,
+        "fused_dropout_add_ln": True,
+        "checkpoint_mixer": False,
+        "checkpoint_mlp": False,
+        "residual_in_fp32": True,
+        "pad_vocab_size_multiple": 8,
         "return_hidden_state": True,
-        "layer": {"_name_": "hyena", "emb_dim": 5, "filter_order": 64, "local_order": 3, "l_max": 1026,
-                  "modulate": True, "w": 10, "lr": 6e-4, "wd": 0.0, "lr_pos_emb": 0.0},
+        "layer": {
+            "_name_": "hyena",
+            "emb_dim": 5,
+            "filter_order": 64,
+            "local_order": 3,
+            "l_max": 1026,
+            "modulate": True,
+            "w": 10,
+            "lr": 6e-4,
+            "wd": 0.0,
+            "lr_pos_emb": 0.0,
+        },
     }
     (tmp_path / "config.json").write_text(json.dumps(public))
     config = HyenaDNAConfig.from_json(tmp_path / "config.json")
@@ -81,7 +101,7 @@ def test_config_errors_name_the_field(tmp_path):
 @needs_fixtures
 def test_public_layout_checkpoint_is_refused_by_weights_only_but_read_safely():
     path = Path(FIXTURES) / "hyenadna-tiny-1k-ref" / "weights.ckpt"
-    with pytest.raises(Exception):
+    with pytest.raises(pickle.UnpicklingError):
         torch.load(path, weights_only=True)  # OmegaConf objects inside: why we need our own reader
     tensors = read_checkpoint_tensors(path)
     assert "model.lm_head.weight" in tensors

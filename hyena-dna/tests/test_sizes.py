@@ -68,8 +68,9 @@ def test_max_length_of_local_folders_in_both_layouts(tmp_path):
 
 
 def test_max_length_of_an_hf_config_maps_max_seq_len_to_l_max(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "hyenadna", "d_model": 256, "n_layer": 4,
-                                                       "max_seq_len": 32770, "emb_dim": 5}))
+    (tmp_path / "config.json").write_text(
+        json.dumps({"model_type": "hyenadna", "d_model": 256, "n_layer": 4, "max_seq_len": 32770, "emb_dim": 5})
+    )
     assert max_length_of(tmp_path) == 32768
 
 

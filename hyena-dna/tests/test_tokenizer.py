@@ -8,8 +8,18 @@ from hyena_dna import tokenizer as tok
 
 def test_public_ids_are_exact():
     assert tok.VOCAB == {
-        "[CLS]": 0, "[SEP]": 1, "[BOS]": 2, "[MASK]": 3, "[PAD]": 4, "[RESERVED]": 5, "[UNK]": 6,
-        "A": 7, "C": 8, "G": 9, "T": 10, "N": 11,
+        "[CLS]": 0,
+        "[SEP]": 1,
+        "[BOS]": 2,
+        "[MASK]": 3,
+        "[PAD]": 4,
+        "[RESERVED]": 5,
+        "[UNK]": 6,
+        "A": 7,
+        "C": 8,
+        "G": 9,
+        "T": 10,
+        "N": 11,
     }
 
 
