@@ -1,10 +1,11 @@
-"""tune_ph.cluster: Ray listens on loopback only, token-auth policy, a private token file."""
+"""tune_ph.cluster: Ray listens on loopback only, token-auth policy, a private token file, resource preflight."""
 
 from __future__ import annotations
 
 import ipaddress
 import json
 import logging
+import math
 import os
 import socket
 import stat
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tune_ph import cluster
-from tune_ph.cluster import SetupError, check_auth
+from tune_ph.cluster import ResourceError, SetupError, check_auth, check_trial_resources, trial_requests
 
 ROOT = Path(__file__).resolve().parents[1]
 AUTH_VARS = (cluster.AUTH_MODE_ENV, cluster.TOKEN_ENV, cluster.TOKEN_PATH_ENV)
@@ -151,6 +152,7 @@ def inspect_running(home: Path) -> dict:
     return {
         "listeners": listeners,
         "expected": expected,
+        "nodes": cluster.alive_node_resources(),
         "node_ip": ray._private.worker.global_worker.node.node_ip_address,
         "token_mode": oct(stat.S_IMODE(token.stat().st_mode)) if token.exists() else None,
         "cluster_env_after": os.environ.get(cluster.CLUSTER_ENV),
@@ -401,3 +403,97 @@ def test_existing_world_readable_tokens_are_made_private(tmp_path, monkeypatch):
 
 def test_ray_started_by_init_ray_has_a_private_token(local_ray):
     assert local_ray["token_mode"] == "0o600"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Resource preflight
+
+CPU_ONLY = [{"CPU": 2.0, "memory": 8e9}]
+
+
+def _error(requests, nodes) -> str:
+    with pytest.raises(ResourceError) as err:
+        check_trial_resources(requests, nodes)
+    return str(err.value)
+
+
+def test_gpu_share_on_a_cpu_only_cluster_names_key_and_cpu_flag():
+    msg = _error(trial_requests(1, 0.25), CPU_ONLY)  # heads.yaml on a laptop
+    assert "resources.gpus_per_trial:" in msg and "0.25 GPU" in msg
+    assert "no GPU" in msg and "2 CPU, 0 GPU" in msg
+    assert "--gpus-per-trial 0" in msg
+    assert "cpus_per_trial" not in msg
+
+
+def test_too_many_cpus_names_key_largest_node_and_flag():
+    msg = _error(trial_requests(64, 0), CPU_ONLY)
+    assert "resources.cpus_per_trial" in msg and "64 CPUs" in msg
+    assert "largest node has 2 CPU, 0 GPU" in msg and "--cpus-per-trial 2" in msg
+    assert "gpus_per_trial" not in msg
+
+
+def test_both_too_big_reports_both():
+    msg = _error(trial_requests(64, 1), CPU_ONLY)
+    assert "resources.cpus_per_trial" in msg and "resources.gpus_per_trial" in msg
+
+
+@pytest.mark.parametrize("cpus,gpus,key", [(math.nan, 0, "resources.cpus_per_trial"),
+                                           (math.inf, 0, "resources.cpus_per_trial"),
+                                           (-1, 0, "resources.cpus_per_trial"),
+                                           (1, math.nan, "resources.gpus_per_trial"),
+                                           (1, -0.5, "resources.gpus_per_trial"),
+                                           (1, "0.25", "resources.gpus_per_trial")])
+def test_nonsense_numbers_are_refused_even_on_a_big_node(cpus, gpus, key):
+    msg = _error(trial_requests(cpus, gpus), [{"CPU": 1024.0, "GPU": 8.0}])  # NaN compares False: it would "fit"
+    assert f"{key}: {gpus if key.endswith('gpus_per_trial') else cpus!r}" in msg
+    assert "finite number" in msg
+
+
+def test_per_model_gpu_names_the_model_key():
+    nodes = [{"CPU": 16.0, "GPU": 1.0}]
+    requests = trial_requests(2, {"hyenadna-tiny-1k-seqlen": 0.25, "hyenadna-medium-160k-seqlen": 2})
+    msg = _error(requests, nodes)
+    assert "resources.gpus_per_trial.values.hyenadna-medium-160k-seqlen" in msg and "2 GPUs" in msg
+    assert "tiny-1k" not in msg
+    assert "--gpus-per-trial 1 or less" in msg and "16 CPU, 1 GPU" in msg
+    assert "sets every model's share" in msg  # the flag replaces the whole per-model table
+
+
+def test_per_model_on_cpu_only_offers_cpu_training():
+    msg = _error(trial_requests(1, {"a": 0.25, "b": 0.5}), CPU_ONLY)
+    assert "resources.gpus_per_trial.values.a" in msg and "resources.gpus_per_trial.values.b" in msg
+    assert "--gpus-per-trial 0" in msg
+
+
+def test_cpu_and_gpu_must_fit_on_the_same_node():
+    nodes = [{"CPU": 32.0}, {"CPU": 4.0, "GPU": 1.0}]
+    msg = _error(trial_requests(8, 1), nodes)
+    assert "no single node has both" in msg and "4 CPU, 1 GPU" in msg
+    assert "--cpus-per-trial 4" in msg and "of 2 alive nodes" in msg
+
+
+@pytest.mark.parametrize("requests,nodes", [
+    (trial_requests(1, 0.25), [{"CPU": 2.0, "GPU": 1.0}]),
+    (trial_requests(2, 0), CPU_ONLY),
+    (trial_requests(8, 1), [{"CPU": 2.0}, {"CPU": 8.0, "GPU": 1.0}]),
+    (trial_requests(1, {"small": 0.5, "big": 1}), [{"CPU": 4.0, "GPU": 1.0}]),
+])
+def test_fitting_requests_pass(requests, nodes):
+    check_trial_resources(requests, nodes)
+
+
+def test_no_alive_node_is_an_error():
+    assert "no alive node" in _error(trial_requests(1, 0), [])
+
+
+def test_trial_requests_keeps_only_the_searched_models():
+    req = trial_requests(1, {"a": 0.5, "unused": 4}, models=["a"])
+    assert req == {"a": {"CPU": 1, "GPU": 0.5}}
+
+
+def test_preflight_reads_the_running_cluster(local_ray):
+    most = max(n.get("CPU", 0) for n in cluster.alive_node_resources())
+    assert most >= 1
+    cluster.preflight(trial_requests(1, 0))
+    with pytest.raises(ResourceError, match="resources.cpus_per_trial"):
+        cluster.preflight(trial_requests(most + 1, 0))
