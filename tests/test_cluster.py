@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import socket
 import stat
 import subprocess
@@ -120,10 +121,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_ray() -> bool:
+def start_ray(temp_dir: str) -> bool:
     """Ray the way the search starts it, plus the dashboard when its packages are installed (more listeners)."""
     dashboard = dashboard_available()
-    return cluster.init_ray(num_cpus=2, temp_dir=tempfile.mkdtemp(prefix="rt", dir="/tmp"), dashboard=dashboard,
+    return cluster.init_ray(num_cpus=2, temp_dir=temp_dir, dashboard=dashboard,
                             dashboard_port=free_port() if dashboard else 8265)
 
 
@@ -164,11 +165,13 @@ def start_and_inspect() -> dict:
     """In a fresh process: start Ray the way the search does (init_ray), inspect it, shut it down."""
     import ray  # imported before init_ray, as in the search CLI, so the import-time variable alone would be late
 
-    assert start_ray()
+    temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     try:
+        assert start_ray(temp_dir)
         return inspect_running(Path(os.environ["HOME"]))
     finally:
         ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -193,11 +196,13 @@ def local_ray(tmp_path_factory):
     for k in AUTH_VARS:
         os.environ.pop(k, None)
     os.environ["HOME"] = str(home)
+    temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")
     try:
-        assert start_ray()
+        assert start_ray(temp_dir)
         yield {**inspect_running(home), "subprocess": False}
     finally:
         ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
         for k, v in env_saved.items():
             if v is None:
                 os.environ.pop(k, None)
