@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -27,26 +28,23 @@ def build_log(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def ray_session(build_log: Path):
-    """Ray started once for the whole session (2 CPUs, no dashboard, a short temp dir for its sockets)."""
+    """Ray started once for the whole session through the product's own init_ray (loopback only, 2 CPUs, no
+    dashboard, a short temp dir for its sockets)."""
     import ray
+
+    from tune_ph import cluster
 
     temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")
     runtime_env = {
         "worker_process_setup_hook": "helpers.count_tokenizing",
         "env_vars": {BUILD_LOG_VAR: str(build_log), "PYTHONPATH": str(ROOT / "tests")},
     }
-    ray.init(
-        num_cpus=2,
-        num_gpus=0,
-        include_dashboard=False,
-        _temp_dir=temp_dir,
-        address="local",
-        logging_level="WARNING",
-        log_to_driver=False,
-        runtime_env=runtime_env,
-    )
+    environ = dict(os.environ)  # Ray writes RAY_AUTH_MODE and friends into the driver's environment
+    assert cluster.init_ray(num_cpus=2, temp_dir=temp_dir, runtime_env=runtime_env)
     yield ray
     ray.shutdown()
+    os.environ.clear()
+    os.environ.update(environ)
 
 
 @pytest.fixture(scope="session")

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from tune_ph import cluster
-from tune_ph.cluster import ResourceError, SetupError, check_auth, check_trial_resources, trial_requests
+from tune_ph import cluster, resources
+from tune_ph.cluster import SetupError, check_auth
+from tune_ph.resources import ResourceError, check_trial_resources, trial_requests
 
 ROOT = Path(__file__).resolve().parents[1]
 AUTH_VARS = (cluster.AUTH_MODE_ENV, cluster.TOKEN_ENV, cluster.TOKEN_PATH_ENV)
@@ -57,7 +58,7 @@ def _decode(hexaddr: str, v6: bool) -> tuple[str, int]:
     ip_hex, port_hex = hexaddr.split(":")
     raw = bytes.fromhex(ip_hex)
     if v6:  # four host-order 32-bit words
-        raw = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))
+        raw = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
         return socket.inet_ntop(socket.AF_INET6, raw), int(port_hex, 16)
     return socket.inet_ntop(socket.AF_INET, raw[::-1]), int(port_hex, 16)
 
@@ -124,8 +125,9 @@ def free_port() -> int:
 def start_ray(temp_dir: str) -> bool:
     """Ray the way the search starts it, plus the dashboard when its packages are installed (more listeners)."""
     dashboard = dashboard_available()
-    return cluster.init_ray(num_cpus=2, temp_dir=temp_dir, dashboard=dashboard,
-                            dashboard_port=free_port() if dashboard else 8265)
+    return cluster.init_ray(
+        num_cpus=2, temp_dir=temp_dir, dashboard=dashboard, dashboard_port=free_port() if dashboard else 8265
+    )
 
 
 def inspect_running(home: Path) -> dict:
@@ -153,7 +155,7 @@ def inspect_running(home: Path) -> dict:
     return {
         "listeners": listeners,
         "expected": expected,
-        "nodes": cluster.alive_node_resources(),
+        "nodes": resources.alive_node_resources(),
         "node_ip": ray._private.worker.global_worker.node.node_ip_address,
         "token_mode": oct(stat.S_IMODE(token.stat().st_mode)) if token.exists() else None,
         "cluster_env_after": os.environ.get(cluster.CLUSTER_ENV),
@@ -186,10 +188,13 @@ def local_ray(tmp_path_factory):
         env = {k: v for k, v in os.environ.items() if k not in AUTH_VARS}
         env["HOME"] = str(home)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-        code = ("import json, tests.test_cluster as t; "
-                "print('RESULT ' + json.dumps({**t.start_and_inspect(), 'subprocess': True}))")
-        run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
-                             timeout=240)
+        code = (
+            "import json, tests.test_cluster as t; "
+            "print('RESULT ' + json.dumps({**t.start_and_inspect(), 'subprocess': True}))"
+        )
+        run = subprocess.run(
+            [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240
+        )
         assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
         yield json.loads([ln for ln in run.stdout.splitlines() if ln.startswith("RESULT ")][-1][7:])
         return
@@ -318,8 +323,7 @@ def test_local_run_without_token_auth_only_warns(monkeypatch, caplog):
     monkeypatch.setenv(cluster.AUTH_MODE_ENV, "disabled")
     with caplog.at_level(logging.WARNING, logger="tune_ph.cluster"):
         check_auth(address=None, dashboard_host="127.0.0.1")
-    assert any(r.levelno == logging.WARNING and "token authentication is off" in r.getMessage()
-               for r in caplog.records)
+    assert any(r.levelno == logging.WARNING and "token authentication is off" in r.getMessage() for r in caplog.records)
 
 
 def test_token_mode_passes_silently(monkeypatch, caplog):
@@ -360,9 +364,19 @@ def test_dashboard_line_says_how_it_is_protected(monkeypatch, capsys, mode, says
     assert out.startswith("Ray dashboard: http://127.0.0.1:8265\n") and says in out
 
 
-@pytest.mark.parametrize("host,loopback", [("127.0.0.1", True), ("::1", True), ("localhost", True), (None, True),
-                                           ("0.0.0.0", False), ("::", False), ("192.0.2.2", False),
-                                           ("myhost", False)])
+@pytest.mark.parametrize(
+    "host,loopback",
+    [
+        ("127.0.0.1", True),
+        ("::1", True),
+        ("localhost", True),
+        (None, True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("192.0.2.2", False),
+        ("myhost", False),
+    ],
+)
 def test_is_loopback_host(host, loopback):
     assert cluster.is_loopback_host(host) is loopback
 
@@ -442,12 +456,17 @@ def test_both_too_big_reports_both():
     assert "resources.cpus_per_trial" in msg and "resources.gpus_per_trial" in msg
 
 
-@pytest.mark.parametrize("cpus,gpus,key", [(math.nan, 0, "resources.cpus_per_trial"),
-                                           (math.inf, 0, "resources.cpus_per_trial"),
-                                           (-1, 0, "resources.cpus_per_trial"),
-                                           (1, math.nan, "resources.gpus_per_trial"),
-                                           (1, -0.5, "resources.gpus_per_trial"),
-                                           (1, "0.25", "resources.gpus_per_trial")])
+@pytest.mark.parametrize(
+    "cpus,gpus,key",
+    [
+        (math.nan, 0, "resources.cpus_per_trial"),
+        (math.inf, 0, "resources.cpus_per_trial"),
+        (-1, 0, "resources.cpus_per_trial"),
+        (1, math.nan, "resources.gpus_per_trial"),
+        (1, -0.5, "resources.gpus_per_trial"),
+        (1, "0.25", "resources.gpus_per_trial"),
+    ],
+)
 def test_nonsense_numbers_are_refused_even_on_a_big_node(cpus, gpus, key):
     msg = _error(trial_requests(cpus, gpus), [{"CPU": 1024.0, "GPU": 8.0}])  # NaN compares False: it would "fit"
     assert f"{key}: {gpus if key.endswith('gpus_per_trial') else cpus!r}" in msg
@@ -477,12 +496,15 @@ def test_cpu_and_gpu_must_fit_on_the_same_node():
     assert "--cpus-per-trial 4" in msg and "of 2 alive nodes" in msg
 
 
-@pytest.mark.parametrize("requests,nodes", [
-    (trial_requests(1, 0.25), [{"CPU": 2.0, "GPU": 1.0}]),
-    (trial_requests(2, 0), CPU_ONLY),
-    (trial_requests(8, 1), [{"CPU": 2.0}, {"CPU": 8.0, "GPU": 1.0}]),
-    (trial_requests(1, {"small": 0.5, "big": 1}), [{"CPU": 4.0, "GPU": 1.0}]),
-])
+@pytest.mark.parametrize(
+    "requests,nodes",
+    [
+        (trial_requests(1, 0.25), [{"CPU": 2.0, "GPU": 1.0}]),
+        (trial_requests(2, 0), CPU_ONLY),
+        (trial_requests(8, 1), [{"CPU": 2.0}, {"CPU": 8.0, "GPU": 1.0}]),
+        (trial_requests(1, {"small": 0.5, "big": 1}), [{"CPU": 4.0, "GPU": 1.0}]),
+    ],
+)
 def test_fitting_requests_pass(requests, nodes):
     check_trial_resources(requests, nodes)
 
@@ -497,8 +519,8 @@ def test_trial_requests_keeps_only_the_searched_models():
 
 
 def test_preflight_reads_the_running_cluster(local_ray):
-    most = max(n.get("CPU", 0) for n in cluster.alive_node_resources())
+    most = max(n.get("CPU", 0) for n in resources.alive_node_resources())
     assert most >= 1
-    cluster.preflight(trial_requests(1, 0))
+    resources.preflight(trial_requests(1, 0))
     with pytest.raises(ResourceError, match="resources.cpus_per_trial"):
-        cluster.preflight(trial_requests(most + 1, 0))
+        resources.preflight(trial_requests(most + 1, 0))

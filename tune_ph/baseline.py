@@ -20,7 +20,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
-from tune_ph import cli
+from tune_ph import cli, config
+from tune_ph.config import TrainConfig
 from tune_ph.data import load_samples, split_samples
 from tune_ph.errors import InputError
 from tune_ph.files import write_csv, write_json
@@ -30,6 +31,8 @@ from tune_ph.tokens import default_cache_dir, fingerprint, split_hash
 log = logging.getLogger("tune_ph.baseline")
 
 MODELS = ("hgb", "ridge")
+# TrainConfig fields the baseline takes as flags: what decides the samples and the split.
+DATA_FLAGS = ("dataset", "split_seed", "test_fraction", "val_fraction", "skip_bad_rows", "cache_dir")
 K_RANGE = (1, 8)  # 4^8 = 65,536 features is already far more than the samples of any pH dataset
 PREDICTION_COLUMNS = ("sample_id", "study_name", "true_ph", "predicted_ph_mean", "residual_mean", "environment")
 # Bump when the profile definition, a model's settings or the cached layout change: stale results are never reused.
@@ -375,33 +378,25 @@ def _main(argv: Sequence[str] | None) -> int:
         prog="python -m tune_ph.baseline",
         description="k-mer profile baselines (HistGradientBoosting, Ridge) for pH on the DNA model's split.",
     )
-    p.add_argument("--dataset", required=True, help="source: demo, a hub id, or a local folder / .parquet / .jsonl")
+    # The data flags are TrainConfig's own (same names, defaults and rules): the split is the DNA model's.
+    config.add_arguments(p, only=DATA_FLAGS)
     p.add_argument("--k", type=int, default=6, help="k-mer length, 1..8 (default 6)")
     p.add_argument("--model", choices=(*MODELS, "both"), default="both", help="which baseline(s) (default both)")
     p.add_argument("--output-dir", default=None, help="where <model>/metrics.json goes (default runs/baseline-<time>)")
-    p.add_argument("--split-seed", type=int, default=42)
-    p.add_argument("--test-fraction", type=float, default=0.2)
-    p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--skip-bad-rows", action="store_true", help="drop invalid rows instead of stopping")
-    p.add_argument("--cache-dir", default=None, help="result cache (default: beside the token cache, .../baseline)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the result cache")
     args = p.parse_args(argv)
     k = check_k(args.k)
-    if not (0 < args.test_fraction < 1 and 0 <= args.val_fraction < 1 and args.test_fraction + args.val_fraction < 1):
-        raise BaselineError(
-            f"--test-fraction {args.test_fraction} and --val-fraction {args.val_fraction} must be in [0, 1) "
-            "(test > 0) and sum to less than 1"
-        )
+    cfg = TrainConfig(**config.given_fields(args, DATA_FLAGS))
     start = time.perf_counter()
-    df = load_samples(args.dataset, skip_bad_rows=args.skip_bad_rows)
-    split = split_samples(df, seed=args.split_seed, test_fraction=args.test_fraction, val_fraction=args.val_fraction)
+    df = load_samples(cfg.dataset, skip_bad_rows=cfg.skip_bad_rows)
+    split = split_samples(df, seed=cfg.split_seed, test_fraction=cfg.test_fraction, val_fraction=cfg.val_fraction)
     load_s = time.perf_counter() - start
     models = list(MODELS) if args.model == "both" else [args.model]
-    results = run_baseline(df, split, k=k, models=models, cache_dir=args.cache_dir, use_cache=not args.no_cache)
+    results = run_baseline(df, split, k=k, models=models, cache_dir=cfg.cache_dir, use_cache=not args.no_cache)
     out = Path(args.output_dir or Path("runs") / time.strftime("baseline-%Y%m%d-%H%M%S"))
     write_outputs(results, out)
     write_json(out / "split.json", split)
-    log.info("loaded %s in %.1f s; outputs in %s", args.dataset, load_s, out)
+    log.info("loaded %s in %.1f s; outputs in %s", cfg.dataset, load_s, out)
     for model, res in results.items():
         m = res["metrics"]
         # This model's own time: the shared profiling plus its fit and predictions (profiling is counted per model).

@@ -28,5 +28,10 @@ class SpaceError(InputError):
     """A search-space file that cannot be used; the message names the file, the key path and what is allowed."""
 
 
+class ResourceError(InputError):
+    """A trial asks for more CPUs or GPUs than any node has (it would stay PENDING forever), or for a nonsense
+    amount; the message names the YAML key and the flag that fixes it."""
+
+
 class SetupError(RuntimeError):
     """The environment cannot run what was asked (Ray cannot start, an extra is missing). Exit code 1."""

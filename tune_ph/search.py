@@ -18,9 +18,9 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from hyena_dna.pretrained import resolve_checkpoint_dir
-from tune_ph import cli, config, data, export, results
+from tune_ph import cli, cluster, config, data, export, resources, results
 from tune_ph.config import METRIC_MODES, TrainConfig
-from tune_ph.errors import SetupError, SpaceError
+from tune_ph.errors import SpaceError
 from tune_ph.space import OptunaSpace, SearchSpec, apply_overrides, load_space, parse_space
 from tune_ph.tokens import TokenizedDataset
 from tune_ph.trainable import train_trial
@@ -58,15 +58,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     overrides.add_argument("--seed", type=int, help="TPE seed (search.seed)")
     overrides.add_argument("--cpus-per-trial", type=float, help="resources.cpus_per_trial")
     overrides.add_argument("--gpus-per-trial", type=float, help="GPU share per trial, e.g. 0.25 (resources)")
-    cluster = p.add_argument_group("cluster and dashboard")
-    cluster.add_argument("--address", help="join an existing Ray cluster (e.g. 'auto' or HEAD_IP:6379)")
-    cluster.add_argument("--dashboard", action="store_true", help="start the Ray dashboard (127.0.0.1, token auth)")
-    cluster.add_argument(
+    ray_group = p.add_argument_group("cluster and dashboard")
+    ray_group.add_argument("--address", help="join an existing Ray cluster (e.g. 'auto' or HEAD_IP:6379)")
+    ray_group.add_argument("--dashboard", action="store_true", help="start the Ray dashboard (127.0.0.1, token auth)")
+    ray_group.add_argument(
         "--dashboard-host",
         help="serve the dashboard on this interface instead of 127.0.0.1 "
         "(reachable from other machines; use with care)",
     )
-    cluster.add_argument("--dashboard-port", type=int, default=8265)
+    ray_group.add_argument("--dashboard-port", type=int, default=8265)
+    ray_group.add_argument(
+        "--allow-no-auth",
+        action="store_true",
+        help="allow --address or a non-loopback --dashboard-host without Ray's token "
+        "authentication (only on a network you fully trust)",
+    )
     p.add_argument("--no-export", action="store_true", help="skip the final export and test evaluation")
     p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Tune's console output level")
     return p.parse_args(argv)
@@ -139,70 +145,6 @@ def _with_length(cfg: TrainConfig, length: int) -> TrainConfig:
     # built without checking it against one model (each length belongs to the models that use it).
     cfg.max_length = length
     return cfg
-
-
-def init_ray(
-    address: str | None = None, dashboard: bool = False, dashboard_host: str | None = None, dashboard_port: int = 8265
-) -> bool:
-    """Start (or join) Ray; returns True when this process started it and should shut it down."""
-    if ray.is_initialized():
-        return False
-    kwargs: dict[str, Any] = {"log_to_driver": True, "logging_level": logging.WARNING}
-    if address:
-        ctx = ray.init(address=address, **kwargs)
-        _print_dashboard(ctx)
-        return True
-    dashboard = bool(dashboard or dashboard_host)
-    if dashboard:
-        try:
-            missing = ray._private.utils.get_dashboard_dependency_error()
-        except AttributeError:  # a Ray without this check: let ray.init report it
-            missing = None
-        if missing:
-            raise SetupError(
-                f"--dashboard needs Ray's dashboard packages ({missing}); install them with "
-                "pip install 'ray[default]', or run without --dashboard"
-            )
-    host = "127.0.0.1"
-    if dashboard_host:
-        host = dashboard_host
-        log.warning(
-            "the Ray dashboard will listen on %s:%d; anyone who can reach it and holds the token can run "
-            "code on this machine. Keep token authentication on and prefer an SSH tunnel to 127.0.0.1.",
-            host,
-            dashboard_port,
-        )
-    ctx = ray.init(
-        address="local",
-        include_dashboard=dashboard,
-        dashboard_host=host,
-        dashboard_port=dashboard_port,
-        _node_ip_address="127.0.0.1",
-        **kwargs,
-    )
-    if dashboard:
-        _print_dashboard(ctx)
-    return True
-
-
-def _print_dashboard(ctx: Any) -> None:
-    url = getattr(ctx, "dashboard_url", None)
-    if not url:
-        return
-    if not url.startswith("http"):
-        url = "http://" + url
-    mode = os.environ.get("RAY_AUTH_MODE", "token")
-    if mode.lower() == "token":
-        how = (
-            "token authentication is on: the dashboard asks for the token; print it with `ray get-auth-token` "
-            "(kept in ~/.ray/auth_token unless $RAY_AUTH_TOKEN or $RAY_AUTH_TOKEN_PATH says otherwise)"
-        )
-    else:
-        how = (
-            f"RAY_AUTH_MODE={mode} in your environment: the dashboard is NOT protected by a token; unset it "
-            "to get Ray's token authentication back"
-        )
-    print(f"Ray dashboard: {url}\n  {how}")
 
 
 def make_trainable(spec: SearchSpec, datasets: dict[int, TokenizedDataset]) -> Any:
@@ -357,9 +299,21 @@ def _main(argv: Sequence[str] | None) -> int:
         results.save_settings(folder, settings)
     # Short epochs make Tune snapshot often (num_to_keep forces it); that is expected here, not a problem.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    requests = resources.trial_requests(
+        spec.resources["cpus_per_trial"], spec.resources["gpus_per_trial"], spec.model_choices()
+    )
+    if not args.address:  # a Ray started here: check this machine now, before weights are fetched or Ray starts
+        resources.preflight_local(requests)
     check_pretrained(spec)
-    shutdown = init_ray(args.address, args.dashboard, args.dashboard_host, args.dashboard_port)
+    shutdown = cluster.init_ray(
+        address=args.address,
+        dashboard=args.dashboard,
+        dashboard_host=args.dashboard_host,
+        dashboard_port=args.dashboard_port,
+        allow_no_auth=args.allow_no_auth,
+    )
     try:
+        resources.preflight(requests)  # the cluster actually running (a joined one, or a Ray this process found)
         return run_search(
             spec,
             folder,

@@ -1,0 +1,40 @@
+"""The search refuses impossible resources at once (before weights, data or Ray), naming the key and the flag."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from helpers import ROOT, tiny_space, write_space
+
+from tune_ph import search
+
+needs_cpu_only = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without GPU")
+
+
+@needs_cpu_only
+def test_shipped_gpu_space_fails_fast_on_a_cpu_only_machine(tmp_path, capsys):
+    started = time.perf_counter()
+    rc = search.main(["--space", str(ROOT / "search_spaces" / "heads.yaml"), "--output-dir", str(tmp_path)])
+    took = time.perf_counter() - started
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "resources.gpus_per_trial" in err and "--gpus-per-trial 0" in err and "no GPU" in err
+    assert took < 30
+    assert not (tmp_path / "heads" / "trial_").exists() and not list(tmp_path.rglob("trial_*"))
+
+
+def test_more_cpus_than_the_machine_has_are_refused(tmp_path, capsys):
+    space = write_space(tmp_path, tiny_space(resources={"cpus_per_trial": 4096, "gpus_per_trial": 0}))
+    rc = search.main(["--space", str(space), "--output-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "resources.cpus_per_trial" in err and "--cpus-per-trial" in err, err
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_non_finite_cpu_override_is_refused(tmp_path, capsys, value):
+    space = write_space(tmp_path, tiny_space())
+    rc = search.main(["--space", str(space), "--output-dir", str(tmp_path), "--cpus-per-trial", value])
+    err = capsys.readouterr().err
+    assert rc == 2 and "cpus_per_trial" in err, err
