@@ -57,3 +57,41 @@ def test_export_of_a_folder_without_results(tmp_path):
 
     (tmp_path / "empty").mkdir()
     assert export.main([str(tmp_path / "empty")]) == 2
+
+
+class _Payload:
+    """Unpickling this creates `marker`: a stand-in for a received file that runs code when unpickled."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.slow
+def test_exporting_a_received_folder_never_unpickles_it(finished_experiment, tmp_path):
+    """A copied experiment with a crafted error.pkl, params.pkl and a pickled value in Ray's state exports
+    normally, and none of the payloads runs (reading is JSON, CSV and text only)."""
+    import pickle
+
+    from tune_ph import export
+
+    folder = tmp_path / "received"
+    shutil.copytree(finished_experiment["folder"], folder)
+    shutil.rmtree(folder / "best")
+    markers = {name: tmp_path / f"ran-{name}" for name in ("error", "params", "state")}
+    trial_dir = next(folder.glob("trial_*"))
+    (trial_dir / "error.pkl").write_bytes(pickle.dumps(_Payload(markers["error"])))
+    (trial_dir / "params.pkl").write_bytes(pickle.dumps(_Payload(markers["params"])))
+    state_file = sorted(folder.glob("experiment_state-*.json"))[-1]
+    state = json.loads(state_file.read_text())
+    trial = json.loads(state["trial_data"][0][0])
+    trial["storage"] = {"_type": "CLOUDPICKLE_FALLBACK", "value": pickle.dumps(_Payload(markers["state"])).hex()}
+    state["trial_data"][0][0] = json.dumps(trial)
+    state_file.write_text(json.dumps(state))
+
+    assert export.main([str(folder), "--device", "cpu"]) == 0
+    assert not [name for name, marker in markers.items() if marker.exists()]
+    assert (folder / "best" / "metrics.json").is_file() and (folder / "report.html").is_file()
+    assert set(pd.read_csv(folder / "trials.csv")["status"]) == {"TERMINATED"}

@@ -13,7 +13,6 @@ import torch
 
 from tune_ph import cli, report, results
 from tune_ph.config import METRIC_MODES
-from tune_ph.errors import InputError
 from tune_ph.evaluate import evaluate_checkpoint
 from tune_ph.files import write_json
 from tune_ph.tokens import TokenizedDataset
@@ -29,18 +28,18 @@ def export_best(
     device: str = "auto",
 ) -> dict[str, Any]:
     """Copy the best checkpoint to folder/best/ (best_model.pt + config.json) and evaluate it on the test split."""
-    analysis = results.load_analysis(path)
-    trial, checkpoint, metrics = results.best_checkpoint(analysis, metric)
+    experiment = results.Experiment(path)
+    trial, checkpoint, metrics = results.best_checkpoint(experiment, metric)
     out = Path(folder) / results.BEST_DIR
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    with checkpoint.as_directory() as ckpt_dir:
-        shutil.copyfile(Path(ckpt_dir) / results.STATE_FILE, out / "best_model.pt")
+    experiment.copy_checkpoint(trial, checkpoint, out / "best_model.pt")
     state = torch.load(out / "best_model.pt", map_location="cpu", weights_only=True)
     info = {
         "trial_id": trial.trial_id,
         "trial_path": trial.path,
+        "checkpoint": checkpoint,
         "epoch": int(state.get("epoch", metrics.get("epoch", 0))),
         "selected_by": metric,
         "val_metrics": {k: metrics[k] for k in results.VAL_METRICS if k in metrics},
@@ -57,12 +56,11 @@ def write_report(path: str, folder: Path, metric: str = "val_loss") -> Path | No
     """report.html with learning curves, the metric by hyperparameter and parameter importances."""
     folder = Path(folder)
     try:
-        analysis = results.load_analysis(path)
-        table = results.trials_table(analysis, metric)
+        trials = results.Experiment(path).trials()
         return report.write_report(
             folder,
-            table,
-            analysis.trial_dataframes,
+            results.trials_table(trials, metric),
+            {t.trial_id: t.history for t in trials},
             settings=results.load_settings(folder),
             study_db=folder / results.STUDY_FILE,
             metric=metric,
@@ -97,10 +95,7 @@ def _main(argv: Sequence[str] | None) -> int:
     settings = results.load_settings(folder)
     metric = args.metric or settings.get("search", {}).get("metric", "val_loss")
     path = results.experiment_path(folder, args.storage_path or settings.get(results.STORAGE_KEY))
-    try:
-        table = results.write_trials_table(path, folder, metric)
-    except ValueError as err:
-        raise InputError(f"{folder}: not a Ray Tune experiment ({err})") from None
+    table = results.write_trials_table(path, folder, metric)
     results.print_summary(table, metric)
     test = export_best(path, folder, metric, device=args.device)
     print(

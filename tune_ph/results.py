@@ -1,14 +1,15 @@
-"""Read an experiment folder: its file names, saved settings, trials table and best checkpoint."""
+"""Read an experiment folder (JSON, CSV and text only, never a pickle): its files, settings, trials, best checkpoint."""
 
 from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pandas as pd
-from ray.tune import ExperimentAnalysis, ResultGrid
+import pyarrow.fs as pafs
 
 from tune_ph.config import METRIC_MODES, is_better
 from tune_ph.errors import InputError
@@ -25,6 +26,105 @@ STATE_FILE = "state.pt"  # in each Ray checkpoint folder: the state train.fit's 
 # What a trial reports every epoch (train.fit's metrics).
 REPORTED = ("epoch", "train_loss", "val_loss", "val_rmse", "val_mae", "val_r2", "val_mse", "lr", "epoch_seconds")
 VAL_METRICS = ("val_loss", "val_rmse", "val_mae", "val_r2", "train_loss")
+# Ray's own files in a trial folder that we read (plain JSON / text); error.pkl and params.pkl never are.
+_PARAMS, _RESULTS, _ERROR = "params.json", "result.json", "error.txt"
+
+
+@dataclass
+class Trial:
+    """One trial of an experiment as its files record it."""
+
+    trial_id: str
+    status: str  # Ray's: TERMINATED, ERROR, RUNNING, PAUSED, PENDING; UNKNOWN without an experiment state
+    path: str  # the trial folder (a local path or a storage URI)
+    config: dict[str, Any] = field(default_factory=dict)
+    history: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per reported epoch
+    error: str = ""
+
+
+class Experiment:
+    """An experiment folder on local disk or a pyarrow storage URI (s3://, gs://), read without Ray."""
+
+    def __init__(self, path: str):
+        self.path = path
+        if "://" in path:
+            self.fs, self.root = pafs.FileSystem.from_uri(path)
+        else:
+            self.fs, self.root = pafs.LocalFileSystem(), str(Path(path).resolve())
+        info = self.fs.get_file_info(self.root)
+        if info.type != pafs.FileType.Directory:
+            raise InputError(f"{path}: no such experiment folder")
+
+    def _join(self, *parts: str) -> str:
+        return str(PurePosixPath(self.root, *parts))
+
+    def _read(self, *parts: str) -> str | None:
+        target = self._join(*parts)
+        if self.fs.get_file_info(target).type != pafs.FileType.File:
+            return None
+        with self.fs.open_input_stream(target) as stream:
+            return stream.read().decode("utf-8", errors="replace")
+
+    def _statuses(self) -> dict[str, str]:
+        """Trial statuses from Ray's newest experiment state, parsed as plain JSON (its pickled parts stay
+        opaque strings: nothing in them is ever decoded)."""
+        names = [i.base_name for i in self.fs.get_file_info(pafs.FileSelector(self.root))]
+        states = sorted(n for n in names if n.startswith("experiment_state-") and n.endswith(".json"))
+        if not states:
+            return {}
+        try:
+            trial_data = json.loads(self._read(states[-1]) or "{}").get("trial_data", [])
+            out = {}
+            for entry in trial_data:
+                trial = json.loads(entry[0]) if isinstance(entry, list) else {}
+                out[str(trial.get("trial_id"))] = str(trial.get("status", "UNKNOWN"))
+            return out
+        except (json.JSONDecodeError, TypeError, AttributeError, IndexError):
+            return {}
+
+    def trials(self) -> list[Trial]:
+        if self.fs.get_file_info(self._join(SETTINGS_FILE)).type == pafs.FileType.NotFound and not any(
+            i.base_name.startswith("experiment_state-") for i in self.fs.get_file_info(pafs.FileSelector(self.root))
+        ):
+            raise InputError(f"{self.path}: not a tune_ph experiment (no {SETTINGS_FILE} and no Ray experiment state)")
+        statuses = self._statuses()
+        out = []
+        for info in sorted(self.fs.get_file_info(pafs.FileSelector(self.root)), key=lambda i: i.base_name):
+            if info.type != pafs.FileType.Directory or not info.base_name.startswith("trial_"):
+                continue
+            trial_id = info.base_name.removeprefix("trial_")
+            rows = [json.loads(line) for line in (self._read(info.base_name, _RESULTS) or "").splitlines() if line]
+            error_text = self._read(info.base_name, _ERROR)
+            status = statuses.get(trial_id) or ("ERROR" if error_text else "UNKNOWN")
+            out.append(
+                Trial(
+                    trial_id=trial_id,
+                    status=status,
+                    path=self._join(info.base_name) if "://" not in self.path else f"{self.path}/{info.base_name}",
+                    config=json.loads(self._read(info.base_name, _PARAMS) or "{}"),
+                    history=pd.DataFrame(rows),
+                    error=_last_line(error_text) if status == "ERROR" else "",
+                )
+            )
+        return out
+
+    def checkpoint_exists(self, trial: Trial, name: str) -> bool:
+        return self.fs.get_file_info(self._join(f"trial_{trial.trial_id}", name, STATE_FILE)).type == pafs.FileType.File
+
+    def copy_checkpoint(self, trial: Trial, name: str, target: Path) -> None:
+        """Copy one checkpoint's state file to a local path."""
+        pafs.copy_files(
+            self._join(f"trial_{trial.trial_id}", name, STATE_FILE),
+            str(Path(target).resolve()),
+            source_filesystem=self.fs,
+            destination_filesystem=pafs.LocalFileSystem(),
+        )
+
+
+def _last_line(text: str | None) -> str:
+    """The last line of a traceback says what went wrong; the full text stays in the trial's error.txt."""
+    lines = [ln.strip() for ln in (text or "").strip().splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else "error (no message recorded)"
 
 
 def load_settings(folder: Path) -> dict[str, Any]:
@@ -52,44 +152,31 @@ def experiment_path(folder: Path, storage: str | None) -> str:
     return str(Path(folder).resolve())
 
 
-def load_analysis(path: str) -> ExperimentAnalysis:
-    """Ray's view of the experiment (works without a running Ray)."""
-    return ExperimentAnalysis(path)
+def _best_row(history: pd.DataFrame, metric: str) -> pd.Series | None:
+    if metric not in history or not history[metric].notna().any():
+        return None
+    values = history[metric]
+    return history.loc[values.idxmin() if METRIC_MODES[metric] == "min" else values.idxmax()]
 
 
-def _error_text(trial: Any) -> str:
-    """The last line of a failed trial's error.txt (plain text: the error.pkl beside it is never unpickled)."""
-    if trial.status != "ERROR":
-        return ""
-    text = ""
-    error_file = Path(trial.path or "", "error.txt")
-    if error_file.is_file():
-        text = error_file.read_text(errors="replace")
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return lines[-1][:300] if lines else "error (no message recorded)"
-
-
-def trials_table(analysis: ExperimentAnalysis, metric: str = "val_loss") -> pd.DataFrame:
+def trials_table(trials: list[Trial], metric: str = "val_loss") -> pd.DataFrame:
     """One row per trial: searched config, status, epochs run, each trial's BEST val metrics, error."""
     rows = []
-    frames = analysis.trial_dataframes
-    pick = "idxmin" if METRIC_MODES[metric] == "min" else "idxmax"
-    for trial in analysis.trials:
+    for trial in trials:
         row: dict[str, Any] = {"trial_id": trial.trial_id, "status": trial.status}
         for key, value in sorted(trial.config.items()):
             if "__" not in key:  # Optuna's per-model names (batch_size__<model>) repeat a field's value
                 # A mapping (model_config) as one JSON cell: comparable, and readable in trials.csv.
                 row[f"config/{key}"] = json.dumps(value, sort_keys=True) if isinstance(value, dict) else value
-        df = frames.get(trial.trial_id)
-        if df is not None and metric in df and df[metric].notna().any():
-            best = df.loc[getattr(df[metric], pick)()]
-            row["epochs_run"] = int(df["training_iteration"].max())
+        best = _best_row(trial.history, metric)
+        if best is not None:
+            row["epochs_run"] = int(trial.history["training_iteration"].max())
             row["best_epoch"] = int(best.get("epoch", best["training_iteration"]))
             for m in VAL_METRICS:
                 row[f"best_{m}"] = float(best[m]) if m in best else math.nan
         else:
             row["epochs_run"] = 0
-        row["error"] = _error_text(trial)
+        row["error"] = trial.error
         row["path"] = trial.path
         rows.append(row)
     table = pd.DataFrame(rows)
@@ -102,27 +189,28 @@ def trials_table(analysis: ExperimentAnalysis, metric: str = "val_loss") -> pd.D
 
 def write_trials_table(path: str, folder: Path, metric: str = "val_loss") -> pd.DataFrame:
     """trials.csv in the local experiment folder."""
-    table = trials_table(load_analysis(path), metric)
+    table = trials_table(Experiment(path).trials(), metric)
     write_csv(Path(folder) / TRIALS_FILE, table)
     return table
 
 
-def best_checkpoint(analysis: ExperimentAnalysis, metric: str = "val_loss") -> tuple[Any, Any, dict]:
-    """(trial, checkpoint, metrics) of the best `metric` over every kept checkpoint of every trial.
+def best_checkpoint(experiment: Experiment, metric: str = "val_loss") -> tuple[Trial, str, dict[str, Any]]:
+    """(trial, checkpoint folder name, that epoch's metrics) of the best `metric` over every kept checkpoint.
 
     The search keeps each trial's checkpoints ranked by the same metric, so its best epoch is among them.
     """
-    grid = ResultGrid(analysis)
-    best: tuple[float, Any, Any, dict] | None = None
-    for trial, result in zip(analysis.trials, grid):
-        for checkpoint, metrics in result.best_checkpoints:
-            value = metrics.get(metric)
-            if value is None or not math.isfinite(value):
+    best: tuple[float, Trial, str, dict[str, Any]] | None = None
+    for trial in experiment.trials():
+        if "checkpoint_dir_name" not in trial.history:
+            continue
+        for row in trial.history.to_dict("records"):
+            name, value = row.get("checkpoint_dir_name"), row.get(metric)
+            if not isinstance(name, str) or value is None or not math.isfinite(value):
                 continue
-            if best is None or is_better(metric, value, best[0]):
-                best = (value, trial, checkpoint, metrics)
+            if (best is None or is_better(metric, value, best[0])) and experiment.checkpoint_exists(trial, name):
+                best = (value, trial, name, row)
     if best is None:
-        raise RuntimeError(f"{analysis.experiment_path}: no trial has a checkpoint with a finite {metric} yet")
+        raise RuntimeError(f"{experiment.path}: no trial has a checkpoint with a finite {metric} yet")
     return best[1], best[2], best[3]
 
 
