@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 # The columns of the published dataset, as the FASTA builder writes them.
 SCHEMA = tuple(fasta.PARQUET_SCHEMA.names)
 REQUIRED = ("sample_id", "study_name", "pH", "sequences", "environment")
+# What an unlabelled table (samples to predict) needs; pH, study_name and environment may be absent.
+UNLABELLED_REQUIRED = ("sample_id", "sequences")
 _TABLE_SUFFIXES = (".parquet", ".jsonl", ".json")
 _SKIP_HINT = "Fix the data, or pass skip_bad_rows=True (CLI: --skip-bad-rows) to drop such rows."
 
@@ -62,7 +64,7 @@ def _frame_from_hf(obj) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
 
-def _read_table_files(files: Sequence[Path]) -> pd.DataFrame:
+def _read_table_files(files: Sequence[Path], required: Sequence[str] = REQUIRED) -> pd.DataFrame:
     frames = []
     for f in files:
         name = f.name.lower()
@@ -73,7 +75,7 @@ def _read_table_files(files: Sequence[Path]) -> pd.DataFrame:
                 frames.append(pd.read_json(f, lines=name.endswith(".jsonl") or _is_json_lines(f)))
         except (OSError, ValueError) as exc:
             raise DatasetError(f"{f}: cannot read it as {f.suffix.lstrip('.')} ({exc})") from exc
-        _check_columns(frames[-1], str(f))
+        _check_columns(frames[-1], str(f), required)
     return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
 
@@ -83,15 +85,15 @@ def _is_json_lines(path: Path) -> bool:
     return head != b"["
 
 
-def _load_local(path: Path) -> pd.DataFrame:
+def _load_local(path: Path, required: Sequence[str] = REQUIRED) -> pd.DataFrame:
     if path.is_file():
         if not path.name.lower().endswith(_TABLE_SUFFIXES):
             raise DatasetError(f"{path}: unsupported file type; use .parquet or .jsonl (or a dataset folder)")
-        return _read_table_files([path])
+        return _read_table_files([path], required)
     if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
         import datasets  # slow to import; only needed for save_to_disk folders
 
-        return _check_columns(_frame_from_hf(datasets.load_from_disk(str(path))), str(path))
+        return _check_columns(_frame_from_hf(datasets.load_from_disk(str(path))), str(path), required)
     files = sorted(p for p in path.rglob("*.parquet") if not any(part.startswith(".") for part in p.parts))
     if not files:
         files = sorted(p for p in path.rglob("*.jsonl") if not any(part.startswith(".") for part in p.parts))
@@ -101,7 +103,7 @@ def _load_local(path: Path) -> pd.DataFrame:
             "data/train-00000-of-00001.parquet, a save_to_disk folder, or .jsonl files)"
         )
     log.info("reading %d file(s) from %s", len(files), path)
-    return _read_table_files(files)
+    return _read_table_files(files, required)
 
 
 def _hub_unreachable() -> str | None:
@@ -127,7 +129,7 @@ def _hub_error(source: str, reason: str) -> DatasetError:
     )
 
 
-def _load_hub(source: str) -> pd.DataFrame:
+def _load_hub(source: str, required: Sequence[str] = REQUIRED) -> pd.DataFrame:
     import datasets
 
     if not datasets.config.HF_HUB_OFFLINE:  # the library will go to the network: fail fast if it can't
@@ -135,32 +137,32 @@ def _load_hub(source: str) -> pd.DataFrame:
         if reason is not None:
             raise _hub_error(source, reason)
     try:
-        return _check_columns(_frame_from_hf(datasets.load_dataset(source)), f"hub dataset {source}")
+        return _check_columns(_frame_from_hf(datasets.load_dataset(source)), f"hub dataset {source}", required)
     except DatasetError:
         raise
     except Exception as exc:  # datasets raises many types (ConnectionError, FileNotFoundError, HfHubHTTPError...)
         raise _hub_error(source, f"{type(exc).__name__}: {exc}") from exc
 
 
-def _check_columns(df: pd.DataFrame, where: str) -> pd.DataFrame:
-    missing = [c for c in REQUIRED if c not in df.columns]
+def _check_columns(df: pd.DataFrame, where: str, required: Sequence[str] = REQUIRED) -> pd.DataFrame:
+    missing = [c for c in required if c not in df.columns]
     if missing:
         raise DatasetError(
-            f"{where}: missing column(s) {', '.join(missing)}; a dataset needs {', '.join(REQUIRED)} "
+            f"{where}: missing column(s) {', '.join(missing)}; a dataset needs {', '.join(required)} "
             f"(found: {', '.join(map(str, df.columns))})"
         )
     return df
 
 
-def _read_source(source: str) -> pd.DataFrame:
+def _read_source(source: str, required: Sequence[str] = REQUIRED) -> pd.DataFrame:
     if source == "demo":
         return make_demo()
     path = Path(source).expanduser()
     if path.exists():
-        return _load_local(path)
+        return _load_local(path, required)
     if _looks_like_path(source):
         raise DatasetError(f"no such file or folder: {source}. " + _local_alternatives())
-    return _load_hub(source)
+    return _load_hub(source, required)
 
 
 # ---------------------------------------------------------------- validation
@@ -175,16 +177,16 @@ def _as_reads(value) -> list[str] | None:
         return None
 
 
-def _row_problem(sid, study, env, ph, reads) -> tuple[str, str] | None:
-    """(field, problem) of the first thing wrong with a row, or None."""
-    for field, value in (("sample_id", sid), ("study_name", study), ("environment", env)):
+def _row_problem(sid, study, env, ph, reads, labelled: bool = True) -> tuple[str, str] | None:
+    """(field, problem) of the first thing wrong with a row, or None (unlabelled: only sample_id and reads)."""
+    for field, value in (("sample_id", sid), ("study_name", study), ("environment", env))[: 3 if labelled else 1]:
         if value is None or (isinstance(value, float) and math.isnan(value)) or not str(value).strip():
             return field, "is missing or empty"
     try:
         ph = float(ph)
     except (TypeError, ValueError):
         return "pH", f"is not a number ({ph!r})"
-    if not 0.0 <= ph <= 14.0:
+    if not 0.0 <= ph <= 14.0 and (labelled or not math.isnan(ph)):  # unlabelled: a missing pH is NaN
         return "pH", f"is {ph}, outside 0-14"
     if reads is None:
         return "sequences", "is missing or not a list of DNA strings"
@@ -201,12 +203,18 @@ def _row_problem(sid, study, env, ph, reads) -> tuple[str, str] | None:
     return None
 
 
-def clean_samples(df: pd.DataFrame, *, skip_bad_rows: bool = False, where: str = "dataset") -> pd.DataFrame:
-    """Validate and normalise a raw sample table (drop null pH and empty reads; bad rows → error or skip)."""
-    _check_columns(df, where)
-    df = df.reset_index(drop=True)
+def clean_samples(
+    df: pd.DataFrame, *, skip_bad_rows: bool = False, where: str = "dataset", labelled: bool = True
+) -> pd.DataFrame:
+    """Validate and normalise a raw sample table (drop null pH and empty reads; bad rows → error or skip).
+
+    labelled=False (samples to predict): only sample_id and sequences are needed; a missing pH stays NaN
+    and a missing study_name or environment becomes "".
+    """
+    _check_columns(df, where, REQUIRED if labelled else UNLABELLED_REQUIRED)
+    df = df.reset_index(drop=True) if labelled else _without_labels(df.reset_index(drop=True))
     null_ph = pd.to_numeric(df["pH"], errors="coerce").isna() & df["pH"].isna()
-    if null_ph.any():
+    if null_ph.any() and labelled:
         log.info("%s: dropped %d sample(s) with no pH", where, int(null_ph.sum()))
         df = df.loc[~null_ph].reset_index(drop=True)
 
@@ -223,7 +231,7 @@ def clean_samples(df: pd.DataFrame, *, skip_bad_rows: bool = False, where: str =
             nonempty = [r.strip() for r in reads if r and r.strip()]
             empty_reads += len(reads) - len(nonempty)
             reads_col[i] = reads = nonempty
-        problem = _row_problem(sid, study, env, ph, reads)
+        problem = _row_problem(sid, study, env, ph, reads, labelled)
         if problem is None and str(sid) in seen:
             problem = ("sample_id", "is a duplicate of an earlier row")
         if problem is not None:
@@ -259,10 +267,22 @@ def clean_samples(df: pd.DataFrame, *, skip_bad_rows: bool = False, where: str =
     return out.sort_values("sample_id", kind="stable").reset_index(drop=True)
 
 
-def load_samples(source: str = DEFAULT_DATASET, *, skip_bad_rows: bool = False) -> pd.DataFrame:
-    """Samples of a dataset source ("demo", hub id, local folder or file), validated and cleaned."""
-    raw = _read_source(str(source))
-    df = clean_samples(raw, skip_bad_rows=skip_bad_rows, where=str(source))
+def _without_labels(df: pd.DataFrame) -> pd.DataFrame:
+    """An unlabelled table with every REQUIRED column: absent or null labels become "" (pH: NaN)."""
+    df = df.copy()
+    for col in ("study_name", "environment"):
+        df[col] = df[col].fillna("") if col in df.columns else ""
+    df["pH"] = df["pH"].where(df["pH"].notna(), np.nan) if "pH" in df.columns else np.nan
+    return df
+
+
+def load_samples(source: str = DEFAULT_DATASET, *, skip_bad_rows: bool = False, labelled: bool = True) -> pd.DataFrame:
+    """Samples of a dataset source ("demo", hub id, local folder or file), validated and cleaned.
+
+    labelled=False: samples to predict; rows without pH are kept (see clean_samples).
+    """
+    raw = _read_source(str(source), REQUIRED if labelled else UNLABELLED_REQUIRED)
+    df = clean_samples(raw, skip_bad_rows=skip_bad_rows, where=str(source), labelled=labelled)
     log.info("%s: %d samples", source, len(df))
     return df
 
