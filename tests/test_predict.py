@@ -1,0 +1,353 @@
+"""Predicting new samples: predict_samples, `python -m tune_ph.predict`, FASTA folders, pH-optional loading."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from helpers import TINY_MODEL
+
+from tune_ph import data, predict, tokens
+from tune_ph.checkpoints import find_checkpoint
+from tune_ph.config import TrainConfig
+from tune_ph.errors import DatasetError, InputError
+from tune_ph.evaluate import evaluate_checkpoint
+from tune_ph.fasta_samples import read_fasta_dir
+from tune_ph.files import save_torch
+from tune_ph.model import build_model, load_checkpoint
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+MAX_LENGTH = 128
+NUM_SETS = 3
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A tiny random model saved as train.fit's state_fn saves it (no training: the test is about plumbing)."""
+    cfg = TrainConfig(
+        dataset="demo",
+        from_scratch=True,
+        model_config=dict(TINY_MODEL),
+        max_length=MAX_LENGTH,
+        num_sets=NUM_SETS,
+        batch_size=16,
+        device="cpu",
+    )
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    with torch.no_grad():  # a random head barely varies; widen its output so equal means are no coincidence
+        model.head.net[-1].weight.mul_(300.0)
+    state = {
+        "model": model.state_dict(),
+        "train_config": cfg.to_dict(),
+        "model_config": model.backbone.config.to_dict(),
+        "target_mean": 6.5,
+        "target_std": 1.5,
+        "max_length": MAX_LENGTH,
+        "epoch": 1,
+    }
+    path = tmp_path_factory.mktemp("run") / "best_model.pt"
+    save_torch(path, state)
+    return path
+
+
+@pytest.fixture(scope="module")
+def demo() -> pd.DataFrame:
+    return data.load_samples("demo", labelled=False)
+
+
+def _run(argv: list[str], capsys) -> tuple[int, str, str]:
+    code = predict.main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _per_set(checkpoint: Path, df: pd.DataFrame) -> pd.DataFrame:
+    """Per-set predictions of samples, computed with the inference core directly."""
+    model, state = load_checkpoint(checkpoint)
+    ds = tokens.build(df, {}, max_length=MAX_LENGTH, num_sets=NUM_SETS, use_cache=False)
+    preds = predict.predict(
+        model, ds, "all", target_mean=state["target_mean"], target_std=state["target_std"], batch_size=16
+    )
+    return pd.DataFrame({"sample_id": ds.sample_ids[preds.sample_index], "predicted": preds.predicted})
+
+
+# ---------------------------------------------------------------- the library
+
+
+def test_test_split_means_equal_evaluate(checkpoint: Path, demo: pd.DataFrame, tmp_path: Path) -> None:
+    evaluate_checkpoint(checkpoint, output_dir=tmp_path, device="cpu")
+    evaluated = pd.read_csv(tmp_path / "test_predictions.csv")
+    table = predict.predict_samples(checkpoint, demo, split="test", device="cpu")
+    assert sorted(table["sample_id"]) == sorted(evaluated["sample_id"])
+    both = evaluated.merge(table, on="sample_id")
+    assert both["predicted_ph"].std() > 0.05  # the samples really get different predictions
+    np.testing.assert_allclose(both["predicted_ph"], both["predicted_ph_mean"], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(both["true_ph_x"], both["true_ph_y"], atol=1e-6)
+    np.testing.assert_allclose(both["residual"], both["residual_mean"], atol=1e-6)
+
+
+def test_split_json_beside_the_checkpoint_wins(checkpoint: Path, demo: pd.DataFrame, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(checkpoint, run / "best_model.pt")
+    chosen = sorted(demo["sample_id"])[:7]
+    (run / "split.json").write_text(json.dumps({"train": [], "val": [], "test": chosen}))
+    table = predict.predict_samples(run, demo, split="test", device="cpu")
+    assert sorted(table["sample_id"]) == chosen
+
+
+def test_all_samples_without_split(checkpoint: Path, demo: pd.DataFrame) -> None:
+    table = predict.predict_samples(checkpoint, demo, device="cpu")
+    assert len(table) == len(demo) == 300
+    assert list(table.columns[:7]) == [
+        "sample_id",
+        "study_name",
+        "predicted_ph",
+        "predicted_ph_sd",
+        "n_sets",
+        "n_reads_used",
+        "n_reads",
+    ]
+    np.testing.assert_allclose(table["residual"], table["true_ph"].astype(float) - table["predicted_ph"], atol=1e-5)
+    metrics = predict.sample_metrics(table)
+    assert metrics is not None and metrics["n"] == 300 and np.isfinite(metrics["r2"])
+
+
+def test_sd_is_the_std_of_the_per_set_predictions(checkpoint: Path, demo: pd.DataFrame) -> None:
+    rng = np.random.default_rng(1)
+    short = ["".join(rng.choice(list("ACGT"), 30)) for _ in range(20)]
+    extra = pd.DataFrame(
+        {
+            "sample_id": ["SHORT_READS", "ONE_READ"],
+            "sequences": [short, [short[0]]],
+        }
+    )
+    df = pd.concat([demo.head(12), extra], ignore_index=True)
+    table = predict.predict_samples(checkpoint, df, device="cpu").set_index("sample_id")
+    per_set = _per_set(checkpoint, data.clean_samples(df, labelled=False)).groupby("sample_id")["predicted"]
+    np.testing.assert_allclose(table["predicted_ph_sd"], per_set.std(ddof=1).loc[table.index], atol=1e-6)
+    np.testing.assert_allclose(table["predicted_ph"], per_set.mean().loc[table.index], atol=1e-6)
+    assert (table["n_sets"] == per_set.size().loc[table.index]).all()
+    assert table.loc[table.index[:12], "predicted_ph_sd"].gt(0).all()
+    # 30-base reads + [SEP]: 4 fit a 128-token set, 3 sets hold 12 of the 20 reads.
+    assert table.loc["SHORT_READS", ["n_sets", "n_reads_used", "n_reads"]].tolist() == [3, 12, 20]
+    assert table.loc["ONE_READ", "n_sets"] == 1 and np.isnan(table.loc["ONE_READ", "predicted_ph_sd"])
+    # Demo reads (250-400 bases) are longer than a set: one read per set, at most num_sets of them.
+    demo_rows = table.loc[table.index[:12]]
+    assert (demo_rows["n_reads_used"] == np.minimum(demo_rows["n_reads"], NUM_SETS)).all()
+
+
+def test_missing_ph_rows_are_predicted_not_dropped(checkpoint: Path, demo: pd.DataFrame) -> None:
+    df = demo.head(10).copy()
+    df.loc[:3, "pH"] = np.nan
+    table = predict.predict_samples(checkpoint, df, device="cpu")
+    assert len(table) == 10 and table["true_ph"].isna().sum() == 4
+    assert predict.sample_metrics(table)["n"] == 6
+    no_ph = predict.predict_samples(checkpoint, df.drop(columns=["pH", "environment", "study_name"]), device="cpu")
+    assert "true_ph" not in no_ph.columns and "residual" not in no_ph.columns
+    assert predict.sample_metrics(no_ph) is None
+    np.testing.assert_allclose(no_ph["predicted_ph"], table["predicted_ph"])
+
+
+def test_labelled_loading_still_drops_rows_without_ph(demo: pd.DataFrame) -> None:
+    raw = demo.head(10).copy()
+    raw.loc[:3, "pH"] = None
+    raw.loc[4, "environment"] = None
+    assert len(data.clean_samples(raw.drop(index=4))) == 5  # training: rows without pH are dropped
+    with pytest.raises(DatasetError, match="environment"):
+        data.clean_samples(raw)
+    unlabelled = data.clean_samples(raw, labelled=False)
+    assert len(unlabelled) == 10 and unlabelled.loc[4, "environment"] == ""
+    bad = raw.assign(pH=[20.0] + [np.nan] * 9)
+    with pytest.raises(DatasetError, match="outside 0-14"):  # a pH that is given must still make sense
+        data.clean_samples(bad, labelled=False)
+
+
+def test_parquet_without_ph_through_the_cli(checkpoint: Path, demo: pd.DataFrame, tmp_path: Path, capsys) -> None:
+    source = tmp_path / "new.parquet"
+    demo.head(8)[["sample_id", "sequences"]].to_parquet(source)
+    code, out, _ = _run(
+        ["--checkpoint", str(checkpoint), "--dataset", str(source), "--output", str(tmp_path / "p.csv")], capsys
+    )
+    assert code == 0
+    table = pd.read_csv(tmp_path / "p.csv")
+    assert len(table) == 8 and "true_ph" not in table.columns and "R²" not in out
+
+
+def test_dataset_with_ph_prints_metrics(checkpoint: Path, tmp_path: Path, capsys) -> None:
+    argv = [
+        "--checkpoint",
+        str(checkpoint),
+        "--dataset",
+        "demo",
+        "--split",
+        "test",
+        "--output",
+        str(tmp_path / "p.csv"),
+    ]
+    code, out, _ = _run(argv + ["--batch-size", "64", "--device", "cpu", "--no-progress"], capsys)
+    assert code == 0
+    table = pd.read_csv(tmp_path / "p.csv")
+    assert len(table) == 60 and {"true_ph", "residual"} <= set(table.columns)
+    assert "pH known for 60 of 60: R²" in out and "RMSE" in out and "MAE" in out
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+# ---------------------------------------------------------------- FASTA folders
+
+
+def _write_fasta(path: Path, reads: list[str]) -> None:
+    text = "".join(f">read{k}\n{r[:60]}\n{r[60:]}\n" for k, r in enumerate(reads))  # wrapped lines
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.name.endswith(".gz"):
+        with gzip.open(path, "wt") as fh:
+            fh.write(text)
+    else:
+        path.write_text(text)
+
+
+def test_fasta_dir_layouts_and_metadata(checkpoint: Path, demo: pd.DataFrame, tmp_path: Path, capsys) -> None:
+    rows = demo.head(4).reset_index(drop=True)
+    reads = {row.sample_id: list(row.sequences) for row in rows.itertuples()}
+    ids = list(reads)
+    folder = tmp_path / "reads"
+    _write_fasta(folder / f"{ids[0]}.fasta", reads[ids[0]])  # flat, plain
+    _write_fasta(folder / f"{ids[1]}.fasta.gz", reads[ids[1]])  # flat, gzip
+    _write_fasta(folder / "studyA" / f"{ids[2]}.fa", reads[ids[2]])  # study folder, plain
+    _write_fasta(folder / "studyB" / f"{ids[3]}.fna.gz", reads[ids[3]])  # study folder, gzip
+    (folder / "notes.txt").write_text("not a FASTA name: ignored")
+
+    loaded = read_fasta_dir(folder).set_index("sample_id")
+    assert loaded.loc[ids[2], "study_name"] == "studyA" and loaded.loc[ids[0], "study_name"] == ""
+    assert all(loaded.loc[sid, "sequences"] == reads[sid] for sid in ids)
+    capped = read_fasta_dir(folder, max_dna=sum(map(len, reads[ids[0]][:2]))).set_index("sample_id")
+    assert capped.loc[ids[0], "sequences"] == reads[ids[0]][:2]  # whole reads up to --max-dna
+
+    code, out, _ = _run(
+        ["--checkpoint", str(checkpoint), "--fasta-dir", str(folder), "--output", str(tmp_path / "f.csv")], capsys
+    )
+    assert code == 0
+    table = pd.read_csv(tmp_path / "f.csv", keep_default_na=False).set_index("sample_id")
+    assert sorted(table.index) == sorted(ids) and "true_ph" not in table.columns and "R²" not in out
+    expected = predict.predict_samples(checkpoint, rows[["sample_id", "sequences"]], device="cpu").set_index(
+        "sample_id"
+    )
+    np.testing.assert_allclose(table.loc[ids, "predicted_ph"], expected.loc[ids, "predicted_ph"], atol=1e-6)
+
+    meta = tmp_path / "meta.csv"
+    pd.DataFrame({"sample_id": ids[:3], "study_name": ["flatStudy", "", "studyA"], "pH": [7.0, None, 5.5]}).to_csv(
+        meta, index=False
+    )
+    argv = ["--checkpoint", str(checkpoint), "--fasta-dir", str(folder), "--metadata", str(meta)]
+    code, out, _ = _run(argv + ["--output", str(tmp_path / "m.csv")], capsys)
+    assert code == 0
+    table = pd.read_csv(tmp_path / "m.csv").set_index("sample_id")
+    assert table.loc[ids[0], "study_name"] == "flatStudy" and table.loc[ids[0], "true_ph"] == 7.0
+    assert table["true_ph"].notna().sum() == 2 and "pH known for 2 of 4: R²" in out
+
+
+def test_find_checkpoint_accepts_run_best_and_experiment_folders(checkpoint: Path, tmp_path: Path) -> None:
+    best = tmp_path / "exp" / "best"
+    best.mkdir(parents=True)
+    shutil.copy(checkpoint, best / "best_model.pt")
+    for given in (best / "best_model.pt", best, tmp_path / "exp"):
+        assert find_checkpoint(given) == best / "best_model.pt"
+    assert find_checkpoint(checkpoint.parent) == checkpoint
+    with pytest.raises(InputError, match="looked for .*best_model.pt and .*best/best_model.pt"):
+        find_checkpoint(tmp_path)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def _bad_gzip(path: Path) -> None:
+    path.write_bytes(gzip.compress(b">r\nACGT\n" * 50)[:30])  # truncated
+
+
+@pytest.mark.parametrize(
+    ("make", "named"),
+    [
+        (lambda d: (d / "s1.fasta").write_text("ACGT\n>r1\nACGT\n"), "s1.fasta: not FASTA"),
+        (lambda d: (d / "s1.fasta").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00"), "s1.fasta: not FASTA"),
+        (lambda d: _bad_gzip(d / "s1.fasta.gz"), "s1.fasta.gz: cannot read it as FASTA (gzip)"),
+        (lambda d: (d / "s1.fasta.gz").write_text(">r\nACGT\n"), "s1.fasta.gz: cannot read it as FASTA (gzip)"),
+        (lambda d: (d / "st" / "s1.fa").write_text(">r1\nACGT\n>r2\nACXT\n"), "s1.fa (sample 's1'): sequence 'read 2'"),
+    ],
+)
+def test_bad_fasta_exits_2_naming_the_file(checkpoint: Path, tmp_path: Path, capsys, make, named) -> None:
+    folder = tmp_path / "reads"
+    (folder / "st").mkdir(parents=True)
+    make(folder)
+    _write_fasta(folder / "ok.fasta", ["ACGT" * 20])
+    argv = ["--checkpoint", str(checkpoint), "--fasta-dir", str(folder), "--output", str(tmp_path / "p.csv")]
+    code, _, err = _run(argv, capsys)
+    assert code == 2 and named in err and err.startswith("error: ")
+    assert not (tmp_path / "p.csv").exists()
+    code, _, _ = _run(argv + ["--skip-bad-rows"], capsys)  # the bad file is skipped, the good one predicted
+    assert code == 0 and pd.read_csv(tmp_path / "p.csv")["sample_id"].tolist() == ["ok"]
+
+
+def test_bad_usage_exits_2_naming_the_flag(checkpoint: Path, tmp_path: Path, capsys) -> None:
+    out = ["--output", str(tmp_path / "p.csv")]
+    missing = tmp_path / "nope.pt"
+    code, _, err = _run(["--checkpoint", str(missing), "--dataset", "demo", *out], capsys)
+    assert code == 2 and f"--checkpoint {missing}: no such file or folder" in err
+    code, _, err = _run(["--checkpoint", str(tmp_path), "--dataset", "demo", *out], capsys)
+    assert code == 2 and "no checkpoint in it (looked for" in err
+    (tmp_path / "junk.pt").write_text("not a checkpoint")
+    code, _, err = _run(["--checkpoint", str(tmp_path / "junk.pt"), "--dataset", "demo", *out], capsys)
+    assert code == 2 and "cannot be read as a tune_ph checkpoint" in err
+    code, _, err = _run(["--checkpoint", str(checkpoint), *out], capsys)
+    assert code == 2 and "exactly one of --dataset SOURCE or --fasta-dir DIR" in err
+    code, _, err = _run(["--checkpoint", str(checkpoint), "--dataset", "demo", "--batch-size", "0", *out], capsys)
+    assert code == 2 and "batch_size must be a positive integer" in err
+    code, _, err = _run(["--checkpoint", str(checkpoint), "--dataset", "demo", "--output", str(tmp_path)], capsys)
+    assert code == 2 and "is a folder" in err
+    meta = tmp_path / "meta.csv"
+    meta.write_text("sample_id,pH\ns1,acidic\n")
+    _write_fasta(tmp_path / "reads" / "s1.fasta", ["ACGT" * 10])
+    argv = ["--checkpoint", str(checkpoint), "--fasta-dir", str(tmp_path / "reads"), "--metadata", str(meta), *out]
+    code, _, err = _run(argv, capsys)
+    assert code == 2 and "meta.csv: data row 1 (sample_id 's1'): field 'pH' is not a number" in err
+    code, _, err = _run(["--checkpoint", str(checkpoint), "--fasta-dir", str(tmp_path / "none"), *out], capsys)
+    assert code == 2 and "no such folder" in err
+
+
+def test_empty_fasta_is_reported_and_skipped(checkpoint: Path, tmp_path: Path, capsys, caplog) -> None:
+    folder = tmp_path / "reads"
+    folder.mkdir()
+    (folder / "empty.fasta").write_text("")
+    _write_fasta(folder / "full.fasta", ["ACGT" * 20])
+    code, _, _ = _run(
+        ["--checkpoint", str(checkpoint), "--fasta-dir", str(folder), "--output", str(tmp_path / "p.csv")], capsys
+    )
+    assert code == 0 and pd.read_csv(tmp_path / "p.csv")["sample_id"].tolist() == ["full"]
+    assert "no reads" in caplog.text and "empty" in caplog.text
+    (folder / "full.fasta").unlink()
+    code, _, err = _run(
+        ["--checkpoint", str(checkpoint), "--fasta-dir", str(folder), "--output", str(tmp_path / "q.csv")], capsys
+    )
+    assert code == 2 and "no sample to predict" in err
+
+
+# ---------------------------------------------------------------- a searched model
+
+
+@pytest.mark.slow  # a Ray search (the shared finished_experiment)
+def test_experiment_folder_predicts_as_its_export(finished_experiment: dict, tmp_path: Path, capsys) -> None:
+    folder = finished_experiment["folder"]
+    argv = ["--checkpoint", str(folder), "--dataset", "demo", "--split", "test", "--output", str(tmp_path / "p.csv")]
+    code, _, err = _run(argv + ["--device", "cpu"], capsys)
+    assert code == 0, err
+    exported = pd.read_csv(folder / "best" / "test_predictions.csv").set_index("sample_id")
+    table = pd.read_csv(tmp_path / "p.csv").set_index("sample_id")
+    assert sorted(table.index) == sorted(exported.index)
+    np.testing.assert_allclose(table["predicted_ph"], exported.loc[table.index, "predicted_ph_mean"], atol=1e-5)
