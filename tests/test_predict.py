@@ -319,6 +319,9 @@ def test_bad_usage_exits_2_naming_the_flag(checkpoint: Path, tmp_path: Path, cap
     assert code == 2 and "meta.csv: data row 1 (sample_id 's1'): field 'pH' is not a number" in err
     code, _, err = _run(["--checkpoint", str(checkpoint), "--fasta-dir", str(tmp_path / "none"), *out], capsys)
     assert code == 2 and "no such folder" in err
+    _write_fasta(tmp_path / "reads" / "studyB" / "s1.fasta.gz", ["ACGT" * 10])
+    code, _, err = _run(["--checkpoint", str(checkpoint), "--fasta-dir", str(tmp_path / "reads"), *out], capsys)
+    assert code == 2 and "s1.fasta.gz: sample_id 's1' also has the file" in err
 
 
 def test_empty_fasta_is_reported_and_skipped(checkpoint: Path, tmp_path: Path, capsys, caplog) -> None:

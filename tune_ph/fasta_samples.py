@@ -42,6 +42,11 @@ def find_fasta_files(fasta_dir: str | os.PathLike) -> list[tuple[str, str, Path]
             found += [(entry.name, sid, f) for f in sorted(entry.iterdir()) if (sid := _sample_id(f)) and f.is_file()]
         elif (sid := _sample_id(entry)) is not None:
             found.append(("", sid, entry))
+    first: dict[str, Path] = {}
+    for _, sid, path in found:
+        if sid in first:  # predictions are keyed by sample_id alone
+            raise DatasetError(f"{path}: sample_id {sid!r} also has the file {first[sid]}; sample ids must be unique")
+        first[sid] = path
     if not found:
         raise DatasetError(
             f"--fasta-dir {fasta_dir}: no FASTA files ({', '.join(FASTA_SUFFIXES)}) in it or in its study folders; "
