@@ -51,6 +51,7 @@ def checkpoint(tmp_path_factory) -> Path:
         "target_mean": 6.5,
         "target_std": 1.5,
         "max_length": MAX_LENGTH,
+        "dataset_fingerprint": tokens.fingerprint(data.load_samples("demo")),
         "epoch": 1,
     }
     path = tmp_path_factory.mktemp("run") / "best_model.pt"
@@ -82,7 +83,7 @@ def _per_set(checkpoint: Path, df: pd.DataFrame) -> pd.DataFrame:
 # ---------------------------------------------------------------- the library
 
 
-def test_test_split_means_equal_evaluate(checkpoint: Path, demo: pd.DataFrame, tmp_path: Path) -> None:
+def test_test_split_means_equal_evaluate(checkpoint: Path, demo: pd.DataFrame, tmp_path: Path, caplog) -> None:
     evaluate_checkpoint(checkpoint, output_dir=tmp_path, device="cpu")
     evaluated = pd.read_csv(tmp_path / "test_predictions.csv")
     table = predict.predict_samples(checkpoint, demo, split="test", device="cpu")
@@ -92,6 +93,9 @@ def test_test_split_means_equal_evaluate(checkpoint: Path, demo: pd.DataFrame, t
     np.testing.assert_allclose(both["predicted_ph"], both["predicted_ph_mean"], rtol=0, atol=1e-6)
     np.testing.assert_allclose(both["true_ph_x"], both["true_ph_y"], atol=1e-6)
     np.testing.assert_allclose(both["residual"], both["residual_mean"], atol=1e-6)
+    assert "may not be its split" not in caplog.text  # no split.json: recomputed from the same samples
+    predict.predict_samples(checkpoint, demo.iloc[::2], split="test", device="cpu")
+    assert "may not be its split" in caplog.text  # other samples: the recomputed split is only a guess
 
 
 def test_split_json_beside_the_checkpoint_wins(checkpoint: Path, demo: pd.DataFrame, tmp_path: Path) -> None:
@@ -345,7 +349,7 @@ def test_empty_fasta_is_reported_and_skipped(checkpoint: Path, tmp_path: Path, c
 
 
 @pytest.mark.slow  # a Ray search (the shared finished_experiment)
-def test_experiment_folder_predicts_as_its_export(finished_experiment: dict, tmp_path: Path, capsys) -> None:
+def test_experiment_folder_predicts_as_its_export(finished_experiment: dict, tmp_path: Path, capsys, caplog) -> None:
     folder = finished_experiment["folder"]
     argv = ["--checkpoint", str(folder), "--dataset", "demo", "--split", "test", "--output", str(tmp_path / "p.csv")]
     code, _, err = _run(argv + ["--device", "cpu"], capsys)
@@ -354,3 +358,4 @@ def test_experiment_folder_predicts_as_its_export(finished_experiment: dict, tmp
     table = pd.read_csv(tmp_path / "p.csv").set_index("sample_id")
     assert sorted(table.index) == sorted(exported.index)
     np.testing.assert_allclose(table["predicted_ph"], exported.loc[table.index, "predicted_ph_mean"], atol=1e-5)
+    assert "may not be its split" not in caplog.text  # the split was recomputed from the very same samples
