@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +22,6 @@ from tune_ph.files import write_csv
 from tune_ph.metrics import regression_metrics
 from tune_ph.model import PhRegressor, autocast, load_checkpoint, resolve_device
 from tune_ph.tokens import TokenizedDataset
-
-log = logging.getLogger("tune_ph.predict")
 
 __all__ = ["Predictions", "predict", "predict_samples", "regression_metrics", "sample_metrics"]
 
