@@ -108,7 +108,8 @@ def learning_curves(
             ax.plot(x, df[metric], color=ERROR_COLOR, ls=":", lw=1.4, marker="X", ms=5, markevery=[len(df) - 1])
         else:
             ax.plot(x, df[metric], color=next(palette), lw=1.4, marker="o", ms=3)
-    kinds = {_kind(reasons.get(t, "")) for t in frames if t != winner}
+    drawn = [t for t, df in frames.items() if df is not None and not df.empty and metric in df and t != winner]
+    kinds = {_kind(reasons.get(t, "")) for t in drawn}
     handles = [
         Line2D([], [], color=WINNER_COLOR, lw=2.6, marker="*", ms=12, mec="k", label="winner (★ exported epoch)"),
         Line2D([], [], color="C0", lw=1.4, marker="o", ms=3, label="finished"),
@@ -117,7 +118,7 @@ def learning_curves(
         ),
         Line2D([], [], color=ERROR_COLOR, ls=":", marker="X", ms=6, label="failed"),
     ]
-    shown = [winner is not None, "finished" in kinds, bool(kinds & {"asha", "early"}), "error" in kinds]
+    shown = [winner in frames, "finished" in kinds, bool(kinds & {"asha", "early"}), "error" in kinds]
     handles = [h for h, keep in zip(handles, shown) if keep]
     ax.legend(handles=handles, fontsize=8, loc="upper right", framealpha=0.9)
     ax.set_xlabel("epoch")
@@ -240,6 +241,7 @@ def metric_by_parameter(
             ax.scatter(values, data[metric_column], s=22, c=colors)
             if name in log_scale:
                 ax.set_xscale("log")
+                ax.tick_params(axis="x", which="both", labelsize=7, labelrotation=30)
         else:
             labels = sorted(values.astype(str).unique())
             pos = {v: i for i, v in enumerate(labels)}
