@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,13 +12,50 @@ from typing import Any
 
 import torch
 
-from tune_ph import cli, report, results
-from tune_ph.config import METRIC_MODES
+from hyena_dna import HUB_ORG
+from tune_ph import cli, report, results, winner
+from tune_ph.config import METRIC_MODES, TrainConfig
+from tune_ph.data import load_samples, split_samples
 from tune_ph.evaluate import evaluate_checkpoint
 from tune_ph.files import write_json
 from tune_ph.tokens import TokenizedDataset
 
 log = logging.getLogger("tune_ph.export")
+
+# The report's k-mer baseline: Ridge on 6-mers (the stronger of the two on realistic16s, and seconds to fit), computed
+# during export only for a local dataset of at most this many bases (realistic16s, 50 M bases: ~7 s on 2 cores).
+BASELINE_K = 6
+BASELINE_MAX_BASES = 100_000_000
+
+
+def describe_model(train_config: dict[str, Any] | None, model_config: dict[str, Any] | None, n_params: int = 0) -> dict:
+    """What the exported model is, honestly: its name, where its weights came from, its size.
+
+    A custom model_config is trained from scratch whatever `model` says (the field then only names the run).
+    """
+    tc, mc = train_config or {}, model_config or {}
+    name = str(tc.get("model") or "")
+    if tc.get("model_config"):
+        name = "custom HyenaDNA"
+        source = "custom config (from scratch)"
+    elif tc.get("from_scratch"):
+        source = f"from scratch: {name} architecture"
+    elif Path(name).expanduser().is_dir():
+        source = f"pretrained: local checkpoint {name}"
+    else:
+        source = f"pretrained: {name if '/' in name else f'{HUB_ORG}/{name}'}"
+    out: dict[str, Any] = {"name": name, "source": source}
+    for key in ("d_model", "n_layer"):
+        if key in mc:
+            out[key] = mc[key]
+    length = (mc.get("layer") or {}).get("l_max") or mc.get("l_max")
+    if isinstance(length, int):
+        out["max_length"] = length - 2  # l_max counts the two special tokens
+    if tc.get("max_length"):
+        out["trained_length"] = tc["max_length"]  # tokens per read set in this training
+    if n_params:
+        out["parameters"] = n_params
+    return out
 
 
 def export_best(
@@ -36,6 +74,7 @@ def export_best(
     out.mkdir(parents=True)
     experiment.copy_checkpoint(trial, checkpoint, out / "best_model.pt")
     state = torch.load(out / "best_model.pt", map_location="cpu", weights_only=True)
+    n_params = sum(t.numel() for t in (state.get("model") or {}).values() if isinstance(t, torch.Tensor))
     info = {
         "trial_id": trial.trial_id,
         "trial_path": trial.path,
@@ -45,6 +84,7 @@ def export_best(
         "val_metrics": {k: metrics[k] for k in results.VAL_METRICS if k in metrics},
         "train_config": state.get("train_config"),
         "model_config": state.get("model_config"),
+        "model": describe_model(state.get("train_config"), state.get("model_config"), n_params),
     }
     write_json(out / "config.json", info)
     log.info("best trial %s epoch %d (%s %.4f) -> %s", trial.trial_id, info["epoch"], metric, metrics[metric], out)
@@ -52,18 +92,58 @@ def export_best(
     return evaluate_checkpoint(out / "best_model.pt", dataset=dataset, output_dir=out, device=device)
 
 
-def write_report(path: str, folder: Path, metric: str = "val_loss") -> Path | None:
-    """report.html with learning curves, the metric by hyperparameter and parameter importances."""
+def baseline_command(cfg: TrainConfig) -> str:
+    """The `python -m tune_ph.baseline` command for the same data and split as a training config."""
+    default = TrainConfig()
+    args = ["python", "-m", "tune_ph.baseline", "--dataset", cfg.dataset, "--k", str(BASELINE_K)]
+    for name in ("split_seed", "test_fraction", "val_fraction"):
+        if getattr(cfg, name) != getattr(default, name):
+            args += [f"--{name.replace('_', '-')}", str(getattr(cfg, name))]
+    if cfg.skip_bad_rows:
+        args.append("--skip-bad-rows")
+    return shlex.join(args)
+
+
+def baseline_for(train_config: dict[str, Any] | None) -> dict[str, Any]:
+    """The k-mer Ridge baseline's test metrics on the winner's data and split ({"results": {"ridge": metrics}}), or
+    why there is none and the command that computes it ({"reason", "command"}). Never raises: it is a comparison."""
+    if not train_config:
+        return {"reason": "best/config.json has no train_config"}
+    from tune_ph.baseline import run_baseline  # scikit-learn's models only when a report asks for them
+
+    command = f"python -m tune_ph.baseline --dataset DATASET --k {BASELINE_K}"
+    try:
+        cfg = TrainConfig.from_dict(train_config)
+        command = baseline_command(cfg)
+        if cfg.dataset != "demo" and not Path(cfg.dataset).expanduser().exists():
+            return {"reason": f"dataset {cfg.dataset} is not a local path", "command": command}
+        df = load_samples(cfg.dataset, skip_bad_rows=cfg.skip_bad_rows)
+        bases = int(df["sequences"].map(lambda reads: sum(map(len, reads))).sum())
+        if bases > BASELINE_MAX_BASES:
+            return {"reason": f"{bases / 1e6:.0f} M bases is too slow to profile during export", "command": command}
+        split = split_samples(df, seed=cfg.split_seed, test_fraction=cfg.test_fraction, val_fraction=cfg.val_fraction)
+        found = run_baseline(df, split, k=BASELINE_K, models=("ridge",), cache_dir=cfg.cache_dir)
+        return {"results": {m: r["metrics"] for m, r in found.items()}, "command": command}
+    except Exception as err:  # the comparison is optional; the report says why it is missing
+        log.warning("k-mer baseline not computed: %s", err)
+        return {"reason": f"it failed: {err}", "command": command}
+
+
+def write_report(path: str, folder: Path, metric: str = "val_loss", baseline: bool = True) -> Path | None:
+    """report.html: the winner and why, test metrics beside a k-mer baseline, curves, trials, importances."""
     folder = Path(folder)
     try:
+        settings = results.load_settings(folder)
         trials = results.Experiment(path).trials()
+        info = winner.read_json(folder / results.BEST_DIR / "config.json") or {}
         return report.write_report(
             folder,
-            results.trials_table(trials, metric),
+            results.trials_table(trials, metric, results.planned_epochs(settings)),
             {t.trial_id: t.history for t in trials},
-            settings=results.load_settings(folder),
+            settings=settings,
             study_db=folder / results.STUDY_FILE,
             metric=metric,
+            baseline=baseline_for(info.get("train_config")) if baseline else {"reason": "--no-baseline"},
         )
     except Exception as err:  # the report is a convenience; the results are already saved
         log.warning("could not write the experiment report: %s", err)
@@ -90,6 +170,7 @@ def _main(argv: Sequence[str] | None) -> int:
     )
     p.add_argument("--device", default="auto")
     p.add_argument("--no-report", action="store_true")
+    p.add_argument("--no-baseline", action="store_true", help="skip the report's k-mer baseline comparison")
     args = p.parse_args(argv)
     folder = Path(args.experiment)
     settings = results.load_settings(folder)
@@ -103,7 +184,7 @@ def _main(argv: Sequence[str] | None) -> int:
         + ", ".join(f"{k} {v:.3f}" for k, v in test.items() if isinstance(v, float))
     )
     if not args.no_report:
-        written = write_report(path, folder, metric)
+        written = write_report(path, folder, metric, baseline=not args.no_baseline)
         if written:
             print(f"report: {written}")
     return cli.EXIT_OK

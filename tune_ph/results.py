@@ -159,8 +159,33 @@ def _best_row(history: pd.DataFrame, metric: str) -> pd.Series | None:
     return history.loc[values.idxmin() if METRIC_MODES[metric] == "min" else values.idxmax()]
 
 
-def trials_table(trials: list[Trial], metric: str = "val_loss") -> pd.DataFrame:
-    """One row per trial: searched config, status, epochs run, each trial's BEST val metrics, error."""
+def planned_epochs(settings: dict[str, Any]) -> int | None:
+    """Epochs a trial runs unless stopped: the ASHA scheduler's max_epochs (else fixed.epochs) of the settings."""
+    value = (settings.get("scheduler") or {}).get("max_epochs") or (settings.get("fixed") or {}).get("epochs")
+    return int(value) if isinstance(value, int | float) else None
+
+
+def stop_reason(status: str, epochs_run: int, planned: int | None, error: str = "", patience: int | None = None) -> str:
+    """Why a trial ended, in words: finished, stopped by ASHA at epoch N, early stopping at epoch N, error: ….
+
+    A TERMINATED trial with fewer epochs than planned was stopped by ASHA, unless it ran `patience` epochs
+    past its best one (train.fit's own early stopping; the caller knows whether it did).
+    """
+    if status == "ERROR":
+        return f"error: {error or 'no message recorded'}"
+    if status != "TERMINATED":
+        return (
+            f"{status.lower()} (search interrupted)" if status in ("RUNNING", "PAUSED", "PENDING") else status.lower()
+        )
+    if planned is None or epochs_run >= planned:
+        return "finished"
+    if patience:
+        return f"early stopping at epoch {epochs_run} (no better metric for {patience} epochs)"
+    return f"stopped by ASHA at epoch {epochs_run}"
+
+
+def trials_table(trials: list[Trial], metric: str = "val_loss", max_epochs: int | None = None) -> pd.DataFrame:
+    """One row per trial: searched config, status, why it stopped, epochs run, each trial's BEST val metrics."""
     rows = []
     for trial in trials:
         row: dict[str, Any] = {"trial_id": trial.trial_id, "status": trial.status}
@@ -176,6 +201,12 @@ def trials_table(trials: list[Trial], metric: str = "val_loss") -> pd.DataFrame:
                 row[f"best_{m}"] = float(best[m]) if m in best else math.nan
         else:
             row["epochs_run"] = 0
+        planned = min((e for e in (max_epochs, trial.config.get("epochs")) if isinstance(e, int)), default=None)
+        patience = trial.config.get("early_stopping_patience")
+        stalled = best is not None and patience and row["epochs_run"] - row["best_epoch"] >= patience
+        row["stop_reason"] = stop_reason(
+            trial.status, row["epochs_run"], planned, trial.error, patience if stalled else None
+        )
         row["error"] = trial.error
         row["path"] = trial.path
         rows.append(row)
@@ -189,7 +220,7 @@ def trials_table(trials: list[Trial], metric: str = "val_loss") -> pd.DataFrame:
 
 def write_trials_table(path: str, folder: Path, metric: str = "val_loss") -> pd.DataFrame:
     """trials.csv in the local experiment folder."""
-    table = trials_table(Experiment(path).trials(), metric)
+    table = trials_table(Experiment(path).trials(), metric, planned_epochs(load_settings(folder)))
     write_csv(Path(folder) / TRIALS_FILE, table)
     return table
 
