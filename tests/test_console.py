@@ -71,7 +71,8 @@ def _fake_experiment(folder: Path, exported: bool) -> None:
     if exported:
         (folder / results.REPORT_FILE).write_text("<html></html>")
         (folder / results.BEST_DIR).mkdir()
-        (folder / results.BEST_DIR / "metrics.json").write_text("{}")
+        for name in ("best_model.pt", "config.json", "metrics.json", "test_predictions.csv", "residuals.png"):
+            (folder / results.BEST_DIR / name).write_text("")
 
 
 def test_final_summary_names_every_output_and_the_commands(tmp_path, capsys):

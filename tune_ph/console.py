@@ -61,6 +61,7 @@ def quiet_ray_hints() -> None:
 def ray_console(verbose: int = 1) -> Iterator[None]:
     """While Tuner.fit runs (Ray reads both when it starts): the classic output engine, the one that shows our
     reporter, and no traceback per failed trial below --verbose 2. The environment is restored after."""
+    quiet_ray_hints()  # Tuner.restore is suggested when fit ends
     values = {NEW_OUTPUT_ENV: "0"}
     if verbose < 2 and TRACEBACKS_ENV not in os.environ:
         values[TRACEBACKS_ENV] = "0"
@@ -247,7 +248,8 @@ def watch_commands(folder: Path, logdir: str) -> list[tuple[str, str]]:
 def print_start(folder: Path, logdir: str, num_samples: int, dashboard_url: str | None = None) -> None:
     """Where the results go and how to watch them live."""
     print(f"search {Path(folder).name}: {num_samples} trial(s); results in {folder}")
-    print(f"  watch it live: {command('tensorboard', '--logdir', logdir)}")
+    tensorboard, what = watch_commands(folder, logdir)[0]
+    print(f"  watch it live: {tensorboard}  ({what})")
     if dashboard_url:
         print(f"  optuna-dashboard: {dashboard_url} (stops when the search ends)")
 
@@ -263,7 +265,8 @@ def print_outputs(folder: Path, logdir: str, metric: str, *, finished: bool, exp
         what = f"learning curves, {metric} by hyperparameter, parameter importances (open it in a browser)"
         rows.append((results.REPORT_FILE, what))
     if (best / "metrics.json").is_file():
-        files = ", ".join(n for n in ("best_model.pt", "metrics.json", "test_predictions.csv", "residuals.png"))
+        names = ("best_model.pt", "config.json", "metrics.json", "test_predictions.csv", "residuals.png")
+        files = ", ".join(n for n in names if (best / n).is_file())
         rows.append((f"{results.BEST_DIR}/", f"the best trial's best epoch, tested once on the test split:\n{files}"))
     rows.append((results.STUDY_FILE, "the Optuna study: what TPE learned (--resume continues it)"))
     rows.append(("trial_<id>/", "Ray's per-trial results, TensorBoard events and checkpoints"))
@@ -274,11 +277,10 @@ def print_outputs(folder: Path, logdir: str, metric: str, *, finished: bool, exp
         print(f"  {name:<{width}}  {first}")
         for line in more:
             print(f"  {'':<{width}}    {line}")
-    if not exported:
-        missing = [n for n in (results.REPORT_FILE, f"{results.BEST_DIR}/") if n not in {r[0] for r in rows}]
-        if missing:
-            why = "--no-export; " if finished else "the search did not finish; "
-            print(f"  not written: {', '.join(missing)} ({why}write them with the export command below)")
+    missing = [n for n in (results.REPORT_FILE, f"{results.BEST_DIR}/") if n not in {r[0] for r in rows}]
+    if missing:
+        why = "see the warning above" if exported else "--no-export" if finished else "the search did not finish"
+        print(f"  not written: {', '.join(missing)} ({why}; the export command below writes them)")
     nexts = watch_commands(folder, logdir)
     what = "export and test the best trial" + (" again" if exported else "" if finished else " so far")
     nexts.append((command("python", "-m", "tune_ph.export", folder), what))
