@@ -18,7 +18,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from hyena_dna.pretrained import resolve_checkpoint_dir
-from tune_ph import cli, cluster, config, data, export, resources, results
+from tune_ph import cli, cluster, config, console, data, export, monitor, resources, results
 from tune_ph.config import METRIC_MODES, TrainConfig
 from tune_ph.errors import SpaceError
 from tune_ph.space import OptunaSpace, SearchSpec, apply_overrides, load_space, parse_space
@@ -60,13 +60,28 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     overrides.add_argument("--gpus-per-trial", type=float, help="GPU share per trial, e.g. 0.25 (resources)")
     ray_group = p.add_argument_group("cluster and dashboard")
     ray_group.add_argument("--address", help="join an existing Ray cluster (e.g. 'auto' or HEAD_IP:6379)")
-    ray_group.add_argument("--dashboard", action="store_true", help="start the Ray dashboard (127.0.0.1, token auth)")
+    ray_group.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="start Ray's cluster dashboard (127.0.0.1, token auth): nodes, workers, logs; the trials and their "
+        "metrics are in --optuna-dashboard and TensorBoard",
+    )
     ray_group.add_argument(
         "--dashboard-host",
         help="serve the dashboard on this interface instead of 127.0.0.1 "
         "(reachable from other machines; use with care)",
     )
     ray_group.add_argument("--dashboard-port", type=int, default=8265)
+    watch = p.add_argument_group("watching the search")
+    watch.add_argument(
+        "--optuna-dashboard",
+        nargs="?",
+        type=int,
+        const=monitor.DEFAULT_PORT,
+        metavar="PORT",
+        help=f"serve optuna-dashboard on the search's Optuna study at http://127.0.0.1:PORT (default "
+        f"{monitor.DEFAULT_PORT}; 0 picks a free port) until the search ends; needs {monitor.MONITOR_HINT}",
+    )
     ray_group.add_argument(
         "--allow-no-auth",
         action="store_true",
@@ -74,7 +89,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "authentication (only on a network you fully trust)",
     )
     p.add_argument("--no-export", action="store_true", help="skip the final export and test evaluation")
-    p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Tune's console output level")
+    p.add_argument(
+        "--verbose",
+        type=int,
+        default=1,
+        choices=(0, 1, 2),
+        help="console: 0 quiet, 1 status table and a line per trial event (default), 2 also every result",
+    )
     return p.parse_args(argv)
 
 
@@ -164,7 +185,10 @@ def make_tuner(
     verbose: int,
     callbacks: list[tune.Callback] | None = None,
 ) -> tune.Tuner:
-    """A fresh Tuner: OptunaSearch (seeded TPE, study in SQLite) + ASHA, both on the search metric."""
+    """A fresh Tuner: OptunaSearch (seeded TPE, study in SQLite) + ASHA, both on the search metric.
+
+    The console reporter and callbacks are saved with the Tuner, so a --resume shows the same console.
+    """
     metric = spec.search["metric"]
     mode = METRIC_MODES[metric]
     n_startup = max(2, min(10, spec.search["num_samples"] // 3))
@@ -208,7 +232,8 @@ def make_tuner(
             # A failing trial (OOM, NaN loss, exception) is recorded with its error; the others go on.
             failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
             verbose=verbose,
-            callbacks=callbacks,
+            progress_reporter=console.StatusTable(list(spec.params), metric, console.logdir_of(folder, storage)),
+            callbacks=[console.SearchProgress(list(spec.params), metric, verbose), *(callbacks or [])],
         ),
     )
 
@@ -227,8 +252,12 @@ def run_search(
     retry_errored: bool = False,
     export_best: bool = True,
     verbose: int = 1,
+    dashboard: monitor.StudyDashboard | None = None,
 ) -> int:
-    """Run (or resume) the search in a started Ray, write trials.csv, export and test the best trial."""
+    """Run (or resume) the search in a started Ray, write trials.csv, export and test the best trial.
+
+    `dashboard` (bound, not yet serving) starts serving once the tuner has created the Optuna study.
+    """
     path = results.experiment_path(folder, storage)
     started_before = tune.Tuner.can_restore(path)
     if not resume and started_before:
@@ -247,7 +276,13 @@ def run_search(
         if resume:
             print(f"{path} has no trials yet; starting the search")
         tuner = make_tuner(spec, trainable, folder, storage, verbose)
-    grid = tuner.fit()
+    logdir = console.logdir_of(folder, storage)
+    if dashboard is not None:
+        dashboard.start()
+    if verbose:
+        console.print_start(folder, logdir, spec.search["num_samples"], dashboard.url if dashboard else None)
+    with console.ray_console(verbose):
+        grid = tuner.fit()
     table = results.write_trials_table(path, folder, metric=metric)
     results.print_summary(table, metric)
     print(f"dataset setup: {setup_seconds:.1f}s once for {len(table)} trial(s)")
@@ -255,11 +290,12 @@ def run_search(
     if finished < spec.search["num_samples"]:
         print(
             f"the search stopped early ({finished}/{spec.search['num_samples']} trials finished); continue it "
-            f"with the same command plus --resume, or export the best so far with "
-            f"`python -m tune_ph.export {folder}`"
+            "or export the best trial so far with the commands below"
         )
+        console.print_outputs(folder, logdir, metric, finished=False, exported=False)
         return cli.EXIT_INTERRUPTED if len(grid) else cli.EXIT_FAILURE
     if not export_best:
+        console.print_outputs(folder, logdir, metric, finished=True, exported=False)
         return cli.EXIT_OK
     try:
         metrics = export.export_best(path, folder, metric=metric, datasets=datasets)
@@ -270,6 +306,7 @@ def run_search(
         f"RMSE {metrics['test_rmse']:.3f}"
     )
     export.write_report(path, folder, metric)
+    console.print_outputs(folder, logdir, metric, finished=True, exported=True)
     return cli.EXIT_OK
 
 
@@ -280,6 +317,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = parse_args(argv)
+    if args.optuna_dashboard is not None:  # a missing extra stops here, before anything is written or started
+        monitor.require_dashboard("--optuna-dashboard")
+        monitor.check_port(args.optuna_dashboard, "--optuna-dashboard")
     overrides = overrides_of(args)
     spec, folder, saved_storage = load_spec(args.space, args.name, Path(args.output_dir), args.resume, overrides)
     storage = args.storage or saved_storage
@@ -305,14 +345,19 @@ def _main(argv: Sequence[str] | None) -> int:
     if not args.address:  # a Ray started here: check this machine now, before weights are fetched or Ray starts
         resources.preflight_local(requests)
     check_pretrained(spec)
-    shutdown = cluster.init_ray(
-        address=args.address,
-        dashboard=args.dashboard,
-        dashboard_host=args.dashboard_host,
-        dashboard_port=args.dashboard_port,
-        allow_no_auth=args.allow_no_auth,
-    )
+    console.quiet_ray_hints()  # before Ray starts: its token warning is logged by ray.init
+    dashboard = None
+    if args.optuna_dashboard is not None:  # bound now, so a port in use fails before Ray starts
+        dashboard = monitor.StudyDashboard(folder / results.STUDY_FILE, args.optuna_dashboard, "--optuna-dashboard")
+    shutdown = False
     try:
+        shutdown = cluster.init_ray(
+            address=args.address,
+            dashboard=args.dashboard,
+            dashboard_host=args.dashboard_host,
+            dashboard_port=args.dashboard_port,
+            allow_no_auth=args.allow_no_auth,
+        )
         resources.preflight(requests)  # the cluster actually running (a joined one, or a Ray this process found)
         return run_search(
             spec,
@@ -322,8 +367,11 @@ def _main(argv: Sequence[str] | None) -> int:
             retry_errored=args.retry_errored,
             export_best=not args.no_export,
             verbose=args.verbose,
+            dashboard=dashboard,
         )
     finally:
+        if dashboard is not None:
+            dashboard.stop()
         if shutdown:
             ray.shutdown()
 

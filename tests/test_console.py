@@ -1,0 +1,197 @@
+"""The search's console: hyperparameter columns, best-so-far lines, every output named, Ray's wrong hints gone."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from helpers import ROOT, tiny_space, write_space
+
+from tune_ph import console, monitor, results
+
+
+def test_ray_hints_that_contradict_ours_are_dropped_and_others_kept():
+    console.quiet_ray_hints()
+    console.quiet_ray_hints()  # twice: still one filter
+    seen: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    tune_log = logging.getLogger("ray.tune.tune")
+    auth_log = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    assert sum(isinstance(f, console._DropHints) for f in tune_log.filters) == 1
+    handler = Collect()
+    for logger in (tune_log, auth_log):
+        logger.addHandler(handler)
+    try:
+        # The messages as Ray 2.60 words them (tune/tune.py, authentication_token_setup.py).
+        tune_log.warning(
+            "Experiment has been interrupted, but the most recent state was saved.\n"
+            'Resume experiment with: Tuner.restore(path="/x", trainable=...)'
+        )
+        tune_log.error("Trials did not complete: %s", ["trial_1"])
+        auth_log.warning("Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out.")
+        tune_log.warning("Tune detects GPUs, but no trials are using GPUs.")
+    finally:
+        for logger in (tune_log, auth_log):
+            logger.removeHandler(handler)
+    assert seen == ["Tune detects GPUs, but no trials are using GPUs."]
+
+
+def test_ray_console_settings_hold_only_while_fit_runs(monkeypatch):
+    monkeypatch.setenv(console.NEW_OUTPUT_ENV, "1")
+    monkeypatch.delenv(console.TRACEBACKS_ENV, raising=False)
+    with console.ray_console(verbose=1):
+        assert os.environ[console.NEW_OUTPUT_ENV] == "0" and os.environ[console.TRACEBACKS_ENV] == "0"
+    assert os.environ[console.NEW_OUTPUT_ENV] == "1" and console.TRACEBACKS_ENV not in os.environ
+    with console.ray_console(verbose=2):  # --verbose 2 keeps Ray's tracebacks
+        assert console.TRACEBACKS_ENV not in os.environ
+
+
+def test_metric_columns_put_the_search_metric_first():
+    assert list(console.metric_columns("val_r2"))[:2] == ["val_r2", "best_val_r2"]
+    assert list(console.metric_columns("val_loss"))[:2] == ["val_loss", "best_val_loss"]
+
+
+def _fake_experiment(folder: Path, exported: bool) -> None:
+    folder.mkdir(parents=True)
+    (folder / results.TRIALS_FILE).write_text("trial_id\n")
+    (folder / results.STUDY_FILE).write_bytes(b"")
+    if exported:
+        (folder / results.REPORT_FILE).write_text("<html></html>")
+        (folder / results.BEST_DIR).mkdir()
+        for name in ("best_model.pt", "config.json", "metrics.json", "test_predictions.csv", "residuals.png"):
+            (folder / results.BEST_DIR / name).write_text("")
+
+
+def test_final_summary_names_every_output_and_the_commands(tmp_path, capsys):
+    folder = tmp_path / "runs" / "quick"
+    _fake_experiment(folder, exported=True)
+    console.print_outputs(folder, str(folder), "val_loss", finished=True, exported=True)
+    out = capsys.readouterr().out
+    for name in ("trials.csv", "report.html", "best/", "best_model.pt", "metrics.json", "test_predictions.csv"):
+        assert name in out, name
+    for name in ("residuals.png", "optuna_study.db", "trial_<id>/"):
+        assert name in out, name
+    assert f"tensorboard --logdir {folder}" in out
+    assert f"python -m tune_ph.monitor {folder}" in out
+    assert f"python -m tune_ph.export {folder}" in out
+    assert "tune_ph.search" not in out  # finished: nothing to continue
+
+
+def test_summary_of_a_stopped_search_gives_the_resume_command(tmp_path, capsys):
+    folder = tmp_path / "runs" / "quick"
+    _fake_experiment(folder, exported=False)
+    console.print_outputs(folder, str(folder), "val_loss", finished=False, exported=False)
+    out = capsys.readouterr().out
+    assert f"python -m tune_ph.search --name quick --output-dir {folder.parent} --resume" in out
+    assert "not written: report.html, best/" in out
+    # The default --output-dir needs no flag.
+    assert console.resume_command(Path("experiments/quick")) == "python -m tune_ph.search --name quick --resume"
+
+
+@pytest.mark.slow
+def test_search_console_shows_hyperparameters_best_so_far_and_outputs(ray_session, tmp_path, capfd, monkeypatch):
+    served = []
+    original_start = monitor.StudyDashboard.start
+
+    def start_and_fetch(self):
+        original_start(self)
+        # While the search runs: the dashboard answers on loopback with the search's study.
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/api/studies", timeout=30) as response:
+            served.append((self._server.server_address[0], response.read().decode()))
+        return self
+
+    monkeypatch.setattr(monitor.StudyDashboard, "start", start_and_fetch)
+    # As in test_failing_trial_is_recorded_while_others_finish: the cuda:7 trials fail, the cpu ones finish.
+    space = tiny_space(name="console", search__num_samples=4, scheduler__grace_period=2)
+    space["fixed"].pop("device")
+    space["space"]["device"] = {"choice": ["cpu", "cuda:7"]}
+    args = ["--space", str(write_space(tmp_path, space)), "--output-dir", str(tmp_path), "--optuna-dashboard", "0"]
+    rc = search_main(args + ["--verbose", "1"])
+    captured = capfd.readouterr()  # file descriptors: Ray's own log handlers write there too
+    out = captured.out + captured.err
+    assert rc == 0, out
+    folder = tmp_path / "console"
+
+    assert served and served[0][0] == "127.0.0.1" and '"study_name": "console"' in served[0][1]
+    assert "optuna-dashboard: http://127.0.0.1:" in out
+    # The status table has a column per searched hyperparameter, then the search metric and its best.
+    header = next(line for line in out.splitlines() if line.startswith("| Trial name"))
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    assert columns[3:7] == ["head", "learning_rate", "head_dropout", "device"], columns
+    assert columns[7:9] == ["val_loss", "best val_loss"], columns
+    # Best-so-far lines; the last one is the best trial of trials.csv, with its hyperparameters.
+    best_lines = [line for line in out.splitlines() if line.startswith("best so far: ")]
+    assert best_lines, out
+    table = pd.read_csv(folder / "trials.csv", dtype={"trial_id": str})
+    best = table.iloc[0]
+    assert best_lines[-1].startswith(f"best so far: trial_{best['trial_id']}  val_loss {best['best_val_loss']:.4g}")
+    assert f"head={best['config/head']}" in best_lines[-1] and "learning_rate=" in best_lines[-1]
+    assert len(re.findall(r"^trial_\w+ started: head=", out, flags=re.M)) == 4
+    # A failed trial: one line with its error and where the traceback is, not Ray's 40-line traceback.
+    failed = re.findall(r"^trial_(\w+) FAILED after 0 epoch\(s\): ValueError: device='cuda:7'", out, flags=re.M)
+    assert failed and set(failed) == set(table[table["status"] == "ERROR"]["trial_id"]), out
+    assert f"traceback: {folder}/trial_{failed[0]}/error.txt" in out
+    assert "Traceback (most recent call last)" not in out
+    # The final summary names every output, and the commands to watch and continue.
+    for name in ("trials.csv", "report.html", "best/", "residuals.png", "optuna_study.db"):
+        assert re.search(rf"^  {re.escape(name)}\s", out, flags=re.M) or name in out, name
+    assert f"tensorboard --logdir {folder}" in out and f"python -m tune_ph.monitor {folder}" in out
+    # Ray's hints that point elsewhere are gone: its staging folder (under the Ray temp dir), Tuner.restore.
+    assert "driver_artifacts" not in out and "Tuner.restore" not in out and "View detailed results" not in out
+    assert f"Result logdir: {folder}" in out
+
+
+def search_main(argv: list[str]) -> int:
+    from tune_ph import search
+
+    return search.main(argv)
+
+
+@pytest.mark.slow
+def test_interrupted_search_prints_our_resume_command_not_rays(tmp_path):
+    space = tiny_space(
+        name="stopme",
+        fixed__epochs=30,
+        search__num_samples=2,
+        search__max_concurrent=1,
+        scheduler__max_epochs=30,
+        scheduler__grace_period=30,
+    )
+    cmd = [sys.executable, "-m", "tune_ph.search", "--space", str(write_space(tmp_path, space))]
+    cmd += ["--output-dir", str(tmp_path), "--no-export"]
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    env["PYTHONUNBUFFERED"] = "1"
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith("best so far: "):
+                proc.send_signal(signal.SIGINT)
+                break
+        lines.append(proc.communicate(timeout=120)[0])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out = "".join(lines)
+    assert proc.returncode == 130, out[-3000:]
+    assert f"python -m tune_ph.search --name stopme --output-dir {tmp_path} --resume" in out, out[-3000:]
+    assert "Tuner.restore" not in out and "Trials did not complete" not in out
+    assert "RAY_AUTH_MODE=disabled" not in out and "driver_artifacts" not in out, out
