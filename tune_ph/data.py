@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from hyena_dna import tokenizer
-from tune_ph import cli, fasta, tokens
+from tune_ph import cli, fasta, token_cache, tokens
 from tune_ph.config import DEFAULT_DATASET, TrainConfig
 from tune_ph.demo import make_demo
 from tune_ph.errors import BadRowError, DatasetError
@@ -317,7 +317,7 @@ def _print_examples(label: str, names: list[str]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m tune_ph.data build|summary`: exit code 0, 1 (runtime failure) or 2 (bad input)."""
+    """`python -m tune_ph.data build|summary|cache`: exit code 0, 1 (runtime failure) or 2 (bad input)."""
     return cli.run(_main, argv)
 
 
@@ -342,8 +342,11 @@ def _main(argv: Sequence[str] | None) -> int:
     s.add_argument("source", nargs="?", default=DEFAULT_DATASET, help="demo, hub id, folder or file")
     s.add_argument("--skip-bad-rows", action="store_true", help="drop invalid rows instead of stopping")
     s.add_argument("--seed", type=int, default=42)
+    token_cache.add_command(sub)
     args = parser.parse_args(argv)
-    if args.command == "build":
+    if args.command == "cache":
+        token_cache.run_command(args)
+    elif args.command == "build":
         res = fasta.build_dataset(args.fasta_dir, args.metadata, args.output_dir, max_dna=args.max_dna)
         print(
             f"wrote {res['samples']} samples ({res['reads']:,} reads, {res['bases']:,} bases) "
