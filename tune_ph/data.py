@@ -72,7 +72,7 @@ def _read_table_files(files: Sequence[Path]) -> pd.DataFrame:
             else:
                 # dtype=False: values keep their JSON types (pandas would read sample_id "0012" as 12, pH true as 1.0).
                 lines = name.endswith(".jsonl") or _is_json_lines(f)
-                frames.append(pd.read_json(f, lines=lines, dtype=False, convert_dates=False))
+                frames.append(pd.read_json(f, lines=lines, dtype=False))
         except (OSError, ValueError) as exc:
             raise DatasetError(f"{f}: cannot read it as {f.suffix.lstrip('.')} ({exc})") from exc
         _check_columns(frames[-1], str(f))
