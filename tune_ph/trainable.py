@@ -58,6 +58,7 @@ def train_trial(config: dict[str, Any], datasets: dict[int, TokenizedDataset], m
         # TPE learns from each trial's best epoch, the epoch that export would pick.
         report[f"best_{metric}"] = best
         report["node_id"] = node_id
+        report["torch_threads"] = torch.get_num_threads()  # decides float reduction order (environment.json)
         report["setup_seconds"] = setup_seconds
         with tempfile.TemporaryDirectory(prefix="tune_ph_ckpt_") as folder:
             torch.save(state_fn(), Path(folder) / STATE_FILE)
