@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 import time
@@ -13,15 +14,18 @@ from typing import Any
 
 import optuna
 import ray
+import torch
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from hyena_dna.pretrained import resolve_checkpoint_dir
-from tune_ph import cli, cluster, config, data, export, resources, results
+from tune_ph import cli, cluster, config, data, environment, export, outcome, resources, results
 from tune_ph.config import METRIC_MODES, TrainConfig
-from tune_ph.errors import SpaceError
-from tune_ph.space import OptunaSpace, SearchSpec, apply_overrides, load_space, parse_space
+from tune_ph.errors import InputError, SpaceError
+from tune_ph.files import write_csv
+from tune_ph.runlock import ExperimentLock
+from tune_ph.space import OptunaSpace, SearchSpec, apply_overrides, check_devices, load_space, parse_space
 from tune_ph.tokens import TokenizedDataset
 from tune_ph.trainable import train_trial
 
@@ -227,16 +231,22 @@ def run_search(
     retry_errored: bool = False,
     export_best: bool = True,
     verbose: int = 1,
+    datasets: dict[int, TokenizedDataset] | None = None,
+    setup_seconds: float = 0.0,
 ) -> int:
-    """Run (or resume) the search in a started Ray, write trials.csv, export and test the best trial."""
+    """Run (or resume) the search in a started Ray, write trials.csv, export and test the best trial.
+
+    datasets: prepare_datasets(spec), when the caller made them already (and took setup_seconds doing so).
+    """
     path = results.experiment_path(folder, storage)
     started_before = tune.Tuner.can_restore(path)
     if not resume and started_before:
         raise SpaceError(f"experiment {path} already exists; continue it with --resume, or pick another --name")
     metric = spec.search["metric"]
-    started = time.perf_counter()
-    datasets = prepare_datasets(spec)
-    setup_seconds = time.perf_counter() - started
+    if datasets is None:
+        started = time.perf_counter()
+        datasets = prepare_datasets(spec)
+        setup_seconds = time.perf_counter() - started
     trainable = make_trainable(spec, datasets)
     if resume and started_before:
         print(f"resuming {path}")
@@ -248,17 +258,21 @@ def run_search(
             print(f"{path} has no trials yet; starting the search")
         tuner = make_tuner(spec, trainable, folder, storage, verbose)
     grid = tuner.fit()
-    table = results.write_trials_table(path, folder, metric=metric)
+    # Statuses from Ray's saved state, corrected by what fit() returned here (a worker that died is ERROR).
+    table = outcome.settle(results.trials_table(results.Experiment(path).trials(), metric), grid)
+    write_csv(folder / results.TRIALS_FILE, table)
+    outcome.tell_study(folder, spec.name, path, metric)
     results.print_summary(table, metric)
     print(f"dataset setup: {setup_seconds:.1f}s once for {len(table)} trial(s)")
-    finished = int(table["status"].isin(["TERMINATED", "ERROR"]).sum())
-    if finished < spec.search["num_samples"]:
+    code = outcome.exit_code(table, spec.search["num_samples"], any_results=len(grid) > 0)
+    if code != cli.EXIT_OK:
+        finished = int(table["status"].isin(outcome.DONE).sum())
         print(
             f"the search stopped early ({finished}/{spec.search['num_samples']} trials finished); continue it "
             f"with the same command plus --resume, or export the best so far with "
             f"`python -m tune_ph.export {folder}`"
         )
-        return cli.EXIT_INTERRUPTED if len(grid) else cli.EXIT_FAILURE
+        return code
     if not export_best:
         return cli.EXIT_OK
     try:
@@ -287,24 +301,39 @@ def _main(argv: Sequence[str] | None) -> int:
         storage = str(Path(storage).expanduser().resolve())
     if args.resume and overrides:
         print("note: with --resume the experiment keeps the settings it was started with; overrides are ignored")
-    settings = spec.to_dict()
-    if storage:
-        settings[results.STORAGE_KEY] = storage
+    requests = resources.trial_requests(
+        spec.resources["cpus_per_trial"], spec.resources["gpus_per_trial"], spec.model_choices()
+    )
+    if not args.address:  # a Ray started here: check this machine now, before weights are fetched or Ray starts
+        check_devices(spec, torch.cuda.device_count())
+        resources.preflight_local(requests)
+    # One search per experiment folder: a second one of the same name stops here (exit 2), naming the first.
+    with ExperimentLock(folder):
+        return _locked_main(args, spec, folder, storage, requests)
+
+
+def _locked_main(
+    args: argparse.Namespace, spec: SearchSpec, folder: Path, storage: str | None, requests: dict[str, Any]
+) -> int:
+    """The search, once this process holds the experiment folder's lock: data first, then files, then Ray."""
     if not args.resume and tune.Tuner.can_restore(results.experiment_path(folder, storage)):
         raise SpaceError(
             f"experiment {results.experiment_path(folder, storage)} already exists; continue it with "
             "--resume, or pick another --name"
         )
+    check_pretrained(spec)
+    # Before anything is written or Ray starts: a dataset that cannot be used costs seconds and leaves nothing.
+    started = time.perf_counter()
+    datasets = prepare_datasets(spec)
+    setup_seconds = time.perf_counter() - started
+    settings = spec.to_dict()
+    if storage:
+        settings[results.STORAGE_KEY] = storage
     if not args.resume or not (folder / results.SETTINGS_FILE).exists():
         results.save_settings(folder, settings)
+    _record_environment(spec, folder)
     # Short epochs make Tune snapshot often (num_to_keep forces it); that is expected here, not a problem.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    requests = resources.trial_requests(
-        spec.resources["cpus_per_trial"], spec.resources["gpus_per_trial"], spec.model_choices()
-    )
-    if not args.address:  # a Ray started here: check this machine now, before weights are fetched or Ray starts
-        resources.preflight_local(requests)
-    check_pretrained(spec)
     shutdown = cluster.init_ray(
         address=args.address,
         dashboard=args.dashboard,
@@ -312,9 +341,11 @@ def _main(argv: Sequence[str] | None) -> int:
         dashboard_port=args.dashboard_port,
         allow_no_auth=args.allow_no_auth,
     )
+    session = cluster.session_dir() if shutdown and not args.address else None  # ours alone: removed at the end
+    keep_logs = True
     try:
         resources.preflight(requests)  # the cluster actually running (a joined one, or a Ray this process found)
-        return run_search(
+        code = run_search(
             spec,
             folder,
             storage=storage,
@@ -322,10 +353,31 @@ def _main(argv: Sequence[str] | None) -> int:
             retry_errored=args.retry_errored,
             export_best=not args.no_export,
             verbose=args.verbose,
+            datasets=datasets,
+            setup_seconds=setup_seconds,
         )
+        keep_logs = False
+        return code
+    except (InputError, KeyboardInterrupt):
+        keep_logs = False  # Ray's logs say nothing about bad input or Ctrl-C
+        raise
     finally:
         if shutdown:
             ray.shutdown()
+        if session is not None:
+            cluster.remove_session_dir(session, keep=keep_logs)
+
+
+def _record_environment(spec: SearchSpec, folder: Path) -> None:
+    cpus = spec.resources["cpus_per_trial"]
+    environment.record(
+        folder,
+        search_seed=spec.search["seed"],
+        training_seed=spec.fixed.get("seed", "searched" if "seed" in spec.params else TrainConfig().seed),
+        # Ray sets OMP_NUM_THREADS in each trial's process (unless it is set here) and trainable.py gives torch as
+        # many threads: the float reduction order of every trial follows it.
+        trial_threads=int(os.environ.get("OMP_NUM_THREADS") or max(math.floor(cpus), 1)),
+    )
 
 
 if __name__ == "__main__":
