@@ -25,7 +25,8 @@ from tune_ph.config import METRIC_MODES, TrainConfig
 from tune_ph.errors import InputError, SpaceError
 from tune_ph.files import write_csv
 from tune_ph.runlock import ExperimentLock
-from tune_ph.space import OptunaSpace, SearchSpec, apply_overrides, check_devices, load_space, parse_space
+from tune_ph.space import OptunaSpace, SearchSpec, apply_overrides, check_devices, check_name, load_space, parse_space
+from tune_ph.space_params import Checker
 from tune_ph.tokens import TokenizedDataset
 from tune_ph.trainable import train_trial
 
@@ -100,6 +101,7 @@ def load_spec(
         name = name or (load_space(space).name if space else None)
         if not name:
             raise SpaceError("--resume needs --name (or --space) to find the experiment")
+        check_name(Checker("--resume"), "--name", name)  # `../x` would read and write outside --output-dir
         folder = output_dir / name
         settings = results.load_settings(folder)
         if not settings:
