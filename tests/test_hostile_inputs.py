@@ -256,6 +256,18 @@ def test_train_refuses_cuda_without_a_gpu_before_writing(tmp_path, capsys):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("name", ["../outside", "/tmp/outside", ".."])
+def test_resume_refuses_a_name_outside_the_output_dir(name, tmp_path, capsys):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "search_settings.json").write_text(json.dumps(tiny_space(name="outside")))
+    before = _listing(tmp_path)
+    rc = search.main(["--name", name, "--output-dir", str(tmp_path / "experiments"), "--resume", "--verbose", "0"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--name" in err and repr(name) in err, err
+    assert _listing(tmp_path) == before
+
+
 def test_truncated_settings_on_resume_names_the_file(tmp_path, capsys):
     folder = tmp_path / "tiny"
     folder.mkdir()
@@ -445,6 +457,55 @@ def test_lock_is_released_when_the_search_fails(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------ killed worker (item 4)
+
+
+RAY_DIED = """Failure # 1 (occurred at 2026-11-25_09-38-58)
+The actor died unexpectedly before finishing this task.
+\tclass_name: ImplicitFunc
+\tpid: 6183
+The actor is dead because its worker process has died. Worker exit type: SYSTEM_ERROR Worker exit detail: Worker \
+unexpectedly exits with a connection error code 2. End of file. Some common causes include: (1) the process was \
+killed by the OOM killer due to high memory usage, (2) ray stop --force was called"""
+
+
+class _Result:
+    def __init__(self, path: str, error: Exception | None):
+        self.path, self.error = path, error
+
+
+def test_a_died_worker_is_error_whatever_the_saved_state_says():
+    from tune_ph import outcome
+
+    # Ray's saved state can lag behind (it is written before Ray cleans up): the in-process ResultGrid decides.
+    table = pd.DataFrame(
+        {"trial_id": ["a1", "b2", "c3"], "status": ["TERMINATED", "PENDING", "TERMINATED"], "error": ["", "", ""]}
+    )
+    grid = [_Result("/x/trial_a1", None), _Result("/x/trial_b2", RuntimeError(RAY_DIED)), _Result("/x/trial_c3", None)]
+    settled = outcome.settle(table, grid)
+    assert settled["status"].tolist() == ["TERMINATED", "ERROR", "TERMINATED"]
+    assert settled.loc[1, "error"].startswith("worker died (pid 6183, exit type SYSTEM_ERROR, Worker unexpectedly")
+    assert "OOM killer" in settled.loc[1, "error"] and table.loc[1, "status"] == "PENDING"  # the input is not changed
+    # Exit code by outcome: every trial finished (one failed) is success, not "stopped early".
+    assert outcome.exit_code(settled, 3, any_results=True) == 0
+    assert outcome.exit_code(table, 3, any_results=True) == 130  # a trial really left PENDING: interrupted
+    assert outcome.exit_code(settled, 4, any_results=True) == 130  # a trial never started
+    assert outcome.exit_code(settled.iloc[:0], 4, any_results=False) == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (RAY_DIED, "worker died (pid 6183"),
+        ("ray.exceptions.OutOfMemoryError: Task was killed due to the node running low on memory.", "memory monitor"),
+        ("Traceback (most recent call last):\n  File x\nValueError: bad", "ValueError: bad"),
+        ("", "error (no message recorded)"),
+    ],
+)
+def test_trial_errors_are_summarized_in_one_line(text, expected):
+    from tune_ph.results import summarize_error
+
+    line = summarize_error(text)
+    assert expected in line and "\n" not in line and len(line) <= 300
 
 
 def _trials(folder: Path) -> pd.DataFrame:
