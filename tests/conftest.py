@@ -44,7 +44,13 @@ def ray_session(build_log: Path, kill_dir: Path):
     temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")
     runtime_env = {
         "worker_process_setup_hook": "helpers.worker_setup",
-        "env_vars": {BUILD_LOG_VAR: str(build_log), KILL_DIR_VAR: str(kill_dir), "PYTHONPATH": str(ROOT / "tests")},
+        "env_vars": {
+            BUILD_LOG_VAR: str(build_log),
+            KILL_DIR_VAR: str(kill_dir),
+            "PYTHONPATH": str(ROOT / "tests"),
+            # As if exported in the user's shell (Ray then keeps it): trials must still follow cpus_per_trial.
+            "OMP_NUM_THREADS": "3",
+        },
     }
     environ = dict(os.environ)  # Ray writes RAY_AUTH_MODE and friends into the driver's environment
     assert cluster.init_ray(num_cpus=2, temp_dir=temp_dir, runtime_env=runtime_env)

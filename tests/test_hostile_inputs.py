@@ -508,6 +508,12 @@ def test_trial_errors_are_summarized_in_one_line(text, expected):
     assert expected in line and "\n" not in line and len(line) <= 300
 
 
+def test_trial_threads_follow_cpus_per_trial():
+    from tune_ph.trainable import trial_threads
+
+    assert [trial_threads(c) for c in (None, 0.25, 1, 1.5, 2, 4.0)] == [1, 1, 1, 1, 2, 4]
+
+
 def _trials(folder: Path) -> pd.DataFrame:
     return pd.read_csv(folder / "trials.csv").set_index("trial_id")
 
@@ -535,7 +541,10 @@ def test_killed_worker_is_an_honest_error(ray_session, kill_dir, tmp_path, capsy
     trial_id = died.index[0]
     result_before = Path(died["path"].iloc[0], "result.json").read_text()
     env = json.loads((folder / "environment.json").read_text())
-    assert env["torch"]["version"] == torch.__version__ and "threads" in env["torch"]
+    assert env["torch"]["version"] == torch.__version__ and "threads" in env["torch"] and env["trial_threads"] == 1
+    # Each trial ran with the threads of its cpus_per_trial (1), not the OMP_NUM_THREADS=3 its process inherited.
+    for path in table["path"]:
+        assert {json.loads(line)["torch_threads"] for line in Path(path, "result.json").read_text().splitlines()} == {1}
 
     # --resume without --retry-errored: nothing to rerun; the trial stays ERROR with the same results.
     assert search.main(["--name", "killed", "--output-dir", str(tmp_path), "--resume", "--verbose", "0"]) == 0

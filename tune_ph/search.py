@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import sys
 import time
@@ -28,7 +27,7 @@ from tune_ph.runlock import ExperimentLock
 from tune_ph.space import OptunaSpace, SearchSpec, apply_overrides, check_devices, check_name, load_space, parse_space
 from tune_ph.space_params import Checker
 from tune_ph.tokens import TokenizedDataset
-from tune_ph.trainable import train_trial
+from tune_ph.trainable import train_trial, trial_threads
 
 log = logging.getLogger("tune_ph.search")
 
@@ -376,9 +375,8 @@ def _record_environment(spec: SearchSpec, folder: Path) -> None:
         folder,
         search_seed=spec.search["seed"],
         training_seed=spec.fixed.get("seed", "searched" if "seed" in spec.params else TrainConfig().seed),
-        # Ray sets OMP_NUM_THREADS in each trial's process (unless it is set here) and trainable.py gives torch as
-        # many threads: the float reduction order of every trial follows it.
-        trial_threads=int(os.environ.get("OMP_NUM_THREADS") or max(math.floor(cpus), 1)),
+        # Every trial's torch threads (from cpus_per_trial): the float reduction order of its training follows it.
+        trial_threads=trial_threads(cpus),
     )
 
 
