@@ -370,6 +370,7 @@ def _locked_main(
 
 
 def _record_environment(spec: SearchSpec, folder: Path) -> None:
+    """environment.json: what decides the numbers besides the settings, so two results can be compared."""
     cpus = spec.resources["cpus_per_trial"]
     environment.record(
         folder,
