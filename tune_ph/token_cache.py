@@ -128,7 +128,7 @@ def enforce_cap(folder: Path, limit: int, keep: Path | None = None) -> list[Entr
         total -= entry.size
     if removed:
         log.info(
-            "token cache %s over its %.1f GiB cap (%s): removed %d least recently used entr%s (%.1f MiB)",
+            "token cache %s over its %g GiB cap (%s): removed %d least recently used entr%s (%.1f MiB)",
             folder,
             limit / 2**30,
             MAX_GB_ENV,
@@ -164,18 +164,18 @@ def _age(days: float) -> str:
 def listing(folder: Path) -> str:
     """The entries as a table (name, size, age since last use, dataset fingerprint, length, sets) and the total."""
     found = entries(folder)
-    cap = f"cap {max_bytes() / 2**30:g} GiB ({MAX_GB_ENV})"
+    cap = f"cap {max_bytes() / 2**30:g} GiB, set by {MAX_GB_ENV}"
     if not found:
         return f"{folder}: no cached token arrays ({cap})"
     now = time.time()
-    lines = [f"{'size':>10}  {'last used':>9}  {'dataset':12}  {'length':>6}  {'sets':>4}  file"]
+    lines = [f"{'size':>11}  {'last used':>9}  {'dataset':12}  {'length':>6}  {'sets':>4}  file"]
     for e in reversed(found):  # most recently used first
         lines.append(
-            f"{e.size / 2**20:8.1f} MB  {_age(e.age_days(now)):>9}  {e.fingerprint[:12]:12}  {e.max_length:>6}  "
+            f"{e.size / 2**20:7.1f} MiB  {_age(e.age_days(now)):>9}  {e.fingerprint[:12]:12}  {e.max_length:>6}  "
             f"{e.num_sets:>4}  {e.path.name}"
         )
     total = sum(e.size for e in found)
-    lines.append(f"{len(found)} entr{'y' if len(found) == 1 else 'ies'}, {total / 2**20:.1f} MB in {folder} ({cap})")
+    lines.append(f"{len(found)} entr{'y' if len(found) == 1 else 'ies'}, {total / 2**20:.1f} MiB in {folder} ({cap})")
     return "\n".join(lines)
 
 
@@ -212,4 +212,4 @@ def run_command(args: argparse.Namespace) -> None:
     removed = clear(folder, args.older_than)
     age = f" unused for over {args.older_than:g} days" if args.older_than is not None else ""
     size = sum(e.size for e in removed) / 2**20
-    print(f"removed {len(removed)} cache entr{'y' if len(removed) == 1 else 'ies'}{age} ({size:.1f} MB) from {folder}")
+    print(f"removed {len(removed)} cache entr{'y' if len(removed) == 1 else 'ies'}{age} ({size:.1f} MiB) from {folder}")
