@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -193,9 +195,14 @@ def test_two_node_search(tmp_path):
     space = tiny_space(name="twonodes", search__num_samples=2, search__max_concurrent=2, scheduler__grace_period=2)
     path = write_space(tmp_path, space)
     cmd = [sys.executable, "-c", TWO_NODES, "--space", str(path), "--output-dir", str(tmp_path), "--verbose", "0"]
-    # As the README's "Several machines" says: token auth on (joining a cluster without it is refused).
-    env = {**_env(), "RAY_AUTH_MODE": "token"}
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    # As the README's "Several machines" says: token auth on (joining a cluster without it is refused). The
+    # cluster's session folder goes to a temp dir of its own, removed below (Ray never removes it).
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    env = {**_env(), "RAY_AUTH_MODE": "token", "RAY_TMPDIR": ray_tmp}
+    try:
+        done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     table = pd.read_csv(tmp_path / "twonodes" / "trials.csv")
     assert len(table) == 2 and set(table["status"]) == {"TERMINATED"}
