@@ -11,7 +11,7 @@ from typing import Any
 
 from ray import tune
 
-from tune_ph import search
+from tune_ph import search, tuner
 from tune_ph.space import parse_space
 
 
@@ -78,8 +78,8 @@ def main() -> None:
         shutdown = search.init_ray()
         try:
             clock = TrialClock()
-            tuner = search.make_tuner(spec, search.make_trainable(spec, datasets), folder, None, 0, [clock])
-            tuner.fit()
+            runner = tuner.make_tuner(spec, tuner.make_trainable(spec, datasets), folder, None, 0, [clock])
+            runner.fit()
         finally:
             if shutdown:
                 import ray

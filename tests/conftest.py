@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
-from helpers import BUILD_LOG_VAR, ROOT, tiny_space, write_space
+from helpers import BUILD_LOG_VAR, KILL_DIR_VAR, ROOT, tiny_space, write_space
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -27,7 +28,13 @@ def build_log(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def ray_session(build_log: Path):
+def kill_dir(tmp_path_factory) -> Path:
+    """Folder the session's Ray workers watch for helpers.kill_switch's `kill-once` file."""
+    return tmp_path_factory.mktemp("kill")
+
+
+@pytest.fixture(scope="session")
+def ray_session(build_log: Path, kill_dir: Path):
     """Ray started once for the whole session through the product's own init_ray (loopback only, 2 CPUs, no
     dashboard, a short temp dir for its sockets)."""
     import ray
@@ -36,13 +43,20 @@ def ray_session(build_log: Path):
 
     temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")
     runtime_env = {
-        "worker_process_setup_hook": "helpers.count_tokenizing",
-        "env_vars": {BUILD_LOG_VAR: str(build_log), "PYTHONPATH": str(ROOT / "tests")},
+        "worker_process_setup_hook": "helpers.worker_setup",
+        "env_vars": {
+            BUILD_LOG_VAR: str(build_log),
+            KILL_DIR_VAR: str(kill_dir),
+            "PYTHONPATH": str(ROOT / "tests"),
+            # As if exported in the user's shell (Ray then keeps it): trials must still follow cpus_per_trial.
+            "OMP_NUM_THREADS": "3",
+        },
     }
     environ = dict(os.environ)  # Ray writes RAY_AUTH_MODE and friends into the driver's environment
     assert cluster.init_ray(num_cpus=2, temp_dir=temp_dir, runtime_env=runtime_env)
     yield ray
     ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)  # Ray leaves its session folder (logs, sockets) behind
     os.environ.clear()
     os.environ.update(environ)
 

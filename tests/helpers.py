@@ -1,4 +1,5 @@
-"""Helpers shared by the test modules: a tiny search space, writing it as YAML, and a tokenization counter."""
+"""Helpers shared by the test modules: a tiny search space, writing it as YAML, Ray worker hooks (tokenization
+counter, kill switch)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = {"d_model": 16, "n_layer": 1, "d_inner": 32, "filter_order": 16, "l_max": 130}
 BUILD_LOG_VAR = "TUNE_PH_BUILD_LOG"
+# A folder the Ray workers watch: a file KILL_ONCE there makes the first trial that starts training kill its own
+# worker process (SIGKILL, as the OOM killer would); see kill_switch.
+KILL_DIR_VAR = "TUNE_PH_KILL_DIR"
+KILL_ONCE = "kill-once"
 
 
 def tiny_space(**changes: object) -> dict:
@@ -70,3 +75,58 @@ def count_tokenizing() -> None:
             return _original(*args, **kwargs)
 
         setattr(tokens, name, counted)
+
+
+def kill_switch() -> None:
+    """Ray worker setup hook: while $TUNE_PH_KILL_DIR/kill-once exists, the first trial to reach the kill point
+    (across all workers: an O_EXCL marker file decides) SIGKILLs its own process, as the kernel's OOM killer would.
+
+    The file holds the kill point: empty or 0 = before training, N = right after epoch N was reported; "raise"
+    makes that trial raise an exception before training instead (a failure with a Python error). It wraps
+    tune_ph.trainable's reference to train.fit in the worker only; the product code has no test hook.
+    """
+    folder = os.environ.get(KILL_DIR_VAR)
+    if not folder:
+        return
+    import signal
+
+    from tune_ph import trainable
+
+    original = trainable.fit
+
+    def maybe_die(epoch: int) -> None:
+        try:
+            with open(os.path.join(folder, KILL_ONCE)) as fh:
+                when = fh.read().strip() or "0"
+        except FileNotFoundError:
+            return
+        if ("0" if when == "raise" else when) != str(epoch):
+            return
+        try:
+            os.close(os.open(os.path.join(folder, "killed"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return
+        if when == "raise":
+            raise RuntimeError("injected failure (helpers.kill_switch)")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def fit(*args, **kwargs):
+        maybe_die(0)
+        callback = kwargs.get("on_epoch_end")
+        if callback is not None:
+
+            def on_epoch_end(metrics, state_fn):
+                stop = callback(metrics, state_fn)
+                maybe_die(int(metrics["epoch"]))
+                return stop
+
+            kwargs["on_epoch_end"] = on_epoch_end
+        return original(*args, **kwargs)
+
+    trainable.fit = fit
+
+
+def worker_setup() -> None:
+    """The test session's Ray worker_process_setup_hook: every hook above."""
+    count_tokenizing()
+    kill_switch()

@@ -7,6 +7,7 @@ import ipaddress
 import logging
 import os
 import secrets
+import shutil
 import stat
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -320,3 +321,38 @@ def print_dashboard(ctx: Any, address: str | None) -> None:
             "token authentication back on"
         )
     print(f"Ray dashboard: {url}\n  {how}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The session folder
+
+
+def session_dir() -> Path | None:
+    """The session folder (logs, sockets, runtime resources) of the Ray this process is connected to, or None."""
+    try:
+        return Path(ray._private.worker._global_node.get_session_dir_path())
+    except AttributeError:  # not connected, or a Ray without this (private) accessor
+        return None
+
+
+def remove_session_dir(path: Path, *, keep: bool = False) -> bool:
+    """Delete the session folder of a Ray this process started and has shut down; True when it was removed.
+
+    Ray 2.60 leaves every session's folder in its temp dir (/tmp/ray/session_<time>_<pid>, a few hundred KB to
+    many MB of logs each) after ray.shutdown(), forever. Only the given folder goes, and only when it is a session
+    folder owned by this user; `session_latest` is removed only when it points at it. keep=True leaves it (a failed
+    run: Ray's logs may say why) and says where it is.
+    """
+    if ray.is_initialized() or not path.name.startswith("session_") or path.is_symlink() or not path.is_dir():
+        return False
+    if keep:
+        log.warning("Ray's logs of this run are kept in %s (delete the folder when done)", path)
+        return False
+    if path.stat().st_uid != os.getuid():
+        return False
+    latest = path.parent / "session_latest"
+    with contextlib.suppress(OSError):
+        if latest.is_symlink() and Path(os.readlink(latest)).name == path.name:
+            latest.unlink()
+    shutil.rmtree(path, ignore_errors=True)
+    return not path.exists()

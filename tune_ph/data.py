@@ -13,13 +13,13 @@ from urllib.parse import urlparse
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import train_test_split
 
 from hyena_dna import tokenizer
-from tune_ph import cli, fasta, tokens
+from tune_ph import cli, fasta, token_cache, tokens
 from tune_ph.config import DEFAULT_DATASET, TrainConfig
 from tune_ph.demo import make_demo
 from tune_ph.errors import BadRowError, DatasetError
+from tune_ph.split import split_samples
 from tune_ph.tokens import TokenizedDataset
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,9 @@ def _read_table_files(files: Sequence[Path], required: Sequence[str] = REQUIRED)
             if name.endswith(".parquet"):
                 frames.append(pd.read_parquet(f))
             else:
-                frames.append(pd.read_json(f, lines=name.endswith(".jsonl") or _is_json_lines(f)))
+                # dtype=False: values keep their JSON types (pandas would read sample_id "0012" as 12, pH true as 1.0).
+                lines = name.endswith(".jsonl") or _is_json_lines(f)
+                frames.append(pd.read_json(f, lines=lines, dtype=False))
         except (OSError, ValueError) as exc:
             raise DatasetError(f"{f}: cannot read it as {f.suffix.lstrip('.')} ({exc})") from exc
         _check_columns(frames[-1], str(f), required)
@@ -182,6 +184,8 @@ def _row_problem(sid, study, env, ph, reads, labelled: bool = True) -> tuple[str
     for field, value in (("sample_id", sid), ("study_name", study), ("environment", env))[: 3 if labelled else 1]:
         if value is None or (isinstance(value, float) and math.isnan(value)) or not str(value).strip():
             return field, "is missing or empty"
+    if isinstance(ph, (bool, np.bool_)):  # float(True) is 1.0: a JSON true must not become pH 1
+        return "pH", f"is true/false ({ph!r}), not a number"
     try:
         ph = float(ph)
     except (TypeError, ValueError):
@@ -213,14 +217,18 @@ def clean_samples(
     """
     _check_columns(df, where, REQUIRED if labelled else UNLABELLED_REQUIRED)
     df = df.reset_index(drop=True) if labelled else _without_labels(df.reset_index(drop=True))
+    source_row = np.arange(len(df))  # row numbers in messages are the source's (0-based), not after drops
     null_ph = pd.to_numeric(df["pH"], errors="coerce").isna() & df["pH"].isna()
     if null_ph.any() and labelled:
         log.info("%s: dropped %d sample(s) with no pH", where, int(null_ph.sum()))
         df = df.loc[~null_ph].reset_index(drop=True)
+        source_row = source_row[~null_ph.to_numpy()]
 
     reads_col: list[list[str] | None] = [_as_reads(v) for v in df["sequences"]]
     bad: list[tuple[int, str, str, str]] = []
-    seen: set[str] = set()
+    # Ids are compared as they are finally stored (stripped): "S1" and "S1 " are one sample, and keeping both
+    # would put the same id in two splits.
+    seen: dict[str, int] = {}
     empty_reads = 0
     keep = np.ones(len(df), dtype=bool)
     for i, (sid, study, env, ph) in enumerate(
@@ -232,13 +240,14 @@ def clean_samples(
             empty_reads += len(reads) - len(nonempty)
             reads_col[i] = reads = nonempty
         problem = _row_problem(sid, study, env, ph, reads, labelled)
-        if problem is None and str(sid) in seen:
-            problem = ("sample_id", "is a duplicate of an earlier row")
+        key = str(sid).strip()
+        if problem is None and key in seen:
+            problem = ("sample_id", f"is a duplicate of row {seen[key]} (ids are compared without surrounding spaces)")
         if problem is not None:
-            bad.append((i, str(sid), *problem))
+            bad.append((int(source_row[i]), str(sid), *problem))
             keep[i] = False
         else:
-            seen.add(str(sid))
+            seen[key] = int(source_row[i])
     if bad and not skip_bad_rows:
         i, sid, field, problem = bad[0]
         more = f" ({len(bad) - 1} more bad row(s))" if len(bad) > 1 else ""
@@ -287,74 +296,6 @@ def load_samples(source: str = DEFAULT_DATASET, *, skip_bad_rows: bool = False, 
     return df
 
 
-# ---------------------------------------------------------------- split
-
-
-def _strata(labels: np.ndarray) -> np.ndarray:
-    """Environment labels usable for stratification: classes with < 2 members are merged into "other".
-
-    Only the stratification sees the merged label; with no rare class (the published data) the labels,
-    and so the split, are exactly those of the plain stratified split.
-    """
-    labels = np.asarray(labels, dtype=object)
-    values, counts = np.unique(labels, return_counts=True)
-    rare = set(values[counts < 2])
-    if not rare:
-        return labels
-    merged = np.array(["\x00other" if v in rare else v for v in labels], dtype=object)
-    values, counts = np.unique(merged, return_counts=True)
-    if (counts < 2).any():  # a lone rare sample: fold it into the largest class
-        largest = values[np.argmax(counts)]
-        merged = np.where(merged == "\x00other", largest, merged)
-    log.info("environments with fewer than 2 samples (%s) are stratified together", ", ".join(sorted(rare)))
-    return merged
-
-
-def _stratified(ids: np.ndarray, labels: np.ndarray, test_size: float, seed: int, what: str):
-    """A stratified split; on data too small to stratify (fewer held-out samples than environments), a
-    plain random split with a warning, so tiny datasets still work."""
-    try:
-        return train_test_split(ids, test_size=test_size, random_state=seed, stratify=_strata(labels))
-    except ValueError as exc:
-        log.warning("the %s split is not stratified by environment: %s", what, exc)
-    try:
-        return train_test_split(ids, test_size=test_size, random_state=seed)
-    except ValueError as exc:
-        raise DatasetError(
-            f"cannot make the {what} split of {len(ids)} samples ({exc}); use more samples or other fractions"
-        ) from exc
-
-
-def split_samples(
-    df: pd.DataFrame, *, seed: int = 42, test_fraction: float = 0.2, val_fraction: float = 0.1
-) -> dict[str, list[str]]:
-    """Train/val/test sample ids by the published recipe (sorted ids, environment-stratified 80:20, then val).
-
-    Environments with a single sample are stratified together; a split too small to stratify at all
-    falls back to a plain random split (logged).
-    """
-    if not (0 < test_fraction < 1 and 0 <= val_fraction < 1 and test_fraction + val_fraction < 1):
-        raise ValueError(f"bad split fractions: test {test_fraction}, val {val_fraction}")
-    d = df.sort_values("sample_id", kind="stable")
-    ids = d["sample_id"].astype(str).to_numpy()
-    env = d["environment"].astype(str).to_numpy()
-    n_all = len(ids)
-    idx_trainval, idx_test = _stratified(np.arange(n_all), env, test_fraction, seed, "train+val : test")
-    n_val = int(round(n_all * val_fraction))
-    if n_val == 0:
-        idx_train, idx_val = idx_trainval, np.zeros(0, dtype=int)
-    else:
-        # A float fraction, as the published code passes it (sklearn rounds it up to a count).
-        idx_train, idx_val = _stratified(
-            idx_trainval, env[idx_trainval], n_val / len(idx_trainval), seed, "train : val"
-        )
-    return {
-        "train": [str(s) for s in ids[idx_train]],
-        "val": [str(s) for s in ids[idx_val]],
-        "test": [str(s) for s in ids[idx_test]],
-    }
-
-
 def prepare(
     source: str = DEFAULT_DATASET,
     *,
@@ -396,7 +337,7 @@ def _print_examples(label: str, names: list[str]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m tune_ph.data build|summary`: exit code 0, 1 (runtime failure) or 2 (bad input)."""
+    """`python -m tune_ph.data build|summary|cache`: exit code 0, 1 (runtime failure) or 2 (bad input)."""
     return cli.run(_main, argv)
 
 
@@ -421,8 +362,11 @@ def _main(argv: Sequence[str] | None) -> int:
     s.add_argument("source", nargs="?", default=DEFAULT_DATASET, help="demo, hub id, folder or file")
     s.add_argument("--skip-bad-rows", action="store_true", help="drop invalid rows instead of stopping")
     s.add_argument("--seed", type=int, default=42)
+    token_cache.add_command(sub)
     args = parser.parse_args(argv)
-    if args.command == "build":
+    if args.command == "cache":
+        token_cache.run_command(args)
+    elif args.command == "build":
         res = fasta.build_dataset(args.fasta_dir, args.metadata, args.output_dir, max_dna=args.max_dna)
         print(
             f"wrote {res['samples']} samples ({res['reads']:,} reads, {res['bases']:,} bases) "

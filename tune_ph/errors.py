@@ -33,5 +33,9 @@ class ResourceError(InputError):
     amount; the message names the YAML key and the flag that fixes it."""
 
 
+class BusyError(InputError):
+    """Another search is using the experiment folder (its lock names the process); exit code 2."""
+
+
 class SetupError(RuntimeError):
     """The environment cannot run what was asked (Ray cannot start, an extra is missing). Exit code 1."""

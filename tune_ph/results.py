@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -103,7 +104,7 @@ class Experiment:
                     path=self._join(info.base_name) if "://" not in self.path else f"{self.path}/{info.base_name}",
                     config=json.loads(self._read(info.base_name, _PARAMS) or "{}"),
                     history=pd.DataFrame(rows),
-                    error=_last_line(error_text) if status == "ERROR" else "",
+                    error=summarize_error(error_text) if status == "ERROR" else "",
                 )
             )
         return out
@@ -121,9 +122,40 @@ class Experiment:
         )
 
 
-def _last_line(text: str | None) -> str:
-    """The last line of a traceback says what went wrong; the full text stays in the trial's error.txt."""
-    lines = [ln.strip() for ln in (text or "").strip().splitlines() if ln.strip()]
+# Ray's words for a trial whose process died (no Python exception: SIGKILL, the OOM killer, a segfault).
+_DIED = ("The actor died unexpectedly", "worker process has died", "ActorDiedError")
+
+
+def summarize_error(text: str | None) -> str:
+    """One line saying what went wrong with a trial; the full text stays in the trial's error.txt.
+
+    A worker that died is "worker died: ..." with Ray's exit type and detail and what usually causes it; an
+    exception is its last traceback line.
+    """
+    text = (text or "").strip()
+    if "OutOfMemoryError" in text or "running low on memory" in text:
+        return (
+            "worker died: Ray's memory monitor killed it because the node ran low on memory; use fewer trials at "
+            "once (--max-concurrent), a smaller batch_size or max_length"
+        )
+    if any(marker in text for marker in _DIED):
+        pid = re.search(r"\bpid: (\d+)", text)
+        kind = re.search(r"Worker exit type: (\w+)", text)
+        detail = re.search(r"Worker exit detail: (.*?)(?: Some common causes|\n|$)", text)
+        facts = ", ".join(
+            part
+            for part in (
+                f"pid {pid[1]}" if pid else "",
+                f"exit type {kind[1]}" if kind else "",
+                detail[1].strip().rstrip(".") if detail else "",
+            )
+            if part
+        )
+        return (
+            f"worker died ({facts or 'no detail recorded'}): its process was killed or crashed without a Python "
+            "error, most often by the kernel's OOM killer (check `dmesg` and the trial's memory use)"
+        )[:300]
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return lines[-1][:300] if lines else "error (no message recorded)"
 
 

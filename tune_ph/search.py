@@ -11,24 +11,36 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import optuna
 import ray
+import torch
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
-from ray.tune.search.optuna import OptunaSearch
 
 from hyena_dna.pretrained import resolve_checkpoint_dir
-from tune_ph import cli, cluster, config, console, data, export, monitor, resources, results
-from tune_ph.config import METRIC_MODES, TrainConfig
-from tune_ph.errors import SpaceError
-from tune_ph.space import OptunaSpace, SearchSpec, apply_overrides, load_space, parse_space
+from tune_ph import (
+    cli,
+    cluster,
+    config,
+    console,
+    data,
+    environment,
+    export,
+    monitor,
+    outcome,
+    resources,
+    results,
+    tuner,
+)
+from tune_ph.config import TrainConfig
+from tune_ph.errors import InputError, SpaceError
+from tune_ph.files import write_csv
+from tune_ph.runlock import ExperimentLock
+from tune_ph.space import SearchSpec, apply_overrides, check_devices, check_name, load_space, parse_space
+from tune_ph.space_params import Checker
 from tune_ph.tokens import TokenizedDataset
-from tune_ph.trainable import train_trial
+from tune_ph.trainable import trial_threads
 
 log = logging.getLogger("tune_ph.search")
 
-# Per trial, Tune keeps the best checkpoints by the search metric (and always the latest, for resuming).
-KEEP_CHECKPOINTS = 2
 # TrainConfig fields that have a command-line override here (the others are set in the YAML).
 OVERRIDE_FIELDS = ("dataset", "model", "epochs", "device")
 SECTION_OVERRIDES = ("num_samples", "max_concurrent", "seed", "cpus_per_trial", "gpus_per_trial")
@@ -117,6 +129,7 @@ def load_spec(
         name = name or (load_space(space).name if space else None)
         if not name:
             raise SpaceError("--resume needs --name (or --space) to find the experiment")
+        check_name(Checker("--resume"), "--name", name)  # `../x` would read and write outside --output-dir
         folder = output_dir / name
         settings = results.load_settings(folder)
         if not settings:
@@ -168,81 +181,6 @@ def _with_length(cfg: TrainConfig, length: int) -> TrainConfig:
     return cfg
 
 
-def make_trainable(spec: SearchSpec, datasets: dict[int, TokenizedDataset]) -> Any:
-    """train_trial with the datasets in the object store (once) and per-trial resources."""
-    trainable = tune.with_parameters(train_trial, datasets=datasets, metric=spec.search["metric"])
-    cpus = spec.resources["cpus_per_trial"]
-    if isinstance(spec.resources["gpus_per_trial"], dict):
-        return tune.with_resources(trainable, lambda cfg: {"cpu": cpus, "gpu": spec.gpus_for(cfg["model"])})
-    return tune.with_resources(trainable, {"cpu": cpus, "gpu": spec.gpus_for(spec.model_choices()[0])})
-
-
-def make_tuner(
-    spec: SearchSpec,
-    trainable: Any,
-    folder: Path,
-    storage: str | None,
-    verbose: int,
-    callbacks: list[tune.Callback] | None = None,
-) -> tune.Tuner:
-    """A fresh Tuner: OptunaSearch (seeded TPE, study in SQLite) + ASHA, both on the search metric.
-
-    The console reporter and callbacks are saved with the Tuner, so a --resume shows the same console.
-    """
-    metric = spec.search["metric"]
-    mode = METRIC_MODES[metric]
-    n_startup = max(2, min(10, spec.search["num_samples"] // 3))
-    searcher = OptunaSearch(
-        space=OptunaSpace(spec.trial_params()),
-        # TPE learns from each trial's best epoch, the value selection uses too.
-        metric=f"best_{metric}",
-        mode=mode,
-        sampler=optuna.samplers.TPESampler(seed=spec.search["seed"], n_startup_trials=n_startup),
-        storage=optuna.storages.RDBStorage(f"sqlite:///{(folder / results.STUDY_FILE).resolve()}"),
-        study_name=spec.name,
-    )
-    max_epochs = spec.scheduler.get("max_epochs", spec.fixed.get("epochs", TrainConfig().epochs))
-    scheduler = ASHAScheduler(
-        metric=metric,
-        mode=mode,
-        time_attr="training_iteration",
-        max_t=max_epochs,
-        grace_period=spec.scheduler.get("grace_period", 1),
-        reduction_factor=spec.scheduler.get("reduction_factor", 2),
-    )
-    return tune.Tuner(
-        trainable,
-        param_space=spec.param_space(),
-        tune_config=tune.TuneConfig(
-            search_alg=searcher,
-            scheduler=scheduler,
-            num_samples=spec.search["num_samples"],
-            max_concurrent_trials=spec.search["max_concurrent"],
-            # Trials of one search share imports and CUDA context; each still builds its own model from config.
-            reuse_actors=True,
-            trial_name_creator=trial_name,
-            trial_dirname_creator=trial_name,
-        ),
-        run_config=tune.RunConfig(
-            name=spec.name,
-            storage_path=storage or str(folder.parent.resolve()),
-            checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=KEEP_CHECKPOINTS, checkpoint_score_attribute=metric, checkpoint_score_order=mode
-            ),
-            # A failing trial (OOM, NaN loss, exception) is recorded with its error; the others go on.
-            failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
-            verbose=verbose,
-            progress_reporter=console.StatusTable(list(spec.params), metric, console.logdir_of(folder, storage)),
-            callbacks=[console.SearchProgress(list(spec.params), metric, verbose), *(callbacks or [])],
-        ),
-    )
-
-
-def trial_name(trial: Any) -> str:
-    """Short trial folder names (Tune's default packs the whole config into the path)."""
-    return f"trial_{trial.trial_id}"
-
-
 def run_search(
     spec: SearchSpec,
     folder: Path,
@@ -253,47 +191,55 @@ def run_search(
     export_best: bool = True,
     verbose: int = 1,
     dashboard: monitor.StudyDashboard | None = None,
+    datasets: dict[int, TokenizedDataset] | None = None,
+    setup_seconds: float = 0.0,
 ) -> int:
     """Run (or resume) the search in a started Ray, write trials.csv, export and test the best trial.
 
     `dashboard` (bound, not yet serving) starts serving once the tuner has created the Optuna study.
+    datasets: prepare_datasets(spec), when the caller made them already (and took setup_seconds doing so).
     """
     path = results.experiment_path(folder, storage)
     started_before = tune.Tuner.can_restore(path)
     if not resume and started_before:
         raise SpaceError(f"experiment {path} already exists; continue it with --resume, or pick another --name")
     metric = spec.search["metric"]
-    started = time.perf_counter()
-    datasets = prepare_datasets(spec)
-    setup_seconds = time.perf_counter() - started
-    trainable = make_trainable(spec, datasets)
+    if datasets is None:
+        started = time.perf_counter()
+        datasets = prepare_datasets(spec)
+        setup_seconds = time.perf_counter() - started
+    trainable = tuner.make_trainable(spec, datasets)
     if resume and started_before:
         print(f"resuming {path}")
-        tuner = tune.Tuner.restore(
+        runner = tune.Tuner.restore(
             path, trainable=trainable, resume_unfinished=True, resume_errored=retry_errored, restart_errored=False
         )
     else:
         if resume:
             print(f"{path} has no trials yet; starting the search")
-        tuner = make_tuner(spec, trainable, folder, storage, verbose)
+        runner = tuner.make_tuner(spec, trainable, folder, storage, verbose)
     logdir = console.logdir_of(folder, storage)
     if dashboard is not None:
         dashboard.start()
     if verbose:
         console.print_start(folder, logdir, spec.search["num_samples"], dashboard.url if dashboard else None)
     with console.ray_console(verbose):
-        grid = tuner.fit()
-    table = results.write_trials_table(path, folder, metric=metric)
+        grid = runner.fit()
+    # Statuses from Ray's saved state, corrected by what fit() returned here (a worker that died is ERROR).
+    table = outcome.settle(results.trials_table(results.Experiment(path).trials(), metric), grid)
+    write_csv(folder / results.TRIALS_FILE, table)
+    outcome.tell_study(folder, spec.name, path, metric)
     results.print_summary(table, metric)
     print(f"dataset setup: {setup_seconds:.1f}s once for {len(table)} trial(s)")
-    finished = int(table["status"].isin(["TERMINATED", "ERROR"]).sum())
-    if finished < spec.search["num_samples"]:
+    code = outcome.exit_code(table, spec.search["num_samples"], any_results=len(grid) > 0)
+    if code != cli.EXIT_OK:
+        finished = int(table["status"].isin(outcome.DONE).sum())
         print(
             f"the search stopped early ({finished}/{spec.search['num_samples']} trials finished); continue it "
             "or export the best trial so far with the commands below"
         )
         console.print_outputs(folder, logdir, metric, finished=False, exported=False)
-        return cli.EXIT_INTERRUPTED if len(grid) else cli.EXIT_FAILURE
+        return code
     if not export_best:
         console.print_outputs(folder, logdir, metric, finished=True, exported=False)
         return cli.EXIT_OK
@@ -327,29 +273,46 @@ def _main(argv: Sequence[str] | None) -> int:
         storage = str(Path(storage).expanduser().resolve())
     if args.resume and overrides:
         print("note: with --resume the experiment keeps the settings it was started with; overrides are ignored")
-    settings = spec.to_dict()
-    if storage:
-        settings[results.STORAGE_KEY] = storage
+    requests = resources.trial_requests(
+        spec.resources["cpus_per_trial"], spec.resources["gpus_per_trial"], spec.model_choices()
+    )
+    if not args.address:  # a Ray started here: check this machine now, before weights are fetched or Ray starts
+        check_devices(spec, torch.cuda.device_count())
+        resources.preflight_local(requests)
+    # One search per experiment folder: a second one of the same name stops here (exit 2), naming the first.
+    with ExperimentLock(folder):
+        return _locked_main(args, spec, folder, storage, requests)
+
+
+def _locked_main(
+    args: argparse.Namespace, spec: SearchSpec, folder: Path, storage: str | None, requests: dict[str, Any]
+) -> int:
+    """The search, once this process holds the experiment folder's lock: data first, then files, then Ray."""
     if not args.resume and tune.Tuner.can_restore(results.experiment_path(folder, storage)):
         raise SpaceError(
             f"experiment {results.experiment_path(folder, storage)} already exists; continue it with "
             "--resume, or pick another --name"
         )
+    check_pretrained(spec)
+    # Before anything is written or Ray starts: a dataset that cannot be used costs seconds and leaves nothing.
+    started = time.perf_counter()
+    datasets = prepare_datasets(spec)
+    setup_seconds = time.perf_counter() - started
+    settings = spec.to_dict()
+    if storage:
+        settings[results.STORAGE_KEY] = storage
     if not args.resume or not (folder / results.SETTINGS_FILE).exists():
         results.save_settings(folder, settings)
+    _record_environment(spec, folder)
     # Short epochs make Tune snapshot often (num_to_keep forces it); that is expected here, not a problem.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    requests = resources.trial_requests(
-        spec.resources["cpus_per_trial"], spec.resources["gpus_per_trial"], spec.model_choices()
-    )
-    if not args.address:  # a Ray started here: check this machine now, before weights are fetched or Ray starts
-        resources.preflight_local(requests)
-    check_pretrained(spec)
     console.quiet_ray_hints()  # before Ray starts: its token warning is logged by ray.init
     dashboard = None
     if args.optuna_dashboard is not None:  # bound now, so a port in use fails before Ray starts
         dashboard = monitor.StudyDashboard(folder / results.STUDY_FILE, args.optuna_dashboard, "--optuna-dashboard")
     shutdown = False
+    session = None
+    keep_logs = True
     try:
         shutdown = cluster.init_ray(
             address=args.address,
@@ -358,8 +321,9 @@ def _main(argv: Sequence[str] | None) -> int:
             dashboard_port=args.dashboard_port,
             allow_no_auth=args.allow_no_auth,
         )
+        session = cluster.session_dir() if shutdown and not args.address else None  # ours alone: removed at the end
         resources.preflight(requests)  # the cluster actually running (a joined one, or a Ray this process found)
-        return run_search(
+        code = run_search(
             spec,
             folder,
             storage=storage,
@@ -368,12 +332,33 @@ def _main(argv: Sequence[str] | None) -> int:
             export_best=not args.no_export,
             verbose=args.verbose,
             dashboard=dashboard,
+            datasets=datasets,
+            setup_seconds=setup_seconds,
         )
+        keep_logs = False
+        return code
+    except (InputError, KeyboardInterrupt):
+        keep_logs = False  # Ray's logs say nothing about bad input or Ctrl-C
+        raise
     finally:
         if dashboard is not None:
             dashboard.stop()
         if shutdown:
             ray.shutdown()
+        if session is not None:
+            cluster.remove_session_dir(session, keep=keep_logs)
+
+
+def _record_environment(spec: SearchSpec, folder: Path) -> None:
+    """environment.json: what decides the numbers besides the settings, so two results can be compared."""
+    cpus = spec.resources["cpus_per_trial"]
+    environment.record(
+        folder,
+        search_seed=spec.search["seed"],
+        training_seed=spec.fixed.get("seed", "searched" if "seed" in spec.params else TrainConfig().seed),
+        # Every trial's torch threads (from cpus_per_trial): the float reduction order of its training follows it.
+        trial_threads=trial_threads(cpus),
+    )
 
 
 if __name__ == "__main__":

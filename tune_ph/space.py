@@ -6,8 +6,6 @@ The file format is documented in search_spaces/README.md.
 from __future__ import annotations
 
 import copy
-import difflib
-import math
 import re
 from pathlib import Path
 from typing import Any
@@ -22,17 +20,16 @@ from tune_ph.search_spec import (
     FIELD_TYPES,
     UNSEARCHABLE,
     OptunaSpace,
-    Param,
     SearchSpec,
     default_of,
     dependency_order,
     values_of,
 )
+from tune_ph.space_params import Checker, check_value, coerce, parse_param
 
 __all__ = ["FIELD_TYPES", "OptunaSpace", "SearchSpec", "SpaceError", "apply_overrides", "load_space", "parse_space"]
 
 METRICS = tuple(config.METRIC_MODES)
-DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
 SECTIONS = ("name", "fixed", "space", "search", "scheduler", "resources")
 SEARCH_KEYS = {"num_samples": int, "seed": int, "max_concurrent": int, "metric": str}
 SCHEDULER_KEYS = {"grace_period": int, "reduction_factor": (int, float), "max_epochs": int}
@@ -41,124 +38,9 @@ RESOURCE_KEYS = {"cpus_per_trial": (int, float), "gpus_per_trial": (int, float)}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
-class _Checker:
-    """Collects the file name so every error says where it is."""
-
-    def __init__(self, path: str):
-        self.path = path
-
-    def fail(self, key: str, message: str) -> None:
-        raise SpaceError(f"{self.path}: {key}: {message}")
-
-    def check_type(self, key: str, value: Any, types: type | tuple[type, ...]) -> None:
-        try:
-            config.check_type(key, value, types if isinstance(types, tuple) else (types,))
-        except ConfigError as err:
-            self.fail(key, err.message)
-
-    def check_keys(self, key: str, mapping: Any, allowed: Any) -> None:
-        if not isinstance(mapping, dict):
-            self.fail(key, f"expected a mapping, got {mapping!r}")
-        for k in mapping:
-            if k not in allowed:
-                where = f"{key}.{k}" if key else str(k)
-                close = difflib.get_close_matches(str(k), list(map(str, allowed)), n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                self.fail(where, f"unknown key{hint}; allowed: {', '.join(map(str, allowed))}")
-
-
-def _coerce(name: str, value: Any) -> Any:
-    """YAML 1.1 reads 1e-5 (no dot) as a string; accept it as the number it obviously is."""
-    if isinstance(value, str) and float in FIELD_TYPES.get(name, ()):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
-
-
-def _check_value(ck: _Checker, key: str, name: str, value: Any) -> None:
-    """Type and range of one TrainConfig value, by TrainConfig's own rules."""
-    try:
-        config.check_field(name, value)
-    except ConfigError as err:
-        ck.fail(key, err.message)
-
-
-def _parse_param(ck: _Checker, key: str, name: str, spec: Any, nested: bool = False) -> Param:
-    if not isinstance(spec, dict):
-        spec = _coerce(name, spec)
-        if isinstance(spec, list):
-            ck.fail(key, "a list is not a value; write {choice: [...]} to search over it")
-        _check_value(ck, key, name, spec)
-        return Param(name, None, spec)
-    dists = [k for k in spec if k in DISTRIBUTIONS]
-    if "per" in spec:
-        if nested:
-            ck.fail(key, "`per` cannot be nested")
-        ck.check_keys(key, spec, ("per", "values", "when"))
-        per = spec["per"]
-        if per != "model":
-            ck.fail(f"{key}.per", f"only `per: model` is supported, got {per!r}")
-        values = spec.get("values")
-        if not isinstance(values, dict) or not values:
-            ck.fail(f"{key}.values", "expected a non-empty mapping of model size -> value or distribution")
-        parsed = {str(m): _parse_param(ck, f"{key}.values.{m}", name, v, nested=True) for m, v in values.items()}
-        param = Param(name, per=per, values=parsed)
-    elif len(dists) != 1:
-        ck.fail(
-            key,
-            f"expected exactly one of {', '.join(DISTRIBUTIONS)} (or per: model, or a plain value); "
-            f"got keys {', '.join(map(str, spec)) or 'none'}",
-        )
-        raise AssertionError  # unreachable: fail() raises
-    else:
-        dist = dists[0]
-        ck.check_keys(key, spec, (dist, "when"))
-        args = spec[dist]
-        if isinstance(args, list):
-            args = [_coerce(name, v) for v in args] if dist != "randint" else args
-        dkey = f"{key}.{dist}"
-        if dist == "choice":
-            if not isinstance(args, list) or not args:
-                ck.fail(dkey, "expected a non-empty list of values")
-            for i, v in enumerate(args):
-                _check_value(ck, f"{dkey}[{i}]", name, v)
-            if len({repr(v) for v in args}) != len(args):
-                ck.fail(dkey, f"duplicate values in {args!r}")
-        else:
-            if not isinstance(args, list) or len(args) != 2:
-                ck.fail(dkey, f"expected [low, high], got {args!r}")
-            needed = int if dist == "randint" else float
-            if needed not in FIELD_TYPES[name]:
-                takes = " or ".join(config.type_name(t) for t in FIELD_TYPES[name])
-                ck.fail(key, f"{name} takes {takes}; {dist} cannot produce that (use choice)")
-            for i, v in enumerate(args):
-                ck.check_type(f"{dkey}[{i}]", v, (int,) if dist == "randint" else (float, int))
-                _check_value(ck, f"{dkey}[{i}]", name, v)
-            low, high = args
-            if not low < high:
-                ck.fail(dkey, f"low must be below high, got [{low}, {high}]")
-            if dist == "loguniform" and low <= 0:
-                ck.fail(dkey, f"loguniform needs low > 0, got {low}")
-            if not (math.isfinite(low) and math.isfinite(high)):
-                ck.fail(dkey, "bounds must be finite")
-        param = Param(name, dist, args)
-    if "when" in spec:
-        when = spec["when"]
-        if not isinstance(when, dict) or not when:
-            ck.fail(f"{key}.when", "expected a mapping like {head: [mlp2, mlp3]}")
-        param.when = {}
-        for dep, allowed in when.items():
-            if not isinstance(allowed, list) or not allowed:
-                allowed = [allowed]
-            param.when[str(dep)] = allowed
-    return param
-
-
 def parse_space(raw: Any, path: str = "<space>") -> SearchSpec:
     """Validate a loaded YAML document; raise SpaceError naming the file and key on the first problem."""
-    ck = _Checker(path)
+    ck = Checker(path)
     if not isinstance(raw, dict):
         ck.fail("(top level)", f"expected a mapping with sections {', '.join(SECTIONS)}")
     ck.check_keys("", raw, SECTIONS)
@@ -179,11 +61,11 @@ def parse_space(raw: Any, path: str = "<space>") -> SearchSpec:
             if value.get("per") != "model" or not isinstance(value.get("values"), dict) or not value["values"]:
                 ck.fail(key, "expected a number or {per: model, values: {size: number}}")
             for m, v in value["values"].items():
-                _check_value(ck, f"{key}.values.{m}", "max_length", v)
+                check_value(ck, f"{key}.values.{m}", "max_length", v)
             fixed[name] = {str(m): v for m, v in value["values"].items()}
         else:
-            fixed[name] = value = _coerce(name, value)
-            _check_value(ck, key, name, value)
+            fixed[name] = value = coerce(name, value)
+            check_value(ck, key, name, value)
     spec.fixed = dict(fixed)
 
     space = raw["space"]
@@ -192,7 +74,7 @@ def parse_space(raw: Any, path: str = "<space>") -> SearchSpec:
         key = f"space.{name}"
         if name in fixed:
             ck.fail(key, f"{name} is also in fixed; keep it in one section")
-        param = _parse_param(ck, key, name, value)
+        param = parse_param(ck, key, name, value)
         if param.dist is None and param.per is None:
             spec.fixed[name] = param.args  # a plain scalar under space: just a fixed value
             continue
@@ -217,7 +99,7 @@ def parse_space(raw: Any, path: str = "<space>") -> SearchSpec:
             possible = _possible_values(spec, dep)
             for v in allowed:
                 if dep in FIELD_TYPES:
-                    _check_value(ck, f"{key}.when.{dep}", dep, v)
+                    check_value(ck, f"{key}.when.{dep}", dep, v)
                 if dep in spec.params and possible is not None and v not in possible:
                     ck.fail(
                         f"{key}.when.{dep}", f"{v!r} is not a possible {dep}; possible: {', '.join(map(str, possible))}"
@@ -258,7 +140,7 @@ def _possible_values(spec: SearchSpec, name: str) -> list | None:
     return [default_of(name)] if name in FIELD_TYPES else None
 
 
-def check_name(ck: _Checker, key: str, name: str) -> None:
+def check_name(ck: Checker, key: str, name: str) -> None:
     """An experiment name is one folder under --output-dir; `../x` or `/abs` would write elsewhere."""
     if not _NAME.match(name) or name in (".", ".."):
         ck.fail(
@@ -268,7 +150,7 @@ def check_name(ck: _Checker, key: str, name: str) -> None:
         )
 
 
-def _section(ck: _Checker, raw: dict, name: str, keys: dict, per_model: tuple = ()) -> dict:
+def _section(ck: Checker, raw: dict, name: str, keys: dict, per_model: tuple = ()) -> dict:
     section = raw.get(name) or {}
     ck.check_keys(name, section, keys)
     out = {}
@@ -300,16 +182,18 @@ def _resolve_fixed_conditions(spec: SearchSpec) -> None:
 
 def validate(spec: SearchSpec) -> None:
     """Cross-field checks, rerun after CLI overrides: ranges, lengths that fit each model, resources."""
-    ck = _Checker(spec.path)
+    ck = Checker(spec.path)
     _resolve_fixed_conditions(spec)
     s, sch, res = spec.search, spec.scheduler, spec.resources
     for k, v in spec.fixed.items():
         if k in FIELD_TYPES and not (k == "max_length" and isinstance(v, dict)):
-            _check_value(ck, f"fixed.{k}", k, v)
+            check_value(ck, f"fixed.{k}", k, v)
     if s["num_samples"] < 1:
         ck.fail("search.num_samples", f"must be >= 1, got {s['num_samples']}")
     if s["max_concurrent"] < 1:
         ck.fail("search.max_concurrent", f"must be >= 1, got {s['max_concurrent']}")
+    if not 0 <= s["seed"] < 2**32:  # numpy's seed range, which Optuna's TPE sampler uses
+        ck.fail("search.seed", f"must be >= 0 and below 2**32 (--seed overrides it), got {s['seed']}")
     if s["metric"] not in METRICS:
         ck.fail("search.metric", f"unknown metric {s['metric']!r}; allowed: {', '.join(METRICS)}")
     epochs = spec.fixed.get("epochs", default_of("epochs"))
@@ -374,7 +258,14 @@ def load_space(path: str | Path) -> SearchSpec:
             f"{path}: no such file; the shipped spaces are in search_spaces/ (heads.yaml, sizes.yaml, quick.yaml)"
         )
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[: err.start].count(b"\n") + 1
+        raise SpaceError(
+            f"{path}: not UTF-8 text (byte {err.object[err.start]:#04x} on line {line}); save the file as UTF-8"
+        ) from None
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise SpaceError(f"{path}: not valid YAML: {err}") from err
     return parse_space(raw, str(path))
@@ -395,7 +286,7 @@ def apply_overrides(spec: SearchSpec, overrides: dict[str, Any]) -> SearchSpec:
             spec.params.pop(key, None)
             spec.fixed[key] = value
         elif key == "name":
-            check_name(_Checker(spec.path), "--name", value)
+            check_name(Checker(spec.path), "--name", value)
             spec.name = value
         else:
             raise SpaceError(f"{spec.path}: unknown override {key!r}")
@@ -409,3 +300,24 @@ def apply_overrides(spec: SearchSpec, overrides: dict[str, Any]) -> SearchSpec:
     )
     validate(spec)
     return spec
+
+
+def check_devices(spec: SearchSpec, cuda_devices: int) -> None:
+    """Refuse a `device` (fixed, searched or --device) that asks for CUDA on a machine with no CUDA GPU.
+
+    For a search run on this machine only (a cluster's nodes may have GPUs this one lacks): every trial with that
+    device would fail, one after the other, after the search had started.
+    """
+    if cuda_devices > 0:
+        return
+    ck = Checker(spec.path)
+    fix = "train on the CPU with --device cpu (or device: cpu / auto in the file)"
+    values = [("fixed.device", spec.fixed.get("device", default_of("device")))]
+    if "device" in spec.params:
+        values = [(f"space.device.choice[{i}]", v) for i, v in enumerate(values_of(spec.params["device"]))]
+    for key, value in values:
+        if str(value).startswith("cuda"):
+            written = (spec.raw.get("fixed") or {}).get("device", (spec.raw.get("space") or {}).get("device"))
+            if key == "fixed.device" and written != value:
+                key = "--device"  # the value came from the command line, not the file
+            ck.fail(key, f"{value!r} asks for a CUDA GPU, but this machine has none; {fix}")

@@ -17,6 +17,8 @@ import torch
 from tqdm.auto import tqdm
 
 from hyena_dna import tokenizer
+from tune_ph import token_cache
+from tune_ph.token_cache import default_cache_dir as default_cache_dir  # where it always was (baseline uses it)
 
 log = logging.getLogger(__name__)
 
@@ -222,12 +224,6 @@ def fingerprint(df: pd.DataFrame) -> str:
     return h.hexdigest()
 
 
-def default_cache_dir() -> Path:
-    """Where token caches live: $TUNE_PH_CACHE, else ~/.cache/tune_ph/tokens."""
-    env = os.environ.get("TUNE_PH_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "tune_ph" / "tokens"
-
-
 def split_hash(split: Mapping[str, Sequence[str]]) -> str:
     """A short hash of the train/val/test sample ids (order-free): part of every cache key."""
     payload = json.dumps({k: sorted(map(str, split.get(k, []))) for k in SPLITS}, sort_keys=True)
@@ -290,17 +286,22 @@ def build(
     cache_dir: str | os.PathLike | None = None,
     use_cache: bool = True,
 ) -> TokenizedDataset:
-    """Tokenized read sets of cleaned samples, read from / written to an on-disk cache keyed by content."""
+    """Tokenized read sets of cleaned samples, read from / written to an on-disk cache keyed by content.
+
+    The cache is capped ($TUNE_PH_CACHE_MAX_GB, default 5 GiB): after a write, least recently used entries go.
+    """
     if max_length < 1 or num_sets < 1:
         raise ValueError(f"max_length and num_sets must be >= 1, got {max_length} and {num_sets}")
-    fp = fingerprint(df)
     if not use_cache:
-        return tokenize(df, split, max_length=max_length, num_sets=num_sets, fp=fp)
-    folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+        return tokenize(df, split, max_length=max_length, num_sets=num_sets, fp=fingerprint(df))
+    limit = token_cache.max_bytes()  # a bad setting fails before minutes of tokenizing
+    fp = fingerprint(df)
+    folder = token_cache.cache_folder(cache_dir)
     path = folder / f"{fp}-L{max_length}-n{num_sets}-s{split_hash(split)}-v{CACHE_FORMAT}.npz"
     if path.exists():
         try:
             ds = TokenizedDataset.load(path)
+            token_cache.touch(path)
             log.info("token cache hit: %s", path)
             return ds
         except (OSError, ValueError, KeyError) as exc:  # a damaged cache is rebuilt, not fatal
@@ -311,4 +312,6 @@ def build(
         log.info("token cache written: %s", path)
     except OSError as exc:  # a read-only cache folder should not stop training
         log.warning("could not write the token cache %s (%s); set TUNE_PH_CACHE to a writable folder", path, exc)
+        return ds
+    token_cache.enforce_cap(folder, limit, keep=path)
     return ds

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from tune_ph import cli, config, data
+from tune_ph import cli, config, data, environment
 from tune_ph.config import TrainConfig, is_better, worst_value
 from tune_ph.evaluate import evaluate_checkpoint
 from tune_ph.files import save_torch, write_json
@@ -325,6 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     args = parse_args(argv)
     cfg = TrainConfig(**config.given_fields(args))
+    resolve_device(cfg.device)  # e.g. cuda on a machine without one: refused before anything is built or written
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     # The backbone first: a missing pretrained checkpoint should fail before minutes of data preparation.
@@ -336,6 +337,7 @@ def _main(argv: Sequence[str] | None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "split.json", dataset.split_dict())
     write_json(out / "config.json", {"train_config": cfg.to_dict(), "model_config": model.backbone.config.to_dict()})
+    environment.write(out, seed=cfg.seed, split_seed=cfg.split_seed)  # what else decides the numbers
     sizes = (len(dataset.set_indices(name)) for name in ("train", "val", "test"))
     log.info("run folder %s; %d train / %d val / %d test sets", out, *sizes)
 

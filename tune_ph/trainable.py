@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-import os
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -25,15 +25,20 @@ def _cap_cuda_memory(gpus: float) -> None:
         torch.cuda.set_per_process_memory_fraction(float(gpus), device=0)
 
 
+def trial_threads(cpus: float | None) -> int:
+    """Torch threads of a trial with `cpus` CPUs from Ray: the whole CPUs, at least 1 (as Ray's OMP_NUM_THREADS)."""
+    return max(math.floor(cpus or 1), 1)
+
+
 def train_trial(config: dict[str, Any], datasets: dict[int, TokenizedDataset], metric: str = "val_loss") -> None:
     """Tune function trainable; `datasets` (keyed by max length) arrive once through tune.with_parameters."""
     started = time.perf_counter()
     # One "checkpoint created" line per epoch per trial would drown Tune's status table.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
-    # Each trial gets its own CPU budget from Ray; torch would otherwise use every core of the node.
-    threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
-    if threads > 0:
-        torch.set_num_threads(threads)
+    # Each trial gets its own CPU budget from Ray; torch would otherwise use every core of the node. From the CPUs
+    # Ray assigned, not OMP_NUM_THREADS (Ray keeps a value exported in the shell): the thread count changes float
+    # reduction order, and so the numbers, and must follow the search's settings, not the machine's environment.
+    torch.set_num_threads(trial_threads(ray.get_runtime_context().get_assigned_resources().get("CPU")))
     cfg = TrainConfig.from_trial(config)
     dataset = datasets[cfg.max_length]
     # The share Ray gave this trial (resources.gpus_per_trial, per model): one source, the scheduler's own.
@@ -58,6 +63,7 @@ def train_trial(config: dict[str, Any], datasets: dict[int, TokenizedDataset], m
         # TPE learns from each trial's best epoch, the epoch that export would pick.
         report[f"best_{metric}"] = best
         report["node_id"] = node_id
+        report["torch_threads"] = torch.get_num_threads()  # decides float reduction order (environment.json)
         report["setup_seconds"] = setup_seconds
         with tempfile.TemporaryDirectory(prefix="tune_ph_ckpt_") as folder:
             torch.save(state_fn(), Path(folder) / STATE_FILE)

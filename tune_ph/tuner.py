@@ -1,0 +1,95 @@
+"""The Ray Tune Tuner of a search: the trainable with the datasets in the object store, OptunaSearch and ASHA."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import optuna
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from tune_ph import console, results
+from tune_ph.config import METRIC_MODES, TrainConfig
+from tune_ph.search_spec import OptunaSpace, SearchSpec
+from tune_ph.tokens import TokenizedDataset
+from tune_ph.trainable import train_trial
+
+# Per trial, Tune keeps the best checkpoints by the search metric (and always the latest, for resuming).
+KEEP_CHECKPOINTS = 2
+
+
+def make_trainable(spec: SearchSpec, datasets: dict[int, TokenizedDataset]) -> Any:
+    """train_trial with the datasets in the object store (once) and per-trial resources."""
+    trainable = tune.with_parameters(train_trial, datasets=datasets, metric=spec.search["metric"])
+    cpus = spec.resources["cpus_per_trial"]
+    if isinstance(spec.resources["gpus_per_trial"], dict):
+        return tune.with_resources(trainable, lambda cfg: {"cpu": cpus, "gpu": spec.gpus_for(cfg["model"])})
+    return tune.with_resources(trainable, {"cpu": cpus, "gpu": spec.gpus_for(spec.model_choices()[0])})
+
+
+def make_tuner(
+    spec: SearchSpec,
+    trainable: Any,
+    folder: Path,
+    storage: str | None,
+    verbose: int,
+    callbacks: list[tune.Callback] | None = None,
+) -> tune.Tuner:
+    """A fresh Tuner: OptunaSearch (seeded TPE, study in SQLite) + ASHA, both on the search metric.
+
+    The console reporter and callbacks are saved with the Tuner, so a --resume shows the same console.
+    """
+    metric = spec.search["metric"]
+    mode = METRIC_MODES[metric]
+    n_startup = max(2, min(10, spec.search["num_samples"] // 3))
+    searcher = OptunaSearch(
+        space=OptunaSpace(spec.trial_params()),
+        # TPE learns from each trial's best epoch, the value selection uses too.
+        metric=f"best_{metric}",
+        mode=mode,
+        sampler=optuna.samplers.TPESampler(seed=spec.search["seed"], n_startup_trials=n_startup),
+        storage=optuna.storages.RDBStorage(f"sqlite:///{(folder / results.STUDY_FILE).resolve()}"),
+        study_name=spec.name,
+    )
+    max_epochs = spec.scheduler.get("max_epochs", spec.fixed.get("epochs", TrainConfig().epochs))
+    scheduler = ASHAScheduler(
+        metric=metric,
+        mode=mode,
+        time_attr="training_iteration",
+        max_t=max_epochs,
+        grace_period=spec.scheduler.get("grace_period", 1),
+        reduction_factor=spec.scheduler.get("reduction_factor", 2),
+    )
+    return tune.Tuner(
+        trainable,
+        param_space=spec.param_space(),
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=spec.search["num_samples"],
+            max_concurrent_trials=spec.search["max_concurrent"],
+            # Trials of one search share imports and CUDA context; each still builds its own model from config.
+            reuse_actors=True,
+            trial_name_creator=trial_name,
+            trial_dirname_creator=trial_name,
+        ),
+        run_config=tune.RunConfig(
+            name=spec.name,
+            storage_path=storage or str(folder.parent.resolve()),
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=KEEP_CHECKPOINTS, checkpoint_score_attribute=metric, checkpoint_score_order=mode
+            ),
+            # A failing trial (OOM, NaN loss, exception) is recorded with its error; the others go on.
+            failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+            verbose=verbose,
+            progress_reporter=console.StatusTable(list(spec.params), metric, console.logdir_of(folder, storage)),
+            callbacks=[console.SearchProgress(list(spec.params), metric, verbose), *(callbacks or [])],
+        ),
+    )
+
+
+def trial_name(trial: Any) -> str:
+    """Short trial folder names (Tune's default packs the whole config into the path)."""
+    return f"trial_{trial.trial_id}"
