@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import ROOT, tiny_space, write_space
+from helpers import KILL_ONCE, ROOT, tiny_space, write_space
 
 from tune_ph import console, monitor, results
 
@@ -102,7 +102,9 @@ def test_summary_of_a_stopped_search_gives_the_resume_command(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_search_console_shows_hyperparameters_best_so_far_and_outputs(ray_session, tmp_path, capfd, monkeypatch):
+def test_search_console_shows_hyperparameters_best_so_far_and_outputs(
+    ray_session, kill_dir, tmp_path, capfd, monkeypatch
+):
     served = []
     original_start = monitor.StudyDashboard.start
 
@@ -114,12 +116,16 @@ def test_search_console_shows_hyperparameters_best_so_far_and_outputs(ray_sessio
         return self
 
     monkeypatch.setattr(monitor.StudyDashboard, "start", start_and_fetch)
-    # As in test_failing_trial_is_recorded_while_others_finish: the cuda:7 trials fail, the cpu ones finish.
+    # As in test_failing_trial_is_recorded_while_others_finish: the first trial raises (helpers.kill_switch in
+    # the Ray workers), the others finish.
     space = tiny_space(name="console", search__num_samples=4, scheduler__grace_period=2)
-    space["fixed"].pop("device")
-    space["space"]["device"] = {"choice": ["cpu", "cuda:7"]}
     args = ["--space", str(write_space(tmp_path, space)), "--output-dir", str(tmp_path), "--optuna-dashboard", "0"]
-    rc = search_main(args + ["--verbose", "1"])
+    (kill_dir / "killed").unlink(missing_ok=True)
+    (kill_dir / KILL_ONCE).write_text("raise")
+    try:
+        rc = search_main(args + ["--verbose", "1"])
+    finally:
+        (kill_dir / KILL_ONCE).unlink()
     captured = capfd.readouterr()  # file descriptors: Ray's own log handlers write there too
     out = captured.out + captured.err
     assert rc == 0, out
@@ -130,8 +136,8 @@ def test_search_console_shows_hyperparameters_best_so_far_and_outputs(ray_sessio
     # The status table has a column per searched hyperparameter, then the search metric and its best.
     header = next(line for line in out.splitlines() if line.startswith("| Trial name"))
     columns = [c.strip() for c in header.strip("|").split("|")]
-    assert columns[3:7] == ["head", "learning_rate", "head_dropout", "device"], columns
-    assert columns[7:9] == ["val_loss", "best val_loss"], columns
+    assert columns[3:6] == ["head", "learning_rate", "head_dropout"], columns
+    assert columns[6:8] == ["val_loss", "best val_loss"], columns
     # Best-so-far lines; the last one is the best trial of trials.csv, with its hyperparameters.
     best_lines = [line for line in out.splitlines() if line.startswith("best so far: ")]
     assert best_lines, out
@@ -141,7 +147,11 @@ def test_search_console_shows_hyperparameters_best_so_far_and_outputs(ray_sessio
     assert f"head={best['config/head']}" in best_lines[-1] and "learning_rate=" in best_lines[-1]
     assert len(re.findall(r"^trial_\w+ started: head=", out, flags=re.M)) == 4
     # A failed trial: one line with its error and where the traceback is, not Ray's 40-line traceback.
-    failed = re.findall(r"^trial_(\w+) FAILED after 0 epoch\(s\): ValueError: device='cuda:7'", out, flags=re.M)
+    failed = re.findall(
+        r"^trial_(\w+) FAILED after 0 epoch\(s\): RuntimeError: injected failure \(helpers.kill_switch\)",
+        out,
+        flags=re.M,
+    )
     assert failed and set(failed) == set(table[table["status"] == "ERROR"]["trial_id"]), out
     assert f"traceback: {folder}/trial_{failed[0]}/error.txt" in out
     assert "Traceback (most recent call last)" not in out
