@@ -167,3 +167,14 @@ def test_plot_residuals_without_environment_and_bad_input(tmp_path: Path) -> Non
     assert plot_residuals(df, tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="residual_mean"):
         plot_residuals(df.drop(columns="residual_mean"), tmp_path / "bad.png")
+
+
+def test_evaluate_refuses_an_unknown_device(tmp_path, capsys):
+    assert evaluate.main(["--checkpoint", str(tmp_path / "x.pt"), "--device", "gpu"]) == 2
+    assert "device must be auto, cpu or cuda" in capsys.readouterr().err
+
+
+def test_training_refuses_no_validation_split(tmp_path, capsys):
+    code = train.main(["--dataset", "demo", "--from-scratch", "--val-fraction", "0", "--output-dir", str(tmp_path)])
+    assert code == 2 and "val_fraction 0 leaves no validation samples" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

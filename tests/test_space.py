@@ -178,3 +178,41 @@ def test_saved_settings_round_trip(name, tmp_path):
     assert again.fixed == spec.fixed and again.search == spec.search and again.resources == spec.resources
     assert again.scheduler == spec.scheduler and again.name == spec.name
     assert set(again.params) == set(spec.params)
+
+
+def test_per_model_values_with_a_fixed_model_resolve_to_that_model(tmp_path):
+    """`per: model` with the model fixed (the README's example): the fixed model's entry is the parameter."""
+    import json
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    raw = {
+        "name": "example",
+        "fixed": {"dataset": "demo", "model": "hyenadna-tiny-1k-seqlen", "epochs": 8},
+        "space": {
+            "head": {"choice": ["linear", "mlp2"]},
+            "batch_size": {"per": "model", "values": {"hyenadna-tiny-1k-seqlen": {"choice": [8, 16]}}},
+        },
+    }
+    spec = parse_space(raw, "example.yaml")
+    config = OptunaSpace(spec.trial_params())(optuna.create_study().ask())
+    assert config["batch_size"] in (8, 16)
+    again = parse_space(json.loads(json.dumps(spec.to_dict())), "saved.json")  # what --resume reads
+    assert set(again.params) == {"head", "batch_size"}
+
+
+def test_model_override_on_a_per_model_space():
+    spec = apply_overrides(load_space(ROOT / "search_spaces" / "sizes.yaml"), {"model": "hyenadna-small-32k-seqlen"})
+    assert "model" not in spec.params and spec.params["batch_size"].args == [4, 8]
+    assert spec.fixed["gradient_checkpointing"] is False  # a per-model scalar became a fixed value
+    with pytest.raises(SpaceError, match="space.batch_size.values: no value for model hyenadna-large-1m-seqlen"):
+        apply_overrides(load_space(ROOT / "search_spaces" / "sizes.yaml"), {"model": "hyenadna-large-1m-seqlen"})
+
+
+def test_scheduler_settings_are_explicit(tmp_path):
+    """Tuner, stop reasons and the report read one set of values, defaults included."""
+    space = tiny_space()
+    del space["scheduler"]
+    del space["fixed"]["epochs"]
+    spec = load_space(write_space(tmp_path, space))
+    assert spec.scheduler == {"max_epochs": 10, "grace_period": 1, "reduction_factor": 2}
+    assert spec.to_dict()["scheduler"] == spec.scheduler

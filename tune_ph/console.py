@@ -160,10 +160,11 @@ class SearchProgress(tune.Callback):
     the experiment for --resume.
     """
 
-    def __init__(self, params: Sequence[str], metric: str, verbose: int = 1):
+    def __init__(self, params: Sequence[str], metric: str, verbose: int = 1, max_epochs: int | None = None):
         self.params = list(params)
         self.metric = metric
         self.best_key = f"best_{metric}"
+        self.max_epochs = max_epochs
         self.verbose = verbose
         self._shown: tuple[str, float] | None = None
         self._best_epoch: dict[str, int] = {}
@@ -194,7 +195,8 @@ class SearchProgress(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         last = trial.last_result or {}
-        epochs, planned = last.get("training_iteration", 0), trial.config.get("epochs")
+        # ASHA's max_epochs, not the config's epochs: a trial that reaches max_epochs has finished.
+        epochs, planned = last.get("training_iteration", 0), self.max_epochs or trial.config.get("epochs")
         value = last.get(self.best_key)
         best = f": best {self.metric} {value:.4g}" if isinstance(value, (int, float)) else ""
         if planned and epochs < planned:

@@ -18,7 +18,7 @@ from hyena_dna import tokenizer
 from tune_ph import cli, fasta, token_cache, tokens
 from tune_ph.config import DEFAULT_DATASET, TrainConfig
 from tune_ph.demo import make_demo
-from tune_ph.errors import BadRowError, DatasetError
+from tune_ph.errors import BadRowError, ConfigError, DatasetError
 from tune_ph.split import split_samples
 from tune_ph.tokens import TokenizedDataset
 
@@ -317,6 +317,12 @@ def prepare(
 
 def prepare_for(cfg: TrainConfig) -> TokenizedDataset:
     """The tokenized dataset a training config reads (max_length resolved from the model when not set)."""
+    if cfg.val_fraction == 0:  # the baseline may do without; training picks its best epoch on val
+        raise ConfigError(
+            "val_fraction",
+            "val_fraction 0 leaves no validation samples, and training picks its best "
+            "epoch on them; use --val-fraction above 0 (default 0.1)",
+        )
     cfg = cfg.resolved()
     return prepare(
         cfg.dataset,

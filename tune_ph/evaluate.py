@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tune_ph import cli, data
+from tune_ph import cli, config, data
 from tune_ph.config import TrainConfig
 from tune_ph.files import write_csv, write_json
 from tune_ph.model import load_checkpoint, resolve_device
@@ -127,8 +127,9 @@ def _main(argv: Sequence[str] | None) -> int:
     p.add_argument("--checkpoint", required=True, help="RUN/best_model.pt")
     p.add_argument("--dataset", default=None, help="override the dataset source stored in the checkpoint")
     p.add_argument("--output-dir", default=None, help="where to write the outputs (default: the checkpoint's folder)")
-    p.add_argument("--device", default="auto")
+    config.add_arguments(p, only=("device",))  # the same flag and rule as training's
     args = p.parse_args(argv)
+    config.check_field("device", args.device)
     metrics = evaluate_checkpoint(args.checkpoint, dataset=args.dataset, output_dir=args.output_dir, device=args.device)
     print(json.dumps(metrics, indent=2))
     return cli.EXIT_OK

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from hyena_dna import HUB_ORG
-from tune_ph import cli, report, results, winner
+from tune_ph import cli, config, report, results, winner
 from tune_ph.config import METRIC_MODES, TrainConfig
 from tune_ph.data import load_samples, split_samples
 from tune_ph.evaluate import evaluate_checkpoint
@@ -168,10 +168,11 @@ def _main(argv: Sequence[str] | None) -> int:
         choices=METRIC_MODES,
         help="selection metric (default: the search's, usually val_loss)",
     )
-    p.add_argument("--device", default="auto")
+    config.add_arguments(p, only=("device",))  # the same flag and rule as training's
     p.add_argument("--no-report", action="store_true")
     p.add_argument("--no-baseline", action="store_true", help="skip the report's k-mer baseline comparison")
     args = p.parse_args(argv)
+    config.check_field("device", args.device)
     folder = Path(args.experiment)
     settings = results.load_settings(folder)
     metric = args.metric or settings.get("search", {}).get("metric", "val_loss")

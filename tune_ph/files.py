@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -13,25 +13,19 @@ from typing import IO, Any
 import torch
 
 
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _current_umask()
-
-
 def _atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
     """Write to a temp file in the same folder, then rename it over `path` (atomic on POSIX)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    # mkstemp makes the file 0600; results are shared with colleagues, so give it the mode open() would.
-    os.chmod(tmp, 0o666 & ~_UMASK)
+    # Created with 0o666 so the kernel applies the umask (mkstemp would make it 0600: results are shared with
+    # colleagues); O_EXCL on a random name, as mkstemp does.
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())  # the data is on disk before the rename makes it the file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

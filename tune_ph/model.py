@@ -163,7 +163,10 @@ def load_checkpoint(path: str | Path) -> tuple[PhRegressor, dict[str, Any]]:
         raise ValueError(f"{path} is not a tune_ph checkpoint: it lacks {', '.join(missing)}")
     cfg = TrainConfig.from_dict(state["train_config"])
     model = _assemble(cfg, HyenaDNAModel(HyenaDNAConfig.from_dict(state["model_config"])))
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:  # weights of another architecture than its own saved config describes
+        raise ValueError(f"{path}: its weights do not fit the model its config describes ({err})") from None
     return model.eval(), state
 
 

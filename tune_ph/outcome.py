@@ -35,6 +35,10 @@ def settle(table: pd.DataFrame, grid: Any) -> pd.DataFrame:
                 log.debug("trial %s: status %s -> ERROR (%s)", trial_id, table.at[row, "status"], result.error)
                 table.at[row, "status"] = "ERROR"
                 table.at[row, "error"] = results.summarize_error(str(result.error))
+                if "stop_reason" in table:
+                    table.at[row, "stop_reason"] = results.stop_reason(
+                        "ERROR", int(table.at[row, "epochs_run"]), None, table.at[row, "error"]
+                    )
     return table
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from dataclasses import dataclass, field
@@ -15,6 +16,8 @@ import pyarrow.fs as pafs
 from tune_ph.config import METRIC_MODES, is_better
 from tune_ph.errors import InputError
 from tune_ph.files import write_csv, write_json
+
+log = logging.getLogger(__name__)
 
 # The files of an experiment folder (experiments/<name>/).
 SETTINGS_FILE = "search_settings.json"  # the effective search settings, re-read by --resume
@@ -94,7 +97,7 @@ class Experiment:
             if info.type != pafs.FileType.Directory or not info.base_name.startswith("trial_"):
                 continue
             trial_id = info.base_name.removeprefix("trial_")
-            rows = [json.loads(line) for line in (self._read(info.base_name, _RESULTS) or "").splitlines() if line]
+            rows = _result_rows(self._read(info.base_name, _RESULTS) or "", f"{self.path}/{info.base_name}")
             error_text = self._read(info.base_name, _ERROR)
             status = statuses.get(trial_id) or ("ERROR" if error_text else "UNKNOWN")
             out.append(
@@ -124,6 +127,21 @@ class Experiment:
 
 # Ray's words for a trial whose process died (no Python exception: SIGKILL, the OOM killer, a segfault).
 _DIED = ("The actor died unexpectedly", "worker process has died", "ActorDiedError")
+
+
+def _result_rows(text: str, where: str) -> list[dict[str, Any]]:
+    """The epochs of a result.json; a last line cut off by a killed driver is skipped, anything else is an error."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if number == len(lines):
+                log.warning("%s/%s: skipped its last line, cut off (%s)", where, _RESULTS, err)
+                break
+            raise InputError(f"{where}/{_RESULTS}: line {number} is not JSON ({err}); the file is damaged") from None
+    return rows
 
 
 def summarize_error(text: str | None) -> str:
@@ -278,6 +296,9 @@ def best_checkpoint(experiment: Experiment, metric: str = "val_loss") -> tuple[T
 
 
 def print_summary(table: pd.DataFrame, metric: str = "val_loss") -> None:
+    if table.empty:
+        print("\nno trial has run yet")
+        return
     counts = table["status"].value_counts().to_dict() if len(table) else {}
     print(f"\n{len(table)} trial(s): " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())))
     key = f"best_{metric}"

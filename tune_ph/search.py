@@ -34,6 +34,7 @@ from tune_ph.config import TrainConfig
 from tune_ph.errors import InputError, SpaceError
 from tune_ph.files import write_csv
 from tune_ph.runlock import ExperimentLock
+from tune_ph.search_spec import values_of
 from tune_ph.space import SearchSpec, apply_overrides, check_devices, check_name, load_space, parse_space
 from tune_ph.space_params import Checker
 from tune_ph.tokens import TokenizedDataset
@@ -153,10 +154,12 @@ def check_pretrained(spec: SearchSpec) -> None:
     this node read the weights from the local cache instead of all downloading them at once.
     """
     if "from_scratch" in spec.params:
-        scratch = spec.params["from_scratch"].args
+        param = spec.params["from_scratch"]
+        entries = list(param.values.values()) if param.per else [param]
+        scratch = [v for entry in entries for v in values_of(entry)]
     else:
         scratch = [spec.fixed.get("from_scratch", False)]
-    if all(scratch):
+    if scratch and all(scratch):
         return
     for model in spec.model_choices():
         resolve_checkpoint_dir(model)
@@ -226,7 +229,8 @@ def run_search(
     with console.ray_console(verbose):
         grid = runner.fit()
     # Statuses from Ray's saved state, corrected by what fit() returned here (a worker that died is ERROR).
-    table = outcome.settle(results.trials_table(results.Experiment(path).trials(), metric), grid)
+    trials = results.Experiment(path).trials()
+    table = outcome.settle(results.trials_table(trials, metric, spec.scheduler["max_epochs"]), grid)
     write_csv(folder / results.TRIALS_FILE, table)
     outcome.tell_study(folder, spec.name, path, metric)
     results.print_summary(table, metric)

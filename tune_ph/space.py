@@ -104,13 +104,6 @@ def parse_space(raw: Any, path: str = "<space>") -> SearchSpec:
                     ck.fail(
                         f"{key}.when.{dep}", f"{v!r} is not a possible {dep}; possible: {', '.join(map(str, possible))}"
                     )
-        if param.per:
-            missing = [m for m in spec.model_choices() if m not in param.values]
-            if missing:
-                ck.fail(
-                    f"{key}.values",
-                    f"no value for model {', '.join(missing)}; every model the search can pick needs one",
-                )
     if "model" in spec.params and values_of(spec.params["model"]) == []:
         ck.fail("space.model", "model can only be searched with choice")
     try:
@@ -124,6 +117,11 @@ def parse_space(raw: Any, path: str = "<space>") -> SearchSpec:
     spec.search.setdefault("max_concurrent", 1)
     spec.search.setdefault("metric", "val_loss")
     spec.scheduler = _section(ck, raw, "scheduler", SCHEDULER_KEYS)
+    # Every scheduler setting is explicit from here on (and in the saved settings): the tuner, the trials table's
+    # stop reasons and the report's rungs all read the same values.
+    spec.scheduler.setdefault("max_epochs", spec.fixed.get("epochs", default_of("epochs")))
+    spec.scheduler.setdefault("grace_period", 1)
+    spec.scheduler.setdefault("reduction_factor", 2)
     spec.resources = _section(ck, raw, "resources", RESOURCE_KEYS, per_model=("gpus_per_trial",))
     spec.resources.setdefault("cpus_per_trial", 1)
     spec.resources.setdefault("gpus_per_trial", 0)
@@ -168,8 +166,30 @@ def _section(ck: Checker, raw: dict, name: str, keys: dict, per_model: tuple = (
     return out
 
 
+def _check_per_model(ck: Checker, spec: SearchSpec) -> None:
+    """Every model the search can pick needs a value in each `per: model` mapping (rechecked after --model)."""
+    for name, param in spec.params.items():
+        if param.per:
+            missing = [m for m in spec.model_choices() if m not in param.values]
+            if missing:
+                ck.fail(
+                    f"space.{name}.values",
+                    f"no value for model {', '.join(missing)}; every model the search can pick needs one",
+                )
+
+
 def _resolve_fixed_conditions(spec: SearchSpec) -> None:
-    """A `when` on a fixed field is decided once: drop the parameter, or drop the condition."""
+    """A `when` or `per: model` on a fixed field is decided once: drop the parameter or the condition, or
+    keep the one entry of a per-model mapping that the fixed model picks."""
+    if "model" not in spec.params:
+        model = spec.fixed.get("model", default_of("model"))
+        for name, param in list(spec.params.items()):
+            if param.per == "model":
+                chosen = param.values[model]
+                chosen.when = param.when
+                spec.params[name] = chosen
+                if chosen.dist is None and not chosen.when:  # one fixed value for that model
+                    spec.fixed[name] = spec.params.pop(name).args
     for name in list(spec.params):
         param = spec.params[name]
         for dep in [d for d in (param.when or {}) if d not in spec.params]:
@@ -183,6 +203,7 @@ def _resolve_fixed_conditions(spec: SearchSpec) -> None:
 def validate(spec: SearchSpec) -> None:
     """Cross-field checks, rerun after CLI overrides: ranges, lengths that fit each model, resources."""
     ck = Checker(spec.path)
+    _check_per_model(ck, spec)
     _resolve_fixed_conditions(spec)
     s, sch, res = spec.search, spec.scheduler, spec.resources
     for k, v in spec.fixed.items():

@@ -331,6 +331,8 @@ def _main(argv: Sequence[str] | None) -> int:
     # The backbone first: a missing pretrained checkpoint should fail before minutes of data preparation.
     seed_everything(cfg.seed)
     model = build_model(cfg)
+    # A hub id's length is known once its config is downloaded: take it from the model, not a lookup table.
+    cfg.max_length = cfg.max_length or model.backbone.config.max_length
     out = Path(cfg.output_dir or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
     cfg.output_dir = str(out)
     dataset = data.prepare_for(cfg)

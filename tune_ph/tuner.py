@@ -11,7 +11,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from tune_ph import console, results
-from tune_ph.config import METRIC_MODES, TrainConfig
+from tune_ph.config import METRIC_MODES
 from tune_ph.search_spec import OptunaSpace, SearchSpec
 from tune_ph.tokens import TokenizedDataset
 from tune_ph.trainable import train_trial
@@ -53,14 +53,14 @@ def make_tuner(
         storage=optuna.storages.RDBStorage(f"sqlite:///{(folder / results.STUDY_FILE).resolve()}"),
         study_name=spec.name,
     )
-    max_epochs = spec.scheduler.get("max_epochs", spec.fixed.get("epochs", TrainConfig().epochs))
+    max_epochs = spec.scheduler["max_epochs"]
     scheduler = ASHAScheduler(
         metric=metric,
         mode=mode,
         time_attr="training_iteration",
         max_t=max_epochs,
-        grace_period=spec.scheduler.get("grace_period", 1),
-        reduction_factor=spec.scheduler.get("reduction_factor", 2),
+        grace_period=spec.scheduler["grace_period"],
+        reduction_factor=spec.scheduler["reduction_factor"],
     )
     return tune.Tuner(
         trainable,
@@ -85,7 +85,10 @@ def make_tuner(
             failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
             verbose=verbose,
             progress_reporter=console.StatusTable(list(spec.params), metric, console.logdir_of(folder, storage)),
-            callbacks=[console.SearchProgress(list(spec.params), metric, verbose), *(callbacks or [])],
+            callbacks=[
+                console.SearchProgress(list(spec.params), metric, verbose, spec.scheduler["max_epochs"]),
+                *(callbacks or []),
+            ],
         ),
     )
 

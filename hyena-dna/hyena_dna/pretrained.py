@@ -247,7 +247,13 @@ def read_checkpoint_tensors(path: str | Path, *, max_bytes: int | None = None) -
         if byteorder in archive.namelist() and archive.read(byteorder).strip() != b"little":
             raise ValueError(f"{path} was saved on a big-endian machine; re-save it on a little-endian one")
         with archive.open(pickles[0]) as fh:
-            obj = _AllowListUnpickler(fh, archive, root, path, max_bytes).load()
+            try:
+                obj = _AllowListUnpickler(fh, archive, root, path, max_bytes).load()
+            except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, KeyError) as err:  # damaged, truncated
+                raise UnsafeCheckpointError(
+                    f"{path}: cannot read the checkpoint's pickle ({type(err).__name__}: "
+                    f"{err}); the file is damaged or not a torch checkpoint"
+                ) from None
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds no state_dict (found {type(obj).__name__})")

@@ -147,3 +147,15 @@ def test_total_cap(tmp_path):
     assert read_checkpoint_tensors(weights, max_bytes=weights.stat().st_size)  # a real file fits its own size
     with pytest.raises(UnsafeCheckpointError, match="over the cap of 1000"):
         read_checkpoint_tensors(weights, max_bytes=1000)
+
+
+def test_a_damaged_pickle_is_one_clear_error(tmp_path):
+    import zipfile
+
+    from hyena_dna.pretrained import UnsafeCheckpointError, read_checkpoint_tensors
+
+    path = tmp_path / "weights.ckpt"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", b"\x80\x04not a pickle at all")
+    with pytest.raises(UnsafeCheckpointError, match="cannot read the checkpoint's pickle"):
+        read_checkpoint_tensors(path)
