@@ -20,7 +20,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
-from tune_ph import cli, config
+from tune_ph import cli, config, files
 from tune_ph.config import TrainConfig
 from tune_ph.data import load_samples, split_samples
 from tune_ph.errors import InputError
@@ -359,8 +359,8 @@ def write_outputs(results: Mapping[str, Mapping[str, Any]], output_dir: str | os
     for model, res in results.items():
         folder = out / model
         folder.mkdir(parents=True, exist_ok=True)
-        write_json(folder / "metrics.json", dict(res["metrics"]))
-        write_csv(folder / "test_predictions.csv", res["predictions"])
+        write_json(folder / files.METRICS_FILE, dict(res["metrics"]))
+        write_csv(folder / files.PREDICTIONS_FILE, res["predictions"])
         folders[model] = folder
     return folders
 
@@ -395,7 +395,7 @@ def _main(argv: Sequence[str] | None) -> int:
     results = run_baseline(df, split, k=k, models=models, cache_dir=cfg.cache_dir, use_cache=not args.no_cache)
     out = Path(args.output_dir or Path("runs") / time.strftime("baseline-%Y%m%d-%H%M%S"))
     write_outputs(results, out)
-    write_json(out / "split.json", split)
+    write_json(out / files.SPLIT_FILE, split)
     log.info("loaded %s in %.1f s; outputs in %s", cfg.dataset, load_s, out)
     for model, res in results.items():
         m = res["metrics"]

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from tune_ph import data, tokens
+from tune_ph import data, files, tokens
 from tune_ph.config import TrainConfig
 from tune_ph.errors import InputError
 from tune_ph.results import BEST_DIR
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_NAME = "best_model.pt"  # what train and export write
+CHECKPOINT_NAME = files.MODEL_FILE  # what train and export write (kept: callers use this name)
 
 __all__ = ["checkpoint_split", "find_checkpoint"]
 
@@ -42,7 +42,7 @@ def find_checkpoint(path: str | Path) -> Path:
 
 def checkpoint_split(checkpoint: Path, state: dict, samples: pd.DataFrame) -> dict[str, list[str]]:
     """The train/val/test sample ids of a checkpoint: its run's split.json, else recomputed from its train_config."""
-    split_file = checkpoint.parent / "split.json"
+    split_file = checkpoint.parent / files.SPLIT_FILE
     if split_file.is_file():
         try:
             split = json.loads(split_file.read_text())

@@ -14,7 +14,7 @@ from typing import Any
 
 from ray import tune
 
-from tune_ph import monitor, results
+from tune_ph import files, monitor, results
 from tune_ph.config import is_better
 
 # Ray 2.60's default output engine ("AIR", RAY_AIR_NEW_OUTPUT unset or 1) ignores RunConfig(progress_reporter=...)
@@ -266,10 +266,16 @@ def print_outputs(folder: Path, logdir: str, metric: str, *, finished: bool, exp
     if (folder / results.REPORT_FILE).is_file():
         what = f"learning curves, {metric} by hyperparameter, parameter importances (open it in a browser)"
         rows.append((results.REPORT_FILE, what))
-    if (best / "metrics.json").is_file():
-        names = ("best_model.pt", "config.json", "metrics.json", "test_predictions.csv", "residuals.png")
-        files = ", ".join(n for n in names if (best / n).is_file())
-        rows.append((f"{results.BEST_DIR}/", f"the best trial's best epoch, tested once on the test split:\n{files}"))
+    if (best / files.METRICS_FILE).is_file():
+        names = (
+            files.MODEL_FILE,
+            files.RUN_CONFIG_FILE,
+            files.METRICS_FILE,
+            files.PREDICTIONS_FILE,
+            files.RESIDUALS_FILE,
+        )
+        present = ", ".join(n for n in names if (best / n).is_file())
+        rows.append((f"{results.BEST_DIR}/", f"the best trial's best epoch, tested once on the test split:\n{present}"))
     rows.append((results.STUDY_FILE, "the Optuna study: what TPE learned (--resume continues it)"))
     rows.append(("trial_<id>/", "Ray's per-trial results, TensorBoard events and checkpoints"))
     print(f"\noutputs in {folder}/:")

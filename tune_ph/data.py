@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from hyena_dna import tokenizer
-from tune_ph import cli, fasta, token_cache, tokens
+from tune_ph import cli, config, fasta, token_cache, tokens
 from tune_ph.config import DEFAULT_DATASET, TrainConfig
 from tune_ph.demo import make_demo
 from tune_ph.errors import BadRowError, ConfigError, DatasetError
@@ -366,8 +366,7 @@ def _main(argv: Sequence[str] | None) -> int:
     )
     s = sub.add_parser("summary", help="load a dataset source and print its size and split")
     s.add_argument("source", nargs="?", default=DEFAULT_DATASET, help="demo, hub id, folder or file")
-    s.add_argument("--skip-bad-rows", action="store_true", help="drop invalid rows instead of stopping")
-    s.add_argument("--seed", type=int, default=42)
+    config.add_arguments(s, only=("skip_bad_rows", "split_seed", "test_fraction", "val_fraction"))
     token_cache.add_command(sub)
     args = parser.parse_args(argv)
     if args.command == "cache":
@@ -383,7 +382,9 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"use it with: --dataset {res['out']}")
     else:
         df = load_samples(args.source, skip_bad_rows=args.skip_bad_rows)
-        split = split_samples(df, seed=args.seed)
+        split = split_samples(
+            df, seed=args.split_seed, test_fraction=args.test_fraction, val_fraction=args.val_fraction
+        )
         print(f"{len(df)} samples; environments: {df['environment'].value_counts().to_dict()}")
         print({k: len(v) for k, v in split.items()})
     return cli.EXIT_OK

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tune_ph import cli, config, data
+from tune_ph import cli, config, data, files
 from tune_ph.config import TrainConfig
 from tune_ph.files import write_csv, write_json
 from tune_ph.model import load_checkpoint, resolve_device
@@ -107,10 +107,10 @@ def evaluate_checkpoint(
     )
 
     out = Path(output_dir) if output_dir is not None else checkpoint_path.parent
-    write_csv(out / "test_predictions.csv", table)
-    write_json(out / "metrics.json", metrics)  # an undefined R² (one test sample) is written as null
+    write_csv(out / files.PREDICTIONS_FILE, table)
+    write_json(out / files.METRICS_FILE, metrics)  # an undefined R² (one test sample) is written as null
     title = f"Test residuals, R² {metrics['test_r2']:.3f} ({len(table)} samples)"
-    plot_residuals(table, out / "residuals.png", title=title)
+    plot_residuals(table, out / files.RESIDUALS_FILE, title=title)
     return metrics
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from hyena_dna import HUB_ORG
-from tune_ph import cli, config, report, results, winner
+from tune_ph import cli, config, files, report, results, winner
 from tune_ph.config import METRIC_MODES, TrainConfig
 from tune_ph.data import load_samples, split_samples
 from tune_ph.evaluate import evaluate_checkpoint
@@ -68,12 +68,13 @@ def export_best(
     """Copy the best checkpoint to folder/best/ (best_model.pt + config.json) and evaluate it on the test split."""
     experiment = results.Experiment(path)
     trial, checkpoint, metrics = results.best_checkpoint(experiment, metric)
-    out = Path(folder) / results.BEST_DIR
-    if out.exists():
-        shutil.rmtree(out)
+    final = Path(folder) / results.BEST_DIR
+    # Built beside best/ and renamed over it at the end: a failed export never loses the previous one.
+    out = final.with_name(f".{final.name}.new")
+    shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    experiment.copy_checkpoint(trial, checkpoint, out / "best_model.pt")
-    state = torch.load(out / "best_model.pt", map_location="cpu", weights_only=True)
+    experiment.copy_checkpoint(trial, checkpoint, out / files.MODEL_FILE)
+    state = torch.load(out / files.MODEL_FILE, map_location="cpu", weights_only=True)
     n_params = sum(t.numel() for t in (state.get("model") or {}).values() if isinstance(t, torch.Tensor))
     info = {
         "trial_id": trial.trial_id,
@@ -86,10 +87,16 @@ def export_best(
         "model_config": state.get("model_config"),
         "model": describe_model(state.get("train_config"), state.get("model_config"), n_params),
     }
-    write_json(out / "config.json", info)
-    log.info("best trial %s epoch %d (%s %.4f) -> %s", trial.trial_id, info["epoch"], metric, metrics[metric], out)
+    write_json(out / files.RUN_CONFIG_FILE, info)
+    log.info("best trial %s epoch %d (%s %.4f) -> %s", trial.trial_id, info["epoch"], metric, metrics[metric], final)
     dataset = (datasets or {}).get(int(state.get("max_length", 0)))
-    return evaluate_checkpoint(out / "best_model.pt", dataset=dataset, output_dir=out, device=device)
+    test = evaluate_checkpoint(out / files.MODEL_FILE, dataset=dataset, output_dir=out, device=device)
+    test["checkpoint"] = str(final / files.MODEL_FILE)
+    write_json(out / files.METRICS_FILE, test)
+    if final.exists():
+        shutil.rmtree(final)
+    out.rename(final)
+    return test
 
 
 def baseline_command(cfg: TrainConfig) -> str:
@@ -135,7 +142,7 @@ def write_report(path: str, folder: Path, metric: str = "val_loss", baseline: bo
     try:
         settings = results.load_settings(folder)
         trials = results.Experiment(path).trials()
-        info = winner.read_json(folder / results.BEST_DIR / "config.json") or {}
+        info = winner.read_json(folder / results.BEST_DIR / files.RUN_CONFIG_FILE) or {}
         return report.write_report(
             folder,
             results.trials_table(trials, metric, results.planned_epochs(settings)),

@@ -1,4 +1,4 @@
-"""Atomic writes of results and settings files: a crash mid-write never leaves a truncated file behind."""
+"""The files a run writes: their names, and atomic writes (a crash mid-write never leaves a truncated file)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,15 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
+
+# The files of a run folder (runs/<run>/, and an experiment's best/).
+MODEL_FILE = "best_model.pt"  # weights + the configs to rebuild them (torch.load(weights_only=True))
+RUN_CONFIG_FILE = "config.json"
+SPLIT_FILE = "split.json"
+LOG_FILE = "training_log.json"
+METRICS_FILE = "metrics.json"
+PREDICTIONS_FILE = "test_predictions.csv"
+RESIDUALS_FILE = "residuals.png"
 
 
 def _atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:

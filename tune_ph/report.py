@@ -10,7 +10,7 @@ from typing import Any
 import optuna
 import pandas as pd
 
-from tune_ph import plots, results
+from tune_ph import files, plots, results
 from tune_ph.config import METRIC_MODES
 from tune_ph.files import write_text
 from tune_ph.page import CSS, fmt, img, table_html
@@ -166,8 +166,8 @@ def write_report(
     folder = Path(folder)
     table = with_stop_reasons(table, settings)
     best_dir = folder / results.BEST_DIR
-    info = read_json(best_dir / "config.json")
-    winner = find_winner(table, settings, metric, info, read_json(best_dir / "metrics.json"))
+    info = read_json(best_dir / files.RUN_CONFIG_FILE)
+    winner = find_winner(table, settings, metric, info, read_json(best_dir / files.METRICS_FILE))
     name = html.escape(str(settings.get("name") or folder.name))
     parts = [
         f"<h1>Search report: {name}</h1>",

@@ -203,9 +203,7 @@ def run_search(
     datasets: prepare_datasets(spec), when the caller made them already (and took setup_seconds doing so).
     """
     path = results.experiment_path(folder, storage)
-    started_before = tune.Tuner.can_restore(path)
-    if not resume and started_before:
-        raise SpaceError(f"experiment {path} already exists; continue it with --resume, or pick another --name")
+    started_before = _refuse_existing(path, resume)
     metric = spec.search["metric"]
     if datasets is None:
         started = time.perf_counter()
@@ -288,15 +286,19 @@ def _main(argv: Sequence[str] | None) -> int:
         return _locked_main(args, spec, folder, storage, requests)
 
 
+def _refuse_existing(path: str, resume: bool) -> bool:
+    """Whether Ray has started this experiment before; without --resume that is an error (it would mix in)."""
+    started_before = tune.Tuner.can_restore(path)
+    if started_before and not resume:
+        raise SpaceError(f"experiment {path} already exists; continue it with --resume, or pick another --name")
+    return started_before
+
+
 def _locked_main(
     args: argparse.Namespace, spec: SearchSpec, folder: Path, storage: str | None, requests: dict[str, Any]
 ) -> int:
     """The search, once this process holds the experiment folder's lock: data first, then files, then Ray."""
-    if not args.resume and tune.Tuner.can_restore(results.experiment_path(folder, storage)):
-        raise SpaceError(
-            f"experiment {results.experiment_path(folder, storage)} already exists; continue it with "
-            "--resume, or pick another --name"
-        )
+    _refuse_existing(results.experiment_path(folder, storage), args.resume)  # before anything is written
     check_pretrained(spec)
     # Before anything is written or Ray starts: a dataset that cannot be used costs seconds and leaves nothing.
     started = time.perf_counter()
@@ -305,7 +307,7 @@ def _locked_main(
     settings = spec.to_dict()
     if storage:
         settings[results.STORAGE_KEY] = storage
-    if not args.resume or not (folder / results.SETTINGS_FILE).exists():
+    if not args.resume:  # a resumed search keeps the settings it started with (load_spec read them)
         results.save_settings(folder, settings)
     _record_environment(spec, folder)
     # Short epochs make Tune snapshot often (num_to_keep forces it); that is expected here, not a problem.

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from tune_ph import cli, config, data, environment
+from tune_ph import cli, config, data, environment, files
 from tune_ph.config import TrainConfig, is_better, worst_value
 from tune_ph.evaluate import evaluate_checkpoint
 from tune_ph.files import save_torch, write_json
@@ -337,8 +337,10 @@ def _main(argv: Sequence[str] | None) -> int:
     cfg.output_dir = str(out)
     dataset = data.prepare_for(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "split.json", dataset.split_dict())
-    write_json(out / "config.json", {"train_config": cfg.to_dict(), "model_config": model.backbone.config.to_dict()})
+    write_json(out / files.SPLIT_FILE, dataset.split_dict())
+    write_json(
+        out / files.RUN_CONFIG_FILE, {"train_config": cfg.to_dict(), "model_config": model.backbone.config.to_dict()}
+    )
     environment.write(out, seed=cfg.seed, split_seed=cfg.split_seed)  # what else decides the numbers
     sizes = (len(dataset.set_indices(name)) for name in ("train", "val", "test"))
     log.info("run folder %s; %d train / %d val / %d test sets", out, *sizes)
@@ -347,10 +349,10 @@ def _main(argv: Sequence[str] | None) -> int:
 
     def on_epoch_end(metrics: dict[str, Any], state_fn: Callable[[], dict[str, Any]]) -> None:
         history.append(metrics)
-        write_json(out / "training_log.json", history)
+        write_json(out / files.LOG_FILE, history)
         state = state_fn()
         if state["best_epoch"] == metrics["epoch"]:
-            save_torch(out / "best_model.pt", state)
+            save_torch(out / files.MODEL_FILE, state)
 
     result = fit(cfg, dataset, on_epoch_end=on_epoch_end, progress=not args.no_progress, model=model)
     log.info(
@@ -358,7 +360,7 @@ def _main(argv: Sequence[str] | None) -> int:
         result.best_epoch,
         result.history[result.best_epoch - 1]["val_loss"] if result.history else float("nan"),
     )
-    metrics = evaluate_checkpoint(out / "best_model.pt", dataset=dataset, output_dir=out, device=cfg.device)
+    metrics = evaluate_checkpoint(out / files.MODEL_FILE, dataset=dataset, output_dir=out, device=cfg.device)
     log.info(
         "test: R² %.3f  RMSE %.3f  MAE %.3f  (%d samples) -> %s",
         metrics["test_r2"],

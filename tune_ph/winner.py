@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from tune_ph import results
+from tune_ph import files, results
 from tune_ph.config import METRIC_MODES
 from tune_ph.page import fmt, img, table_html
 
@@ -171,7 +171,7 @@ def winner_html(w: Winner, folder: Path, baseline: dict[str, Any] | None = None)
         f"<div><h3>Searched hyperparameters</h3>{searched or '<p>none (nothing was searched)</p>'}</div>"
         f'<div class="wide"><h3>Test split (held out, evaluated once)</h3>{_test_html(w, baseline, folder)}</div></div>'
     )
-    residuals = folder / results.BEST_DIR / "residuals.png"
+    residuals = folder / results.BEST_DIR / files.RESIDUALS_FILE
     if residuals.is_file():
         parts.append("<h3>Test residuals</h3>" + img(residuals.read_bytes(), "test residuals", css="residuals"))
     if w.fixed:
