@@ -81,11 +81,11 @@ def read_fasta(path: str | os.PathLike, max_dna: int | None = None) -> list[str]
     return reads
 
 
-def _fasta_key(path: Path) -> str | None:
-    name = path.name
+def sample_id_of(path: Path) -> str | None:
+    """The sample id a FASTA file name stands for (its name without the FASTA suffix), or None."""
     for suffix in FASTA_SUFFIXES:
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
+        if path.name.endswith(suffix) and len(path.name) > len(suffix):
+            return path.name[: -len(suffix)]
     return None
 
 
@@ -130,7 +130,7 @@ def build_dataset(
     found: dict[tuple[str, str], Path] = {}
     for study_dir in sorted(p for p in fasta_dir.iterdir() if p.is_dir()):
         for f in sorted(study_dir.iterdir()):
-            key = _fasta_key(f)
+            key = sample_id_of(f)
             if key is not None and (study_dir.name, key) not in found:
                 found[(study_dir.name, key)] = f
 

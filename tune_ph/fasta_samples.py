@@ -12,21 +12,13 @@ from tqdm.auto import tqdm
 
 from hyena_dna import tokenizer
 from tune_ph.errors import DatasetError
-from tune_ph.fasta import DEFAULT_MAX_DNA, FASTA_SUFFIXES, read_fasta
+from tune_ph.fasta import DEFAULT_MAX_DNA, FASTA_SUFFIXES, read_fasta, sample_id_of
 
 log = logging.getLogger(__name__)
 
 # Columns a metadata CSV may give besides sample_id; anything else in it is ignored.
 METADATA_COLUMNS = ("study_name", "environment", "pH")
 _PROGRESS_MIN_FILES = 50
-
-
-def _sample_id(path: Path) -> str | None:
-    """The sample id a FASTA file name stands for (its name without the FASTA suffix), or None."""
-    for suffix in FASTA_SUFFIXES:
-        if path.name.endswith(suffix) and len(path.name) > len(suffix):
-            return path.name[: -len(suffix)]
-    return None
 
 
 def find_fasta_files(fasta_dir: str | os.PathLike) -> list[tuple[str, str, Path]]:
@@ -39,8 +31,8 @@ def find_fasta_files(fasta_dir: str | os.PathLike) -> list[tuple[str, str, Path]
         if entry.name.startswith("."):
             continue
         if entry.is_dir():
-            found += [(entry.name, sid, f) for f in sorted(entry.iterdir()) if (sid := _sample_id(f)) and f.is_file()]
-        elif (sid := _sample_id(entry)) is not None:
+            found += [(entry.name, sid, f) for f in sorted(entry.iterdir()) if (sid := sample_id_of(f)) and f.is_file()]
+        elif (sid := sample_id_of(entry)) is not None:
             found.append(("", sid, entry))
     first: dict[str, Path] = {}
     for _, sid, path in found:
