@@ -49,7 +49,7 @@ def main() -> None:
             "dataset": "demo",
             "from_scratch": True,
             "max_length": args.max_length,
-            "num_sets": 2,
+            "max_sets": 2,
             "epochs": args.epochs,
             "batch_size": 8,
             "device": "auto",

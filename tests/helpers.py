@@ -29,7 +29,7 @@ def tiny_space(**changes: object) -> dict:
             "from_scratch": True,
             "model_config": dict(TINY_MODEL),
             "max_length": 128,
-            "num_sets": 1,
+            "max_sets": 1,
             "epochs": 2,
             "batch_size": 32,
             "device": "cpu",

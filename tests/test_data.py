@@ -243,12 +243,12 @@ def test_split_too_small_to_stratify_falls_back(caplog) -> None:
 def test_prepare_end_to_end_with_cache(tmp_path) -> None:
     df = _samples(20)
     df.to_parquet(tmp_path / "s.parquet")
-    ds = data.prepare(str(tmp_path / "s.parquet"), max_length=40, num_sets=2, cache_dir=tmp_path / "cache")
+    ds = data.prepare(str(tmp_path / "s.parquet"), max_length=40, max_sets=2, cache_dir=tmp_path / "cache")
     split = ds.split_dict()
     assert {k: len(v) for k, v in split.items()} == {"train": 14, "val": 2, "test": 4}
     expected = data.split_samples(data.load_samples(str(tmp_path / "s.parquet")))
     assert {k: sorted(v) for k, v in split.items()} == {k: sorted(v) for k, v in expected.items()}
-    assert ds.max_length == 40 and ds.num_sets == 2
+    assert ds.max_length == 40 and ds.max_sets == 2
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
     batch = next(ds.batches("test", 3))
     assert batch.input_ids.shape == (3, 40)

@@ -39,7 +39,7 @@ def run_dir(tmp_path_factory) -> Path:
             "16",
             "--learning-rate",
             "1e-3",
-            "--num-sets",
+            "--max-sets",
             "2",
             "--head",
             "mlp2_ln",
@@ -75,7 +75,7 @@ def test_run_folder_has_every_output(run_dir: Path) -> None:
     assert [row["epoch"] for row in log] == [1, 2]
     assert {"train_loss", "val_loss", "val_rmse", "val_mae", "val_r2"} <= set(log[0])
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["train_config"]["head"] == "mlp2_ln" and config["train_config"]["num_sets"] == 2
+    assert config["train_config"]["head"] == "mlp2_ln" and config["train_config"]["max_sets"] == 2
     assert config["model_config"]["d_model"] == 32
     split = json.loads((run_dir / "split.json").read_text())
     assert set(split) == {"train", "val", "test"}
@@ -155,7 +155,7 @@ def test_not_a_checkpoint_is_refused(tmp_path: Path) -> None:
 def test_mismatched_dataset_is_refused(run_dir: Path) -> None:
     from tune_ph import data
 
-    other = data.prepare("demo", max_length=64, num_sets=2, cache_dir=run_dir.parent / "cache")
+    other = data.prepare("demo", max_length=64, max_sets=2, cache_dir=run_dir.parent / "cache")
     with pytest.raises(ValueError, match="max_length=64"):
         evaluate_checkpoint(run_dir / "best_model.pt", dataset=other, device="cpu")
 

@@ -340,7 +340,7 @@ def test_evaluate_refuses_a_pickle_that_runs_code(tmp_path, capsys):
 
 def _build(df: pd.DataFrame, max_length: int, cache: Path) -> Path:
     """Build (and cache) one tokenized dataset; its cache file."""
-    tokens.build(df, data.split_samples(df), max_length=max_length, num_sets=1, cache_dir=cache)
+    tokens.build(df, data.split_samples(df), max_length=max_length, max_sets=1, cache_dir=cache)
     return next(cache.glob(f"*-L{max_length}-n1-*.npz"))
 
 

@@ -75,7 +75,7 @@ def test_build_hook_sees_calls_in_ray_workers(ray_session, build_log):
 
         df = data.load_samples("demo").head(12)
         split = {"train": list(df.sample_id[:8]), "val": list(df.sample_id[8:10]), "test": list(df.sample_id[10:])}
-        tokens.build(df, split, max_length=64, num_sets=1, use_cache=False)
+        tokens.build(df, split, max_length=64, max_sets=1, use_cache=False)
         return os.getpid()
 
     before = build_log.read_text().splitlines()
@@ -223,7 +223,7 @@ def test_per_model_sizes_lengths_and_resources(ray_session, tmp_path, monkeypatc
         "fixed": {
             "dataset": "demo",
             "from_scratch": True,
-            "num_sets": 1,
+            "max_sets": 1,
             "epochs": 1,
             "device": "cpu",
             "max_length": {"per": "model", "values": {tiny: 48, d256: 32}},

@@ -93,8 +93,8 @@ def test_impossible_values(tmp_path):
     assert "fixed.max_length" in msg and "128" in msg
     msg = _error(tmp_path, tiny_space(resources__gpus_per_trial=1.5))
     assert "resources.gpus_per_trial" in msg and "fraction" in msg
-    msg = _error(tmp_path, tiny_space(space__num_sets={"choice": [1, 2]}))
-    assert "space.num_sets" in msg and "fixed" in msg
+    msg = _error(tmp_path, tiny_space(space__max_sets={"choice": [1, 2]}))
+    assert "space.max_sets" in msg and "fixed" in msg
     msg = _error(tmp_path, tiny_space(space__head_dropout={"uniform": [0.0, 0.3], "when": {"head": ["mlp7"]}}))
     assert "space.head_dropout.when.head" in msg and "mlp7" in msg
 

@@ -33,13 +33,13 @@ def _random_reads(rng: np.random.Generator, n: int, low: int, high: int) -> list
 
 def test_pack_sets_greedy_whole_reads_with_one_sep() -> None:
     # 3 + SEP + 3 = 7 fits; the third read starts a new set.
-    assert pack_sets([3, 3, 3], max_length=7, num_sets=5) == [[0, 1], [2]]
-    assert pack_sets([3, 3, 3], max_length=6, num_sets=5) == [[0], [1], [2]]
-    assert pack_sets([2, 2, 2, 2, 2, 2], max_length=5, num_sets=2) == [[0, 1], [2, 3]]
+    assert pack_sets([3, 3, 3], max_length=7, max_sets=5) == [[0, 1], [2]]
+    assert pack_sets([3, 3, 3], max_length=6, max_sets=5) == [[0], [1], [2]]
+    assert pack_sets([2, 2, 2, 2, 2, 2], max_length=5, max_sets=2) == [[0, 1], [2, 3]]
     # A long read forms a set of its own; neighbours are not merged across it.
-    assert pack_sets([2, 10, 2, 2], max_length=5, num_sets=5) == [[0], [1], [2, 3]]
-    assert pack_sets([], max_length=5, num_sets=5) == []
-    assert pack_sets([0, 4], max_length=5, num_sets=5) == [[1]]
+    assert pack_sets([2, 10, 2, 2], max_length=5, max_sets=5) == [[0], [1], [2, 3]]
+    assert pack_sets([], max_length=5, max_sets=5) == []
+    assert pack_sets([0, 4], max_length=5, max_sets=5) == [[1]]
 
 
 def test_encode_set_truncates_a_long_read_keeping_its_end() -> None:
@@ -54,7 +54,7 @@ def test_sets_are_whole_nonoverlapping_reads_in_order(tmp_path) -> None:
     reads = {f"s{i}": _random_reads(rng, 25, 20, 60) for i in range(4)}
     reads["s_long"] = ["A" * 10 + "C" * 150, "GGTT"]
     df = _df(reads)
-    ds = build(df, {"train": list(reads)}, max_length=128, num_sets=3, use_cache=False)
+    ds = build(df, {"train": list(reads)}, max_length=128, max_sets=3, use_cache=False)
     assert ds.ids.dtype == np.uint8 and ds.offsets.dtype == np.int64 and ds.set_sample.dtype == np.int32
     assert ds.offsets[0] == 0 and ds.offsets[-1] == len(ds.ids)
     for k, sid in enumerate(ds.sample_ids):
@@ -104,7 +104,7 @@ def test_batches_left_pad_to_fixed_max_length() -> None:
 def test_batches_shuffle_is_deterministic_and_complete() -> None:
     rng = np.random.default_rng(0)
     df = _df({f"s{i}": _random_reads(rng, 12, 5, 15) for i in range(10)})
-    ds = build(df, {"train": list(df.sample_id)}, max_length=32, num_sets=3, use_cache=False)
+    ds = build(df, {"train": list(df.sample_id)}, max_length=32, max_sets=3, use_cache=False)
 
     def order(seed: int) -> list[int]:
         return [i for b in ds.batches("train", 4, shuffle=True, seed=seed) for i in b.set_index.tolist()]
@@ -131,20 +131,20 @@ def test_cache_hit_skips_tokenization(tmp_path, monkeypatch) -> None:
     rng = np.random.default_rng(2)
     df = _df({f"s{i}": _random_reads(rng, 8, 10, 30) for i in range(6)})
     split = {"train": ["s0", "s1", "s2", "s3"], "val": ["s4"], "test": ["s5"]}
-    first = build(df, split, max_length=64, num_sets=2, cache_dir=tmp_path)
+    first = build(df, split, max_length=64, max_sets=2, cache_dir=tmp_path)
     assert [p.suffix for p in tmp_path.iterdir()] == [".npz"]  # no temp files left behind
 
     def boom(*args, **kwargs):
         raise AssertionError("tokenize called despite a cache hit")
 
     monkeypatch.setattr(tokens, "tokenize", boom)
-    second = build(df, split, max_length=64, num_sets=2, cache_dir=tmp_path)
+    second = build(df, split, max_length=64, max_sets=2, cache_dir=tmp_path)
     for name in ("ids", "offsets", "set_sample", "sample_ids", "environment", "ph", "split"):
         assert np.array_equal(getattr(first, name), getattr(second, name)), name
-    assert second.fingerprint == first.fingerprint and second.max_length == 64 and second.num_sets == 2
+    assert second.fingerprint == first.fingerprint and second.max_length == 64 and second.max_sets == 2
     assert second.split_dict() == split
-    # Any change of content, max_length, num_sets or split is a different cache entry.
-    for kwargs in ({"max_length": 65, "num_sets": 2}, {"max_length": 64, "num_sets": 3}):
+    # Any change of content, max_length, max_sets or split is a different cache entry.
+    for kwargs in ({"max_length": 65, "max_sets": 2}, {"max_length": 64, "max_sets": 3}):
         with pytest.raises(AssertionError, match="tokenize called"):
             build(df, split, cache_dir=tmp_path, **kwargs)
     with pytest.raises(AssertionError, match="tokenize called"):
@@ -152,13 +152,13 @@ def test_cache_hit_skips_tokenization(tmp_path, monkeypatch) -> None:
             df,
             {"train": ["s0", "s1", "s2", "s4"], "val": ["s3"], "test": ["s5"]},
             max_length=64,
-            num_sets=2,
+            max_sets=2,
             cache_dir=tmp_path,
         )
     changed = df.copy()
     changed.loc[0, "pH"] = 3.0
     with pytest.raises(AssertionError, match="tokenize called"):
-        build(changed, split, max_length=64, num_sets=2, cache_dir=tmp_path)
+        build(changed, split, max_length=64, max_sets=2, cache_dir=tmp_path)
 
 
 def test_damaged_cache_is_rebuilt(tmp_path, caplog) -> None:

@@ -49,7 +49,7 @@ def checkpoint_split(checkpoint: Path, state: dict, samples: pd.DataFrame) -> di
             return {name: [str(s) for s in split.get(name, [])] for name in tokens.SPLITS}
         except (ValueError, AttributeError, TypeError) as exc:
             raise InputError(f"{split_file}: not a split file ({exc}); remove it to recompute the split") from None
-    cfg = TrainConfig.from_dict(state["train_config"])
+    cfg = TrainConfig.from_saved(state["train_config"])
     # The split is drawn over the labelled samples training saw; unlabelled rows never were in it.
     labelled = data.clean_samples(samples, skip_bad_rows=True, where="the samples (labelled rows)")
     if state.get("dataset_fingerprint") and tokens.fingerprint(labelled) != state["dataset_fingerprint"]:

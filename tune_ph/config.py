@@ -16,6 +16,8 @@ DEFAULT_DATASET = "jedick/microbial-DNA-pH"
 DEFAULT_MODEL = "hyenadna-tiny-1k-seqlen"
 ARCHITECTURES: tuple[str, ...] = ("linear", "mlp2", "mlp2_ln", "mlp3", "mlp4", "mlp5")
 POOLINGS: tuple[str, ...] = ("pool", "last", "first", "sum")
+# How a sample's set vectors become one prediction (model.SetAggregation).
+AGGREGATIONS: tuple[str, ...] = ("mean", "attention", "mean_prediction")
 LOSSES: tuple[str, ...] = ("smoothl1", "mse", "mae", "huber")
 LR_SCHEDULERS: tuple[str, ...] = ("none", "plateau")
 # Validation metrics a run can be selected by, each with the direction that is better.
@@ -47,13 +49,24 @@ class TrainConfig:
     )
     head: str = _field("mlp2", "regression head architecture", choices=ARCHITECTURES)
     pooling: str = _field("pool", "how a set's tokens are pooled (real tokens only)", choices=POOLINGS)
+    aggregation: str = _field(
+        "mean",
+        "how a sample's set vectors become one prediction: mean (of set vectors), attention (gated attention "
+        "pooling), mean_prediction (mean of per-set predictions, the published recipe)",
+        choices=AGGREGATIONS,
+    )
     head_dropout: float = _field(0.1, "dropout between head layers")
     freeze_backbone: bool = _field(False, "train the head only")
     learning_rate: float = _field(
         1e-4, "AdamW learning rate (the implicit filter uses the backbone's filter_lr)", aliases=("--lr",)
     )
     weight_decay: float = _field(0.01, "AdamW weight decay (not on biases, norms, embeddings or the filter)")
-    batch_size: int = _field(4, "sequence sets per step")
+    batch_size: int = _field(4, "samples per step")
+    sets_per_step: int | None = _field(
+        8,
+        "read sets drawn at random from each sample per training step (fresh reads every epoch); "
+        "evaluation always uses all; 0: all",
+    )
     epochs: int = _field(10, "maximum number of epochs")
     loss: str = _field("smoothl1", "training loss on standardised pH", choices=LOSSES)
     loss_beta: float = _field(1.0, "SmoothL1 beta / Huber delta")
@@ -61,8 +74,15 @@ class TrainConfig:
     grad_clip: float | None = _field(1.0, "max gradient norm; 0 disables")
     seed: int = _field(42, "seed for initialisation, shuffling and dropout")
     device: str = _field("auto", "auto, cpu, cuda, cuda:1, ...")
-    num_sets: int = _field(5, "sequence sets per sample", data=True)
-    max_length: int | None = _field(None, "tokens per set; default: the model's maximum", data=True)
+    max_sets: int | None = _field(
+        None,
+        "read sets a sample is packed into at most (default: as many as its reads fill; 5: the published recipe)",
+        data=True,
+        aliases=("--num-sets",),
+    )
+    max_length: int | None = _field(
+        None, "tokens per set; default: the model's maximum, capped by the longest sample", data=True
+    )
     early_stopping_patience: int | None = _field(None, "stop after this many epochs without improvement")
     gradient_checkpointing: bool = _field(False, "recompute blocks in backward (less memory)")
     output_dir: str | None = _field(None, "run folder; default: runs/<timestamp>", yaml=False)
@@ -74,6 +94,8 @@ class TrainConfig:
     skip_bad_rows: bool = _field(False, "drop invalid rows (counted) instead of failing", data=True)
 
     def __post_init__(self) -> None:
+        if self.sets_per_step == 0 and not isinstance(self.sets_per_step, bool):
+            self.sets_per_step = None  # "0: all", as grad_clip's 0
         if self.grad_clip == 0 and not isinstance(self.grad_clip, bool):
             self.grad_clip = None  # "0 disables", on the command line and in YAML alike
         self.validate()
@@ -108,6 +130,10 @@ class TrainConfig:
         """A copy with max_length filled in (the model's maximum when not set)."""
         return replace(self, max_length=self.max_length or model_max_length(self.model, self.model_config))
 
+    def sets_per_forward(self) -> int:
+        """Sets per backbone call at evaluation: a training step's worth, so evaluating needs no more memory."""
+        return self.batch_size * (self.sets_per_step or 8)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -115,10 +141,17 @@ class TrainConfig:
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Build from a dict; unknown keys are an error (they are usually typos)."""
         known = field_names()
+        data = upgrade(data)
         unknown = sorted(set(data) - set(known))
         if unknown:
             raise ConfigError(unknown[0], f"unknown TrainConfig fields {unknown}; known fields: {', '.join(known)}")
         return cls(**data)
+
+    @classmethod
+    def from_saved(cls, data: dict[str, Any]) -> TrainConfig:
+        """A checkpoint's train_config; one saved before set aggregation existed meant per-set predictions,
+        averaged, with every set in every step."""
+        return cls.from_dict({"aggregation": "mean_prediction", "sets_per_step": None, **data})
 
     @classmethod
     def from_trial(cls, config: dict[str, Any]) -> TrainConfig:
@@ -129,6 +162,19 @@ class TrainConfig:
         """
         known = set(field_names())
         return cls(**{k: v for k, v in config.items() if k in known}).resolved()
+
+
+# Names of earlier versions, still read from YAML, trial configs and saved checkpoints.
+RENAMED = {"num_sets": "max_sets"}
+
+
+def upgrade(data: dict[str, Any]) -> dict[str, Any]:
+    """A config dict with earlier field names renamed (num_sets -> max_sets)."""
+    out = dict(data)
+    for old, new in RENAMED.items():
+        if old in out and new not in out:
+            out[new] = out.pop(old)
+    return out
 
 
 def field_names() -> list[str]:
@@ -197,7 +243,9 @@ def check_field(name: str, value: Any) -> None:
     choices = field_meta(name).get("choices")
     if choices and value not in choices:
         raise ConfigError(name, f"unknown {name} {value!r}; allowed: {', '.join(choices)}")
-    if name in ("batch_size", "epochs", "num_sets", "early_stopping_patience") and value < 1:
+    if name == "sets_per_step" and value < 0:
+        raise ConfigError(name, f"sets_per_step must be >= 0 (0: all sets), got {value!r}")
+    if name in ("batch_size", "epochs", "max_sets", "early_stopping_patience") and value < 1:
         raise ConfigError(name, f"{name} must be a positive integer, got {value!r}")
     if name in ("learning_rate", "loss_beta") and not value > 0:
         raise ConfigError(name, f"{name} must be > 0, got {value!r}")

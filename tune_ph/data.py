@@ -299,35 +299,50 @@ def load_samples(source: str = DEFAULT_DATASET, *, skip_bad_rows: bool = False, 
 def prepare(
     source: str = DEFAULT_DATASET,
     *,
-    max_length: int,
-    num_sets: int = 5,
+    max_length: int | None = None,
+    model_max_length: int | None = None,
+    max_sets: int | None = None,
     seed: int = 42,
     test_fraction: float = 0.2,
     val_fraction: float = 0.1,
     cache_dir: str | os.PathLike | None = None,
     skip_bad_rows: bool = False,
 ) -> TokenizedDataset:
-    """Load, split and tokenize a dataset source (token arrays are cached on disk by content)."""
+    """Load, split and tokenize a dataset source (token arrays are cached on disk by content).
+
+    max_length None: the model's (``model_max_length``), capped by the longest sample, so a long-context model
+    sees whole samples without tokens of padding beyond them.
+    """
+    if max_length is None and model_max_length is None:
+        raise ValueError("give max_length or model_max_length")
     df = load_samples(source, skip_bad_rows=skip_bad_rows)
+    if max_length is None:
+        max_length = max(min(model_max_length, tokens.longest_sample(df)), config.MIN_MAX_LENGTH)
     split = split_samples(df, seed=seed, test_fraction=test_fraction, val_fraction=val_fraction)
-    ds = tokens.build(df, split, max_length=max_length, num_sets=num_sets, cache_dir=cache_dir)
+    ds = tokens.build(df, split, max_length=max_length, max_sets=max_sets, cache_dir=cache_dir)
     log.info("%s", ds)
     return ds
 
 
-def prepare_for(cfg: TrainConfig) -> TokenizedDataset:
-    """The tokenized dataset a training config reads (max_length resolved from the model when not set)."""
+def prepare_for(cfg: TrainConfig, model_max_length: int | None = None) -> TokenizedDataset:
+    """The tokenized dataset a training config reads.
+
+    cfg.max_length None: the model's maximum (``model_max_length``, else looked up from cfg.model), capped by the
+    longest sample; the dataset's ``max_length`` says what was chosen.
+    """
     if cfg.val_fraction == 0:  # the baseline may do without; training picks its best epoch on val
         raise ConfigError(
             "val_fraction",
             "val_fraction 0 leaves no validation samples, and training picks its best "
             "epoch on them; use --val-fraction above 0 (default 0.1)",
         )
-    cfg = cfg.resolved()
+    if cfg.max_length is None and model_max_length is None:
+        model_max_length = config.model_max_length(cfg.model, cfg.model_config)
     return prepare(
         cfg.dataset,
         max_length=cfg.max_length,
-        num_sets=cfg.num_sets,
+        model_max_length=model_max_length,
+        max_sets=cfg.max_sets,
         seed=cfg.split_seed,
         test_fraction=cfg.test_fraction,
         val_fraction=cfg.val_fraction,

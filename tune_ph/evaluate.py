@@ -25,30 +25,24 @@ log = logging.getLogger("tune_ph.evaluate")
 __all__ = ["evaluate_checkpoint", "load_checkpoint", "predictions_table"]
 
 
-def predictions_table(dataset: TokenizedDataset, preds: Predictions, num_sets: int) -> pd.DataFrame:
-    """One row per sample: sample_id, study_name, true_ph, predicted_ph_set1..N, mean, residual, environment."""
-    samples, mean_pred, true = preds.sample_means()
-    row_of = {int(s): i for i, s in enumerate(samples)}
-    per_set = np.full((len(samples), num_sets), np.nan)
-    ranks = dataset.set_ranks()[preds.set_index]
-    for sample, rank, value in zip(preds.sample_index, ranks, preds.predicted):
-        if rank < num_sets:
-            per_set[row_of[int(sample)], rank] = value
-    table = pd.DataFrame(
+def predictions_table(dataset: TokenizedDataset, preds: Predictions) -> pd.DataFrame:
+    """One row per sample: sample_id, study_name, true_ph, predicted_ph_mean, predicted_ph_sd, n_sets, residual_mean,
+    environment (predicted_ph_mean: the sample's one prediction, named as in the published recipe's tables)."""
+    samples = preds.sample_index
+    return pd.DataFrame(
         {
             "sample_id": dataset.sample_ids[samples],
             "study_name": dataset.study_name[samples],
             # float32 is the dataset's precision; widening it would print 6.02 as 6.019999980926514.
-            "true_ph": true.astype(np.float32),
+            "true_ph": preds.true.astype(np.float32),
+            "predicted_ph_mean": preds.predicted,
+            "predicted_ph_sd": preds.set_sd,
+            "n_sets": preds.n_sets,
+            # Observed minus predicted: a positive residual means the model under-predicted pH.
+            "residual_mean": preds.true - preds.predicted,
+            "environment": dataset.environment[samples],
         }
     )
-    for k in range(num_sets):
-        table[f"predicted_ph_set{k + 1}"] = per_set[:, k]
-    table["predicted_ph_mean"] = mean_pred
-    # Observed minus predicted: a positive residual means the model under-predicted pH.
-    table["residual_mean"] = true - mean_pred
-    table["environment"] = dataset.environment[samples]
-    return table
 
 
 def evaluate_checkpoint(
@@ -66,17 +60,17 @@ def evaluate_checkpoint(
     """
     checkpoint_path = Path(checkpoint_path)
     model, state = load_checkpoint(checkpoint_path)
-    cfg = TrainConfig.from_dict(state["train_config"])
+    cfg = TrainConfig.from_saved(state["train_config"])
     max_length = int(state.get("max_length") or cfg.max_length or model.backbone.config.max_length)
     if dataset is None or isinstance(dataset, str):
         if isinstance(dataset, str):
             cfg.dataset = dataset
         cfg.max_length = max_length
         dataset = data.prepare_for(cfg)
-    elif dataset.max_length != max_length or dataset.num_sets != cfg.num_sets:
+    elif dataset.max_length != max_length or dataset.max_sets != (cfg.max_sets or 0):
         raise ValueError(
-            f"the dataset was tokenized with max_length={dataset.max_length}, num_sets={dataset.num_sets} but "
-            f"{checkpoint_path} was trained with max_length={max_length}, num_sets={cfg.num_sets}; "
+            f"the dataset was tokenized with max_length={dataset.max_length}, max_sets={dataset.max_sets} but "
+            f"{checkpoint_path} was trained with max_length={max_length}, max_sets={cfg.max_sets}; "
             "pass dataset=None to rebuild it from the saved config"
         )
     fingerprint = state.get("dataset_fingerprint")
@@ -92,16 +86,17 @@ def evaluate_checkpoint(
         target_mean=float(state["target_mean"]),
         target_std=float(state["target_std"]),
         batch_size=cfg.batch_size,
+        sets_per_forward=cfg.sets_per_forward(),
         device=torch_device,
         progress=progress,
     )
-    table = predictions_table(dataset, preds, cfg.num_sets)
+    table = predictions_table(dataset, preds)
     metrics: dict[str, Any] = regression_metrics(
         table["true_ph"].to_numpy(), table["predicted_ph_mean"].to_numpy(), "test_"
     )
     metrics.update(
         test_n_samples=len(table),
-        test_n_sets=len(preds.set_index),
+        test_n_sets=int(preds.n_sets.sum()),
         epoch=int(state.get("epoch", 0)),
         checkpoint=str(checkpoint_path),
     )

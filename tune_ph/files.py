@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import torch
 
 # The files of a run folder (runs/<run>/, and an experiment's best/).
@@ -53,6 +54,11 @@ def write_json(path: str | os.PathLike, payload: Any) -> Path:
 
 def save_torch(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     return _atomic(path, lambda fh: torch.save(state, fh))
+
+
+def save_numpy(path: str | os.PathLike, array: Any) -> Path:
+    """One array as .npy (loadable with allow_pickle=False)."""
+    return _atomic(path, lambda fh: np.save(fh, array, allow_pickle=False))
 
 
 def write_csv(path: str | os.PathLike, frame: Any) -> Path:

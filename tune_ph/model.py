@@ -1,4 +1,4 @@
-"""The task model: RegressionHead on a HyenaDNA backbone; build it from a config, load it, and optimize it."""
+"""The task model: HyenaDNA per read set -> pooled set vectors -> aggregation per sample -> RegressionHead."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from torch import nn
 
 from hyena_dna import HyenaDNAConfig, HyenaDNAModel, PretrainedNotFoundError
 from hyena_dna.model import HyenaFilter
-from tune_ph.config import ARCHITECTURES, POOLINGS, TrainConfig
+from tune_ph.config import AGGREGATIONS, ARCHITECTURES, POOLINGS, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -77,21 +77,88 @@ class RegressionHead(nn.Module):
         layers.append(nn.Linear(width, 1))
         self.net = nn.Sequential(*layers)
 
+    def pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """hidden (B, L, D), mask (B, L) bool with True at real tokens -> set vectors (B, D)."""
+        return pool_hidden(hidden, mask, self.pooling)
+
+    def regress(self, vectors: torch.Tensor) -> torch.Tensor:
+        """Vectors (N, D) -> one value each (N,)."""
+        return self.net(vectors).squeeze(-1)
+
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """hidden (B, L, D), mask (B, L) bool with True at real tokens -> (B,)."""
-        return self.net(pool_hidden(hidden, mask, self.pooling)).squeeze(-1)
+        return self.regress(self.pool(hidden, mask))
 
     def extra_repr(self) -> str:
         return f"architecture={self.architecture!r}, pooling={self.pooling!r}"
 
 
-class PhRegressor(nn.Module):
-    """Backbone + RegressionHead: (input_ids, mask) -> standardised pH predictions (B,)."""
+def segment_mean(values: torch.Tensor, owner: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """Mean of the rows of values (N, ...) that share an owner (N,) in 0..num_groups-1 -> (num_groups, ...)."""
+    total = values.new_zeros((num_groups, *values.shape[1:])).index_add_(0, owner, values)
+    count = torch.bincount(owner, minlength=num_groups).clamp(min=1).to(values.dtype)
+    return total / count.view(-1, *([1] * (values.dim() - 1)))
 
-    def __init__(self, backbone: HyenaDNAModel, head: RegressionHead, freeze_backbone: bool = False):
+
+class SetAggregation(nn.Module):
+    """A sample's set vectors -> one prediction: the mean of per-set predictions, the head on the mean set vector,
+    or the head on a gated-attention weighted mean (Ilse, Tomczak & Welling 2018, "Attention-based deep multiple
+    instance learning"). All three are invariant to the order of a sample's sets."""
+
+    def __init__(self, d_model: int, kind: str = "mean"):
+        super().__init__()
+        if kind not in AGGREGATIONS:
+            raise ValueError(f"unknown aggregation {kind!r}; choose one of: {', '.join(AGGREGATIONS)}")
+        self.kind = kind
+        if kind == "attention":
+            width = max(d_model // 2, _MIN_WIDTH)
+            self.attention_V = nn.Linear(d_model, width)  # the paper's V (tanh branch)
+            self.attention_U = nn.Linear(d_model, width)  # the paper's U (sigmoid gate)
+            self.attention_w = nn.Linear(width, 1)
+
+    def weights(self, vectors: torch.Tensor, owner: torch.Tensor, num_samples: int) -> torch.Tensor:
+        """Attention weight of each set within its sample (N,), summing to 1 per sample."""
+        score = self.attention_w(torch.tanh(self.attention_V(vectors)) * torch.sigmoid(self.attention_U(vectors)))
+        score = score.squeeze(-1).float()
+        # Softmax within each sample: subtract the sample's max for stability, then normalise by its sum.
+        top = score.new_full((num_samples,), -torch.inf).scatter_reduce(0, owner, score, reduce="amax")
+        exp = torch.exp(score - top[owner])
+        return exp / exp.new_zeros(num_samples).index_add_(0, owner, exp)[owner]
+
+    def forward(
+        self, vectors: torch.Tensor, owner: torch.Tensor, num_samples: int, head: RegressionHead
+    ) -> torch.Tensor:
+        """vectors (N, D) of sets, owner (N,) their sample in 0..num_samples-1 -> predictions (num_samples,)."""
+        if self.kind == "mean_prediction":
+            return segment_mean(head.regress(vectors).float(), owner, num_samples)
+        if self.kind == "mean":
+            return head.regress(segment_mean(vectors, owner, num_samples))
+        weights = self.weights(vectors, owner, num_samples).to(vectors.dtype)
+        pooled = vectors.new_zeros((num_samples, vectors.shape[1])).index_add_(0, owner, vectors * weights[:, None])
+        return head.regress(pooled)
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind!r}"
+
+
+class PhRegressor(nn.Module):
+    """Backbone per read set -> pooled set vector -> SetAggregation over a sample's sets -> RegressionHead.
+
+    forward(input_ids (S, L), mask (S, L), owner (S,), num_samples) -> standardised pH (num_samples,); without
+    owner every set is a sample of its own.
+    """
+
+    def __init__(
+        self,
+        backbone: HyenaDNAModel,
+        head: RegressionHead,
+        freeze_backbone: bool = False,
+        aggregation: SetAggregation | None = None,
+    ):
         super().__init__()
         self.backbone = backbone
         self.head = head
+        self.aggregation = aggregation if aggregation is not None else SetAggregation(backbone.config.d_model)
         self.freeze_backbone = freeze_backbone
         if freeze_backbone:
             self.backbone.requires_grad_(False)
@@ -104,13 +171,33 @@ class PhRegressor(nn.Module):
             self.backbone.eval()
         return self
 
-    def forward(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def set_vectors(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """One pooled vector per set (S, D)."""
         if self.freeze_backbone:
             with torch.no_grad():
                 hidden = self.backbone(input_ids)
         else:
             hidden = self.backbone(input_ids)
-        return self.head(hidden, mask).float()
+        return self.head.pool(hidden, mask)
+
+    def from_set_vectors(self, vectors: torch.Tensor, owner: torch.Tensor, num_samples: int) -> torch.Tensor:
+        """Set vectors (S, D) of some samples -> standardised pH per sample (num_samples,)."""
+        return self.aggregation(vectors, owner, num_samples, self.head).float()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        mask: torch.Tensor,
+        owner: torch.Tensor | None = None,
+        num_samples: int | None = None,
+    ) -> torch.Tensor:
+        vectors = self.set_vectors(input_ids, mask)
+        if owner is None:
+            owner = torch.arange(vectors.shape[0], device=vectors.device)
+            num_samples = vectors.shape[0]
+        elif num_samples is None:
+            num_samples = int(owner.max()) + 1 if owner.numel() else 0
+        return self.from_set_vectors(vectors, owner, num_samples)
 
 
 def backbone_config(cfg: TrainConfig) -> HyenaDNAConfig:
@@ -124,8 +211,10 @@ def backbone_config(cfg: TrainConfig) -> HyenaDNAConfig:
 
 
 def _assemble(cfg: TrainConfig, backbone: HyenaDNAModel) -> PhRegressor:
-    head = RegressionHead(backbone.config.d_model, cfg.head, cfg.pooling, cfg.head_dropout)
-    return PhRegressor(backbone, head, freeze_backbone=cfg.freeze_backbone)
+    d_model = backbone.config.d_model
+    head = RegressionHead(d_model, cfg.head, cfg.pooling, cfg.head_dropout)
+    aggregation = SetAggregation(d_model, cfg.aggregation)
+    return PhRegressor(backbone, head, freeze_backbone=cfg.freeze_backbone, aggregation=aggregation)
 
 
 def build_model(cfg: TrainConfig) -> PhRegressor:
@@ -161,7 +250,7 @@ def load_checkpoint(path: str | Path) -> tuple[PhRegressor, dict[str, Any]]:
     missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
         raise ValueError(f"{path} is not a tune_ph checkpoint: it lacks {', '.join(missing)}")
-    cfg = TrainConfig.from_dict(state["train_config"])
+    cfg = TrainConfig.from_saved(state["train_config"])
     model = _assemble(cfg, HyenaDNAModel(HyenaDNAConfig.from_dict(state["model_config"])))
     try:
         model.load_state_dict(state["model"])

@@ -31,35 +31,25 @@ _PROGRESS_MIN_SAMPLES = 200
 
 @dataclass
 class Predictions:
-    """Per-set predictions of one split, in pH units, with the sample each set belongs to."""
+    """One prediction per sample of a split, in pH units, with how much single read sets disagree."""
 
-    set_index: np.ndarray  # int64 (n_sets,)
-    sample_index: np.ndarray  # int64 (n_sets,)
-    predicted: np.ndarray  # float64 (n_sets,)
-    true: np.ndarray  # float64 (n_sets,)
+    sample_index: np.ndarray  # int64 (n,)
+    predicted: np.ndarray  # float64 (n,), the model's prediction from all of the sample's sets
+    true: np.ndarray  # float64 (n,)
+    set_sd: np.ndarray  # float64 (n,), standard deviation (n - 1) of what each set alone predicts; NaN for one set
+    n_sets: np.ndarray  # int64 (n,)
 
-    def sample_means(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(sample indices sorted, mean predicted pH per sample, true pH per sample)."""
-        samples, inverse = np.unique(self.sample_index, return_inverse=True)
-        counts = np.bincount(inverse)
-        predicted = np.bincount(inverse, weights=self.predicted) / counts
-        true = np.bincount(inverse, weights=self.true) / counts
-        return samples, predicted, true
 
-    def sample_spread(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(sample indices sorted, sample standard deviation of the per-set predictions, number of sets).
-
-        The standard deviation uses n - 1 (NaN for a sample with one set): the spread of the model's answers
-        over a sample's read sets, a rough uncertainty of its mean.
-        """
-        samples, inverse = np.unique(self.sample_index, return_inverse=True)
-        counts = np.bincount(inverse)
-        mean = np.bincount(inverse, weights=self.predicted) / counts
-        squares = np.bincount(inverse, weights=(self.predicted - mean[inverse]) ** 2)
-        spread = np.full(len(samples), np.nan)
-        many = counts > 1
-        spread[many] = np.sqrt(squares[many] / (counts[many] - 1))
-        return samples, spread, counts
+def _single_set_sd(single: torch.Tensor, owner: torch.Tensor, num_samples: int) -> np.ndarray:
+    values = single.double().cpu().numpy()
+    groups = owner.cpu().numpy()
+    counts = np.bincount(groups, minlength=num_samples)
+    mean = np.bincount(groups, weights=values, minlength=num_samples) / np.maximum(counts, 1)
+    squares = np.bincount(groups, weights=(values - mean[groups]) ** 2, minlength=num_samples)
+    spread = np.full(num_samples, np.nan)
+    many = counts > 1
+    spread[many] = np.sqrt(squares[many] / (counts[many] - 1))
+    return spread
 
 
 def predict(
@@ -70,38 +60,58 @@ def predict(
     target_mean: float,
     target_std: float,
     batch_size: int = 8,
+    sets_per_forward: int = 32,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    vectors: torch.Tensor | None = None,
 ) -> Predictions:
-    """Predict every set of one split; returns per-set predictions in pH units."""
+    """Predict every sample of one split from all of its read sets.
+
+    batch_size samples are aggregated at once; their sets go through the backbone sets_per_forward at a time, so
+    memory stays bounded however many sets a sample has. vectors: the pooled set vectors of every set of the
+    dataset (a frozen backbone's embedding cache), used instead of running the backbone.
+    """
     device = resolve_device(device) if isinstance(device, str) else device
     model.eval()
-    outputs: list[torch.Tensor] = []
-    set_index: list[torch.Tensor] = []
-    sample_index: list[torch.Tensor] = []
-    batches = dataset.batches(split, batch_size, shuffle=False)
-    total = dataset.num_batches(split, batch_size)
+    sample_index, predicted, spread, n_sets = [], [], [], []
+    choices = dataset.choose_sets(split, batch_size)
+    total = dataset.num_sample_batches(split, batch_size)
     with torch.inference_mode(), autocast(device):
-        for batch in tqdm(batches, total=total, desc=f"predict {split}", disable=not progress, leave=False):
-            ids = batch.input_ids.to(device, non_blocking=True)
-            mask = batch.mask.to(device, non_blocking=True)
-            outputs.append(model(ids, mask))
-            set_index.append(batch.set_index)
-            sample_index.append(batch.sample_index)
-    if not outputs:
-        raise ValueError(f"the {split!r} split has no sequence sets; check the split fractions and the dataset size")
-    predicted = torch.cat(outputs).float().cpu().double().numpy() * target_std + target_mean
-    sets = torch.cat(set_index).numpy().astype(np.int64)
-    samples = torch.cat(sample_index).numpy().astype(np.int64)
-    return Predictions(sets, samples, predicted, dataset.ph[samples].astype(np.float64))
+        for choice in tqdm(choices, total=total, desc=f"predict {split}", disable=not progress, leave=False):
+            if vectors is not None:
+                vecs = vectors[torch.from_numpy(choice.set_index)].to(device)
+            else:
+                parts = []
+                for start in range(0, len(choice.set_index), sets_per_forward):
+                    ids, mask = dataset.tokens_of(choice.set_index[start : start + sets_per_forward])
+                    parts.append(model.set_vectors(ids.to(device), mask.to(device)))
+                vecs = torch.cat(parts)
+            owner = torch.from_numpy(choice.owner).to(device)
+            count = len(choice.sample_index)
+            predicted.append(model.from_set_vectors(vecs, owner, count).double().cpu().numpy())
+            # What each set alone would predict: the spread is a rough uncertainty of the sample's prediction.
+            single = model.from_set_vectors(vecs, torch.arange(len(vecs), device=device), len(vecs))
+            spread.append(_single_set_sd(single, owner, count))
+            sample_index.append(choice.sample_index)
+            n_sets.append(np.bincount(choice.owner, minlength=count))
+    if not predicted:
+        raise ValueError(f"the {split!r} split has no samples; check the split fractions and the dataset size")
+    samples = np.concatenate(sample_index)
+    return Predictions(
+        sample_index=samples,
+        predicted=np.concatenate(predicted) * target_std + target_mean,
+        true=dataset.ph[samples].astype(np.float64),
+        set_sd=np.concatenate(spread) * target_std,
+        n_sets=np.concatenate(n_sets).astype(np.int64),
+    )
 
 
 # ---------------------------------------------------------------- new samples
 
 
-def _reads_used(reads: list[str], max_length: int, num_sets: int) -> int:
+def _reads_used(reads: list[str], max_length: int, max_sets: int | None) -> int:
     """How many of a sample's reads its read sets hold (the packing of tokens.tokenize)."""
-    return sum(map(len, tokens.pack_sets([len(r) for r in reads if r], max_length, num_sets)))
+    return sum(map(len, tokens.pack_sets([len(r) for r in reads if r], max_length, max_sets)))
 
 
 def predict_samples(
@@ -119,14 +129,14 @@ def predict_samples(
     samples: sample_id and sequences (lists of reads); study_name, environment and pH are optional (as
     data.load_samples(..., labelled=False) or fasta_samples.read_fasta_dir return them). Samples without reads
     are skipped with a warning. split: "train", "val" or "test" predicts only that split of the checkpoint's run.
-    Returns one row per sample: sample_id, study_name, predicted_ph (mean over its sets), predicted_ph_sd,
+    Returns one row per sample: sample_id, study_name, predicted_ph, predicted_ph_sd (spread of single sets),
     n_sets, n_reads_used, n_reads, and true_ph, residual (true - predicted) when any sample has a pH.
     """
     if split is not None and split not in tokens.SPLITS:
         raise InputError(f"unknown split {split!r}; use one of {', '.join(tokens.SPLITS)} (or None for every sample)")
     path = find_checkpoint(checkpoint)
     model, state = load_checkpoint(path)
-    cfg = TrainConfig.from_dict(state["train_config"])
+    cfg = TrainConfig.from_saved(state["train_config"])
     max_length = int(state.get("max_length") or cfg.max_length or model.backbone.config.max_length)
     df = data.clean_samples(samples, skip_bad_rows=skip_bad_rows, where="samples", labelled=False)
     if split is not None:
@@ -138,7 +148,7 @@ def predict_samples(
             )
     if df.empty:
         raise DatasetError("no sample to predict: every sample was empty or skipped")
-    dataset = tokens.build(df, {}, max_length=max_length, num_sets=cfg.num_sets)
+    dataset = tokens.build(df, {}, max_length=max_length, max_sets=cfg.max_sets)
     torch_device = resolve_device(device)
     model.to(torch_device)
     preds = predict(
@@ -148,20 +158,20 @@ def predict_samples(
         target_mean=float(state["target_mean"]),
         target_std=float(state["target_std"]),
         batch_size=batch_size or cfg.batch_size,
+        sets_per_forward=cfg.sets_per_forward(),
         device=torch_device,
         progress=dataset.num_samples >= _PROGRESS_MIN_SAMPLES if progress is None else progress,
     )
-    index, mean, true = preds.sample_means()
-    _, spread, n_sets = preds.sample_spread()
+    index, mean, true = preds.sample_index, preds.predicted, preds.true
     reads = df.set_index("sample_id")["sequences"].loc[dataset.sample_ids[index]]
     table = pd.DataFrame(
         {
             "sample_id": dataset.sample_ids[index],
             "study_name": dataset.study_name[index],
             "predicted_ph": mean,
-            "predicted_ph_sd": spread,
-            "n_sets": n_sets,
-            "n_reads_used": [_reads_used(r, max_length, cfg.num_sets) for r in reads],
+            "predicted_ph_sd": preds.set_sd,
+            "n_sets": preds.n_sets,
+            "n_reads_used": [_reads_used(r, max_length, cfg.max_sets) for r in reads],
             "n_reads": [len(r) for r in reads],
         }
     )
@@ -195,7 +205,7 @@ def _main(argv: Sequence[str] | None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m tune_ph.predict",
         description="Predict the pH of new samples (a dataset source or FASTA files) with a trained checkpoint.",
-        epilog="Reads are packed into sets with the checkpoint's own max_length and num_sets; --batch-size defaults "
+        epilog="Reads are packed into sets with the checkpoint's own max_length and max_sets; --batch-size defaults "
         "to the checkpoint's, --device to auto. Output: one row per sample (sample_id, study_name, predicted_ph, "
         "predicted_ph_sd, n_sets, n_reads_used, n_reads; true_ph and residual when pH is known).",
     )

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 CACHE_ENV = "TUNE_PH_CACHE"
 MAX_GB_ENV = "TUNE_PH_CACHE_MAX_GB"
 DEFAULT_MAX_GB = 5.0
-# tokens.build names an entry <fingerprint>-L<max_length>-n<num_sets>-s<split hash>-v<format>.npz.
+# tokens.build names an entry <fingerprint>-L<max_length>-n<max_sets>-s<split hash>-v<format>.npz.
 _ENTRY = re.compile(r"^(?P<fp>[0-9a-f]+)-L(?P<length>\d+)-n(?P<sets>\d+)-s(?P<split>[0-9a-f]+)-v(?P<format>\d+)\.npz$")
 # A write that crashed leaves <entry>.<random>.tmp; one this old is not being written any more.
 _STALE_TEMP_S = 3600
@@ -34,7 +34,7 @@ class Entry:
     last_used: float  # epoch seconds: written or last read (tokens.build touches an entry on every hit)
     fingerprint: str  # of the cleaned samples (tokens.fingerprint)
     max_length: int
-    num_sets: int
+    max_sets: int
 
     def age_days(self, now: float | None = None) -> float:
         return ((time.time() if now is None else now) - self.last_used) / 86400
@@ -172,7 +172,7 @@ def listing(folder: Path) -> str:
     for e in reversed(found):  # most recently used first
         lines.append(
             f"{e.size / 2**20:7.1f} MiB  {_age(e.age_days(now)):>9}  {e.fingerprint[:12]:12}  {e.max_length:>6}  "
-            f"{e.num_sets:>4}  {e.path.name}"
+            f"{e.max_sets:>4}  {e.path.name}"
         )
     total = sum(e.size for e in found)
     lines.append(f"{len(found)} entr{'y' if len(found) == 1 else 'ies'}, {total / 2**20:.1f} MiB in {folder} ({cap})")

@@ -1,4 +1,4 @@
-"""Read sets and token arrays: pack each sample's reads into sets, tokenize once, cache, and batch."""
+"""Read sets and token arrays: pack each sample's reads into sets, tokenize once, cache, and batch by set or sample."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 # Bump when the packing rule or the cache layout changes, so stale caches are never reused.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 # Progress bars only pay off on datasets that take a noticeable time to tokenize.
 _PROGRESS_MIN_SAMPLES = 500
 
@@ -44,6 +44,30 @@ class Batch:
 
 
 @dataclass
+class SampleBatch:
+    """A batch of samples: some or all read sets of each, stacked, with the batch row each set belongs to."""
+
+    input_ids: torch.Tensor  # int64 (S, max_length), the sets of all samples of the batch
+    mask: torch.Tensor  # bool (S, max_length)
+    owner: torch.Tensor  # int64 (S,), the batch row (0..B-1) each set belongs to
+    ph: torch.Tensor  # float32 (B,)
+    sample_index: torch.Tensor  # int64 (B,), index into the dataset's samples
+    set_index: torch.Tensor  # int64 (S,), index into the dataset's sets
+
+    def __len__(self) -> int:
+        return int(self.ph.shape[0])
+
+
+@dataclass
+class SetChoice:
+    """Which sets make up one batch of samples (indices only: the same choice serves tokens and cached vectors)."""
+
+    sample_index: np.ndarray  # int64 (B,)
+    set_index: np.ndarray  # int64 (S,)
+    owner: np.ndarray  # int64 (S,), 0..B-1
+
+
+@dataclass
 class TokenizedDataset:
     """All read sets of a dataset as flat numpy arrays (picklable, cheap to share between processes)."""
 
@@ -56,7 +80,7 @@ class TokenizedDataset:
     ph: np.ndarray  # float32 (n_samples,)
     split: np.ndarray  # str (n_samples,): "train" / "val" / "test" ("" = in no split)
     max_length: int
-    num_sets: int
+    max_sets: int  # 0: as many sets as a sample's reads fill
     fingerprint: str
 
     @property
@@ -73,7 +97,7 @@ class TokenizedDataset:
         )
         return (
             f"TokenizedDataset({self.num_samples} samples, {len(self)} sets, {len(self.ids):,} tokens, "
-            f"max_length={self.max_length}, num_sets={self.num_sets}; {counts}; fingerprint={self.fingerprint[:12]})"
+            f"max_length={self.max_length}, max_sets={self.max_sets}; {counts}; fingerprint={self.fingerprint[:12]})"
         )
 
     def set_tokens(self, set_index: int) -> np.ndarray:
@@ -102,6 +126,94 @@ class TokenizedDataset:
         in_split = self.split == split_name
         return np.flatnonzero(in_split[self.set_sample]).astype(np.int64)
 
+    def sample_sets(self) -> tuple[np.ndarray, np.ndarray]:
+        """(first set, number of sets) of every sample: a sample's sets are contiguous."""
+        counts = np.bincount(self.set_sample, minlength=self.num_samples).astype(np.int64)
+        starts = np.r_[0, np.cumsum(counts)[:-1]].astype(np.int64)
+        return starts, counts
+
+    def sample_indices(self, split_name: str) -> np.ndarray:
+        """Indices (int64) of the samples in ``split_name`` ("train", "val", "test" or "all")."""
+        if split_name == "all":
+            return np.arange(self.num_samples, dtype=np.int64)
+        if split_name not in SPLITS:
+            raise ValueError(f"unknown split {split_name!r}; use one of {', '.join(SPLITS)} or 'all'")
+        return np.flatnonzero(self.split == split_name).astype(np.int64)
+
+    def num_sample_batches(self, split_name: str, batch_size: int) -> int:
+        """Number of batches ``sample_batches`` yields for this split."""
+        return -(-len(self.sample_indices(split_name)) // batch_size)
+
+    def choose_sets(
+        self,
+        split_name: str,
+        batch_size: int,
+        *,
+        sets_per_step: int | None = None,
+        shuffle: bool = False,
+        seed: int = 0,
+    ) -> Iterator[SetChoice]:
+        """Batches of ``batch_size`` samples with the sets each contributes.
+
+        sets_per_step: draw that many of a sample's sets at random, without replacement (fresh reads every epoch
+        when the seed changes); None: all its sets, in order (evaluation). Deterministic given ``seed``.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        rng = np.random.default_rng(seed)
+        order = self.sample_indices(split_name)
+        if shuffle:
+            order = rng.permutation(order)
+        starts, counts = self.sample_sets()
+        for first in range(0, len(order), batch_size):
+            chosen = order[first : first + batch_size]
+            parts = []
+            for s in chosen:
+                n = int(counts[s])
+                if sets_per_step is None or n <= sets_per_step:
+                    picked = np.arange(n)
+                else:
+                    picked = np.sort(rng.choice(n, size=sets_per_step, replace=False))
+                parts.append(starts[s] + picked)
+            sizes = [len(p) for p in parts]
+            yield SetChoice(
+                sample_index=chosen.astype(np.int64),
+                set_index=np.concatenate(parts).astype(np.int64),
+                owner=np.repeat(np.arange(len(chosen), dtype=np.int64), sizes),
+            )
+
+    def tokens_of(self, set_index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input_ids int64 (S, max_length), mask bool) of some sets, left-padded with [PAD]."""
+        length = self.max_length
+        ids = np.full((len(set_index), length), tokenizer.PAD_ID, dtype=np.int64)
+        mask = np.zeros((len(set_index), length), dtype=bool)
+        for row, s in enumerate(set_index):
+            seq = self.set_tokens(int(s))
+            ids[row, length - len(seq) :] = seq
+            mask[row, length - len(seq) :] = True
+        return torch.from_numpy(ids), torch.from_numpy(mask)
+
+    def sample_batches(
+        self,
+        split_name: str,
+        batch_size: int,
+        *,
+        sets_per_step: int | None = None,
+        shuffle: bool = False,
+        seed: int = 0,
+    ) -> Iterator[SampleBatch]:
+        """Batches of samples with their token arrays (see ``choose_sets``)."""
+        for choice in self.choose_sets(split_name, batch_size, sets_per_step=sets_per_step, shuffle=shuffle, seed=seed):
+            ids, mask = self.tokens_of(choice.set_index)
+            yield SampleBatch(
+                input_ids=ids,
+                mask=mask,
+                owner=torch.from_numpy(choice.owner),
+                ph=torch.from_numpy(self.ph[choice.sample_index].astype(np.float32)),
+                sample_index=torch.from_numpy(choice.sample_index),
+                set_index=torch.from_numpy(choice.set_index),
+            )
+
     def num_batches(self, split_name: str, batch_size: int) -> int:
         """Number of batches ``batches`` yields for this split (the last one may be smaller)."""
         return -(-len(self.set_indices(split_name)) // batch_size)
@@ -113,19 +225,13 @@ class TokenizedDataset:
         order = self.set_indices(split_name)
         if shuffle:
             order = np.random.default_rng(seed).permutation(order)
-        length = self.max_length
         for start in range(0, len(order), batch_size):
             chosen = order[start : start + batch_size]
-            ids = np.full((len(chosen), length), tokenizer.PAD_ID, dtype=np.int64)
-            mask = np.zeros((len(chosen), length), dtype=bool)
-            for row, s in enumerate(chosen):
-                seq = self.set_tokens(int(s))
-                ids[row, length - len(seq) :] = seq
-                mask[row, length - len(seq) :] = True
+            ids, mask = self.tokens_of(chosen)
             samples = self.set_sample[chosen].astype(np.int64)
             yield Batch(
-                input_ids=torch.from_numpy(ids),
-                mask=torch.from_numpy(mask),
+                input_ids=ids,
+                mask=mask,
                 ph=torch.from_numpy(self.ph[samples].astype(np.float32)),
                 set_index=torch.from_numpy(chosen.astype(np.int64)),
                 sample_index=torch.from_numpy(samples),
@@ -157,24 +263,25 @@ class TokenizedDataset:
         with np.load(path, allow_pickle=False) as z:
             values = {f.name: z[f.name] for f in fields(cls)}
         values["max_length"] = int(values["max_length"])
-        values["num_sets"] = int(values["num_sets"])
+        values["max_sets"] = int(values["max_sets"])
         values["fingerprint"] = str(values["fingerprint"])
         return cls(**values)
 
 
-def pack_sets(read_lengths: Sequence[int], max_length: int, num_sets: int) -> list[list[int]]:
-    """Group reads (by index, in order) into at most ``num_sets`` non-overlapping sets of whole reads.
+def pack_sets(read_lengths: Sequence[int], max_length: int, max_sets: int | None = None) -> list[list[int]]:
+    """Group reads (by index, in order) into at most ``max_sets`` (None or 0: any number) non-overlapping sets.
 
     A set holds consecutive reads joined by one [SEP] and fits ``max_length``; a read longer than
     ``max_length`` forms a set on its own (``encode_set`` keeps its end).
     """
     if max_length < 1:
         raise ValueError(f"max_length must be >= 1, got {max_length}")
+    max_sets = max_sets or len(read_lengths)
     sets: list[list[int]] = []
     current: list[int] = []
     used = 0
     for i, n in enumerate(read_lengths):
-        if len(sets) >= num_sets:
+        if len(sets) >= max_sets:
             break
         if n <= 0:
             continue
@@ -185,13 +292,13 @@ def pack_sets(read_lengths: Sequence[int], max_length: int, num_sets: int) -> li
             continue
         if current:
             sets.append(current)
-            if len(sets) >= num_sets:
+            if len(sets) >= max_sets:
                 break
         current, used = [i], n
         if n >= max_length:  # nothing else fits beside it
             sets.append(current)
             current, used = [], 0
-    if current and len(sets) < num_sets:
+    if current and len(sets) < max_sets:
         sets.append(current)
     return sets
 
@@ -206,6 +313,11 @@ def encode_set(reads: Sequence[str], max_length: int, name: str | None = None) -
     boundaries = np.cumsum([len(r) for r in reads[:-1]], dtype=np.int64)
     ids = np.insert(ids, boundaries, np.uint8(tokenizer.SEP_ID))
     return tokenizer.truncate(ids, max_length)
+
+
+def longest_sample(df: pd.DataFrame) -> int:
+    """Tokens of the longest sample with all its reads joined by [SEP] (a context beyond it is only padding)."""
+    return max((sum(map(len, reads)) + max(len(reads) - 1, 0) for reads in df["sequences"]), default=0)
 
 
 def fingerprint(df: pd.DataFrame) -> str:
@@ -231,7 +343,7 @@ def split_hash(split: Mapping[str, Sequence[str]]) -> str:
 
 
 def tokenize(
-    df: pd.DataFrame, split: Mapping[str, Sequence[str]], *, max_length: int, num_sets: int, fp: str
+    df: pd.DataFrame, split: Mapping[str, Sequence[str]], *, max_length: int, max_sets: int | None, fp: str
 ) -> TokenizedDataset:
     """Pack and tokenize every sample (no cache): the slow step that ``build`` skips on a cache hit."""
     which = {str(sid): name for name in SPLITS for sid in split.get(name, [])}
@@ -245,7 +357,7 @@ def tokenize(
     for row, (sid, reads) in enumerate(tqdm(rows, total=len(df), desc="tokenizing", unit="sample", disable=not show)):
         sid = str(sid)
         reads = [r for r in reads if r]
-        sets = pack_sets([len(r) for r in reads], max_length, num_sets)
+        sets = pack_sets([len(r) for r in reads], max_length, max_sets)
         if not sets:
             no_reads.append(sid)
             continue
@@ -272,7 +384,7 @@ def tokenize(
         if len(sample_ids)
         else np.zeros(0, dtype="<U5"),
         max_length=int(max_length),
-        num_sets=int(num_sets),
+        max_sets=int(max_sets or 0),
         fingerprint=fp,
     )
 
@@ -282,7 +394,7 @@ def build(
     split: Mapping[str, Sequence[str]],
     *,
     max_length: int,
-    num_sets: int = 5,
+    max_sets: int | None = None,
     cache_dir: str | os.PathLike | None = None,
     use_cache: bool = True,
 ) -> TokenizedDataset:
@@ -290,14 +402,14 @@ def build(
 
     The cache is capped ($TUNE_PH_CACHE_MAX_GB, default 5 GiB): after a write, least recently used entries go.
     """
-    if max_length < 1 or num_sets < 1:
-        raise ValueError(f"max_length and num_sets must be >= 1, got {max_length} and {num_sets}")
+    if max_length < 1 or (max_sets is not None and max_sets < 0):
+        raise ValueError(f"max_length must be >= 1 and max_sets >= 0, got {max_length} and {max_sets}")
     if not use_cache:
-        return tokenize(df, split, max_length=max_length, num_sets=num_sets, fp=fingerprint(df))
+        return tokenize(df, split, max_length=max_length, max_sets=max_sets, fp=fingerprint(df))
     limit = token_cache.max_bytes()  # a bad setting fails before minutes of tokenizing
     fp = fingerprint(df)
     folder = token_cache.cache_folder(cache_dir)
-    path = folder / f"{fp}-L{max_length}-n{num_sets}-s{split_hash(split)}-v{CACHE_FORMAT}.npz"
+    path = folder / f"{fp}-L{max_length}-n{max_sets or 0}-s{split_hash(split)}-v{CACHE_FORMAT}.npz"
     if path.exists():
         try:
             ds = TokenizedDataset.load(path)
@@ -306,7 +418,7 @@ def build(
             return ds
         except (OSError, ValueError, KeyError) as exc:  # a damaged cache is rebuilt, not fatal
             log.warning("ignoring unreadable token cache %s (%s); rebuilding it", path, exc)
-    ds = tokenize(df, split, max_length=max_length, num_sets=num_sets, fp=fp)
+    ds = tokenize(df, split, max_length=max_length, max_sets=max_sets, fp=fp)
     try:
         ds.save(path)
         log.info("token cache written: %s", path)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from tune_ph import cli, config, data, environment, files
+from tune_ph import cli, config, data, embeddings, environment, files
 from tune_ph.config import TrainConfig, is_better, worst_value
 from tune_ph.evaluate import evaluate_checkpoint
 from tune_ph.files import save_torch, write_json
@@ -85,24 +85,34 @@ def _train_epoch(
     target_std: float,
     device: torch.device,
     progress: bool,
+    vectors: torch.Tensor | None = None,
 ) -> float:
+    """One pass over the train samples: each step takes batch_size samples, sets_per_step random sets of each."""
     model.train()
     check_every = _CUDA_CHECK_EVERY if device.type == "cuda" else 1
     # Losses stay on the device and are read in chunks: one host sync per chunk, not per step.
     losses = torch.zeros(check_every, device=device)
     total = torch.zeros((), device=device, dtype=torch.float64)
-    n_batches = dataset.num_batches("train", cfg.batch_size)
+    n_batches = dataset.num_sample_batches("train", cfg.batch_size)
     params = [p for p in model.parameters() if p.requires_grad]
-    batches = dataset.batches("train", cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch)
-    bar = tqdm(batches, total=n_batches, desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress, leave=False)
+    # A new seed every epoch: other samples share a step, and other reads stand for each sample.
+    choices = dataset.choose_sets(
+        "train", cfg.batch_size, sets_per_step=cfg.sets_per_step, shuffle=True, seed=cfg.seed * 1000 + epoch
+    )
+    bar = tqdm(choices, total=n_batches, desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress, leave=False)
     pending = 0
     step = 0
-    for step, batch in enumerate(bar, start=1):
-        ids = batch.input_ids.to(device, non_blocking=True)
-        mask = batch.mask.to(device, non_blocking=True)
-        target = (batch.ph.to(device, non_blocking=True).float() - target_mean) / target_std
-        with autocast(device):
-            pred = model(ids, mask)
+    for step, choice in enumerate(bar, start=1):
+        owner = torch.from_numpy(choice.owner).to(device, non_blocking=True)
+        count = len(choice.sample_index)
+        ph = torch.from_numpy(dataset.ph[choice.sample_index]).to(device, non_blocking=True)
+        target = (ph.float() - target_mean) / target_std
+        if vectors is not None:  # frozen backbone: its pooled vectors are cached, only the rest trains
+            pred = model.from_set_vectors(vectors[torch.from_numpy(choice.set_index)].to(device), owner, count)
+        else:
+            ids, mask = dataset.tokens_of(choice.set_index)
+            with autocast(device):
+                pred = model(ids.to(device, non_blocking=True), mask.to(device, non_blocking=True), owner, count)
         loss = loss_fn(pred, target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -121,7 +131,7 @@ def _train_epoch(
     if pending:
         _check_finite(losses, pending, step - pending + 1, epoch)
     if step == 0:
-        raise ValueError("the 'train' split has no sequence sets; check the split fractions and the dataset size")
+        raise ValueError("the 'train' split has no samples; check the split fractions and the dataset size")
     return float(total) / step
 
 
@@ -138,6 +148,7 @@ def fit(
     resume_from: dict[str, Any] | None = None,
     progress: bool = True,
     model: PhRegressor | None = None,
+    set_vectors: np.ndarray | None = None,
 ) -> FitResult:
     """Train cfg on dataset's train split, validate each epoch, keep the best epoch by `metric`.
 
@@ -145,6 +156,8 @@ def fit(
     on_epoch_end(metrics, state_fn) is called after every epoch; returning True stops training.
     resume_from: a state from state_fn()/a checkpoint; training continues at its epoch + 1.
     model: an already built PhRegressor (e.g. to load pretrained weights before preparing data).
+    set_vectors: with cfg.freeze_backbone, the backbone's cached vectors of every set (embeddings.set_vectors);
+    None: read from or written to the embedding cache. A frozen run never runs the backbone itself.
     """
     cfg.validate()
     seed_everything(cfg.seed)
@@ -195,6 +208,18 @@ def fit(
         target_std = float(resume_from.get("target_std", target_std))
         if best_epoch == int(resume_from["epoch"]):
             best_state = resume_from
+    vectors = None
+    if cfg.freeze_backbone:  # after a resume has loaded its weights: the vectors must be of those
+        if set_vectors is None:
+            set_vectors = embeddings.set_vectors(
+                model.backbone,
+                dataset,
+                cache_dir=cfg.cache_dir,
+                device=device,
+                progress=progress,
+                batch_size=cfg.sets_per_forward(),
+            )
+        vectors = embeddings.for_pooling(set_vectors, cfg.pooling)
     epoch = start_epoch - 1
     cached: dict[int, dict[str, Any]] = {}
 
@@ -236,6 +261,7 @@ def fit(
             target_std=target_std,
             device=device,
             progress=progress,
+            vectors=vectors,
         )
         val = predict(
             model,
@@ -244,21 +270,22 @@ def fit(
             target_mean=target_mean,
             target_std=target_std,
             batch_size=cfg.batch_size,
+            sets_per_forward=cfg.sets_per_forward(),
             device=device,
+            vectors=vectors,
         )
-        # Val loss on sets, in standardised units, so it is comparable with the train loss.
+        # Val loss in standardised units, so it is comparable with the train loss.
         val_loss = float(
             loss_fn(
                 torch.from_numpy((val.predicted - target_mean) / target_std),
                 torch.from_numpy((val.true - target_mean) / target_std),
             )
         )
-        _, sample_pred, sample_true = val.sample_means()
         metrics: dict[str, Any] = {
             "epoch": epoch,
             "train_loss": train_loss,
             "val_loss": val_loss,
-            **regression_metrics(sample_true, sample_pred, prefix="val_"),
+            **regression_metrics(val.true, val.predicted, prefix="val_"),
             "lr": optimizer.param_groups[0]["lr"],
             "epoch_seconds": time.perf_counter() - started,
         }
@@ -332,18 +359,23 @@ def _main(argv: Sequence[str] | None) -> int:
     seed_everything(cfg.seed)
     model = build_model(cfg)
     # A hub id's length is known once its config is downloaded: take it from the model, not a lookup table.
-    cfg.max_length = cfg.max_length or model.backbone.config.max_length
     out = Path(cfg.output_dir or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
     cfg.output_dir = str(out)
-    dataset = data.prepare_for(cfg)
+    dataset = data.prepare_for(cfg, model_max_length=model.backbone.config.max_length)
+    cfg.max_length = dataset.max_length
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / files.SPLIT_FILE, dataset.split_dict())
     write_json(
         out / files.RUN_CONFIG_FILE, {"train_config": cfg.to_dict(), "model_config": model.backbone.config.to_dict()}
     )
     environment.write(out, seed=cfg.seed, split_seed=cfg.split_seed)  # what else decides the numbers
-    sizes = (len(dataset.set_indices(name)) for name in ("train", "val", "test"))
-    log.info("run folder %s; %d train / %d val / %d test sets", out, *sizes)
+    sizes = [(len(dataset.sample_indices(name)), len(dataset.set_indices(name))) for name in ("train", "val", "test")]
+    log.info(
+        "run folder %s; samples (read sets of %d tokens): %s",
+        out,
+        dataset.max_length,
+        ", ".join(f"{n} {name} ({k})" for name, (n, k) in zip(("train", "val", "test"), sizes)),
+    )
 
     history: list[dict[str, Any]] = []
 

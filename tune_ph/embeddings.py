@@ -1,0 +1,112 @@
+"""Frozen-backbone set vectors: every pooling of every read set, computed once per (weights, data, length), cached."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from hyena_dna import HyenaDNAModel
+from tune_ph import files, token_cache
+from tune_ph.config import POOLINGS
+from tune_ph.model import autocast, pool_hidden
+from tune_ph.tokens import TokenizedDataset
+
+log = logging.getLogger(__name__)
+
+# Bump when what a cached array holds changes.
+CACHE_FORMAT = 1
+SUBFOLDER = "embeddings"
+
+
+def weights_hash(backbone: HyenaDNAModel) -> str:
+    """A content hash of the backbone's architecture and weights: a changed weight is a different cache entry."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(repr(sorted(backbone.config.to_dict().items())).encode())
+    for name, tensor in sorted(backbone.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def cache_path(backbone: HyenaDNAModel, dataset: TokenizedDataset, cache_dir: str | os.PathLike | None) -> Path:
+    """Where the vectors of this backbone on this tokenized dataset live (beside the token cache)."""
+    key = f"{weights_hash(backbone)}-{dataset.fingerprint}-L{dataset.max_length}-n{dataset.max_sets}"
+    return token_cache.cache_folder(cache_dir) / SUBFOLDER / f"{key}-v{CACHE_FORMAT}.npy"
+
+
+def compute(
+    backbone: HyenaDNAModel,
+    dataset: TokenizedDataset,
+    *,
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> np.ndarray:
+    """Run the backbone (eval mode, no gradients) over every set: float32 (n_sets, len(POOLINGS), d_model)."""
+    device = torch.device(device)
+    backbone = backbone.to(device).eval()
+    out = np.zeros((len(dataset), len(POOLINGS), backbone.config.d_model), dtype=np.float32)
+    total = dataset.num_batches("all", batch_size)
+    started = time.perf_counter()
+    with torch.inference_mode(), autocast(device):
+        for batch in tqdm(dataset.batches("all", batch_size), total=total, desc="set vectors", disable=not progress):
+            ids, mask = batch.input_ids.to(device), batch.mask.to(device)
+            hidden = backbone(ids)
+            pooled = torch.stack([pool_hidden(hidden, mask, p) for p in POOLINGS], dim=1)
+            out[batch.set_index.numpy()] = pooled.float().cpu().numpy()
+    seconds = time.perf_counter() - started
+    tokens = int(dataset.set_lengths().sum())
+    log.info(
+        "set vectors of %d sets (%s tokens) in %.1f s (%.0f tokens/s)",
+        len(dataset),
+        f"{tokens:,}",
+        seconds,
+        tokens / max(seconds, 1e-9),
+    )
+    return out
+
+
+def set_vectors(
+    backbone: HyenaDNAModel,
+    dataset: TokenizedDataset,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    use_cache: bool = True,
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> np.ndarray:
+    """The frozen backbone's pooled vectors of every set (see ``compute``), read from or written to the cache."""
+    if not use_cache:
+        return compute(backbone, dataset, batch_size=batch_size, device=device, progress=progress)
+    path = cache_path(backbone, dataset, cache_dir)
+    expected = (len(dataset), len(POOLINGS), backbone.config.d_model)
+    if path.exists():
+        try:
+            vectors = np.load(path, allow_pickle=False)
+            if vectors.shape == expected and vectors.dtype == np.float32:
+                token_cache.touch(path)
+                log.info("embedding cache hit: %s", path)
+                return vectors
+            log.warning("ignoring embedding cache %s of shape %s (expected %s)", path, vectors.shape, expected)
+        except (OSError, ValueError) as exc:  # a damaged entry is recomputed, not fatal
+            log.warning("ignoring unreadable embedding cache %s (%s); recomputing it", path, exc)
+    vectors = compute(backbone, dataset, batch_size=batch_size, device=device, progress=progress)
+    try:
+        files.save_numpy(path, vectors)
+        log.info("embedding cache written: %s", path)
+    except OSError as exc:  # a read-only cache folder should not stop training
+        log.warning("could not write the embedding cache %s (%s); set TUNE_PH_CACHE to a writable folder", path, exc)
+    return vectors
+
+
+def for_pooling(vectors: np.ndarray, pooling: str) -> torch.Tensor:
+    """The (n_sets, d_model) vectors of one pooling, as a tensor sharing the array's memory."""
+    return torch.from_numpy(vectors[:, POOLINGS.index(pooling)])
