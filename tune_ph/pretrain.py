@@ -1,0 +1,604 @@
+"""Self-supervised next-token pretraining of the HyenaDNA backbone on the reads of a dataset's train split."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from hyena_dna import HyenaDNAConfig, HyenaDNAModel, tokenizer
+from tune_ph import cli, config, data, environment, files, tokens
+from tune_ph.config import TrainConfig
+from tune_ph.errors import ConfigError, InputError
+from tune_ph.files import save_torch, write_json
+from tune_ph.model import autocast, build_model, configure_optimizer, resolve_device
+from tune_ph.tokens import TokenizedDataset
+from tune_ph.train import NonFiniteLossError, seed_everything
+
+log = logging.getLogger("tune_ph.pretrain")
+
+# The files of a pretraining folder, beside the backbone's config.json + weights.ckpt (save_pretrained).
+STATE_FILE = "pretrain_state.pt"  # everything --resume needs (torch.load(weights_only=True))
+HISTORY_FILE = "pretrain_history.json"
+CONFIG_FILE = "pretrain_config.json"
+# What the resumable state must hold.
+STATE_KEYS = (
+    "backbone",
+    "model_config",
+    "optimizer",
+    "scheduler",
+    "step",
+    "epoch",
+    "torch_rng",
+    "config",
+    "history",
+    "dataset_fingerprint",
+    "split_hash",
+)
+# The cosine decay ends at this share of the peak learning rate, so the last steps still learn a little.
+MIN_LR_FACTOR = 0.1
+
+
+def _shared(name: str, default: Any = MISSING, help: str | None = None) -> Any:
+    """A field as TrainConfig defines it (its default, help, choices and CLI aliases), so both tools mean the same
+    thing by it; default/help: where pretraining differs."""
+    f = TrainConfig.__dataclass_fields__[name]
+    meta = dict(f.metadata)
+    if help is not None:
+        meta["help"] = help
+    return field(default=f.default if default is MISSING else default, metadata=meta)
+
+
+def _own(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class PretrainConfig:
+    """Everything one pretraining run needs, as JSON-able primitives (saved with every checkpoint)."""
+
+    output_dir: str = field(metadata={"help": "folder of the run: the pretrained backbone, its state and history"})
+    dataset: str = _shared("dataset")
+    model: str = _shared("model", help="HyenaDNA size name, hub id or local checkpoint folder to start from")
+    from_scratch: bool = _shared(
+        "from_scratch",
+        help="random initialisation of the model's architecture (needed for a size without downloadable weights)",
+    )
+    model_config: dict[str, Any] | None = _shared("model_config")
+    max_length: int | None = _shared("max_length")
+    max_sets: int | None = _shared("max_sets")
+    epochs: int = _shared("epochs", 1, "passes over the train split's read sets")
+    max_steps: int | None = _own(None, "stop after this many optimizer steps (the schedule spans them)")
+    batch_size: int = _shared("batch_size", 16, "read sets per step")
+    learning_rate: float = _shared(
+        "learning_rate", 1e-3, "peak AdamW learning rate (the implicit filter uses the backbone's filter_lr)"
+    )
+    warmup_steps: int = _own(100, "steps of linear warm-up before the cosine decay")
+    weight_decay: float = _shared("weight_decay")
+    grad_clip: float | None = _shared("grad_clip")
+    seed: int = _shared("seed")
+    split_seed: int = _shared("split_seed")
+    test_fraction: float = _shared("test_fraction")
+    val_fraction: float = _shared("val_fraction")
+    cache_dir: str | None = _shared("cache_dir")
+    skip_bad_rows: bool = _shared("skip_bad_rows")
+    device: str = _shared("device")
+    checkpoint_every: int = _own(200, "save the resumable state and the backbone every this many steps")
+    log_every: int = _own(10, "log the mean training loss every this many steps")
+    eval_sets: int = _own(64, "val read sets the eval loss is computed on, spread over the split (0: all)")
+    progress: bool = _own(True, "show a progress bar")
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the field and what is allowed."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in TrainConfig.__dataclass_fields__ and f.name != "output_dir":
+                config.check_field(f.name, value)  # TrainConfig's rules, for the fields that mean the same
+                continue
+            config.check_type(f.name, value, _types(f.name))
+            if f.name == "output_dir" and not value.strip():
+                raise ConfigError(f.name, "output_dir must name a folder")
+            if f.name in ("max_steps", "checkpoint_every", "log_every") and value is not None and value < 1:
+                raise ConfigError(f.name, f"{f.name} must be a positive integer, got {value!r}")
+            if f.name in ("warmup_steps", "eval_sets") and value < 0:
+                raise ConfigError(f.name, f"{f.name} must be >= 0, got {value!r}")
+        self.train_config()  # the rules across fields: model_config needs from_scratch, the fractions, max_length
+
+    def train_config(self) -> TrainConfig:
+        """The TrainConfig of the shared fields: the split, the data and the model are then exactly training's."""
+        shared = set(TrainConfig.__dataclass_fields__)
+        return TrainConfig(**{f.name: getattr(self, f.name) for f in fields(self) if f.name in shared})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PretrainConfig:
+        """Build from a dict; unknown keys are an error (they are usually typos)."""
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ConfigError(unknown[0], f"unknown PretrainConfig fields {unknown}; known fields: {', '.join(known)}")
+        return cls(**data)
+
+
+# Settings that may change when a run is resumed: where and how it runs, not what it computes.
+RUNTIME_FIELDS = ("output_dir", "device", "cache_dir", "checkpoint_every", "log_every", "progress")
+
+
+def _types(name: str) -> tuple[type, ...]:
+    """The Python types a PretrainConfig field accepts, from its annotation (an int is accepted for a float)."""
+    hint = typing.get_type_hints(PretrainConfig)[name]
+    union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+    out: list[type] = []
+    for arg in typing.get_args(hint) if union else (hint,):
+        out.append(typing.get_origin(arg) or arg)
+        if arg is float:
+            out.append(int)
+    return tuple(out)
+
+
+@dataclass
+class PretrainResult:
+    """What pretrain() returns: the history (as pretrain_history.json), the run folder, the trained backbone."""
+
+    history: dict[str, list[dict[str, Any]]]
+    output_dir: Path
+    backbone: HyenaDNAModel
+    steps: int = 0
+    tokens_per_second: float = math.nan
+
+
+# ------------------------------------------------------------------------------------------------ the model
+
+
+class CausalLM(nn.Module):
+    """The backbone with HyenaDNA's language-model head: logits = hidden @ word_embeddings.T (tied weights)."""
+
+    def __init__(self, backbone: HyenaDNAModel) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        # Only the real vocabulary: the embedding table's padding rows are never a token to predict.
+        weight = self.backbone.embeddings.word_embeddings.weight[: self.backbone.config.vocab_size]
+        return hidden.float() @ weight.float().T
+
+    def token_losses(self, input_ids: Tensor, mask: Tensor) -> Tensor:
+        """Cross entropy of token t+1 given tokens <= t, for every t where both are real tokens: (pairs,)."""
+        hidden = self.backbone(input_ids)
+        mask = mask.bool()
+        pairs = mask[:, :-1] & mask[:, 1:]
+        # Logits of the pairs only: the full (B, L, vocab) tensor would be mostly padding.
+        return F.cross_entropy(self.logits(hidden[:, :-1][pairs]), input_ids[:, 1:][pairs], reduction="none")
+
+    def forward(self, input_ids: Tensor, mask: Tensor) -> Tensor:
+        """Mean next-token loss over the real token pairs of the batch."""
+        losses = self.token_losses(input_ids, mask)
+        if losses.numel() == 0:  # sets of one token each: nothing to predict, and a mean of nothing is NaN
+            return self.backbone.embeddings.word_embeddings.weight.sum() * 0.0
+        return losses.mean()
+
+
+def right_padded(dataset: TokenizedDataset, set_index: np.ndarray) -> tuple[Tensor, Tensor]:
+    """(input_ids int64 (S, W), mask bool) of some sets, each from position 0, padded on the right to the longest.
+
+    Not tokens_of's left padding: the backbone is causal, so a real token never sees right padding and padding
+    cannot change the loss; each set starts at position 0, as HyenaDNA's pretraining sequences do.
+    """
+    starts, ends = dataset.offsets[set_index], dataset.offsets[np.asarray(set_index) + 1]
+    width = max(int((ends - starts).max(initial=0)), 1)
+    ids = np.full((len(set_index), width), tokenizer.PAD_ID, dtype=np.int64)
+    mask = np.zeros((len(set_index), width), dtype=bool)
+    for row, (start, end) in enumerate(zip(starts, ends)):
+        ids[row, : end - start] = dataset.ids[start:end]
+        mask[row, : end - start] = True
+    return torch.from_numpy(ids), torch.from_numpy(mask)
+
+
+def warmup_cosine(step: int, *, warmup: int, total: int) -> float:
+    """The learning-rate factor of optimizer step step+1: linear warm-up to 1, then cosine down to MIN_LR_FACTOR."""
+    if step < warmup:
+        return (step + 1) / warmup
+    done = min((step - warmup) / max(total - warmup, 1), 1.0)
+    return MIN_LR_FACTOR + (1 - MIN_LR_FACTOR) * 0.5 * (1 + math.cos(math.pi * done))
+
+
+@torch.no_grad()
+def eval_loss(
+    lm: CausalLM, dataset: TokenizedDataset, set_index: np.ndarray, batch_size: int, device: torch.device
+) -> float | None:
+    """Mean next-token loss per real token pair over some sets (None when they hold no pair)."""
+    was_training = lm.training
+    lm.eval()
+    total, count = 0.0, 0
+    for first in range(0, len(set_index), batch_size):
+        ids, mask = right_padded(dataset, set_index[first : first + batch_size])
+        with autocast(device):
+            losses = lm.token_losses(ids.to(device), mask.to(device))
+        total += float(losses.sum())
+        count += losses.numel()
+    lm.train(was_training)
+    return total / count if count else None
+
+
+def eval_slice(dataset: TokenizedDataset, count: int) -> np.ndarray:
+    """`count` val sets spread evenly over the split (0: all), so every part of it is represented."""
+    val = dataset.set_indices("val")
+    if count == 0 or count >= len(val):
+        return val
+    return val[np.unique(np.linspace(0, len(val) - 1, count).round().astype(np.int64))]
+
+
+# --------------------------------------------------------------------------------------------- the run folder
+
+
+def _check_fresh(out: Path) -> None:
+    """A new run never mixes its files with another's."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise InputError(f"--output-dir {out} is a file; choose a folder")
+    if (out / STATE_FILE).exists():
+        raise InputError(
+            f"{out} already holds a pretraining run ({STATE_FILE}); pass --resume to continue it, "
+            "or choose another --output-dir"
+        )
+    if any(out.iterdir()):
+        raise InputError(f"{out} is not empty; choose a new or empty --output-dir (or --resume a run in it)")
+
+
+def load_state(out: Path) -> dict[str, Any]:
+    """The resumable state of a run folder (weights_only: only tensors and plain settings are ever loaded)."""
+    path = out / STATE_FILE
+    if not path.is_file():
+        raise InputError(f"--resume: {out} has no {STATE_FILE} to continue from; run without --resume to start")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
+        raise InputError(f"{path} cannot be read as a pretraining state ({type(err).__name__}: {err})") from None
+    missing = [k for k in STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise InputError(f"{path} is not a pretraining state: it lacks {', '.join(missing)}")
+    return state
+
+
+def saved_config(out: Path) -> dict[str, Any]:
+    """The settings a run folder was started with (pretrain_config.json), for --resume on the command line."""
+    path = out / CONFIG_FILE
+    if not path.is_file():
+        raise InputError(f"--resume: {out} has no {CONFIG_FILE}; it is not a pretraining run folder")
+    try:
+        return dict(json.loads(path.read_text())["pretrain_config"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise InputError(f"{path} cannot be read ({type(err).__name__}: {err})") from None
+
+
+def _resumed_config(cfg: PretrainConfig, saved: dict[str, Any]) -> PretrainConfig:
+    """cfg, checked against the state's settings: only where and how the run goes may change."""
+    old = PretrainConfig.from_dict(saved)
+    changed = [
+        f"{f.name}: {getattr(old, f.name)!r} -> {getattr(cfg, f.name)!r}"
+        for f in fields(cfg)
+        if f.name not in RUNTIME_FIELDS
+        and getattr(cfg, f.name) != getattr(old, f.name)
+        and not (f.name == "max_length" and cfg.max_length is None)  # None: "as before", resolved when it started
+    ]
+    if changed:
+        raise ConfigError(
+            changed[0].split(":")[0],
+            f"--resume continues a run with its own settings, but these differ: {'; '.join(changed)}. "
+            "Drop those flags, or start a new run in another --output-dir",
+        )
+    return replace(cfg, max_length=old.max_length)
+
+
+def _write_checkpoint(out: Path, lm: CausalLM, state: dict[str, Any], history: dict[str, list[dict[str, Any]]]) -> None:
+    # The state last: it is what --resume trusts; the backbone and history written before it are at least as new.
+    write_json(out / HISTORY_FILE, history)
+    lm.backbone.save_pretrained(out)
+    save_torch(out / STATE_FILE, state)
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+
+def pretrain(
+    cfg: PretrainConfig, dataset: TokenizedDataset | None = None, progress: bool = True, *, resume: bool = False
+) -> PretrainResult:
+    """Next-token pretraining of cfg.model on the train split's read sets; writes cfg.output_dir.
+
+    dataset: already tokenized data (default: data.prepare_for(cfg.train_config()), the published split).
+    resume: continue the run in cfg.output_dir from its pretrain_state.pt (its settings must match cfg's).
+    """
+    cfg.validate()
+    out = Path(cfg.output_dir)
+    state = load_state(out) if resume else None
+    if state is None:
+        _check_fresh(out)
+    else:
+        cfg = _resumed_config(cfg, state["config"])
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    if state is not None:
+        # Its own architecture and weights: a size name would be downloaded (or drawn at random) again.
+        backbone = HyenaDNAModel(HyenaDNAConfig.from_dict(state["model_config"]))
+        backbone.load_state_dict(state["backbone"])
+    else:
+        backbone = build_model(cfg.train_config()).backbone  # a missing checkpoint fails before data preparation
+    if dataset is None:
+        dataset = data.prepare_for(cfg.train_config(), model_max_length=backbone.config.max_length)
+    if dataset.max_length > backbone.config.max_length:
+        raise ValueError(
+            f"the dataset was tokenized with max_length={dataset.max_length} but the model {cfg.model!r} takes at "
+            f"most {backbone.config.max_length} tokens; rebuild it with --max-length {backbone.config.max_length}"
+        )
+    cfg = replace(cfg, max_length=int(dataset.max_length))
+    split_hash = tokens.split_hash(dataset.split_dict())
+    if state is not None and (state["dataset_fingerprint"], state["split_hash"]) != (dataset.fingerprint, split_hash):
+        raise InputError(
+            f"--resume: the dataset or its split differs from the one {out} was pretrained on; "
+            "resume with the same --dataset and split settings"
+        )
+    train_sets = dataset.set_indices("train")
+    if len(train_sets) == 0:
+        raise ValueError("the 'train' split has no read sets; check the split fractions and the dataset size")
+    steps_per_epoch = -(-len(train_sets) // cfg.batch_size)
+    total = cfg.epochs * steps_per_epoch if cfg.max_steps is None else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
+
+    lm = CausalLM(backbone).to(device)
+    lm.train()
+    optimizer = configure_optimizer(lm, cfg.train_config())  # duck-typed: it reads .backbone.config and modules()
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, partial(warmup_cosine, warmup=cfg.warmup_steps, total=total)
+    )
+    history: dict[str, list[dict[str, Any]]] = {"train": [], "eval": []}
+    step = 0
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history = {k: list(v) for k, v in state["history"].items()}
+        step = int(state["step"])
+        # After every module was built: the dropout masks then continue as if the run had never stopped.
+        torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda" and state.get("cuda_rng"):
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        log.info("resuming %s at step %d of %d", out, step + 1, total)
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(
+        out / CONFIG_FILE,
+        {
+            "pretrain_config": cfg.to_dict(),
+            "model_config": backbone.config.to_dict(),
+            "dataset_fingerprint": str(dataset.fingerprint),
+            "split_hash": split_hash,
+        },
+    )
+    write_json(out / files.SPLIT_FILE, dataset.split_dict())
+    environment.record(out, seed=cfg.seed, split_seed=cfg.split_seed)
+    val_sets = eval_slice(dataset, cfg.eval_sets)
+    log.info(
+        "pretraining %s (%d parameters) on %d train read sets of up to %d tokens: %d steps of %d sets "
+        "(%d per epoch); eval on %d val sets -> %s",
+        cfg.model,
+        backbone.num_parameters(),
+        len(train_sets),
+        dataset.max_length,
+        total,
+        cfg.batch_size,
+        steps_per_epoch,
+        len(val_sets),
+        out,
+    )
+
+    def snapshot(epoch: int) -> dict[str, Any]:
+        return {
+            "backbone": {k: v.detach().to("cpu", copy=True) for k, v in backbone.state_dict().items()},
+            "model_config": backbone.config.to_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "step": step,
+            "epoch": epoch,
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
+            "config": cfg.to_dict(),
+            "history": history,
+            "dataset_fingerprint": str(dataset.fingerprint),
+            "split_hash": split_hash,
+            "max_length": int(dataset.max_length),
+        }
+
+    show = progress and cfg.progress
+    bar = tqdm(total=total, initial=step, desc="pretrain", unit="step", disable=not show)
+    # Losses stay on the device between log points: one host sync per log line, not per step.
+    window = torch.zeros((), device=device, dtype=torch.float64)
+    window_steps = window_tokens = run_tokens = 0
+    train_seconds = 0.0  # training only: evaluation and checkpoints are not throughput
+    window_start = time.perf_counter()
+    try:
+        while step < total:
+            epoch = step // steps_per_epoch + 1
+            # A fixed order per epoch (seed, epoch): a resumed run skips exactly the batches it has done.
+            order = np.random.default_rng((cfg.seed, epoch)).permutation(train_sets)
+            for batch in range(step % steps_per_epoch, steps_per_epoch):
+                ids, mask = right_padded(dataset, order[batch * cfg.batch_size : (batch + 1) * cfg.batch_size])
+                with autocast(device):
+                    loss = lm(ids.to(device, non_blocking=True), mask.to(device, non_blocking=True))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(lm.parameters(), cfg.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                window += loss.detach()
+                window_steps += 1
+                window_tokens += int(mask.sum())
+                bar.update(1)
+                last = step == total
+                if step % cfg.log_every == 0 or last:
+                    mean = float(window) / window_steps
+                    if not math.isfinite(mean):
+                        raise NonFiniteLossError(
+                            f"non-finite pretraining loss ({mean}) in steps {step - window_steps + 1}..{step}; "
+                            "the run was stopped. Lower --learning-rate or keep --grad-clip on."
+                        )
+                    now = time.perf_counter()
+                    entry = {
+                        "step": step,
+                        "epoch": epoch,
+                        "loss": mean,
+                        "lr": optimizer.param_groups[0]["lr"],
+                        "tokens_per_s": window_tokens / max(now - window_start, 1e-9),
+                    }
+                    history["train"].append(entry)
+                    log.debug(
+                        "step %d  loss %.4f  lr %.2e  %.0f tokens/s", step, mean, entry["lr"], entry["tokens_per_s"]
+                    )
+                    bar.set_postfix(loss=f"{mean:.4f}", tok_s=f"{entry['tokens_per_s']:.0f}", refresh=False)
+                    run_tokens += window_tokens
+                    train_seconds += now - window_start
+                    window.zero_()
+                    window_steps = window_tokens = 0
+                    window_start = now
+                epoch_end = step % steps_per_epoch == 0
+                if epoch_end or last:  # a run cut short by max_steps is evaluated too
+                    value = eval_loss(lm, dataset, val_sets, cfg.batch_size, device)
+                    history["eval"].append({"step": step, "epoch": epoch, "epoch_end": epoch_end, "eval_loss": value})
+                    log.info(
+                        "epoch %d  step %d/%d  loss %.4f  eval_loss %s",
+                        epoch,
+                        step,
+                        total,
+                        history["train"][-1]["loss"] if history["train"] else math.nan,
+                        "n/a (no val sets)" if value is None else f"{value:.4f}",
+                    )
+                if step % cfg.checkpoint_every == 0 or last:
+                    _write_checkpoint(out, lm, snapshot(epoch), history)
+                if epoch_end or step % cfg.checkpoint_every == 0:
+                    window_start = time.perf_counter()
+                if last:
+                    break
+    finally:
+        bar.close()
+    speed = run_tokens / train_seconds if run_tokens and train_seconds > 0 else math.nan
+    if state is not None and int(state["step"]) >= total:
+        log.info("%s had already finished (%d steps)", out, total)
+        _write_checkpoint(out, lm, state, history)
+    if math.isfinite(speed):
+        log.info("pretrained %d steps (%.0f tokens/s) -> %s", step, speed, out)
+    return PretrainResult(history=history, output_dir=out, backbone=backbone, steps=step, tokens_per_second=speed)
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+
+
+def _field_names(cli_only: bool = True) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(PretrainConfig) if not cli_only or f.metadata.get("cli", True))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per PretrainConfig field, as config.add_arguments makes them for TrainConfig.
+
+    Every default is None ("not given"): a resumed run keeps its saved settings unless a flag is given.
+    """
+    for f in fields(PretrainConfig):
+        meta = f.metadata
+        if not meta.get("cli", True):
+            continue
+        flags = [f"--{f.name.replace('_', '-')}", *meta.get("aliases", ())]
+        kind = next(t for t in _types(f.name) if t is not type(None))
+        required = f.default is MISSING
+        help_text = meta["help"] if required else f"{meta['help']} (default: {f.default})"
+        if kind is bool:
+            parser.add_argument(*flags, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            parser.add_argument(
+                *flags, type=kind, default=None, required=required, choices=meta.get("choices"), help=help_text
+            )
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m tune_ph.pretrain",
+        description="Self-supervised next-token pretraining of HyenaDNA on the train split's reads; "
+        "the output folder is a checkpoint that `python -m tune_ph.train --model OUTPUT_DIR` fine-tunes.",
+    )
+    add_arguments(p)
+    p.add_argument(
+        "--model-config",
+        default=None,
+        metavar="JSON",
+        help="custom backbone (HyenaDNAConfig fields) as a JSON file or inline JSON; needs --from-scratch",
+    )
+    p.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its last state")
+    p.add_argument(
+        "--num-threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch (default: torch's choice; 1 is often faster on a busy machine)",
+    )
+    return p.parse_args(argv)
+
+
+def read_model_config(value: str) -> dict[str, Any]:
+    """--model-config: a JSON file's path or inline JSON, holding one object."""
+    path = Path(value).expanduser()
+    text = path.read_text() if path.is_file() else value
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError("model_config", f"--model-config {value!r} is neither a JSON file nor JSON ({err})") from None
+    if not isinstance(parsed, dict):
+        raise ConfigError("model_config", f"--model-config must hold a JSON object, got {type(parsed).__name__}")
+    return parsed
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m tune_ph.pretrain`: exit code 0, 1 (runtime failure), 2 (bad input) or 130 (interrupted)."""
+    return cli.run(_main, argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = parse_args(argv)
+    given = config.given_fields(args, only=_field_names())
+    if args.model_config is not None:
+        given["model_config"] = read_model_config(args.model_config)
+    # A resumed run's settings are its own; flags given with --resume must agree (pretrain() checks).
+    base = saved_config(Path(given["output_dir"])) if args.resume else {}
+    cfg = PretrainConfig.from_dict({**base, **given})
+    resolve_device(cfg.device)  # e.g. cuda on a machine without one: refused before anything is built or written
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    result = pretrain(cfg, resume=args.resume)
+    evals = [e["eval_loss"] for e in result.history["eval"] if e["eval_loss"] is not None]
+    log.info(
+        "done: %d steps, last eval_loss %s; fine-tune it with: python -m tune_ph.train --model %s",
+        result.steps,
+        f"{evals[-1]:.4f}" if evals else "n/a",
+        result.output_dir,
+    )
+    return cli.EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
