@@ -83,7 +83,9 @@ class PretrainConfig:
     max_length: int | None = _shared("max_length")
     max_sets: int | None = _shared("max_sets")
     epochs: int = _shared("epochs", 1, "passes over the train split's read sets")
-    max_steps: int | None = _own(None, "stop after this many optimizer steps (the schedule spans them)")
+    max_steps: int | None = _own(
+        None, "stop after this many optimizer steps, at most --epochs' worth (the schedule spans them)"
+    )
     batch_size: int = _shared("batch_size", 16, "read sets per step")
     learning_rate: float = _shared(
         "learning_rate", 1e-3, "peak AdamW learning rate (the implicit filter uses the backbone's filter_lr)"
