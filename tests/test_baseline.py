@@ -13,10 +13,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tune_ph import baseline
-from tune_ph.baseline import PREDICTION_COLUMNS, BaselineError, kmer_counts, kmer_names, kmer_profiles, run_baseline
+from tune_ph import baseline, kmers
+from tune_ph.baseline import PREDICTION_COLUMNS, BaselineError, run_baseline
 from tune_ph.data import clean_samples, load_samples, split_samples
 from tune_ph.demo import make_demo
+from tune_ph.kmers import KmerError, kmer_counts, kmer_names, kmer_profiles
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,13 +94,13 @@ def test_profiles_are_pooled_relative_frequencies(demo_df):
 def test_chunked_profiles_equal_one_pass(demo_df, monkeypatch):
     seqs = demo_df["sequences"].tolist()[:30]
     whole = kmer_profiles(seqs, 5, progress=False)
-    monkeypatch.setattr(baseline, "_CHUNK_BASES", 5000)  # forces many chunks; the chunk edges must not matter
+    monkeypatch.setattr(kmers, "_CHUNK_BASES", 5000)  # forces many chunks; the chunk edges must not matter
     assert np.array_equal(kmer_profiles(seqs, 5, progress=False), whole)
 
 
 @pytest.mark.parametrize("k", [0, 9, -1, 2.5, True])
 def test_bad_k_is_refused_naming_the_option(k):
-    with pytest.raises(BaselineError, match="--k"):
+    with pytest.raises(KmerError, match="--k"):
         kmer_counts(["ACGT"], k)
 
 
