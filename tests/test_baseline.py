@@ -201,3 +201,34 @@ def test_cli_missing_dataset_path_is_a_usage_error(tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and f"no such file or folder: {missing}" in lines[0]
     assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- the reference baseline of a TrainConfig
+
+
+def test_reference_baseline_is_fitted_once_then_read_from_the_cache(tmp_path, monkeypatch):
+    calls = []
+    fit_ridge = baseline._FITTERS["ridge"]
+    monkeypatch.setitem(baseline._FITTERS, "ridge", lambda *a: calls.append(1) or fit_ridge(*a))
+    cfg = {"dataset": "demo", "cache_dir": str(tmp_path)}
+    first, second = baseline.reference_baseline(cfg), baseline.reference_baseline(cfg)
+    assert len(calls) == 1 and not first["cached"] and second["cached"]
+    assert second["results"] == first["results"] and second["k"] == 6
+    line = baseline.baseline_line(second)
+    assert line.startswith("k-mer baseline (ridge, k=6) on the same split: test R² 0.") and "RMSE" in line
+    r2 = first["results"]["ridge"]["test_r2"]
+    expected = f"test R²: DNA model {r2 + 0.1:.3f} vs k-mer baseline {r2:.3f} (+0.100, ahead)"
+    assert baseline.versus(r2 + 0.1, first) == expected
+
+
+def test_a_failing_baseline_is_a_warning_and_a_reason(monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no room")
+
+    monkeypatch.setattr(baseline, "run_baseline", broken)
+    with caplog.at_level(logging.WARNING, logger="tune_ph.baseline"):
+        out = baseline.reference_baseline({"dataset": "demo"})
+    assert out["reason"] == "it failed: no room" and "--dataset demo --k 6" in out["command"]
+    assert "k-mer baseline not computed: no room" in caplog.text
+    assert baseline.baseline_line(out).startswith("k-mer baseline: not computed (it failed: no room); compute it with")
+    assert baseline.versus(0.5, out) is None

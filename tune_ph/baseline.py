@@ -6,7 +6,9 @@ import argparse
 import hashlib
 import json
 import logging
+import math
 import os
+import shlex
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -257,6 +259,99 @@ def write_outputs(results: Mapping[str, Mapping[str, Any]], output_dir: str | os
         write_csv(folder / files.PREDICTIONS_FILE, res["predictions"])
         folders[model] = folder
     return folders
+
+
+# ---------------------------------------------------------------- the reference baseline of a TrainConfig
+
+# The k-mer baseline shown beside the DNA model (train's log and metrics.json, search's console and baseline.json,
+# the report): Ridge on 6-mers, the stronger of the two on real reads (realistic16s) and seconds to fit.
+REFERENCE_MODEL = "ridge"
+BASELINE_K = 6
+# The report profiles a dataset of at most this many bases itself (realistic16s, 50 M bases: ~7 s on 2 cores).
+BASELINE_MAX_BASES = 100_000_000
+
+
+def baseline_command(cfg: TrainConfig) -> str:
+    """The `python -m tune_ph.baseline` command for the same data and split as a training config."""
+    default = TrainConfig()
+    args = ["python", "-m", "tune_ph.baseline", "--dataset", cfg.dataset, "--k", str(BASELINE_K)]
+    for name in ("split_seed", "test_fraction", "val_fraction"):
+        if getattr(cfg, name) != getattr(default, name):
+            args += [f"--{name.replace('_', '-')}", str(getattr(cfg, name))]
+    if cfg.skip_bad_rows:
+        args.append("--skip-bad-rows")
+    return shlex.join(args)
+
+
+def reference_baseline(
+    train_config: TrainConfig | Mapping[str, Any] | None,
+    *,
+    local_only: bool = False,
+    max_bases: int | None = None,
+) -> dict[str, Any]:
+    """The reference baseline for a TrainConfig: k-mer Ridge (k=BASELINE_K) on its dataset and split, cached.
+
+    {"results": {"ridge": metrics}, "k", "command", "cached"}, or {"reason", "command"}: why there is none. Never
+    raises (a failure is a warning). local_only: no hub dataset; max_bases: profile no more bases than this.
+    """
+    command = f"python -m tune_ph.baseline --dataset DATASET --k {BASELINE_K}"
+    if not train_config:
+        return {"reason": "no training config", "command": command}
+    try:
+        cfg = train_config if isinstance(train_config, TrainConfig) else TrainConfig.from_dict(dict(train_config))
+        command = baseline_command(cfg)
+        if local_only and cfg.dataset != "demo" and not Path(cfg.dataset).expanduser().exists():
+            return {"reason": f"dataset {cfg.dataset} is not a local path", "command": command}
+        df = load_samples(cfg.dataset, skip_bad_rows=cfg.skip_bad_rows)
+        bases = int(df["sequences"].map(lambda reads: sum(map(len, reads))).sum())
+        if max_bases is not None and bases > max_bases:
+            return {"reason": f"{bases / 1e6:.0f} M bases is too slow to profile here", "command": command}
+        split = split_samples(df, seed=cfg.split_seed, test_fraction=cfg.test_fraction, val_fraction=cfg.val_fraction)
+        found = run_baseline(df, split, k=BASELINE_K, models=(REFERENCE_MODEL,), cache_dir=cfg.cache_dir)
+    except Exception as err:  # the comparison is optional; the caller shows why it is missing
+        log.warning("k-mer baseline not computed: %s", err)
+        return {"reason": f"it failed: {err}", "command": command}
+    results = {m: r["metrics"] for m, r in found.items()}
+    return {"results": results, "k": BASELINE_K, "command": command, "cached": found[REFERENCE_MODEL]["cached"]}
+
+
+def _reference_metrics(b: Mapping[str, Any] | None) -> dict[str, Any]:
+    return dict(((b or {}).get("results") or {}).get(REFERENCE_MODEL) or {})
+
+
+def _num(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) and math.isfinite(value) else "n/a"
+
+
+def baseline_line(b: Mapping[str, Any] | None) -> str:
+    """One line: `k-mer baseline (ridge, k=6) on the same split: test R² 0.440, RMSE 0.712`, or why there is none."""
+    m, b = _reference_metrics(b), b or {}
+    if not m:
+        return f"k-mer baseline: not computed ({b.get('reason') or '?'}); compute it with: {b.get('command')}"
+    name = f"{REFERENCE_MODEL}, k={m.get('k', BASELINE_K)}"
+    return (
+        f"k-mer baseline ({name}) on the same split: test R² {_num(m.get('test_r2'))}, RMSE {_num(m.get('test_rmse'))}"
+    )
+
+
+def versus(r2: float | None, b: Mapping[str, Any] | None, split: str = "test") -> str | None:
+    """`test R²: DNA model 0.512 vs k-mer baseline 0.440 (+0.072, ahead)`, or None without both numbers."""
+    other = _reference_metrics(b).get(f"{split}_r2")
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (r2, other)):
+        return None
+    diff = float(r2) - float(other)
+    return (
+        f"{split} R²: DNA model {r2:.3f} vs k-mer baseline {other:.3f} ({diff:+.3f}, {'' if diff > 0 else 'not '}ahead)"
+    )
+
+
+def load_saved(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """FOLDER/baseline.json (what a search saved), or None if it is missing or unreadable."""
+    try:
+        saved = json.loads((Path(folder) / files.BASELINE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # missing, or damaged: then recomputed (it is cached)
+        return None
+    return saved if isinstance(saved, dict) else None
 
 
 # ---------------------------------------------------------------- CLI
