@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from tune_ph import baseline, cli, config, data, embeddings, environment, files
+from tune_ph import cli, config, data, embeddings, environment, files
 from tune_ph.config import TrainConfig, is_better, worst_value
 from tune_ph.evaluate import evaluate_checkpoint
 from tune_ph.files import save_torch, write_json
@@ -377,6 +377,8 @@ def _main(argv: Sequence[str] | None) -> int:
         dataset.max_length,
         ", ".join(f"{n} {name} ({k})" for name, (n, k) in zip(("train", "val", "test"), sizes)),
     )
+    from tune_ph import baseline  # scikit-learn here, not in every search trial that imports this module
+
     reference = None if args.no_baseline else baseline.reference_baseline(cfg)  # cached; a failure is a warning
     if reference is not None:
         log.info("%s", baseline.baseline_line(reference))
