@@ -12,7 +12,8 @@ import time
 
 import numpy as np
 
-from tune_ph.baseline import kmer_profiles, run_baseline
+from tune_ph.baseline import run_baseline
+from tune_ph.kmers import kmer_profiles
 
 
 def synthetic_samples(num_samples: int, reads: int, length: int, seed: int = 0) -> list[list[str]]:

@@ -13,10 +13,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tune_ph import baseline
-from tune_ph.baseline import PREDICTION_COLUMNS, BaselineError, kmer_counts, kmer_names, kmer_profiles, run_baseline
+from tune_ph import baseline, kmers
+from tune_ph.baseline import PREDICTION_COLUMNS, BaselineError, run_baseline
 from tune_ph.data import clean_samples, load_samples, split_samples
 from tune_ph.demo import make_demo
+from tune_ph.kmers import KmerError, kmer_counts, kmer_names, kmer_profiles
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,13 +94,13 @@ def test_profiles_are_pooled_relative_frequencies(demo_df):
 def test_chunked_profiles_equal_one_pass(demo_df, monkeypatch):
     seqs = demo_df["sequences"].tolist()[:30]
     whole = kmer_profiles(seqs, 5, progress=False)
-    monkeypatch.setattr(baseline, "_CHUNK_BASES", 5000)  # forces many chunks; the chunk edges must not matter
+    monkeypatch.setattr(kmers, "_CHUNK_BASES", 5000)  # forces many chunks; the chunk edges must not matter
     assert np.array_equal(kmer_profiles(seqs, 5, progress=False), whole)
 
 
 @pytest.mark.parametrize("k", [0, 9, -1, 2.5, True])
 def test_bad_k_is_refused_naming_the_option(k):
-    with pytest.raises(BaselineError, match="--k"):
+    with pytest.raises(KmerError, match="--k"):
         kmer_counts(["ACGT"], k)
 
 
@@ -200,3 +201,34 @@ def test_cli_missing_dataset_path_is_a_usage_error(tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and f"no such file or folder: {missing}" in lines[0]
     assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- the reference baseline of a TrainConfig
+
+
+def test_reference_baseline_is_fitted_once_then_read_from_the_cache(tmp_path, monkeypatch):
+    calls = []
+    fit_ridge = baseline._FITTERS["ridge"]
+    monkeypatch.setitem(baseline._FITTERS, "ridge", lambda *a: calls.append(1) or fit_ridge(*a))
+    cfg = {"dataset": "demo", "cache_dir": str(tmp_path)}
+    first, second = baseline.reference_baseline(cfg), baseline.reference_baseline(cfg)
+    assert len(calls) == 1 and not first["cached"] and second["cached"]
+    assert second["results"] == first["results"] and second["k"] == 6
+    line = baseline.baseline_line(second)
+    assert line.startswith("k-mer baseline (ridge, k=6) on the same split: test R² 0.") and "RMSE" in line
+    r2 = first["results"]["ridge"]["test_r2"]
+    expected = f"test R²: DNA model {r2 + 0.1:.3f} vs k-mer baseline {r2:.3f} (+0.100, ahead)"
+    assert baseline.versus(r2 + 0.1, first) == expected
+
+
+def test_a_failing_baseline_is_a_warning_and_a_reason(monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no room")
+
+    monkeypatch.setattr(baseline, "run_baseline", broken)
+    with caplog.at_level(logging.WARNING, logger="tune_ph.baseline"):
+        out = baseline.reference_baseline({"dataset": "demo"})
+    assert out["reason"] == "it failed: no room" and "--dataset demo --k 6" in out["command"]
+    assert "k-mer baseline not computed: no room" in caplog.text
+    assert baseline.baseline_line(out).startswith("k-mer baseline: not computed (it failed: no room); compute it with")
+    assert baseline.versus(0.5, out) is None

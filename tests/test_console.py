@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -62,6 +63,30 @@ def test_ray_console_settings_hold_only_while_fit_runs(monkeypatch):
 def test_metric_columns_put_the_search_metric_first():
     assert list(console.metric_columns("val_r2"))[:2] == ["val_r2", "best_val_r2"]
     assert list(console.metric_columns("val_loss"))[:2] == ["val_loss", "best_val_loss"]
+
+
+class _Trial:
+    def __init__(self, trial_id: str, **config):
+        self.trial_id, self.config, self.last_result = trial_id, config, {}
+
+    def __str__(self) -> str:
+        return f"trial_{self.trial_id}"
+
+
+def test_best_so_far_is_shown_beside_the_k_mer_baseline(capsys):
+    reference = {"results": {"ridge": {"k": 6, "val_r2": 0.47, "test_r2": 0.44, "test_rmse": 0.71}}, "k": 6}
+    progress, trial = console.SearchProgress(["head"], "val_loss"), _Trial("a1", head="mlp2")
+    result = {"val_loss": 0.3, "best_val_loss": 0.3, "val_r2": 0.521, "epoch": 3}
+    with console.beside_best(reference):
+        progress.on_trial_result(0, [trial], trial, result)
+    progress.on_trial_result(0, [trial], trial, {**result, "val_loss": 0.2, "best_val_loss": 0.2, "epoch": 4})
+    assert capsys.readouterr().out.splitlines() == [
+        "best so far: trial_a1  val_loss 0.3 (epoch 3)  head=mlp2",
+        "  at its best epoch, val R²: DNA model 0.521 vs k-mer baseline 0.470 (+0.051, ahead)",
+        "best so far: trial_a1  val_loss 0.2 (epoch 4)  head=mlp2",  # outside beside_best: no baseline
+    ]
+    console.print_start(Path("experiments/x"), "experiments/x", 2, baseline_line="k-mer baseline (ridge, k=6) ...")
+    assert "  k-mer baseline (ridge, k=6) ..." in capsys.readouterr().out.splitlines()
 
 
 def _fake_experiment(folder: Path, exported: bool) -> None:
@@ -146,6 +171,11 @@ def test_search_console_shows_hyperparameters_best_so_far_and_outputs(
     best = table.iloc[0]
     assert best_lines[-1].startswith(f"best so far: trial_{best['trial_id']}  val_loss {best['best_val_loss']:.4g}")
     assert f"head={best['config/head']}" in best_lines[-1] and "learning_rate=" in best_lines[-1]
+    # The k-mer baseline: computed once before the trials, saved, beside the best so far and in the summary.
+    saved = json.loads((folder / "baseline.json").read_text())
+    assert saved["results"]["ridge"]["k"] == 6
+    assert "  at its best epoch, val R²: DNA model " in out and "k-mer baseline (ridge, k=6) on the same split" in out
+    assert re.search(r"^  test R²: DNA model .* vs k-mer baseline ", out, flags=re.M), out
     assert len(re.findall(r"^trial_\w+ started: head=", out, flags=re.M)) == 4
     # A failed trial: one line with its error and where the traceback is, not Ray's 40-line traceback.
     failed = re.findall(

@@ -14,7 +14,7 @@ import optuna
 import pandas as pd
 import pytest
 
-from tune_ph import export, plots, report, results
+from tune_ph import baseline, export, plots, report, results
 from tune_ph.page import fmt
 from tune_ph.results import Trial
 from tune_ph.winner import find_winner, winner_html
@@ -336,16 +336,31 @@ def test_describe_model_names_where_the_weights_came_from():
 
 
 def test_baseline_for_a_remote_dataset_is_not_computed_but_explained():
-    out = export.baseline_for({"dataset": "someone/remote-ph", "split_seed": 7})
+    out = baseline.reference_baseline({"dataset": "someone/remote-ph", "split_seed": 7}, local_only=True)
     assert "not a local path" in out["reason"] and "results" not in out
     assert out["command"] == "python -m tune_ph.baseline --dataset someone/remote-ph --k 6 --split-seed 7"
-    assert "reason" in export.baseline_for(None)
+    assert "reason" in baseline.reference_baseline(None)
 
 
 def test_baseline_for_the_demo_is_computed(tmp_path):
-    out = export.baseline_for({"dataset": "demo", "cache_dir": str(tmp_path)})
+    out = baseline.reference_baseline({"dataset": "demo", "cache_dir": str(tmp_path)})
     ridge = out["results"]["ridge"]
     assert ridge["k"] == 6 and ridge["test_n_samples"] == 60 and 0 < ridge["test_r2"] <= 1
+
+
+def test_the_report_reuses_the_saved_baseline_json(experiment, monkeypatch):
+    folder = experiment["folder"]
+    saved = {"results": {"ridge": {"k": 6, "test_r2": 0.4321, "test_rmse": 0.7}}, "k": 6, "command": "x"}
+    (folder / "baseline.json").write_text(json.dumps(saved))
+    monkeypatch.setattr(baseline, "reference_baseline", lambda *a, **k: pytest.fail("recomputed"))
+    monkeypatch.setattr(results, "Experiment", lambda path: type("E", (), {"trials": lambda self: _trials()})())
+    monkeypatch.setattr(results, "load_settings", lambda folder: SETTINGS)
+    try:
+        assert export.write_report(str(folder), folder) is not None
+    finally:
+        (folder / "baseline.json").unlink()
+    rows = Page((folder / "report.html").read_text()).table("winner", 1).values.tolist()
+    assert rows[1][:2] == ["k-mer ridge (k=6)", "0.4321"]
 
 
 @pytest.mark.slow

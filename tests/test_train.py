@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -233,3 +234,22 @@ def test_config_validation_names_the_field() -> None:
 def test_every_loss_trains(dataset: TokenizedDataset, loss: str) -> None:
     result = fit(cfg(epochs=1, loss=loss, head="linear", pooling="last"), dataset, progress=False)
     assert np.isfinite(result.history[0]["train_loss"])
+
+
+def test_the_cli_logs_and_saves_the_k_mer_baseline_beside_the_model(tmp_path, caplog) -> None:
+    model_dir = tmp_path / "tiny-model"
+    model_dir.mkdir()
+    HyenaDNAConfig(d_model=8, n_layer=1, d_inner=16, l_max=66).to_json(model_dir / "config.json")
+    argv = ["--dataset", "demo", "--model", str(model_dir), "--from-scratch", "--epochs", "1", "--max-length", "64"]
+    argv += ["--max-sets", "1", "--batch-size", "32", "--no-progress", "--device", "cpu"]
+    argv += ["--output-dir", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache")]
+    with caplog.at_level("INFO", logger="tune_ph"):
+        assert train.main(argv) == 0
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["baseline"]["results"]["ridge"]["k"] == 6 and "test_r2" in saved
+    lines = [r.getMessage() for r in caplog.records if r.name == "tune_ph.train"]
+    assert any(line.startswith("k-mer baseline (ridge, k=6) on the same split: test R²") for line in lines)
+    assert lines[-1].startswith("test R²: DNA model ") and "vs k-mer baseline" in lines[-1]
+    argv[argv.index("--output-dir") + 1] = str(tmp_path / "run2")
+    assert train.main([*argv, "--no-baseline"]) == 0
+    assert "baseline" not in json.loads((tmp_path / "run2" / "metrics.json").read_text())

@@ -6,7 +6,9 @@ import argparse
 import hashlib
 import json
 import logging
+import math
 import os
+import shlex
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,13 +20,13 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.linear_model import Ridge, RidgeCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
-from tqdm.auto import tqdm
 
 from tune_ph import cli, config, files
 from tune_ph.config import TrainConfig
 from tune_ph.data import load_samples, split_samples
 from tune_ph.errors import InputError
 from tune_ph.files import write_csv, write_json
+from tune_ph.kmers import check_k, kmer_profiles
 from tune_ph.metrics import regression_metrics
 from tune_ph.tokens import default_cache_dir, fingerprint, split_hash
 
@@ -33,7 +35,6 @@ log = logging.getLogger("tune_ph.baseline")
 MODELS = ("hgb", "ridge")
 # TrainConfig fields the baseline takes as flags: what decides the samples and the split.
 DATA_FLAGS = ("dataset", "split_seed", "test_fraction", "val_fraction", "skip_bad_rows", "cache_dir")
-K_RANGE = (1, 8)  # 4^8 = 65,536 features is already far more than the samples of any pH dataset
 PREDICTION_COLUMNS = ("sample_id", "study_name", "true_ph", "predicted_ph_mean", "residual_mean", "environment")
 # Bump when the profile definition, a model's settings or the cached layout change: stale results are never reused.
 CACHE_FORMAT = 1
@@ -43,114 +44,9 @@ RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-1, 5, 13))
 # scikit-learn's defaults (100 rounds, learning rate 0.1), with early stopping pinned off and a fixed seed.
 HGB_PARAMS: dict[str, Any] = {"max_iter": 100, "learning_rate": 0.1, "early_stopping": False, "random_state": SEED}
 
-# Byte → base code (A=0, C=1, G=2, T=3); anything else, the read separator included, is invalid (255).
-# Case-insensitive and U = T, as the HyenaDNA tokenizer reads reads; IUPAC codes such as N are invalid here.
-_INVALID = 255
-_SEP = b"\n"
-_CODE = np.full(256, _INVALID, dtype=np.uint8)
-for _i, _bases in enumerate(("Aa", "Cc", "Gg", "TtUu")):
-    for _b in _bases:
-        _CODE[ord(_b)] = _i
-# Profiling works on chunks of at most this many bases (~20 bytes of temporaries each) and samples x 4^k count
-# cells (8 bytes each), so memory stays bounded at any dataset size and k.
-_CHUNK_BASES = 4_000_000
-_CHUNK_CELLS = 8_000_000
-# A progress bar only pays off on slow profiling: ~38 M bases/s was measured at k <= 6 (half that at k = 8) on one
-# core, so 40 M bases is about 1-2 s (realistic16s, 50 M bases, shows one).
-_PROGRESS_MIN_BASES = 40_000_000
-
 
 class BaselineError(InputError):
-    """Bad input to the baseline (an unknown model, k out of range, a split naming unknown samples)."""
-
-
-# ---------------------------------------------------------------- k-mer profiles
-
-
-def check_k(k: int) -> int:
-    """k itself if it is an integer in 1..8, else a BaselineError naming --k."""
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not K_RANGE[0] <= int(k) <= K_RANGE[1]:
-        raise BaselineError(f"--k must be an integer from {K_RANGE[0]} to {K_RANGE[1]}, got {k!r}")
-    return int(k)
-
-
-def kmer_names(k: int) -> list[str]:
-    """The k-mers in profile column order (lexicographic: column j is j written in base 4 with digits ACGT)."""
-    k = check_k(k)
-    digits = (np.arange(4**k)[:, None] // 4 ** np.arange(k - 1, -1, -1)) % 4
-    return ["".join("ACGT"[d] for d in row) for row in digits]
-
-
-def _chunk_counts(samples: Sequence[Sequence[str]], k: int) -> np.ndarray:
-    """k-mer counts (int64, len(samples) x 4^k) of a few samples in one vectorised pass."""
-    n_kmers = 4**k
-    # Every read ends with the separator (an invalid byte), so no window crosses a read or sample boundary.
-    pieces = [
-        (_SEP.join(r.encode("latin-1", "replace") for r in reads) + _SEP) if len(reads) else b"" for reads in samples
-    ]
-    lengths = np.fromiter((len(p) for p in pieces), dtype=np.int64, count=len(pieces))
-    codes = _CODE[np.frombuffer(b"".join(pieces), dtype=np.uint8)]
-    n_windows = len(codes) - k + 1
-    if n_windows <= 0:
-        return np.zeros((len(samples), n_kmers), dtype=np.int64)
-    # A window is valid when it holds no invalid byte: a difference of the running count of invalid bytes.
-    bad = np.concatenate(([0], np.cumsum(codes == _INVALID, dtype=np.int32)))
-    valid = bad[k:] == bad[:-k]
-    # Rolling base-4 number of each window (first base most significant); invalid bytes give garbage that is masked.
-    index = np.zeros(n_windows, dtype=np.int64)
-    for j in range(k):
-        index *= 4
-        index += codes[j : j + n_windows] & 3
-    sample_of = np.repeat(np.arange(len(samples), dtype=np.int64), lengths)[:n_windows]
-    keys = sample_of[valid] * n_kmers + index[valid]
-    return np.bincount(keys, minlength=len(samples) * n_kmers).reshape(len(samples), n_kmers)
-
-
-def kmer_counts(reads: Sequence[str], k: int) -> np.ndarray:
-    """Counts (int64, 4^k) of every k-mer over all reads of one sample; k-mers with a non-ACGT base are skipped."""
-    return _chunk_counts([reads], check_k(k))[0]
-
-
-def _chunks(sizes: np.ndarray, n_kmers: int) -> list[tuple[int, int]]:
-    """[start, end) sample ranges within _CHUNK_BASES bases and _CHUNK_CELLS count cells (at least one sample)."""
-    max_samples = max(1, _CHUNK_CELLS // n_kmers)
-    ranges, start, bases = [], 0, 0
-    for i, size in enumerate(sizes.tolist()):
-        if i > start and (bases + size > _CHUNK_BASES or i - start >= max_samples):
-            ranges.append((start, i))
-            start, bases = i, 0
-        bases += size
-    if start < len(sizes):
-        ranges.append((start, len(sizes)))
-    return ranges
-
-
-def kmer_profiles(sequences: Sequence[Sequence[str]], k: int, *, progress: bool | None = None) -> np.ndarray:
-    """Relative k-mer frequencies (float32, n_samples x 4^k) pooled over all reads of each sample.
-
-    Rows sum to 1; a sample without any valid k-mer (all reads shorter than k or ambiguous) gets a zero row and a
-    warning. ``progress=None`` shows a bar only on datasets large enough to take a few seconds.
-    """
-    k = check_k(k)
-    sizes = np.fromiter(
-        (sum(map(len, reads)) + len(reads) for reads in sequences), dtype=np.int64, count=len(sequences)
-    )
-    out = np.zeros((len(sequences), 4**k), dtype=np.float32)
-    show = bool(sizes.sum() >= _PROGRESS_MIN_BASES) if progress is None else progress
-    with tqdm(total=len(sequences), desc=f"{k}-mer profiles", unit="sample", disable=not show) as bar:
-        for a, b in _chunks(sizes, 4**k):
-            counts = _chunk_counts(sequences[a:b], k)
-            totals = counts.sum(axis=1, keepdims=True)
-            out[a:b] = counts / np.maximum(totals, 1)
-            bar.update(b - a)
-    empty = ~out.any(axis=1)
-    if empty.any():
-        log.warning(
-            "%d sample(s) have no valid %d-mer (reads shorter than k or ambiguous); their profile is all zero",
-            int(empty.sum()),
-            k,
-        )
-    return out
+    """Bad input to the baseline (an unknown model, a split naming unknown samples)."""
 
 
 # ---------------------------------------------------------------- models
@@ -363,6 +259,99 @@ def write_outputs(results: Mapping[str, Mapping[str, Any]], output_dir: str | os
         write_csv(folder / files.PREDICTIONS_FILE, res["predictions"])
         folders[model] = folder
     return folders
+
+
+# ---------------------------------------------------------------- the reference baseline of a TrainConfig
+
+# The k-mer baseline shown beside the DNA model (train's log and metrics.json, search's console and baseline.json,
+# the report): Ridge on 6-mers, the stronger of the two on real reads (realistic16s) and seconds to fit.
+REFERENCE_MODEL = "ridge"
+BASELINE_K = 6
+# The report profiles a dataset of at most this many bases itself (realistic16s, 50 M bases: ~7 s on 2 cores).
+BASELINE_MAX_BASES = 100_000_000
+
+
+def baseline_command(cfg: TrainConfig) -> str:
+    """The `python -m tune_ph.baseline` command for the same data and split as a training config."""
+    default = TrainConfig()
+    args = ["python", "-m", "tune_ph.baseline", "--dataset", cfg.dataset, "--k", str(BASELINE_K)]
+    for name in ("split_seed", "test_fraction", "val_fraction"):
+        if getattr(cfg, name) != getattr(default, name):
+            args += [f"--{name.replace('_', '-')}", str(getattr(cfg, name))]
+    if cfg.skip_bad_rows:
+        args.append("--skip-bad-rows")
+    return shlex.join(args)
+
+
+def reference_baseline(
+    train_config: TrainConfig | Mapping[str, Any] | None,
+    *,
+    local_only: bool = False,
+    max_bases: int | None = None,
+) -> dict[str, Any]:
+    """The reference baseline for a TrainConfig: k-mer Ridge (k=BASELINE_K) on its dataset and split, cached.
+
+    {"results": {"ridge": metrics}, "k", "command", "cached"}, or {"reason", "command"}: why there is none. Never
+    raises (a failure is a warning). local_only: no hub dataset; max_bases: profile no more bases than this.
+    """
+    command = f"python -m tune_ph.baseline --dataset DATASET --k {BASELINE_K}"
+    if not train_config:
+        return {"reason": "no training config", "command": command}
+    try:
+        cfg = train_config if isinstance(train_config, TrainConfig) else TrainConfig.from_dict(dict(train_config))
+        command = baseline_command(cfg)
+        if local_only and cfg.dataset != "demo" and not Path(cfg.dataset).expanduser().exists():
+            return {"reason": f"dataset {cfg.dataset} is not a local path", "command": command}
+        df = load_samples(cfg.dataset, skip_bad_rows=cfg.skip_bad_rows)
+        bases = int(df["sequences"].map(lambda reads: sum(map(len, reads))).sum())
+        if max_bases is not None and bases > max_bases:
+            return {"reason": f"{bases / 1e6:.0f} M bases is too slow to profile here", "command": command}
+        split = split_samples(df, seed=cfg.split_seed, test_fraction=cfg.test_fraction, val_fraction=cfg.val_fraction)
+        found = run_baseline(df, split, k=BASELINE_K, models=(REFERENCE_MODEL,), cache_dir=cfg.cache_dir)
+    except Exception as err:  # the comparison is optional; the caller shows why it is missing
+        log.warning("k-mer baseline not computed: %s", err)
+        return {"reason": f"it failed: {err}", "command": command}
+    results = {m: r["metrics"] for m, r in found.items()}
+    return {"results": results, "k": BASELINE_K, "command": command, "cached": found[REFERENCE_MODEL]["cached"]}
+
+
+def _reference_metrics(b: Mapping[str, Any] | None) -> dict[str, Any]:
+    return dict(((b or {}).get("results") or {}).get(REFERENCE_MODEL) or {})
+
+
+def _num(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) and math.isfinite(value) else "n/a"
+
+
+def baseline_line(b: Mapping[str, Any] | None) -> str:
+    """One line: `k-mer baseline (ridge, k=6) on the same split: test R² 0.440, RMSE 0.712`, or why there is none."""
+    m, b = _reference_metrics(b), b or {}
+    if not m:
+        return f"k-mer baseline: not computed ({b.get('reason') or '?'}); compute it with: {b.get('command')}"
+    name = f"{REFERENCE_MODEL}, k={m.get('k', BASELINE_K)}"
+    return (
+        f"k-mer baseline ({name}) on the same split: test R² {_num(m.get('test_r2'))}, RMSE {_num(m.get('test_rmse'))}"
+    )
+
+
+def versus(r2: float | None, b: Mapping[str, Any] | None, split: str = "test") -> str | None:
+    """`test R²: DNA model 0.512 vs k-mer baseline 0.440 (+0.072, ahead)`, or None without both numbers."""
+    other = _reference_metrics(b).get(f"{split}_r2")
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (r2, other)):
+        return None
+    diff = float(r2) - float(other)
+    return (
+        f"{split} R²: DNA model {r2:.3f} vs k-mer baseline {other:.3f} ({diff:+.3f}, {'' if diff > 0 else 'not '}ahead)"
+    )
+
+
+def load_saved(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """FOLDER/baseline.json (what a search saved), or None if it is missing or unreadable."""
+    try:
+        saved = json.loads((Path(folder) / files.BASELINE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # missing, or damaged: then recomputed (it is cached)
+        return None
+    return saved if isinstance(saved, dict) else None
 
 
 # ---------------------------------------------------------------- CLI

@@ -37,6 +37,9 @@ RAY_HINTS = {
 # heartbeat; the trial and best-so-far lines in between say what happened.
 TABLE_EVERY_S = 30.0
 HEARTBEAT_S = 600.0
+# The search's k-mer baseline (tune_ph.baseline.reference_baseline) while beside_best holds; not part of
+# SearchProgress, which Ray pickles with the experiment.
+_BESIDE: dict[str, Any] = {}
 
 
 class _DropHints(logging.Filter):
@@ -75,6 +78,27 @@ def ray_console(verbose: int = 1) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@contextlib.contextmanager
+def beside_best(reference: dict[str, Any] | None) -> Iterator[None]:
+    """While it holds, each best-so-far line is followed by the best trial's val R² against this k-mer baseline."""
+    saved = dict(_BESIDE)
+    _BESIDE.update(baseline=reference)
+    try:
+        yield
+    finally:
+        _BESIDE.clear()
+        _BESIDE.update(saved)
+
+
+def versus_baseline(r2: Any, split: str = "val") -> str | None:
+    """`val R²: DNA model 0.521 vs k-mer baseline 0.470 (+0.051, ahead)` inside beside_best, else None."""
+    if not _BESIDE.get("baseline"):
+        return None
+    from tune_ph.baseline import versus  # scikit-learn only when there is a baseline to show
+
+    return versus(r2, _BESIDE["baseline"], split)
 
 
 def metric_columns(metric: str) -> dict[str, str]:
@@ -179,6 +203,8 @@ class SearchProgress(tune.Callback):
     def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict, **info: Any) -> None:
         if result.get(self.metric) is not None and result.get(self.metric) == result.get(self.best_key):
             self._best_epoch[trial.trial_id] = int(result.get("epoch", result.get("training_iteration", 0)))
+            # Set here, not in __init__: a callback pickled before this existed is restored by --resume.
+            self.__dict__.setdefault("_best_r2", {})[trial.trial_id] = result.get("val_r2")
         best: tuple[Any, float] | None = None
         for t in trials:
             # Ray calls callbacks before it stores the result as the trial's last_result.
@@ -192,6 +218,9 @@ class SearchProgress(tune.Callback):
         epoch = self._best_epoch.get(best[0].trial_id)
         at = f" (epoch {epoch})" if epoch else ""
         self._say(f"best so far: {best[0]}  {self.metric} {best[1]:.4g}{at}  {describe(best[0].config, self.params)}")
+        beside = versus_baseline(self.__dict__.get("_best_r2", {}).get(best[0].trial_id))
+        if beside:
+            self._say(f"  at its best epoch, {beside}")
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         last = trial.last_result or {}
@@ -247,9 +276,13 @@ def watch_commands(folder: Path, logdir: str) -> list[tuple[str, str]]:
     return out
 
 
-def print_start(folder: Path, logdir: str, num_samples: int, dashboard_url: str | None = None) -> None:
-    """Where the results go and how to watch them live."""
+def print_start(
+    folder: Path, logdir: str, num_samples: int, dashboard_url: str | None = None, baseline_line: str | None = None
+) -> None:
+    """Where the results go, how to watch them live, and the k-mer baseline to beat."""
     print(f"search {Path(folder).name}: {num_samples} trial(s); results in {folder}")
+    if baseline_line:
+        print(f"  {baseline_line}")
     tensorboard, what = watch_commands(folder, logdir)[0]
     print(f"  watch it live: {tensorboard}  ({what})")
     if dashboard_url:

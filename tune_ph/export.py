@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shlex
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,18 +13,12 @@ import torch
 
 from hyena_dna import HUB_ORG
 from tune_ph import cli, config, files, report, results, winner
-from tune_ph.config import METRIC_MODES, TrainConfig
-from tune_ph.data import load_samples, split_samples
+from tune_ph.config import METRIC_MODES
 from tune_ph.evaluate import evaluate_checkpoint
 from tune_ph.files import write_json
 from tune_ph.tokens import TokenizedDataset
 
 log = logging.getLogger("tune_ph.export")
-
-# The report's k-mer baseline: Ridge on 6-mers (the stronger of the two on realistic16s, and seconds to fit), computed
-# during export only for a local dataset of at most this many bases (realistic16s, 50 M bases: ~7 s on 2 cores).
-BASELINE_K = 6
-BASELINE_MAX_BASES = 100_000_000
 
 
 def describe_model(train_config: dict[str, Any] | None, model_config: dict[str, Any] | None, n_params: int = 0) -> dict:
@@ -99,50 +92,24 @@ def export_best(
     return test
 
 
-def baseline_command(cfg: TrainConfig) -> str:
-    """The `python -m tune_ph.baseline` command for the same data and split as a training config."""
-    default = TrainConfig()
-    args = ["python", "-m", "tune_ph.baseline", "--dataset", cfg.dataset, "--k", str(BASELINE_K)]
-    for name in ("split_seed", "test_fraction", "val_fraction"):
-        if getattr(cfg, name) != getattr(default, name):
-            args += [f"--{name.replace('_', '-')}", str(getattr(cfg, name))]
-    if cfg.skip_bad_rows:
-        args.append("--skip-bad-rows")
-    return shlex.join(args)
+def report_baseline(folder: Path, train_config: dict[str, Any] | None) -> dict[str, Any]:
+    """The k-mer baseline the search saved (folder/baseline.json), else computed now for a small local dataset."""
+    from tune_ph import baseline  # scikit-learn's models only when a report asks for them
+
+    saved = baseline.load_saved(folder)
+    if saved and saved.get("results"):
+        return saved
+    return baseline.reference_baseline(train_config, local_only=True, max_bases=baseline.BASELINE_MAX_BASES)
 
 
-def baseline_for(train_config: dict[str, Any] | None) -> dict[str, Any]:
-    """The k-mer Ridge baseline's test metrics on the winner's data and split ({"results": {"ridge": metrics}}), or
-    why there is none and the command that computes it ({"reason", "command"}). Never raises: it is a comparison."""
-    if not train_config:
-        return {"reason": "best/config.json has no train_config"}
-    from tune_ph.baseline import run_baseline  # scikit-learn's models only when a report asks for them
-
-    command = f"python -m tune_ph.baseline --dataset DATASET --k {BASELINE_K}"
-    try:
-        cfg = TrainConfig.from_dict(train_config)
-        command = baseline_command(cfg)
-        if cfg.dataset != "demo" and not Path(cfg.dataset).expanduser().exists():
-            return {"reason": f"dataset {cfg.dataset} is not a local path", "command": command}
-        df = load_samples(cfg.dataset, skip_bad_rows=cfg.skip_bad_rows)
-        bases = int(df["sequences"].map(lambda reads: sum(map(len, reads))).sum())
-        if bases > BASELINE_MAX_BASES:
-            return {"reason": f"{bases / 1e6:.0f} M bases is too slow to profile during export", "command": command}
-        split = split_samples(df, seed=cfg.split_seed, test_fraction=cfg.test_fraction, val_fraction=cfg.val_fraction)
-        found = run_baseline(df, split, k=BASELINE_K, models=("ridge",), cache_dir=cfg.cache_dir)
-        return {"results": {m: r["metrics"] for m, r in found.items()}, "command": command}
-    except Exception as err:  # the comparison is optional; the report says why it is missing
-        log.warning("k-mer baseline not computed: %s", err)
-        return {"reason": f"it failed: {err}", "command": command}
-
-
-def write_report(path: str, folder: Path, metric: str = "val_loss", baseline: bool = True) -> Path | None:
+def write_report(path: str, folder: Path, metric: str = "val_loss", with_baseline: bool = True) -> Path | None:
     """report.html: the winner and why, test metrics beside a k-mer baseline, curves, trials, importances."""
     folder = Path(folder)
     try:
         settings = results.load_settings(folder)
         trials = results.Experiment(path).trials()
         info = winner.read_json(folder / results.BEST_DIR / files.RUN_CONFIG_FILE) or {}
+        found = report_baseline(folder, info.get("train_config")) if with_baseline else {"reason": "--no-baseline"}
         return report.write_report(
             folder,
             results.trials_table(trials, metric, results.planned_epochs(settings)),
@@ -150,7 +117,7 @@ def write_report(path: str, folder: Path, metric: str = "val_loss", baseline: bo
             settings=settings,
             study_db=folder / results.STUDY_FILE,
             metric=metric,
-            baseline=baseline_for(info.get("train_config")) if baseline else {"reason": "--no-baseline"},
+            baseline=found,
         )
     except Exception as err:  # the report is a convenience; the results are already saved
         log.warning("could not write the experiment report: %s", err)
@@ -192,7 +159,7 @@ def _main(argv: Sequence[str] | None) -> int:
         + ", ".join(f"{k} {v:.3f}" for k, v in test.items() if isinstance(v, float))
     )
     if not args.no_report:
-        written = write_report(path, folder, metric, baseline=not args.no_baseline)
+        written = write_report(path, folder, metric, with_baseline=not args.no_baseline)
         if written:
             print(f"report: {written}")
     return cli.EXIT_OK

@@ -21,6 +21,8 @@ LOG_FILE = "training_log.json"
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "test_predictions.csv"
 RESIDUALS_FILE = "residuals.png"
+# The k-mer reference baseline of an experiment (tune_ph.baseline.reference_baseline), saved once by the search.
+BASELINE_FILE = "baseline.json"
 
 
 def _atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:

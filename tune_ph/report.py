@@ -161,7 +161,7 @@ def write_report(
     """Write folder/report.html, self-contained (images inline), readable top to bottom.
 
     baseline: {"results": {model: test metrics}} of a k-mer baseline on the same split, or {"reason", "command"}
-    saying why there is none (see export.baseline_for).
+    saying why there is none (see baseline.reference_baseline).
     """
     folder = Path(folder)
     table = with_stop_reasons(table, settings)

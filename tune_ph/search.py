@@ -17,6 +17,7 @@ from ray import tune
 
 from hyena_dna.pretrained import resolve_checkpoint_dir
 from tune_ph import (
+    baseline,
     cli,
     cluster,
     config,
@@ -24,6 +25,7 @@ from tune_ph import (
     data,
     environment,
     export,
+    files,
     monitor,
     outcome,
     resources,
@@ -32,7 +34,7 @@ from tune_ph import (
 )
 from tune_ph.config import TrainConfig
 from tune_ph.errors import InputError, SpaceError
-from tune_ph.files import write_csv
+from tune_ph.files import write_csv, write_json
 from tune_ph.runlock import ExperimentLock
 from tune_ph.search_spec import values_of
 from tune_ph.space import SearchSpec, apply_overrides, check_devices, check_name, load_space, parse_space
@@ -102,6 +104,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "authentication (only on a network you fully trust)",
     )
     p.add_argument("--no-export", action="store_true", help="skip the final export and test evaluation")
+    p.add_argument("--no-baseline", action="store_true", help="skip the k-mer baseline (same split) beside the best")
     p.add_argument(
         "--verbose",
         type=int,
@@ -184,6 +187,14 @@ def _with_length(cfg: TrainConfig, length: int) -> TrainConfig:
     return cfg
 
 
+def search_baseline(spec: SearchSpec, folder: Path) -> dict[str, Any]:
+    """The k-mer baseline on every trial's data and split (cached; a failure is a warning), saved in the folder."""
+    base = {k: v for k, v in spec.fixed.items() if k in config.field_names() and k != "max_length"}
+    found = baseline.reference_baseline(TrainConfig.from_dict({**base, "model": spec.model_choices()[0]}))
+    write_json(folder / files.BASELINE_FILE, found)
+    return found
+
+
 def run_search(
     spec: SearchSpec,
     folder: Path,
@@ -196,11 +207,13 @@ def run_search(
     dashboard: monitor.StudyDashboard | None = None,
     datasets: dict[int, TokenizedDataset] | None = None,
     setup_seconds: float = 0.0,
+    reference: dict[str, Any] | None = None,
 ) -> int:
     """Run (or resume) the search in a started Ray, write trials.csv, export and test the best trial.
 
     `dashboard` (bound, not yet serving) starts serving once the tuner has created the Optuna study.
     datasets: prepare_datasets(spec), when the caller made them already (and took setup_seconds doing so).
+    reference: search_baseline(spec, folder), shown at the start, beside the best so far and in the summary.
     """
     path = results.experiment_path(folder, storage)
     started_before = _refuse_existing(path, resume)
@@ -223,8 +236,9 @@ def run_search(
     if dashboard is not None:
         dashboard.start()
     if verbose:
-        console.print_start(folder, logdir, spec.search["num_samples"], dashboard.url if dashboard else None)
-    with console.ray_console(verbose):
+        line = baseline.baseline_line(reference) if reference else None
+        console.print_start(folder, logdir, spec.search["num_samples"], dashboard.url if dashboard else None, line)
+    with console.ray_console(verbose), console.beside_best(reference):
         grid = runner.fit()
     # Statuses from Ray's saved state, corrected by what fit() returned here (a worker that died is ERROR).
     trials = results.Experiment(path).trials()
@@ -232,6 +246,8 @@ def run_search(
     write_csv(folder / results.TRIALS_FILE, table)
     outcome.tell_study(folder, spec.name, path, metric)
     results.print_summary(table, metric)
+    if reference:
+        print(baseline.baseline_line(reference))
     print(f"dataset setup: {setup_seconds:.1f}s once for {len(table)} trial(s)")
     code = outcome.exit_code(table, spec.search["num_samples"], any_results=len(grid) > 0)
     if code != cli.EXIT_OK:
@@ -253,6 +269,9 @@ def run_search(
         f"best trial exported to {folder / results.BEST_DIR}: test R² {metrics['test_r2']:.3f}, "
         f"RMSE {metrics['test_rmse']:.3f}"
     )
+    beside = baseline.versus(metrics["test_r2"], reference)
+    if beside:
+        print(f"  {beside}")
     export.write_report(path, folder, metric)
     console.print_outputs(folder, logdir, metric, finished=True, exported=True)
     return cli.EXIT_OK
@@ -310,6 +329,7 @@ def _locked_main(
     if not args.resume:  # a resumed search keeps the settings it started with (load_spec read them)
         results.save_settings(folder, settings)
     _record_environment(spec, folder)
+    reference = None if args.no_baseline else search_baseline(spec, folder)  # once, before any trial
     # Short epochs make Tune snapshot often (num_to_keep forces it); that is expected here, not a problem.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     console.quiet_ray_hints()  # before Ray starts: its token warning is logged by ray.init
@@ -340,6 +360,7 @@ def _locked_main(
             dashboard=dashboard,
             datasets=datasets,
             setup_seconds=setup_seconds,
+            reference=reference,
         )
         keep_logs = False
         return code

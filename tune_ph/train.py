@@ -341,6 +341,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="CPU threads for torch (default: torch's choice; 1 is often faster on a busy machine)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-baseline", action="store_true", help="skip the k-mer baseline (same split) beside the model")
     return p.parse_args(argv)
 
 
@@ -376,6 +377,11 @@ def _main(argv: Sequence[str] | None) -> int:
         dataset.max_length,
         ", ".join(f"{n} {name} ({k})" for name, (n, k) in zip(("train", "val", "test"), sizes)),
     )
+    from tune_ph import baseline  # scikit-learn here, not in every search trial that imports this module
+
+    reference = None if args.no_baseline else baseline.reference_baseline(cfg)  # cached; a failure is a warning
+    if reference is not None:
+        log.info("%s", baseline.baseline_line(reference))
 
     history: list[dict[str, Any]] = []
 
@@ -401,6 +407,10 @@ def _main(argv: Sequence[str] | None) -> int:
         metrics["test_n_samples"],
         out,
     )
+    if reference is not None:
+        metrics["baseline"] = reference
+        write_json(out / files.METRICS_FILE, metrics)
+        log.info("%s", baseline.versus(metrics["test_r2"], reference) or baseline.baseline_line(reference))
     return cli.EXIT_OK
 
 
