@@ -6,7 +6,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import yaml
+
+from hyena_dna.tokenizer import VOCAB
+from tune_ph.tokens import TokenizedDataset
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = {"d_model": 16, "n_layer": 1, "d_inner": 32, "filter_order": 16, "l_max": 130}
@@ -130,3 +134,38 @@ def worker_setup() -> None:
     """The test session's Ray worker_process_setup_hook: every hook above."""
     count_tokenizing()
     kill_switch()
+
+
+# A custom backbone, as TrainConfig.model_config (trained from scratch).
+TINY = dict(d_model=32, n_layer=1, d_inner=64, l_max=66)
+
+
+def motif_dataset(n_samples: int = 48, max_length: int = 64, max_sets: int = 2, seed: int = 0) -> TokenizedDataset:
+    """Sets made of two bases, pH linear in the fraction of G: learnable by a tiny model in a few epochs."""
+    rng = np.random.default_rng(seed)
+    ph = rng.uniform(3.0, 9.0, n_samples).astype(np.float32)
+    chunks, lengths, set_sample = [], [], []
+    for i, value in enumerate(ph):
+        frac_g = (value - 3.0) / 6.0
+        for _ in range(max_sets):
+            n = int(rng.integers(max_length // 2, max_length + 1))  # ragged: exercises the padding
+            ids = np.where(rng.random(n) < frac_g, VOCAB["G"], VOCAB["A"]).astype(np.uint8)
+            chunks.append(ids)
+            lengths.append(n)
+            set_sample.append(i)
+    split = np.array(["train"] * n_samples, dtype="<U5")
+    split[-12:-6] = "val"
+    split[-6:] = "test"
+    return TokenizedDataset(
+        ids=np.concatenate(chunks),
+        offsets=np.r_[0, np.cumsum(lengths)].astype(np.int64),
+        set_sample=np.asarray(set_sample, dtype=np.int32),
+        sample_ids=np.array([f"S{i:03d}" for i in range(n_samples)]),
+        study_name=np.array(["study"] * n_samples),
+        environment=np.array(["soil", "lake"] * (n_samples // 2)),
+        ph=ph,
+        split=split,
+        max_length=max_length,
+        max_sets=max_sets,
+        fingerprint="motif",
+    )

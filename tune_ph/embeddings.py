@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -35,10 +36,14 @@ def weights_hash(backbone: HyenaDNAModel) -> str:
     return h.hexdigest()
 
 
+def cache_key(backbone: HyenaDNAModel, dataset: TokenizedDataset) -> str:
+    """What the vectors depend on: the backbone's weights, the samples, and how they were packed into sets."""
+    return f"{weights_hash(backbone)}-{dataset.fingerprint}-L{dataset.max_length}-n{dataset.max_sets}"
+
+
 def cache_path(backbone: HyenaDNAModel, dataset: TokenizedDataset, cache_dir: str | os.PathLike | None) -> Path:
     """Where the vectors of this backbone on this tokenized dataset live (beside the token cache)."""
-    key = f"{weights_hash(backbone)}-{dataset.fingerprint}-L{dataset.max_length}-n{dataset.max_sets}"
-    return token_cache.cache_folder(cache_dir) / SUBFOLDER / f"{key}-v{CACHE_FORMAT}.npy"
+    return token_cache.cache_folder(cache_dir) / SUBFOLDER / f"{cache_key(backbone, dataset)}-v{CACHE_FORMAT}.npy"
 
 
 def compute(
@@ -82,8 +87,15 @@ def set_vectors(
     batch_size: int = 32,
     device: torch.device | str = "cpu",
     progress: bool = True,
+    shared: Mapping[str, np.ndarray] | None = None,
 ) -> np.ndarray:
-    """The frozen backbone's pooled vectors of every set (see ``compute``), read from or written to the cache."""
+    """The frozen backbone's pooled vectors of every set (see ``compute``): from ``shared`` (vectors computed
+    elsewhere, e.g. by the search driver, keyed by ``cache_key``), else read from or written to the disk cache."""
+    if shared:
+        found = shared.get(cache_key(backbone, dataset))
+        if found is not None:
+            log.info("set vectors shared by the driver (%d sets)", len(found))
+            return found
     if not use_cache:
         return compute(backbone, dataset, batch_size=batch_size, device=device, progress=progress)
     path = cache_path(backbone, dataset, cache_dir)

@@ -169,30 +169,31 @@ def check_pretrained(spec: SearchSpec) -> None:
 
 
 def prepare_datasets(spec: SearchSpec) -> dict[int, TokenizedDataset]:
-    """Load and tokenize the dataset once per distinct max length, on the driver."""
+    """Load and tokenize the dataset once per distinct max length, on the driver.
+
+    Keyed by the length a trial asks for (its fixed max_length, else its model's maximum) and by the length the
+    dataset got: a model's maximum is capped by the longest sample, so small-32k reads whole samples without
+    tens of thousands of tokens of padding.
+    """
     base = {k: v for k, v in spec.fixed.items() if k in config.field_names() and k != "max_length"}
-    out = {}
-    for length in spec.max_lengths():
+    out: dict[int, TokenizedDataset] = {}
+    for model in spec.model_choices():
+        requested = spec.max_length_for(model)
+        if requested in out:
+            continue
         started = time.perf_counter()
-        cfg = TrainConfig.from_dict({**base, "model": spec.model_choices()[0], "max_length": None})
-        out[length] = data.prepare_for(_with_length(cfg, length))
-        log.info("dataset %s tokenized for max_length %d in %.1fs", cfg.dataset, length, time.perf_counter() - started)
+        # The data fields of every trial are the same; only the length differs by model.
+        cfg = TrainConfig.from_dict({**base, "model": model, "max_length": spec.fixed_length_for(model)})
+        dataset = data.prepare_for(cfg, model_max_length=requested)
+        out[requested] = out[dataset.max_length] = dataset
+        log.info(
+            "dataset %s tokenized in sets of %d tokens (for %s) in %.1fs",
+            cfg.dataset,
+            dataset.max_length,
+            model,
+            time.perf_counter() - started,
+        )
     return out
-
-
-def _with_length(cfg: TrainConfig, length: int) -> TrainConfig:
-    # The data fields of every trial are the same; only the length differs by model, and the dataset is
-    # built without checking it against one model (each length belongs to the models that use it).
-    cfg.max_length = length
-    return cfg
-
-
-def search_baseline(spec: SearchSpec, folder: Path) -> dict[str, Any]:
-    """The k-mer baseline on every trial's data and split (cached; a failure is a warning), saved in the folder."""
-    base = {k: v for k, v in spec.fixed.items() if k in config.field_names() and k != "max_length"}
-    found = baseline.reference_baseline(TrainConfig.from_dict({**base, "model": spec.model_choices()[0]}))
-    write_json(folder / files.BASELINE_FILE, found)
-    return found
 
 
 def run_search(
@@ -222,7 +223,10 @@ def run_search(
         started = time.perf_counter()
         datasets = prepare_datasets(spec)
         setup_seconds = time.perf_counter() - started
-    trainable = tuner.make_trainable(spec, datasets)
+    started = time.perf_counter()
+    vectors = tuner.shared_vectors(spec, datasets)  # frozen trials then never run the backbone
+    setup_seconds += time.perf_counter() - started
+    trainable = tuner.make_trainable(spec, datasets, vectors)
     if resume and started_before:
         print(f"resuming {path}")
         runner = tune.Tuner.restore(

@@ -7,7 +7,7 @@ import copy
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -148,7 +148,7 @@ def fit(
     resume_from: dict[str, Any] | None = None,
     progress: bool = True,
     model: PhRegressor | None = None,
-    set_vectors: np.ndarray | None = None,
+    shared_vectors: Mapping[str, np.ndarray] | None = None,
 ) -> FitResult:
     """Train cfg on dataset's train split, validate each epoch, keep the best epoch by `metric`.
 
@@ -156,8 +156,9 @@ def fit(
     on_epoch_end(metrics, state_fn) is called after every epoch; returning True stops training.
     resume_from: a state from state_fn()/a checkpoint; training continues at its epoch + 1.
     model: an already built PhRegressor (e.g. to load pretrained weights before preparing data).
-    set_vectors: with cfg.freeze_backbone, the backbone's cached vectors of every set (embeddings.set_vectors);
-    None: read from or written to the embedding cache. A frozen run never runs the backbone itself.
+    shared_vectors: with cfg.freeze_backbone, set vectors computed elsewhere, keyed by embeddings.cache_key (a
+    search computes them once on the driver); otherwise they come from the embedding cache on disk. Either way a
+    frozen run trains the aggregation and head on cached vectors and never runs the backbone per step.
     """
     cfg.validate()
     seed_everything(cfg.seed)
@@ -210,15 +211,15 @@ def fit(
             best_state = resume_from
     vectors = None
     if cfg.freeze_backbone:  # after a resume has loaded its weights: the vectors must be of those
-        if set_vectors is None:
-            set_vectors = embeddings.set_vectors(
-                model.backbone,
-                dataset,
-                cache_dir=cfg.cache_dir,
-                device=device,
-                progress=progress,
-                batch_size=cfg.sets_per_forward(),
-            )
+        set_vectors = embeddings.set_vectors(
+            model.backbone,
+            dataset,
+            cache_dir=cfg.cache_dir,
+            device=device,
+            progress=progress,
+            batch_size=cfg.sets_per_forward(),
+            shared=shared_vectors,
+        )
         vectors = embeddings.for_pooling(set_vectors, cfg.pooling)
     epoch = start_epoch - 1
     cached: dict[int, dict[str, Any]] = {}

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import ray
 import torch
 from ray import tune
@@ -30,8 +31,14 @@ def trial_threads(cpus: float | None) -> int:
     return max(math.floor(cpus or 1), 1)
 
 
-def train_trial(config: dict[str, Any], datasets: dict[int, TokenizedDataset], metric: str = "val_loss") -> None:
-    """Tune function trainable; `datasets` (keyed by max length) arrive once through tune.with_parameters."""
+def train_trial(
+    config: dict[str, Any],
+    datasets: dict[int, TokenizedDataset],
+    metric: str = "val_loss",
+    vectors: dict[str, np.ndarray] | None = None,
+) -> None:
+    """Tune function trainable; `datasets` (keyed by max length) and the frozen backbones' set `vectors` (keyed by
+    embeddings.cache_key) arrive once through tune.with_parameters."""
     started = time.perf_counter()
     # One "checkpoint created" line per epoch per trial would drown Tune's status table.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
@@ -41,6 +48,7 @@ def train_trial(config: dict[str, Any], datasets: dict[int, TokenizedDataset], m
     torch.set_num_threads(trial_threads(ray.get_runtime_context().get_assigned_resources().get("CPU")))
     cfg = TrainConfig.from_trial(config)
     dataset = datasets[cfg.max_length]
+    cfg.max_length = dataset.max_length  # the model's maximum, capped by the longest sample
     # The share Ray gave this trial (resources.gpus_per_trial, per model): one source, the scheduler's own.
     _cap_cuda_memory(float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0)))
 
@@ -69,4 +77,12 @@ def train_trial(config: dict[str, Any], datasets: dict[int, TokenizedDataset], m
             torch.save(state_fn(), Path(folder) / STATE_FILE)
             tune.report(report, checkpoint=tune.Checkpoint.from_directory(folder))
 
-    fit(cfg, dataset, metric=metric, on_epoch_end=on_epoch_end, resume_from=resume_from, progress=False)
+    fit(
+        cfg,
+        dataset,
+        metric=metric,
+        on_epoch_end=on_epoch_end,
+        resume_from=resume_from,
+        progress=False,
+        shared_vectors=vectors,
+    )

@@ -1,28 +1,69 @@
-"""The Ray Tune Tuner of a search: the trainable with the datasets in the object store, OptunaSearch and ASHA."""
+"""The Ray Tune Tuner of a search: the trainable with the data in the object store, OptunaSearch and ASHA."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from tune_ph import console, results
-from tune_ph.config import METRIC_MODES
+from tune_ph import config, console, embeddings, results
+from tune_ph.config import METRIC_MODES, TrainConfig
+from tune_ph.model import build_model, resolve_device
 from tune_ph.search_spec import OptunaSpace, SearchSpec
 from tune_ph.tokens import TokenizedDataset
+from tune_ph.train import seed_everything
 from tune_ph.trainable import train_trial
+
+log = logging.getLogger(__name__)
 
 # Per trial, Tune keeps the best checkpoints by the search metric (and always the latest, for resuming).
 KEEP_CHECKPOINTS = 2
 
 
-def make_trainable(spec: SearchSpec, datasets: dict[int, TokenizedDataset]) -> Any:
-    """train_trial with the datasets in the object store (once) and per-trial resources."""
-    trainable = tune.with_parameters(train_trial, datasets=datasets, metric=spec.search["metric"])
+def may_freeze(spec: SearchSpec) -> bool:
+    """Whether some trial of the search trains on a frozen backbone."""
+    return "freeze_backbone" in spec.params or spec.fixed.get("freeze_backbone") is True
+
+
+def shared_vectors(spec: SearchSpec, datasets: dict[int, TokenizedDataset]) -> dict[str, np.ndarray]:
+    """The frozen backbones' set vectors, computed once on the driver (or read from the embedding cache) for every
+    model a frozen trial may use, keyed by embeddings.cache_key.
+
+    A trial builds its backbone as fit does (seed, then build_model), so its key matches; a trial whose backbone
+    differs (a searched seed of a from-scratch model) misses and computes its own through the disk cache.
+    """
+    if not may_freeze(spec):
+        return {}
+    base = {k: v for k, v in spec.fixed.items() if k in config.field_names() and k != "max_length"}
+    out: dict[str, np.ndarray] = {}
+    for model in spec.model_choices():
+        cfg = TrainConfig.from_dict({**base, "model": model, "max_length": spec.max_length_for(model)})
+        seed_everything(cfg.seed)
+        backbone = build_model(cfg).backbone
+        dataset = datasets[cfg.max_length]
+        key = embeddings.cache_key(backbone, dataset)
+        if key not in out:
+            log.info("set vectors of %s for frozen trials", model)
+            out[key] = embeddings.set_vectors(
+                backbone, dataset, cache_dir=cfg.cache_dir, device=resolve_device(cfg.device), batch_size=64
+            )
+    return out
+
+
+def make_trainable(
+    spec: SearchSpec, datasets: dict[int, TokenizedDataset], vectors: dict[str, np.ndarray] | None = None
+) -> Any:
+    """train_trial with the datasets and the frozen backbones' set vectors in the object store (once each) and
+    per-trial resources."""
+    trainable = tune.with_parameters(
+        train_trial, datasets=datasets, vectors=vectors or {}, metric=spec.search["metric"]
+    )
     cpus = spec.resources["cpus_per_trial"]
     if isinstance(spec.resources["gpus_per_trial"], dict):
         return tune.with_resources(trainable, lambda cfg: {"cpu": cpus, "gpu": spec.gpus_for(cfg["model"])})
