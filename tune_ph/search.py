@@ -196,6 +196,14 @@ def prepare_datasets(spec: SearchSpec) -> dict[int, TokenizedDataset]:
     return out
 
 
+def search_baseline(spec: SearchSpec, folder: Path) -> dict[str, Any]:
+    """The k-mer baseline on every trial's data and split (cached; a failure is a warning), saved in the folder."""
+    base = {k: v for k, v in spec.fixed.items() if k in config.field_names() and k != "max_length"}
+    found = baseline.reference_baseline(TrainConfig.from_dict({**base, "model": spec.model_choices()[0]}))
+    write_json(folder / files.BASELINE_FILE, found)
+    return found
+
+
 def run_search(
     spec: SearchSpec,
     folder: Path,
