@@ -202,7 +202,7 @@ def test_per_model_values_with_a_fixed_model_resolve_to_that_model(tmp_path):
 
 def test_model_override_on_a_per_model_space():
     spec = apply_overrides(load_space(ROOT / "search_spaces" / "sizes.yaml"), {"model": "hyenadna-small-32k-seqlen"})
-    assert "model" not in spec.params and spec.params["batch_size"].args == [4, 8]
+    assert "model" not in spec.params and spec.params["batch_size"].args == [2, 4]
     assert spec.fixed["gradient_checkpointing"] is False  # a per-model scalar became a fixed value
     with pytest.raises(SpaceError, match="space.batch_size.values: no value for model hyenadna-large-1m-seqlen"):
         apply_overrides(load_space(ROOT / "search_spaces" / "sizes.yaml"), {"model": "hyenadna-large-1m-seqlen"})
