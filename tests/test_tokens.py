@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 
 from hyena_dna import tokenizer
-from tune_ph import tokens
-from tune_ph.tokens import TokenizedDataset, build, pack_sets
+from tune_ph import read_sets, tokens
+from tune_ph.read_sets import pack_sets
+from tune_ph.tokens import TokenizedDataset, build
 
 
 def _df(reads_per_sample: dict[str, list[str]], ph: dict[str, float] | None = None) -> pd.DataFrame:
@@ -43,9 +44,9 @@ def test_pack_sets_greedy_whole_reads_with_one_sep() -> None:
 
 
 def test_encode_set_truncates_a_long_read_keeping_its_end() -> None:
-    ids = tokens.encode_set(["AAAACCGT"], max_length=4)
+    ids = read_sets.encode_set(["AAAACCGT"], max_length=4)
     assert tokenizer.decode(ids) == "CCGT"
-    ids = tokens.encode_set(["AC", "GT"], max_length=10)
+    ids = read_sets.encode_set(["AC", "GT"], max_length=10)
     assert tokenizer.decode(ids) == "AC[SEP]GT"
 
 

@@ -13,10 +13,11 @@ from helpers import TINY, motif_dataset
 from hyena_dna import HyenaDNAConfig, PretrainedNotFoundError
 from tune_ph import config, train
 from tune_ph.config import TrainConfig
+from tune_ph.epoch import NonFiniteLossError
 from tune_ph.model import PhRegressor, build_model
 from tune_ph.predict import predict
 from tune_ph.tokens import TokenizedDataset
-from tune_ph.train import NonFiniteLossError, fit
+from tune_ph.train import fit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -12,10 +12,11 @@ from hyena_dna import HyenaDNAConfig, HyenaDNAModel
 from hyena_dna.tokenizer import decode
 from tune_ph import embeddings, tuner
 from tune_ph.config import AGGREGATIONS, POOLINGS, TrainConfig
+from tune_ph.epoch import seed_everything
 from tune_ph.model import RegressionHead, SetAggregation, build_model, pool_hidden
 from tune_ph.space import parse_space
 from tune_ph.tokens import build
-from tune_ph.train import fit, seed_everything
+from tune_ph.train import fit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

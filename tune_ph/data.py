@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from hyena_dna import tokenizer
-from tune_ph import cli, config, fasta, token_cache, tokens
+from tune_ph import cli, config, fasta, read_sets, token_cache, tokens
 from tune_ph.config import DEFAULT_DATASET, TrainConfig
 from tune_ph.demo import make_demo
 from tune_ph.errors import BadRowError, ConfigError, DatasetError
@@ -317,7 +317,7 @@ def prepare(
         raise ValueError("give max_length or model_max_length")
     df = load_samples(source, skip_bad_rows=skip_bad_rows)
     if max_length is None:
-        max_length = max(min(model_max_length, tokens.longest_sample(df)), config.MIN_MAX_LENGTH)
+        max_length = max(min(model_max_length, read_sets.longest_sample(df)), config.MIN_MAX_LENGTH)
     split = split_samples(df, seed=seed, test_fraction=test_fraction, val_fraction=val_fraction)
     ds = tokens.build(df, split, max_length=max_length, max_sets=max_sets, cache_dir=cache_dir)
     log.info("%s", ds)

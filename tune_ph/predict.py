@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from tune_ph import cli, config, data, tokens
+from tune_ph import cli, config, data, read_sets, tokens
 from tune_ph.checkpoints import checkpoint_split, find_checkpoint
 from tune_ph.config import TrainConfig
 from tune_ph.errors import DatasetError, InputError
@@ -111,7 +111,7 @@ def predict(
 
 def _reads_used(reads: list[str], max_length: int, max_sets: int | None) -> int:
     """How many of a sample's reads its read sets hold (the packing of tokens.tokenize)."""
-    return sum(map(len, tokens.pack_sets([len(r) for r in reads if r], max_length, max_sets)))
+    return sum(map(len, read_sets.pack_sets([len(r) for r in reads if r], max_length, max_sets)))
 
 
 def predict_samples(

@@ -24,11 +24,11 @@ from tqdm.auto import tqdm
 from hyena_dna import HyenaDNAConfig, HyenaDNAModel, tokenizer
 from tune_ph import cli, config, data, environment, files, tokens
 from tune_ph.config import TrainConfig
+from tune_ph.epoch import NonFiniteLossError, seed_everything
 from tune_ph.errors import ConfigError, InputError
 from tune_ph.files import save_torch, write_json
 from tune_ph.model import autocast, build_model, configure_optimizer, resolve_device
 from tune_ph.tokens import TokenizedDataset
-from tune_ph.train import NonFiniteLossError, seed_everything
 
 log = logging.getLogger("tune_ph.pretrain")
 

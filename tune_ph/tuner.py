@@ -14,10 +14,10 @@ from ray.tune.search.optuna import OptunaSearch
 
 from tune_ph import config, console, embeddings, results
 from tune_ph.config import METRIC_MODES, TrainConfig
+from tune_ph.epoch import seed_everything
 from tune_ph.model import build_model, resolve_device
 from tune_ph.search_spec import OptunaSpace, SearchSpec
 from tune_ph.tokens import TokenizedDataset
-from tune_ph.train import seed_everything
 from tune_ph.trainable import train_trial
 
 log = logging.getLogger(__name__)
