@@ -6,7 +6,7 @@ import time
 
 import pytest
 import torch
-from helpers import ROOT, tiny_space, write_space
+from helpers import ROOT, TINY_MODEL, tiny_space, write_space
 
 from tune_ph import search
 
@@ -38,3 +38,21 @@ def test_non_finite_cpu_override_is_refused(tmp_path, capsys, value):
     rc = search.main(["--space", str(space), "--output-dir", str(tmp_path), "--cpus-per-trial", value])
     err = capsys.readouterr().err
     assert rc == 2 and "cpus_per_trial" in err, err
+
+
+def test_local_folders_become_absolute_for_trials(tmp_path, monkeypatch) -> None:
+    """A trial runs in a folder of its own: `runs/pretrained` must reach it as an absolute path."""
+    from hyena_dna import HyenaDNAConfig, HyenaDNAModel
+    from tune_ph.search import load_spec
+
+    HyenaDNAModel(HyenaDNAConfig.from_dict(dict(TINY_MODEL))).save_pretrained(tmp_path / "runs" / "pretrained")
+    monkeypatch.chdir(tmp_path)
+    space = tiny_space(name="abs")
+    space["fixed"].update(model="runs/pretrained", cache_dir="cache")
+    space["fixed"].pop("model_config")
+    space["fixed"]["from_scratch"] = False
+    path = write_space(tmp_path, space)
+    spec, _folder, _storage = load_spec(str(path), None, tmp_path / "experiments", False, {})
+    assert spec.fixed["model"] == str(tmp_path / "runs" / "pretrained")
+    assert spec.fixed["cache_dir"] == str(tmp_path / "cache")
+    assert spec.fixed["dataset"] == "demo"  # not a path: unchanged

@@ -7,12 +7,22 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers import ROOT, tiny_space, write_space
+from helpers import ROOT, TINY_MODEL, tiny_space, write_space
 
 from tune_ph.space import FIELD_TYPES, OptunaSpace, SpaceError, apply_overrides, load_space, parse_space
 
 
-@pytest.mark.parametrize("name", ["quick", "heads", "sizes"])
+@pytest.fixture
+def pretrained_here(tmp_path, monkeypatch):
+    """A tune_ph.pretrain-like folder at runs/pretrained, where search_spaces/pretrained.yaml looks for it."""
+    from hyena_dna import HyenaDNAConfig, HyenaDNAModel
+
+    HyenaDNAModel(HyenaDNAConfig.from_dict(dict(TINY_MODEL, l_max=258))).save_pretrained(tmp_path / "runs/pretrained")
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.mark.usefixtures("pretrained_here")
+@pytest.mark.parametrize("name", ["quick", "heads", "sizes", "pretrained"])
 def test_shipped_spaces_load(name):
     spec = load_space(ROOT / "search_spaces" / f"{name}.yaml")
     assert spec.name == name
@@ -167,7 +177,8 @@ def test_per_model_batch_sizes():
         )
 
 
-@pytest.mark.parametrize("name", ["quick", "heads", "sizes"])
+@pytest.mark.usefixtures("pretrained_here")
+@pytest.mark.parametrize("name", ["quick", "heads", "sizes", "pretrained"])
 def test_saved_settings_round_trip(name, tmp_path):
     """--resume re-reads the saved settings: they must parse back to the same search (overrides included)."""
     import json

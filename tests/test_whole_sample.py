@@ -13,6 +13,8 @@ from hyena_dna.tokenizer import decode
 from tune_ph import embeddings, tuner
 from tune_ph.config import AGGREGATIONS, POOLINGS, TrainConfig
 from tune_ph.epoch import seed_everything
+from tune_ph.evaluate import evaluate_checkpoint
+from tune_ph.files import save_torch
 from tune_ph.model import RegressionHead, SetAggregation, build_model, pool_hidden
 from tune_ph.space import parse_space
 from tune_ph.tokens import build
@@ -170,6 +172,7 @@ def test_frozen_training_never_runs_the_backbone(tmp_path, monkeypatch) -> None:
         model_config=dict(TINY),
         device="cpu",
         max_length=64,
+        max_sets=3,
         freeze_backbone=True,
         epochs=3,
         batch_size=4,
@@ -185,6 +188,10 @@ def test_frozen_training_never_runs_the_backbone(tmp_path, monkeypatch) -> None:
 
     monkeypatch.setattr(HyenaDNAModel, "forward", refuse)
     result = fit(cfg, ds, progress=False)  # the vectors come from the disk cache
+    # Evaluating the frozen checkpoint reads the same cache: still no backbone run.
+    save_torch(tmp_path / "best_model.pt", result.best_state)
+    metrics = evaluate_checkpoint(tmp_path / "best_model.pt", dataset=ds, device="cpu")
+    assert metrics["test_n_samples"] == 6 and np.isfinite(metrics["test_r2"])
     assert len(result.history) == 3 and result.history[-1]["train_loss"] < result.history[0]["train_loss"]
     monkeypatch.setattr(embeddings, "compute", refuse)
     shared = {embeddings.cache_key(_backbone_of(cfg), ds): vectors}

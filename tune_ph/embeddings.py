@@ -99,23 +99,38 @@ def set_vectors(
     if not use_cache:
         return compute(backbone, dataset, batch_size=batch_size, device=device, progress=progress)
     path = cache_path(backbone, dataset, cache_dir)
-    expected = (len(dataset), len(POOLINGS), backbone.config.d_model)
-    if path.exists():
-        try:
-            vectors = np.load(path, allow_pickle=False)
-            if vectors.shape == expected and vectors.dtype == np.float32:
-                token_cache.touch(path)
-                log.info("embedding cache hit: %s", path)
-                return vectors
-            log.warning("ignoring embedding cache %s of shape %s (expected %s)", path, vectors.shape, expected)
-        except (OSError, ValueError) as exc:  # a damaged entry is recomputed, not fatal
-            log.warning("ignoring unreadable embedding cache %s (%s); recomputing it", path, exc)
+    vectors = _read(path, (len(dataset), len(POOLINGS), backbone.config.d_model))
+    if vectors is not None:
+        return vectors
     vectors = compute(backbone, dataset, batch_size=batch_size, device=device, progress=progress)
     try:
         files.save_numpy(path, vectors)
         log.info("embedding cache written: %s", path)
     except OSError as exc:  # a read-only cache folder should not stop training
         log.warning("could not write the embedding cache %s (%s); set TUNE_PH_CACHE to a writable folder", path, exc)
+    return vectors
+
+
+def cached(
+    backbone: HyenaDNAModel, dataset: TokenizedDataset, cache_dir: str | os.PathLike | None = None
+) -> np.ndarray | None:
+    """The vectors of this backbone on this dataset if the cache holds them (never computes them)."""
+    return _read(cache_path(backbone, dataset, cache_dir), (len(dataset), len(POOLINGS), backbone.config.d_model))
+
+
+def _read(path: Path, expected: tuple[int, ...]) -> np.ndarray | None:
+    if not path.exists():
+        return None
+    try:
+        vectors = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:  # a damaged entry is recomputed, not fatal
+        log.warning("ignoring unreadable embedding cache %s (%s); recomputing it", path, exc)
+        return None
+    if vectors.shape != expected or vectors.dtype != np.float32:
+        log.warning("ignoring embedding cache %s of shape %s (expected %s)", path, vectors.shape, expected)
+        return None
+    token_cache.touch(path)
+    log.info("embedding cache hit: %s", path)
     return vectors
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tune_ph import cli, config, data, files
+from tune_ph import cli, config, data, embeddings, files
 from tune_ph.config import TrainConfig
 from tune_ph.files import write_csv, write_json
 from tune_ph.model import load_checkpoint, resolve_device
@@ -79,6 +79,8 @@ def evaluate_checkpoint(
 
     torch_device = resolve_device(device)
     model.to(torch_device)
+    # A frozen backbone's vectors are usually cached already (training computed them): no backbone run then.
+    vectors = embeddings.cached(model.backbone, dataset, cfg.cache_dir) if cfg.freeze_backbone else None
     preds = predict(
         model,
         dataset,
@@ -89,6 +91,7 @@ def evaluate_checkpoint(
         sets_per_forward=cfg.sets_per_forward(),
         device=torch_device,
         progress=progress,
+        vectors=None if vectors is None else embeddings.for_pooling(vectors, cfg.pooling),
     )
     table = predictions_table(dataset, preds)
     metrics: dict[str, Any] = regression_metrics(

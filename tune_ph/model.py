@@ -110,6 +110,10 @@ class SetAggregation(nn.Module):
         if kind not in AGGREGATIONS:
             raise ValueError(f"unknown aggregation {kind!r}; choose one of: {', '.join(AGGREGATIONS)}")
         self.kind = kind
+        # Set vectors of a frozen (or young) backbone differ between samples by a sliver of their size; a head on
+        # raw vectors sees a near-constant input and learns nothing. Standardising each feature over the sets
+        # (running statistics at evaluation) is what lets it learn.
+        self.norm: nn.Module = nn.BatchNorm1d(d_model, affine=False)
         if kind == "attention":
             width = max(d_model // 2, _MIN_WIDTH)
             self.attention_V = nn.Linear(d_model, width)  # the paper's V (tanh branch)
@@ -129,6 +133,12 @@ class SetAggregation(nn.Module):
         self, vectors: torch.Tensor, owner: torch.Tensor, num_samples: int, head: RegressionHead
     ) -> torch.Tensor:
         """vectors (N, D) of sets, owner (N,) their sample in 0..num_samples-1 -> predictions (num_samples,)."""
+        if self.training and vectors.shape[0] < 2:  # batch statistics need two sets
+            self.norm.eval()
+            vectors = self.norm(vectors)
+            self.norm.train()
+        else:
+            vectors = self.norm(vectors)
         if self.kind == "mean_prediction":
             return segment_mean(head.regress(vectors).float(), owner, num_samples)
         if self.kind == "mean":
@@ -252,6 +262,8 @@ def load_checkpoint(path: str | Path) -> tuple[PhRegressor, dict[str, Any]]:
         raise ValueError(f"{path} is not a tune_ph checkpoint: it lacks {', '.join(missing)}")
     cfg = TrainConfig.from_saved(state["train_config"])
     model = _assemble(cfg, HyenaDNAModel(HyenaDNAConfig.from_dict(state["model_config"])))
+    if "aggregation.norm.running_mean" not in state["model"]:  # saved before set vectors were standardised
+        model.aggregation.norm = nn.Identity()
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as err:  # weights of another architecture than its own saved config describes

@@ -473,8 +473,15 @@ def pretrain(
                         "tokens_per_s": window_tokens / max(now - window_start, 1e-9),
                     }
                     history["train"].append(entry)
-                    log.debug(
-                        "step %d  loss %.4f  lr %.2e  %.0f tokens/s", step, mean, entry["lr"], entry["tokens_per_s"]
+                    # Without a progress bar these lines are the only sign of progress: log them at INFO then.
+                    log.log(
+                        logging.DEBUG if cfg.progress else logging.INFO,
+                        "step %d/%d  loss %.4f  lr %.2e  %.0f tokens/s",
+                        step,
+                        total,
+                        mean,
+                        entry["lr"],
+                        entry["tokens_per_s"],
                     )
                     bar.set_postfix(loss=f"{mean:.4f}", tok_s=f"{entry['tokens_per_s']:.0f}", refresh=False)
                     run_tokens += window_tokens

@@ -147,7 +147,17 @@ def load_spec(
         raise SpaceError("--space is required (e.g. --space search_spaces/quick.yaml)")
     spec = load_space(space)
     spec = apply_overrides(spec, {**overrides, "name": name})
-    return spec, output_dir / spec.name, None
+    return _absolute_paths(spec), output_dir / spec.name, None
+
+
+def _absolute_paths(spec: SearchSpec) -> SearchSpec:
+    """Local folders in the fixed settings made absolute: Ray runs each trial in a folder of its own, where
+    `runs/pretrained` would name nothing."""
+    for key in ("model", "dataset", "cache_dir"):
+        value = spec.fixed.get(key)
+        if isinstance(value, str) and (key == "cache_dir" or Path(value).expanduser().exists()):
+            spec.fixed[key] = str(Path(value).expanduser().resolve())
+    return spec
 
 
 def check_pretrained(spec: SearchSpec) -> None:
