@@ -144,28 +144,44 @@ def motif_dataset(n_samples: int = 48, max_length: int = 64, max_sets: int = 2, 
     """Sets made of two bases, pH linear in the fraction of G: learnable by a tiny model in a few epochs."""
     rng = np.random.default_rng(seed)
     ph = rng.uniform(3.0, 9.0, n_samples).astype(np.float32)
-    chunks, lengths, set_sample = [], [], []
+    chunks, set_sample = [], []
     for i, value in enumerate(ph):
         frac_g = (value - 3.0) / 6.0
         for _ in range(max_sets):
             n = int(rng.integers(max_length // 2, max_length + 1))  # ragged: exercises the padding
-            ids = np.where(rng.random(n) < frac_g, VOCAB["G"], VOCAB["A"]).astype(np.uint8)
-            chunks.append(ids)
-            lengths.append(n)
+            chunks.append(np.where(rng.random(n) < frac_g, VOCAB["G"], VOCAB["A"]).astype(np.uint8))
             set_sample.append(i)
+    return sets_dataset(
+        chunks, set_sample, ph, n_val=6, n_test=6, max_length=max_length, max_sets=max_sets, fingerprint="motif"
+    )
+
+
+def sets_dataset(
+    chunks: list[np.ndarray],
+    set_sample: list[int],
+    ph: np.ndarray,
+    *,
+    n_val: int,
+    n_test: int,
+    max_length: int,
+    max_sets: int,
+    fingerprint: str,
+) -> TokenizedDataset:
+    """A TokenizedDataset of given token sets (set_sample: each set's sample); the last samples are val, then test."""
+    n_samples = len(ph)
     split = np.array(["train"] * n_samples, dtype="<U5")
-    split[-12:-6] = "val"
-    split[-6:] = "test"
+    split[n_samples - n_val - n_test : n_samples - n_test] = "val"
+    split[n_samples - n_test :] = "test"
     return TokenizedDataset(
         ids=np.concatenate(chunks),
-        offsets=np.r_[0, np.cumsum(lengths)].astype(np.int64),
+        offsets=np.r_[0, np.cumsum([len(c) for c in chunks])].astype(np.int64),
         set_sample=np.asarray(set_sample, dtype=np.int32),
         sample_ids=np.array([f"S{i:03d}" for i in range(n_samples)]),
         study_name=np.array(["study"] * n_samples),
-        environment=np.array(["soil", "lake"] * (n_samples // 2)),
-        ph=ph,
+        environment=np.array(["soil", "lake"] * (n_samples // 2) + ["soil"] * (n_samples % 2)),
+        ph=np.asarray(ph, dtype=np.float32),
         split=split,
         max_length=max_length,
         max_sets=max_sets,
-        fingerprint="motif",
+        fingerprint=fingerprint,
     )

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import TINY_MODEL
+from helpers import TINY_MODEL, sets_dataset
 
 from hyena_dna import HyenaDNAConfig, HyenaDNAModel
 from hyena_dna.tokenizer import VOCAB, VOCAB_SIZE
@@ -31,7 +31,7 @@ def markov_dataset(n_samples: int = 24, sets: int = 2, seed: int = 0) -> Tokeniz
     """Ragged sets (padding in every batch) of a cycle A->C->G->T with 10% noise: next tokens are learnable."""
     rng = np.random.default_rng(seed)
     bases = np.array([VOCAB[b] for b in "ACGT"], dtype=np.uint8)
-    chunks, lengths, set_sample = [], [], []
+    chunks, set_sample = [], []
     for i in range(n_samples):
         for _ in range(sets):
             n = int(rng.integers(MAX_LENGTH // 2, MAX_LENGTH + 1))
@@ -39,23 +39,10 @@ def markov_dataset(n_samples: int = 24, sets: int = 2, seed: int = 0) -> Tokeniz
             noisy = rng.random(n) < 0.1
             pos[noisy] = rng.integers(4, size=int(noisy.sum()))
             chunks.append(bases[pos])
-            lengths.append(n)
             set_sample.append(i)
-    split = np.array(["train"] * n_samples, dtype="<U5")
-    split[-8:-4] = "val"
-    split[-4:] = "test"
-    return TokenizedDataset(
-        ids=np.concatenate(chunks),
-        offsets=np.r_[0, np.cumsum(lengths)].astype(np.int64),
-        set_sample=np.asarray(set_sample, dtype=np.int32),
-        sample_ids=np.array([f"S{i:03d}" for i in range(n_samples)]),
-        study_name=np.array(["study"] * n_samples),
-        environment=np.array(["soil"] * n_samples),
-        ph=np.linspace(4, 8, n_samples).astype(np.float32),
-        split=split,
-        max_length=MAX_LENGTH,
-        max_sets=sets,
-        fingerprint="markov",
+    ph = np.linspace(4, 8, n_samples)
+    return sets_dataset(
+        chunks, set_sample, ph, n_val=4, n_test=4, max_length=MAX_LENGTH, max_sets=sets, fingerprint="markov"
     )
 
 

@@ -44,21 +44,6 @@ class Batch:
 
 
 @dataclass
-class SampleBatch:
-    """A batch of samples: some or all read sets of each, stacked, with the batch row each set belongs to."""
-
-    input_ids: torch.Tensor  # int64 (S, max_length), the sets of all samples of the batch
-    mask: torch.Tensor  # bool (S, max_length)
-    owner: torch.Tensor  # int64 (S,), the batch row (0..B-1) each set belongs to
-    ph: torch.Tensor  # float32 (B,)
-    sample_index: torch.Tensor  # int64 (B,), index into the dataset's samples
-    set_index: torch.Tensor  # int64 (S,), index into the dataset's sets
-
-    def __len__(self) -> int:
-        return int(self.ph.shape[0])
-
-
-@dataclass
 class SetChoice:
     """Which sets make up one batch of samples (indices only: the same choice serves tokens and cached vectors)."""
 
@@ -141,7 +126,7 @@ class TokenizedDataset:
         return np.flatnonzero(self.split == split_name).astype(np.int64)
 
     def num_sample_batches(self, split_name: str, batch_size: int) -> int:
-        """Number of batches ``sample_batches`` yields for this split."""
+        """Number of batches of samples ``choose_sets`` yields for this split."""
         return -(-len(self.sample_indices(split_name)) // batch_size)
 
     def choose_sets(
@@ -192,27 +177,6 @@ class TokenizedDataset:
             ids[row, length - len(seq) :] = seq
             mask[row, length - len(seq) :] = True
         return torch.from_numpy(ids), torch.from_numpy(mask)
-
-    def sample_batches(
-        self,
-        split_name: str,
-        batch_size: int,
-        *,
-        sets_per_step: int | None = None,
-        shuffle: bool = False,
-        seed: int = 0,
-    ) -> Iterator[SampleBatch]:
-        """Batches of samples with their token arrays (see ``choose_sets``)."""
-        for choice in self.choose_sets(split_name, batch_size, sets_per_step=sets_per_step, shuffle=shuffle, seed=seed):
-            ids, mask = self.tokens_of(choice.set_index)
-            yield SampleBatch(
-                input_ids=ids,
-                mask=mask,
-                owner=torch.from_numpy(choice.owner),
-                ph=torch.from_numpy(self.ph[choice.sample_index].astype(np.float32)),
-                sample_index=torch.from_numpy(choice.sample_index),
-                set_index=torch.from_numpy(choice.set_index),
-            )
 
     def num_batches(self, split_name: str, batch_size: int) -> int:
         """Number of batches ``batches`` yields for this split (the last one may be smaller)."""
