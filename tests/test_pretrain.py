@@ -14,11 +14,12 @@ from helpers import TINY_MODEL, sets_dataset
 
 from hyena_dna import HyenaDNAConfig, HyenaDNAModel
 from hyena_dna.tokenizer import VOCAB, VOCAB_SIZE
-from tune_ph import cli, data, pretrain
+from tune_ph import causal_lm, cli, data, pretrain
+from tune_ph.causal_lm import CausalLM, right_padded
 from tune_ph.config import TrainConfig
 from tune_ph.errors import ConfigError, InputError
 from tune_ph.model import build_model
-from tune_ph.pretrain import CausalLM, PretrainConfig, right_padded
+from tune_ph.pretrain import PretrainConfig
 from tune_ph.tokens import TokenizedDataset
 from tune_ph.train import fit
 
@@ -105,7 +106,8 @@ def test_only_train_sets_are_trained_on(dataset: TokenizedDataset, tmp_path: Pat
         calls.append((torch.is_grad_enabled(), np.asarray(set_index).copy()))  # evaluation runs without grad
         return original(ds, set_index)
 
-    monkeypatch.setattr(pretrain, "right_padded", spy)
+    monkeypatch.setattr(pretrain, "right_padded", spy)  # the training steps
+    monkeypatch.setattr(causal_lm, "right_padded", spy)  # the eval loss
     pretrain.pretrain(cfg(tmp_path / "run", epochs=2), dataset, progress=False)
     trained = [s for grad, s in calls if grad]
     evaluated = np.concatenate([s for grad, s in calls if not grad])

@@ -7,27 +7,24 @@ import json
 import logging
 import math
 import time
-import types
-import typing
 from collections.abc import Sequence
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from hyena_dna import HyenaDNAConfig, HyenaDNAModel, tokenizer
-from tune_ph import cli, config, data, environment, files, tokens
-from tune_ph.config import TrainConfig
+from hyena_dna import HyenaDNAConfig, HyenaDNAModel
+from tune_ph import cli, config, data, environment, files, pretrain_config, tokens
+from tune_ph.causal_lm import CausalLM, eval_loss, eval_slice, right_padded
 from tune_ph.epoch import NonFiniteLossError, seed_everything
 from tune_ph.errors import ConfigError, InputError
 from tune_ph.files import save_torch, write_json
 from tune_ph.model import autocast, build_model, configure_optimizer, resolve_device
+from tune_ph.pretrain_config import RUNTIME_FIELDS, PretrainConfig
 from tune_ph.tokens import TokenizedDataset
 
 log = logging.getLogger("tune_ph.pretrain")
@@ -54,110 +51,6 @@ STATE_KEYS = (
 MIN_LR_FACTOR = 0.1
 
 
-def _shared(name: str, default: Any = MISSING, help: str | None = None) -> Any:
-    """A field as TrainConfig defines it (its default, help, choices and CLI aliases), so both tools mean the same
-    thing by it; default/help: where pretraining differs."""
-    f = TrainConfig.__dataclass_fields__[name]
-    meta = dict(f.metadata)
-    if help is not None:
-        meta["help"] = help
-    return field(default=f.default if default is MISSING else default, metadata=meta)
-
-
-def _own(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
-
-
-@dataclass
-class PretrainConfig:
-    """Everything one pretraining run needs, as JSON-able primitives (saved with every checkpoint)."""
-
-    output_dir: str = field(metadata={"help": "folder of the run: the pretrained backbone, its state and history"})
-    dataset: str = _shared("dataset")
-    model: str = _shared("model", help="HyenaDNA size name, hub id or local checkpoint folder to start from")
-    from_scratch: bool = _shared(
-        "from_scratch",
-        help="random initialisation of the model's architecture (needed for a size without downloadable weights)",
-    )
-    model_config: dict[str, Any] | None = _shared("model_config")
-    max_length: int | None = _shared("max_length")
-    max_sets: int | None = _shared("max_sets")
-    epochs: int = _shared("epochs", 1, "passes over the train split's read sets")
-    max_steps: int | None = _own(
-        None, "stop after this many optimizer steps, at most --epochs' worth (the schedule spans them)"
-    )
-    batch_size: int = _shared("batch_size", 16, "read sets per step")
-    learning_rate: float = _shared(
-        "learning_rate", 1e-3, "peak AdamW learning rate (the implicit filter uses the backbone's filter_lr)"
-    )
-    warmup_steps: int = _own(100, "steps of linear warm-up before the cosine decay")
-    weight_decay: float = _shared("weight_decay")
-    grad_clip: float | None = _shared("grad_clip")
-    seed: int = _shared("seed")
-    split_seed: int = _shared("split_seed")
-    test_fraction: float = _shared("test_fraction")
-    val_fraction: float = _shared("val_fraction")
-    cache_dir: str | None = _shared("cache_dir")
-    skip_bad_rows: bool = _shared("skip_bad_rows")
-    device: str = _shared("device")
-    checkpoint_every: int = _own(200, "save the resumable state and the backbone every this many steps")
-    log_every: int = _own(10, "log the mean training loss every this many steps")
-    eval_sets: int = _own(64, "val read sets the eval loss is computed on, spread over the split (0: all)")
-    progress: bool = _own(True, "show a progress bar")
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise ConfigError naming the field and what is allowed."""
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name in TrainConfig.__dataclass_fields__ and f.name != "output_dir":
-                config.check_field(f.name, value)  # TrainConfig's rules, for the fields that mean the same
-                continue
-            config.check_type(f.name, value, _types(f.name))
-            if f.name == "output_dir" and not value.strip():
-                raise ConfigError(f.name, "output_dir must name a folder")
-            if f.name in ("max_steps", "checkpoint_every", "log_every") and value is not None and value < 1:
-                raise ConfigError(f.name, f"{f.name} must be a positive integer, got {value!r}")
-            if f.name in ("warmup_steps", "eval_sets") and value < 0:
-                raise ConfigError(f.name, f"{f.name} must be >= 0, got {value!r}")
-        self.train_config()  # the rules across fields: model_config needs from_scratch, the fractions, max_length
-
-    def train_config(self) -> TrainConfig:
-        """The TrainConfig of the shared fields: the split, the data and the model are then exactly training's."""
-        shared = set(TrainConfig.__dataclass_fields__)
-        return TrainConfig(**{f.name: getattr(self, f.name) for f in fields(self) if f.name in shared})
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PretrainConfig:
-        """Build from a dict; unknown keys are an error (they are usually typos)."""
-        known = [f.name for f in fields(cls)]
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise ConfigError(unknown[0], f"unknown PretrainConfig fields {unknown}; known fields: {', '.join(known)}")
-        return cls(**data)
-
-
-# Settings that may change when a run is resumed: where and how it runs, not what it computes.
-RUNTIME_FIELDS = ("output_dir", "device", "cache_dir", "checkpoint_every", "log_every", "progress")
-
-
-def _types(name: str) -> tuple[type, ...]:
-    """The Python types a PretrainConfig field accepts, from its annotation (an int is accepted for a float)."""
-    hint = typing.get_type_hints(PretrainConfig)[name]
-    union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
-    out: list[type] = []
-    for arg in typing.get_args(hint) if union else (hint,):
-        out.append(typing.get_origin(arg) or arg)
-        if arg is float:
-            out.append(int)
-    return tuple(out)
-
-
 @dataclass
 class PretrainResult:
     """What pretrain() returns: the history (as pretrain_history.json), the run folder, the trained backbone."""
@@ -172,82 +65,12 @@ class PretrainResult:
 # ------------------------------------------------------------------------------------------------ the model
 
 
-class CausalLM(nn.Module):
-    """The backbone with HyenaDNA's language-model head: logits = hidden @ word_embeddings.T (tied weights)."""
-
-    def __init__(self, backbone: HyenaDNAModel) -> None:
-        super().__init__()
-        self.backbone = backbone
-
-    def logits(self, hidden: Tensor) -> Tensor:
-        # Only the real vocabulary: the embedding table's padding rows are never a token to predict.
-        weight = self.backbone.embeddings.word_embeddings.weight[: self.backbone.config.vocab_size]
-        return hidden.float() @ weight.float().T
-
-    def token_losses(self, input_ids: Tensor, mask: Tensor) -> Tensor:
-        """Cross entropy of token t+1 given tokens <= t, for every t where both are real tokens: (pairs,)."""
-        hidden = self.backbone(input_ids)
-        mask = mask.bool()
-        pairs = mask[:, :-1] & mask[:, 1:]
-        # Logits of the pairs only: the full (B, L, vocab) tensor would be mostly padding.
-        return F.cross_entropy(self.logits(hidden[:, :-1][pairs]), input_ids[:, 1:][pairs], reduction="none")
-
-    def forward(self, input_ids: Tensor, mask: Tensor) -> Tensor:
-        """Mean next-token loss over the real token pairs of the batch."""
-        losses = self.token_losses(input_ids, mask)
-        if losses.numel() == 0:  # sets of one token each: nothing to predict, and a mean of nothing is NaN
-            return self.backbone.embeddings.word_embeddings.weight.sum() * 0.0
-        return losses.mean()
-
-
-def right_padded(dataset: TokenizedDataset, set_index: np.ndarray) -> tuple[Tensor, Tensor]:
-    """(input_ids int64 (S, W), mask bool) of some sets, each from position 0, padded on the right to the longest.
-
-    Not tokens_of's left padding: the backbone is causal, so a real token never sees right padding and padding
-    cannot change the loss; each set starts at position 0, as HyenaDNA's pretraining sequences do.
-    """
-    starts, ends = dataset.offsets[set_index], dataset.offsets[np.asarray(set_index) + 1]
-    width = max(int((ends - starts).max(initial=0)), 1)
-    ids = np.full((len(set_index), width), tokenizer.PAD_ID, dtype=np.int64)
-    mask = np.zeros((len(set_index), width), dtype=bool)
-    for row, (start, end) in enumerate(zip(starts, ends)):
-        ids[row, : end - start] = dataset.ids[start:end]
-        mask[row, : end - start] = True
-    return torch.from_numpy(ids), torch.from_numpy(mask)
-
-
 def warmup_cosine(step: int, *, warmup: int, total: int) -> float:
     """The learning-rate factor of optimizer step step+1: linear warm-up to 1, then cosine down to MIN_LR_FACTOR."""
     if step < warmup:
         return (step + 1) / warmup
     done = min((step - warmup) / max(total - warmup, 1), 1.0)
     return MIN_LR_FACTOR + (1 - MIN_LR_FACTOR) * 0.5 * (1 + math.cos(math.pi * done))
-
-
-@torch.no_grad()
-def eval_loss(
-    lm: CausalLM, dataset: TokenizedDataset, set_index: np.ndarray, batch_size: int, device: torch.device
-) -> float | None:
-    """Mean next-token loss per real token pair over some sets (None when they hold no pair)."""
-    was_training = lm.training
-    lm.eval()
-    total, count = 0.0, 0
-    for first in range(0, len(set_index), batch_size):
-        ids, mask = right_padded(dataset, set_index[first : first + batch_size])
-        with autocast(device):
-            losses = lm.token_losses(ids.to(device), mask.to(device))
-        total += float(losses.sum())
-        count += losses.numel()
-    lm.train(was_training)
-    return total / count if count else None
-
-
-def eval_slice(dataset: TokenizedDataset, count: int) -> np.ndarray:
-    """`count` val sets spread evenly over the split (0: all), so every part of it is represented."""
-    val = dataset.set_indices("val")
-    if count == 0 or count >= len(val):
-        return val
-    return val[np.unique(np.linspace(0, len(val) - 1, count).round().astype(np.int64))]
 
 
 # --------------------------------------------------------------------------------------------- the run folder
@@ -521,38 +344,13 @@ def pretrain(
 # ----------------------------------------------------------------------------------------------- CLI
 
 
-def _field_names(cli_only: bool = True) -> tuple[str, ...]:
-    return tuple(f.name for f in fields(PretrainConfig) if not cli_only or f.metadata.get("cli", True))
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per PretrainConfig field, as config.add_arguments makes them for TrainConfig.
-
-    Every default is None ("not given"): a resumed run keeps its saved settings unless a flag is given.
-    """
-    for f in fields(PretrainConfig):
-        meta = f.metadata
-        if not meta.get("cli", True):
-            continue
-        flags = [f"--{f.name.replace('_', '-')}", *meta.get("aliases", ())]
-        kind = next(t for t in _types(f.name) if t is not type(None))
-        required = f.default is MISSING
-        help_text = meta["help"] if required else f"{meta['help']} (default: {f.default})"
-        if kind is bool:
-            parser.add_argument(*flags, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        else:
-            parser.add_argument(
-                *flags, type=kind, default=None, required=required, choices=meta.get("choices"), help=help_text
-            )
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m tune_ph.pretrain",
         description="Self-supervised next-token pretraining of HyenaDNA on the train split's reads; "
         "the output folder is a checkpoint that `python -m tune_ph.train --model OUTPUT_DIR` fine-tunes.",
     )
-    add_arguments(p)
+    pretrain_config.add_arguments(p)
     p.add_argument(
         "--model-config",
         default=None,
@@ -569,19 +367,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def read_model_config(value: str) -> dict[str, Any]:
-    """--model-config: a JSON file's path or inline JSON, holding one object."""
-    path = Path(value).expanduser()
-    text = path.read_text() if path.is_file() else value
-    try:
-        parsed = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ConfigError("model_config", f"--model-config {value!r} is neither a JSON file nor JSON ({err})") from None
-    if not isinstance(parsed, dict):
-        raise ConfigError("model_config", f"--model-config must hold a JSON object, got {type(parsed).__name__}")
-    return parsed
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m tune_ph.pretrain`: exit code 0, 1 (runtime failure), 2 (bad input) or 130 (interrupted)."""
     return cli.run(_main, argv)
@@ -589,9 +374,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = parse_args(argv)
-    given = config.given_fields(args, only=_field_names())
+    given = config.given_fields(args, only=pretrain_config.field_names())
     if args.model_config is not None:
-        given["model_config"] = read_model_config(args.model_config)
+        given["model_config"] = pretrain_config.read_model_config(args.model_config)
     # A resumed run's settings are its own; flags given with --resume must agree (pretrain() checks).
     base = saved_config(Path(given["output_dir"])) if args.resume else {}
     cfg = PretrainConfig.from_dict({**base, **given})
