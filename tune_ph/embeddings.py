@@ -61,7 +61,11 @@ def compute(
     total = dataset.num_batches("all", batch_size)
     started = time.perf_counter()
     with torch.inference_mode(), autocast(device):
-        for batch in tqdm(dataset.batches("all", batch_size), total=total, desc="set vectors", disable=not progress):
+        bar = tqdm(dataset.batches("all", batch_size), total=total, desc="set vectors", disable=not progress)
+        for done, batch in enumerate(bar, start=1):
+            if not progress and done % max(total // 10, 1) == 0:  # without a bar, a line every tenth
+                elapsed = time.perf_counter() - started
+                log.info("set vectors: %d/%d batches, about %.0f s left", done, total, elapsed * (total / done - 1))
             ids, mask = batch.input_ids.to(device), batch.mask.to(device)
             hidden = backbone(ids)
             pooled = torch.stack([pool_hidden(hidden, mask, p) for p in POOLINGS], dim=1)
