@@ -24,7 +24,7 @@ from tune_ph.data import load_samples, split_samples
 # The README's CPU recipe ("A recipe that learns on real reads"); tests/test_readme.py checks the README quotes it.
 PRETRAIN_ARGS = (
     "--from-scratch --model hyenadna-tiny-1k-seqlen --max-length 256 --batch-size 64 "
-    "--learning-rate 1e-3 --warmup-steps 100 --max-steps 1600"
+    "--learning-rate 1e-3 --warmup-steps 100 --epochs 1"
 )
 TRAIN_ARGS = (
     "--freeze-backbone --max-length 256 --aggregation attention --head mlp2 --sets-per-step 0 "
