@@ -61,6 +61,18 @@ def test_hub_layout_folder_with_parquet_shards(tmp_path) -> None:
     assert {"num_sequences", "Bacteria"} <= set(loaded.columns)  # extra schema columns are kept
 
 
+def test_folder_reached_through_dotdot_and_hidden_files_skipped(tmp_path, monkeypatch) -> None:
+    """`--dataset ../shared/data/x` (as the README writes it) finds the shards; a hidden .cache/ copy is skipped."""
+    df = _samples(5)
+    (tmp_path / "ds" / "data").mkdir(parents=True)
+    (tmp_path / "ds" / ".cache").mkdir()
+    df.to_parquet(tmp_path / "ds" / "data" / "train-00000-of-00001.parquet")
+    df.to_parquet(tmp_path / "ds" / ".cache" / "stale.parquet")  # would double every sample if read
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    _same(data.load_samples("../ds"), df)
+
+
 def test_save_to_disk_folder(tmp_path) -> None:
     datasets = pytest.importorskip("datasets")
     df = _samples(5)

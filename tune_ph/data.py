@@ -96,9 +96,7 @@ def _load_local(path: Path, required: Sequence[str] = REQUIRED) -> pd.DataFrame:
         import datasets  # slow to import; only needed for save_to_disk folders
 
         return _check_columns(_frame_from_hf(datasets.load_from_disk(str(path))), str(path), required)
-    files = sorted(p for p in path.rglob("*.parquet") if not any(part.startswith(".") for part in p.parts))
-    if not files:
-        files = sorted(p for p in path.rglob("*.jsonl") if not any(part.startswith(".") for part in p.parts))
+    files = _visible(path, "*.parquet") or _visible(path, "*.jsonl")
     if not files:
         raise DatasetError(
             f"{path}: no dataset found in this folder (expected parquet shards such as "
@@ -106,6 +104,12 @@ def _load_local(path: Path, required: Sequence[str] = REQUIRED) -> pd.DataFrame:
         )
     log.info("reading %d file(s) from %s", len(files), path)
     return _read_table_files(files, required)
+
+
+def _visible(folder: Path, pattern: str) -> list[Path]:
+    """Files below folder matching pattern, skipping hidden ones (.cache/, .git/) below it; the folder's own path
+    may hold `..`."""
+    return sorted(p for p in folder.rglob(pattern) if not any(x.startswith(".") for x in p.relative_to(folder).parts))
 
 
 def _hub_unreachable() -> str | None:
