@@ -31,6 +31,7 @@ TRAIN_ARGS = (
     "--batch-size 32 --learning-rate 1e-3 --epochs 40"
 )
 BASELINE_K = 6
+MARKER = ".bench_quality"  # only a folder holding it is emptied before a run
 
 
 def _line(name: str, metrics: dict, seconds: float, what: str) -> str:
@@ -47,8 +48,15 @@ def main() -> None:
     p.add_argument("--skip-model", action="store_true", help="only the k-mer baselines")
     args = p.parse_args()
     out = Path(args.output_dir)
-    if out.exists():
+    if out.exists() and any(out.iterdir()):
+        if not (out / MARKER).exists():
+            raise SystemExit(
+                f"{out} exists and was not made by this benchmark, which empties its folder before each run; "
+                "give a new --output-dir"
+            )
         shutil.rmtree(out)  # a fresh cache too: the wall time is the recipe's, not a cache hit's
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("made by benchmarks/bench_quality.py; emptied by its next run\n")
     cache = out / "cache"
     common = ["--dataset", args.dataset, "--cache-dir", str(cache)]
     lines = []
