@@ -39,6 +39,7 @@ def checkpoint(tmp_path_factory) -> Path:
         max_sets=NUM_SETS,
         batch_size=16,
         device="cpu",
+        aggregation="mean",  # the head on the mean set vector: differs from the mean of per-set predictions
     )
     torch.manual_seed(0)
     model = build_model(cfg)

@@ -15,7 +15,7 @@ from tune_ph.config import AGGREGATIONS, POOLINGS, TrainConfig
 from tune_ph.epoch import seed_everything
 from tune_ph.evaluate import evaluate_checkpoint
 from tune_ph.files import save_torch
-from tune_ph.model import RegressionHead, SetAggregation, build_model, pool_hidden
+from tune_ph.model import CHECKPOINT_KEYS, RegressionHead, SetAggregation, build_model, load_checkpoint, pool_hidden
 from tune_ph.space import parse_space
 from tune_ph.tokens import build
 from tune_ph.train import fit
@@ -83,11 +83,12 @@ def test_training_draws_fresh_sets_each_epoch_and_evaluation_uses_all() -> None:
 # ---------------------------------------------------------------- aggregation
 
 
+@pytest.mark.parametrize("standardise", [False, True])
 @pytest.mark.parametrize("kind", AGGREGATIONS)
-def test_aggregation_ignores_set_order_and_other_samples(kind: str) -> None:
+def test_aggregation_ignores_set_order_and_other_samples(kind: str, standardise: bool) -> None:
     torch.manual_seed(0)
     d = 16
-    agg, head = SetAggregation(d, kind), RegressionHead(d, "mlp2", dropout=0.0)
+    agg, head = SetAggregation(d, kind, standardise=standardise), RegressionHead(d, "mlp2", dropout=0.0)
     agg.eval(), head.eval()
     counts = [3, 1, 5]
     owner = torch.repeat_interleave(torch.arange(3), torch.tensor(counts))
@@ -106,6 +107,27 @@ def test_aggregation_ignores_set_order_and_other_samples(kind: str) -> None:
     torch.testing.assert_close(alone[0], base[1])
     torch.testing.assert_close(disturbed[1], base[1])
     assert not torch.allclose(disturbed[0], base[0])  # the test can see a change where there is one
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_set_vectors_are_standardised_only_for_a_frozen_backbone(tmp_path, frozen: bool) -> None:
+    """A frozen backbone's vectors are fixed, so running statistics fit them; a training backbone's move."""
+    cfg = TrainConfig(from_scratch=True, model_config=dict(TINY), device="cpu", freeze_backbone=frozen)
+    model = build_model(cfg)
+    assert isinstance(model.aggregation.norm, torch.nn.BatchNorm1d) is frozen
+    # Checkpoints say which in their weights, and load back strictly either way (also into the other config).
+    model.aggregation.norm = torch.nn.BatchNorm1d(TINY["d_model"], affine=False) if not frozen else torch.nn.Identity()
+    state = {
+        "model": model.state_dict(),
+        "model_config": model.backbone.config.to_dict(),
+        "train_config": cfg.to_dict(),
+        "target_mean": 7.0,
+        "target_std": 1.0,
+    }
+    assert set(CHECKPOINT_KEYS) <= set(state)
+    save_torch(tmp_path / "m.pt", state)
+    loaded, _ = load_checkpoint(tmp_path / "m.pt")
+    assert isinstance(loaded.aggregation.norm, torch.nn.BatchNorm1d) is not frozen
 
 
 def test_attention_weights_sum_to_one_per_sample_and_matter() -> None:

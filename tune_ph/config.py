@@ -50,9 +50,10 @@ class TrainConfig:
     head: str = _field("mlp2", "regression head architecture", choices=ARCHITECTURES)
     pooling: str = _field("pool", "how a set's tokens are pooled (real tokens only)", choices=POOLINGS)
     aggregation: str = _field(
-        "mean",
-        "how a sample's set vectors become one prediction: mean (of set vectors), attention (gated attention "
-        "pooling), mean_prediction (mean of per-set predictions, the published recipe)",
+        "mean_prediction",
+        "how a sample's set vectors become one prediction: mean_prediction (mean of per-set predictions, the "
+        "published recipe; learns fastest from scratch), mean (of set vectors), attention (gated attention "
+        "pooling; best on a frozen pretrained backbone)",
         choices=AGGREGATIONS,
     )
     head_dropout: float = _field(0.1, "dropout between head layers")

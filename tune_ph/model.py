@@ -105,15 +105,16 @@ class SetAggregation(nn.Module):
     or the head on a gated-attention weighted mean (Ilse, Tomczak & Welling 2018, "Attention-based deep multiple
     instance learning"). All three are invariant to the order of a sample's sets."""
 
-    def __init__(self, d_model: int, kind: str = "mean"):
+    def __init__(self, d_model: int, kind: str = "mean_prediction", standardise: bool = False):
         super().__init__()
         if kind not in AGGREGATIONS:
             raise ValueError(f"unknown aggregation {kind!r}; choose one of: {', '.join(AGGREGATIONS)}")
         self.kind = kind
-        # Set vectors of a frozen (or young) backbone differ between samples by a sliver of their size; a head on
-        # raw vectors sees a near-constant input and learns nothing. Standardising each feature over the sets
-        # (running statistics at evaluation) is what lets it learn.
-        self.norm: nn.Module = nn.BatchNorm1d(d_model, affine=False)
+        # Set vectors of a frozen backbone differ between samples by a sliver of their size; a head on raw vectors
+        # sees a near-constant input and learns nothing. Standardising each feature over the sets (running
+        # statistics at evaluation) is what lets it learn. Only for a frozen backbone: while the backbone trains,
+        # the running statistics lag its moving vectors and evaluation swings wildly (val R² -60 on the demo).
+        self.norm: nn.Module = nn.BatchNorm1d(d_model, affine=False) if standardise else nn.Identity()
         if kind == "attention":
             width = max(d_model // 2, _MIN_WIDTH)
             self.attention_V = nn.Linear(d_model, width)  # the paper's V (tanh branch)
@@ -223,7 +224,7 @@ def backbone_config(cfg: TrainConfig) -> HyenaDNAConfig:
 def _assemble(cfg: TrainConfig, backbone: HyenaDNAModel) -> PhRegressor:
     d_model = backbone.config.d_model
     head = RegressionHead(d_model, cfg.head, cfg.pooling, cfg.head_dropout)
-    aggregation = SetAggregation(d_model, cfg.aggregation)
+    aggregation = SetAggregation(d_model, cfg.aggregation, standardise=cfg.freeze_backbone)
     return PhRegressor(backbone, head, freeze_backbone=cfg.freeze_backbone, aggregation=aggregation)
 
 
@@ -262,7 +263,11 @@ def load_checkpoint(path: str | Path) -> tuple[PhRegressor, dict[str, Any]]:
         raise ValueError(f"{path} is not a tune_ph checkpoint: it lacks {', '.join(missing)}")
     cfg = TrainConfig.from_saved(state["train_config"])
     model = _assemble(cfg, HyenaDNAModel(HyenaDNAConfig.from_dict(state["model_config"])))
-    if "aggregation.norm.running_mean" not in state["model"]:  # saved before set vectors were standardised
+    # Whether set vectors were standardised is in the weights (checkpoints of fine-tuned backbones saved for a
+    # while had it too), not only in the config.
+    if "aggregation.norm.running_mean" in state["model"]:
+        model.aggregation.norm = nn.BatchNorm1d(model.backbone.config.d_model, affine=False)
+    else:
         model.aggregation.norm = nn.Identity()
     try:
         model.load_state_dict(state["model"])
