@@ -152,8 +152,8 @@ def test_callback_and_early_stopping_end_training(dataset: TokenizedDataset, mon
     seen: list[int] = []
     fit(cfg(epochs=5), dataset, progress=False, on_epoch_end=lambda m, _s: seen.append(m["epoch"]) or True)
     assert seen == [1]
-    # Validation follows a script (a tiny learning rate is no longer flat: the set-vector BatchNorm's running
-    # statistics still move): error 1.0, then 0.5 (best), then worse twice. Patience 2 stops after epoch 4.
+    # Validation follows a script, so the stop does not hang on how flat a real run happens to be: error 1.0,
+    # then 0.5 (best), then worse twice. Patience 2 stops after epoch 4.
     errors = iter([1.0, 0.5, 0.8, 0.9, 0.1, 0.1])
 
     def scripted(*args, **kwargs):
