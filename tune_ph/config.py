@@ -64,9 +64,9 @@ class TrainConfig:
     weight_decay: float = _field(0.01, "AdamW weight decay (not on biases, norms, embeddings or the filter)")
     batch_size: int = _field(4, "samples per step")
     sets_per_step: int | None = _field(
-        8,
+        2,
         "read sets drawn at random from each sample per training step (fresh reads every epoch); "
-        "evaluation always uses all; 0: all",
+        "evaluation always uses all; 0: all. Few sets per step mean more steps for the same compute",
     )
     epochs: int = _field(10, "maximum number of epochs")
     loss: str = _field("smoothl1", "training loss on standardised pH", choices=LOSSES)
