@@ -48,11 +48,13 @@ def main() -> None:
     p.add_argument("--skip-model", action="store_true", help="only the k-mer baselines")
     args = p.parse_args()
     out = Path(args.output_dir)
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"--output-dir {out} is a file; give a folder")
     if out.exists() and any(out.iterdir()):
         if not (out / MARKER).exists():
             raise SystemExit(
                 f"{out} exists and was not made by this benchmark, which empties its folder before each run; "
-                "give a new --output-dir"
+                "give a new --output-dir (or delete this one)"
             )
         shutil.rmtree(out)  # a fresh cache too: the wall time is the recipe's, not a cache hit's
     out.mkdir(parents=True, exist_ok=True)

@@ -130,6 +130,41 @@ def test_set_vectors_are_standardised_only_for_a_frozen_backbone(tmp_path, froze
     assert isinstance(loaded.aggregation.norm, torch.nn.BatchNorm1d) is not frozen
 
 
+@pytest.mark.parametrize("frozen", [False, True])
+def test_resume_keeps_the_norm_its_weights_were_trained_with(tmp_path, frozen: bool) -> None:
+    """A run saved by another version (a training backbone with the norm, a frozen one without) resumes."""
+    ds = motif_dataset(n_samples=16, max_sets=2)
+    cfg = TrainConfig(
+        from_scratch=True,
+        model_config=dict(TINY),
+        device="cpu",
+        max_length=64,
+        max_sets=2,
+        freeze_backbone=frozen,
+        epochs=2,
+        batch_size=4,
+        cache_dir=str(tmp_path),
+    )
+    states = []
+    fit(cfg, ds, progress=False, on_epoch_end=lambda _m, state_fn: states.append(state_fn()) or True)
+    state = states[0]
+    if frozen:
+        state["model"] = {k: v for k, v in state["model"].items() if not k.startswith("aggregation.norm.")}
+    else:
+        d = TINY["d_model"]
+        state["model"].update(
+            {
+                "aggregation.norm.running_mean": torch.zeros(d),
+                "aggregation.norm.running_var": torch.ones(d),
+                "aggregation.norm.num_batches_tracked": torch.tensor(0),
+            }
+        )
+    resumed = fit(cfg, ds, progress=False, resume_from=state)
+    assert [h["epoch"] for h in resumed.history] == [1, 2]
+    norm_keys = [k for k in resumed.best_state["model"] if k.startswith("aggregation.norm.")]
+    assert bool(norm_keys) is not frozen  # the saved era's choice, not the config's
+
+
 def test_attention_weights_sum_to_one_per_sample_and_matter() -> None:
     torch.manual_seed(1)
     agg = SetAggregation(8, "attention")

@@ -57,7 +57,7 @@ class TrainConfig:
         choices=AGGREGATIONS,
     )
     head_dropout: float = _field(0.1, "dropout between head layers")
-    freeze_backbone: bool = _field(False, "train the head only")
+    freeze_backbone: bool = _field(False, "train aggregation and head only (set vectors are then standardised)")
     learning_rate: float = _field(
         1e-4, "AdamW learning rate (the implicit filter uses the backbone's filter_lr)", aliases=("--lr",)
     )
@@ -132,8 +132,9 @@ class TrainConfig:
         return replace(self, max_length=self.max_length or model_max_length(self.model, self.model_config))
 
     def sets_per_forward(self) -> int:
-        """Sets per backbone call at evaluation: a training step's worth, so evaluating needs no more memory."""
-        return self.batch_size * (self.sets_per_step or 8)
+        """Sets per backbone call at evaluation: a training step's worth (at least 8 sets per sample, which
+        inference without activations for backward still fits), so evaluating needs no more memory."""
+        return self.batch_size * max(self.sets_per_step or 8, 8)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

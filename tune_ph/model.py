@@ -169,7 +169,9 @@ class PhRegressor(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.head = head
-        self.aggregation = aggregation if aggregation is not None else SetAggregation(backbone.config.d_model)
+        if aggregation is None:
+            aggregation = SetAggregation(backbone.config.d_model, standardise=freeze_backbone)
+        self.aggregation = aggregation
         self.freeze_backbone = freeze_backbone
         if freeze_backbone:
             self.backbone.requires_grad_(False)
@@ -245,6 +247,17 @@ def build_model(cfg: TrainConfig) -> PhRegressor:
     return _assemble(cfg, backbone)
 
 
+def match_norm(model: PhRegressor, weights: dict[str, torch.Tensor]) -> None:
+    """Standardise set vectors exactly when the weights did: whether they were is in the weights, not the config
+    (checkpoints of training backbones saved for a while had the norm; frozen ones from before it lack it)."""
+    saved = "aggregation.norm.running_mean" in weights
+    if saved == isinstance(model.aggregation.norm, nn.BatchNorm1d):
+        return
+    device = next(model.parameters()).device
+    d_model = model.backbone.config.d_model
+    model.aggregation.norm = nn.BatchNorm1d(d_model, affine=False).to(device) if saved else nn.Identity()
+
+
 def load_checkpoint(path: str | Path) -> tuple[PhRegressor, dict[str, Any]]:
     """Rebuild the model of a checkpoint saved by train.fit (weights_only load) -> (model in eval mode, state)."""
     path = Path(path)
@@ -263,12 +276,7 @@ def load_checkpoint(path: str | Path) -> tuple[PhRegressor, dict[str, Any]]:
         raise ValueError(f"{path} is not a tune_ph checkpoint: it lacks {', '.join(missing)}")
     cfg = TrainConfig.from_saved(state["train_config"])
     model = _assemble(cfg, HyenaDNAModel(HyenaDNAConfig.from_dict(state["model_config"])))
-    # Whether set vectors were standardised is in the weights (checkpoints of fine-tuned backbones saved for a
-    # while had it too), not only in the config.
-    if "aggregation.norm.running_mean" in state["model"]:
-        model.aggregation.norm = nn.BatchNorm1d(model.backbone.config.d_model, affine=False)
-    else:
-        model.aggregation.norm = nn.Identity()
+    match_norm(model, state["model"])
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as err:  # weights of another architecture than its own saved config describes

@@ -21,7 +21,7 @@ from tune_ph.config import TrainConfig, is_better, worst_value
 from tune_ph.epoch import make_loss, seed_everything, train_epoch
 from tune_ph.evaluate import evaluate_checkpoint
 from tune_ph.files import save_torch, write_json
-from tune_ph.model import PhRegressor, build_model, configure_optimizer, resolve_device
+from tune_ph.model import PhRegressor, build_model, configure_optimizer, match_norm, resolve_device
 from tune_ph.predict import predict, regression_metrics
 from tune_ph.tokens import TokenizedDataset
 
@@ -97,6 +97,7 @@ def fit(
     start_epoch = 1
     best_state: dict[str, Any] | None = None
     if resume_from is not None:
+        match_norm(model, resume_from["model"])
         model.load_state_dict(resume_from["model"])
         optimizer.load_state_dict(resume_from["optimizer"])
         if scheduler is not None and resume_from.get("scheduler") is not None:
