@@ -130,21 +130,17 @@ def test_set_vectors_are_standardised_only_for_a_frozen_backbone(tmp_path, froze
     assert isinstance(loaded.aggregation.norm, torch.nn.BatchNorm1d) is not frozen
 
 
+def _tiny_cfg(tmp_path, **overrides) -> TrainConfig:
+    """A tiny from-scratch model on 64-token sets, with its caches under tmp_path."""
+    base = dict(from_scratch=True, model_config=dict(TINY), device="cpu", max_length=64, batch_size=4)
+    return TrainConfig(**base, cache_dir=str(tmp_path), **overrides)
+
+
 @pytest.mark.parametrize("frozen", [False, True])
 def test_resume_keeps_the_norm_its_weights_were_trained_with(tmp_path, frozen: bool) -> None:
     """A run saved by another version (a training backbone with the norm, a frozen one without) resumes."""
     ds = motif_dataset(n_samples=16, max_sets=2)
-    cfg = TrainConfig(
-        from_scratch=True,
-        model_config=dict(TINY),
-        device="cpu",
-        max_length=64,
-        max_sets=2,
-        freeze_backbone=frozen,
-        epochs=2,
-        batch_size=4,
-        cache_dir=str(tmp_path),
-    )
+    cfg = _tiny_cfg(tmp_path, max_sets=2, freeze_backbone=frozen, epochs=2)
     states = []
     fit(cfg, ds, progress=False, on_epoch_end=lambda _m, state_fn: states.append(state_fn()) or True)
     state = states[0]
@@ -224,19 +220,7 @@ def test_cache_hit_then_miss_on_changed_weights(tmp_path, monkeypatch) -> None:
 
 def test_frozen_training_never_runs_the_backbone(tmp_path, monkeypatch) -> None:
     ds = motif_dataset(n_samples=24, max_sets=3)
-    cfg = TrainConfig(
-        from_scratch=True,
-        model_config=dict(TINY),
-        device="cpu",
-        max_length=64,
-        max_sets=3,
-        freeze_backbone=True,
-        epochs=3,
-        batch_size=4,
-        learning_rate=3e-3,
-        aggregation="attention",
-        cache_dir=str(tmp_path),
-    )
+    cfg = _tiny_cfg(tmp_path, max_sets=3, freeze_backbone=True, epochs=3, learning_rate=3e-3, aggregation="attention")
     seed_everything(cfg.seed)
     vectors = embeddings.set_vectors(build_model(cfg).backbone, ds, cache_dir=tmp_path, progress=False)
 
