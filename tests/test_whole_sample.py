@@ -147,14 +147,8 @@ def test_resume_keeps_the_norm_its_weights_were_trained_with(tmp_path, frozen: b
     if frozen:
         state["model"] = {k: v for k, v in state["model"].items() if not k.startswith("aggregation.norm.")}
     else:
-        d = TINY["d_model"]
-        state["model"].update(
-            {
-                "aggregation.norm.running_mean": torch.zeros(d),
-                "aggregation.norm.running_var": torch.ones(d),
-                "aggregation.norm.num_batches_tracked": torch.tensor(0),
-            }
-        )
+        norm = torch.nn.BatchNorm1d(TINY["d_model"], affine=False)
+        state["model"].update({f"aggregation.norm.{k}": v for k, v in norm.state_dict().items()})
     resumed = fit(cfg, ds, progress=False, resume_from=state)
     assert [h["epoch"] for h in resumed.history] == [1, 2]
     norm_keys = [k for k in resumed.best_state["model"] if k.startswith("aggregation.norm.")]

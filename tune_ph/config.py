@@ -132,9 +132,9 @@ class TrainConfig:
         return replace(self, max_length=self.max_length or model_max_length(self.model, self.model_config))
 
     def sets_per_forward(self) -> int:
-        """Sets per backbone call at evaluation: a training step's worth (at least 8 sets per sample, which
-        inference without activations for backward still fits), so evaluating needs no more memory."""
-        return self.batch_size * max(self.sets_per_step or 8, 8)
+        """Sets per backbone call at evaluation: a training step's worth, and at least 8 per sample (inference keeps
+        no activations for backward, so small training steps would leave evaluation needlessly slow)."""
+        return self.batch_size * max(self.sets_per_step or 0, 8)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
