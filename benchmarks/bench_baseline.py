@@ -12,8 +12,8 @@ import time
 
 import numpy as np
 
-from tune_ph.baseline import run_baseline
-from tune_ph.kmers import kmer_profiles
+from tune_ph.baseline.kmer_models import run_baseline
+from tune_ph.baseline.kmers import kmer_profiles
 
 
 def synthetic_samples(num_samples: int, reads: int, length: int, seed: int = 0) -> list[list[str]]:
@@ -47,7 +47,7 @@ def main() -> None:
     del seqs
 
     if args.dataset:
-        from tune_ph.data import load_samples, split_samples
+        from tune_ph.data.sources import load_samples, split_samples
 
         t0 = time.perf_counter()
         df = load_samples(args.dataset)

@@ -17,12 +17,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tune_ph import data, embeddings
 from tune_ph.config import TrainConfig
-from tune_ph.epoch import make_loss, seed_everything, train_epoch
-from tune_ph.model import build_model, configure_optimizer
-from tune_ph.split import split_samples
-from tune_ph.tokens import build
+from tune_ph.data import sources
+from tune_ph.data.split import split_samples
+from tune_ph.data.tokens import build
+from tune_ph.model import embeddings
+from tune_ph.model.regressor import build_model, configure_optimizer
+from tune_ph.training.epoch import make_loss, seed_everything, train_epoch
 
 
 def synthetic(num_samples: int, reads: int, length: int) -> pd.DataFrame:
@@ -54,7 +55,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as cache:
         if args.dataset:
-            ds = data.prepare(args.dataset, max_length=args.max_length, max_sets=args.max_sets, cache_dir=cache)
+            ds = sources.prepare(args.dataset, max_length=args.max_length, max_sets=args.max_sets, cache_dir=cache)
         else:
             df = synthetic(args.samples, args.reads, 250)
             ds = build(df, split_samples(df), max_length=args.max_length, max_sets=args.max_sets, cache_dir=cache)

@@ -17,9 +17,11 @@ import shutil
 import time
 from pathlib import Path
 
-from tune_ph import files, pretrain, train
-from tune_ph.baseline import run_baseline, write_outputs
-from tune_ph.data import load_samples, split_samples
+from tune_ph import files
+from tune_ph.baseline.kmer_models import run_baseline, write_outputs
+from tune_ph.commands import pretrain as pretrain_cli
+from tune_ph.commands import train as train_cli
+from tune_ph.data.sources import load_samples, split_samples
 
 # The README's CPU recipe ("A recipe that learns on real reads"); tests/test_readme.py checks the README quotes it.
 PRETRAIN_ARGS = (
@@ -66,12 +68,12 @@ def main() -> None:
     if not args.skip_model:
         started = time.perf_counter()
         argv = [*common, "--output-dir", str(out / "pretrained"), "--no-progress", *PRETRAIN_ARGS.split()]
-        if pretrain.main(argv) != 0:
+        if pretrain_cli.main(argv) != 0:
             raise SystemExit("pretraining failed; see the log above")
         pretrained_s = time.perf_counter() - started
         argv = [*common, "--model", str(out / "pretrained"), "--output-dir", str(out / "model")]
         argv += ["--no-baseline", "--no-progress"]
-        if train.main(argv + TRAIN_ARGS.split()) != 0:
+        if train_cli.main(argv + TRAIN_ARGS.split()) != 0:
             raise SystemExit("training failed; see the log above")
         seconds = time.perf_counter() - started
         metrics = json.loads((out / "model" / files.METRICS_FILE).read_text())

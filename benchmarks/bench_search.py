@@ -11,8 +11,8 @@ from typing import Any
 
 from ray import tune
 
-from tune_ph import search, tuner
-from tune_ph.space import parse_space
+from tune_ph.search import cluster, run, tuner
+from tune_ph.search.space import parse_space
 
 
 class TrialClock(tune.Callback):
@@ -73,9 +73,9 @@ def main() -> None:
         folder = Path(tmp) / spec.name
         folder.mkdir()
         started = time.perf_counter()
-        datasets = search.prepare_datasets(spec)
+        datasets = run.prepare_datasets(spec)
         setup = time.perf_counter() - started
-        shutdown = search.init_ray()
+        shutdown = cluster.init_ray()
         try:
             clock = TrialClock()
             runner = tuner.make_tuner(spec, tuner.make_trainable(spec, datasets), folder, None, 0, [clock])

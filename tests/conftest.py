@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from helpers import BUILD_LOG_VAR, KILL_DIR_VAR, ROOT, tiny_space, write_space
 
+from tune_ph.commands import search as search_cli
+
 
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory):
@@ -39,7 +41,7 @@ def ray_session(build_log: Path, kill_dir: Path):
     dashboard, a short temp dir for its sockets)."""
     import ray
 
-    from tune_ph import cluster
+    from tune_ph.search import cluster
 
     temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")
     runtime_env = {
@@ -64,7 +66,7 @@ def ray_session(build_log: Path, kill_dir: Path):
 @pytest.fixture(scope="session")
 def finished_experiment(ray_session, build_log: Path, tmp_path_factory) -> dict:
     """One tiny 3-trial search run end to end through the CLI entry point (shared by several tests)."""
-    from tune_ph import search, tokens
+    from tune_ph.data import tokens
 
     out = tmp_path_factory.mktemp("experiments")
     space = write_space(out, tiny_space())
@@ -78,7 +80,7 @@ def finished_experiment(ray_session, build_log: Path, tmp_path_factory) -> dict:
     tokens.build = counting_build
     lines_before = build_log.read_text().splitlines()
     try:
-        rc = search.main(["--space", str(space), "--output-dir", str(out), "--verbose", "0"])
+        rc = search_cli.main(["--space", str(space), "--output-dir", str(out), "--verbose", "0"])
     finally:
         tokens.build = original
     return {

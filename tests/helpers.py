@@ -10,7 +10,7 @@ import numpy as np
 import yaml
 
 from hyena_dna.tokenizer import VOCAB
-from tune_ph.tokens import TokenizedDataset
+from tune_ph.data.tokens import TokenizedDataset
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = {"d_model": 16, "n_layer": 1, "d_inner": 32, "filter_order": 16, "l_max": 130}
@@ -68,7 +68,7 @@ def count_tokenizing() -> None:
     It lets a test prove that trial processes never tokenize, without mocking anything they run.
     """
     log = os.environ[BUILD_LOG_VAR]
-    from tune_ph import tokens  # in the worker, after Ray has set up its environment
+    from tune_ph.data import tokens
 
     for name in ("build", "tokenize"):
         original = getattr(tokens, name)
@@ -87,14 +87,14 @@ def kill_switch() -> None:
 
     The file holds the kill point: empty or 0 = before training, N = right after epoch N was reported; "raise"
     makes that trial raise an exception before training instead (a failure with a Python error). It wraps
-    tune_ph.trainable's reference to train.fit in the worker only; the product code has no test hook.
+    tune_ph.search.trainable's reference to train.fit in the worker only; the product code has no test hook.
     """
     folder = os.environ.get(KILL_DIR_VAR)
     if not folder:
         return
     import signal
 
-    from tune_ph import trainable
+    from tune_ph.search import trainable
 
     original = trainable.fit
 

@@ -13,11 +13,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tune_ph import baseline, kmers
-from tune_ph.baseline import PREDICTION_COLUMNS, BaselineError, run_baseline
-from tune_ph.data import clean_samples, load_samples, split_samples
-from tune_ph.demo import make_demo
-from tune_ph.kmers import KmerError, kmer_counts, kmer_names, kmer_profiles
+from tune_ph.baseline import kmer_models, kmers
+from tune_ph.baseline.kmer_models import PREDICTION_COLUMNS, BaselineError, run_baseline
+from tune_ph.baseline.kmers import KmerError, kmer_counts, kmer_names, kmer_profiles
+from tune_ph.commands import baseline as baseline_cli
+from tune_ph.data.demo import make_demo
+from tune_ph.data.sources import clean_samples, load_samples, split_samples
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,7 +46,7 @@ def demo_parquet(tmp_path_factory) -> Path:
 def run_cli(*args: str, cache: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "TUNE_PH_CACHE": str(cache / "tokens")}  # never the user's ~/.cache
     return subprocess.run(
-        [sys.executable, "-m", "tune_ph.baseline", *args],
+        [sys.executable, "-m", "tune_ph", "baseline", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -119,7 +120,7 @@ def test_demo_is_learnt_on_the_dna_models_split(demo_df, tmp_path):
         assert table["sample_id"].tolist() == sorted(split["test"])
         assert np.allclose(table["residual_mean"], table["true_ph"] - table["predicted_ph_mean"])
         assert {"test_mse", "test_rmse", "test_mae", "test_r2", "val_mse", "val_rmse", "val_mae", "val_r2"} <= set(m)
-    assert res["ridge"]["metrics"]["ridge_alpha"] in baseline.RIDGE_ALPHAS
+    assert res["ridge"]["metrics"]["ridge_alpha"] in kmer_models.RIDGE_ALPHAS
 
 
 def test_second_call_is_a_cache_hit_and_a_new_k_is_not(demo_df, tmp_path, monkeypatch, caplog):
@@ -130,7 +131,7 @@ def test_second_call_is_a_cache_hit_and_a_new_k_is_not(demo_df, tmp_path, monkey
     files = list((tmp_path / "baseline").iterdir())
     assert len(files) == 1 and files[0].suffix == ".json"
     json.loads(files[0].read_text())  # plain JSON, no pickle
-    with caplog.at_level(logging.INFO, logger="tune_ph.baseline"):
+    with caplog.at_level(logging.INFO, logger="tune_ph.baseline.kmer_models"):
         second = run_baseline(demo_df, split, k=3, models=("hgb", "ridge"))
     assert second["hgb"]["cached"] and not second["ridge"]["cached"]
     assert "cache hit" in caplog.text
@@ -172,7 +173,7 @@ def test_cli_writes_metrics_and_one_csv_row_per_test_sample(demo_parquet, tmp_pa
         "--cache-dir",
         str(tmp_path / "c"),
     ]
-    assert baseline.main(args) == 0
+    assert baseline_cli.main(args) == 0
     split = split_samples(load_samples(str(demo_parquet)), seed=7, test_fraction=0.25, val_fraction=0.15)
     assert json.loads((out / "split.json").read_text()) == split
     printed = capsys.readouterr().out.strip().splitlines()
@@ -208,27 +209,29 @@ def test_cli_missing_dataset_path_is_a_usage_error(tmp_path):
 
 def test_reference_baseline_is_fitted_once_then_read_from_the_cache(tmp_path, monkeypatch):
     calls = []
-    fit_ridge = baseline._FITTERS["ridge"]
-    monkeypatch.setitem(baseline._FITTERS, "ridge", lambda *a: calls.append(1) or fit_ridge(*a))
+    fit_ridge = kmer_models._FITTERS["ridge"]
+    monkeypatch.setitem(kmer_models._FITTERS, "ridge", lambda *a: calls.append(1) or fit_ridge(*a))
     cfg = {"dataset": "demo", "cache_dir": str(tmp_path)}
-    first, second = baseline.reference_baseline(cfg), baseline.reference_baseline(cfg)
+    first, second = kmer_models.reference_baseline(cfg), kmer_models.reference_baseline(cfg)
     assert len(calls) == 1 and not first["cached"] and second["cached"]
     assert second["results"] == first["results"] and second["k"] == 6
-    line = baseline.baseline_line(second)
+    line = kmer_models.baseline_line(second)
     assert line.startswith("k-mer baseline (ridge, k=6) on the same split: test R² 0.") and "RMSE" in line
     r2 = first["results"]["ridge"]["test_r2"]
     expected = f"test R²: DNA model {r2 + 0.1:.3f} vs k-mer baseline {r2:.3f} (+0.100, ahead)"
-    assert baseline.versus(r2 + 0.1, first) == expected
+    assert kmer_models.versus(r2 + 0.1, first) == expected
 
 
 def test_a_failing_baseline_is_a_warning_and_a_reason(monkeypatch, caplog):
     def broken(*args, **kwargs):
         raise RuntimeError("no room")
 
-    monkeypatch.setattr(baseline, "run_baseline", broken)
-    with caplog.at_level(logging.WARNING, logger="tune_ph.baseline"):
-        out = baseline.reference_baseline({"dataset": "demo"})
+    monkeypatch.setattr(kmer_models, "run_baseline", broken)
+    with caplog.at_level(logging.WARNING, logger="tune_ph.baseline.kmer_models"):
+        out = kmer_models.reference_baseline({"dataset": "demo"})
     assert out["reason"] == "it failed: no room" and "--dataset demo --k 6" in out["command"]
     assert "k-mer baseline not computed: no room" in caplog.text
-    assert baseline.baseline_line(out).startswith("k-mer baseline: not computed (it failed: no room); compute it with")
-    assert baseline.versus(0.5, out) is None
+    assert kmer_models.baseline_line(out).startswith(
+        "k-mer baseline: not computed (it failed: no room); compute it with"
+    )
+    assert kmer_models.versus(0.5, out) is None

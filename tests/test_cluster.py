@@ -1,4 +1,4 @@
-"""tune_ph.cluster: Ray listens on loopback only, token-auth policy, a private token file, resource preflight."""
+"""tune_ph.search.cluster: Ray listens on loopback only, token-auth policy, a private token file, resource preflight."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from tune_ph import cluster, resources
-from tune_ph.cluster import SetupError, check_auth
-from tune_ph.resources import ResourceError, check_trial_resources, trial_requests
+from tune_ph.search import cluster, resources
+from tune_ph.search.cluster import SetupError, check_auth
+from tune_ph.search.resources import ResourceError, check_trial_resources, trial_requests
 
 ROOT = Path(__file__).resolve().parents[1]
 AUTH_VARS = (cluster.AUTH_MODE_ENV, cluster.TOKEN_ENV, cluster.TOKEN_PATH_ENV)
@@ -313,22 +313,22 @@ def test_public_dashboard_without_token_auth_is_refused(monkeypatch, no_ray_init
 
 def test_allow_no_auth_lets_it_through_with_a_warning(monkeypatch, caplog):
     monkeypatch.setenv(cluster.AUTH_MODE_ENV, "disabled")
-    with caplog.at_level(logging.WARNING, logger="tune_ph.cluster"):
+    with caplog.at_level(logging.WARNING, logger="tune_ph.search.cluster"):
         check_auth(address="10.1.2.3:6379", dashboard_host=None, allow_no_auth=True)
-    [record] = [r for r in caplog.records if r.name == "tune_ph.cluster"]
+    [record] = [r for r in caplog.records if r.name == "tune_ph.search.cluster"]
     assert record.levelno == logging.WARNING and "arbitrary code" in record.getMessage()
 
 
 def test_local_run_without_token_auth_only_warns(monkeypatch, caplog):
     monkeypatch.setenv(cluster.AUTH_MODE_ENV, "disabled")
-    with caplog.at_level(logging.WARNING, logger="tune_ph.cluster"):
+    with caplog.at_level(logging.WARNING, logger="tune_ph.search.cluster"):
         check_auth(address=None, dashboard_host="127.0.0.1")
     assert any(r.levelno == logging.WARNING and "token authentication is off" in r.getMessage() for r in caplog.records)
 
 
 def test_token_mode_passes_silently(monkeypatch, caplog):
     monkeypatch.setenv(cluster.AUTH_MODE_ENV, "TOKEN")  # Ray reads the mode case-insensitively
-    with caplog.at_level(logging.WARNING, logger="tune_ph.cluster"):
+    with caplog.at_level(logging.WARNING, logger="tune_ph.search.cluster"):
         check_auth(address="10.1.2.3:6379", dashboard_host="0.0.0.0")
     assert not caplog.records
 

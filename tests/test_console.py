@@ -17,7 +17,10 @@ import pandas as pd
 import pytest
 from helpers import KILL_ONCE, ROOT, tiny_space, write_space
 
-from tune_ph import console, monitor, results
+from tune_ph import files
+from tune_ph.commands import search as search_cli
+from tune_ph.report import monitor, results
+from tune_ph.search import console
 
 
 def test_ray_hints_that_contradict_ours_are_dropped_and_others_kept():
@@ -95,9 +98,9 @@ def _fake_experiment(folder: Path, exported: bool) -> None:
     (folder / results.STUDY_FILE).write_bytes(b"")
     if exported:
         (folder / results.REPORT_FILE).write_text("<html></html>")
-        (folder / results.BEST_DIR).mkdir()
+        (folder / files.BEST_DIR).mkdir()
         for name in ("best_model.pt", "config.json", "metrics.json", "test_predictions.csv", "residuals.png"):
-            (folder / results.BEST_DIR / name).write_text("")
+            (folder / files.BEST_DIR / name).write_text("")
 
 
 def test_final_summary_names_every_output_and_the_commands(tmp_path, capsys):
@@ -110,9 +113,9 @@ def test_final_summary_names_every_output_and_the_commands(tmp_path, capsys):
     for name in ("residuals.png", "optuna_study.db", "trial_<id>/"):
         assert name in out, name
     assert f"tensorboard --logdir {folder}" in out
-    assert f"python -m tune_ph.monitor {folder}" in out
-    assert f"python -m tune_ph.export {folder}" in out
-    assert "tune_ph.search" not in out  # finished: nothing to continue
+    assert f"python -m tune_ph monitor {folder}" in out
+    assert f"python -m tune_ph export {folder}" in out
+    assert "tune_ph.search.run" not in out  # finished: nothing to continue
 
 
 def test_summary_of_a_stopped_search_gives_the_resume_command(tmp_path, capsys):
@@ -189,16 +192,15 @@ def test_search_console_shows_hyperparameters_best_so_far_and_outputs(
     # The final summary names every output, and the commands to watch and continue.
     for name in ("trials.csv", "report.html", "best/", "residuals.png", "optuna_study.db"):
         assert re.search(rf"^  {re.escape(name)}\s", out, flags=re.M) or name in out, name
-    assert f"tensorboard --logdir {folder}" in out and f"python -m tune_ph.monitor {folder}" in out
+    assert f"tensorboard --logdir {folder}" in out and f"python -m tune_ph monitor {folder}" in out
     # Ray's hints that point elsewhere are gone: its staging folder (under the Ray temp dir), Tuner.restore.
     assert "driver_artifacts" not in out and "Tuner.restore" not in out and "View detailed results" not in out
     assert f"Result logdir: {folder}" in out
 
 
 def search_main(argv: list[str]) -> int:
-    from tune_ph import search
 
-    return search.main(argv)
+    return search_cli.main(argv)
 
 
 @pytest.mark.slow

@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 from sklearn.model_selection import train_test_split
 
-from tune_ph import data, fasta
-from tune_ph.data import BadRowError, DatasetError
+from tune_ph.commands import data as data_cli
+from tune_ph.data import fasta, sources
+from tune_ph.data.sources import BadRowError, DatasetError
 
 
 def _samples(n: int = 6, envs: tuple[str, ...] = ("soil", "lake", "marine")) -> pd.DataFrame:
@@ -55,7 +56,7 @@ def test_hub_layout_folder_with_parquet_shards(tmp_path) -> None:
     df.iloc[:4].to_parquet(tmp_path / "data" / "train-00000-of-00002.parquet")
     df.iloc[4:].to_parquet(tmp_path / "data" / "train-00001-of-00002.parquet")
     (tmp_path / "README.md").write_text("---\nlicense: cc0\n---\n")
-    loaded = data.load_samples(str(tmp_path))
+    loaded = sources.load_samples(str(tmp_path))
     _same(loaded, df)
     assert all(isinstance(r, list) and isinstance(r[0], str) for r in loaded["sequences"])
     assert {"num_sequences", "Bacteria"} <= set(loaded.columns)  # extra schema columns are kept
@@ -70,42 +71,42 @@ def test_folder_reached_through_dotdot_and_hidden_files_skipped(tmp_path, monkey
     df.to_parquet(tmp_path / "ds" / ".cache" / "stale.parquet")  # would double every sample if read
     (tmp_path / "work").mkdir()
     monkeypatch.chdir(tmp_path / "work")
-    _same(data.load_samples("../ds"), df)
+    _same(sources.load_samples("../ds"), df)
 
 
 def test_save_to_disk_folder(tmp_path) -> None:
     datasets = pytest.importorskip("datasets")
     df = _samples(5)
     datasets.Dataset.from_pandas(df).save_to_disk(str(tmp_path / "single"))
-    _same(data.load_samples(str(tmp_path / "single")), df)
+    _same(sources.load_samples(str(tmp_path / "single")), df)
     dd = datasets.DatasetDict(
         {"train": datasets.Dataset.from_pandas(df.iloc[:3]), "test": datasets.Dataset.from_pandas(df.iloc[3:])}
     )
     dd.save_to_disk(str(tmp_path / "dict"))
-    _same(data.load_samples(str(tmp_path / "dict")), df)  # all splits: we make our own
+    _same(sources.load_samples(str(tmp_path / "dict")), df)  # all splits: we make our own
 
 
 def test_parquet_and_jsonl_files(tmp_path) -> None:
     df = _samples(4)
     df.to_parquet(tmp_path / "s.parquet")
     df.to_json(tmp_path / "s.jsonl", orient="records", lines=True)
-    _same(data.load_samples(str(tmp_path / "s.parquet")), df)
-    _same(data.load_samples(str(tmp_path / "s.jsonl")), df)
+    _same(sources.load_samples(str(tmp_path / "s.parquet")), df)
+    _same(sources.load_samples(str(tmp_path / "s.jsonl")), df)
 
 
 def test_missing_column_names_file_and_column(tmp_path) -> None:
     _samples(3).drop(columns=["environment"]).to_parquet(tmp_path / "bad.parquet")
     with pytest.raises(DatasetError, match=r"bad\.parquet.*environment"):
-        data.load_samples(str(tmp_path / "bad.parquet"))
+        sources.load_samples(str(tmp_path / "bad.parquet"))
 
 
 def test_missing_local_path_is_not_taken_for_a_hub_id(tmp_path) -> None:
     with pytest.raises(DatasetError, match="no such file"):
-        data.load_samples(str(tmp_path / "nope"))
+        sources.load_samples(str(tmp_path / "nope"))
     with pytest.raises(DatasetError, match="no such file"):
-        data.load_samples("./nope.parquet")
+        sources.load_samples("./nope.parquet")
     with pytest.raises(DatasetError, match="no dataset found"):
-        data.load_samples(str(tmp_path))  # an existing but empty folder
+        sources.load_samples(str(tmp_path))  # an existing but empty folder
 
 
 def test_offline_hub_error_names_the_setting_and_alternatives(monkeypatch) -> None:
@@ -119,10 +120,10 @@ def test_offline_hub_error_names_the_setting_and_alternatives(monkeypatch) -> No
     monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(DatasetError) as err:
-        data.load_samples("nobody-here/no-such-dataset-3141")
+        sources.load_samples("nobody-here/no-such-dataset-3141")
     text = str(err.value)
     assert "HF_DATASETS_OFFLINE" in text and "nobody-here/no-such-dataset-3141" in text
-    assert "save_to_disk" in text and "python -m tune_ph.data build" in text and "demo" in text
+    assert "save_to_disk" in text and "python -m tune_ph data build" in text and "demo" in text
 
 
 # ---------------------------------------------------------------- validation
@@ -132,8 +133,8 @@ def test_null_ph_rows_dropped_and_counted(tmp_path, caplog) -> None:
     df = _samples(5)
     df.loc[[1, 3], "pH"] = None
     df.to_parquet(tmp_path / "s.parquet")
-    with caplog.at_level(logging.INFO, logger="tune_ph.data"):
-        loaded = data.load_samples(str(tmp_path / "s.parquet"))
+    with caplog.at_level(logging.INFO, logger="tune_ph.data.sources"):
+        loaded = sources.load_samples(str(tmp_path / "s.parquet"))
     assert loaded["sample_id"].tolist() == ["SRR1000", "SRR1002", "SRR1004"]
     assert "dropped 2 sample(s) with no pH" in caplog.text
 
@@ -141,7 +142,7 @@ def test_null_ph_rows_dropped_and_counted(tmp_path, caplog) -> None:
 def test_empty_reads_dropped() -> None:
     df = _samples(2)
     df.at[0, "sequences"] = ["", "ACGT", "  ", "ggnn"]
-    out = data.clean_samples(df)
+    out = sources.clean_samples(df)
     assert out.loc[0, "sequences"] == ["ACGT", "ggnn"]
 
 
@@ -159,7 +160,7 @@ def test_bad_rows_error_names_sample_and_field(column, value, field) -> None:
     df = _samples(4).astype({"pH": object})
     df.at[2, column] = value
     with pytest.raises(BadRowError) as err:
-        data.clean_samples(df, where="mydata.parquet")
+        sources.clean_samples(df, where="mydata.parquet")
     text = str(err.value)
     assert "mydata.parquet" in text and "SRR1002" in text and repr(field) in text and "skip_bad_rows" in text
 
@@ -169,9 +170,9 @@ def test_duplicate_sample_id_and_skip_mode(caplog) -> None:
     df.at[3, "sample_id"] = "SRR1001"
     df.at[4, "sequences"] = ["AC-GT"]
     with pytest.raises(BadRowError, match="SRR1001.*duplicate.*1 more bad row"):
-        data.clean_samples(df)
-    with caplog.at_level(logging.WARNING, logger="tune_ph.data"):
-        out = data.clean_samples(df, skip_bad_rows=True)
+        sources.clean_samples(df)
+    with caplog.at_level(logging.WARNING, logger="tune_ph.data.sources"):
+        out = sources.clean_samples(df, skip_bad_rows=True)
     assert out["sample_id"].tolist() == ["SRR1000", "SRR1001", "SRR1002"]
     assert "skipped 2 bad row(s)" in caplog.text
 
@@ -196,7 +197,7 @@ def _many(n: int, weights: dict[str, int]) -> pd.DataFrame:
 
 def test_split_sizes_stratification_and_published_recipe() -> None:
     df = _many(200, {"soil": 5, "lake": 3, "marine": 2})
-    split = data.split_samples(df)
+    split = sources.split_samples(df)
     assert {k: len(v) for k, v in split.items()} == {"train": 140, "val": 20, "test": 40}
     ids = split["train"] + split["val"] + split["test"]
     assert sorted(ids) == sorted(df["sample_id"]) and len(set(ids)) == 200
@@ -217,20 +218,20 @@ def test_split_sizes_stratification_and_published_recipe() -> None:
 
 def test_split_deterministic_order_independent_and_seeded() -> None:
     df = _many(100, {"soil": 1, "lake": 1})
-    a = data.split_samples(df)
-    assert data.split_samples(df.sample(frac=1, random_state=3)) == a
-    b = data.split_samples(df, seed=7)
+    a = sources.split_samples(df)
+    assert sources.split_samples(df.sample(frac=1, random_state=3)) == a
+    b = sources.split_samples(df, seed=7)
     assert set(b["test"]) != set(a["test"])
-    c = data.split_samples(df, test_fraction=0.3, val_fraction=0.2)
+    c = sources.split_samples(df, test_fraction=0.3, val_fraction=0.2)
     assert (len(c["train"]), len(c["val"]), len(c["test"])) == (50, 20, 30)
-    assert data.split_samples(df, val_fraction=0.0)["val"] == []
+    assert sources.split_samples(df, val_fraction=0.0)["val"] == []
 
 
 def test_split_rare_environment_fallback_and_error() -> None:
     df = _many(60, {"soil": 1, "lake": 1})
     df.loc[0, "environment"] = "glacier"  # one sample: cannot be stratified on its own
     df.loc[1, "environment"] = "cave"
-    split = data.split_samples(df)
+    split = sources.split_samples(df)
     assert sum(map(len, split.values())) == 60 and {k: len(v) for k, v in split.items()} == {
         "train": 42,
         "val": 6,
@@ -240,13 +241,13 @@ def test_split_rare_environment_fallback_and_error() -> None:
 
 def test_split_too_small_to_stratify_falls_back(caplog) -> None:
     tiny = _many(10, {"a": 1, "b": 1, "c": 1})  # 2 test samples cannot cover 3 environments
-    with caplog.at_level(logging.WARNING, logger="tune_ph.data"):
-        split = data.split_samples(tiny)
+    with caplog.at_level(logging.WARNING, logger="tune_ph.data.sources"):
+        split = sources.split_samples(tiny)
     assert "not stratified" in caplog.text
     assert {k: len(v) for k, v in split.items()} == {"train": 7, "val": 1, "test": 2}
-    assert split == data.split_samples(tiny)
+    assert split == sources.split_samples(tiny)
     with pytest.raises(DatasetError, match="cannot make"):
-        data.split_samples(_many(1, {"a": 1}))
+        sources.split_samples(_many(1, {"a": 1}))
 
 
 # ---------------------------------------------------------------- prepare
@@ -255,10 +256,10 @@ def test_split_too_small_to_stratify_falls_back(caplog) -> None:
 def test_prepare_end_to_end_with_cache(tmp_path) -> None:
     df = _samples(20)
     df.to_parquet(tmp_path / "s.parquet")
-    ds = data.prepare(str(tmp_path / "s.parquet"), max_length=40, max_sets=2, cache_dir=tmp_path / "cache")
+    ds = sources.prepare(str(tmp_path / "s.parquet"), max_length=40, max_sets=2, cache_dir=tmp_path / "cache")
     split = ds.split_dict()
     assert {k: len(v) for k, v in split.items()} == {"train": 14, "val": 2, "test": 4}
-    expected = data.split_samples(data.load_samples(str(tmp_path / "s.parquet")))
+    expected = sources.split_samples(sources.load_samples(str(tmp_path / "s.parquet")))
     assert {k: sorted(v) for k, v in split.items()} == {k: sorted(v) for k, v in expected.items()}
     assert ds.max_length == 40 and ds.max_sets == 2
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
@@ -311,7 +312,7 @@ def test_builder_cli_writes_hub_layout(tmp_path, capsys) -> None:
         }
     ).to_csv(meta, index=False)
     out = tmp_path / "out"
-    rc = data.main(
+    rc = data_cli.main(
         ["build", "--fasta-dir", str(fasta), "--metadata", str(meta), "--output-dir", str(out), "--max-dna", "250"]
     )
     assert rc == 0
@@ -322,12 +323,12 @@ def test_builder_cli_writes_hub_layout(tmp_path, capsys) -> None:
     shards = sorted((out / "data").glob("*.parquet"))
     assert [p.name for p in shards] == ["train-00000-of-00001.parquet"]
     raw = pd.read_parquet(shards[0])
-    assert list(raw.columns) == list(data.SCHEMA)
+    assert list(raw.columns) == list(sources.SCHEMA)
     srr1 = raw.set_index("sample_id").loc["SRR1"]
     assert list(srr1["sequences"]) == ["ACGT" * 30, "GGCC" * 30]  # whole reads until the 250-base cap
     assert srr1["total_DNA_length"] == 240 and srr1["num_sequences"] == 2
     # Reading it back: SRR3 has no pH and is dropped; lower-case/N reads pass validation.
-    loaded = data.load_samples(str(out))
+    loaded = sources.load_samples(str(out))
     assert sorted(loaded["sample_id"]) == ["SRR1", "SRR2"]
     assert loaded.set_index("sample_id").loc["SRR2", "sequences"] == ["acgtn" * 20, "CA" * 40]
 
@@ -337,7 +338,7 @@ def test_builder_errors_and_help(tmp_path, capsys) -> None:
     pd.DataFrame({"sample_id": ["a"], "study_name": ["s"]}).to_csv(meta, index=False)
     (tmp_path / "f").mkdir()
     assert (
-        data.main(
+        data_cli.main(
             ["build", "--fasta-dir", str(tmp_path / "f"), "--metadata", str(meta), "--output-dir", str(tmp_path / "o")]
         )
         == 2
@@ -350,6 +351,6 @@ def test_builder_errors_and_help(tmp_path, capsys) -> None:
     with pytest.raises(DatasetError, match=r"m\.csv: sample_id 'b': field 'pH' is not a number"):
         fasta.build_dataset(tmp_path / "f", meta, tmp_path / "o")
     with pytest.raises(SystemExit) as exit_:
-        data.main(["--help"])
+        data_cli.main(["--help"])
     assert exit_.value.code == 0
     assert "build" in capsys.readouterr().out

@@ -8,8 +8,8 @@ import pytest
 from sklearn.linear_model import RidgeCV
 from sklearn.metrics import r2_score
 
-from tune_ph import data
-from tune_ph.demo import make_demo
+from tune_ph.data import sources
+from tune_ph.data.demo import make_demo
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +18,7 @@ def demo() -> pd.DataFrame:
 
 
 def test_schema_and_shape(demo: pd.DataFrame) -> None:
-    assert list(demo.columns) == list(data.SCHEMA)
+    assert list(demo.columns) == list(sources.SCHEMA)
     assert len(demo) == 300 and demo["sample_id"].is_unique
     assert demo["pH"].between(0, 14).all() and demo["pH"].notna().all()
     assert demo["environment"].nunique() >= 5
@@ -30,7 +30,7 @@ def test_schema_and_shape(demo: pd.DataFrame) -> None:
     assert lengths.min() >= 200 and lengths.max() <= 450  # 16S-amplicon-like reads
     assert set("".join(demo["sequences"].iloc[0])) <= set("ACGT")
     # It passes our own validation unchanged.
-    assert len(data.clean_samples(demo)) == 300
+    assert len(sources.clean_samples(demo)) == 300
 
 
 def test_deterministic(demo: pd.DataFrame) -> None:
@@ -56,7 +56,7 @@ def _kmer_profiles(df: pd.DataFrame, k: int) -> np.ndarray:
 
 
 def test_ph_is_learnable_from_sequence_not_base_counts(demo: pd.DataFrame) -> None:
-    split = data.split_samples(demo)
+    split = sources.split_samples(demo)
     train = demo["sample_id"].isin(split["train"]).to_numpy()
     test = demo["sample_id"].isin(split["test"]).to_numpy()
     y = demo["pH"].to_numpy()

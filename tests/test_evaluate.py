@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from hyena_dna import HyenaDNAConfig
-from tune_ph import evaluate, train
-from tune_ph.evaluate import evaluate_checkpoint, load_checkpoint
+from tune_ph.commands import evaluate as evaluate_cli
+from tune_ph.commands import train as train_cli
+from tune_ph.report.evaluate import evaluate_checkpoint, load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -26,7 +27,7 @@ def run_dir(tmp_path_factory) -> Path:
     model_dir.mkdir()
     HyenaDNAConfig(d_model=32, n_layer=1, d_inner=64, l_max=MAX_LENGTH + 2).to_json(model_dir / "config.json")
     torch.set_num_threads(1)
-    code = train.main(
+    code = train_cli.main(
         [
             "--dataset",
             "demo",
@@ -135,13 +136,13 @@ def test_evaluate_reproduces_saved_metrics(run_dir: Path, tmp_path: Path) -> Non
 @pytest.mark.slow  # uses the CLI training run
 def test_evaluate_cli(run_dir: Path, tmp_path: Path, capsys) -> None:
     assert (
-        evaluate.main(
+        evaluate_cli.main(
             ["--checkpoint", str(run_dir / "best_model.pt"), "--output-dir", str(tmp_path), "--device", "cpu"]
         )
         == 0
     )
     assert "test_r2" in json.loads(capsys.readouterr().out)
-    assert evaluate.main(["--checkpoint", str(tmp_path / "missing.pt")]) == 2
+    assert evaluate_cli.main(["--checkpoint", str(tmp_path / "missing.pt")]) == 2
     assert "does not exist" in capsys.readouterr().err
 
 
@@ -154,15 +155,15 @@ def test_not_a_checkpoint_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.slow  # uses the CLI training run
 def test_mismatched_dataset_is_refused(run_dir: Path) -> None:
-    from tune_ph import data
+    from tune_ph.data import sources
 
-    other = data.prepare("demo", max_length=64, max_sets=2, cache_dir=run_dir.parent / "cache")
+    other = sources.prepare("demo", max_length=64, max_sets=2, cache_dir=run_dir.parent / "cache")
     with pytest.raises(ValueError, match="max_length=64"):
         evaluate_checkpoint(run_dir / "best_model.pt", dataset=other, device="cpu")
 
 
 def test_plot_residuals_without_environment_and_bad_input(tmp_path: Path) -> None:
-    from tune_ph.report import plot_residuals
+    from tune_ph.report.html_report import plot_residuals
 
     df = pd.DataFrame({"true_ph": [5.0, 7.0, 8.5], "residual_mean": [0.2, -0.1, 0.4]})
     assert plot_residuals(df, tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
@@ -171,11 +172,11 @@ def test_plot_residuals_without_environment_and_bad_input(tmp_path: Path) -> Non
 
 
 def test_evaluate_refuses_an_unknown_device(tmp_path, capsys):
-    assert evaluate.main(["--checkpoint", str(tmp_path / "x.pt"), "--device", "gpu"]) == 2
+    assert evaluate_cli.main(["--checkpoint", str(tmp_path / "x.pt"), "--device", "gpu"]) == 2
     assert "device must be auto, cpu or cuda" in capsys.readouterr().err
 
 
 def test_training_refuses_no_validation_split(tmp_path, capsys):
-    code = train.main(["--dataset", "demo", "--from-scratch", "--val-fraction", "0", "--output-dir", str(tmp_path)])
+    code = train_cli.main(["--dataset", "demo", "--from-scratch", "--val-fraction", "0", "--output-dir", str(tmp_path)])
     assert code == 2 and "val_fraction 0 leaves no validation samples" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())

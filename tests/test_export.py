@@ -10,6 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
+from tune_ph.commands import export as export_cli
+
 pytest.importorskip("ray")
 
 
@@ -24,7 +26,6 @@ def _all_epochs(table: pd.DataFrame) -> pd.DataFrame:
 
 @pytest.mark.slow
 def test_export_cli_from_finished_experiment(finished_experiment, tmp_path):
-    from tune_ph import export
 
     # A copy, so the shared experiment stays as the search left it.
     folder = tmp_path / "tiny"
@@ -34,7 +35,7 @@ def test_export_cli_from_finished_experiment(finished_experiment, tmp_path):
     (folder / "report.html").unlink()
 
     # A moved experiment folder still exports: Ray's state is read relative to the folder.
-    assert export.main([str(folder)]) == 0
+    assert export_cli.main([str(folder)]) == 0
     table = pd.read_csv(folder / "trials.csv")
     assert table["path"].str.startswith(str(folder)).all()
     epochs = _all_epochs(table)
@@ -53,10 +54,9 @@ def test_export_cli_from_finished_experiment(finished_experiment, tmp_path):
 
 
 def test_export_of_a_folder_without_results(tmp_path):
-    from tune_ph import export
 
     (tmp_path / "empty").mkdir()
-    assert export.main([str(tmp_path / "empty")]) == 2
+    assert export_cli.main([str(tmp_path / "empty")]) == 2
 
 
 class _Payload:
@@ -75,8 +75,6 @@ def test_exporting_a_received_folder_never_unpickles_it(finished_experiment, tmp
     normally, and none of the payloads runs (reading is JSON, CSV and text only)."""
     import pickle
 
-    from tune_ph import export
-
     folder = tmp_path / "received"
     shutil.copytree(finished_experiment["folder"], folder)
     shutil.rmtree(folder / "best")
@@ -91,7 +89,7 @@ def test_exporting_a_received_folder_never_unpickles_it(finished_experiment, tmp
     state["trial_data"][0][0] = json.dumps(trial)
     state_file.write_text(json.dumps(state))
 
-    assert export.main([str(folder), "--device", "cpu"]) == 0
+    assert export_cli.main([str(folder), "--device", "cpu"]) == 0
     assert not [name for name, marker in markers.items() if marker.exists()]
     assert (folder / "best" / "metrics.json").is_file() and (folder / "report.html").is_file()
     assert set(pd.read_csv(folder / "trials.csv")["status"]) == {"TERMINATED"}

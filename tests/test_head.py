@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tune_ph.model import ARCHITECTURES, POOLINGS, RegressionHead, pool_hidden
+from tune_ph.model.regressor import ARCHITECTURES, POOLINGS, RegressionHead, pool_hidden
 
 D = 32
 

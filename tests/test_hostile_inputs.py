@@ -21,7 +21,11 @@ import torch
 import yaml
 from helpers import KILL_ONCE, ROOT, TINY_MODEL, tiny_space, write_space
 
-from tune_ph import data, evaluate, search, tokens, train
+from tune_ph.commands import data as data_cli
+from tune_ph.commands import evaluate as evaluate_cli
+from tune_ph.commands import search as search_cli
+from tune_ph.commands import train as train_cli
+from tune_ph.data import sources, tokens
 
 no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a CUDA GPU")
 
@@ -91,14 +95,14 @@ def test_bad_dataset_rows_are_refused_by_every_command(case, tmp_path, capsys, m
     cache = tmp_path / "cache"
     monkeypatch.setenv("TUNE_PH_CACHE", str(cache))
 
-    assert data.main(["summary", str(source)]) == 2
+    assert data_cli.main(["summary", str(source)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: "), err
     assert str(source) in err and repr(field) in err and f"row {bad_row}" in err and problem in err, err
 
     out = tmp_path / "run"
     argv = ["--dataset", str(source), "--from-scratch", "--output-dir", str(out), "--epochs", "1", "--no-progress"]
-    assert train.main(argv) == 2
+    assert train_cli.main(argv) == 2
     err = capsys.readouterr().err
     assert str(source) in err and repr(field) in err, err
     assert not out.exists() and not cache.exists()
@@ -109,17 +113,17 @@ def test_json_values_keep_their_types(tmp_path):
     for i, row in enumerate(rows):  # ids that look like numbers: pandas' type guessing read "0012" as 12
         row["sample_id"] = f"{i:04d}"
     rows[1]["sample_id"] = "12"
-    df = data.load_samples(str(_jsonl(tmp_path, rows)))
+    df = sources.load_samples(str(_jsonl(tmp_path, rows)))
     assert sorted(df["sample_id"]) == sorted(r["sample_id"] for r in rows)
 
 
 def test_trailing_whitespace_ids_never_reach_two_splits():
     rows = _rows(20)
     rows[7]["sample_id"] = rows[3]["sample_id"] + "\t"
-    with pytest.raises(data.BadRowError):
-        data.clean_samples(pd.DataFrame(rows))
-    cleaned = data.clean_samples(pd.DataFrame(rows), skip_bad_rows=True)
-    split = data.split_samples(cleaned)
+    with pytest.raises(sources.BadRowError):
+        sources.clean_samples(pd.DataFrame(rows))
+    cleaned = sources.clean_samples(pd.DataFrame(rows), skip_bad_rows=True)
+    split = sources.split_samples(cleaned)
     ids = [s for part in split.values() for s in part]
     assert len(ids) == len(set(ids)) == 19
 
@@ -206,7 +210,7 @@ def _run_refused_search(tmp_path, capsys, make, flags, expected) -> None:
     space = make(cases)
     out = tmp_path / "experiments"
     ray_before = _ray_started()
-    rc = search.main(["--space", str(space), "--output-dir", str(out), "--verbose", "0", *flags])
+    rc = search_cli.main(["--space", str(space), "--output-dir", str(out), "--verbose", "0", *flags])
     err = capsys.readouterr().err
     assert rc == 2, err
     assert err.startswith("error: ") and "Traceback" not in err, err
@@ -242,7 +246,7 @@ TRAIN_CASES = {
 def test_train_refuses_bad_flags_without_writing(case, tmp_path, capsys):
     flags, expected = TRAIN_CASES[case]
     out = tmp_path / "run"
-    assert train.main(["--dataset", "demo", "--from-scratch", "--output-dir", str(out), *flags]) == 2
+    assert train_cli.main(["--dataset", "demo", "--from-scratch", "--output-dir", str(out), *flags]) == 2
     err = capsys.readouterr().err
     assert all(text in err for text in expected), err
     assert not out.exists()
@@ -252,7 +256,7 @@ def test_train_refuses_bad_flags_without_writing(case, tmp_path, capsys):
 def test_train_refuses_cuda_without_a_gpu_before_writing(tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["--dataset", "demo", "--from-scratch", "--device", "cuda", "--output-dir", str(out)]
-    assert train.main(argv) == 2
+    assert train_cli.main(argv) == 2
     err = capsys.readouterr().err
     assert "cuda" in err and "--device cpu" in err, err
     assert not out.exists()
@@ -264,7 +268,7 @@ def test_resume_refuses_a_name_outside_the_output_dir(name, tmp_path, capsys):
     outside.mkdir()
     (outside / "search_settings.json").write_text(json.dumps(tiny_space(name="outside")))
     before = _listing(tmp_path)
-    rc = search.main(["--name", name, "--output-dir", str(tmp_path / "experiments"), "--resume", "--verbose", "0"])
+    rc = search_cli.main(["--name", name, "--output-dir", str(tmp_path / "experiments"), "--resume", "--verbose", "0"])
     err = capsys.readouterr().err
     assert rc == 2 and "--name" in err and repr(name) in err, err
     assert _listing(tmp_path) == before
@@ -276,7 +280,7 @@ def test_truncated_settings_on_resume_names_the_file(tmp_path, capsys):
     text = json.dumps(tiny_space())
     (folder / "search_settings.json").write_text(text[: len(text) // 2])
     before = _listing(tmp_path)
-    rc = search.main(["--name", "tiny", "--output-dir", str(tmp_path), "--resume", "--verbose", "0"])
+    rc = search_cli.main(["--name", "tiny", "--output-dir", str(tmp_path), "--resume", "--verbose", "0"])
     err = capsys.readouterr().err
     assert rc == 2 and "search_settings.json" in err and "not valid JSON" in err, err
     assert _listing(tmp_path) == before
@@ -306,7 +310,7 @@ def test_fasta_builder_names_a_broken_gz_file(damage, tmp_path, capsys):
     )
     out = tmp_path / "out"
     argv = ["build", "--fasta-dir", str(tmp_path / "reads"), "--metadata", str(meta), "--output-dir", str(out)]
-    assert data.main(argv) == 2
+    assert data_cli.main(argv) == 2
     err = capsys.readouterr().err
     assert str(broken) in err and "gzip" in err and "Traceback" not in err, err
     assert not out.exists()
@@ -329,7 +333,7 @@ def test_evaluate_refuses_a_pickle_that_runs_code(tmp_path, capsys):
     torch.load(evil, weights_only=False)  # guard: the payload does run code when unpickled the unsafe way
     assert marker.exists()
     marker.unlink()
-    assert evaluate.main(["--checkpoint", str(evil), "--output-dir", str(tmp_path / "out")]) == 2
+    assert evaluate_cli.main(["--checkpoint", str(evil), "--output-dir", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert str(evil) in err and "Traceback" not in err, err
     assert not marker.exists() and not (tmp_path / "out").exists()
@@ -340,14 +344,14 @@ def test_evaluate_refuses_a_pickle_that_runs_code(tmp_path, capsys):
 
 def _build(df: pd.DataFrame, max_length: int, cache: Path) -> Path:
     """Build (and cache) one tokenized dataset; its cache file."""
-    tokens.build(df, data.split_samples(df), max_length=max_length, max_sets=1, cache_dir=cache)
+    tokens.build(df, sources.split_samples(df), max_length=max_length, max_sets=1, cache_dir=cache)
     return next(cache.glob(f"*-L{max_length}-n1-*.npz"))
 
 
 def test_token_cache_is_capped_least_recently_used_first(tmp_path, monkeypatch):
-    from tune_ph import token_cache
+    from tune_ph.data import token_cache
 
-    df = data.clean_samples(pd.DataFrame(_rows(40)))
+    df = sources.clean_samples(pd.DataFrame(_rows(40)))
     cache = tmp_path / "cache"
     first = _build(df, 32, cache)
     second = _build(df, 48, cache)  # 40-base reads: sets of 48 and 64 tokens hold the same tokens, same size
@@ -361,28 +365,28 @@ def test_token_cache_is_capped_least_recently_used_first(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("value", ["abc", "-1", "nan"])
 def test_bad_cache_cap_is_refused_naming_the_variable(value, tmp_path, monkeypatch, capsys):
-    from tune_ph import token_cache
+    from tune_ph.data import token_cache
 
     monkeypatch.setenv(token_cache.MAX_GB_ENV, value)
     monkeypatch.setenv("TUNE_PH_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "run"
-    assert train.main(["--dataset", "demo", "--from-scratch", "--output-dir", str(out), "--epochs", "1"]) == 2
+    assert train_cli.main(["--dataset", "demo", "--from-scratch", "--output-dir", str(out), "--epochs", "1"]) == 2
     err = capsys.readouterr().err
     assert token_cache.MAX_GB_ENV in err and value in err, err
     assert not out.exists() and not (tmp_path / "cache").exists()
 
 
 def test_cache_list_and_clear(tmp_path, capsys):
-    df = data.clean_samples(pd.DataFrame(_rows(40)))
+    df = sources.clean_samples(pd.DataFrame(_rows(40)))
     cache = tmp_path / "cache"
     old, new = _build(df, 32, cache), _build(df, 48, cache)
     os.utime(old, (time.time() - 3 * 86400, time.time() - 3 * 86400))
-    assert data.main(["cache", "list", "--cache-dir", str(cache)]) == 0
+    assert data_cli.main(["cache", "list", "--cache-dir", str(cache)]) == 0
     out = capsys.readouterr().out
     assert old.name in out and new.name in out and tokens.fingerprint(df)[:12] in out and "3.0 d" in out, out
-    assert data.main(["cache", "clear", "--older-than", "2", "--cache-dir", str(cache)]) == 0
+    assert data_cli.main(["cache", "clear", "--older-than", "2", "--cache-dir", str(cache)]) == 0
     assert not old.exists() and new.exists()
-    assert data.main(["cache", "clear", "--cache-dir", str(cache)]) == 0
+    assert data_cli.main(["cache", "clear", "--cache-dir", str(cache)]) == 0
     assert not list(cache.glob("*.npz"))
 
 
@@ -393,7 +397,7 @@ def test_cache_clear_refuses_bad_ages(age, tmp_path, capsys):
     kept = cache / f"{'0' * 32}-L8-n1-s{'0' * 16}-v1.npz"
     kept.write_bytes(b"x")
     with pytest.raises(SystemExit) as exit_:  # argparse's usage error
-        data.main(["cache", "clear", "--older-than", age, "--cache-dir", str(cache)])
+        data_cli.main(["cache", "clear", "--older-than", age, "--cache-dir", str(cache)])
     assert exit_.value.code == 2
     assert "--older-than" in capsys.readouterr().err
     assert kept.exists()
@@ -404,7 +408,7 @@ def test_cache_clear_refuses_bad_ages(age, tmp_path, capsys):
 HOLD = """
 import sys, time
 from pathlib import Path
-from tune_ph.runlock import ExperimentLock
+from tune_ph.search.runlock import ExperimentLock
 with ExperimentLock(Path(sys.argv[1])):
     print("held", flush=True)
     time.sleep(120)
@@ -412,7 +416,7 @@ with ExperimentLock(Path(sys.argv[1])):
 
 
 def test_second_search_of_the_same_name_fails_at_once(tmp_path, capsys):
-    from tune_ph.runlock import LOCK_FILE, ExperimentLock
+    from tune_ph.search.runlock import LOCK_FILE, ExperimentLock
 
     folder = tmp_path / "experiments" / "tiny"
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
@@ -420,7 +424,7 @@ def test_second_search_of_the_same_name_fails_at_once(tmp_path, capsys):
         assert holder.stdout.readline().strip() == "held"
         before = _listing(tmp_path / "experiments")
         started = time.perf_counter()
-        rc = search.main(["--space", str(_space(tmp_path)), "--output-dir", str(tmp_path / "experiments")])
+        rc = search_cli.main(["--space", str(_space(tmp_path)), "--output-dir", str(tmp_path / "experiments")])
         took = time.perf_counter() - started
         err = capsys.readouterr().err
         assert rc == 2, err
@@ -437,7 +441,7 @@ def test_second_search_of_the_same_name_fails_at_once(tmp_path, capsys):
 
 
 def test_lock_of_a_dead_process_is_taken_over(tmp_path):
-    from tune_ph.runlock import LOCK_FILE, ExperimentLock
+    from tune_ph.search.runlock import LOCK_FILE, ExperimentLock
 
     folder = tmp_path / "exp"
     folder.mkdir()
@@ -454,7 +458,7 @@ def test_lock_is_released_when_the_search_fails(tmp_path, capsys):
     rows = _rows(30)
     rows[1]["pH"] = True
     space = _space(tmp_path, fixed=_fixed(dataset=str(_jsonl(tmp_path, rows))))
-    assert search.main(["--space", str(space), "--output-dir", str(tmp_path / "experiments")]) == 2
+    assert search_cli.main(["--space", str(space), "--output-dir", str(tmp_path / "experiments")]) == 2
     assert not (tmp_path / "experiments").exists()
 
 
@@ -476,7 +480,7 @@ class _Result:
 
 
 def test_a_died_worker_is_error_whatever_the_saved_state_says():
-    from tune_ph import outcome
+    from tune_ph.search import outcome
 
     # Ray's saved state can lag behind (it is written before Ray cleans up): the in-process ResultGrid decides.
     table = pd.DataFrame(
@@ -504,14 +508,14 @@ def test_a_died_worker_is_error_whatever_the_saved_state_says():
     ],
 )
 def test_trial_errors_are_summarized_in_one_line(text, expected):
-    from tune_ph.results import summarize_error
+    from tune_ph.report.results import summarize_error
 
     line = summarize_error(text)
     assert expected in line and "\n" not in line and len(line) <= 300
 
 
 def test_trial_threads_follow_cpus_per_trial():
-    from tune_ph.trainable import trial_threads
+    from tune_ph.search.trainable import trial_threads
 
     assert [trial_threads(c) for c in (None, 0.25, 1, 1.5, 2, 4.0)] == [1, 1, 1, 1, 2, 4]
 
@@ -529,7 +533,7 @@ def test_killed_worker_is_an_honest_error(ray_session, kill_dir, tmp_path, capsy
     (kill_dir / KILL_ONCE).write_text("1")  # right after the first trial reports epoch 1
     (kill_dir / "killed").unlink(missing_ok=True)
     try:
-        rc = search.main([*argv, "--no-export"])
+        rc = search_cli.main([*argv, "--no-export"])
     finally:
         (kill_dir / KILL_ONCE).unlink()
     out = capsys.readouterr().out
@@ -549,7 +553,7 @@ def test_killed_worker_is_an_honest_error(ray_session, kill_dir, tmp_path, capsy
         assert {json.loads(line)["torch_threads"] for line in Path(path, "result.json").read_text().splitlines()} == {1}
 
     # --resume without --retry-errored: nothing to rerun; the trial stays ERROR with the same results.
-    assert search.main(["--name", "killed", "--output-dir", str(tmp_path), "--resume", "--verbose", "0"]) == 0
+    assert search_cli.main(["--name", "killed", "--output-dir", str(tmp_path), "--resume", "--verbose", "0"]) == 0
     again = _trials(folder)
     assert again.loc[trial_id, "status"] == "ERROR"
     assert Path(again.loc[trial_id, "path"], "result.json").read_text() == result_before
@@ -559,7 +563,7 @@ def test_killed_worker_is_an_honest_error(ray_session, kill_dir, tmp_path, capsy
 
     # --retry-errored reruns it from its checkpoint; trials.csv and Optuna then agree that it completed.
     argv = ["--name", "killed", "--output-dir", str(tmp_path), "--resume", "--retry-errored", "--verbose", "0"]
-    assert search.main([*argv, "--no-export"]) == 0
+    assert search_cli.main([*argv, "--no-export"]) == 0
     final = _trials(folder)
     assert final.loc[trial_id, "status"] == "TERMINATED" and final.loc[trial_id, "epochs_run"] == 2
     study = optuna.load_study(study_name="killed", storage=f"sqlite:///{folder / 'optuna_study.db'}")
@@ -569,7 +573,7 @@ def test_killed_worker_is_an_honest_error(ray_session, kill_dir, tmp_path, capsy
 
 @pytest.mark.slow
 def test_two_searches_of_one_name_do_not_mix(tmp_path):
-    from tune_ph.runlock import LOCK_FILE
+    from tune_ph.search.runlock import LOCK_FILE
 
     space = write_space(tmp_path, tiny_space(name="twice", fixed__epochs=6, scheduler__max_epochs=6))
     cmd = [sys.executable, "-m", "tune_ph.search", "--space", str(space), "--output-dir", str(tmp_path)]
@@ -596,7 +600,7 @@ def test_two_searches_of_one_name_do_not_mix(tmp_path):
 
 def test_yaml_spaces_in_the_cases_are_valid_apart_from_the_one_change(tmp_path):
     """Guards the cases above: the unchanged tiny space passes validation, so each refusal is the change's."""
-    from tune_ph.space import load_space
+    from tune_ph.search.space import load_space
 
     assert load_space(_space(tmp_path)).name == "tiny"
     assert yaml.safe_load(_space(tmp_path).read_text())["fixed"]["model_config"] == TINY_MODEL

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 from helpers import tiny_space, write_space
 
-from tune_ph import monitor, results, search
+from tune_ph.commands import monitor as monitor_cli
+from tune_ph.commands import search as search_cli
+from tune_ph.report import monitor, results
 
 needs_dashboard = pytest.mark.skipif(
     not monitor.dashboard_installed(), reason=f"optuna-dashboard is not installed ({monitor.MONITOR_HINT})"
@@ -74,22 +76,22 @@ def test_port_in_use_is_an_input_error_naming_the_flag(tmp_path):
 def test_missing_dashboard_package_stops_the_search_before_anything(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "optuna_dashboard", None)  # import optuna_dashboard -> ImportError
     space = write_space(tmp_path, tiny_space())
-    rc = search.main(["--space", str(space), "--output-dir", str(tmp_path), "--optuna-dashboard"])
+    rc = search_cli.main(["--space", str(space), "--output-dir", str(tmp_path), "--optuna-dashboard"])
     err = capsys.readouterr().err
     assert rc == 2, err
     assert "--optuna-dashboard needs the optuna-dashboard package" in err and 'pip install -e ".[monitor]"' in err
     assert not (tmp_path / "tiny").exists()  # nothing written, nothing started
-    assert monitor.main([str(tmp_path)]) == 2
+    assert monitor_cli.main([str(tmp_path)]) == 2
 
 
 @needs_dashboard
 def test_bad_port_and_missing_study_are_input_errors(tmp_path, capsys):
     space = write_space(tmp_path, tiny_space())
-    assert search.main(["--space", str(space), "--output-dir", str(tmp_path), "--optuna-dashboard", "70000"]) == 2
+    assert search_cli.main(["--space", str(space), "--output-dir", str(tmp_path), "--optuna-dashboard", "70000"]) == 2
     assert "--optuna-dashboard 70000: not a TCP port" in capsys.readouterr().err
-    assert monitor.main([str(tmp_path / "nope")]) == 2
+    assert monitor_cli.main([str(tmp_path / "nope")]) == 2
     assert "nope: no such folder" in capsys.readouterr().err
-    assert monitor.main([str(tmp_path)]) == 2  # a folder, but no study in it
+    assert monitor_cli.main([str(tmp_path)]) == 2  # a folder, but no study in it
     assert f"no {results.STUDY_FILE} here" in capsys.readouterr().err
 
 
@@ -103,7 +105,7 @@ def test_monitor_command_serves_until_interrupted(tmp_path):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tune_ph.monitor", str(tmp_path), "--port", str(port)],
+        [sys.executable, "-m", "tune_ph", "monitor", str(tmp_path), "--port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

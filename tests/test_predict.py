@@ -1,4 +1,4 @@
-"""Predicting new samples: predict_samples, `python -m tune_ph.predict`, FASTA folders, pH-optional loading."""
+"""Predicting new samples: predict_samples, `python -m tune_ph predict`, FASTA folders, pH-optional loading."""
 
 from __future__ import annotations
 
@@ -13,14 +13,16 @@ import pytest
 import torch
 from helpers import TINY_MODEL
 
-from tune_ph import data, predict, tokens
-from tune_ph.checkpoints import find_checkpoint
+from tune_ph.commands import predict as predict_cli
 from tune_ph.config import TrainConfig
+from tune_ph.data import sources, tokens
+from tune_ph.data.fasta_samples import read_fasta_dir
 from tune_ph.errors import DatasetError, InputError
-from tune_ph.evaluate import evaluate_checkpoint
-from tune_ph.fasta_samples import read_fasta_dir
 from tune_ph.files import save_torch
-from tune_ph.model import build_model, load_checkpoint
+from tune_ph.model.regressor import build_model, load_checkpoint
+from tune_ph.report.evaluate import evaluate_checkpoint
+from tune_ph.training import predict
+from tune_ph.training.checkpoints import find_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -52,7 +54,7 @@ def checkpoint(tmp_path_factory) -> Path:
         "target_mean": 6.5,
         "target_std": 1.5,
         "max_length": MAX_LENGTH,
-        "dataset_fingerprint": tokens.fingerprint(data.load_samples("demo")),
+        "dataset_fingerprint": tokens.fingerprint(sources.load_samples("demo")),
         "epoch": 1,
     }
     path = tmp_path_factory.mktemp("run") / "best_model.pt"
@@ -62,11 +64,11 @@ def checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def demo() -> pd.DataFrame:
-    return data.load_samples("demo", labelled=False)
+    return sources.load_samples("demo", labelled=False)
 
 
 def _run(argv: list[str], capsys) -> tuple[int, str, str]:
-    code = predict.main(argv)
+    code = predict_cli.main(argv)
     out = capsys.readouterr()
     return code, out.out, out.err
 
@@ -150,7 +152,7 @@ def test_sd_is_the_std_of_the_per_set_predictions(checkpoint: Path, demo: pd.Dat
     )
     df = pd.concat([demo.head(12), extra], ignore_index=True)
     table = predict.predict_samples(checkpoint, df, device="cpu").set_index("sample_id")
-    per_set = _per_set(checkpoint, data.clean_samples(df, labelled=False)).groupby("sample_id")["predicted"]
+    per_set = _per_set(checkpoint, sources.clean_samples(df, labelled=False)).groupby("sample_id")["predicted"]
     np.testing.assert_allclose(table["predicted_ph_sd"], per_set.std(ddof=1).loc[table.index], atol=1e-6)
     # The fixture aggregates set vectors (mean), so the prediction is the head on their mean, not a mean of
     # per-set predictions; it must not depend on how predict chunks the sets.
@@ -182,14 +184,14 @@ def test_labelled_loading_still_drops_rows_without_ph(demo: pd.DataFrame) -> Non
     raw = demo.head(10).copy()
     raw.loc[:3, "pH"] = None
     raw.loc[4, "environment"] = None
-    assert len(data.clean_samples(raw.drop(index=4))) == 5  # training: rows without pH are dropped
+    assert len(sources.clean_samples(raw.drop(index=4))) == 5  # training: rows without pH are dropped
     with pytest.raises(DatasetError, match="environment"):
-        data.clean_samples(raw)
-    unlabelled = data.clean_samples(raw, labelled=False)
+        sources.clean_samples(raw)
+    unlabelled = sources.clean_samples(raw, labelled=False)
     assert len(unlabelled) == 10 and unlabelled.loc[4, "environment"] == ""
     bad = raw.assign(pH=[20.0] + [np.nan] * 9)
     with pytest.raises(DatasetError, match="outside 0-14"):  # a pH that is given must still make sense
-        data.clean_samples(bad, labelled=False)
+        sources.clean_samples(bad, labelled=False)
 
 
 def test_parquet_without_ph_through_the_cli(checkpoint: Path, demo: pd.DataFrame, tmp_path: Path, capsys) -> None:

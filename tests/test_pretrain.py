@@ -1,4 +1,4 @@
-"""Tests for tune_ph.pretrain: the loss falls, the folder loads back, train split only, resume, padding, CLI."""
+"""tune_ph.training.pretrain: the loss falls, the folder loads back, train split only, resume, padding, CLI."""
 
 from __future__ import annotations
 
@@ -14,14 +14,18 @@ from helpers import TINY_MODEL, sets_dataset
 
 from hyena_dna import HyenaDNAConfig, HyenaDNAModel
 from hyena_dna.tokenizer import VOCAB, VOCAB_SIZE
-from tune_ph import causal_lm, cli, data, pretrain
-from tune_ph.causal_lm import CausalLM, right_padded
+from tune_ph import cli
+from tune_ph.commands import pretrain as pretrain_cli
 from tune_ph.config import TrainConfig
+from tune_ph.data import sources
+from tune_ph.data.tokens import TokenizedDataset
 from tune_ph.errors import ConfigError, InputError
-from tune_ph.model import build_model
-from tune_ph.pretrain import PretrainConfig
-from tune_ph.tokens import TokenizedDataset
-from tune_ph.train import fit
+from tune_ph.model import causal_lm
+from tune_ph.model.causal_lm import CausalLM, right_padded
+from tune_ph.model.regressor import build_model
+from tune_ph.training import pretrain
+from tune_ph.training.fit import fit
+from tune_ph.training.pretrain import PretrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -219,16 +223,16 @@ def test_cli_end_to_end_on_the_demo_then_fine_tune(tmp_path: Path) -> None:
     common = ["--dataset", "demo", "--max-length", "64", "--max-sets", "1", "--device", "cpu"]
     argv = [*common, "--from-scratch", "--model-config", str(model_json), "--max-steps", "3"]
     argv += ["--batch-size", "8", "--eval-sets", "8", "--output-dir", str(out), "--no-progress"]
-    assert pretrain.main(argv) == cli.EXIT_OK
+    assert pretrain_cli.main(argv) == cli.EXIT_OK
     history = json.loads((out / pretrain.HISTORY_FILE).read_text())
     assert history["train"][-1]["step"] == 3 and history["eval"][-1]["eval_loss"] > 0
-    assert pretrain.main(argv) == cli.EXIT_BAD_INPUT  # the folder holds a run now
-    assert pretrain.main(["--output-dir", str(out), "--resume", "--no-progress"]) == cli.EXIT_OK  # already done
+    assert pretrain_cli.main(argv) == cli.EXIT_BAD_INPUT  # the folder holds a run now
+    assert pretrain_cli.main(["--output-dir", str(out), "--resume", "--no-progress"]) == cli.EXIT_OK  # already done
 
     tc = TrainConfig(model=str(out), dataset="demo", max_length=64, max_sets=1, device="cpu", epochs=1)
     model = build_model(tc)
     saved = HyenaDNAModel.from_pretrained(out).state_dict()
     assert all(torch.equal(model.backbone.state_dict()[k], v) for k, v in saved.items())
-    ds = data.prepare_for(tc)
+    ds = sources.prepare_for(tc)
     result = fit(tc, ds, progress=False, model=model)
     assert len(result.history) == 1 and math.isfinite(result.history[0]["val_loss"])

@@ -17,6 +17,6 @@ def _bench_quality():
 def test_readme_quotes_the_benchmarked_recipe() -> None:
     readme = " ".join((ROOT / "README.md").read_text().split())  # line breaks inside a command do not matter
     bench = _bench_quality()
-    assert "python -m tune_ph.pretrain --dataset" in readme
+    assert "python -m tune_ph pretrain --dataset" in readme
     assert bench.PRETRAIN_ARGS in readme.replace(" \\ ", " ")
     assert bench.TRAIN_ARGS in readme.replace(" \\ ", " ")

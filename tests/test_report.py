@@ -14,10 +14,12 @@ import optuna
 import pandas as pd
 import pytest
 
-from tune_ph import baseline, export, plots, report, results
-from tune_ph.page import fmt
-from tune_ph.results import Trial
-from tune_ph.winner import find_winner, winner_html
+from tune_ph import files
+from tune_ph.baseline import kmer_models
+from tune_ph.report import export, html_report, plots, results
+from tune_ph.report.page import fmt
+from tune_ph.report.results import Trial
+from tune_ph.report.winner import find_winner, winner_html
 
 SETTINGS = {
     "name": "synthetic",
@@ -111,7 +113,7 @@ def _study(path: Path, values: dict[str, float], name: str = "synthetic") -> Non
 def experiment(tmp_path_factory) -> dict:
     """A finished experiment's folder as export leaves it (best/ with config, metrics, residuals), built without Ray."""
     folder = tmp_path_factory.mktemp("report") / "synthetic"
-    best = folder / results.BEST_DIR
+    best = folder / files.BEST_DIR
     best.mkdir(parents=True)
     trials = _trials()
     table = results.trials_table(trials, "val_loss", results.planned_epochs(SETTINGS))
@@ -184,7 +186,7 @@ class Page(HTMLParser):
 @pytest.fixture(scope="module")
 def written(experiment: dict) -> tuple[str, Page]:
     """report.html of the synthetic experiment (no baseline given), as text and parsed."""
-    path = report.write_report(
+    path = html_report.write_report(
         experiment["folder"],
         experiment["table"],
         experiment["frames"],
@@ -198,7 +200,7 @@ def written(experiment: dict) -> tuple[str, Page]:
 
 def _winner_section(experiment: dict, baseline: dict) -> Page:
     """Only the winner section (a pure function of the table, settings and best/), with a given baseline."""
-    best = experiment["folder"] / results.BEST_DIR
+    best = experiment["folder"] / files.BEST_DIR
     test = json.loads((best / "metrics.json").read_text())
     found = find_winner(experiment["table"], SETTINGS, "val_loss", experiment["info"], test)
     return Page(winner_html(found, experiment["folder"], baseline))
@@ -239,7 +241,7 @@ def test_the_baseline_is_shown_beside_the_test_metrics_or_how_to_compute_it(expe
     assert rows[1] == ["k-mer ridge (k=6)", "0.9929", "0.1727", "0.1337", "60"]
     assert "does not beat the best k-mer baseline (ridge)" in page.words("winner")
 
-    command = "python -m tune_ph.baseline --dataset my_data --k 6"
+    command = "python -m tune_ph baseline --dataset my_data --k 6"
     page = _winner_section(experiment, {"reason": "dataset my_data is not a local path", "command": command})
     words = page.words("winner")
     assert "k-mer baseline: not computed (dataset my_data is not a local path)" in words and command in words
@@ -277,11 +279,11 @@ def test_importances_of_a_small_search_carry_a_caveat(written):
 
 
 def test_importance_notes():
-    notes = report.importance_notes({"learning_rate": 0.99, "head": 0.01}, 6, n_stopped=4)
+    notes = html_report.importance_notes({"learning_rate": 0.99, "head": 0.01}, 6, n_stopped=4)
     assert "Importances from 6 completed trials are unreliable" in notes[0]
     assert notes[1].startswith("learning_rate gets 0.99 of the importance")
     assert "4 trial(s) were stopped early by ASHA" in notes[2]
-    assert report.importance_notes({"learning_rate": 0.6, "head": 0.4}, 40) == []
+    assert html_report.importance_notes({"learning_rate": 0.6, "head": 0.4}, 40) == []
 
 
 def test_stop_reason():
@@ -336,14 +338,14 @@ def test_describe_model_names_where_the_weights_came_from():
 
 
 def test_baseline_for_a_remote_dataset_is_not_computed_but_explained():
-    out = baseline.reference_baseline({"dataset": "someone/remote-ph", "split_seed": 7}, local_only=True)
+    out = kmer_models.reference_baseline({"dataset": "someone/remote-ph", "split_seed": 7}, local_only=True)
     assert "not a local path" in out["reason"] and "results" not in out
-    assert out["command"] == "python -m tune_ph.baseline --dataset someone/remote-ph --k 6 --split-seed 7"
-    assert "reason" in baseline.reference_baseline(None)
+    assert out["command"] == "python -m tune_ph baseline --dataset someone/remote-ph --k 6 --split-seed 7"
+    assert "reason" in kmer_models.reference_baseline(None)
 
 
 def test_baseline_for_the_demo_is_computed(tmp_path):
-    out = baseline.reference_baseline({"dataset": "demo", "cache_dir": str(tmp_path)})
+    out = kmer_models.reference_baseline({"dataset": "demo", "cache_dir": str(tmp_path)})
     ridge = out["results"]["ridge"]
     assert ridge["k"] == 6 and ridge["test_n_samples"] == 60 and 0 < ridge["test_r2"] <= 1
 
@@ -352,7 +354,7 @@ def test_the_report_reuses_the_saved_baseline_json(experiment, monkeypatch):
     folder = experiment["folder"]
     saved = {"results": {"ridge": {"k": 6, "test_r2": 0.4321, "test_rmse": 0.7}}, "k": 6, "command": "x"}
     (folder / "baseline.json").write_text(json.dumps(saved))
-    monkeypatch.setattr(baseline, "reference_baseline", lambda *a, **k: pytest.fail("recomputed"))
+    monkeypatch.setattr(kmer_models, "reference_baseline", lambda *a, **k: pytest.fail("recomputed"))
     monkeypatch.setattr(results, "Experiment", lambda path: type("E", (), {"trials": lambda self: _trials()})())
     monkeypatch.setattr(results, "load_settings", lambda folder: SETTINGS)
     try:

@@ -7,8 +7,8 @@ import json
 import pandas as pd
 import pytest
 
-from tune_ph import results
 from tune_ph.errors import InputError
+from tune_ph.report import results
 
 
 def _experiment(tmp_path, result_text: str):

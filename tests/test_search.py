@@ -16,6 +16,8 @@ import pandas as pd
 import pytest
 from helpers import KILL_ONCE, ROOT, tiny_space, write_space
 
+from tune_ph.commands import search as search_cli
+
 # Every test here runs Ray Tune searches: the slow lane (`pytest -m "not slow"` skips them).
 pytestmark = pytest.mark.slow
 
@@ -71,9 +73,9 @@ def test_build_hook_sees_calls_in_ray_workers(ray_session, build_log):
 
     @ray_session.remote(num_cpus=1)
     def tokenize_in_worker():
-        from tune_ph import data, tokens
+        from tune_ph.data import sources, tokens
 
-        df = data.load_samples("demo").head(12)
+        df = sources.load_samples("demo").head(12)
         split = {"train": list(df.sample_id[:8]), "val": list(df.sample_id[8:10]), "test": list(df.sample_id[10:])}
         tokens.build(df, split, max_length=64, max_sets=1, use_cache=False)
         return os.getpid()
@@ -85,7 +87,6 @@ def test_build_hook_sees_calls_in_ray_workers(ray_session, build_log):
 
 
 def test_failing_trial_is_recorded_while_others_finish(ray_session, kill_dir, tmp_path):
-    from tune_ph import search
 
     # The first trial raises before training (helpers.kill_switch, in the Ray workers); the others must finish.
     space = tiny_space(name="failing", search__num_samples=4, scheduler__grace_period=2)
@@ -93,7 +94,7 @@ def test_failing_trial_is_recorded_while_others_finish(ray_session, kill_dir, tm
     (kill_dir / KILL_ONCE).write_text("raise")
     try:
         argv = ["--space", str(write_space(tmp_path, space)), "--output-dir", str(tmp_path), "--verbose", "0"]
-        rc = search.main(argv)
+        rc = search_cli.main(argv)
     finally:
         (kill_dir / KILL_ONCE).unlink()
     table = pd.read_csv(tmp_path / "failing" / "trials.csv")
@@ -105,7 +106,6 @@ def test_failing_trial_is_recorded_while_others_finish(ray_session, kill_dir, tm
 
 
 def test_resume_after_interruption_keeps_finished_trials(ray_session, tmp_path):
-    from tune_ph import search
 
     # One trial at a time, 4 trials; Ctrl-C (SIGINT) once two have finished and the third has a checkpoint,
     # then --resume.
@@ -155,7 +155,7 @@ def test_resume_after_interruption_keeps_finished_trials(ray_session, tmp_path):
     unfinished = before[before["status"] != "TERMINATED"]
     assert len(unfinished) >= 1, before[["trial_id", "status", "epochs_run"]]
 
-    rc = search.main(
+    rc = search_cli.main(
         ["--name", "resumable", "--output-dir", str(tmp_path), "--resume", "--verbose", "0", "--no-export"]
     )
     assert rc == 0
@@ -174,13 +174,13 @@ def test_resume_after_interruption_keeps_finished_trials(ray_session, tmp_path):
 TWO_NODES = """
 import json, sys
 from ray.cluster_utils import Cluster
-from tune_ph import search
+from tune_ph.commands import search as search_cli
 
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
 cluster.add_node(num_cpus=1)
 cluster.wait_for_nodes()
 try:
-    rc = search.main(sys.argv[1:] + ["--address", cluster.address])
+    rc = search_cli.main(sys.argv[1:] + ["--address", cluster.address])
 finally:
     import ray
     ray.shutdown()
@@ -215,7 +215,7 @@ def test_two_node_search(tmp_path):
 
 def test_per_model_sizes_lengths_and_resources(ray_session, tmp_path, monkeypatch):
     """Model size searched with a batch size, a max length and a GPU share per size: one dataset per length."""
-    from tune_ph import search, tokens
+    from tune_ph.data import tokens
 
     tiny, d256 = "hyenadna-tiny-1k-seqlen", "hyenadna-tiny-1k-seqlen-d256"
     space = {
@@ -239,7 +239,7 @@ def test_per_model_sizes_lengths_and_resources(ray_session, tmp_path, monkeypatc
     lengths = []
     original = tokens.build
     monkeypatch.setattr(tokens, "build", lambda *a, **k: lengths.append(k["max_length"]) or original(*a, **k))
-    rc = search.main(
+    rc = search_cli.main(
         ["--space", str(write_space(tmp_path, space)), "--output-dir", str(tmp_path), "--verbose", "0", "--no-export"]
     )
     assert rc == 0 and sorted(lengths) == [32, 48]
@@ -254,7 +254,6 @@ def test_per_model_sizes_lengths_and_resources(ray_session, tmp_path, monkeypatc
 
 def test_search_metric_drives_selection_and_export(ray_session, tmp_path):
     """metric: val_rmse ranks trials, keeps checkpoints and picks the exported epoch: the best-RMSE one."""
-    from tune_ph import search
 
     space = tiny_space(
         name="by_rmse",
@@ -264,7 +263,9 @@ def test_search_metric_drives_selection_and_export(ray_session, tmp_path):
         scheduler__max_epochs=4,
         scheduler__grace_period=4,
     )
-    rc = search.main(["--space", str(write_space(tmp_path, space)), "--output-dir", str(tmp_path), "--verbose", "0"])
+    rc = search_cli.main(
+        ["--space", str(write_space(tmp_path, space)), "--output-dir", str(tmp_path), "--verbose", "0"]
+    )
     assert rc == 0
     folder = tmp_path / "by_rmse"
     table = pd.read_csv(folder / "trials.csv")

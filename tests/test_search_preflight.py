@@ -8,7 +8,7 @@ import pytest
 import torch
 from helpers import ROOT, TINY_MODEL, tiny_space, write_space
 
-from tune_ph import search
+from tune_ph.commands import search as search_cli
 
 needs_cpu_only = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without GPU")
 
@@ -16,7 +16,7 @@ needs_cpu_only = pytest.mark.skipif(torch.cuda.is_available(), reason="checks th
 @needs_cpu_only
 def test_shipped_gpu_space_fails_fast_on_a_cpu_only_machine(tmp_path, capsys):
     started = time.perf_counter()
-    rc = search.main(["--space", str(ROOT / "search_spaces" / "heads.yaml"), "--output-dir", str(tmp_path)])
+    rc = search_cli.main(["--space", str(ROOT / "search_spaces" / "heads.yaml"), "--output-dir", str(tmp_path)])
     took = time.perf_counter() - started
     err = capsys.readouterr().err
     assert rc == 2, err
@@ -27,7 +27,7 @@ def test_shipped_gpu_space_fails_fast_on_a_cpu_only_machine(tmp_path, capsys):
 
 def test_more_cpus_than_the_machine_has_are_refused(tmp_path, capsys):
     space = write_space(tmp_path, tiny_space(resources={"cpus_per_trial": 4096, "gpus_per_trial": 0}))
-    rc = search.main(["--space", str(space), "--output-dir", str(tmp_path)])
+    rc = search_cli.main(["--space", str(space), "--output-dir", str(tmp_path)])
     err = capsys.readouterr().err
     assert rc == 2 and "resources.cpus_per_trial" in err and "--cpus-per-trial" in err, err
 
@@ -35,7 +35,7 @@ def test_more_cpus_than_the_machine_has_are_refused(tmp_path, capsys):
 @pytest.mark.parametrize("value", ["nan", "inf"])
 def test_non_finite_cpu_override_is_refused(tmp_path, capsys, value):
     space = write_space(tmp_path, tiny_space())
-    rc = search.main(["--space", str(space), "--output-dir", str(tmp_path), "--cpus-per-trial", value])
+    rc = search_cli.main(["--space", str(space), "--output-dir", str(tmp_path), "--cpus-per-trial", value])
     err = capsys.readouterr().err
     assert rc == 2 and "cpus_per_trial" in err, err
 
@@ -43,7 +43,7 @@ def test_non_finite_cpu_override_is_refused(tmp_path, capsys, value):
 def test_local_folders_become_absolute_for_trials(tmp_path, monkeypatch) -> None:
     """A trial runs in a folder of its own: `runs/pretrained` must reach it as an absolute path."""
     from hyena_dna import HyenaDNAConfig, HyenaDNAModel
-    from tune_ph.search import load_spec
+    from tune_ph.search.run import load_spec
 
     HyenaDNAModel(HyenaDNAConfig.from_dict(dict(TINY_MODEL))).save_pretrained(tmp_path / "runs" / "pretrained")
     monkeypatch.chdir(tmp_path)

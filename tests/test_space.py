@@ -9,12 +9,12 @@ import optuna
 import pytest
 from helpers import ROOT, TINY_MODEL, tiny_space, write_space
 
-from tune_ph.space import FIELD_TYPES, OptunaSpace, SpaceError, apply_overrides, load_space, parse_space
+from tune_ph.search.space import FIELD_TYPES, OptunaSpace, SpaceError, apply_overrides, load_space, parse_space
 
 
 @pytest.fixture
 def pretrained_here(tmp_path, monkeypatch):
-    """A tune_ph.pretrain-like folder at runs/pretrained, where search_spaces/pretrained.yaml looks for it."""
+    """A tune_ph.training.pretrain-like folder at runs/pretrained, where search_spaces/pretrained.yaml looks for it."""
     from hyena_dna import HyenaDNAConfig, HyenaDNAModel
 
     HyenaDNAModel(HyenaDNAConfig.from_dict(dict(TINY_MODEL, l_max=258))).save_pretrained(tmp_path / "runs/pretrained")

@@ -1,4 +1,4 @@
-"""Tests for tune_ph.model: the optimizer's parameter groups, checkpoint loading."""
+"""Tests for tune_ph.model.regressor: the optimizer's parameter groups, checkpoint loading."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from torch import nn
 
 from hyena_dna.model import HyenaFilter
 from tune_ph.config import TrainConfig
-from tune_ph.model import build_model, configure_optimizer, load_checkpoint, parameter_groups
+from tune_ph.model.regressor import build_model, configure_optimizer, load_checkpoint, parameter_groups
 
 BACKBONE = {
     "d_model": 16,

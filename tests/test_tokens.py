@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from hyena_dna import tokenizer
-from tune_ph import read_sets, tokens
-from tune_ph.read_sets import pack_sets
-from tune_ph.tokens import TokenizedDataset, build
+from tune_ph.data import read_sets, tokens
+from tune_ph.data.read_sets import pack_sets
+from tune_ph.data.tokens import TokenizedDataset, build
 
 
 def _df(reads_per_sample: dict[str, list[str]], ph: dict[str, float] | None = None) -> pd.DataFrame:

@@ -1,4 +1,4 @@
-"""Tests for tune_ph.train: fit on tiny models and datasets, freezing, NaN stop, resume, config checks."""
+"""Tests for tune_ph.training.fit: fit on tiny models and datasets, freezing, NaN stop, resume, config checks."""
 
 from __future__ import annotations
 
@@ -11,13 +11,15 @@ import torch
 from helpers import TINY, motif_dataset
 
 from hyena_dna import HyenaDNAConfig, PretrainedNotFoundError
-from tune_ph import config, train
+from tune_ph import config
+from tune_ph.commands import train as train_cli
 from tune_ph.config import TrainConfig
-from tune_ph.epoch import NonFiniteLossError
-from tune_ph.model import PhRegressor, build_model
-from tune_ph.predict import predict
-from tune_ph.tokens import TokenizedDataset
-from tune_ph.train import fit
+from tune_ph.data.tokens import TokenizedDataset
+from tune_ph.model.regressor import PhRegressor, build_model
+from tune_ph.training import fit as fit_module
+from tune_ph.training.epoch import NonFiniteLossError
+from tune_ph.training.fit import fit
+from tune_ph.training.predict import predict
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -105,7 +107,7 @@ class _NanOnCall(torch.nn.Module):
 def test_non_finite_loss_stops_with_epoch_and_batch(dataset: TokenizedDataset, monkeypatch) -> None:
     n_batches = dataset.num_sample_batches("train", 8)
     # Calls: epoch 1 has n_batches training calls, then one val-loss call; batch 2 of epoch 2 goes bad.
-    monkeypatch.setattr(train, "make_loss", lambda _cfg: _NanOnCall(n_batches + 1 + 2))
+    monkeypatch.setattr(fit_module, "make_loss", lambda _cfg: _NanOnCall(n_batches + 1 + 2))
     seen: list[int] = []
     with pytest.raises(NonFiniteLossError, match=r"epoch 2, batch 2\b"):
         fit(cfg(epochs=3), dataset, progress=False, on_epoch_end=lambda m, _s: seen.append(m["epoch"]))
@@ -161,7 +163,7 @@ def test_callback_and_early_stopping_end_training(dataset: TokenizedDataset, mon
         val.predicted = val.true + next(errors)
         return val
 
-    monkeypatch.setattr(train, "predict", scripted)
+    monkeypatch.setattr(fit_module, "predict", scripted)
     result = fit(cfg(epochs=6, early_stopping_patience=2), dataset, progress=False)
     assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
     assert result.best_epoch == 2
@@ -218,12 +220,12 @@ def test_the_cli_logs_and_saves_the_k_mer_baseline_beside_the_model(tmp_path, ca
     argv += ["--max-sets", "1", "--batch-size", "32", "--no-progress", "--device", "cpu"]
     argv += ["--output-dir", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache")]
     with caplog.at_level("INFO", logger="tune_ph"):
-        assert train.main(argv) == 0
+        assert train_cli.main(argv) == 0
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved["baseline"]["results"]["ridge"]["k"] == 6 and "test_r2" in saved
-    lines = [r.getMessage() for r in caplog.records if r.name == "tune_ph.train"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "tune_ph.commands.train"]
     assert any(line.startswith("k-mer baseline (ridge, k=6) on the same split: test R²") for line in lines)
     assert lines[-1].startswith("test R²: DNA model ") and "vs k-mer baseline" in lines[-1]
     argv[argv.index("--output-dir") + 1] = str(tmp_path / "run2")
-    assert train.main([*argv, "--no-baseline"]) == 0
+    assert train_cli.main([*argv, "--no-baseline"]) == 0
     assert "baseline" not in json.loads((tmp_path / "run2" / "metrics.json").read_text())

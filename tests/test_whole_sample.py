@@ -10,15 +10,23 @@ from helpers import TINY, motif_dataset
 
 from hyena_dna import HyenaDNAConfig, HyenaDNAModel
 from hyena_dna.tokenizer import decode
-from tune_ph import embeddings, tuner
 from tune_ph.config import AGGREGATIONS, POOLINGS, TrainConfig
-from tune_ph.epoch import seed_everything
-from tune_ph.evaluate import evaluate_checkpoint
+from tune_ph.data.tokens import build
 from tune_ph.files import save_torch
-from tune_ph.model import CHECKPOINT_KEYS, RegressionHead, SetAggregation, build_model, load_checkpoint, pool_hidden
-from tune_ph.space import parse_space
-from tune_ph.tokens import build
-from tune_ph.train import fit
+from tune_ph.model import embeddings
+from tune_ph.model.regressor import (
+    CHECKPOINT_KEYS,
+    RegressionHead,
+    SetAggregation,
+    build_model,
+    load_checkpoint,
+    pool_hidden,
+)
+from tune_ph.report.evaluate import evaluate_checkpoint
+from tune_ph.search import tuner
+from tune_ph.search.space import parse_space
+from tune_ph.training.epoch import seed_everything
+from tune_ph.training.fit import fit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

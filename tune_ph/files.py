@@ -21,8 +21,10 @@ LOG_FILE = "training_log.json"
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "test_predictions.csv"
 RESIDUALS_FILE = "residuals.png"
-# The k-mer reference baseline of an experiment (tune_ph.baseline.reference_baseline), saved once by the search.
+# The k-mer reference baseline of an experiment (baseline.kmer_models.reference_baseline), saved once by a search.
 BASELINE_FILE = "baseline.json"
+# An experiment's exported best trial: a run folder inside the experiment folder.
+BEST_DIR = "best"
 
 
 def _atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:

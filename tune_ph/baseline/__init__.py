@@ -1,0 +1,1 @@
+"""The reference baselines a DNA model must beat: k-mer profiles of a sample's reads -> scikit-learn regressors."""

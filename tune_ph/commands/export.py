@@ -1,0 +1,58 @@
+"""`python -m tune_ph export`: an experiment's best trial -> best/, its test evaluation, report.html."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tune_ph import cli, config, files
+from tune_ph.config import METRIC_MODES
+from tune_ph.report import results
+from tune_ph.report.export import export_best, write_report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m tune_ph export`: exit code 0, 1 (runtime failure), 2 (bad input) or 130 (interrupted)."""
+    return cli.run(_main, argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m tune_ph export",
+        description="Write trials.csv, export the best trial's best checkpoint to EXPERIMENT/best/ and test it.",
+    )
+    p.add_argument("experiment", help="experiment folder (e.g. experiments/quick)")
+    p.add_argument("--storage-path", help="where Ray stored the trials if not in the folder (the --storage used)")
+    p.add_argument(
+        "--metric",
+        default=None,
+        choices=METRIC_MODES,
+        help="selection metric (default: the search's, usually val_loss)",
+    )
+    config.add_arguments(p, only=("device",))  # the same flag and rule as training's
+    p.add_argument("--no-report", action="store_true")
+    p.add_argument("--no-baseline", action="store_true", help="skip the report's k-mer baseline comparison")
+    args = p.parse_args(argv)
+    config.check_field("device", args.device)
+    folder = Path(args.experiment)
+    settings = results.load_settings(folder)
+    metric = args.metric or settings.get("search", {}).get("metric", "val_loss")
+    path = results.experiment_path(folder, args.storage_path or settings.get(results.STORAGE_KEY))
+    table = results.write_trials_table(path, folder, metric)
+    results.print_summary(table, metric)
+    test = export_best(path, folder, metric, device=args.device)
+    print(
+        f"exported to {folder / files.BEST_DIR}: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in test.items() if isinstance(v, float))
+    )
+    if not args.no_report:
+        written = write_report(path, folder, metric, with_baseline=not args.no_baseline)
+        if written:
+            print(f"report: {written}")
+    return cli.EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""`python -m tune_ph predict`: a checkpoint + FASTA files or a dataset -> one pH prediction per sample."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tune_ph import cli, config
+from tune_ph.data import sources, tokens
+from tune_ph.data.fasta import DEFAULT_MAX_DNA
+from tune_ph.data.fasta_samples import read_fasta_dir
+from tune_ph.errors import InputError
+from tune_ph.files import write_csv
+from tune_ph.model.regressor import load_checkpoint
+from tune_ph.training.checkpoints import find_checkpoint
+from tune_ph.training.predict import CONFIG_FLAGS, predict_samples, sample_metrics
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m tune_ph predict`: exit code 0, 1 (runtime failure), 2 (bad input) or 130 (interrupted)."""
+    return cli.run(_main, argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m tune_ph predict",
+        description="Predict the pH of new samples (a dataset source or FASTA files) with a trained checkpoint.",
+        epilog="Reads are packed into sets with the checkpoint's own max_length and max_sets; --batch-size defaults "
+        "to the checkpoint's, --device to auto. Output: one row per sample (sample_id, study_name, predicted_ph, "
+        "predicted_ph_sd, n_sets, n_reads_used, n_reads; true_ph and residual when pH is known).",
+    )
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a best_model.pt, a run folder, an experiment's best/ folder or an experiment folder",
+    )
+    config.add_arguments(p, only=CONFIG_FLAGS, overrides=True)
+    p.add_argument("--fasta-dir", help="instead of --dataset: DIR/{study_name}/{sample_id}.fasta[.gz] or DIR/*.fasta")
+    p.add_argument("--metadata", help="with --fasta-dir: CSV with sample_id (+ study_name, environment, pH)")
+    p.add_argument(
+        "--max-dna",
+        type=int,
+        default=DEFAULT_MAX_DNA,
+        help="with --fasta-dir: max bases per sample, whole reads in file order (default %(default)s)",
+    )
+    p.add_argument(
+        "--split",
+        choices=tokens.SPLITS,
+        help="predict only this split of the checkpoint's run (its split.json or its saved split settings)",
+    )
+    p.add_argument("--output", required=True, help="the predictions CSV to write")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+    given = config.given_fields(args, CONFIG_FLAGS)
+    for name, value in given.items():
+        config.check_field(name, value)
+    if (args.dataset is None) == (args.fasta_dir is None):
+        raise InputError("give exactly one of --dataset SOURCE or --fasta-dir DIR")
+    if args.fasta_dir is None and args.metadata is not None:
+        raise InputError("--metadata goes with --fasta-dir (a --dataset source carries its own columns)")
+    if args.max_dna < 1:
+        raise InputError(f"--max-dna must be a positive number of bases, got {args.max_dna}")
+    output = Path(args.output)
+    if output.is_dir():
+        raise InputError(f"--output {output} is a folder; give a file name such as {output / 'predictions.csv'}")
+
+    path = find_checkpoint(args.checkpoint)
+    load_checkpoint(path)  # a damaged checkpoint should fail before minutes of data loading
+    skip = bool(given.get("skip_bad_rows", False))
+    if args.fasta_dir is not None:
+        samples = read_fasta_dir(args.fasta_dir, args.metadata, max_dna=args.max_dna, skip_bad_rows=skip)
+    else:
+        samples = sources.load_samples(args.dataset, skip_bad_rows=skip, labelled=False)
+    table = predict_samples(
+        path,
+        samples,
+        split=args.split,
+        batch_size=given.get("batch_size"),
+        device=given.get("device", "auto"),
+        skip_bad_rows=skip,
+        progress=False if args.no_progress else None,
+    )
+    write_csv(output, table)
+    print(f"predicted {len(table)} sample(s) ({int(table['n_sets'].sum())} read sets) with {path} -> {output}")
+    metrics = sample_metrics(table)
+    if metrics is not None:
+        print(
+            f"pH known for {metrics['n']} of {len(table)}: R² {metrics['r2']:.3f}  RMSE {metrics['rmse']:.3f}  "
+            f"MAE {metrics['mae']:.3f}"
+        )
+    return cli.EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

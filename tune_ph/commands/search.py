@@ -1,0 +1,129 @@
+"""`python -m tune_ph.search` (or `python -m tune_ph search`): flags -> a SearchSpec -> the search, exported."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tune_ph import cli, config
+from tune_ph.report import monitor
+from tune_ph.search import resources
+from tune_ph.search.run import load_spec, locked_search
+from tune_ph.search.runlock import ExperimentLock
+from tune_ph.search.space import check_devices
+
+# TrainConfig fields that have a command-line override here (the others are set in the YAML).
+OVERRIDE_FIELDS = ("dataset", "model", "epochs", "device")
+
+
+SECTION_OVERRIDES = ("num_samples", "max_concurrent", "seed", "cpus_per_trial", "gpus_per_trial")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m tune_ph.search",
+        description="Search fine-tuning settings with Ray Tune (Optuna TPE + ASHA); export and test the best trial.",
+    )
+    p.add_argument("--space", help="search-space YAML (see search_spaces/); not needed with --resume")
+    p.add_argument("--name", help="experiment name (default: the YAML's name or file stem)")
+    p.add_argument(
+        "--output-dir", default="experiments", help="folder holding experiment folders (default: %(default)s)"
+    )
+    p.add_argument(
+        "--storage",
+        help="shared path or pyarrow URI (s3://, gs://, ...) for Ray's trial results and "
+        "checkpoints, reachable from every node (default: --output-dir)",
+    )
+    p.add_argument("--resume", action="store_true", help="continue an interrupted experiment of this name")
+    p.add_argument("--retry-errored", action="store_true", help="with --resume: also rerun trials that failed")
+    overrides = p.add_argument_group("overrides of the YAML (fixed TrainConfig values)")
+    config.add_arguments(overrides, only=OVERRIDE_FIELDS, overrides=True)
+    overrides.add_argument("--num-samples", type=int, help="number of trials (search.num_samples)")
+    overrides.add_argument("--max-concurrent", type=int, help="trials at once (search.max_concurrent)")
+    overrides.add_argument("--seed", type=int, help="TPE seed (search.seed)")
+    overrides.add_argument("--cpus-per-trial", type=float, help="resources.cpus_per_trial")
+    overrides.add_argument("--gpus-per-trial", type=float, help="GPU share per trial, e.g. 0.25 (resources)")
+    ray_group = p.add_argument_group("cluster and dashboard")
+    ray_group.add_argument("--address", help="join an existing Ray cluster (e.g. 'auto' or HEAD_IP:6379)")
+    ray_group.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="start Ray's cluster dashboard (127.0.0.1, token auth): nodes, workers, logs; the trials and their "
+        "metrics are in --optuna-dashboard and TensorBoard",
+    )
+    ray_group.add_argument(
+        "--dashboard-host",
+        help="serve the dashboard on this interface instead of 127.0.0.1 "
+        "(reachable from other machines; use with care)",
+    )
+    ray_group.add_argument("--dashboard-port", type=int, default=8265)
+    watch = p.add_argument_group("watching the search")
+    watch.add_argument(
+        "--optuna-dashboard",
+        nargs="?",
+        type=int,
+        const=monitor.DEFAULT_PORT,
+        metavar="PORT",
+        help=f"serve optuna-dashboard on the search's Optuna study at http://127.0.0.1:PORT (default "
+        f"{monitor.DEFAULT_PORT}; 0 picks a free port) until the search ends; needs {monitor.MONITOR_HINT}",
+    )
+    ray_group.add_argument(
+        "--allow-no-auth",
+        action="store_true",
+        help="allow --address or a non-loopback --dashboard-host without Ray's token "
+        "authentication (only on a network you fully trust)",
+    )
+    p.add_argument("--no-export", action="store_true", help="skip the final export and test evaluation")
+    p.add_argument("--no-baseline", action="store_true", help="skip the k-mer baseline (same split) beside the best")
+    p.add_argument(
+        "--verbose",
+        type=int,
+        default=1,
+        choices=(0, 1, 2),
+        help="console: 0 quiet, 1 status table and a line per trial event (default), 2 also every result",
+    )
+    return p.parse_args(argv)
+
+
+def overrides_of(args: argparse.Namespace) -> dict[str, Any]:
+    """The YAML overrides given on the command line (None = not given)."""
+    values = config.given_fields(args, OVERRIDE_FIELDS)
+    values.update({k: getattr(args, k) for k in SECTION_OVERRIDES if getattr(args, k) is not None})
+    return values
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m tune_ph.search`: exit code 0, 1 (runtime failure), 2 (bad input) or 130 (interrupted)."""
+    return cli.run(_main, argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = parse_args(argv)
+    if args.optuna_dashboard is not None:  # a missing extra stops here, before anything is written or started
+        monitor.require_dashboard("--optuna-dashboard")
+        monitor.check_port(args.optuna_dashboard, "--optuna-dashboard")
+    overrides = overrides_of(args)
+    spec, folder, saved_storage = load_spec(args.space, args.name, Path(args.output_dir), args.resume, overrides)
+    storage = args.storage or saved_storage
+    if storage and "://" not in storage:
+        storage = str(Path(storage).expanduser().resolve())
+    if args.resume and overrides:
+        print("note: with --resume the experiment keeps the settings it was started with; overrides are ignored")
+    requests = resources.trial_requests(
+        spec.resources["cpus_per_trial"], spec.resources["gpus_per_trial"], spec.model_choices()
+    )
+    if not args.address:  # a Ray started here: check this machine now, before weights are fetched or Ray starts
+        check_devices(spec, torch.cuda.device_count())
+        resources.preflight_local(requests)
+    # One search per experiment folder: a second one of the same name stops here (exit 2), naming the first.
+    with ExperimentLock(folder):
+        return locked_search(args, spec, folder, storage, requests)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""`python -m tune_ph train`: flags -> TrainConfig -> a run folder: fit, test evaluation, k-mer baseline."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tune_ph import cli, config, files
+from tune_ph.config import TrainConfig
+from tune_ph.data import sources
+from tune_ph.files import save_torch, write_json
+from tune_ph.model.regressor import build_model, resolve_device
+from tune_ph.report.evaluate import evaluate_checkpoint
+from tune_ph.training import environment
+from tune_ph.training.epoch import seed_everything
+from tune_ph.training.fit import fit
+
+log = logging.getLogger(__name__)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m tune_ph train",
+        description="Fine-tune HyenaDNA + a regression head to predict pH; writes a run folder and tests it.",
+    )
+    config.add_arguments(p)
+    p.add_argument(
+        "--num-threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch (default: torch's choice; 1 is often faster on a busy machine)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-baseline", action="store_true", help="skip the k-mer baseline (same split) beside the model")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m tune_ph train`: exit code 0, 1 (runtime failure), 2 (bad input) or 130 (interrupted)."""
+    return cli.run(_main, argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = parse_args(argv)
+    cfg = TrainConfig(**config.given_fields(args))
+    resolve_device(cfg.device)  # e.g. cuda on a machine without one: refused before anything is built or written
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    # The backbone first: a missing pretrained checkpoint should fail before minutes of data preparation.
+    seed_everything(cfg.seed)
+    model = build_model(cfg)
+    # A hub id's length is known once its config is downloaded: take it from the model, not a lookup table.
+    out = Path(cfg.output_dir or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
+    cfg.output_dir = str(out)
+    dataset = sources.prepare_for(cfg, model_max_length=model.backbone.config.max_length)
+    cfg.max_length = dataset.max_length
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / files.SPLIT_FILE, dataset.split_dict())
+    write_json(
+        out / files.RUN_CONFIG_FILE, {"train_config": cfg.to_dict(), "model_config": model.backbone.config.to_dict()}
+    )
+    environment.write(out, seed=cfg.seed, split_seed=cfg.split_seed)  # what else decides the numbers
+    sizes = [(len(dataset.sample_indices(name)), len(dataset.set_indices(name))) for name in ("train", "val", "test")]
+    log.info(
+        "run folder %s; samples (read sets of %d tokens): %s",
+        out,
+        dataset.max_length,
+        ", ".join(f"{n} {name} ({k})" for name, (n, k) in zip(("train", "val", "test"), sizes)),
+    )
+    from tune_ph.baseline import kmer_models
+
+    reference = None if args.no_baseline else kmer_models.reference_baseline(cfg)  # cached; a failure is a warning
+    if reference is not None:
+        log.info("%s", kmer_models.baseline_line(reference))
+
+    history: list[dict[str, Any]] = []
+
+    def on_epoch_end(metrics: dict[str, Any], state_fn: Callable[[], dict[str, Any]]) -> None:
+        history.append(metrics)
+        write_json(out / files.LOG_FILE, history)
+        state = state_fn()
+        if state["best_epoch"] == metrics["epoch"]:
+            save_torch(out / files.MODEL_FILE, state)
+
+    result = fit(cfg, dataset, on_epoch_end=on_epoch_end, progress=not args.no_progress, model=model)
+    log.info(
+        "best epoch %d (val_loss %.4f); evaluating on the test split",
+        result.best_epoch,
+        result.history[result.best_epoch - 1]["val_loss"] if result.history else float("nan"),
+    )
+    metrics = evaluate_checkpoint(out / files.MODEL_FILE, dataset=dataset, output_dir=out, device=cfg.device)
+    log.info(
+        "test: R² %.3f  RMSE %.3f  MAE %.3f  (%d samples) -> %s",
+        metrics["test_r2"],
+        metrics["test_rmse"],
+        metrics["test_mae"],
+        metrics["test_n_samples"],
+        out,
+    )
+    if reference is not None:
+        metrics["baseline"] = reference
+        write_json(out / files.METRICS_FILE, metrics)
+        log.info("%s", kmer_models.versus(metrics["test_r2"], reference) or kmer_models.baseline_line(reference))
+    return cli.EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data: sources (hub, local, FASTA, demo) -> schema checks -> split -> read sets -> token arrays and their caches."""

@@ -1,0 +1,341 @@
+"""Read sets and token arrays: pack each sample's reads into sets, tokenize once, cache, and batch by set or sample."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from hyena_dna import tokenizer
+from tune_ph.data import read_sets, token_cache
+from tune_ph.data.token_cache import default_cache_dir as default_cache_dir  # where it always was (baseline uses it)
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+# Bump when the packing rule or the cache layout changes, so stale caches are never reused.
+CACHE_FORMAT = 2
+# Progress bars only pay off on datasets that take a noticeable time to tokenize.
+_PROGRESS_MIN_SAMPLES = 500
+
+
+@dataclass
+class Batch:
+    """One batch of read sets, left-padded to the run's fixed max_length."""
+
+    input_ids: torch.Tensor  # int64 (B, max_length)
+    mask: torch.Tensor  # bool (B, max_length), True on real tokens
+    ph: torch.Tensor  # float32 (B,)
+    set_index: torch.Tensor  # int64 (B,), index into the dataset's sets
+    sample_index: torch.Tensor  # int64 (B,), index into the dataset's samples
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+
+@dataclass
+class SetChoice:
+    """Which sets make up one batch of samples (indices only: the same choice serves tokens and cached vectors)."""
+
+    sample_index: np.ndarray  # int64 (B,)
+    set_index: np.ndarray  # int64 (S,)
+    owner: np.ndarray  # int64 (S,), 0..B-1
+
+
+@dataclass
+class TokenizedDataset:
+    """All read sets of a dataset as flat numpy arrays (picklable, cheap to share between processes)."""
+
+    ids: np.ndarray  # uint8 (total_tokens,)
+    offsets: np.ndarray  # int64 (n_sets + 1,)
+    set_sample: np.ndarray  # int32 (n_sets,), index into the per-sample arrays
+    sample_ids: np.ndarray  # str (n_samples,)
+    study_name: np.ndarray  # str (n_samples,)
+    environment: np.ndarray  # str (n_samples,)
+    ph: np.ndarray  # float32 (n_samples,)
+    split: np.ndarray  # str (n_samples,): "train" / "val" / "test" ("" = in no split)
+    max_length: int
+    max_sets: int  # 0: as many sets as a sample's reads fill
+    fingerprint: str
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.sample_ids)
+
+    def __len__(self) -> int:
+        """Number of read sets."""
+        return len(self.set_sample)
+
+    def __repr__(self) -> str:
+        counts = ", ".join(
+            f"{name}={int((self.split == name).sum())} samples/{len(self.set_indices(name))} sets" for name in SPLITS
+        )
+        return (
+            f"TokenizedDataset({self.num_samples} samples, {len(self)} sets, {len(self.ids):,} tokens, "
+            f"max_length={self.max_length}, max_sets={self.max_sets}; {counts}; fingerprint={self.fingerprint[:12]})"
+        )
+
+    def set_tokens(self, set_index: int) -> np.ndarray:
+        """Token ids (uint8) of one set, without padding."""
+        return self.ids[self.offsets[set_index] : self.offsets[set_index + 1]]
+
+    def set_lengths(self) -> np.ndarray:
+        """Number of real tokens of every set."""
+        return np.diff(self.offsets)
+
+    def set_ranks(self) -> np.ndarray:
+        """0-based position of each set within its sample (set 1..N of a sample in reports)."""
+        if len(self.set_sample) == 0:
+            return np.zeros(0, dtype=np.int64)
+        # Sets of one sample are contiguous, so the rank is the distance to the sample's first set.
+        starts = np.flatnonzero(np.r_[True, self.set_sample[1:] != self.set_sample[:-1]])
+        run_lengths = np.diff(np.r_[starts, len(self.set_sample)])
+        return np.arange(len(self.set_sample)) - np.repeat(starts, run_lengths)
+
+    def set_indices(self, split_name: str) -> np.ndarray:
+        """Indices (int64) of the sets whose sample is in ``split_name`` ("train", "val", "test" or "all")."""
+        if split_name == "all":
+            return np.arange(len(self.set_sample), dtype=np.int64)
+        if split_name not in SPLITS:
+            raise ValueError(f"unknown split {split_name!r}; use one of {', '.join(SPLITS)} or 'all'")
+        in_split = self.split == split_name
+        return np.flatnonzero(in_split[self.set_sample]).astype(np.int64)
+
+    def sample_sets(self) -> tuple[np.ndarray, np.ndarray]:
+        """(first set, number of sets) of every sample: a sample's sets are contiguous."""
+        counts = np.bincount(self.set_sample, minlength=self.num_samples).astype(np.int64)
+        starts = np.r_[0, np.cumsum(counts)[:-1]].astype(np.int64)
+        return starts, counts
+
+    def sample_indices(self, split_name: str) -> np.ndarray:
+        """Indices (int64) of the samples in ``split_name`` ("train", "val", "test" or "all")."""
+        if split_name == "all":
+            return np.arange(self.num_samples, dtype=np.int64)
+        if split_name not in SPLITS:
+            raise ValueError(f"unknown split {split_name!r}; use one of {', '.join(SPLITS)} or 'all'")
+        return np.flatnonzero(self.split == split_name).astype(np.int64)
+
+    def num_sample_batches(self, split_name: str, batch_size: int) -> int:
+        """Number of batches of samples ``choose_sets`` yields for this split."""
+        return -(-len(self.sample_indices(split_name)) // batch_size)
+
+    def choose_sets(
+        self,
+        split_name: str,
+        batch_size: int,
+        *,
+        sets_per_step: int | None = None,
+        shuffle: bool = False,
+        seed: int = 0,
+    ) -> Iterator[SetChoice]:
+        """Batches of ``batch_size`` samples with the sets each contributes.
+
+        sets_per_step: draw that many of a sample's sets at random, without replacement (fresh reads every epoch
+        when the seed changes); None: all its sets, in order (evaluation). Deterministic given ``seed``.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        rng = np.random.default_rng(seed)
+        order = self.sample_indices(split_name)
+        if shuffle:
+            order = rng.permutation(order)
+        starts, counts = self.sample_sets()
+        for first in range(0, len(order), batch_size):
+            chosen = order[first : first + batch_size]
+            parts = []
+            for s in chosen:
+                n = int(counts[s])
+                if sets_per_step is None or n <= sets_per_step:
+                    picked = np.arange(n)
+                else:
+                    picked = np.sort(rng.choice(n, size=sets_per_step, replace=False))
+                parts.append(starts[s] + picked)
+            sizes = [len(p) for p in parts]
+            yield SetChoice(
+                sample_index=chosen.astype(np.int64),
+                set_index=np.concatenate(parts).astype(np.int64),
+                owner=np.repeat(np.arange(len(chosen), dtype=np.int64), sizes),
+            )
+
+    def tokens_of(self, set_index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input_ids int64 (S, max_length), mask bool) of some sets, left-padded with [PAD]."""
+        length = self.max_length
+        ids = np.full((len(set_index), length), tokenizer.PAD_ID, dtype=np.int64)
+        mask = np.zeros((len(set_index), length), dtype=bool)
+        for row, s in enumerate(set_index):
+            seq = self.set_tokens(int(s))
+            ids[row, length - len(seq) :] = seq
+            mask[row, length - len(seq) :] = True
+        return torch.from_numpy(ids), torch.from_numpy(mask)
+
+    def num_batches(self, split_name: str, batch_size: int) -> int:
+        """Number of batches ``batches`` yields for this split (the last one may be smaller)."""
+        return -(-len(self.set_indices(split_name)) // batch_size)
+
+    def batches(self, split_name: str, batch_size: int, *, shuffle: bool = False, seed: int = 0) -> Iterator[Batch]:
+        """Batches of a split, left-padded with [PAD] to exactly ``max_length``; deterministic given ``seed``."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        order = self.set_indices(split_name)
+        if shuffle:
+            order = np.random.default_rng(seed).permutation(order)
+        for start in range(0, len(order), batch_size):
+            chosen = order[start : start + batch_size]
+            ids, mask = self.tokens_of(chosen)
+            samples = self.set_sample[chosen].astype(np.int64)
+            yield Batch(
+                input_ids=ids,
+                mask=mask,
+                ph=torch.from_numpy(self.ph[samples].astype(np.float32)),
+                set_index=torch.from_numpy(chosen.astype(np.int64)),
+                sample_index=torch.from_numpy(samples),
+            )
+
+    def split_dict(self) -> dict[str, list[str]]:
+        """The sample ids of each split (what a run saves as split.json)."""
+        return {name: [str(s) for s in self.sample_ids[self.split == name]] for name in SPLITS}
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the arrays to one .npz file atomically (temp file + rename; no pickled objects)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {f.name: np.asarray(getattr(self, f.name)) for f in fields(self)}
+        for name in ("sample_ids", "study_name", "environment", "split", "fingerprint"):
+            arrays[name] = arrays[name].astype(str)  # fixed-width unicode, loadable without pickle
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.savez(fh, **arrays)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> TokenizedDataset:
+        """Read a dataset written by ``save`` (allow_pickle=False)."""
+        with np.load(path, allow_pickle=False) as z:
+            values = {f.name: z[f.name] for f in fields(cls)}
+        values["max_length"] = int(values["max_length"])
+        values["max_sets"] = int(values["max_sets"])
+        values["fingerprint"] = str(values["fingerprint"])
+        return cls(**values)
+
+
+def fingerprint(df: pd.DataFrame) -> str:
+    """A content hash of the cleaned samples (sample_id, pH, environment, study_name, sequences)."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"tune_ph-samples-v{CACHE_FORMAT}\n".encode())
+    ph = df["pH"].to_numpy(dtype=np.float64)
+    h.update(np.ascontiguousarray(ph).tobytes())
+    for col in ("sample_id", "study_name", "environment"):
+        h.update("\x1f".join(map(str, df[col].tolist())).encode("utf-8", "surrogatepass"))
+        h.update(b"\x1e")
+    for reads in df["sequences"]:
+        h.update(str(len(reads)).encode())
+        h.update("\x1f".join(reads).encode("latin-1", "replace"))
+        h.update(b"\x1e")
+    return h.hexdigest()
+
+
+def split_hash(split: Mapping[str, Sequence[str]]) -> str:
+    """A short hash of the train/val/test sample ids (order-free): part of every cache key."""
+    payload = json.dumps({k: sorted(map(str, split.get(k, []))) for k in SPLITS}, sort_keys=True)
+    return hashlib.blake2b(payload.encode(), digest_size=8).hexdigest()
+
+
+def tokenize(
+    df: pd.DataFrame, split: Mapping[str, Sequence[str]], *, max_length: int, max_sets: int | None, fp: str
+) -> TokenizedDataset:
+    """Pack and tokenize every sample (no cache): the slow step that ``build`` skips on a cache hit."""
+    which = {str(sid): name for name in SPLITS for sid in split.get(name, [])}
+    chunks: list[np.ndarray] = []
+    lengths: list[int] = []
+    set_sample: list[int] = []
+    keep_rows: list[int] = []
+    no_reads: list[str] = []
+    rows = zip(df["sample_id"].tolist(), df["sequences"].tolist())
+    show = len(df) >= _PROGRESS_MIN_SAMPLES
+    for row, (sid, reads) in enumerate(tqdm(rows, total=len(df), desc="tokenizing", unit="sample", disable=not show)):
+        sid = str(sid)
+        reads = [r for r in reads if r]
+        sets = read_sets.pack_sets([len(r) for r in reads], max_length, max_sets)
+        if not sets:
+            no_reads.append(sid)
+            continue
+        sample_pos = len(keep_rows)
+        keep_rows.append(row)
+        for members in sets:
+            ids = read_sets.encode_set([reads[i] for i in members], max_length, name=sid)
+            chunks.append(ids)
+            lengths.append(len(ids))
+            set_sample.append(sample_pos)
+    if no_reads:
+        log.warning("%d sample(s) have no reads and yield no sets, e.g. %s", len(no_reads), ", ".join(no_reads[:5]))
+    kept = df.iloc[keep_rows]
+    sample_ids = kept["sample_id"].astype(str).to_numpy().astype(str)
+    return TokenizedDataset(
+        ids=np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.uint8),
+        offsets=np.r_[0, np.cumsum(lengths, dtype=np.int64)].astype(np.int64),
+        set_sample=np.asarray(set_sample, dtype=np.int32),
+        sample_ids=sample_ids,
+        study_name=kept["study_name"].astype(str).to_numpy().astype(str),
+        environment=kept["environment"].astype(str).to_numpy().astype(str),
+        ph=kept["pH"].to_numpy(dtype=np.float32),
+        split=np.array([which.get(s, "") for s in sample_ids], dtype=str)
+        if len(sample_ids)
+        else np.zeros(0, dtype="<U5"),
+        max_length=int(max_length),
+        max_sets=int(max_sets or 0),
+        fingerprint=fp,
+    )
+
+
+def build(
+    df: pd.DataFrame,
+    split: Mapping[str, Sequence[str]],
+    *,
+    max_length: int,
+    max_sets: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    use_cache: bool = True,
+) -> TokenizedDataset:
+    """Tokenized read sets of cleaned samples, read from / written to an on-disk cache keyed by content.
+
+    The cache is capped ($TUNE_PH_CACHE_MAX_GB, default 5 GiB): after a write, least recently used entries go.
+    """
+    if max_length < 1 or (max_sets is not None and max_sets < 0):
+        raise ValueError(f"max_length must be >= 1 and max_sets >= 0, got {max_length} and {max_sets}")
+    if not use_cache:
+        return tokenize(df, split, max_length=max_length, max_sets=max_sets, fp=fingerprint(df))
+    limit = token_cache.max_bytes()  # a bad setting fails before minutes of tokenizing
+    fp = fingerprint(df)
+    folder = token_cache.cache_folder(cache_dir)
+    path = folder / f"{fp}-L{max_length}-n{max_sets or 0}-s{split_hash(split)}-v{CACHE_FORMAT}.npz"
+    if path.exists():
+        try:
+            ds = TokenizedDataset.load(path)
+            token_cache.touch(path)
+            log.info("token cache hit: %s", path)
+            return ds
+        except (OSError, ValueError, KeyError) as exc:  # a damaged cache is rebuilt, not fatal
+            log.warning("ignoring unreadable token cache %s (%s); rebuilding it", path, exc)
+    ds = tokenize(df, split, max_length=max_length, max_sets=max_sets, fp=fp)
+    try:
+        ds.save(path)
+        log.info("token cache written: %s", path)
+    except OSError as exc:  # a read-only cache folder should not stop training
+        log.warning("could not write the token cache %s (%s); set TUNE_PH_CACHE to a writable folder", path, exc)
+        return ds
+    token_cache.enforce_cap(folder, limit, keep=path)
+    return ds

@@ -1,0 +1,1 @@
+"""The task model: HyenaDNA per read set -> pooled vector -> aggregation -> head; frozen vectors; the LM head."""

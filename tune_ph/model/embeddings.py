@@ -1,0 +1,144 @@
+"""Frozen-backbone set vectors: every pooling of every read set, computed once per (weights, data, length), cached."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from hyena_dna import HyenaDNAModel
+from tune_ph import files
+from tune_ph.config import POOLINGS
+from tune_ph.data import token_cache
+from tune_ph.data.tokens import TokenizedDataset
+from tune_ph.model.regressor import autocast, pool_hidden
+
+log = logging.getLogger(__name__)
+
+# Bump when what a cached array holds changes.
+CACHE_FORMAT = 1
+SUBFOLDER = "embeddings"
+
+
+def weights_hash(backbone: HyenaDNAModel) -> str:
+    """A content hash of the backbone's architecture and weights: a changed weight is a different cache entry."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(repr(sorted(backbone.config.to_dict().items())).encode())
+    for name, tensor in sorted(backbone.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def cache_key(backbone: HyenaDNAModel, dataset: TokenizedDataset) -> str:
+    """What the vectors depend on: the backbone's weights, the samples, and how they were packed into sets."""
+    return f"{weights_hash(backbone)}-{dataset.fingerprint}-L{dataset.max_length}-n{dataset.max_sets}"
+
+
+def cache_path(backbone: HyenaDNAModel, dataset: TokenizedDataset, cache_dir: str | os.PathLike | None) -> Path:
+    """Where the vectors of this backbone on this tokenized dataset live (beside the token cache)."""
+    return token_cache.cache_folder(cache_dir) / SUBFOLDER / f"{cache_key(backbone, dataset)}-v{CACHE_FORMAT}.npy"
+
+
+def compute(
+    backbone: HyenaDNAModel,
+    dataset: TokenizedDataset,
+    *,
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> np.ndarray:
+    """Run the backbone (eval mode, no gradients) over every set: float32 (n_sets, len(POOLINGS), d_model)."""
+    device = torch.device(device)
+    backbone = backbone.to(device).eval()
+    out = np.zeros((len(dataset), len(POOLINGS), backbone.config.d_model), dtype=np.float32)
+    total = dataset.num_batches("all", batch_size)
+    started = time.perf_counter()
+    with torch.inference_mode(), autocast(device):
+        bar = tqdm(dataset.batches("all", batch_size), total=total, desc="set vectors", disable=not progress)
+        for done, batch in enumerate(bar, start=1):
+            if not progress and done % max(total // 10, 1) == 0:  # without a bar, a line every tenth
+                elapsed = time.perf_counter() - started
+                log.info("set vectors: %d/%d batches, about %.0f s left", done, total, elapsed * (total / done - 1))
+            ids, mask = batch.input_ids.to(device), batch.mask.to(device)
+            hidden = backbone(ids)
+            pooled = torch.stack([pool_hidden(hidden, mask, p) for p in POOLINGS], dim=1)
+            out[batch.set_index.numpy()] = pooled.float().cpu().numpy()
+    seconds = time.perf_counter() - started
+    tokens = int(dataset.set_lengths().sum())
+    log.info(
+        "set vectors of %d sets (%s tokens) in %.1f s (%.0f tokens/s)",
+        len(dataset),
+        f"{tokens:,}",
+        seconds,
+        tokens / max(seconds, 1e-9),
+    )
+    return out
+
+
+def set_vectors(
+    backbone: HyenaDNAModel,
+    dataset: TokenizedDataset,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    use_cache: bool = True,
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    shared: Mapping[str, np.ndarray] | None = None,
+) -> np.ndarray:
+    """The frozen backbone's pooled vectors of every set (see ``compute``): from ``shared`` (vectors computed
+    elsewhere, e.g. by the search driver, keyed by ``cache_key``), else read from or written to the disk cache."""
+    if shared:
+        found = shared.get(cache_key(backbone, dataset))
+        if found is not None:
+            log.info("set vectors shared by the driver (%d sets)", len(found))
+            return found
+    if not use_cache:
+        return compute(backbone, dataset, batch_size=batch_size, device=device, progress=progress)
+    path = cache_path(backbone, dataset, cache_dir)
+    vectors = _read(path, (len(dataset), len(POOLINGS), backbone.config.d_model))
+    if vectors is not None:
+        return vectors
+    vectors = compute(backbone, dataset, batch_size=batch_size, device=device, progress=progress)
+    try:
+        files.save_numpy(path, vectors)
+        log.info("embedding cache written: %s", path)
+    except OSError as exc:  # a read-only cache folder should not stop training
+        log.warning("could not write the embedding cache %s (%s); set TUNE_PH_CACHE to a writable folder", path, exc)
+    return vectors
+
+
+def cached(
+    backbone: HyenaDNAModel, dataset: TokenizedDataset, cache_dir: str | os.PathLike | None = None
+) -> np.ndarray | None:
+    """The vectors of this backbone on this dataset if the cache holds them (never computes them)."""
+    return _read(cache_path(backbone, dataset, cache_dir), (len(dataset), len(POOLINGS), backbone.config.d_model))
+
+
+def _read(path: Path, expected: tuple[int, ...]) -> np.ndarray | None:
+    if not path.exists():
+        return None
+    try:
+        vectors = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:  # a damaged entry is recomputed, not fatal
+        log.warning("ignoring unreadable embedding cache %s (%s); recomputing it", path, exc)
+        return None
+    if vectors.shape != expected or vectors.dtype != np.float32:
+        log.warning("ignoring embedding cache %s of shape %s (expected %s)", path, vectors.shape, expected)
+        return None
+    token_cache.touch(path)
+    log.info("embedding cache hit: %s", path)
+    return vectors
+
+
+def for_pooling(vectors: np.ndarray, pooling: str) -> torch.Tensor:
+    """The (n_sets, d_model) vectors of one pooling, as a tensor sharing the array's memory."""
+    return torch.from_numpy(vectors[:, POOLINGS.index(pooling)])

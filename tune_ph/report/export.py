@@ -1,0 +1,122 @@
+"""Export an experiment: trials.csv, the best trial's best checkpoint -> best/, its test evaluation, report.html."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hyena_dna import HUB_ORG
+from tune_ph import files
+from tune_ph.data.tokens import TokenizedDataset
+from tune_ph.files import write_json
+from tune_ph.report import html_report, results, winner
+from tune_ph.report.evaluate import evaluate_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+def describe_model(train_config: dict[str, Any] | None, model_config: dict[str, Any] | None, n_params: int = 0) -> dict:
+    """What the exported model is, honestly: its name, where its weights came from, its size.
+
+    A custom model_config is trained from scratch whatever `model` says (the field then only names the run).
+    """
+    tc, mc = train_config or {}, model_config or {}
+    name = str(tc.get("model") or "")
+    if tc.get("model_config"):
+        name = "custom HyenaDNA"
+        source = "custom config (from scratch)"
+    elif tc.get("from_scratch"):
+        source = f"from scratch: {name} architecture"
+    elif Path(name).expanduser().is_dir():
+        source = f"pretrained: local checkpoint {name}"
+    else:
+        source = f"pretrained: {name if '/' in name else f'{HUB_ORG}/{name}'}"
+    out: dict[str, Any] = {"name": name, "source": source}
+    for key in ("d_model", "n_layer"):
+        if key in mc:
+            out[key] = mc[key]
+    length = (mc.get("layer") or {}).get("l_max") or mc.get("l_max")
+    if isinstance(length, int):
+        out["max_length"] = length - 2  # l_max counts the two special tokens
+    if tc.get("max_length"):
+        out["trained_length"] = tc["max_length"]  # tokens per read set in this training
+    if n_params:
+        out["parameters"] = n_params
+    return out
+
+
+def export_best(
+    path: str,
+    folder: Path,
+    metric: str = "val_loss",
+    datasets: dict[int, TokenizedDataset] | None = None,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Copy the best checkpoint to folder/best/ (best_model.pt + config.json) and evaluate it on the test split."""
+    experiment = results.Experiment(path)
+    trial, checkpoint, metrics = results.best_checkpoint(experiment, metric)
+    final = Path(folder) / files.BEST_DIR
+    # Built beside best/ and renamed over it at the end: a failed export never loses the previous one.
+    out = final.with_name(f".{final.name}.new")
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    experiment.copy_checkpoint(trial, checkpoint, out / files.MODEL_FILE)
+    state = torch.load(out / files.MODEL_FILE, map_location="cpu", weights_only=True)
+    n_params = sum(t.numel() for t in (state.get("model") or {}).values() if isinstance(t, torch.Tensor))
+    info = {
+        "trial_id": trial.trial_id,
+        "trial_path": trial.path,
+        "checkpoint": checkpoint,
+        "epoch": int(state.get("epoch", metrics.get("epoch", 0))),
+        "selected_by": metric,
+        "val_metrics": {k: metrics[k] for k in results.VAL_METRICS if k in metrics},
+        "train_config": state.get("train_config"),
+        "model_config": state.get("model_config"),
+        "model": describe_model(state.get("train_config"), state.get("model_config"), n_params),
+    }
+    write_json(out / files.RUN_CONFIG_FILE, info)
+    log.info("best trial %s epoch %d (%s %.4f) -> %s", trial.trial_id, info["epoch"], metric, metrics[metric], final)
+    dataset = (datasets or {}).get(int(state.get("max_length", 0)))
+    test = evaluate_checkpoint(out / files.MODEL_FILE, dataset=dataset, output_dir=out, device=device)
+    test["checkpoint"] = str(final / files.MODEL_FILE)
+    write_json(out / files.METRICS_FILE, test)
+    if final.exists():
+        shutil.rmtree(final)
+    out.rename(final)
+    return test
+
+
+def report_baseline(folder: Path, train_config: dict[str, Any] | None) -> dict[str, Any]:
+    """The k-mer baseline the search saved (folder/baseline.json), else computed now for a small local dataset."""
+    from tune_ph.baseline import kmer_models
+
+    saved = kmer_models.load_saved(folder)
+    if saved and saved.get("results"):
+        return saved
+    return kmer_models.reference_baseline(train_config, local_only=True, max_bases=kmer_models.BASELINE_MAX_BASES)
+
+
+def write_report(path: str, folder: Path, metric: str = "val_loss", with_baseline: bool = True) -> Path | None:
+    """report.html: the winner and why, test metrics beside a k-mer baseline, curves, trials, importances."""
+    folder = Path(folder)
+    try:
+        settings = results.load_settings(folder)
+        trials = results.Experiment(path).trials()
+        info = winner.read_json(folder / files.BEST_DIR / files.RUN_CONFIG_FILE) or {}
+        found = report_baseline(folder, info.get("train_config")) if with_baseline else {"reason": "--no-baseline"}
+        return html_report.write_report(
+            folder,
+            results.trials_table(trials, metric, results.planned_epochs(settings)),
+            {t.trial_id: t.history for t in trials},
+            settings=settings,
+            study_db=folder / results.STUDY_FILE,
+            metric=metric,
+            baseline=found,
+        )
+    except Exception as err:  # the report is a convenience; the results are already saved
+        log.warning("could not write the experiment report: %s", err)
+        return None

@@ -1,0 +1,222 @@
+"""report.html: the winner and why (winner.py), then the search: curves, hyperparameters, trials, importances."""
+
+from __future__ import annotations
+
+import html
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+
+from tune_ph import files
+from tune_ph.config import METRIC_MODES
+from tune_ph.files import write_text
+from tune_ph.report import plots, results
+from tune_ph.report.page import CSS, fmt, img, table_html
+from tune_ph.report.plots import plot_residuals
+from tune_ph.report.winner import find_winner, ranked, read_json, searched_names, winner_html
+
+__all__ = ["importance_notes", "plot_residuals", "trials_view", "write_report"]
+
+# Below this many completed trials, importances are a hint at best (fANOVA and PED-ANOVA fit a handful of points).
+SMALL_SEARCH = 20
+DOMINANT_SHARE = 0.9  # one parameter with this share or more: say that it is likely an artefact of few trials
+METRICS = ("val_loss", "val_rmse", "val_mae", "val_r2", "train_loss")
+
+
+def loguniform_params(settings: dict[str, Any]) -> set[str]:
+    """Parameters searched on a log scale (plotted on one too), from an experiment's saved settings."""
+    space = settings.get("space") or {}
+    return {k for k, v in space.items() if isinstance(v, dict) and "loguniform" in v}
+
+
+def _choices(settings: dict[str, Any]) -> dict[str, list[Any]]:
+    space = settings.get("space") or {}
+    return {k: list(v["choice"]) for k, v in space.items() if isinstance(v, dict) and "choice" in v}
+
+
+def with_stop_reasons(table: pd.DataFrame, settings: dict[str, Any]) -> pd.DataFrame:
+    """The table with a stop_reason column (trials.csv of an older export lacks it)."""
+    if "stop_reason" in table or table.empty:
+        return table
+    planned = results.planned_epochs(settings)
+    table = table.copy()
+    table["stop_reason"] = [
+        results.stop_reason(str(r["status"]), int(r.get("epochs_run") or 0), planned, fmt(r.get("error")))
+        for _, r in table.iterrows()
+    ]
+    return table
+
+
+def trials_view(table: pd.DataFrame, settings: dict[str, Any], metric: str) -> pd.DataFrame:
+    """The trials table as the report shows it: sorted by the metric, outcome in words, numbers as text."""
+    table = with_stop_reasons(table, settings)
+    order = ranked(table, metric)
+    rest = table[~table["trial_id"].isin(order["trial_id"])]
+    table = pd.concat([order, rest], ignore_index=True)
+    key = f"best_{metric}"
+    view = pd.DataFrame({"#": [str(i + 1) if i < len(order) else "" for i in range(len(table))]})
+    view["trial"] = table["trial_id"].astype(str)
+    view["outcome"] = table["stop_reason"].astype(str)
+    view[f"best {metric}"] = [fmt(v) for v in table.get(key, pd.Series([None] * len(table)))]
+    for col, label in (("best_epoch", "best at epoch"), ("epochs_run", "epochs run")):
+        view[label] = [fmt(int(v)) if pd.notna(v) and v != "" else "" for v in table.get(col, [None] * len(table))]
+    for name in searched_names(settings):
+        values = table.get(f"config/{name}", pd.Series([None] * len(table)))
+        view[name] = [fmt(v) if fmt(v) else "—" for v in values]
+    for m in METRICS:
+        if m != metric and f"best_{m}" in table:
+            view[m] = [fmt(v) for v in table[f"best_{m}"]]
+    return view
+
+
+def importance_notes(importances: dict[str, float], n_complete: int, n_stopped: int = 0) -> list[str]:
+    """Plain-language caveats to print beside parameter importances."""
+    notes = []
+    if n_complete < SMALL_SEARCH:
+        notes.append(
+            f"Importances from {n_complete} completed trials are unreliable: with fewer than about {SMALL_SEARCH} "
+            "trials they mostly reflect which values the few trials happened to get; read them as a hint."
+        )
+    if importances:
+        top, share = max(importances.items(), key=lambda kv: kv[1])
+        if share >= DOMINANT_SHARE and len(importances) > 1:
+            notes.append(
+                f"{top} gets {share:.2f} of the importance and the others almost none. With few trials this is typical "
+                "(the evaluator compares the best trials with the rest, and a handful of points separate on one "
+                "parameter); it does not show that the other parameters have no effect."
+            )
+    if n_stopped:
+        notes.append(
+            f"{n_stopped} trial(s) were stopped early by ASHA; their value is their best before they stopped, so a "
+            "parameter that only slows early training (such as a low learning rate) can look important."
+        )
+    return notes
+
+
+def parameter_importances(study_db: Path, study_name: str | None = None) -> tuple[dict[str, float] | None, int, str]:
+    """Optuna's parameter importances of the stored study, the number of completed trials, and why not if None."""
+    if not study_db.is_file():
+        return None, 0, f"no Optuna study at {study_db}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = f"sqlite:///{study_db.resolve()}"
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    if not names:
+        return None, 0, "the Optuna study is empty"
+    study = optuna.load_study(study_name=study_name if study_name in names else names[0], storage=storage)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if len(complete) < 2:
+        return None, len(complete), f"only {len(complete)} completed trial(s); importances need at least 2"
+    try:
+        with warnings.catch_warnings():
+            # Small searches always trigger "few trials" warnings; the report states the caveat itself.
+            warnings.simplefilter("ignore")
+            evaluator = optuna.importance.PedAnovaImportanceEvaluator()
+            return optuna.importance.get_param_importances(study, evaluator=evaluator), len(complete), ""
+    except (RuntimeError, ValueError, ZeroDivisionError) as err:
+        # e.g. every completed trial used the same value of each parameter
+        return None, len(complete), f"Optuna could not compute importances: {err}"
+
+
+def _importances_html(study_db: Path, name: str, n_stopped: int) -> str:
+    importances, n_complete, why = parameter_importances(study_db, name)
+    parts = ['<h2 id="importances">Parameter importances</h2>']
+    if importances is None:
+        return parts[0] + f"<p>Not available: {html.escape(why)}.</p>"
+    parts += [f'<p class="note">{html.escape(n)}</p>' for n in importance_notes(importances, n_complete, n_stopped)]
+    parts.append(img(plots.figure_png(plots.importance_figure(importances)), "parameter importances"))
+    return "\n".join(parts)
+
+
+def _summary(table: pd.DataFrame, settings: dict[str, Any], metric: str) -> str:
+    reasons = table["stop_reason"].astype(str) if "stop_reason" in table else pd.Series([], dtype=str)
+    counts = [
+        (int((reasons == "finished").sum()), "finished"),
+        (int(reasons.str.startswith("stopped by ASHA").sum()), "stopped early by ASHA"),
+        (int(reasons.str.startswith("early stopping").sum()), "stopped by early stopping"),
+        (int(reasons.str.startswith("error").sum()), "failed"),
+    ]
+    known = sum(n for n, _ in counts)
+    counts.append((len(table) - known, "other (interrupted or unknown)"))
+    fixed = settings.get("fixed") or {}
+    said = ", ".join(f"{n} {what}" for n, what in counts if n)
+    return (
+        f"<p>{len(table)} trial(s): {html.escape(said)}. Trials were ranked by their best "
+        f"<b>{html.escape(metric)}</b> ({'lower' if METRIC_MODES[metric] == 'min' else 'higher'} is better) on the "
+        f"validation split. Dataset: <code>{html.escape(fmt(fixed.get('dataset', '?')))}</code>.</p>"
+    )
+
+
+def write_report(
+    folder: Path,
+    table: pd.DataFrame,
+    frames: dict[str, pd.DataFrame],
+    *,
+    settings: dict[str, Any],
+    study_db: Path,
+    metric: str = "val_loss",
+    baseline: dict[str, Any] | None = None,
+) -> Path:
+    """Write folder/report.html, self-contained (images inline), readable top to bottom.
+
+    baseline: {"results": {model: test metrics}} of a k-mer baseline on the same split, or {"reason", "command"}
+    saying why there is none (see baseline.reference_baseline).
+    """
+    folder = Path(folder)
+    table = with_stop_reasons(table, settings)
+    best_dir = folder / files.BEST_DIR
+    info = read_json(best_dir / files.RUN_CONFIG_FILE)
+    winner = find_winner(table, settings, metric, info, read_json(best_dir / files.METRICS_FILE))
+    name = html.escape(str(settings.get("name") or folder.name))
+    parts = [
+        f"<h1>Search report: {name}</h1>",
+        '<nav><a href="#winner">Winner</a><a href="#curves">Learning curves</a><a href="#parallel">Hyperparameters'
+        '</a><a href="#trials">Trials</a><a href="#importances">Importances</a></nav>',
+        _summary(table, settings, metric),
+    ]
+    parts.append(winner_html(winner, folder, baseline) if winner else "<p>No trial has a value of the metric yet.</p>")
+    winner_id = winner.trial_id if winner else None
+    reasons = dict(zip(table["trial_id"].astype(str), table["stop_reason"].astype(str)))
+    curves = plots.learning_curves(
+        frames,
+        reasons,
+        metric=metric,
+        winner=winner_id,
+        winner_epoch=winner.epoch if winner else None,
+        rungs=plots.asha_rungs(settings),
+    )
+    parts.append('<h2 id="curves">Learning curves</h2>' + img(plots.figure_png(curves), "learning curves"))
+    params, key, logs = searched_names(settings), f"best_{metric}", loguniform_params(settings)
+    fig = plots.parallel_coordinates(
+        table, params, key, mode=METRIC_MODES[metric], winner=winner_id, log_scale=logs, choices=_choices(settings)
+    )
+    if fig is not None:
+        parts.append(
+            f'<h2 id="parallel">Hyperparameters vs {html.escape(metric)}</h2><p class="muted">One line per trial, '
+            "coloured by its best value of the metric (yellow is better); the winner in red.</p>"
+            + img(plots.figure_png(fig), "parallel coordinates")
+        )
+    fig = plots.metric_by_parameter(table, params, key, winner=winner_id, log_scale=logs)
+    if fig is not None:
+        parts.append(img(plots.figure_png(fig), f"best {metric} by hyperparameter"))
+    view = trials_view(table, settings, metric)
+    classes = ["winner" if t == winner_id else _reason_class(r) for t, r in zip(view["trial"], view["outcome"])]
+    parts.append(
+        f'<h2 id="trials">Trials</h2><p class="muted">Sorted by best {html.escape(metric)}; — marks a hyperparameter '
+        f"that trial's configuration did not use. All columns are also in <code>{results.TRIALS_FILE}</code>.</p>"
+        f'<div class="scroll">{table_html(list(view.columns), view.values.tolist(), classes)}</div>'
+    )
+    n_stopped = int(table["stop_reason"].astype(str).str.startswith("stopped by ASHA").sum())
+    parts.append(_importances_html(Path(study_db), folder.name, n_stopped))
+    page = (
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{name}: search report</title>"
+        f"<meta name='viewport' content='width=device-width, initial-scale=1'><style>{CSS}</style></head>"
+        "<body>" + "\n".join(parts) + "</body></html>\n"
+    )
+    return write_text(folder / results.REPORT_FILE, page)
+
+
+def _reason_class(reason: str) -> str:
+    return "error" if reason.startswith("error") else "asha" if reason.startswith(("stopped", "early")) else ""

@@ -1,0 +1,291 @@
+"""`python -m tune_ph.search`: a YAML space -> Ray Tune (Optuna TPE + ASHA) over train.fit -> export the best."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+
+from hyena_dna.pretrained import resolve_checkpoint_dir
+from tune_ph import cli, config, files
+from tune_ph.baseline import kmer_models
+from tune_ph.config import TrainConfig
+from tune_ph.data import sources
+from tune_ph.data.tokens import TokenizedDataset
+from tune_ph.errors import InputError, SpaceError
+from tune_ph.files import write_csv, write_json
+from tune_ph.report import export, monitor, results
+from tune_ph.search import cluster, console, outcome, resources, tuner
+from tune_ph.search.space import SearchSpec, apply_overrides, check_name, load_space, parse_space
+from tune_ph.search.space_params import Checker
+from tune_ph.search.spec import values_of
+from tune_ph.search.trainable import trial_threads
+from tune_ph.training import environment
+
+log = logging.getLogger(__name__)
+
+
+def load_spec(
+    space: str | None, name: str | None, output_dir: Path, resume: bool, overrides: dict[str, Any]
+) -> tuple[SearchSpec, Path, str | None]:
+    """The validated settings, the local experiment folder and the --storage it was started with.
+
+    On --resume, the settings saved with the experiment (overrides are not applied).
+    """
+    if resume:
+        name = name or (load_space(space).name if space else None)
+        if not name:
+            raise SpaceError("--resume needs --name (or --space) to find the experiment")
+        check_name(Checker("--resume"), "--name", name)  # `../x` would read and write outside --output-dir
+        folder = output_dir / name
+        settings = results.load_settings(folder)
+        if not settings:
+            raise SpaceError(
+                f"{folder}: no {results.SETTINGS_FILE} here, so there is nothing to resume; "
+                "run without --resume to start it"
+            )
+        storage = settings.pop(results.STORAGE_KEY, None)
+        return parse_space(settings, str(folder / results.SETTINGS_FILE)), folder, storage
+    if not space:
+        raise SpaceError("--space is required (e.g. --space search_spaces/quick.yaml)")
+    spec = load_space(space)
+    spec = apply_overrides(spec, {**overrides, "name": name})
+    return _absolute_paths(spec), output_dir / spec.name, None
+
+
+def _absolute_paths(spec: SearchSpec) -> SearchSpec:
+    """Local folders in the fixed settings made absolute: Ray runs each trial in a folder of its own, where
+    `runs/pretrained` would name nothing."""
+    for key in ("model", "dataset", "cache_dir"):
+        value = spec.fixed.get(key)
+        if isinstance(value, str) and (key == "cache_dir" or Path(value).expanduser().exists()):
+            spec.fixed[key] = str(Path(value).expanduser().resolve())
+    return spec
+
+
+def check_pretrained(spec: SearchSpec) -> None:
+    """Fetch (or find in the cache) every pretrained backbone the search may use, before any trial starts.
+
+    Failing here takes seconds; failing in every trial would take a whole search. It also means trials on
+    this node read the weights from the local cache instead of all downloading them at once.
+    """
+    if "from_scratch" in spec.params:
+        param = spec.params["from_scratch"]
+        entries = list(param.values.values()) if param.per else [param]
+        scratch = [v for entry in entries for v in values_of(entry)]
+    else:
+        scratch = [spec.fixed.get("from_scratch", False)]
+    if scratch and all(scratch):
+        return
+    for model in spec.model_choices():
+        resolve_checkpoint_dir(model)
+
+
+def prepare_datasets(spec: SearchSpec) -> dict[int, TokenizedDataset]:
+    """Load and tokenize the dataset once per distinct max length, on the driver.
+
+    Keyed by the length a trial asks for (its fixed max_length, else its model's maximum) and by the length the
+    dataset got: a model's maximum is capped by the longest sample, so small-32k reads whole samples without
+    tens of thousands of tokens of padding.
+    """
+    base = {k: v for k, v in spec.fixed.items() if k in config.field_names() and k != "max_length"}
+    out: dict[int, TokenizedDataset] = {}
+    for model in spec.model_choices():
+        requested = spec.max_length_for(model)
+        if requested in out:
+            continue
+        started = time.perf_counter()
+        # The data fields of every trial are the same; only the length differs by model.
+        cfg = TrainConfig.from_dict({**base, "model": model, "max_length": spec.fixed_length_for(model)})
+        dataset = sources.prepare_for(cfg, model_max_length=requested)
+        out[requested] = out[dataset.max_length] = dataset
+        log.info(
+            "dataset %s tokenized in sets of %d tokens (for %s) in %.1fs",
+            cfg.dataset,
+            dataset.max_length,
+            model,
+            time.perf_counter() - started,
+        )
+    return out
+
+
+def search_baseline(spec: SearchSpec, folder: Path) -> dict[str, Any]:
+    """The k-mer baseline on every trial's data and split (cached; a failure is a warning), saved in the folder."""
+    base = {k: v for k, v in spec.fixed.items() if k in config.field_names() and k != "max_length"}
+    found = kmer_models.reference_baseline(TrainConfig.from_dict({**base, "model": spec.model_choices()[0]}))
+    write_json(folder / files.BASELINE_FILE, found)
+    return found
+
+
+def run_search(
+    spec: SearchSpec,
+    folder: Path,
+    *,
+    storage: str | None = None,
+    resume: bool = False,
+    retry_errored: bool = False,
+    export_best: bool = True,
+    verbose: int = 1,
+    dashboard: monitor.StudyDashboard | None = None,
+    datasets: dict[int, TokenizedDataset] | None = None,
+    setup_seconds: float = 0.0,
+    reference: dict[str, Any] | None = None,
+) -> int:
+    """Run (or resume) the search in a started Ray, write trials.csv, export and test the best trial.
+
+    `dashboard` (bound, not yet serving) starts serving once the tuner has created the Optuna study.
+    datasets: prepare_datasets(spec), when the caller made them already (and took setup_seconds doing so).
+    reference: search_baseline(spec, folder), shown at the start, beside the best so far and in the summary.
+    """
+    path = results.experiment_path(folder, storage)
+    started_before = _refuse_existing(path, resume)
+    metric = spec.search["metric"]
+    if datasets is None:
+        started = time.perf_counter()
+        datasets = prepare_datasets(spec)
+        setup_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    vectors = tuner.shared_vectors(spec, datasets)  # frozen trials then never run the backbone
+    setup_seconds += time.perf_counter() - started
+    trainable = tuner.make_trainable(spec, datasets, vectors)
+    if resume and started_before:
+        print(f"resuming {path}")
+        runner = tune.Tuner.restore(
+            path, trainable=trainable, resume_unfinished=True, resume_errored=retry_errored, restart_errored=False
+        )
+    else:
+        if resume:
+            print(f"{path} has no trials yet; starting the search")
+        runner = tuner.make_tuner(spec, trainable, folder, storage, verbose)
+    logdir = console.logdir_of(folder, storage)
+    if dashboard is not None:
+        dashboard.start()
+    if verbose:
+        line = kmer_models.baseline_line(reference) if reference else None
+        console.print_start(folder, logdir, spec.search["num_samples"], dashboard.url if dashboard else None, line)
+    with console.ray_console(verbose), console.beside_best(reference):
+        grid = runner.fit()
+    # Statuses from Ray's saved state, corrected by what fit() returned here (a worker that died is ERROR).
+    trials = results.Experiment(path).trials()
+    table = outcome.settle(results.trials_table(trials, metric, spec.scheduler["max_epochs"]), grid)
+    write_csv(folder / results.TRIALS_FILE, table)
+    outcome.tell_study(folder, spec.name, path, metric)
+    results.print_summary(table, metric)
+    if reference:
+        print(kmer_models.baseline_line(reference))
+    print(f"dataset setup: {setup_seconds:.1f}s once for {len(table)} trial(s)")
+    code = outcome.exit_code(table, spec.search["num_samples"], any_results=len(grid) > 0)
+    if code != cli.EXIT_OK:
+        finished = int(table["status"].isin(outcome.DONE).sum())
+        print(
+            f"the search stopped early ({finished}/{spec.search['num_samples']} trials finished); continue it "
+            "or export the best trial so far with the commands below"
+        )
+        console.print_outputs(folder, logdir, metric, finished=False, exported=False)
+        return code
+    if not export_best:
+        console.print_outputs(folder, logdir, metric, finished=True, exported=False)
+        return cli.EXIT_OK
+    try:
+        metrics = export.export_best(path, folder, metric=metric, datasets=datasets)
+    except RuntimeError as err:  # e.g. every trial failed: trials.csv says why
+        raise RuntimeError(f"{err}; see {folder / results.TRIALS_FILE}") from None
+    print(
+        f"best trial exported to {folder / files.BEST_DIR}: test R² {metrics['test_r2']:.3f}, "
+        f"RMSE {metrics['test_rmse']:.3f}"
+    )
+    beside = kmer_models.versus(metrics["test_r2"], reference)
+    if beside:
+        print(f"  {beside}")
+    export.write_report(path, folder, metric)
+    console.print_outputs(folder, logdir, metric, finished=True, exported=True)
+    return cli.EXIT_OK
+
+
+def _refuse_existing(path: str, resume: bool) -> bool:
+    """Whether Ray has started this experiment before; without --resume that is an error (it would mix in)."""
+    started_before = tune.Tuner.can_restore(path)
+    if started_before and not resume:
+        raise SpaceError(f"experiment {path} already exists; continue it with --resume, or pick another --name")
+    return started_before
+
+
+def locked_search(
+    args: argparse.Namespace, spec: SearchSpec, folder: Path, storage: str | None, requests: dict[str, Any]
+) -> int:
+    """The search, once this process holds the experiment folder's lock: data first, then files, then Ray."""
+    _refuse_existing(results.experiment_path(folder, storage), args.resume)  # before anything is written
+    check_pretrained(spec)
+    # Before anything is written or Ray starts: a dataset that cannot be used costs seconds and leaves nothing.
+    started = time.perf_counter()
+    datasets = prepare_datasets(spec)
+    setup_seconds = time.perf_counter() - started
+    settings = spec.to_dict()
+    if storage:
+        settings[results.STORAGE_KEY] = storage
+    if not args.resume:  # a resumed search keeps the settings it started with (load_spec read them)
+        results.save_settings(folder, settings)
+    _record_environment(spec, folder)
+    reference = None if args.no_baseline else search_baseline(spec, folder)  # once, before any trial
+    # Short epochs make Tune snapshot often (num_to_keep forces it); that is expected here, not a problem.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    console.quiet_ray_hints()  # before Ray starts: its token warning is logged by ray.init
+    dashboard = None
+    if args.optuna_dashboard is not None:  # bound now, so a port in use fails before Ray starts
+        dashboard = monitor.StudyDashboard(folder / results.STUDY_FILE, args.optuna_dashboard, "--optuna-dashboard")
+    shutdown = False
+    session = None
+    keep_logs = True
+    try:
+        shutdown = cluster.init_ray(
+            address=args.address,
+            dashboard=args.dashboard,
+            dashboard_host=args.dashboard_host,
+            dashboard_port=args.dashboard_port,
+            allow_no_auth=args.allow_no_auth,
+        )
+        session = cluster.session_dir() if shutdown and not args.address else None  # ours alone: removed at the end
+        resources.preflight(requests)  # the cluster actually running (a joined one, or a Ray this process found)
+        code = run_search(
+            spec,
+            folder,
+            storage=storage,
+            resume=args.resume,
+            retry_errored=args.retry_errored,
+            export_best=not args.no_export,
+            verbose=args.verbose,
+            dashboard=dashboard,
+            datasets=datasets,
+            setup_seconds=setup_seconds,
+            reference=reference,
+        )
+        keep_logs = False
+        return code
+    except (InputError, KeyboardInterrupt):
+        keep_logs = False  # Ray's logs say nothing about bad input or Ctrl-C
+        raise
+    finally:
+        if dashboard is not None:
+            dashboard.stop()
+        if shutdown:
+            ray.shutdown()
+        if session is not None:
+            cluster.remove_session_dir(session, keep=keep_logs)
+
+
+def _record_environment(spec: SearchSpec, folder: Path) -> None:
+    """environment.json: what decides the numbers besides the settings, so two results can be compared."""
+    cpus = spec.resources["cpus_per_trial"]
+    environment.record(
+        folder,
+        search_seed=spec.search["seed"],
+        training_seed=spec.fixed.get("seed", "searched" if "seed" in spec.params else TrainConfig().seed),
+        # Every trial's torch threads (from cpus_per_trial): the float reduction order of its training follows it.
+        trial_threads=trial_threads(cpus),
+    )

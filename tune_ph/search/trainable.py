@@ -1,0 +1,88 @@
+"""Ray Tune function trainable: one trial config -> train.fit, reporting metrics and a checkpoint every epoch."""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+from ray import tune
+
+from tune_ph.config import TrainConfig, is_better, worst_value
+from tune_ph.data.tokens import TokenizedDataset
+from tune_ph.report.results import REPORTED, STATE_FILE
+from tune_ph.training.fit import fit
+
+
+def _cap_cuda_memory(gpus: float) -> None:
+    """Keep a fractional-GPU trial inside its share so one big trial cannot starve its neighbours."""
+    if 0 < gpus < 1 and torch.cuda.is_available():
+        torch.cuda.set_per_process_memory_fraction(float(gpus), device=0)
+
+
+def trial_threads(cpus: float | None) -> int:
+    """Torch threads of a trial with `cpus` CPUs from Ray: the whole CPUs, at least 1 (as Ray's OMP_NUM_THREADS)."""
+    return max(math.floor(cpus or 1), 1)
+
+
+def train_trial(
+    config: dict[str, Any],
+    datasets: dict[int, TokenizedDataset],
+    metric: str = "val_loss",
+    vectors: dict[str, np.ndarray] | None = None,
+) -> None:
+    """Tune function trainable; `datasets` (keyed by max length) and the frozen backbones' set `vectors` (keyed by
+    embeddings.cache_key) arrive once through tune.with_parameters."""
+    started = time.perf_counter()
+    # One "checkpoint created" line per epoch per trial would drown Tune's status table.
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+    # Each trial gets its own CPU budget from Ray; torch would otherwise use every core of the node. From the CPUs
+    # Ray assigned, not OMP_NUM_THREADS (Ray keeps a value exported in the shell): the thread count changes float
+    # reduction order, and so the numbers, and must follow the search's settings, not the machine's environment.
+    torch.set_num_threads(trial_threads(ray.get_runtime_context().get_assigned_resources().get("CPU")))
+    cfg = TrainConfig.from_trial(config)
+    dataset = datasets[cfg.max_length]
+    cfg.max_length = dataset.max_length  # the model's maximum, capped by the longest sample
+    # The share Ray gave this trial (resources.gpus_per_trial, per model): one source, the scheduler's own.
+    _cap_cuda_memory(float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0)))
+
+    resume_from = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            resume_from = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+    best = worst_value(metric)
+    if resume_from is not None and resume_from.get("metric") == metric:
+        best = float(resume_from["best_value"])
+    node_id = ray.get_runtime_context().get_node_id()
+    setup_seconds = time.perf_counter() - started
+
+    def on_epoch_end(metrics: dict[str, Any], state_fn: Any) -> None:
+        nonlocal best
+        if is_better(metric, metrics[metric], best):
+            best = float(metrics[metric])
+        report = {k: metrics[k] for k in REPORTED if k in metrics}
+        # TPE learns from each trial's best epoch, the epoch that export would pick.
+        report[f"best_{metric}"] = best
+        report["node_id"] = node_id
+        report["torch_threads"] = torch.get_num_threads()  # decides float reduction order (environment.json)
+        report["setup_seconds"] = setup_seconds
+        with tempfile.TemporaryDirectory(prefix="tune_ph_ckpt_") as folder:
+            torch.save(state_fn(), Path(folder) / STATE_FILE)
+            tune.report(report, checkpoint=tune.Checkpoint.from_directory(folder))
+
+    fit(
+        cfg,
+        dataset,
+        metric=metric,
+        on_epoch_end=on_epoch_end,
+        resume_from=resume_from,
+        progress=False,
+        shared_vectors=vectors,
+    )

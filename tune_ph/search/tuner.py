@@ -1,0 +1,142 @@
+"""The Ray Tune Tuner of a search: the trainable with the data in the object store, OptunaSearch and ASHA."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from tune_ph import config
+from tune_ph.config import METRIC_MODES, TrainConfig
+from tune_ph.data.tokens import TokenizedDataset
+from tune_ph.model import embeddings
+from tune_ph.model.regressor import build_model, resolve_device
+from tune_ph.report import results
+from tune_ph.search import console
+from tune_ph.search.spec import OptunaSpace, SearchSpec
+from tune_ph.search.trainable import train_trial
+from tune_ph.training.epoch import seed_everything
+
+log = logging.getLogger(__name__)
+
+# Per trial, Tune keeps the best checkpoints by the search metric (and always the latest, for resuming).
+KEEP_CHECKPOINTS = 2
+
+
+def may_freeze(spec: SearchSpec) -> bool:
+    """Whether some trial of the search trains on a frozen backbone."""
+    return "freeze_backbone" in spec.params or spec.fixed.get("freeze_backbone") is True
+
+
+def shared_vectors(spec: SearchSpec, datasets: dict[int, TokenizedDataset]) -> dict[str, np.ndarray]:
+    """The frozen backbones' set vectors, computed once on the driver (or read from the embedding cache) for every
+    model a frozen trial may use, keyed by embeddings.cache_key.
+
+    A trial builds its backbone as fit does (seed, then build_model), so its key matches; a trial whose backbone
+    differs (a searched seed of a from-scratch model) misses and computes its own through the disk cache.
+    """
+    if not may_freeze(spec):
+        return {}
+    base = {k: v for k, v in spec.fixed.items() if k in config.field_names() and k != "max_length"}
+    out: dict[str, np.ndarray] = {}
+    for model in spec.model_choices():
+        cfg = TrainConfig.from_dict({**base, "model": model, "max_length": spec.max_length_for(model)})
+        seed_everything(cfg.seed)
+        backbone = build_model(cfg).backbone
+        dataset = datasets[cfg.max_length]
+        key = embeddings.cache_key(backbone, dataset)
+        if key not in out:
+            log.info("set vectors of %s for frozen trials", model)
+            out[key] = embeddings.set_vectors(
+                backbone, dataset, cache_dir=cfg.cache_dir, device=resolve_device(cfg.device), batch_size=64
+            )
+    return out
+
+
+def make_trainable(
+    spec: SearchSpec, datasets: dict[int, TokenizedDataset], vectors: dict[str, np.ndarray] | None = None
+) -> Any:
+    """train_trial with the datasets and the frozen backbones' set vectors in the object store (once each) and
+    per-trial resources."""
+    trainable = tune.with_parameters(
+        train_trial, datasets=datasets, vectors=vectors or {}, metric=spec.search["metric"]
+    )
+    cpus = spec.resources["cpus_per_trial"]
+    if isinstance(spec.resources["gpus_per_trial"], dict):
+        return tune.with_resources(trainable, lambda cfg: {"cpu": cpus, "gpu": spec.gpus_for(cfg["model"])})
+    return tune.with_resources(trainable, {"cpu": cpus, "gpu": spec.gpus_for(spec.model_choices()[0])})
+
+
+def make_tuner(
+    spec: SearchSpec,
+    trainable: Any,
+    folder: Path,
+    storage: str | None,
+    verbose: int,
+    callbacks: list[tune.Callback] | None = None,
+) -> tune.Tuner:
+    """A fresh Tuner: OptunaSearch (seeded TPE, study in SQLite) + ASHA, both on the search metric.
+
+    The console reporter and callbacks are saved with the Tuner, so a --resume shows the same console.
+    """
+    metric = spec.search["metric"]
+    mode = METRIC_MODES[metric]
+    n_startup = max(2, min(10, spec.search["num_samples"] // 3))
+    searcher = OptunaSearch(
+        space=OptunaSpace(spec.trial_params()),
+        # TPE learns from each trial's best epoch, the value selection uses too.
+        metric=f"best_{metric}",
+        mode=mode,
+        sampler=optuna.samplers.TPESampler(seed=spec.search["seed"], n_startup_trials=n_startup),
+        storage=optuna.storages.RDBStorage(f"sqlite:///{(folder / results.STUDY_FILE).resolve()}"),
+        study_name=spec.name,
+    )
+    max_epochs = spec.scheduler["max_epochs"]
+    scheduler = ASHAScheduler(
+        metric=metric,
+        mode=mode,
+        time_attr="training_iteration",
+        max_t=max_epochs,
+        grace_period=spec.scheduler["grace_period"],
+        reduction_factor=spec.scheduler["reduction_factor"],
+    )
+    return tune.Tuner(
+        trainable,
+        param_space=spec.param_space(),
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=spec.search["num_samples"],
+            max_concurrent_trials=spec.search["max_concurrent"],
+            # Trials of one search share imports and CUDA context; each still builds its own model from config.
+            reuse_actors=True,
+            trial_name_creator=trial_name,
+            trial_dirname_creator=trial_name,
+        ),
+        run_config=tune.RunConfig(
+            name=spec.name,
+            storage_path=storage or str(folder.parent.resolve()),
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=KEEP_CHECKPOINTS, checkpoint_score_attribute=metric, checkpoint_score_order=mode
+            ),
+            # A failing trial (OOM, NaN loss, exception) is recorded with its error; the others go on.
+            failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+            verbose=verbose,
+            progress_reporter=console.StatusTable(list(spec.params), metric, console.logdir_of(folder, storage)),
+            callbacks=[
+                console.SearchProgress(list(spec.params), metric, verbose, spec.scheduler["max_epochs"]),
+                *(callbacks or []),
+            ],
+        ),
+    )
+
+
+def trial_name(trial: Any) -> str:
+    """Short trial folder names (Tune's default packs the whole config into the path)."""
+    return f"trial_{trial.trial_id}"

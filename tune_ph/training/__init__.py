@@ -1,0 +1,1 @@
+"""Training without Ray: fit (epoch loop, validation, early stopping), prediction, pretraining, environment records."""
