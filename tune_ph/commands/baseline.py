@@ -1,4 +1,4 @@
-"""`python -m tune_ph baseline` (or `python -m tune_ph.baseline`): the k-mer baselines on the model's split."""
+"""`python -m tune_ph baseline`: the k-mer baselines on the model's split."""
 
 from __future__ import annotations
 

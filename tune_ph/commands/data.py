@@ -1,4 +1,4 @@
-"""`python -m tune_ph data` (or `python -m tune_ph.data`): build a dataset from FASTA, summarise, cache."""
+"""`python -m tune_ph data`: build a dataset from FASTA, summarise, cache."""
 
 from __future__ import annotations
 
