@@ -1,8 +1,6 @@
 """HyenaDNA backbone: reference-fixture equivalence, causality, shorter inputs, autocast, checkpointing, compile."""
 
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +9,6 @@ import torch
 from hyena_dna import PRETRAINED_SIZES, HyenaDNAConfig, HyenaDNAModel
 from hyena_dna.model import _fast_fft_size, fft_conv, short_conv
 
-FIXTURES = os.environ.get("HYENA_REF_FIXTURES")
 CASES = [
     ("hyenadna-tiny-1k-ref", 1024),
     ("hyenadna-tiny-1k-ref", 300),
@@ -24,10 +21,9 @@ def tiny_config(**kw) -> HyenaDNAConfig:
     return HyenaDNAConfig(d_model=32, n_layer=2, d_inner=64, l_max=130, **kw)
 
 
-@pytest.mark.skipif(not FIXTURES, reason="HYENA_REF_FIXTURES is unset (set by .ci/run; points at ../shared/fixtures)")
 @pytest.mark.parametrize("folder, length", CASES)
-def test_matches_reference_implementation(folder, length):
-    root = Path(FIXTURES) / folder
+def test_matches_reference_implementation(ref_fixtures, folder, length):
+    root = ref_fixtures / folder
     model = HyenaDNAModel.from_pretrained(root).eval()
     manifest = json.loads((root / "manifest.json").read_text())
     assert model.num_parameters() == manifest["params"]

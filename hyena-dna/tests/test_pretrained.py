@@ -15,9 +15,6 @@ import torch
 from hyena_dna import CheckpointKeyError, HyenaDNAConfig, HyenaDNAModel, PretrainedNotFoundError
 from hyena_dna.pretrained import backbone_state_dict, read_checkpoint_tensors
 
-FIXTURES = os.environ.get("HYENA_REF_FIXTURES")
-needs_fixtures = pytest.mark.skipif(not FIXTURES, reason="HYENA_REF_FIXTURES is unset (set by .ci/run)")
-
 
 def tiny_config(**kw) -> HyenaDNAConfig:
     return HyenaDNAConfig(d_model=16, n_layer=2, d_inner=32, l_max=66, **kw)
@@ -98,9 +95,8 @@ def test_config_errors_name_the_field(tmp_path):
         HyenaDNAConfig.from_json(tmp_path / "config.json")
 
 
-@needs_fixtures
-def test_public_layout_checkpoint_is_refused_by_weights_only_but_read_safely():
-    path = Path(FIXTURES) / "hyenadna-tiny-1k-ref" / "weights.ckpt"
+def test_public_layout_checkpoint_is_refused_by_weights_only_but_read_safely(ref_fixtures):
+    path = ref_fixtures / "hyenadna-tiny-1k-ref" / "weights.ckpt"
     with pytest.raises(pickle.UnpicklingError):
         torch.load(path, weights_only=True)  # OmegaConf objects inside: why we need our own reader
     tensors = read_checkpoint_tensors(path)
@@ -109,9 +105,8 @@ def test_public_layout_checkpoint_is_refused_by_weights_only_but_read_safely():
     assert "lm_head.weight" not in backbone and "embeddings.word_embeddings.weight" in backbone
 
 
-@needs_fixtures
-def test_gradient_checkpointing_keys_are_mapped():
-    tensors = read_checkpoint_tensors(Path(FIXTURES) / "hyenadna-gradckpt-ref" / "weights.ckpt")
+def test_gradient_checkpointing_keys_are_mapped(ref_fixtures):
+    tensors = read_checkpoint_tensors(ref_fixtures / "hyenadna-gradckpt-ref" / "weights.ckpt")
     assert any(".mixer.layer." in k for k in tensors)
     backbone = backbone_state_dict(tensors)
     assert "layers.0.mixer.in_proj.weight" in backbone and "layers.0.mlp.fc1.weight" in backbone
