@@ -124,6 +124,16 @@ def test_offline_hub_error_names_the_setting_and_alternatives(monkeypatch) -> No
     text = str(err.value)
     assert "HF_DATASETS_OFFLINE" in text and "nobody-here/no-such-dataset-3141" in text
     assert "save_to_disk" in text and "python -m tune_ph data build" in text and "demo" in text
+    # The suggested command is one the builder accepts.
+    assert "--output-dir DIR" in text and "--out DIR" not in text
+
+
+def test_summary_prints_counts_as_sentences(capsys) -> None:
+    assert data_cli.main(["summary", "demo"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "300 samples, 14 studies, 7 environments", out
+    assert out[1].startswith("environments: soil 71, ") and "{" not in out[1]
+    assert out[2] == "split: train 210, val 30, test 60"
 
 
 # ---------------------------------------------------------------- validation

@@ -62,8 +62,10 @@ def _main(argv: Sequence[str] | None) -> int:
         split = split_samples(
             df, seed=args.split_seed, test_fraction=args.test_fraction, val_fraction=args.val_fraction
         )
-        print(f"{len(df)} samples; environments: {df['environment'].value_counts().to_dict()}")
-        print({k: len(v) for k, v in split.items()})
+        counts = df["environment"].value_counts()
+        print(f"{len(df)} samples, {df['study_name'].nunique()} studies, {len(counts)} environments")
+        print("environments: " + ", ".join(f"{env} {n}" for env, n in counts.items()))
+        print("split: " + ", ".join(f"{name} {len(ids)}" for name, ids in split.items()))
     return cli.EXIT_OK
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -117,7 +118,7 @@ def read_fasta_dir(
         except DatasetError as exc:
             if not skip_bad_rows:
                 raise DatasetError(f"{exc} (--skip-bad-rows, skip_bad_rows=True: skip such files)") from None
-            skipped.append(f"{path} ({str(exc).splitlines()[0][:200]})")
+            skipped.append(f"{path} ({textwrap.shorten(str(exc).splitlines()[0], 200, placeholder=' …')})")
             continue
         row = {"sample_id": sid, "study_name": study, "environment": "", "pH": np.nan, "sequences": reads}
         if meta is not None and sid in meta.index:

@@ -43,7 +43,8 @@ def _local_alternatives() -> str:
     return (
         "Local alternatives: a folder laid out like the hub repository (data/*.parquet), a folder written by "
         "datasets' save_to_disk, .parquet/.jsonl files with the same columns, your own FASTA files via "
-        "`python -m tune_ph data build --fasta-dir DIR --metadata CSV --out DIR`, or `demo` for the synthetic set."
+        "`python -m tune_ph data build --fasta-dir DIR --metadata CSV --output-dir DIR`, or `demo` for the "
+        "synthetic set."
     )
 
 
