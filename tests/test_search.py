@@ -281,3 +281,25 @@ def test_search_metric_drives_selection_and_export(ray_session, tmp_path):
     assert best["trial_id"] == winner
     assert best["epoch"] == by_trial[winner]["epoch"]
     assert best["val_metrics"]["val_rmse"] == pytest.approx(by_trial[winner]["val_rmse"])
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()
+    }
+
+
+def test_a_rerun_starts_a_new_experiment_and_leaves_the_first_alone(ray_session, tmp_path, capsys):
+    space = write_space(
+        tmp_path, tiny_space(name="again", fixed__epochs=1, search__num_samples=1, scheduler__max_epochs=1)
+    )
+    argv = ["--space", str(space), "--output-dir", str(tmp_path), "--verbose", "0", "--no-export", "--no-baseline"]
+    assert search_cli.main(argv) == 0
+    first = _snapshot(tmp_path / "again")
+    capsys.readouterr()
+    assert search_cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"{tmp_path / 'again'} holds an earlier search" in out and str(tmp_path / "again-2") in out, out
+    assert _snapshot(tmp_path / "again") == first  # not one byte of the first experiment changed
+    second = json.loads((tmp_path / "again-2" / "search_settings.json").read_text())
+    assert second["name"] == "again-2" and len(pd.read_csv(tmp_path / "again-2" / "trials.csv")) == 1

@@ -13,7 +13,7 @@ import torch
 from tune_ph import cli, config
 from tune_ph.report import monitor
 from tune_ph.search import resources
-from tune_ph.search.run import load_spec, locked_search
+from tune_ph.search.run import load_spec, locked_search, unused_experiment
 from tune_ph.search.runlock import ExperimentLock
 from tune_ph.search.space import check_devices
 
@@ -112,6 +112,8 @@ def _main(argv: Sequence[str] | None) -> int:
     storage = args.storage or saved_storage
     if storage and "://" not in storage:
         storage = str(Path(storage).expanduser().resolve())
+    if not args.resume:
+        spec, folder = unused_experiment(spec, folder, storage)
     if args.resume and overrides:
         print("note: with --resume the experiment keeps the settings it was started with; overrides are ignored")
     requests = resources.trial_requests(

@@ -59,6 +59,25 @@ def load_spec(
     return _absolute_paths(spec), output_dir / spec.name, None
 
 
+def unused_experiment(spec: SearchSpec, folder: Path, storage: str | None) -> tuple[SearchSpec, Path]:
+    """A rerun never touches an earlier experiment: when NAME holds one, this search is NAME-2 (then -3, ...)."""
+
+    def taken(candidate: Path) -> bool:
+        return (candidate / results.SETTINGS_FILE).exists() or tune.Tuner.can_restore(
+            results.experiment_path(candidate, storage)
+        )
+
+    if not taken(folder):
+        return spec, folder
+    number = 2
+    while taken(folder.with_name(f"{spec.name}-{number}")):
+        number += 1
+    fresh = folder.with_name(f"{spec.name}-{number}")
+    print(f"{folder} holds an earlier search (continue it with --resume); this one is {fresh}")
+    spec.name = fresh.name
+    return spec, fresh
+
+
 def _absolute_paths(spec: SearchSpec) -> SearchSpec:
     """Local folders in the fixed settings made absolute: Ray runs each trial in a folder of its own, where
     `runs/pretrained` would name nothing."""
