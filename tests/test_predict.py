@@ -74,9 +74,9 @@ def _run(argv: list[str], capsys) -> tuple[int, str, str]:
 
 
 def _per_set(checkpoint: Path, df: pd.DataFrame) -> pd.DataFrame:
-    """What each read set alone predicts (every set its own sample), computed with the model directly."""
+    """What each read set alone predicts (every set its own sample, all of a sample's reads), with the model."""
     model, state = load_checkpoint(checkpoint)
-    ds = tokens.build(df, {}, max_length=MAX_LENGTH, max_sets=NUM_SETS, use_cache=False)
+    ds = tokens.build(df, {}, max_length=MAX_LENGTH, max_sets=None, use_cache=False)
     rows = []
     with torch.no_grad():
         for batch in ds.batches("all", 16):
@@ -86,9 +86,9 @@ def _per_set(checkpoint: Path, df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _whole_sample(checkpoint: Path, df: pd.DataFrame) -> pd.Series:
-    """What the model predicts from all of each sample's sets in one forward pass."""
+    """What the model predicts from all of each sample's sets (all its reads) in one forward pass."""
     model, state = load_checkpoint(checkpoint)
-    ds = tokens.build(df, {}, max_length=MAX_LENGTH, max_sets=NUM_SETS, use_cache=False)
+    ds = tokens.build(df, {}, max_length=MAX_LENGTH, max_sets=None, use_cache=False)
     ids, mask = ds.tokens_of(np.arange(len(ds)))
     owner = torch.from_numpy(ds.set_sample.astype(np.int64))
     with torch.no_grad():
@@ -102,7 +102,8 @@ def _whole_sample(checkpoint: Path, df: pd.DataFrame) -> pd.Series:
 def test_test_split_means_equal_evaluate(checkpoint: Path, demo: pd.DataFrame, tmp_path: Path, caplog) -> None:
     evaluate_checkpoint(checkpoint, output_dir=tmp_path, device="cpu")
     evaluated = pd.read_csv(tmp_path / "test_predictions.csv")
-    table = predict.predict_samples(checkpoint, demo, split="test", device="cpu")
+    # Evaluation packs the sets as training did (max_sets=NUM_SETS); predict does the same when asked to.
+    table = predict.predict_samples(checkpoint, demo, split="test", device="cpu", max_sets=NUM_SETS)
     assert sorted(table["sample_id"]) == sorted(evaluated["sample_id"])
     both = evaluated.merge(table, on="sample_id")
     assert both["predicted_ph"].std() > 0.05  # the samples really get different predictions
@@ -160,12 +161,14 @@ def test_sd_is_the_std_of_the_per_set_predictions(checkpoint: Path, demo: pd.Dat
     assert not np.allclose(table["predicted_ph"], per_set.mean().loc[table.index], atol=1e-3)
     assert (table["n_sets"] == per_set.size().loc[table.index]).all()
     assert table.loc[table.index[:12], "predicted_ph_sd"].gt(0).all()
-    # 30-base reads + [SEP]: 4 fit a 128-token set, 3 sets hold 12 of the 20 reads.
-    assert table.loc["SHORT_READS", ["n_sets", "n_reads_used", "n_reads"]].tolist() == [3, 12, 20]
+    # 30-base reads + [SEP]: 4 fit a 128-token set, so all 20 reads fill 5 sets (training saw at most 3).
+    assert table.loc["SHORT_READS", ["n_sets", "n_reads_used", "n_reads"]].tolist() == [5, 20, 20]
     assert table.loc["ONE_READ", "n_sets"] == 1 and np.isnan(table.loc["ONE_READ", "predicted_ph_sd"])
-    # Demo reads (250-400 bases) are longer than a set: one read per set, at most max_sets of them.
+    # Demo reads (250-400 bases) are longer than a set: one read per set, every read of the sample.
     demo_rows = table.loc[table.index[:12]]
-    assert (demo_rows["n_reads_used"] == np.minimum(demo_rows["n_reads"], NUM_SETS)).all()
+    assert (demo_rows["n_reads_used"] == demo_rows["n_reads"]).all() and (demo_rows["n_sets"] > NUM_SETS).all()
+    capped = predict.predict_samples(checkpoint, df, device="cpu", max_sets=NUM_SETS).set_index("sample_id")
+    assert capped.loc["SHORT_READS", ["n_sets", "n_reads_used", "n_reads"]].tolist() == [3, 12, 20]
 
 
 def test_missing_ph_rows_are_predicted_not_dropped(checkpoint: Path, demo: pd.DataFrame) -> None:
@@ -371,7 +374,14 @@ def test_empty_fasta_is_reported_and_skipped(checkpoint: Path, tmp_path: Path, c
 def test_experiment_folder_predicts_as_its_export(finished_experiment: dict, tmp_path: Path, capsys, caplog) -> None:
     folder = finished_experiment["folder"]
     argv = ["--checkpoint", str(folder), "--dataset", "demo", "--split", "test", "--output", str(tmp_path / "p.csv")]
-    code, _, err = _run(argv + ["--device", "cpu"], capsys)
+    code, out, err = _run(argv + ["--device", "cpu"], capsys)
+    assert code == 0, err
+    every = pd.read_csv(tmp_path / "p.csv")  # by default every read of every sample, and the console says so
+    assert (every["n_reads_used"] == every["n_reads"]).all() and (every["n_sets"] > 1).all()
+    reads = f"{every['n_reads'].sum():,}"
+    assert f"from {reads} of their {reads} reads ({every['n_sets'].sum():,} read sets)" in out, out
+    # The search trained and exported with one set per sample: the same packing gives the export's predictions.
+    code, _, err = _run(argv + ["--device", "cpu", "--max-sets", "1"], capsys)
     assert code == 0, err
     exported = pd.read_csv(folder / "best" / "test_predictions.csv").set_index("sample_id")
     table = pd.read_csv(tmp_path / "p.csv").set_index("sample_id")

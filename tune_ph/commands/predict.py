@@ -27,9 +27,10 @@ def _main(argv: Sequence[str] | None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m tune_ph predict",
         description="Predict the pH of new samples (a dataset source or FASTA files) with a trained checkpoint.",
-        epilog="Reads are packed into sets with the checkpoint's own max_length and max_sets; --batch-size defaults "
-        "to the checkpoint's, --device to auto. Output: one row per sample (sample_id, study_name, predicted_ph, "
-        "predicted_ph_sd, n_sets, n_reads_used, n_reads; true_ph and residual when pH is known).",
+        epilog="Every read of a sample is used, packed into sets of the checkpoint's max_length (--max-sets caps "
+        "the sets per sample); --batch-size defaults to the checkpoint's, --device to auto. Output: one row per "
+        "sample (sample_id, study_name, predicted_ph, predicted_ph_sd, n_sets, n_reads_used, n_reads; true_ph and "
+        "residual when pH is known).",
     )
     p.add_argument(
         "--checkpoint",
@@ -81,9 +82,14 @@ def _main(argv: Sequence[str] | None) -> int:
         device=given.get("device", "auto"),
         skip_bad_rows=skip,
         progress=False if args.no_progress else None,
+        max_sets=given.get("max_sets"),
     )
     write_csv(output, table)
-    print(f"predicted {len(table)} sample(s) ({int(table['n_sets'].sum())} read sets) with {path} -> {output}")
+    used, reads, sets = (int(table[c].sum()) for c in ("n_reads_used", "n_reads", "n_sets"))
+    print(
+        f"predicted {len(table)} sample(s) from {used:,} of their {reads:,} reads ({sets:,} read sets) "
+        f"with {path} -> {output}"
+    )
     metrics = sample_metrics(table)
     if metrics is not None:
         print(

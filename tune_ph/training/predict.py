@@ -118,9 +118,12 @@ def predict_samples(
     device: str = "auto",
     skip_bad_rows: bool = False,
     progress: bool | None = None,
+    max_sets: int | None = None,
 ) -> pd.DataFrame:
-    """Predict the pH of every sample of a table with a checkpoint, tokenized with the checkpoint's settings.
+    """Predict the pH of every sample of a table with a checkpoint, tokenized with the checkpoint's max_length.
 
+    Every read of a sample is used (as many sets as its reads fill) unless max_sets caps it: training's max_sets
+    bounds what one step sees, while a prediction is best from all of a sample's reads.
     samples: sample_id and sequences (lists of reads); study_name, environment and pH are optional (as
     sources.load_samples(..., labelled=False) or fasta_samples.read_fasta_dir return them). Samples without reads
     are skipped with a warning. split: "train", "val" or "test" predicts only that split of the checkpoint's run.
@@ -143,7 +146,7 @@ def predict_samples(
             )
     if df.empty:
         raise DatasetError("no sample to predict: every sample was empty or skipped")
-    dataset = tokens.build(df, {}, max_length=max_length, max_sets=cfg.max_sets)
+    dataset = tokens.build(df, {}, max_length=max_length, max_sets=max_sets)
     torch_device = resolve_device(device)
     model.to(torch_device)
     preds = predict(
@@ -166,7 +169,7 @@ def predict_samples(
             "predicted_ph": mean,
             "predicted_ph_sd": preds.set_sd,
             "n_sets": preds.n_sets,
-            "n_reads_used": [_reads_used(r, max_length, cfg.max_sets) for r in reads],
+            "n_reads_used": [_reads_used(r, max_length, max_sets) for r in reads],
             "n_reads": [len(r) for r in reads],
         }
     )
@@ -186,4 +189,4 @@ def sample_metrics(table: pd.DataFrame) -> dict[str, float] | None:
 
 
 # TrainConfig fields that are also flags here (their help and checks come from config.py).
-CONFIG_FLAGS = ("dataset", "batch_size", "device", "skip_bad_rows")
+CONFIG_FLAGS = ("dataset", "batch_size", "device", "skip_bad_rows", "max_sets")
