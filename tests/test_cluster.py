@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -343,10 +344,11 @@ def test_auto_address_counts_as_token_auth_only_with_a_token(tmp_path):
 
 
 def test_dashboard_without_its_packages_stops_with_install_hint(monkeypatch, no_ray_init):
-    if dashboard_available():
-        pytest.skip("Ray's dashboard packages are installed here")
+    import ray._private.utils
+
+    monkeypatch.setattr(ray._private.utils, "get_dashboard_dependency_error", lambda: "No module named 'aiohttp'")
     monkeypatch.delenv(cluster.AUTH_MODE_ENV, raising=False)
-    with pytest.raises(SetupError, match=r"pip install -e '\.\[dashboard\]'"):
+    with pytest.raises(SetupError, match=r"aiohttp.*pip install -e '\.\[dashboard\]'"):
         cluster.init_ray(dashboard=True)
 
 
@@ -356,12 +358,13 @@ def test_num_cpus_with_an_address_is_an_error(monkeypatch, no_ray_init):
         cluster.init_ray(address="10.1.2.3:6379", num_cpus=2)
 
 
-@pytest.mark.parametrize("mode,says", [("token", "token authentication is on"), ("disabled", "NOT protected")])
+@pytest.mark.parametrize("mode,says", [("token", "`ray get-auth-token`"), ("disabled", "NOT protected")])
 def test_dashboard_line_says_how_it_is_protected(monkeypatch, capsys, mode, says):
     monkeypatch.setenv(cluster.AUTH_MODE_ENV, mode)
     cluster.print_dashboard(type("Ctx", (), {"dashboard_url": "127.0.0.1:8265"})(), None)
     out = capsys.readouterr().out
-    assert out.startswith("Ray dashboard: http://127.0.0.1:8265\n") and says in out
+    assert out.startswith("Ray dashboard (nodes, trials' actors, logs): http://127.0.0.1:8265 - ") and says in out
+    assert out.count("\n") == 1  # one line says where it is and how to open it
 
 
 @pytest.mark.parametrize(
@@ -524,3 +527,86 @@ def test_preflight_reads_the_running_cluster(local_ray):
     resources.preflight(trial_requests(1, 0))
     with pytest.raises(ResourceError, match="resources.cpus_per_trial"):
         resources.preflight(trial_requests(most + 1, 0))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The dashboard of a running search
+
+
+def _get(url: str, token: str | None = None) -> tuple[int, bytes]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+@pytest.mark.slow
+def test_search_dashboard_is_loopback_token_protected_and_shows_the_trials(tmp_path):
+    from helpers import tiny_space, write_space
+
+    port = free_port()
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in AUTH_VARS} | {"HOME": str(home)}
+    space = write_space(
+        tmp_path, tiny_space(name="watched", fixed__epochs=40, search__num_samples=2, scheduler__max_epochs=40)
+    )
+    argv = ["--space", str(space), "--output-dir", str(tmp_path / "exp"), "--no-export", "--no-baseline"]
+    log = tmp_path / "console.txt"
+    with log.open("w") as out:
+        search = subprocess.Popen(
+            [sys.executable, "-m", "tune_ph.search", *argv, "--dashboard", "--dashboard-port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}/api/v0/actors?detail=1"
+    try:
+        trials, deadline = [], time.monotonic() + 240
+        while not trials and time.monotonic() < deadline and search.poll() is None:
+            time.sleep(1)
+            token_file = home / ".ray" / "auth_token"
+            if not token_file.exists():
+                continue
+            try:
+                status, body = _get(url, token_file.read_text().strip())
+            except OSError:  # not listening yet
+                continue
+            if status == 200:
+                actors = json.loads(body)["data"]["result"]["result"]
+                trials = [a for a in actors if a.get("class_name") == "ImplicitFunc" and a.get("state") == "ALIVE"]
+        assert trials, log.read_text()[-3000:]
+        assert _get(url)[0] in (401, 403)  # no token, no answer
+        assert _get(url, "not-the-token")[0] in (401, 403)
+        listeners = [s for s in listening_sockets(process_tree(search.pid)) if s["port"] == port]
+        assert listeners and not off_loopback(listeners), listeners
+    finally:
+        search.send_signal(signal.SIGINT)
+        try:
+            search.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            search.kill()
+    console = log.read_text()
+    line = f"Ray dashboard (nodes, trials' actors, logs): http://127.0.0.1:{port} - open it in a browser"
+    assert line in console, console[-3000:]
+
+
+def test_search_with_dashboard_but_without_its_packages_stops_before_writing(monkeypatch, tmp_path, capsys):
+    import ray._private.utils
+    from helpers import tiny_space, write_space
+
+    from tune_ph.commands import search as search_cli
+
+    monkeypatch.setattr(ray._private.utils, "get_dashboard_dependency_error", lambda: "No module named 'aiohttp'")
+    space = write_space(tmp_path, tiny_space())
+    # A setup problem (exit 1, as every SetupError), said in one line before anything is written.
+    assert search_cli.main(["--space", str(space), "--output-dir", str(tmp_path / "exp"), "--dashboard"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install -e '.[dashboard]'" in err, err
+    assert not (tmp_path / "exp").exists()  # no stub experiment left for the next run to stumble on

@@ -12,7 +12,7 @@ import torch
 
 from tune_ph import cli, config
 from tune_ph.report import monitor
-from tune_ph.search import resources
+from tune_ph.search import cluster, resources
 from tune_ph.search.run import load_spec, locked_search, unused_experiment
 from tune_ph.search.runlock import ExperimentLock
 from tune_ph.search.space import check_devices
@@ -107,6 +107,8 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.optuna_dashboard is not None:  # a missing extra stops here, before anything is written or started
         monitor.require_dashboard("--optuna-dashboard")
         monitor.check_port(args.optuna_dashboard, "--optuna-dashboard")
+    if (args.dashboard or args.dashboard_host) and not args.address:
+        cluster.require_dashboard()
     overrides = overrides_of(args)
     spec, folder, saved_storage = load_spec(args.space, args.name, Path(args.output_dir), args.resume, overrides)
     storage = args.storage or saved_storage

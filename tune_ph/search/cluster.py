@@ -215,6 +215,19 @@ def loopback_node() -> Iterator[None]:
             os.environ[CLUSTER_ENV] = saved_env
 
 
+def require_dashboard() -> None:
+    """Ray's dashboard packages are installed, or a SetupError says how to get them (before anything starts)."""
+    try:
+        missing = ray._private.utils.get_dashboard_dependency_error()
+    except AttributeError:  # a Ray without this check: let ray.init report it
+        missing = None
+    if missing:
+        raise SetupError(
+            f"--dashboard needs Ray's dashboard packages ({missing}); install them with "
+            "pip install -e '.[dashboard]' (ray[default]), or run without --dashboard"
+        )
+
+
 def init_ray(
     *,
     address: str | None = None,
@@ -247,15 +260,7 @@ def init_ray(
             "`ray start --num-cpus` on each node"
         )
     if dashboard and address is None:
-        try:
-            missing = ray._private.utils.get_dashboard_dependency_error()
-        except AttributeError:  # a Ray without this check: let ray.init report it
-            missing = None
-        if missing:
-            raise SetupError(
-                f"--dashboard needs Ray's dashboard packages ({missing}); install them with "
-                "pip install -e '.[dashboard]' (ray[default]), or run without --dashboard"
-            )
+        require_dashboard()
     if ray.is_initialized():
         return False
     kwargs: dict[str, Any] = {"log_to_driver": True, "logging_level": logging.WARNING}
@@ -311,16 +316,10 @@ def print_dashboard(ctx: Any, address: str | None) -> None:
         url = "http://" + url
     enabled, setting = token_auth_enabled(address)
     if enabled:
-        how = (
-            "token authentication is on: the dashboard asks for the token; print it with `ray get-auth-token` "
-            f"(kept in ~/.ray/auth_token unless ${TOKEN_ENV} or ${TOKEN_PATH_ENV} says otherwise)"
-        )
+        how = "open it in a browser and paste the token that `ray get-auth-token` prints (token auth is on)"
     else:
-        how = (
-            f"the dashboard is NOT protected by a token ({setting}); set {AUTH_MODE_ENV}=token to turn Ray's "
-            "token authentication back on"
-        )
-    print(f"Ray dashboard: {url}\n  {how}")
+        how = f"NOT protected by a token ({setting}); set {AUTH_MODE_ENV}=token to turn Ray's token auth back on"
+    print(f"Ray dashboard (nodes, trials' actors, logs): {url} - {how}")
 
 
 # --------------------------------------------------------------------------------------------------------------
