@@ -32,7 +32,7 @@ NUM_SETS = 3
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    """A tiny random model saved as train.fit's state_fn saves it (no training: the test is about plumbing)."""
+    """A tiny random model saved as a plain dict without optimizer state (no training: the test is about plumbing)."""
     cfg = TrainConfig(
         dataset="demo",
         from_scratch=True,

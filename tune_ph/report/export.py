@@ -19,10 +19,16 @@ from tune_ph.report.evaluate import evaluate_checkpoint
 log = logging.getLogger(__name__)
 
 
-def describe_model(train_config: dict[str, Any] | None, model_config: dict[str, Any] | None, n_params: int = 0) -> dict:
+def describe_model(
+    train_config: dict[str, Any] | None,
+    model_config: dict[str, Any] | None,
+    n_params: int = 0,
+    trained_length: int | None = None,
+) -> dict:
     """What the exported model is, honestly: its name, where its weights came from, its size.
 
     A custom model_config is trained from scratch whatever `model` says (the field then only names the run).
+    trained_length: tokens per read set in its training (a Checkpoint's max_length); default: the config's.
     """
     tc, mc = train_config or {}, model_config or {}
     name = str(tc.get("model") or "")
@@ -42,8 +48,9 @@ def describe_model(train_config: dict[str, Any] | None, model_config: dict[str, 
     length = (mc.get("layer") or {}).get("l_max") or mc.get("l_max")
     if isinstance(length, int):
         out["max_length"] = length - 2  # l_max counts the two special tokens
-    if tc.get("max_length"):
-        out["trained_length"] = tc["max_length"]  # tokens per read set in this training
+    trained_length = trained_length or tc.get("max_length")
+    if trained_length:
+        out["trained_length"] = trained_length  # tokens per read set in this training
     if n_params:
         out["parameters"] = n_params
     return out
@@ -76,7 +83,7 @@ def export_best(
         "val_metrics": {k: metrics[k] for k in SUMMARY_METRICS if k in metrics},
         "train_config": train_config,
         "model_config": model_config,
-        "model": describe_model(train_config, model_config, saved.num_parameters()),
+        "model": describe_model(train_config, model_config, saved.num_parameters(), saved.max_length),
     }
     write_json(out / files.RUN_CONFIG_FILE, info)
     log.info("best trial %s epoch %d (%s %.4f) -> %s", trial.trial_id, info["epoch"], metric, metrics[metric], final)
