@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -99,7 +99,7 @@ class Checkpoint:
     optimizer: dict[str, Any] | None = None  # to resume; None in files written without it
     scheduler: dict[str, Any] | None = None
 
-    WHAT = "a tune_ph checkpoint"
+    WHAT: ClassVar[str] = "a tune_ph checkpoint"  # in error messages
 
     def to_state(self) -> dict[str, Any]:
         """The on-disk layout (the one writer)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -53,7 +53,7 @@ class PretrainState:
     cuda_rng: list[torch.Tensor] = field(default_factory=list)
     max_length: int | None = None
 
-    WHAT = "a pretraining state"
+    WHAT: ClassVar[str] = "a pretraining state"  # in error messages
 
     def to_state(self) -> dict[str, Any]:
         """The on-disk layout (the one writer)."""
