@@ -119,8 +119,8 @@ def kill_switch() -> None:
         callback = kwargs.get("on_epoch_end")
         if callback is not None:
 
-            def on_epoch_end(metrics, state_fn):
-                stop = callback(metrics, state_fn)
+            def on_epoch_end(metrics, checkpoint_fn):
+                stop = callback(metrics, checkpoint_fn)
                 maybe_die(int(metrics["epoch"]))
                 return stop
 

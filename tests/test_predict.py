@@ -32,7 +32,7 @@ NUM_SETS = 3
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    """A tiny random model saved as train.fit's state_fn saves it (no training: the test is about plumbing)."""
+    """A tiny random model saved as a plain dict without optimizer state (no training: the test is about plumbing)."""
     cfg = TrainConfig(
         dataset="demo",
         from_scratch=True,
@@ -80,7 +80,7 @@ def _per_set(checkpoint: Path, df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     with torch.no_grad():
         for batch in ds.batches("all", 16):
-            values = model(batch.input_ids, batch.mask).double().numpy() * state["target_std"] + state["target_mean"]
+            values = model(batch.input_ids, batch.mask).double().numpy() * state.target_std + state.target_mean
             rows += zip(ds.sample_ids[batch.sample_index.numpy()], values)
     return pd.DataFrame(rows, columns=["sample_id", "predicted"])
 
@@ -93,7 +93,7 @@ def _whole_sample(checkpoint: Path, df: pd.DataFrame) -> pd.Series:
     owner = torch.from_numpy(ds.set_sample.astype(np.int64))
     with torch.no_grad():
         values = model(ids, mask, owner, ds.num_samples).double().numpy()
-    return pd.Series(values * state["target_std"] + state["target_mean"], index=ds.sample_ids)
+    return pd.Series(values * state.target_std + state.target_mean, index=ds.sample_ids)
 
 
 # ---------------------------------------------------------------- the library
@@ -105,11 +105,13 @@ def test_test_split_means_equal_evaluate(checkpoint: Path, demo: pd.DataFrame, t
     # Evaluation packs the sets as training did (max_sets=NUM_SETS); predict does the same when asked to.
     table = predict.predict_samples(checkpoint, demo, split="test", device="cpu", max_sets=NUM_SETS)
     assert sorted(table["sample_id"]) == sorted(evaluated["sample_id"])
-    both = evaluated.merge(table, on="sample_id")
-    assert both["predicted_ph"].std() > 0.05  # the samples really get different predictions
-    np.testing.assert_allclose(both["predicted_ph"], both["predicted_ph_mean"], rtol=0, atol=1e-6)
-    np.testing.assert_allclose(both["true_ph_x"], both["true_ph_y"], atol=1e-6)
-    np.testing.assert_allclose(both["residual"], both["residual_mean"], atol=1e-6)
+    # One name per quantity: every column the two files share means the same in both.
+    shared = sorted(set(evaluated.columns) & set(table.columns) - {"sample_id", "study_name"})
+    assert shared == ["n_sets", "predicted_ph_mean", "predicted_ph_sd", "residual_mean", "true_ph"]
+    both = evaluated.merge(table, on="sample_id", suffixes=("_evaluated", "_predicted"))
+    assert both["predicted_ph_mean_predicted"].std() > 0.05  # the samples really get different predictions
+    for column in shared:
+        np.testing.assert_allclose(both[f"{column}_predicted"], both[f"{column}_evaluated"], rtol=0, atol=1e-6)
     assert "may not be its split" not in caplog.text  # no split.json: recomputed from the same samples
     predict.predict_samples(checkpoint, demo.iloc[::2], split="test", device="cpu")
     assert "may not be its split" in caplog.text  # other samples: the recomputed split is only a guess
@@ -128,16 +130,20 @@ def test_split_json_beside_the_checkpoint_wins(checkpoint: Path, demo: pd.DataFr
 def test_all_samples_without_split(checkpoint: Path, demo: pd.DataFrame) -> None:
     table = predict.predict_samples(checkpoint, demo, device="cpu")
     assert len(table) == len(demo) == 300
-    assert list(table.columns[:7]) == [
+    assert list(table.columns) == [
         "sample_id",
         "study_name",
-        "predicted_ph",
+        "predicted_ph_mean",
         "predicted_ph_sd",
         "n_sets",
         "n_reads_used",
         "n_reads",
+        "true_ph",  # these two where some sample has a pH, named as in evaluate's test_predictions.csv
+        "residual_mean",
     ]
-    np.testing.assert_allclose(table["residual"], table["true_ph"].astype(float) - table["predicted_ph"], atol=1e-5)
+    np.testing.assert_allclose(
+        table["residual_mean"], table["true_ph"].astype(float) - table["predicted_ph_mean"], atol=1e-5
+    )
     metrics = predict.sample_metrics(table)
     assert metrics is not None and metrics["n"] == 300 and np.isfinite(metrics["r2"])
 
@@ -157,8 +163,8 @@ def test_sd_is_the_std_of_the_per_set_predictions(checkpoint: Path, demo: pd.Dat
     np.testing.assert_allclose(table["predicted_ph_sd"], per_set.std(ddof=1).loc[table.index], atol=1e-6)
     # The fixture aggregates set vectors (mean), so the prediction is the head on their mean, not a mean of
     # per-set predictions; it must not depend on how predict chunks the sets.
-    np.testing.assert_allclose(table["predicted_ph"], _whole_sample(checkpoint, df).loc[table.index], atol=1e-4)
-    assert not np.allclose(table["predicted_ph"], per_set.mean().loc[table.index], atol=1e-3)
+    np.testing.assert_allclose(table["predicted_ph_mean"], _whole_sample(checkpoint, df).loc[table.index], atol=1e-4)
+    assert not np.allclose(table["predicted_ph_mean"], per_set.mean().loc[table.index], atol=1e-3)
     assert (table["n_sets"] == per_set.size().loc[table.index]).all()
     assert table.loc[table.index[:12], "predicted_ph_sd"].gt(0).all()
     # 30-base reads + [SEP]: 4 fit a 128-token set, so all 20 reads fill 5 sets (training saw at most 3).
@@ -178,9 +184,9 @@ def test_missing_ph_rows_are_predicted_not_dropped(checkpoint: Path, demo: pd.Da
     assert len(table) == 10 and table["true_ph"].isna().sum() == 4
     assert predict.sample_metrics(table)["n"] == 6
     no_ph = predict.predict_samples(checkpoint, df.drop(columns=["pH", "environment", "study_name"]), device="cpu")
-    assert "true_ph" not in no_ph.columns and "residual" not in no_ph.columns
+    assert "true_ph" not in no_ph.columns and "residual_mean" not in no_ph.columns
     assert predict.sample_metrics(no_ph) is None
-    np.testing.assert_allclose(no_ph["predicted_ph"], table["predicted_ph"])
+    np.testing.assert_allclose(no_ph["predicted_ph_mean"], table["predicted_ph_mean"])
 
 
 def test_labelled_loading_still_drops_rows_without_ph(demo: pd.DataFrame) -> None:
@@ -222,7 +228,7 @@ def test_dataset_with_ph_prints_metrics(checkpoint: Path, tmp_path: Path, capsys
     code, out, _ = _run(argv + ["--batch-size", "64", "--device", "cpu", "--no-progress"], capsys)
     assert code == 0
     table = pd.read_csv(tmp_path / "p.csv")
-    assert len(table) == 60 and {"true_ph", "residual"} <= set(table.columns)
+    assert len(table) == 60 and {"true_ph", "residual_mean"} <= set(table.columns)
     assert "pH known for 60 of 60: R²" in out and "RMSE" in out and "MAE" in out
     assert not list(tmp_path.glob("*.tmp"))
 
@@ -266,7 +272,7 @@ def test_fasta_dir_layouts_and_metadata(checkpoint: Path, demo: pd.DataFrame, tm
     expected = predict.predict_samples(checkpoint, rows[["sample_id", "sequences"]], device="cpu").set_index(
         "sample_id"
     )
-    np.testing.assert_allclose(table.loc[ids, "predicted_ph"], expected.loc[ids, "predicted_ph"], atol=1e-6)
+    np.testing.assert_allclose(table.loc[ids, "predicted_ph_mean"], expected.loc[ids, "predicted_ph_mean"], atol=1e-6)
 
     meta = tmp_path / "meta.csv"
     pd.DataFrame({"sample_id": ids[:3], "study_name": ["flatStudy", "", "studyA"], "pH": [7.0, None, 5.5]}).to_csv(
@@ -386,5 +392,5 @@ def test_experiment_folder_predicts_as_its_export(finished_experiment: dict, tmp
     exported = pd.read_csv(folder / "best" / "test_predictions.csv").set_index("sample_id")
     table = pd.read_csv(tmp_path / "p.csv").set_index("sample_id")
     assert sorted(table.index) == sorted(exported.index)
-    np.testing.assert_allclose(table["predicted_ph"], exported.loc[table.index, "predicted_ph_mean"], atol=1e-5)
+    np.testing.assert_allclose(table["predicted_ph_mean"], exported.loc[table.index, "predicted_ph_mean"], atol=1e-5)
     assert "may not be its split" not in caplog.text  # the split was recomputed from the very same samples

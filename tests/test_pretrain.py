@@ -24,8 +24,10 @@ from tune_ph.model import causal_lm
 from tune_ph.model.causal_lm import CausalLM, right_padded
 from tune_ph.model.regressor import build_model
 from tune_ph.training import pretrain
+from tune_ph.training.epoch import NonFiniteLossError
 from tune_ph.training.fit import fit
 from tune_ph.training.pretrain import PretrainConfig
+from tune_ph.training.pretrain_state import PretrainState
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -95,8 +97,11 @@ def test_folder_loads_back_strictly_with_the_trained_weights(dataset: TokenizedD
     assert loaded.config.to_dict() == result.backbone.config.to_dict()
     assert loaded.state_dict().keys() == trained.keys()
     assert all(torch.equal(loaded.state_dict()[k], trained[k].cpu()) for k in trained)
-    state = torch.load(out / pretrain.STATE_FILE, weights_only=True)
+    state = torch.load(out / pretrain.STATE_FILE, weights_only=True)  # a plain dict of tensors and settings
     assert state["step"] == 3 and all(torch.equal(state["backbone"][k], trained[k]) for k in trained)
+    record = PretrainState.load(out)
+    assert (record.step, record.config.max_steps, record.max_length) == (3, 3, MAX_LENGTH)
+    assert record.to_state().keys() == state.keys() and record.to_state()["config"] == state["config"]
     # Not an untouched initialisation: the weights moved.
     fresh = HyenaDNAModel(HyenaDNAConfig.from_dict(dict(TINY_MODEL)))
     assert not torch.equal(fresh.state_dict()["ln_f.bias"], trained["ln_f.bias"])
@@ -236,3 +241,31 @@ def test_cli_end_to_end_on_the_demo_then_fine_tune(tmp_path: Path) -> None:
     ds = sources.prepare_for(tc)
     result = fit(tc, ds, progress=False, model=model)
     assert len(result.history) == 1 and math.isfinite(result.history[0]["val_loss"])
+
+
+def test_a_damaged_state_is_one_line_naming_the_file(dataset: TokenizedDataset, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    pretrain.pretrain(cfg(out, max_steps=1), dataset, progress=False)
+    state = torch.load(out / pretrain.STATE_FILE, weights_only=True)
+    torch.save({**state, "step": "1"}, out / pretrain.STATE_FILE)
+    with pytest.raises(InputError) as caught:
+        pretrain.pretrain(cfg(out, max_steps=2), dataset, progress=False, resume=True)
+    assert str(caught.value).startswith(f"{out / pretrain.STATE_FILE}: its step is str, expected an integer")
+    torch.save({k: v for k, v in state.items() if k != "torch_rng"}, out / pretrain.STATE_FILE)
+    with pytest.raises(InputError, match=r"pretrain_state.pt is not a pretraining state: it lacks torch_rng$"):
+        pretrain.pretrain(cfg(out, max_steps=2), dataset, progress=False, resume=True)
+
+
+def test_a_non_finite_loss_stops_the_run_naming_the_steps(
+    dataset: TokenizedDataset, tmp_path: Path, monkeypatch
+) -> None:
+    forward, calls = CausalLM.forward, []
+
+    def bad_from_step_3(self, *args):
+        calls.append(len(calls) + 1)
+        loss = forward(self, *args)
+        return loss * float("nan") if len(calls) >= 3 else loss
+
+    monkeypatch.setattr(CausalLM, "forward", bad_from_step_3)
+    with pytest.raises(NonFiniteLossError, match=r"in steps 3\.\.4; the run was stopped"):
+        pretrain.pretrain(cfg(tmp_path / "run", max_steps=6, log_every=2), dataset, progress=False)

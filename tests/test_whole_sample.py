@@ -14,8 +14,8 @@ from tune_ph.config import AGGREGATIONS, POOLINGS, TrainConfig
 from tune_ph.data.tokens import build
 from tune_ph.files import save_torch
 from tune_ph.model import embeddings
+from tune_ph.model.checkpoint import REQUIRED_KEYS
 from tune_ph.model.regressor import (
-    CHECKPOINT_KEYS,
     RegressionHead,
     SetAggregation,
     build_model,
@@ -132,7 +132,7 @@ def test_set_vectors_are_standardised_only_for_a_frozen_backbone(tmp_path, froze
         "target_mean": 7.0,
         "target_std": 1.0,
     }
-    assert set(CHECKPOINT_KEYS) <= set(state)
+    assert set(REQUIRED_KEYS) == set(state)  # the least a checkpoint holds
     save_torch(tmp_path / "m.pt", state)
     loaded, _ = load_checkpoint(tmp_path / "m.pt")
     assert isinstance(loaded.aggregation.norm, torch.nn.BatchNorm1d) is not frozen
@@ -150,16 +150,16 @@ def test_resume_keeps_the_norm_its_weights_were_trained_with(tmp_path, frozen: b
     ds = motif_dataset(n_samples=16, max_sets=2)
     cfg = _tiny_cfg(tmp_path, max_sets=2, freeze_backbone=frozen, epochs=2)
     states = []
-    fit(cfg, ds, progress=False, on_epoch_end=lambda _m, state_fn: states.append(state_fn()) or True)
+    fit(cfg, ds, progress=False, on_epoch_end=lambda _m, checkpoint_fn: states.append(checkpoint_fn()) or True)
     state = states[0]
     if frozen:
-        state["model"] = {k: v for k, v in state["model"].items() if not k.startswith("aggregation.norm.")}
+        state.weights = {k: v for k, v in state.weights.items() if not k.startswith("aggregation.norm.")}
     else:
         norm = torch.nn.BatchNorm1d(TINY["d_model"], affine=False)
-        state["model"].update({f"aggregation.norm.{k}": v for k, v in norm.state_dict().items()})
+        state.weights.update({f"aggregation.norm.{k}": v for k, v in norm.state_dict().items()})
     resumed = fit(cfg, ds, progress=False, resume_from=state)
     assert [h["epoch"] for h in resumed.history] == [1, 2]
-    norm_keys = [k for k in resumed.best_state["model"] if k.startswith("aggregation.norm.")]
+    norm_keys = [k for k in resumed.best_state.weights if k.startswith("aggregation.norm.")]
     assert bool(norm_keys) is not frozen  # the saved era's choice, not the config's
 
 
@@ -232,7 +232,7 @@ def test_frozen_training_never_runs_the_backbone(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(HyenaDNAModel, "forward", refuse)
     result = fit(cfg, ds, progress=False)  # the vectors come from the disk cache
     # Evaluating the frozen checkpoint reads the same cache: still no backbone run.
-    save_torch(tmp_path / "best_model.pt", result.best_state)
+    result.best_state.save(tmp_path / "best_model.pt")
     metrics = evaluate_checkpoint(tmp_path / "best_model.pt", dataset=ds, device="cpu")
     assert metrics["test_n_samples"] == 6 and np.isfinite(metrics["test_r2"])
     assert len(result.history) == 3 and result.history[-1]["train_loss"] < result.history[0]["train_loss"]

@@ -11,6 +11,7 @@ from typing import Any
 
 from hyena_dna import HyenaDNAConfig, max_length_of
 from tune_ph.errors import ConfigError
+from tune_ph.metrics import METRIC_MODES  # noqa: F401 - metrics.py owns it; search/space.py still reads it here
 
 DEFAULT_DATASET = "jedick/microbial-DNA-pH"
 DEFAULT_MODEL = "hyenadna-tiny-1k-seqlen"
@@ -20,8 +21,6 @@ POOLINGS: tuple[str, ...] = ("pool", "last", "first", "sum")
 AGGREGATIONS: tuple[str, ...] = ("mean", "attention", "mean_prediction")
 LOSSES: tuple[str, ...] = ("smoothl1", "mse", "mae", "huber")
 LR_SCHEDULERS: tuple[str, ...] = ("none", "plateau")
-# Validation metrics a run can be selected by, each with the direction that is better.
-METRIC_MODES: dict[str, str] = {"val_loss": "min", "val_rmse": "min", "val_mae": "min", "val_r2": "max"}
 MIN_MAX_LENGTH = 8
 
 
@@ -316,13 +315,3 @@ def given_fields(args: argparse.Namespace, only: tuple[str, ...] | None = None) 
     """
     names = field_names() if only is None else only
     return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
-
-
-def is_better(metric: str, value: float, than: float) -> bool:
-    """Whether `value` of a metric beats `than` (NaN never does)."""
-    return value < than if METRIC_MODES[metric] == "min" else value > than
-
-
-def worst_value(metric: str) -> float:
-    """The starting point that every finite value of the metric beats."""
-    return math.inf if METRIC_MODES[metric] == "min" else -math.inf

@@ -21,8 +21,24 @@ LOG_FILE = "training_log.json"
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "test_predictions.csv"
 RESIDUALS_FILE = "residuals.png"
+# The columns of the predictions CSVs (a run's and a baseline's test_predictions.csv, `predict --output`): one name
+# per quantity, so that each file reads like the others.
+SAMPLE_ID, STUDY_NAME, ENVIRONMENT = "sample_id", "study_name", "environment"
+TRUE_PH = "true_ph"
+PREDICTED_PH = "predicted_ph_mean"  # the sample's one prediction, named as in the published recipe's tables
+PREDICTED_PH_SD = "predicted_ph_sd"  # standard deviation (n - 1) of what each read set alone predicts
+N_SETS = "n_sets"  # read sets the prediction is made from
+RESIDUAL = "residual_mean"  # observed minus predicted: positive where the model under-predicted pH
+N_READS_USED, N_READS = "n_reads_used", "n_reads"  # reads in the sets; reads of the sample
+PREDICTION_COLUMNS = (SAMPLE_ID, STUDY_NAME, TRUE_PH, PREDICTED_PH, PREDICTED_PH_SD, N_SETS, RESIDUAL, ENVIRONMENT)
+# A baseline predicts from a whole sample's k-mer profile: there are no sets to count or to spread.
+BASELINE_PREDICTION_COLUMNS = tuple(c for c in PREDICTION_COLUMNS if c not in (PREDICTED_PH_SD, N_SETS))
+# `predict --output`: for unlabelled samples; TRUE_PH and RESIDUAL follow where any sample has a pH.
+PREDICT_COLUMNS = (SAMPLE_ID, STUDY_NAME, PREDICTED_PH, PREDICTED_PH_SD, N_SETS, N_READS_USED, N_READS)
 # The k-mer reference baseline of an experiment (baseline.kmer_models.reference_baseline), saved once by a search.
 BASELINE_FILE = "baseline.json"
+# In each Ray checkpoint folder of a trial: its model.checkpoint.Checkpoint, as MODEL_FILE holds it.
+TRIAL_STATE_FILE = "state.pt"
 # An experiment's exported best trial: a run folder inside the experiment folder.
 BEST_DIR = "best"
 

@@ -1,4 +1,4 @@
-"""Regression metrics of per-sample pH predictions (scikit-learn), named as every results file names them."""
+"""Metric names (what a run records and reports, which way is better) and the regression metrics of pH predictions."""
 
 from __future__ import annotations
 
@@ -6,6 +6,37 @@ import math
 
 import numpy as np
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+
+# Validation metrics a run can be selected by, each with the direction that is better.
+METRIC_MODES: dict[str, str] = {"val_loss": "min", "val_rmse": "min", "val_mae": "min", "val_r2": "max"}
+# What fit() records per epoch (training_log.json, a checkpoint's history) and a trial reports to Ray Tune.
+EPOCH_METRICS = ("epoch", "train_loss", "val_loss", "val_rmse", "val_mae", "val_r2", "val_mse", "lr", "epoch_seconds")
+# The per-epoch metrics a trial is summed up by: its best epoch's, as best_<metric> columns of trials.csv.
+SUMMARY_METRICS = ("val_loss", "val_rmse", "val_mae", "val_r2", "train_loss")
+BEST_PREFIX = "best_"
+
+
+def best_column(metric: str) -> str:
+    """The name of a trial's best value of a metric: what it reports to Tune and its column in trials.csv."""
+    return f"{BEST_PREFIX}{metric}"
+
+
+def metric_mode(metric: str) -> str:
+    """ "min" or "max": which way the metric is better; an unknown metric is an error naming the known ones."""
+    try:
+        return METRIC_MODES[metric]
+    except KeyError:
+        raise ValueError(f"unknown metric {metric!r}; choose one of: {', '.join(METRIC_MODES)}") from None
+
+
+def is_better(metric: str, value: float, than: float) -> bool:
+    """Whether `value` of a metric beats `than` (NaN never does)."""
+    return value < than if metric_mode(metric) == "min" else value > than
+
+
+def worst_value(metric: str) -> float:
+    """The starting point that every finite value of the metric beats."""
+    return math.inf if metric_mode(metric) == "min" else -math.inf
 
 
 def regression_metrics(true: np.ndarray, predicted: np.ndarray, prefix: str = "") -> dict[str, float]:

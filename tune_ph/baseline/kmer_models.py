@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 MODELS = ("hgb", "ridge")
 # TrainConfig fields the baseline takes as flags: what decides the samples and the split.
 DATA_FLAGS = ("dataset", "split_seed", "test_fraction", "val_fraction", "skip_bad_rows", "cache_dir")
-PREDICTION_COLUMNS = ("sample_id", "study_name", "true_ph", "predicted_ph_mean", "residual_mean", "environment")
+PREDICTION_COLUMNS = files.BASELINE_PREDICTION_COLUMNS
 # Bump when the profile definition, a model's settings or the cached layout change: stale results are never reused.
 CACHE_FORMAT = 1
 SEED = 0
@@ -127,18 +127,18 @@ def _load_cached(path: Path) -> dict[str, Any] | None:
 def predictions_table(df: pd.DataFrame, predicted: np.ndarray) -> pd.DataFrame:
     """One row per sample of df: sample_id, study_name, true_ph, predicted_ph_mean, residual_mean, environment.
 
-    The column names are those of the DNA model's test_predictions.csv, so reports read both (a baseline makes
-    one prediction per sample, which is its own mean).
+    The DNA model's test_predictions.csv columns (files.PREDICTION_COLUMNS) less predicted_ph_sd and n_sets: a
+    baseline makes one prediction from the whole sample, without read sets to count or to spread.
     """
     true = df["pH"].to_numpy(dtype=np.float64)
     return pd.DataFrame(
         {
-            "sample_id": df["sample_id"].astype(str).to_numpy(),
-            "study_name": df["study_name"].astype(str).to_numpy(),
-            "true_ph": true,
-            "predicted_ph_mean": predicted.astype(np.float64),
-            "residual_mean": true - predicted,  # observed minus predicted, as evaluate.py
-            "environment": df["environment"].astype(str).to_numpy(),
+            files.SAMPLE_ID: df["sample_id"].astype(str).to_numpy(),
+            files.STUDY_NAME: df["study_name"].astype(str).to_numpy(),
+            files.TRUE_PH: true,
+            files.PREDICTED_PH: predicted.astype(np.float64),
+            files.RESIDUAL: true - predicted,
+            files.ENVIRONMENT: df["environment"].astype(str).to_numpy(),
         },
         columns=list(PREDICTION_COLUMNS),
     )

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tune_ph import cli, config, files
-from tune_ph.config import METRIC_MODES
+from tune_ph.metrics import METRIC_MODES
 from tune_ph.report import results
 from tune_ph.report.export import export_best, write_report
 

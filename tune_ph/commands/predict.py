@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from tune_ph import cli, config
+from tune_ph import cli, config, files
 from tune_ph.data import sources, tokens
 from tune_ph.data.fasta import DEFAULT_MAX_DNA
 from tune_ph.data.fasta_samples import read_fasta_dir
@@ -29,8 +29,7 @@ def _main(argv: Sequence[str] | None) -> int:
         description="Predict the pH of new samples (a dataset source or FASTA files) with a trained checkpoint.",
         epilog="Every read of a sample is used, packed into sets of the checkpoint's max_length (--max-sets caps "
         "the sets per sample); --batch-size defaults to the checkpoint's, --device to auto. Output: one row per "
-        "sample (sample_id, study_name, predicted_ph, predicted_ph_sd, n_sets, n_reads_used, n_reads; true_ph and "
-        "residual when pH is known).",
+        f"sample ({', '.join(files.PREDICT_COLUMNS)}; {files.TRUE_PH} and {files.RESIDUAL} when pH is known).",
     )
     p.add_argument(
         "--checkpoint",

@@ -15,7 +15,8 @@ import torch
 from tune_ph import cli, config, files
 from tune_ph.config import TrainConfig
 from tune_ph.data import sources
-from tune_ph.files import save_torch, write_json
+from tune_ph.files import write_json
+from tune_ph.model.checkpoint import Checkpoint
 from tune_ph.model.regressor import build_model, resolve_device
 from tune_ph.report.evaluate import evaluate_checkpoint
 from tune_ph.training import environment
@@ -82,12 +83,12 @@ def _main(argv: Sequence[str] | None) -> int:
 
     history: list[dict[str, Any]] = []
 
-    def on_epoch_end(metrics: dict[str, Any], state_fn: Callable[[], dict[str, Any]]) -> None:
+    def on_epoch_end(metrics: dict[str, Any], checkpoint_fn: Callable[[], Checkpoint]) -> None:
         history.append(metrics)
         write_json(out / files.LOG_FILE, history)
-        state = state_fn()
-        if state["best_epoch"] == metrics["epoch"]:
-            save_torch(out / files.MODEL_FILE, state)
+        checkpoint = checkpoint_fn()
+        if checkpoint.best_epoch == metrics["epoch"]:
+            checkpoint.save(out / files.MODEL_FILE)
 
     result = fit(cfg, dataset, on_epoch_end=on_epoch_end, progress=not args.no_progress, model=model)
     log.info(

@@ -12,14 +12,14 @@ from torch import nn
 from hyena_dna import HyenaDNAConfig, HyenaDNAModel, PretrainedNotFoundError
 from hyena_dna.model import HyenaFilter
 from tune_ph.config import AGGREGATIONS, ARCHITECTURES, POOLINGS, TrainConfig
+from tune_ph.errors import InputError
+from tune_ph.model.checkpoint import Checkpoint
 
 log = logging.getLogger(__name__)
 
 # Number of hidden layers of each MLP architecture; every layer halves the width (floored, see _widths).
 _HIDDEN_LAYERS = {"linear": 0, "mlp2": 1, "mlp2_ln": 1, "mlp3": 2, "mlp4": 3, "mlp5": 4}
 _MIN_WIDTH = 16
-# What a checkpoint written by tune_ph holds besides the weights; without them it cannot be rebuilt.
-CHECKPOINT_KEYS = ("model", "train_config", "model_config", "target_mean", "target_std")
 
 
 def _widths(d_model: int, n_hidden: int) -> list[int]:
@@ -258,30 +258,21 @@ def match_norm(model: PhRegressor, weights: dict[str, torch.Tensor]) -> None:
     model.aggregation.norm = nn.BatchNorm1d(d_model, affine=False).to(device) if saved else nn.Identity()
 
 
-def load_checkpoint(path: str | Path) -> tuple[PhRegressor, dict[str, Any]]:
-    """Rebuild the model of a checkpoint saved by train.fit (weights_only load) -> (model in eval mode, state)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist; pass RUN/best_model.pt of a finished run")
+def load_checkpoint(path: str | Path) -> tuple[PhRegressor, Checkpoint]:
+    """Rebuild the model of a checkpoint file (weights_only load) -> (model in eval mode, the checkpoint)."""
+    checkpoint = Checkpoint.load(path)
+    return model_of(checkpoint, where=path), checkpoint
+
+
+def model_of(checkpoint: Checkpoint, where: str | Path = "the checkpoint") -> PhRegressor:
+    """The regressor a checkpoint's configs describe, with its weights, in eval mode."""
+    model = _assemble(checkpoint.train_config, HyenaDNAModel(checkpoint.model_config))
+    match_norm(model, checkpoint.weights)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
-        raise ValueError(
-            f"{path} cannot be read as a tune_ph checkpoint ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else ''}); it is damaged or not a checkpoint "
-            "(only plain tensors and settings are ever loaded from it)"
-        ) from None
-    missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
-    if missing:
-        raise ValueError(f"{path} is not a tune_ph checkpoint: it lacks {', '.join(missing)}")
-    cfg = TrainConfig.from_saved(state["train_config"])
-    model = _assemble(cfg, HyenaDNAModel(HyenaDNAConfig.from_dict(state["model_config"])))
-    match_norm(model, state["model"])
-    try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(checkpoint.weights)
     except RuntimeError as err:  # weights of another architecture than its own saved config describes
-        raise ValueError(f"{path}: its weights do not fit the model its config describes ({err})") from None
-    return model.eval(), state
+        raise InputError(f"{where}: its weights do not fit the model its config describes ({err})") from None
+    return model.eval()
 
 
 def parameter_groups(model: PhRegressor, cfg: TrainConfig) -> list[dict[str, Any]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,6 @@ import numpy as np
 import pandas as pd
 
 from tune_ph import files
-from tune_ph.config import TrainConfig
 from tune_ph.data import sources
 from tune_ph.data.tokens import TokenizedDataset
 from tune_ph.files import write_csv, write_json
@@ -25,22 +25,22 @@ __all__ = ["evaluate_checkpoint", "load_checkpoint", "predictions_table"]
 
 
 def predictions_table(dataset: TokenizedDataset, preds: Predictions) -> pd.DataFrame:
-    """One row per sample: sample_id, study_name, true_ph, predicted_ph_mean, predicted_ph_sd, n_sets, residual_mean,
-    environment (predicted_ph_mean: the sample's one prediction, named as in the published recipe's tables)."""
+    """One row per sample, files.PREDICTION_COLUMNS: sample_id, study_name, true_ph, predicted_ph_mean (the
+    sample's one prediction), predicted_ph_sd, n_sets, residual_mean, environment."""
     samples = preds.sample_index
     return pd.DataFrame(
         {
-            "sample_id": dataset.sample_ids[samples],
-            "study_name": dataset.study_name[samples],
+            files.SAMPLE_ID: dataset.sample_ids[samples],
+            files.STUDY_NAME: dataset.study_name[samples],
             # float32 is the dataset's precision; widening it would print 6.02 as 6.019999980926514.
-            "true_ph": preds.true.astype(np.float32),
-            "predicted_ph_mean": preds.predicted,
-            "predicted_ph_sd": preds.set_sd,
-            "n_sets": preds.n_sets,
-            # Observed minus predicted: a positive residual means the model under-predicted pH.
-            "residual_mean": preds.true - preds.predicted,
-            "environment": dataset.environment[samples],
-        }
+            files.TRUE_PH: preds.true.astype(np.float32),
+            files.PREDICTED_PH: preds.predicted,
+            files.PREDICTED_PH_SD: preds.set_sd,
+            files.N_SETS: preds.n_sets,
+            files.RESIDUAL: preds.true - preds.predicted,
+            files.ENVIRONMENT: dataset.environment[samples],
+        },
+        columns=list(files.PREDICTION_COLUMNS),
     )
 
 
@@ -58,22 +58,18 @@ def evaluate_checkpoint(
     output_dir: defaults to the checkpoint's folder.
     """
     checkpoint_path = Path(checkpoint_path)
-    model, state = load_checkpoint(checkpoint_path)
-    cfg = TrainConfig.from_saved(state["train_config"])
-    max_length = int(state.get("max_length") or cfg.max_length or model.backbone.config.max_length)
+    model, checkpoint = load_checkpoint(checkpoint_path)
+    cfg = checkpoint.train_config
     if dataset is None or isinstance(dataset, str):
-        if isinstance(dataset, str):
-            cfg.dataset = dataset
-        cfg.max_length = max_length
-        dataset = sources.prepare_for(cfg)
-    elif dataset.max_length != max_length or dataset.max_sets != (cfg.max_sets or 0):
+        source = dataset if isinstance(dataset, str) else cfg.dataset
+        dataset = sources.prepare_for(replace(cfg, dataset=source, max_length=checkpoint.max_length))
+    elif dataset.max_length != checkpoint.max_length or dataset.max_sets != (cfg.max_sets or 0):
         raise ValueError(
             f"the dataset was tokenized with max_length={dataset.max_length}, max_sets={dataset.max_sets} but "
-            f"{checkpoint_path} was trained with max_length={max_length}, max_sets={cfg.max_sets}; "
+            f"{checkpoint_path} was trained with max_length={checkpoint.max_length}, max_sets={cfg.max_sets}; "
             "pass dataset=None to rebuild it from the saved config"
         )
-    fingerprint = state.get("dataset_fingerprint")
-    if fingerprint and fingerprint != dataset.fingerprint:
+    if checkpoint.dataset_fingerprint and checkpoint.dataset_fingerprint != dataset.fingerprint:
         log.warning("evaluating on a dataset whose fingerprint differs from the one the checkpoint was trained on")
 
     torch_device = resolve_device(device)
@@ -84,8 +80,8 @@ def evaluate_checkpoint(
         model,
         dataset,
         "test",
-        target_mean=float(state["target_mean"]),
-        target_std=float(state["target_std"]),
+        target_mean=checkpoint.target_mean,
+        target_std=checkpoint.target_std,
         batch_size=cfg.batch_size,
         sets_per_forward=cfg.sets_per_forward(),
         device=torch_device,
@@ -94,12 +90,12 @@ def evaluate_checkpoint(
     )
     table = predictions_table(dataset, preds)
     metrics: dict[str, Any] = regression_metrics(
-        table["true_ph"].to_numpy(), table["predicted_ph_mean"].to_numpy(), "test_"
+        table[files.TRUE_PH].to_numpy(), table[files.PREDICTED_PH].to_numpy(), "test_"
     )
     metrics.update(
         test_n_samples=len(table),
         test_n_sets=int(preds.n_sets.sum()),
-        epoch=int(state.get("epoch", 0)),
+        epoch=checkpoint.epoch,
         checkpoint=str(checkpoint_path),
     )
 

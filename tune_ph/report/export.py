@@ -7,22 +7,28 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from hyena_dna import HUB_ORG
 from tune_ph import files
 from tune_ph.data.tokens import TokenizedDataset
 from tune_ph.files import write_json
+from tune_ph.metrics import SUMMARY_METRICS
+from tune_ph.model.checkpoint import Checkpoint
 from tune_ph.report import html_report, results, winner
 from tune_ph.report.evaluate import evaluate_checkpoint
 
 log = logging.getLogger(__name__)
 
 
-def describe_model(train_config: dict[str, Any] | None, model_config: dict[str, Any] | None, n_params: int = 0) -> dict:
+def describe_model(
+    train_config: dict[str, Any] | None,
+    model_config: dict[str, Any] | None,
+    n_params: int = 0,
+    trained_length: int | None = None,
+) -> dict:
     """What the exported model is, honestly: its name, where its weights came from, its size.
 
     A custom model_config is trained from scratch whatever `model` says (the field then only names the run).
+    trained_length: tokens per read set in its training (a Checkpoint's max_length); default: the config's.
     """
     tc, mc = train_config or {}, model_config or {}
     name = str(tc.get("model") or "")
@@ -42,8 +48,9 @@ def describe_model(train_config: dict[str, Any] | None, model_config: dict[str, 
     length = (mc.get("layer") or {}).get("l_max") or mc.get("l_max")
     if isinstance(length, int):
         out["max_length"] = length - 2  # l_max counts the two special tokens
-    if tc.get("max_length"):
-        out["trained_length"] = tc["max_length"]  # tokens per read set in this training
+    trained_length = trained_length or tc.get("max_length")
+    if trained_length:
+        out["trained_length"] = trained_length  # tokens per read set in this training
     if n_params:
         out["parameters"] = n_params
     return out
@@ -65,22 +72,22 @@ def export_best(
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     experiment.copy_checkpoint(trial, checkpoint, out / files.MODEL_FILE)
-    state = torch.load(out / files.MODEL_FILE, map_location="cpu", weights_only=True)
-    n_params = sum(t.numel() for t in (state.get("model") or {}).values() if isinstance(t, torch.Tensor))
+    saved = Checkpoint.load(out / files.MODEL_FILE)
+    train_config, model_config = saved.train_config.to_dict(), saved.model_config.to_dict()
     info = {
         "trial_id": trial.trial_id,
         "trial_path": trial.path,
         "checkpoint": checkpoint,
-        "epoch": int(state.get("epoch", metrics.get("epoch", 0))),
+        "epoch": saved.epoch,
         "selected_by": metric,
-        "val_metrics": {k: metrics[k] for k in results.VAL_METRICS if k in metrics},
-        "train_config": state.get("train_config"),
-        "model_config": state.get("model_config"),
-        "model": describe_model(state.get("train_config"), state.get("model_config"), n_params),
+        "val_metrics": {k: metrics[k] for k in SUMMARY_METRICS if k in metrics},
+        "train_config": train_config,
+        "model_config": model_config,
+        "model": describe_model(train_config, model_config, saved.num_parameters(), saved.max_length),
     }
     write_json(out / files.RUN_CONFIG_FILE, info)
     log.info("best trial %s epoch %d (%s %.4f) -> %s", trial.trial_id, info["epoch"], metric, metrics[metric], final)
-    dataset = (datasets or {}).get(int(state.get("max_length", 0)))
+    dataset = (datasets or {}).get(saved.max_length)
     test = evaluate_checkpoint(out / files.MODEL_FILE, dataset=dataset, output_dir=out, device=device)
     test["checkpoint"] = str(final / files.MODEL_FILE)
     write_json(out / files.METRICS_FILE, test)

@@ -11,8 +11,8 @@ import optuna
 import pandas as pd
 
 from tune_ph import files
-from tune_ph.config import METRIC_MODES
 from tune_ph.files import write_text
+from tune_ph.metrics import SUMMARY_METRICS, best_column, metric_mode
 from tune_ph.report import plots, results
 from tune_ph.report.page import CSS, fmt, img, table_html
 from tune_ph.report.plots import plot_residuals
@@ -23,7 +23,6 @@ __all__ = ["importance_notes", "plot_residuals", "trials_view", "write_report"]
 # Below this many completed trials, importances are a hint at best (fANOVA and PED-ANOVA fit a handful of points).
 SMALL_SEARCH = 20
 DOMINANT_SHARE = 0.9  # one parameter with this share or more: say that it is likely an artefact of few trials
-METRICS = ("val_loss", "val_rmse", "val_mae", "val_r2", "train_loss")
 
 
 def loguniform_params(settings: dict[str, Any]) -> set[str]:
@@ -56,7 +55,7 @@ def trials_view(table: pd.DataFrame, settings: dict[str, Any], metric: str) -> p
     order = ranked(table, metric)
     rest = table[~table["trial_id"].isin(order["trial_id"])]
     table = pd.concat([order, rest], ignore_index=True)
-    key = f"best_{metric}"
+    key = best_column(metric)
     view = pd.DataFrame({"#": [str(i + 1) if i < len(order) else "" for i in range(len(table))]})
     view["trial"] = table["trial_id"].astype(str)
     view["outcome"] = table["stop_reason"].astype(str)
@@ -66,9 +65,9 @@ def trials_view(table: pd.DataFrame, settings: dict[str, Any], metric: str) -> p
     for name in searched_names(settings):
         values = table.get(f"config/{name}", pd.Series([None] * len(table)))
         view[name] = [fmt(v) if fmt(v) else "—" for v in values]
-    for m in METRICS:
-        if m != metric and f"best_{m}" in table:
-            view[m] = [fmt(v) for v in table[f"best_{m}"]]
+    for m in SUMMARY_METRICS:
+        if m != metric and best_column(m) in table:
+            view[m] = [fmt(v) for v in table[best_column(m)]]
     return view
 
 
@@ -144,7 +143,7 @@ def _summary(table: pd.DataFrame, settings: dict[str, Any], metric: str) -> str:
     said = ", ".join(f"{n} {what}" for n, what in counts if n)
     return (
         f"<p>{len(table)} trial(s): {html.escape(said)}. Trials were ranked by their best "
-        f"<b>{html.escape(metric)}</b> ({'lower' if METRIC_MODES[metric] == 'min' else 'higher'} is better) on the "
+        f"<b>{html.escape(metric)}</b> ({'lower' if metric_mode(metric) == 'min' else 'higher'} is better) on the "
         f"validation split. Dataset: <code>{html.escape(fmt(fixed.get('dataset', '?')))}</code>.</p>"
     )
 
@@ -188,9 +187,9 @@ def write_report(
         rungs=plots.asha_rungs(settings),
     )
     parts.append('<h2 id="curves">Learning curves</h2>' + img(plots.figure_png(curves), "learning curves"))
-    params, key, logs = searched_names(settings), f"best_{metric}", loguniform_params(settings)
+    params, key, logs = searched_names(settings), best_column(metric), loguniform_params(settings)
     fig = plots.parallel_coordinates(
-        table, params, key, mode=METRIC_MODES[metric], winner=winner_id, log_scale=logs, choices=_choices(settings)
+        table, params, key, mode=metric_mode(metric), winner=winner_id, log_scale=logs, choices=_choices(settings)
     )
     if fig is not None:
         parts.append(

@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
 
+from tune_ph.metrics import BEST_PREFIX
+
 matplotlib.use("Agg")  # files only: runs happen on headless machines and inside Ray workers
 
 WINNER_COLOR = "#d62728"
@@ -201,7 +203,7 @@ def parallel_coordinates(
             ax.text(x - 0.04, y, label, ha="right", va="center", fontsize=8, color="0.1", zorder=10,
                     bbox={"fc": "white", "ec": "0.75", "alpha": 0.9, "boxstyle": "round,pad=0.2"})  # fmt: skip
     ax.set_xticks(
-        xs, [*params, metric_column.removeprefix("best_") + f" ({'lower' if mode == 'min' else 'higher'} = better)"]
+        xs, [*params, metric_column.removeprefix(BEST_PREFIX) + f" ({'lower' if mode == 'min' else 'higher'} = better)"]
     )
     ax.xaxis.tick_top()
     ax.set_yticks([])

@@ -13,9 +13,9 @@ from typing import Any
 import pandas as pd
 import pyarrow.fs as pafs
 
-from tune_ph.config import METRIC_MODES, is_better
 from tune_ph.errors import InputError
-from tune_ph.files import write_csv, write_json
+from tune_ph.files import TRIAL_STATE_FILE, write_csv, write_json
+from tune_ph.metrics import SUMMARY_METRICS, best_column, is_better, metric_mode
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +25,6 @@ STORAGE_KEY = "_storage"  # in SETTINGS_FILE: the --storage the experiment was s
 STUDY_FILE = "optuna_study.db"
 TRIALS_FILE = "trials.csv"
 REPORT_FILE = "report.html"
-STATE_FILE = "state.pt"  # in each Ray checkpoint folder: the state train.fit's state_fn returns
-# What a trial reports every epoch (train.fit's metrics).
-REPORTED = ("epoch", "train_loss", "val_loss", "val_rmse", "val_mae", "val_r2", "val_mse", "lr", "epoch_seconds")
-VAL_METRICS = ("val_loss", "val_rmse", "val_mae", "val_r2", "train_loss")
 # Ray's own files in a trial folder that we read (plain JSON / text); error.pkl and params.pkl never are.
 _PARAMS, _RESULTS, _ERROR = "params.json", "result.json", "error.txt"
 
@@ -112,12 +108,13 @@ class Experiment:
         return out
 
     def checkpoint_exists(self, trial: Trial, name: str) -> bool:
-        return self.fs.get_file_info(self._join(f"trial_{trial.trial_id}", name, STATE_FILE)).type == pafs.FileType.File
+        target = self._join(f"trial_{trial.trial_id}", name, TRIAL_STATE_FILE)
+        return self.fs.get_file_info(target).type == pafs.FileType.File
 
     def copy_checkpoint(self, trial: Trial, name: str, target: Path) -> None:
         """Copy one checkpoint's state file to a local path."""
         pafs.copy_files(
-            self._join(f"trial_{trial.trial_id}", name, STATE_FILE),
+            self._join(f"trial_{trial.trial_id}", name, TRIAL_STATE_FILE),
             str(Path(target).resolve()),
             source_filesystem=self.fs,
             destination_filesystem=pafs.LocalFileSystem(),
@@ -205,7 +202,7 @@ def _best_row(history: pd.DataFrame, metric: str) -> pd.Series | None:
     if metric not in history or not history[metric].notna().any():
         return None
     values = history[metric]
-    return history.loc[values.idxmin() if METRIC_MODES[metric] == "min" else values.idxmax()]
+    return history.loc[values.idxmin() if metric_mode(metric) == "min" else values.idxmax()]
 
 
 def planned_epochs(settings: dict[str, Any]) -> int | None:
@@ -246,8 +243,8 @@ def trials_table(trials: list[Trial], metric: str = "val_loss", max_epochs: int 
         if best is not None:
             row["epochs_run"] = int(trial.history["training_iteration"].max())
             row["best_epoch"] = int(best.get("epoch", best["training_iteration"]))
-            for m in VAL_METRICS:
-                row[f"best_{m}"] = float(best[m]) if m in best else math.nan
+            for m in SUMMARY_METRICS:
+                row[best_column(m)] = float(best[m]) if m in best else math.nan
         else:
             row["epochs_run"] = 0
         planned = min((e for e in (max_epochs, trial.config.get("epochs")) if isinstance(e, int)), default=None)
@@ -260,9 +257,9 @@ def trials_table(trials: list[Trial], metric: str = "val_loss", max_epochs: int 
         row["path"] = trial.path
         rows.append(row)
     table = pd.DataFrame(rows)
-    key = f"best_{metric}"
+    key = best_column(metric)
     if key in table:
-        ascending = METRIC_MODES[metric] == "min"
+        ascending = metric_mode(metric) == "min"
         table = table.sort_values(key, ascending=ascending, na_position="last", kind="stable").reset_index(drop=True)
     return table
 
@@ -300,9 +297,9 @@ def print_summary(table: pd.DataFrame, metric: str = "val_loss") -> None:
         return
     counts = table["status"].value_counts().to_dict() if len(table) else {}
     print(f"\n{len(table)} trial(s): " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())))
-    key = f"best_{metric}"
+    key = best_column(metric)
     shown = [c for c in table.columns if c.startswith("config/") and table[c].nunique(dropna=False) > 1]
-    metric_cols = [c for c in dict.fromkeys((key, "best_val_loss", "best_val_rmse", "best_val_r2")) if c in table]
+    metric_cols = [c for c in dict.fromkeys((key, *map(best_column, ("val_loss", "val_rmse", "val_r2")))) if c in table]
     cols = ["trial_id", "status", "epochs_run", *metric_cols, *shown]
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         print(table[cols].head(10).rename(columns=lambda c: c.removeprefix("config/")).to_string(index=False))

@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 
 from tune_ph import files
-from tune_ph.config import METRIC_MODES
+from tune_ph.metrics import METRIC_MODES, best_column, metric_mode
 from tune_ph.report import results
 from tune_ph.report.page import fmt, img, table_html
 
@@ -32,11 +32,11 @@ def _unused(settings: dict[str, Any], name: str) -> str:
 
 def ranked(table: pd.DataFrame, metric: str) -> pd.DataFrame:
     """Trials with a finite best value of the metric, best first."""
-    key = f"best_{metric}"
+    key = best_column(metric)
     if key not in table:
         return table.iloc[0:0]
     rows = table[pd.to_numeric(table[key], errors="coerce").notna()]
-    return rows.sort_values(key, ascending=METRIC_MODES[metric] == "min", kind="stable").reset_index(drop=True)
+    return rows.sort_values(key, ascending=metric_mode(metric) == "min", kind="stable").reset_index(drop=True)
 
 
 @dataclass
@@ -82,7 +82,8 @@ def find_winner(
         searched.append((name, fmt(value) if value is not None else _unused(settings, name)))
     ids = order["trial_id"].astype(str).tolist()
     others = order[order["trial_id"].astype(str) != trial_id]
-    value = ((info or {}).get("val_metrics") or {}).get(metric, row.get(f"best_{metric}"))
+    key = best_column(metric)
+    value = ((info or {}).get("val_metrics") or {}).get(metric, row.get(key))
     return Winner(
         trial_id=trial_id,
         metric=metric,
@@ -91,7 +92,7 @@ def find_winner(
         rank=ids.index(trial_id) + 1 if trial_id in ids else None,
         ranked=len(ids),
         total=len(table),
-        runner_up=(str(others["trial_id"].iloc[0]), float(others[f"best_{metric}"].iloc[0])) if len(others) else None,
+        runner_up=(str(others["trial_id"].iloc[0]), float(others[key].iloc[0])) if len(others) else None,
         searched=searched,
         fixed=[(k, fmt(v)) for k, v in (settings.get("fixed") or {}).items()],
         test=dict(test or {}),

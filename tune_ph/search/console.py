@@ -15,7 +15,7 @@ from typing import Any
 from ray import tune
 
 from tune_ph import files
-from tune_ph.config import is_better
+from tune_ph.metrics import best_column, is_better
 from tune_ph.report import monitor, results
 
 # Ray 2.60's default output engine ("AIR", RAY_AIR_NEW_OUTPUT unset or 1) ignores RunConfig(progress_reporter=...)
@@ -105,7 +105,7 @@ def versus_baseline(r2: Any, split: str = "val") -> str | None:
 def metric_columns(metric: str) -> dict[str, str]:
     """The table's metric columns (result key -> header): the search metric and its best first."""
     others = [m for m in ("val_rmse", "val_r2", "val_loss") if m != metric][:2]
-    columns = {metric: metric, f"best_{metric}": f"best {metric}"}
+    columns = {metric: metric, best_column(metric): f"best {metric}"}
     columns.update({m: m for m in others})
     columns.update({"training_iteration": "epoch", "time_total_s": "time (s)"})
     return columns
@@ -188,7 +188,7 @@ class SearchProgress(tune.Callback):
     def __init__(self, params: Sequence[str], metric: str, verbose: int = 1, max_epochs: int | None = None):
         self.params = list(params)
         self.metric = metric
-        self.best_key = f"best_{metric}"
+        self.best_key = best_column(metric)
         self.max_epochs = max_epochs
         self.verbose = verbose
         self._shown: tuple[str, float] | None = None

@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 
 from tune_ph import cli
+from tune_ph.metrics import best_column
 from tune_ph.report import results
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ def tell_study(folder: Path, study_name: str, path: str, metric: str) -> int:
         match = [t for t in trials if all(t.config.get(k) == v for k, v in failed.params.items())]
         if len(match) != 1:
             continue
-        best = results.trials_table(match, metric).iloc[0].get(f"best_{metric}")
+        best = results.trials_table(match, metric).iloc[0].get(best_column(metric))
         if best is None or not math.isfinite(best):
             continue
         study.add_trial(

@@ -6,6 +6,7 @@ import logging
 import math
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,11 @@ import ray
 import torch
 from ray import tune
 
-from tune_ph.config import TrainConfig, is_better, worst_value
+from tune_ph.config import TrainConfig
 from tune_ph.data.tokens import TokenizedDataset
-from tune_ph.report.results import REPORTED, STATE_FILE
+from tune_ph.files import TRIAL_STATE_FILE
+from tune_ph.metrics import EPOCH_METRICS, best_column, is_better, worst_value
+from tune_ph.model.checkpoint import Checkpoint
 from tune_ph.training.fit import fit
 
 
@@ -56,25 +59,25 @@ def train_trial(
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            resume_from = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+            resume_from = Checkpoint.load(Path(folder) / TRIAL_STATE_FILE)
     best = worst_value(metric)
-    if resume_from is not None and resume_from.get("metric") == metric:
-        best = float(resume_from["best_value"])
+    if resume_from is not None and resume_from.metric == metric and resume_from.best_value is not None:
+        best = resume_from.best_value
     node_id = ray.get_runtime_context().get_node_id()
     setup_seconds = time.perf_counter() - started
 
-    def on_epoch_end(metrics: dict[str, Any], state_fn: Any) -> None:
+    def on_epoch_end(metrics: dict[str, Any], checkpoint_fn: Callable[[], Checkpoint]) -> None:
         nonlocal best
         if is_better(metric, metrics[metric], best):
             best = float(metrics[metric])
-        report = {k: metrics[k] for k in REPORTED if k in metrics}
+        report = {k: metrics[k] for k in EPOCH_METRICS if k in metrics}
         # TPE learns from each trial's best epoch, the epoch that export would pick.
-        report[f"best_{metric}"] = best
+        report[best_column(metric)] = best
         report["node_id"] = node_id
         report["torch_threads"] = torch.get_num_threads()  # decides float reduction order (environment.json)
         report["setup_seconds"] = setup_seconds
         with tempfile.TemporaryDirectory(prefix="tune_ph_ckpt_") as folder:
-            torch.save(state_fn(), Path(folder) / STATE_FILE)
+            checkpoint_fn().save(Path(folder) / TRIAL_STATE_FILE)
             tune.report(report, checkpoint=tune.Checkpoint.from_directory(folder))
 
     fit(

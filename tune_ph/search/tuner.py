@@ -13,8 +13,9 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from tune_ph import config
-from tune_ph.config import METRIC_MODES, TrainConfig
+from tune_ph.config import TrainConfig
 from tune_ph.data.tokens import TokenizedDataset
+from tune_ph.metrics import best_column, metric_mode
 from tune_ph.model import embeddings
 from tune_ph.model.regressor import build_model, resolve_device
 from tune_ph.report import results
@@ -86,12 +87,12 @@ def make_tuner(
     The console reporter and callbacks are saved with the Tuner, so a --resume shows the same console.
     """
     metric = spec.search["metric"]
-    mode = METRIC_MODES[metric]
+    mode = metric_mode(metric)
     n_startup = max(2, min(10, spec.search["num_samples"] // 3))
     searcher = OptunaSearch(
         space=OptunaSpace(spec.trial_params()),
         # TPE learns from each trial's best epoch, the value selection uses too.
-        metric=f"best_{metric}",
+        metric=best_column(metric),
         mode=mode,
         sampler=optuna.samplers.TPESampler(seed=spec.search["seed"], n_startup_trials=n_startup),
         storage=optuna.storages.RDBStorage(f"sqlite:///{(folder / results.STUDY_FILE).resolve()}"),

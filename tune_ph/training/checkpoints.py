@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 
 from tune_ph import files
-from tune_ph.config import TrainConfig
 from tune_ph.data import sources, tokens
 from tune_ph.errors import InputError
+from tune_ph.model.checkpoint import Checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -40,22 +40,22 @@ def find_checkpoint(path: str | Path) -> Path:
     )
 
 
-def checkpoint_split(checkpoint: Path, state: dict, samples: pd.DataFrame) -> dict[str, list[str]]:
-    """The train/val/test sample ids of a checkpoint: its run's split.json, else recomputed from its train_config."""
-    split_file = checkpoint.parent / files.SPLIT_FILE
+def checkpoint_split(path: Path, checkpoint: Checkpoint, samples: pd.DataFrame) -> dict[str, list[str]]:
+    """The train/val/test sample ids of a checkpoint file: its run's split.json, else recomputed from its config."""
+    split_file = path.parent / files.SPLIT_FILE
     if split_file.is_file():
         try:
             split = json.loads(split_file.read_text())
             return {name: [str(s) for s in split.get(name, [])] for name in tokens.SPLITS}
         except (ValueError, AttributeError, TypeError) as exc:
             raise InputError(f"{split_file}: not a split file ({exc}); remove it to recompute the split") from None
-    cfg = TrainConfig.from_saved(state["train_config"])
+    cfg = checkpoint.train_config
     # The split is drawn over the labelled samples training saw; unlabelled rows never were in it.
     labelled = sources.clean_samples(samples, skip_bad_rows=True, where="the samples (labelled rows)")
-    if state.get("dataset_fingerprint") and tokens.fingerprint(labelled) != state["dataset_fingerprint"]:
+    fingerprint = checkpoint.dataset_fingerprint
+    if fingerprint and tokens.fingerprint(labelled) != fingerprint:
         log.warning(
-            "these samples differ from the dataset %s was trained on; the recomputed split may not be its split",
-            checkpoint,
+            "these samples differ from the dataset %s was trained on; the recomputed split may not be its split", path
         )
     if labelled.empty:
         raise InputError("no sample has a pH, so the checkpoint's split cannot be recomputed; drop --split")

@@ -1,4 +1,4 @@
-"""Train one configuration (HyenaDNA backbone + RegressionHead) with plain PyTorch: fit(), the epoch loop, the CLI."""
+"""Train one configuration (HyenaDNA backbone + RegressionHead) with plain PyTorch: fit(), the epoch loop."""
 
 from __future__ import annotations
 
@@ -6,28 +6,34 @@ import copy
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from tune_ph.config import TrainConfig, is_better, worst_value
+from tune_ph.config import TrainConfig
 from tune_ph.data.tokens import TokenizedDataset
+from tune_ph.errors import InputError
+from tune_ph.metrics import is_better, worst_value
 from tune_ph.model import embeddings
+from tune_ph.model.checkpoint import Checkpoint
 from tune_ph.model.regressor import PhRegressor, build_model, configure_optimizer, match_norm, resolve_device
 from tune_ph.training.epoch import make_loss, seed_everything, train_epoch
 from tune_ph.training.predict import predict, regression_metrics
 
 log = logging.getLogger(__name__)
 
+# on_epoch_end(metrics, checkpoint_fn): called after every epoch; returning True stops training.
+EpochCallback = Callable[[dict[str, Any], Callable[[], Checkpoint]], bool | None]
+
 
 @dataclass
 class FitResult:
-    """What fit() returns: the best epoch's full state, all per-epoch metrics, the best epoch number."""
+    """What fit() returns: the best epoch's checkpoint, all per-epoch metrics, the best epoch number."""
 
-    best_state: dict[str, Any]
+    best_state: Checkpoint
     history: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int = 0
 
@@ -36,22 +42,179 @@ def _cpu_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
 
+def _check_length(cfg: TrainConfig, dataset: TokenizedDataset, model: PhRegressor) -> None:
+    limit = model.backbone.config.max_length
+    if dataset.max_length > limit:
+        raise ValueError(
+            f"the dataset was tokenized with max_length={dataset.max_length} but the model "
+            f"{cfg.model!r} takes at most {limit} tokens; rebuild it with --max-length {limit} or smaller"
+        )
+
+
+def _target_scale(dataset: TokenizedDataset) -> tuple[float, float]:
+    """Mean and standard deviation of the train split's pH: the model predicts standardised pH."""
+    train_ph = dataset.ph[np.asarray(dataset.split) == "train"].astype(np.float64)
+    if train_ph.size == 0:
+        raise ValueError("the dataset has no samples in the 'train' split")
+    # A constant-pH training set would divide by zero; fall back to unit scale.
+    return float(train_ph.mean()), float(train_ph.std()) or 1.0
+
+
+class _Run:
+    """The moving parts of one fit(): model, optimizer, scheduler, where training stands, its checkpoints."""
+
+    def __init__(
+        self, cfg: TrainConfig, dataset: TokenizedDataset, model: PhRegressor, metric: str, device: torch.device
+    ):
+        self.cfg, self.dataset, self.model, self.metric, self.device = cfg, dataset, model, metric, device
+        self.target_mean, self.target_std = _target_scale(dataset)
+        self.optimizer = configure_optimizer(model, cfg)
+        self.scheduler = (
+            torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="min", patience=3)
+            if cfg.lr_scheduler == "plateau"
+            else None
+        )
+        self.loss_fn = make_loss(cfg)
+        self.history: list[dict[str, Any]] = []
+        self.epoch = 0  # the last epoch done
+        self.best_value = worst_value(metric)
+        self.best_epoch = 0
+        self.best_state: Checkpoint | None = None
+        self.vectors: torch.Tensor | None = None  # a frozen backbone's set vectors
+        self._cached: Checkpoint | None = None
+
+    def resume(self, state: Checkpoint) -> None:
+        """Continue from a checkpoint: its weights, optimizer and history; training goes on at its epoch + 1."""
+        if state.optimizer is None:
+            raise InputError("the checkpoint to resume from has no optimizer state; resume from a trial's state.pt")
+        match_norm(self.model, state.weights)
+        self.model.load_state_dict(state.weights)
+        self.optimizer.load_state_dict(state.optimizer)
+        if self.scheduler is not None and state.scheduler is not None:
+            self.scheduler.load_state_dict(state.scheduler)
+        self.history = list(state.history)
+        if state.metric == self.metric and state.best_value is not None:
+            self.best_value, self.best_epoch = float(state.best_value), state.best_epoch
+        self.epoch = state.epoch
+        # Keep the standardisation the weights were trained with.
+        self.target_mean, self.target_std = state.target_mean, state.target_std
+        if self.best_epoch == state.epoch:
+            self.best_state = state
+
+    def checkpoint(self) -> Checkpoint:
+        """The checkpoint of the last epoch done (the loop and the callback may both ask: the weights are copied
+        once per epoch); a shallow copy, so a caller that edits it leaves the others' alone."""
+        if self._cached is None or self._cached.epoch != self.epoch:
+            self._cached = Checkpoint(
+                weights=_cpu_state_dict(self.model),
+                optimizer=copy.deepcopy(self.optimizer.state_dict()),
+                scheduler=self.scheduler.state_dict() if self.scheduler is not None else None,
+                epoch=self.epoch,
+                metric=self.metric,
+                best_value=self.best_value,
+                best_epoch=self.best_epoch,
+                target_mean=self.target_mean,
+                target_std=self.target_std,
+                max_length=int(self.dataset.max_length),
+                dataset_fingerprint=str(self.dataset.fingerprint),
+                train_config=copy.deepcopy(self.cfg),
+                model_config=copy.deepcopy(self.model.backbone.config),
+                history=copy.deepcopy(self.history),
+            )
+        return replace(self._cached)
+
+    def train_and_validate(self, epoch: int, progress: bool) -> dict[str, Any]:
+        """One epoch of training, then validation: the epoch's metrics (metrics.EPOCH_METRICS), kept in history."""
+        self.epoch = epoch
+        started = time.perf_counter()
+        train_loss = train_epoch(
+            self.model,
+            self.dataset,
+            self.cfg,
+            epoch=epoch,
+            optimizer=self.optimizer,
+            loss_fn=self.loss_fn,
+            target_mean=self.target_mean,
+            target_std=self.target_std,
+            device=self.device,
+            progress=progress,
+            vectors=self.vectors,
+        )
+        val = predict(
+            self.model,
+            self.dataset,
+            "val",
+            target_mean=self.target_mean,
+            target_std=self.target_std,
+            batch_size=self.cfg.batch_size,
+            sets_per_forward=self.cfg.sets_per_forward(),
+            device=self.device,
+            vectors=self.vectors,
+        )
+        # Val loss in standardised units, so it is comparable with the train loss.
+        val_loss = float(
+            self.loss_fn(
+                torch.from_numpy((val.predicted - self.target_mean) / self.target_std),
+                torch.from_numpy((val.true - self.target_mean) / self.target_std),
+            )
+        )
+        metrics: dict[str, Any] = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            **regression_metrics(val.true, val.predicted, prefix="val_"),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "epoch_seconds": time.perf_counter() - started,
+        }
+        if self.scheduler is not None:
+            self.scheduler.step(val_loss)
+        self.history.append(metrics)
+        return metrics
+
+    def improved(self, metrics: dict[str, Any]) -> bool:
+        """Whether this epoch is the best so far by the metric (it then becomes the best)."""
+        if not is_better(self.metric, metrics[self.metric], self.best_value):
+            return False
+        self.best_value, self.best_epoch = metrics[self.metric], metrics["epoch"]
+        return True
+
+    def stalled(self) -> bool:
+        """Early stopping: the metric has not improved for cfg.early_stopping_patience epochs."""
+        patience = self.cfg.early_stopping_patience
+        return patience is not None and self.epoch - self.best_epoch >= patience
+
+
+def _log_epoch(metrics: dict[str, Any], epochs: int, improved: bool) -> None:
+    log.info(
+        "epoch %d/%d  train_loss %.4f  val_loss %.4f  val_rmse %.3f  val_mae %.3f  val_r2 %.3f  (%.1fs)%s",
+        metrics["epoch"],
+        epochs,
+        metrics["train_loss"],
+        metrics["val_loss"],
+        metrics["val_rmse"],
+        metrics["val_mae"],
+        metrics["val_r2"],
+        metrics["epoch_seconds"],
+        "  *best" if improved else "",
+    )
+
+
 def fit(
     cfg: TrainConfig,
     dataset: TokenizedDataset,
     *,
     metric: str = "val_loss",
-    on_epoch_end: Callable[[dict[str, Any], Callable[[], dict[str, Any]]], bool | None] | None = None,
-    resume_from: dict[str, Any] | None = None,
+    on_epoch_end: EpochCallback | None = None,
+    resume_from: Checkpoint | None = None,
     progress: bool = True,
     model: PhRegressor | None = None,
     shared_vectors: Mapping[str, np.ndarray] | None = None,
 ) -> FitResult:
     """Train cfg on dataset's train split, validate each epoch, keep the best epoch by `metric`.
 
-    metric: one of config.METRIC_MODES; it picks the best epoch and drives early stopping.
-    on_epoch_end(metrics, state_fn) is called after every epoch; returning True stops training.
-    resume_from: a state from state_fn()/a checkpoint; training continues at its epoch + 1.
+    metric: one of metrics.METRIC_MODES; it picks the best epoch and drives early stopping.
+    on_epoch_end(metrics, checkpoint_fn) is called after every epoch; returning True stops training.
+    resume_from: a checkpoint from checkpoint_fn() or a file; training continues at its epoch + 1.
     model: an already built PhRegressor (e.g. to load pretrained weights before preparing data).
     shared_vectors: with cfg.freeze_backbone, set vectors computed elsewhere, keyed by embeddings.cache_key (a
     search computes them once on the driver); otherwise they come from the embedding cache on disk. Either way a
@@ -62,52 +225,11 @@ def fit(
     device = resolve_device(cfg.device)
     if model is None:
         model = build_model(cfg)
-    backbone_config = model.backbone.config
-    if dataset.max_length > backbone_config.max_length:
-        raise ValueError(
-            f"the dataset was tokenized with max_length={dataset.max_length} but the model "
-            f"{cfg.model!r} takes at most {backbone_config.max_length} tokens; rebuild it with --max-length "
-            f"{backbone_config.max_length} or smaller"
-        )
+    _check_length(cfg, dataset, model)
     model.to(device)
-
-    train_ph = dataset.ph[np.asarray(dataset.split) == "train"].astype(np.float64)
-    if train_ph.size == 0:
-        raise ValueError("the dataset has no samples in the 'train' split")
-    target_mean = float(train_ph.mean())
-    # A constant-pH training set would divide by zero; fall back to unit scale.
-    target_std = float(train_ph.std()) or 1.0
-
-    optimizer = configure_optimizer(model, cfg)
-    scheduler = (
-        torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", patience=3)
-        if cfg.lr_scheduler == "plateau"
-        else None
-    )
-    loss_fn = make_loss(cfg)
-
-    history: list[dict[str, Any]] = []
-    best_value = worst_value(metric)
-    best_epoch = 0
-    start_epoch = 1
-    best_state: dict[str, Any] | None = None
+    run = _Run(cfg, dataset, model, metric, device)
     if resume_from is not None:
-        match_norm(model, resume_from["model"])
-        model.load_state_dict(resume_from["model"])
-        optimizer.load_state_dict(resume_from["optimizer"])
-        if scheduler is not None and resume_from.get("scheduler") is not None:
-            scheduler.load_state_dict(resume_from["scheduler"])
-        history = list(resume_from.get("history", []))
-        if resume_from.get("metric") == metric:
-            best_value = float(resume_from["best_value"])
-            best_epoch = int(resume_from.get("best_epoch", 0))
-        start_epoch = int(resume_from["epoch"]) + 1
-        # Keep the standardisation the weights were trained with.
-        target_mean = float(resume_from.get("target_mean", target_mean))
-        target_std = float(resume_from.get("target_std", target_std))
-        if best_epoch == int(resume_from["epoch"]):
-            best_state = resume_from
-    vectors = None
+        run.resume(resume_from)
     if cfg.freeze_backbone:  # after a resume has loaded its weights: the vectors must be of those
         set_vectors = embeddings.set_vectors(
             model.backbone,
@@ -118,107 +240,30 @@ def fit(
             batch_size=cfg.sets_per_forward(),
             shared=shared_vectors,
         )
-        vectors = embeddings.for_pooling(set_vectors, cfg.pooling)
-    epoch = start_epoch - 1
-    cached: dict[int, dict[str, Any]] = {}
+        run.vectors = embeddings.for_pooling(set_vectors, cfg.pooling)
 
-    def state_fn() -> dict[str, Any]:
-        # The loop and the callback may both ask in one epoch; copy the weights once.
-        if epoch not in cached:
-            cached.clear()
-            cached[epoch] = _snapshot()
-        return dict(cached[epoch])
-
-    def _snapshot() -> dict[str, Any]:
-        return {
-            "model": _cpu_state_dict(model),
-            "optimizer": copy.deepcopy(optimizer.state_dict()),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "epoch": epoch,
-            "metric": metric,
-            "best_value": best_value,
-            "best_epoch": best_epoch,
-            "target_mean": target_mean,
-            "target_std": target_std,
-            "max_length": int(dataset.max_length),
-            "dataset_fingerprint": str(dataset.fingerprint),
-            "train_config": cfg.to_dict(),
-            "model_config": backbone_config.to_dict(),
-            "history": copy.deepcopy(history),
-        }
-
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        started = time.perf_counter()
-        train_loss = train_epoch(
-            model,
-            dataset,
-            cfg,
-            epoch=epoch,
-            optimizer=optimizer,
-            loss_fn=loss_fn,
-            target_mean=target_mean,
-            target_std=target_std,
-            device=device,
-            progress=progress,
-            vectors=vectors,
-        )
-        val = predict(
-            model,
-            dataset,
-            "val",
-            target_mean=target_mean,
-            target_std=target_std,
-            batch_size=cfg.batch_size,
-            sets_per_forward=cfg.sets_per_forward(),
-            device=device,
-            vectors=vectors,
-        )
-        # Val loss in standardised units, so it is comparable with the train loss.
-        val_loss = float(
-            loss_fn(
-                torch.from_numpy((val.predicted - target_mean) / target_std),
-                torch.from_numpy((val.true - target_mean) / target_std),
-            )
-        )
-        metrics: dict[str, Any] = {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            "val_loss": val_loss,
-            **regression_metrics(val.true, val.predicted, prefix="val_"),
-            "lr": optimizer.param_groups[0]["lr"],
-            "epoch_seconds": time.perf_counter() - started,
-        }
-        if scheduler is not None:
-            scheduler.step(val_loss)
-        history.append(metrics)
-        improved = is_better(metric, metrics[metric], best_value)
+    for epoch in range(run.epoch + 1, cfg.epochs + 1):
+        metrics = run.train_and_validate(epoch, progress)
+        improved = run.improved(metrics)
+        _log_epoch(metrics, cfg.epochs, improved)
         if improved:
-            best_value, best_epoch = metrics[metric], epoch
-        log.info(
-            "epoch %d/%d  train_loss %.4f  val_loss %.4f  val_rmse %.3f  val_mae %.3f  val_r2 %.3f  (%.1fs)%s",
-            epoch,
-            cfg.epochs,
-            train_loss,
-            val_loss,
-            metrics["val_rmse"],
-            metrics["val_mae"],
-            metrics["val_r2"],
-            metrics["epoch_seconds"],
-            "  *best" if improved else "",
-        )
-        if improved:
-            best_state = state_fn()
-        stop = bool(on_epoch_end(dict(metrics), state_fn)) if on_epoch_end is not None else False
-        if stop:
+            run.best_state = run.checkpoint()
+        if on_epoch_end is not None and on_epoch_end(dict(metrics), run.checkpoint):
             log.info("stopped after epoch %d by the epoch callback", epoch)
             break
-        patience = cfg.early_stopping_patience
-        if patience is not None and epoch - best_epoch >= patience:
-            log.info("early stopping: %s has not improved for %d epochs (best epoch %d)", metric, patience, best_epoch)
+        if run.stalled():
+            log.info(
+                "early stopping: %s has not improved for %d epochs (best epoch %d)",
+                metric,
+                cfg.early_stopping_patience,
+                run.best_epoch,
+            )
             break
 
-    if best_state is None:
+    if run.best_state is None:
         # Only reachable when resuming past the best epoch without improving: its weights are not in the state.
-        log.warning("the best epoch (%d) predates the resumed state; returning the latest state instead", best_epoch)
-        best_state = state_fn()
-    return FitResult(best_state=best_state, history=history, best_epoch=best_epoch)
+        log.warning(
+            "the best epoch (%d) predates the resumed state; returning the latest state instead", run.best_epoch
+        )
+        run.best_state = run.checkpoint()
+    return FitResult(best_state=run.best_state, history=run.history, best_epoch=run.best_epoch)

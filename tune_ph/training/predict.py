@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from tune_ph.config import TrainConfig
+from tune_ph import files
 from tune_ph.data import read_sets, sources, tokens
 from tune_ph.data.tokens import TokenizedDataset
 from tune_ph.errors import DatasetError, InputError
@@ -127,18 +127,18 @@ def predict_samples(
     samples: sample_id and sequences (lists of reads); study_name, environment and pH are optional (as
     sources.load_samples(..., labelled=False) or fasta_samples.read_fasta_dir return them). Samples without reads
     are skipped with a warning. split: "train", "val" or "test" predicts only that split of the checkpoint's run.
-    Returns one row per sample: sample_id, study_name, predicted_ph, predicted_ph_sd (spread of single sets),
-    n_sets, n_reads_used, n_reads, and true_ph, residual (true - predicted) when any sample has a pH.
+    Returns one row per sample, files.PREDICT_COLUMNS: sample_id, study_name, predicted_ph_mean, predicted_ph_sd
+    (spread of single sets), n_sets, n_reads_used, n_reads; and true_ph, residual_mean (true - predicted) when any
+    sample has a pH (the names of evaluate's test_predictions.csv).
     """
     if split is not None and split not in tokens.SPLITS:
         raise InputError(f"unknown split {split!r}; use one of {', '.join(tokens.SPLITS)} (or None for every sample)")
     path = find_checkpoint(checkpoint)
-    model, state = load_checkpoint(path)
-    cfg = TrainConfig.from_saved(state["train_config"])
-    max_length = int(state.get("max_length") or cfg.max_length or model.backbone.config.max_length)
+    model, checkpoint = load_checkpoint(path)
+    cfg, max_length = checkpoint.train_config, checkpoint.max_length
     df = sources.clean_samples(samples, skip_bad_rows=skip_bad_rows, where="samples", labelled=False)
     if split is not None:
-        chosen = set(checkpoint_split(path, state, df)[split])
+        chosen = set(checkpoint_split(path, checkpoint, df)[split])
         df = df.loc[df["sample_id"].isin(chosen)].reset_index(drop=True)
         if df.empty:
             raise InputError(
@@ -153,8 +153,8 @@ def predict_samples(
         model,
         dataset,
         "all",
-        target_mean=float(state["target_mean"]),
-        target_std=float(state["target_std"]),
+        target_mean=checkpoint.target_mean,
+        target_std=checkpoint.target_std,
         batch_size=batch_size or cfg.batch_size,
         sets_per_forward=cfg.sets_per_forward(),
         device=torch_device,
@@ -164,27 +164,30 @@ def predict_samples(
     reads = df.set_index("sample_id")["sequences"].loc[dataset.sample_ids[index]]
     table = pd.DataFrame(
         {
-            "sample_id": dataset.sample_ids[index],
-            "study_name": dataset.study_name[index],
-            "predicted_ph": mean,
-            "predicted_ph_sd": preds.set_sd,
-            "n_sets": preds.n_sets,
-            "n_reads_used": [_reads_used(r, max_length, max_sets) for r in reads],
-            "n_reads": [len(r) for r in reads],
-        }
+            files.SAMPLE_ID: dataset.sample_ids[index],
+            files.STUDY_NAME: dataset.study_name[index],
+            files.PREDICTED_PH: mean,
+            files.PREDICTED_PH_SD: preds.set_sd,
+            files.N_SETS: preds.n_sets,
+            files.N_READS_USED: [_reads_used(r, max_length, max_sets) for r in reads],
+            files.N_READS: [len(r) for r in reads],
+        },
+        columns=list(files.PREDICT_COLUMNS),
     )
     if np.isfinite(true).any():
-        table["true_ph"] = true.astype(np.float32)  # the dataset's precision, as evaluate writes it
-        table["residual"] = true - mean  # observed minus predicted, as evaluate's residual_mean
+        table[files.TRUE_PH] = true.astype(np.float32)  # the dataset's precision, as evaluate writes it
+        table[files.RESIDUAL] = true - mean
     return table
 
 
 def sample_metrics(table: pd.DataFrame) -> dict[str, float] | None:
     """R², RMSE, MAE, MSE and n of the samples of a predict_samples table whose pH is known; None if none is."""
-    if "true_ph" not in table.columns:
+    if files.TRUE_PH not in table.columns:
         return None
-    known = table.loc[table["true_ph"].notna()]
-    metrics: dict[str, float] = regression_metrics(known["true_ph"].to_numpy(), known["predicted_ph"].to_numpy())
+    known = table.loc[table[files.TRUE_PH].notna()]
+    metrics: dict[str, float] = regression_metrics(
+        known[files.TRUE_PH].to_numpy(), known[files.PREDICTED_PH].to_numpy()
+    )
     return {**metrics, "n": len(known)}
 
 

@@ -1,0 +1,176 @@
+"""A training run's checkpoint (best_model.pt, a trial's state.pt) as one typed record: its one writer and reader."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from hyena_dna import HyenaDNAConfig
+from tune_ph.config import TrainConfig
+from tune_ph.errors import InputError
+from tune_ph.files import save_torch
+
+_REQUIRED = object()
+# What a checkpoint holds besides the weights without which it cannot be rebuilt: every version wrote them.
+REQUIRED_KEYS = ("model", "train_config", "model_config", "target_mean", "target_std")
+
+_TYPE_NAMES = {dict: "a mapping", list: "a list", str: "a string", int: "an integer", float: "a number"}
+
+
+class StateReader:
+    """Typed access to a dict loaded from a state file; a value of the wrong type is an InputError naming the file."""
+
+    def __init__(self, state: Any, where: str, what: str):
+        if not isinstance(state, dict):
+            raise InputError(f"{where} is not {what}: it holds {type(state).__name__}, not a mapping of settings")
+        self.state, self.where, self.what = state, where, what
+
+    def require(self, keys: tuple[str, ...]) -> None:
+        """Every key must be there: one error listing all that are missing."""
+        missing = [k for k in keys if k not in self.state]
+        if missing:
+            raise InputError(f"{self.where} is not {self.what}: it lacks {', '.join(missing)}")
+
+    def get(self, key: str, kinds: tuple[type, ...], default: Any = _REQUIRED) -> Any:
+        """state[key], which must be one of kinds (an int stands for a float, a bool for nothing else)."""
+        if key not in self.state or (self.state[key] is None and default is not _REQUIRED):
+            if default is _REQUIRED:
+                raise InputError(f"{self.where} is not {self.what}: it lacks {key}")
+            return default
+        value = self.state[key]
+        accepted = (*kinds, int) if float in kinds else kinds
+        if not isinstance(value, accepted) or (isinstance(value, bool) and bool not in kinds):
+            expected = " or ".join(_TYPE_NAMES.get(k, k.__name__) for k in kinds)
+            raise InputError(
+                f"{self.where}: its {key} is {type(value).__name__}, expected {expected}; the file is damaged or "
+                f"not {self.what}"
+            )
+        return value
+
+    def weights(self, key: str) -> dict[str, torch.Tensor]:
+        """A state_dict: a mapping of names to tensors."""
+        value = self.get(key, (dict,))
+        bad = next((k for k, v in value.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)), None)
+        if bad is not None:
+            raise InputError(f"{self.where}: its {key} holds {bad!r}, which is not a named tensor; the file is damaged")
+        return value
+
+
+def load_state(path: str | os.PathLike, what: str) -> Any:
+    """torch.load of a state file, weights_only: only tensors and plain settings are ever unpickled."""
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
+        first = str(err).splitlines()[0] if str(err) else ""
+        raise InputError(
+            f"{path} cannot be read as {what} ({type(err).__name__}: {first}); it is damaged or not {what} "
+            "(only plain tensors and settings are ever loaded from it)"
+        ) from None
+
+
+@dataclass
+class Checkpoint:
+    """One epoch of a training run: the regressor's weights, what it needs to predict, and what resuming needs.
+
+    On disk a plain dict of tensors and primitives (torch.save; loaded with weights_only=True) whose keys are the
+    field names, except `weights`, saved as "model". Files of earlier versions load: only REQUIRED_KEYS must be
+    there (a missing max_length is the run's effective one, see from_state; "best_val_loss" was the best val_loss).
+    """
+
+    weights: dict[str, torch.Tensor]  # PhRegressor.state_dict()
+    train_config: TrainConfig
+    model_config: HyenaDNAConfig  # the backbone's architecture
+    target_mean: float  # the standardisation of pH the weights predict in
+    target_std: float
+    max_length: int  # tokens per read set the run was trained on: new samples are packed the same way
+    epoch: int = 0
+    dataset_fingerprint: str | None = None
+    metric: str | None = None  # the metric that picks the best epoch, and its best value at this epoch
+    best_value: float | None = None
+    best_epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)  # fit's metrics of every epoch up to this one
+    optimizer: dict[str, Any] | None = None  # to resume; None in files written without it
+    scheduler: dict[str, Any] | None = None
+
+    WHAT: ClassVar[str] = "a tune_ph checkpoint"  # in error messages
+
+    def to_state(self) -> dict[str, Any]:
+        """The on-disk layout (the one writer)."""
+        return {
+            "model": self.weights,
+            "optimizer": self.optimizer,
+            "scheduler": self.scheduler,
+            "epoch": self.epoch,
+            "metric": self.metric,
+            "best_value": self.best_value,
+            "best_epoch": self.best_epoch,
+            "target_mean": self.target_mean,
+            "target_std": self.target_std,
+            "max_length": self.max_length,
+            "dataset_fingerprint": self.dataset_fingerprint,
+            "train_config": self.train_config.to_dict(),
+            "model_config": self.model_config.to_dict(),
+            "history": self.history,
+        }
+
+    @classmethod
+    def from_state(cls, state: Any, where: str | os.PathLike = "the checkpoint") -> Checkpoint:
+        """Read the on-disk layout, old or new (the one reader); where names the file in errors."""
+        read = StateReader(state, str(where), cls.WHAT)
+        read.require(REQUIRED_KEYS)
+        try:
+            train_config = TrainConfig.from_saved(read.get("train_config", (dict,)))
+        except InputError as err:
+            raise InputError(f"{where}: its train_config cannot be used ({err})") from None
+        try:
+            model_config = HyenaDNAConfig.from_dict(read.get("model_config", (dict,)))
+        except (TypeError, ValueError) as err:
+            raise InputError(f"{where}: its model_config cannot be used ({err})") from None
+        metric, best_value = read.get("metric", (str,), None), read.get("best_value", (float,), None)
+        if metric is None and "best_val_loss" in read.state:  # the first layout tracked val_loss only
+            metric, best_value = "val_loss", read.get("best_val_loss", (float,))
+        return cls(
+            weights=read.weights("model"),
+            train_config=train_config,
+            model_config=model_config,
+            target_mean=float(read.get("target_mean", (float,))),
+            target_std=float(read.get("target_std", (float,))),
+            max_length=_effective_max_length(read.get("max_length", (int,), None), train_config, model_config),
+            epoch=read.get("epoch", (int,), 0),
+            dataset_fingerprint=read.get("dataset_fingerprint", (str,), None),
+            metric=metric,
+            best_value=None if best_value is None else float(best_value),
+            best_epoch=read.get("best_epoch", (int,), 0),
+            history=list(read.get("history", (list,), [])),
+            optimizer=read.get("optimizer", (dict,), None),
+            scheduler=read.get("scheduler", (dict,), None),
+        )
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the checkpoint atomically (a crash mid-write never leaves a truncated file)."""
+        return save_torch(path, self.to_state())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Checkpoint:
+        """Read a checkpoint file; a damaged or foreign file is an InputError naming it."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint {path} does not exist; pass RUN/best_model.pt of a finished run")
+        return cls.from_state(load_state(path, cls.WHAT), path)
+
+    def num_parameters(self) -> int:
+        """Numbers in the weights (the regressor's parameters and buffers)."""
+        return sum(t.numel() for t in self.weights.values())
+
+
+def _effective_max_length(saved: int | None, cfg: TrainConfig, model_config: HyenaDNAConfig) -> int:
+    """Tokens per read set of a run: as saved with it, else its config's, else the model's maximum (files written
+    before max_length was saved trained on the config's, which then defaulted to the model's)."""
+    return int(saved or cfg.max_length or model_config.max_length)
