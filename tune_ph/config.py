@@ -204,10 +204,16 @@ def field_types(name: str) -> tuple[type, ...]:
 
 
 def model_max_length(model: str, model_config: dict[str, Any] | None = None) -> int:
-    """Tokens a model reads at most: a custom model_config's, else hyena_dna's lookup (size name, hub id, folder)."""
-    if model_config:
-        return HyenaDNAConfig.from_dict(model_config).max_length
-    return max_length_of(model)
+    """Tokens a model reads at most: a custom model_config's, else hyena_dna's lookup (size name, hub id, folder).
+
+    ConfigError naming the field when hyena_dna knows no such model (its message lists the known sizes).
+    """
+    try:
+        if model_config:
+            return HyenaDNAConfig.from_dict(model_config).max_length
+        return max_length_of(model)
+    except ValueError as err:
+        raise ConfigError("model_config" if model_config else "model", str(err)) from None
 
 
 _TYPE_NAMES = {

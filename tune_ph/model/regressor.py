@@ -12,6 +12,7 @@ from torch import nn
 from hyena_dna import HyenaDNAConfig, HyenaDNAModel, PretrainedNotFoundError
 from hyena_dna.model import HyenaFilter
 from tune_ph.config import AGGREGATIONS, ARCHITECTURES, POOLINGS, TrainConfig
+from tune_ph.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +221,10 @@ def backbone_config(cfg: TrainConfig) -> HyenaDNAConfig:
     folder = Path(cfg.model)
     if (folder / "config.json").is_file():
         return HyenaDNAConfig.from_json(folder / "config.json")
-    return HyenaDNAConfig.from_name(cfg.model)
+    try:
+        return HyenaDNAConfig.from_name(cfg.model)
+    except ValueError as err:  # an unknown size name: the message lists the known ones
+        raise ConfigError("model", str(err)) from None
 
 
 def _assemble(cfg: TrainConfig, backbone: HyenaDNAModel) -> PhRegressor:
@@ -262,25 +266,25 @@ def load_checkpoint(path: str | Path) -> tuple[PhRegressor, dict[str, Any]]:
     """Rebuild the model of a checkpoint saved by train.fit (weights_only load) -> (model in eval mode, state)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist; pass RUN/best_model.pt of a finished run")
+        raise InputError(f"checkpoint {path} does not exist; pass RUN/best_model.pt of a finished run")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
-        raise ValueError(
+        raise InputError(
             f"{path} cannot be read as a tune_ph checkpoint ({type(err).__name__}: "
             f"{str(err).splitlines()[0] if str(err) else ''}); it is damaged or not a checkpoint "
             "(only plain tensors and settings are ever loaded from it)"
         ) from None
     missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
-        raise ValueError(f"{path} is not a tune_ph checkpoint: it lacks {', '.join(missing)}")
+        raise InputError(f"{path} is not a tune_ph checkpoint: it lacks {', '.join(missing)}")
     cfg = TrainConfig.from_saved(state["train_config"])
     model = _assemble(cfg, HyenaDNAModel(HyenaDNAConfig.from_dict(state["model_config"])))
     match_norm(model, state["model"])
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as err:  # weights of another architecture than its own saved config describes
-        raise ValueError(f"{path}: its weights do not fit the model its config describes ({err})") from None
+        raise InputError(f"{path}: its weights do not fit the model its config describes ({err})") from None
     return model.eval(), state
 
 
@@ -335,7 +339,9 @@ def resolve_device(device: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     resolved = torch.device(device)
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} was asked for but CUDA is not available; use --device cpu or auto")
+        raise ConfigError(
+            "device", f"device={device!r} was asked for but CUDA is not available; use --device cpu or auto"
+        )
     return resolved
 
 

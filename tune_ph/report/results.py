@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow.fs as pafs
 
 from tune_ph.config import METRIC_MODES, is_better
-from tune_ph.errors import InputError
+from tune_ph.errors import InputError, RunFailure
 from tune_ph.files import write_csv, write_json
 
 log = logging.getLogger(__name__)
@@ -290,7 +290,7 @@ def best_checkpoint(experiment: Experiment, metric: str = "val_loss") -> tuple[T
             if (best is None or is_better(metric, value, best[0])) and experiment.checkpoint_exists(trial, name):
                 best = (value, trial, name, row)
     if best is None:
-        raise RuntimeError(f"{experiment.path}: no trial has a checkpoint with a finite {metric} yet")
+        raise RunFailure(f"{experiment.path}: no trial has a checkpoint with a finite {metric} yet")
     return best[1], best[2], best[3]
 
 

@@ -18,7 +18,7 @@ from tune_ph.baseline import kmer_models
 from tune_ph.config import TrainConfig
 from tune_ph.data import sources
 from tune_ph.data.tokens import TokenizedDataset
-from tune_ph.errors import InputError, SpaceError
+from tune_ph.errors import InputError, RunFailure, SpaceError
 from tune_ph.files import write_csv, write_json
 from tune_ph.report import export, monitor, results
 from tune_ph.search import cluster, console, outcome, resources, tuner
@@ -194,8 +194,8 @@ def run_search(
         return cli.EXIT_OK
     try:
         metrics = export.export_best(path, folder, metric=metric, datasets=datasets)
-    except RuntimeError as err:  # e.g. every trial failed: trials.csv says why
-        raise RuntimeError(f"{err}; see {folder / results.TRIALS_FILE}") from None
+    except RunFailure as err:  # e.g. every trial failed: trials.csv says why
+        raise RunFailure(f"{err}; see {folder / results.TRIALS_FILE}") from None
     print(
         f"best trial exported to {folder / files.BEST_DIR}: test R² {metrics['test_r2']:.3f}, "
         f"RMSE {metrics['test_rmse']:.3f}"
