@@ -25,6 +25,10 @@ RESIDUALS_FILE = "residuals.png"
 BASELINE_FILE = "baseline.json"
 # An experiment's exported best trial: a run folder inside the experiment folder.
 BEST_DIR = "best"
+# A search trial's files (the trainable writes them; the report reads them without importing the trainable).
+STATE_FILE = "state.pt"  # in each Ray checkpoint folder: the state train.fit's state_fn returns
+# What a trial reports to Ray every epoch (train.fit's metrics), the columns of its result.json.
+REPORTED = ("epoch", "train_loss", "val_loss", "val_rmse", "val_mae", "val_r2", "val_mse", "lr", "epoch_seconds")
 
 
 def _atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:

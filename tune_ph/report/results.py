@@ -15,7 +15,7 @@ import pyarrow.fs as pafs
 
 from tune_ph.config import METRIC_MODES, is_better
 from tune_ph.errors import InputError, RunFailure
-from tune_ph.files import write_csv, write_json
+from tune_ph.files import STATE_FILE, write_csv, write_json
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +25,6 @@ STORAGE_KEY = "_storage"  # in SETTINGS_FILE: the --storage the experiment was s
 STUDY_FILE = "optuna_study.db"
 TRIALS_FILE = "trials.csv"
 REPORT_FILE = "report.html"
-STATE_FILE = "state.pt"  # in each Ray checkpoint folder: the state train.fit's state_fn returns
-# What a trial reports every epoch (train.fit's metrics).
-REPORTED = ("epoch", "train_loss", "val_loss", "val_rmse", "val_mae", "val_r2", "val_mse", "lr", "epoch_seconds")
 VAL_METRICS = ("val_loss", "val_rmse", "val_mae", "val_r2", "train_loss")
 # Ray's own files in a trial folder that we read (plain JSON / text); error.pkl and params.pkl never are.
 _PARAMS, _RESULTS, _ERROR = "params.json", "result.json", "error.txt"

@@ -16,7 +16,7 @@ from ray import tune
 
 from tune_ph.config import TrainConfig, is_better, worst_value
 from tune_ph.data.tokens import TokenizedDataset
-from tune_ph.report.results import REPORTED, STATE_FILE
+from tune_ph.files import REPORTED, STATE_FILE
 from tune_ph.training.fit import fit
 
 
