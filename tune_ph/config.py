@@ -188,8 +188,13 @@ def field_meta(name: str) -> dict[str, Any]:
 
 
 def field_types(name: str) -> tuple[type, ...]:
-    """The Python types a field accepts, from its annotation (an int is accepted for a float)."""
-    hint = typing.get_type_hints(TrainConfig)[name]
+    """The Python types a TrainConfig field accepts, from its annotation (an int is accepted for a float)."""
+    return annotation_types(TrainConfig, name)
+
+
+def annotation_types(cls: type, name: str) -> tuple[type, ...]:
+    """The Python types a dataclass field accepts, from its annotation (an int is accepted for a float)."""
+    hint = typing.get_type_hints(cls)[name]
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         args = typing.get_args(hint)
     else:

@@ -145,7 +145,7 @@ def run_search(
     """
     path = results.experiment_path(folder, storage)
     started_before = _refuse_existing(path, resume)
-    metric = spec.search["metric"]
+    metric = spec.search.metric
     if datasets is None:
         started = time.perf_counter()
         datasets = prepare_datasets(spec)
@@ -168,23 +168,23 @@ def run_search(
         dashboard.start()
     if verbose:
         line = kmer_models.baseline_line(reference) if reference else None
-        console.print_start(folder, logdir, spec.search["num_samples"], dashboard.url if dashboard else None, line)
+        console.print_start(folder, logdir, spec.search.num_samples, dashboard.url if dashboard else None, line)
     with console.ray_console(verbose), console.beside_best(reference):
         grid = runner.fit()
     # Statuses from Ray's saved state, corrected by what fit() returned here (a worker that died is ERROR).
     trials = results.Experiment(path).trials()
-    table = outcome.settle(results.trials_table(trials, metric, spec.scheduler["max_epochs"]), grid)
+    table = outcome.settle(results.trials_table(trials, metric, spec.scheduler.max_epochs), grid)
     write_csv(folder / results.TRIALS_FILE, table)
     outcome.tell_study(folder, spec.name, path, metric)
     results.print_summary(table, metric)
     if reference:
         print(kmer_models.baseline_line(reference))
     print(f"dataset setup: {setup_seconds:.1f}s once for {len(table)} trial(s)")
-    code = outcome.exit_code(table, spec.search["num_samples"], any_results=len(grid) > 0)
+    code = outcome.exit_code(table, spec.search.num_samples, any_results=len(grid) > 0)
     if code != cli.EXIT_OK:
         finished = int(table["status"].isin(outcome.DONE).sum())
         print(
-            f"the search stopped early ({finished}/{spec.search['num_samples']} trials finished); continue it "
+            f"the search stopped early ({finished}/{spec.search.num_samples} trials finished); continue it "
             "or export the best trial so far with the commands below"
         )
         console.print_outputs(folder, logdir, metric, finished=False, exported=False)
@@ -281,10 +281,10 @@ def locked_search(
 
 def _record_environment(spec: SearchSpec, folder: Path) -> None:
     """environment.json: what decides the numbers besides the settings, so two results can be compared."""
-    cpus = spec.resources["cpus_per_trial"]
+    cpus = spec.resources.cpus_per_trial
     environment.record(
         folder,
-        search_seed=spec.search["seed"],
+        search_seed=spec.search.seed,
         training_seed=spec.fixed.get("seed", "searched" if "seed" in spec.params else TrainConfig().seed),
         # Every trial's torch threads (from cpus_per_trial): the float reduction order of its training follows it.
         trial_threads=trial_threads(cpus),
