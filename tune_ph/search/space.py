@@ -298,7 +298,10 @@ def apply_overrides(spec: SearchSpec, overrides: dict[str, Any]) -> SearchSpec:
         if value is None:
             continue
         section = settings.section_of(key)
-        if section is not None:
+        if section is not None:  # typed as the file's values are (a flag's nan or inf is refused here too)
+            Checker(spec.path).check_type(
+                f"{section}.{key}", value, settings.scalar_types(settings.SECTIONS[section], key)
+            )
             setattr(getattr(spec, section), key, value)
         elif key in FIELD_TYPES:
             spec.params.pop(key, None)

@@ -27,7 +27,8 @@ class Checker:
 
     def check_type(self, key: str, value: Any, types: type | tuple[type, ...]) -> None:
         try:
-            config.check_type(key, value, types if isinstance(types, tuple) else (types,))
+            # The message names the last part of the key; the key itself comes first.
+            config.check_type(key.rsplit(".", 1)[-1], value, types if isinstance(types, tuple) else (types,))
         except ConfigError as err:
             self.fail(key, err.message)
 
