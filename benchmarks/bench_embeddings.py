@@ -44,7 +44,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", default=None, help="a dataset source (default: synthetic samples)")
     p.add_argument("--samples", type=int, default=200, help="synthetic samples")
-    p.add_argument("--reads", type=int, default=128, help="reads per synthetic sample (250 bp each)")
+    p.add_argument("--reads", type=int, default=128, help="reads per synthetic sample")
+    p.add_argument("--read-length", type=int, default=250, help="bases per synthetic read")
     p.add_argument("--model", default="hyenadna-tiny-1k-seqlen", help="size name (random weights) or folder")
     p.add_argument("--max-length", type=int, default=1024)
     p.add_argument("--max-sets", type=int, default=8)
@@ -57,7 +58,7 @@ def main() -> None:
         if args.dataset:
             ds = sources.prepare(args.dataset, max_length=args.max_length, max_sets=args.max_sets, cache_dir=cache)
         else:
-            df = synthetic(args.samples, args.reads, 250)
+            df = synthetic(args.samples, args.reads, args.read_length)
             ds = build(df, split_samples(df), max_length=args.max_length, max_sets=args.max_sets, cache_dir=cache)
         cfg = TrainConfig(
             model=args.model,

@@ -52,7 +52,7 @@ def peak_memory_gib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB, whole process
 
 
-def bench_tokenizer(n_bases: int = 20_000_000) -> None:
+def bench_tokenizer(n_bases: int) -> None:
     rng = np.random.default_rng(0)
     seq = rng.choice(np.frombuffer(b"ACGTacgtN", dtype=np.uint8), n_bases).tobytes().decode()
     tokenizer.encode(seq[:1000])
@@ -116,15 +116,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int, default=9)
+    # Smaller CPU cases (a smoke test): the figures then say nothing about the README's.
+    parser.add_argument("--bases", type=int, default=20_000_000, help="bases the tokenizer encodes")
+    parser.add_argument("--batch", type=int, default=None, help="CPU train batch (default 4; inference takes 4x)")
+    parser.add_argument("--length", type=int, default=None, help="CPU tokens per sequence (default 1024)")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
     if device.type == "cpu":
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
-        bench_tokenizer()
+        bench_tokenizer(args.bases)
         torch.set_num_threads(threads)
         for size, batch, length, ckpt in CPU_CASES:
+            batch, length = args.batch or batch, args.length or length
             ours = bench_model(size, batch, length, ckpt, device, False, args.steps, True)
             originals = hm.fft_conv, hm.short_conv
             hm.fft_conv, hm.short_conv = naive_fft_conv, naive_short_conv
@@ -134,7 +139,7 @@ def main() -> None:
             finally:
                 hm.fft_conv, hm.short_conv = originals
             print(f"tiny-1k CPU train speed vs straightforward fp32: {ours / base:.2f}x")
-            bench_model(size, 16, length, ckpt, device, False, args.steps, False)
+            bench_model(size, 4 * batch, length, ckpt, device, False, args.steps, False)
         return
     for size, batch, length, ckpt in CUDA_CASES:
         for train in (True, False):

@@ -48,6 +48,9 @@ def main() -> None:
     p.add_argument("--dataset", required=True, help="dataset source, e.g. ../shared/data/realistic16s")
     p.add_argument("--output-dir", default="runs/quality", help="where model/, baseline/ and the rest go")
     p.add_argument("--skip-model", action="store_true", help="only the k-mer baselines")
+    # A shorter run than the recipe's (a smoke test): its figures then say nothing about the recipe.
+    p.add_argument("--pretrain-steps", type=int, default=None, help="stop pretraining after N steps (default: 1 epoch)")
+    p.add_argument("--train-epochs", type=int, default=None, help="epochs of the head (default: the recipe's 40)")
     args = p.parse_args()
     out = Path(args.output_dir)
     if out.exists() and not out.is_dir():
@@ -68,12 +71,17 @@ def main() -> None:
     if not args.skip_model:
         started = time.perf_counter()
         argv = [*common, "--output-dir", str(out / "pretrained"), "--no-progress", *PRETRAIN_ARGS.split()]
+        if args.pretrain_steps is not None:
+            argv += ["--max-steps", str(args.pretrain_steps), "--warmup-steps", "0"]
         if pretrain_cli.main(argv) != 0:
             raise SystemExit("pretraining failed; see the log above")
         pretrained_s = time.perf_counter() - started
         argv = [*common, "--model", str(out / "pretrained"), "--output-dir", str(out / "model")]
         argv += ["--no-baseline", "--no-progress"]
-        if train_cli.main(argv + TRAIN_ARGS.split()) != 0:
+        argv += TRAIN_ARGS.split()
+        if args.train_epochs is not None:
+            argv += ["--epochs", str(args.train_epochs)]  # the last --epochs wins
+        if train_cli.main(argv) != 0:
             raise SystemExit("training failed; see the log above")
         seconds = time.perf_counter() - started
         metrics = json.loads((out / "model" / files.METRICS_FILE).read_text())

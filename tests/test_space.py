@@ -9,6 +9,7 @@ import optuna
 import pytest
 from helpers import ROOT, TINY_MODEL, tiny_space, write_space
 
+from tune_ph.search.settings import ResourceSettings, SchedulerSettings, SearchSettings
 from tune_ph.search.space import FIELD_TYPES, OptunaSpace, SpaceError, apply_overrides, load_space, parse_space
 
 
@@ -26,7 +27,7 @@ def pretrained_here(tmp_path, monkeypatch):
 def test_shipped_spaces_load(name):
     spec = load_space(ROOT / "search_spaces" / f"{name}.yaml")
     assert spec.name == name
-    assert spec.params and spec.search["num_samples"] >= 1
+    assert spec.params and spec.search.num_samples >= 1
 
 
 def test_field_types_match_train_config():
@@ -132,8 +133,8 @@ def test_not_yaml_and_missing_file(tmp_path):
 def test_overrides_win_and_are_validated(tmp_path):
     spec = load_space(write_space(tmp_path, tiny_space()))
     apply_overrides(spec, {"epochs": 1, "num_samples": 7, "dataset": "other", "max_concurrent": 3})
-    assert spec.fixed["epochs"] == 1 and spec.scheduler["max_epochs"] == 1 and spec.scheduler["grace_period"] == 1
-    assert spec.search["num_samples"] == 7 and spec.search["max_concurrent"] == 3 and spec.fixed["dataset"] == "other"
+    assert spec.fixed["epochs"] == 1 and spec.scheduler.max_epochs == 1 and spec.scheduler.grace_period == 1
+    assert spec.search.num_samples == 7 and spec.search.max_concurrent == 3 and spec.fixed["dataset"] == "other"
     with pytest.raises(SpaceError, match="search.num_samples"):
         apply_overrides(spec, {"num_samples": 0})
 
@@ -225,5 +226,64 @@ def test_scheduler_settings_are_explicit(tmp_path):
     del space["scheduler"]
     del space["fixed"]["epochs"]
     spec = load_space(write_space(tmp_path, space))
-    assert spec.scheduler == {"max_epochs": 10, "grace_period": 1, "reduction_factor": 2}
-    assert spec.to_dict()["scheduler"] == spec.scheduler
+    assert spec.scheduler == SchedulerSettings(max_epochs=10, grace_period=1, reduction_factor=2)
+    assert spec.to_dict()["scheduler"] == {"max_epochs": 10, "grace_period": 1, "reduction_factor": 2}
+
+
+def test_settings_defaults_come_from_the_settings_fields(tmp_path):
+    space = tiny_space()
+    for section in ("search", "resources"):
+        del space[section]
+    spec = load_space(write_space(tmp_path, space))
+    assert spec.search == SearchSettings(num_samples=10, seed=0, max_concurrent=1, metric="val_loss")
+    assert spec.resources == ResourceSettings(cpus_per_trial=1, gpus_per_trial=0)
+    assert spec.to_dict()["search"] == {"num_samples": 10, "seed": 0, "max_concurrent": 1, "metric": "val_loss"}
+
+
+def test_settings_flags_are_derived_from_the_settings_fields(capsys):
+    from tune_ph.commands import search as search_cli
+
+    argv = ["--num-samples", "4", "--seed", "7", "--max-concurrent", "2", "--cpus-per-trial", "1.5"]
+    args = search_cli.parse_args([*argv, "--gpus-per-trial", "0.25", "--epochs", "3"])
+    assert search_cli.overrides_of(args) == {
+        "num_samples": 4,
+        "seed": 7,
+        "max_concurrent": 2,
+        "cpus_per_trial": 1.5,
+        "gpus_per_trial": 0.25,
+        "epochs": 3,
+    }
+    assert search_cli.overrides_of(search_cli.parse_args([])) == {}  # not given: the file's values stay
+    with pytest.raises(SystemExit):
+        search_cli.parse_args(["--help"])
+    usage = " ".join(capsys.readouterr().out.split())
+    assert "--seed SEED seed of the search's TPE sampler (Optuna)" in usage and "not the training seed" in usage
+    assert "(YAML: search.num_samples)" in usage and "(YAML: resources.gpus_per_trial)" in usage
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "problem"),
+    [
+        ({"max_concurrent": 0}, "search.max_concurrent", "must be >= 1, got 0"),
+        ({"seed": 2**32}, "search.seed", "must be >= 0 and below 2**32"),
+        ({"cpus_per_trial": 0.0}, "resources.cpus_per_trial", "must be > 0"),
+        ({"gpus_per_trial": 1.5}, "resources.gpus_per_trial", "must be a fraction in [0, 1] or a whole number"),
+    ],
+)
+def test_flag_values_meet_the_files_rules(tmp_path, overrides, key, problem):
+    spec = load_space(write_space(tmp_path, tiny_space()))
+    with pytest.raises(SpaceError) as info:
+        apply_overrides(spec, overrides)
+    assert f"{key}: {problem}" in str(info.value)
+
+
+def test_yaml_settings_are_type_checked_by_their_fields(tmp_path):
+    msg = _error(tmp_path, tiny_space(search__num_samples="ten"))
+    assert "search.num_samples" in msg and "integer" in msg
+    msg = _error(tmp_path, tiny_space(scheduler__reduction_factor=1))
+    assert "scheduler.reduction_factor: must be > 1, got 1" in msg
+    msg = _error(tmp_path, tiny_space(search__metric="val_accuracy"))
+    assert "search.metric: unknown metric 'val_accuracy'; allowed: val_loss" in msg
+    gpus = {"per": "model", "values": {"hyenadna-tiny-1k-seqlen": 2.5}}
+    msg = _error(tmp_path, tiny_space(resources__gpus_per_trial=gpus))
+    assert "resources.gpus_per_trial.values.hyenadna-tiny-1k-seqlen: must be a fraction" in msg

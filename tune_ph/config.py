@@ -187,8 +187,13 @@ def field_meta(name: str) -> dict[str, Any]:
 
 
 def field_types(name: str) -> tuple[type, ...]:
-    """The Python types a field accepts, from its annotation (an int is accepted for a float)."""
-    hint = typing.get_type_hints(TrainConfig)[name]
+    """The Python types a TrainConfig field accepts, from its annotation (an int is accepted for a float)."""
+    return annotation_types(TrainConfig, name)
+
+
+def annotation_types(cls: type, name: str) -> tuple[type, ...]:
+    """The Python types a dataclass field accepts, from its annotation (an int is accepted for a float)."""
+    hint = typing.get_type_hints(cls)[name]
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         args = typing.get_args(hint)
     else:
@@ -203,10 +208,16 @@ def field_types(name: str) -> tuple[type, ...]:
 
 
 def model_max_length(model: str, model_config: dict[str, Any] | None = None) -> int:
-    """Tokens a model reads at most: a custom model_config's, else hyena_dna's lookup (size name, hub id, folder)."""
-    if model_config:
-        return HyenaDNAConfig.from_dict(model_config).max_length
-    return max_length_of(model)
+    """Tokens a model reads at most: a custom model_config's, else hyena_dna's lookup (size name, hub id, folder).
+
+    ConfigError naming the field when hyena_dna knows no such model (its message lists the known sizes).
+    """
+    try:
+        if model_config:
+            return HyenaDNAConfig.from_dict(model_config).max_length
+        return max_length_of(model)
+    except ValueError as err:
+        raise ConfigError("model_config" if model_config else "model", str(err)) from None
 
 
 _TYPE_NAMES = {
@@ -244,40 +255,52 @@ def check_field(name: str, value: Any) -> None:
     choices = field_meta(name).get("choices")
     if choices and value not in choices:
         raise ConfigError(name, f"unknown {name} {value!r}; allowed: {', '.join(choices)}")
-    if name == "sets_per_step" and value < 0:
-        raise ConfigError(name, f"sets_per_step must be >= 0 (0: all sets), got {value!r}")
-    if name in ("batch_size", "epochs", "max_sets", "early_stopping_patience") and value < 1:
-        raise ConfigError(name, f"{name} must be a positive integer, got {value!r}")
-    if name in ("learning_rate", "loss_beta") and not value > 0:
-        raise ConfigError(name, f"{name} must be > 0, got {value!r}")
-    if name in ("weight_decay", "grad_clip") and value < 0:
-        raise ConfigError(name, f"{name} must be >= 0, got {value!r}")
-    if name in ("seed", "split_seed") and value < 0:
-        raise ConfigError(name, f"{name} must be >= 0 (numpy seeds are unsigned), got {value!r}")
-    if name == "test_fraction" and not 0 < value < 1:
-        raise ConfigError(name, f"test_fraction must be between 0 and 1, got {value!r}")
-    if name == "val_fraction" and not 0 <= value < 1:
-        raise ConfigError(name, f"val_fraction must be in [0, 1), got {value!r}")
-    if name == "head_dropout" and not 0 <= value < 1:
-        raise ConfigError(name, f"head_dropout must be in [0, 1), got {value!r}")
-    if name == "max_length" and value < MIN_MAX_LENGTH:
-        raise ConfigError(name, f"max_length must be at least {MIN_MAX_LENGTH} tokens, got {value!r}")
-    if name == "device" and not (value in ("auto", "cpu") or value == "cuda" or value.startswith("cuda:")):
-        raise ConfigError(name, f"device must be auto, cpu or cuda[:N], got {value!r}")
-    if name == "model" and not value.strip():
-        raise ConfigError(name, "model must name a HyenaDNA size, a hub id or a local checkpoint folder")
     if name == "model_config":
-        known = set(HyenaDNAConfig.__dataclass_fields__) - {"extra"}
-        unknown = sorted(set(value) - known)
-        if unknown:
-            raise ConfigError(
-                name,
-                f"unknown HyenaDNAConfig field(s) {', '.join(map(str, unknown))}; allowed: {', '.join(sorted(known))}",
-            )
-        try:
-            HyenaDNAConfig.from_dict(value)
-        except (TypeError, ValueError) as err:
-            raise ConfigError(name, str(err)) from None
+        _check_model_config(value)
+        return
+    problem = _range_problem(name, value)
+    if problem:
+        raise ConfigError(name, problem)
+
+
+def _range_problem(name: str, value: Any) -> str | None:
+    """What is wrong with a (well-typed, non-None) value of a field by its range rule; None when nothing is."""
+    if name == "sets_per_step" and value < 0:
+        return f"sets_per_step must be >= 0 (0: all sets), got {value!r}"
+    if name in ("batch_size", "epochs", "max_sets", "early_stopping_patience") and value < 1:
+        return f"{name} must be a positive integer, got {value!r}"
+    if name in ("learning_rate", "loss_beta") and not value > 0:
+        return f"{name} must be > 0, got {value!r}"
+    if name in ("weight_decay", "grad_clip") and value < 0:
+        return f"{name} must be >= 0, got {value!r}"
+    if name in ("seed", "split_seed") and value < 0:
+        return f"{name} must be >= 0 (numpy seeds are unsigned), got {value!r}"
+    if name == "test_fraction" and not 0 < value < 1:
+        return f"test_fraction must be between 0 and 1, got {value!r}"
+    if name in ("val_fraction", "head_dropout") and not 0 <= value < 1:
+        return f"{name} must be in [0, 1), got {value!r}"
+    if name == "max_length" and value < MIN_MAX_LENGTH:
+        return f"max_length must be at least {MIN_MAX_LENGTH} tokens, got {value!r}"
+    if name == "device" and not (value in ("auto", "cpu") or value == "cuda" or value.startswith("cuda:")):
+        return f"device must be auto, cpu or cuda[:N], got {value!r}"
+    if name == "model" and not value.strip():
+        return "model must name a HyenaDNA size, a hub id or a local checkpoint folder"
+    return None
+
+
+def _check_model_config(value: dict[str, Any]) -> None:
+    """A custom backbone: known HyenaDNAConfig fields that make a valid config."""
+    known = set(HyenaDNAConfig.__dataclass_fields__) - {"extra"}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise ConfigError(
+            "model_config",
+            f"unknown HyenaDNAConfig field(s) {', '.join(map(str, unknown))}; allowed: {', '.join(sorted(known))}",
+        )
+    try:
+        HyenaDNAConfig.from_dict(value)
+    except (TypeError, ValueError) as err:
+        raise ConfigError("model_config", str(err)) from None
 
 
 # ------------------------------------------------------------------------------------------------ CLI flags

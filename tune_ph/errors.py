@@ -1,4 +1,8 @@
-"""The project's exception types; the command-line tools map them to exit codes (tune_ph.cli)."""
+"""The project's exception types; the command-line tools map them to exit codes (tune_ph.cli).
+
+InputError and its subclasses: exit 2 with one `error:` line. RunFailure and its subclasses: exit 1 with one line.
+Any other exception is a bug or an unforeseen failure: exit 1 with its traceback.
+"""
 
 from __future__ import annotations
 
@@ -37,5 +41,10 @@ class BusyError(InputError):
     """Another search is using the experiment folder (its lock names the process); exit code 2."""
 
 
-class SetupError(RuntimeError):
+class RunFailure(RuntimeError):
+    """A run that could not produce its result, for a reason its message states in full (every trial failed, the
+    weights could not be fetched). Exit code 1, without a traceback."""
+
+
+class SetupError(RunFailure):
     """The environment cannot run what was asked (Ray cannot start, an extra is missing). Exit code 1."""

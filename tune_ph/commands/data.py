@@ -7,10 +7,13 @@ import sys
 from collections.abc import Sequence
 
 from tune_ph import cli, config
-from tune_ph.config import DEFAULT_DATASET
+from tune_ph.config import DEFAULT_DATASET, TrainConfig
 from tune_ph.data import fasta, token_cache
 from tune_ph.data.sources import load_samples
 from tune_ph.data.split import split_samples
+
+# The TrainConfig fields `data summary` takes as flags (how the split is drawn).
+SUMMARY_FIELDS = ("skip_bad_rows", "split_seed", "test_fraction", "val_fraction")
 
 
 def _print_examples(label: str, names: list[str]) -> None:
@@ -43,7 +46,7 @@ def _main(argv: Sequence[str] | None) -> int:
     )
     s = sub.add_parser("summary", help="load a dataset source and print its size and split")
     s.add_argument("source", nargs="?", default=DEFAULT_DATASET, help="demo, hub id, folder or file")
-    config.add_arguments(s, only=("skip_bad_rows", "split_seed", "test_fraction", "val_fraction"))
+    config.add_arguments(s, only=SUMMARY_FIELDS)
     token_cache.add_command(sub)
     args = parser.parse_args(argv)
     if args.command == "cache":
@@ -58,10 +61,10 @@ def _main(argv: Sequence[str] | None) -> int:
         _print_examples("FASTA file(s) without metadata", res["without_metadata"])
         print(f"use it with: --dataset {res['out']}")
     else:
-        df = load_samples(args.source, skip_bad_rows=args.skip_bad_rows)
-        split = split_samples(
-            df, seed=args.split_seed, test_fraction=args.test_fraction, val_fraction=args.val_fraction
-        )
+        # TrainConfig's rules for these flags: fractions that leave samples to train on, seeds numpy takes.
+        cfg = TrainConfig(dataset=args.source, **config.given_fields(args, SUMMARY_FIELDS))
+        df = load_samples(cfg.dataset, skip_bad_rows=cfg.skip_bad_rows)
+        split = split_samples(df, seed=cfg.split_seed, test_fraction=cfg.test_fraction, val_fraction=cfg.val_fraction)
         counts = df["environment"].value_counts()
         print(f"{len(df)} samples, {df['study_name'].nunique()} studies, {len(counts)} environments")
         print("environments: " + ", ".join(f"{env} {n}" for env, n in counts.items()))

@@ -12,16 +12,13 @@ import torch
 
 from tune_ph import cli, config
 from tune_ph.report import monitor
-from tune_ph.search import cluster, resources
+from tune_ph.search import cluster, resources, settings
 from tune_ph.search.run import load_spec, locked_search, unused_experiment
 from tune_ph.search.runlock import ExperimentLock
 from tune_ph.search.space import check_devices
 
 # TrainConfig fields that have a command-line override here (the others are set in the YAML).
 OVERRIDE_FIELDS = ("dataset", "model", "epochs", "device")
-
-
-SECTION_OVERRIDES = ("num_samples", "max_concurrent", "seed", "cpus_per_trial", "gpus_per_trial")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -43,11 +40,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--retry-errored", action="store_true", help="with --resume: also rerun trials that failed")
     overrides = p.add_argument_group("overrides of the YAML (fixed TrainConfig values)")
     config.add_arguments(overrides, only=OVERRIDE_FIELDS, overrides=True)
-    overrides.add_argument("--num-samples", type=int, help="number of trials (search.num_samples)")
-    overrides.add_argument("--max-concurrent", type=int, help="trials at once (search.max_concurrent)")
-    overrides.add_argument("--seed", type=int, help="TPE seed (search.seed)")
-    overrides.add_argument("--cpus-per-trial", type=float, help="resources.cpus_per_trial")
-    overrides.add_argument("--gpus-per-trial", type=float, help="GPU share per trial, e.g. 0.25 (resources)")
+    settings.add_arguments(p.add_argument_group("overrides of the YAML's search, scheduler and resources settings"))
     ray_group = p.add_argument_group("cluster and dashboard")
     ray_group.add_argument("--address", help="join an existing Ray cluster (e.g. 'auto' or HEAD_IP:6379)")
     ray_group.add_argument(
@@ -93,7 +86,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def overrides_of(args: argparse.Namespace) -> dict[str, Any]:
     """The YAML overrides given on the command line (None = not given)."""
     values = config.given_fields(args, OVERRIDE_FIELDS)
-    values.update({k: getattr(args, k) for k in SECTION_OVERRIDES if getattr(args, k) is not None})
+    values.update(settings.given(args))
     return values
 
 
@@ -119,7 +112,7 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.resume and overrides:
         print("note: with --resume the experiment keeps the settings it was started with; overrides are ignored")
     requests = resources.trial_requests(
-        spec.resources["cpus_per_trial"], spec.resources["gpus_per_trial"], spec.model_choices()
+        spec.resources.cpus_per_trial, spec.resources.gpus_per_trial, spec.model_choices()
     )
     if not args.address:  # a Ray started here: check this machine now, before weights are fetched or Ray starts
         check_devices(spec, torch.cuda.device_count())

@@ -101,6 +101,48 @@ def build_dataset(
     fasta_dir, metadata, out = Path(fasta_dir), Path(metadata), Path(out)
     if not fasta_dir.is_dir():
         raise DatasetError(f"--fasta-dir {fasta_dir}: no such folder")
+    meta = _read_metadata(metadata)
+    found = _fasta_files(fasta_dir)
+
+    rows, without_reads = [], []
+    wanted = set()
+    for rec in tqdm(meta.to_dict("records"), desc="reading FASTA", unit="sample", disable=len(meta) < 50):
+        key = (str(rec["study_name"]).strip(), str(rec["sample_id"]).strip())
+        wanted.add(key)
+        path = found.get(key)
+        reads = read_fasta(path, max_dna) if path is not None else []
+        if reads:
+            rows.append(_sample_row(key, rec, reads))
+        else:
+            without_reads.append(f"{key[0]}/{key[1]}")
+    without_metadata = [f"{s}/{k}" for (s, k) in found if (s, k) not in wanted]
+    if without_reads:
+        log.warning(
+            "%d sample(s) in the metadata have no reads, e.g. %s", len(without_reads), ", ".join(without_reads[:5])
+        )
+    if without_metadata:
+        log.warning(
+            "%d FASTA file(s) have no metadata row, e.g. %s", len(without_metadata), ", ".join(without_metadata[:5])
+        )
+    if not rows:
+        raise DatasetError(
+            f"no sample of {metadata} has reads under {fasta_dir}/{{study_name}}/{{sample_id}}.fasta[.gz]"
+        )
+    n_shards = _write_shards(rows, out / "data", rows_per_shard)
+    summary = {
+        "samples": len(rows),
+        "reads": sum(r["num_sequences"] for r in rows),
+        "bases": sum(r["total_DNA_length"] for r in rows),
+        "shards": n_shards,
+        "without_reads": without_reads,
+        "without_metadata": without_metadata,
+        "out": str(out),
+    }
+    return summary
+
+
+def _read_metadata(metadata: Path) -> pd.DataFrame:
+    """The metadata CSV: the needed columns, pH as numbers (NaN: unknown), one row per study/sample (first kept)."""
     try:
         meta = pd.read_csv(metadata, dtype={"sample_id": str, "study_name": str})
     except (OSError, ValueError) as exc:
@@ -126,54 +168,39 @@ def build_dataset(
             "%s: %d duplicate row(s) ignored (first one kept), e.g. %s", metadata, len(dups), ", ".join(dups[:5])
         )
         meta = meta.loc[~keys.duplicated()]
+    return meta
 
+
+def _fasta_files(fasta_dir: Path) -> dict[tuple[str, str], Path]:
+    """(study_name, sample_id) -> its FASTA file under FASTA_DIR/{study}/ (the first by name when several)."""
     found: dict[tuple[str, str], Path] = {}
     for study_dir in sorted(p for p in fasta_dir.iterdir() if p.is_dir()):
         for f in sorted(study_dir.iterdir()):
             key = sample_id_of(f)
             if key is not None and (study_dir.name, key) not in found:
                 found[(study_dir.name, key)] = f
+    return found
 
-    rows, without_reads = [], []
-    wanted = set()
-    for rec in tqdm(meta.to_dict("records"), desc="reading FASTA", unit="sample", disable=len(meta) < 50):
-        key = (str(rec["study_name"]).strip(), str(rec["sample_id"]).strip())
-        wanted.add(key)
-        path = found.get(key)
-        reads = read_fasta(path, max_dna) if path is not None else []
-        if not reads:
-            without_reads.append(f"{key[0]}/{key[1]}")
-            continue
-        ph = rec["pH"]
-        rows.append(
-            {
-                "sample_id": key[1],
-                "study_name": key[0],
-                "pH": None if pd.isna(ph) else float(ph),
-                "sequences": reads,
-                "num_sequences": len(reads),
-                "total_DNA_length": sum(map(len, reads)),
-                "sample": None if pd.isna(rec.get("sample")) else str(rec.get("sample")),
-                "environment": None if pd.isna(rec["environment"]) else str(rec["environment"]),
-                "Bacteria": _optional_int(rec.get("Bacteria")),
-                "Archaea": _optional_int(rec.get("Archaea")),
-            }
-        )
-    without_metadata = [f"{s}/{k}" for (s, k) in found if (s, k) not in wanted]
-    if without_reads:
-        log.warning(
-            "%d sample(s) in the metadata have no reads, e.g. %s", len(without_reads), ", ".join(without_reads[:5])
-        )
-    if without_metadata:
-        log.warning(
-            "%d FASTA file(s) have no metadata row, e.g. %s", len(without_metadata), ", ".join(without_metadata[:5])
-        )
-    if not rows:
-        raise DatasetError(
-            f"no sample of {metadata} has reads under {fasta_dir}/{{study_name}}/{{sample_id}}.fasta[.gz]"
-        )
 
-    data_dir = out / "data"
+def _sample_row(key: tuple[str, str], rec: dict, reads: list[str]) -> dict:
+    """One dataset row (PARQUET_SCHEMA) of a sample's metadata record and reads."""
+    ph = rec["pH"]
+    return {
+        "sample_id": key[1],
+        "study_name": key[0],
+        "pH": None if pd.isna(ph) else float(ph),
+        "sequences": reads,
+        "num_sequences": len(reads),
+        "total_DNA_length": sum(map(len, reads)),
+        "sample": None if pd.isna(rec.get("sample")) else str(rec.get("sample")),
+        "environment": None if pd.isna(rec["environment"]) else str(rec["environment"]),
+        "Bacteria": _optional_int(rec.get("Bacteria")),
+        "Archaea": _optional_int(rec.get("Archaea")),
+    }
+
+
+def _write_shards(rows: list[dict], data_dir: Path, rows_per_shard: int) -> int:
+    """The rows as data_dir/train-*.parquet shards, each written atomically; the number of shards."""
     data_dir.mkdir(parents=True, exist_ok=True)
     for old in data_dir.glob("train-*.parquet"):  # a rebuild must not leave shards of an older build
         old.unlink()
@@ -185,16 +212,7 @@ def build_dataset(
         tmp = target.with_suffix(".parquet.tmp")
         pq.write_table(table, tmp)
         os.replace(tmp, target)
-    summary = {
-        "samples": len(rows),
-        "reads": sum(r["num_sequences"] for r in rows),
-        "bases": sum(r["total_DNA_length"] for r in rows),
-        "shards": n_shards,
-        "without_reads": without_reads,
-        "without_metadata": without_metadata,
-        "out": str(out),
-    }
-    return summary
+    return n_shards
 
 
 def _optional_int(value) -> int | None:

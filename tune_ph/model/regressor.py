@@ -12,7 +12,7 @@ from torch import nn
 from hyena_dna import HyenaDNAConfig, HyenaDNAModel, PretrainedNotFoundError
 from hyena_dna.model import HyenaFilter
 from tune_ph.config import AGGREGATIONS, ARCHITECTURES, POOLINGS, TrainConfig
-from tune_ph.errors import InputError
+from tune_ph.errors import ConfigError, InputError
 from tune_ph.model.checkpoint import Checkpoint
 
 log = logging.getLogger(__name__)
@@ -220,7 +220,10 @@ def backbone_config(cfg: TrainConfig) -> HyenaDNAConfig:
     folder = Path(cfg.model)
     if (folder / "config.json").is_file():
         return HyenaDNAConfig.from_json(folder / "config.json")
-    return HyenaDNAConfig.from_name(cfg.model)
+    try:
+        return HyenaDNAConfig.from_name(cfg.model)
+    except ValueError as err:  # an unknown size name: the message lists the known ones
+        raise ConfigError("model", str(err)) from None
 
 
 def _assemble(cfg: TrainConfig, backbone: HyenaDNAModel) -> PhRegressor:
@@ -326,7 +329,9 @@ def resolve_device(device: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     resolved = torch.device(device)
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} was asked for but CUDA is not available; use --device cpu or auto")
+        raise ConfigError(
+            "device", f"device={device!r} was asked for but CUDA is not available; use --device cpu or auto"
+        )
     return resolved
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 import pyarrow.fs as pafs
 
-from tune_ph.errors import InputError
+from tune_ph.errors import InputError, RunFailure
 from tune_ph.files import TRIAL_STATE_FILE, write_csv, write_json
 from tune_ph.metrics import SUMMARY_METRICS, best_column, is_better, metric_mode
 
@@ -287,7 +287,7 @@ def best_checkpoint(experiment: Experiment, metric: str = "val_loss") -> tuple[T
             if (best is None or is_better(metric, value, best[0])) and experiment.checkpoint_exists(trial, name):
                 best = (value, trial, name, row)
     if best is None:
-        raise RuntimeError(f"{experiment.path}: no trial has a checkpoint with a finite {metric} yet")
+        raise RunFailure(f"{experiment.path}: no trial has a checkpoint with a finite {metric} yet")
     return best[1], best[2], best[3]
 
 

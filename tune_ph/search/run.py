@@ -18,7 +18,7 @@ from tune_ph.baseline import kmer_models
 from tune_ph.config import TrainConfig
 from tune_ph.data import sources
 from tune_ph.data.tokens import TokenizedDataset
-from tune_ph.errors import InputError, SpaceError
+from tune_ph.errors import InputError, RunFailure, SpaceError
 from tune_ph.files import write_csv, write_json
 from tune_ph.report import export, monitor, results
 from tune_ph.search import cluster, console, outcome, resources, tuner
@@ -164,7 +164,7 @@ def run_search(
     """
     path = results.experiment_path(folder, storage)
     started_before = _refuse_existing(path, resume)
-    metric = spec.search["metric"]
+    metric = spec.search.metric
     if datasets is None:
         started = time.perf_counter()
         datasets = prepare_datasets(spec)
@@ -187,23 +187,23 @@ def run_search(
         dashboard.start()
     if verbose:
         line = kmer_models.baseline_line(reference) if reference else None
-        console.print_start(folder, logdir, spec.search["num_samples"], dashboard.url if dashboard else None, line)
+        console.print_start(folder, logdir, spec.search.num_samples, dashboard.url if dashboard else None, line)
     with console.ray_console(verbose), console.beside_best(reference):
         grid = runner.fit()
     # Statuses from Ray's saved state, corrected by what fit() returned here (a worker that died is ERROR).
     trials = results.Experiment(path).trials()
-    table = outcome.settle(results.trials_table(trials, metric, spec.scheduler["max_epochs"]), grid)
+    table = outcome.settle(results.trials_table(trials, metric, spec.scheduler.max_epochs), grid)
     write_csv(folder / results.TRIALS_FILE, table)
     outcome.tell_study(folder, spec.name, path, metric)
     results.print_summary(table, metric)
     if reference:
         print(kmer_models.baseline_line(reference))
     print(f"dataset setup: {setup_seconds:.1f}s once for {len(table)} trial(s)")
-    code = outcome.exit_code(table, spec.search["num_samples"], any_results=len(grid) > 0)
+    code = outcome.exit_code(table, spec.search.num_samples, any_results=len(grid) > 0)
     if code != cli.EXIT_OK:
         finished = int(table["status"].isin(outcome.DONE).sum())
         print(
-            f"the search stopped early ({finished}/{spec.search['num_samples']} trials finished); continue it "
+            f"the search stopped early ({finished}/{spec.search.num_samples} trials finished); continue it "
             "or export the best trial so far with the commands below"
         )
         console.print_outputs(folder, logdir, metric, finished=False, exported=False)
@@ -213,8 +213,8 @@ def run_search(
         return cli.EXIT_OK
     try:
         metrics = export.export_best(path, folder, metric=metric, datasets=datasets)
-    except RuntimeError as err:  # e.g. every trial failed: trials.csv says why
-        raise RuntimeError(f"{err}; see {folder / results.TRIALS_FILE}") from None
+    except RunFailure as err:  # e.g. every trial failed: trials.csv says why
+        raise RunFailure(f"{err}; see {folder / results.TRIALS_FILE}") from None
     print(
         f"best trial exported to {folder / files.BEST_DIR}: test R² {metrics['test_r2']:.3f}, "
         f"RMSE {metrics['test_rmse']:.3f}"
@@ -300,10 +300,10 @@ def locked_search(
 
 def _record_environment(spec: SearchSpec, folder: Path) -> None:
     """environment.json: what decides the numbers besides the settings, so two results can be compared."""
-    cpus = spec.resources["cpus_per_trial"]
+    cpus = spec.resources.cpus_per_trial
     environment.record(
         folder,
-        search_seed=spec.search["seed"],
+        search_seed=spec.search.seed,
         training_seed=spec.fixed.get("seed", "searched" if "seed" in spec.params else TrainConfig().seed),
         # Every trial's torch threads (from cpus_per_trial): the float reduction order of its training follows it.
         trial_threads=trial_threads(cpus),

@@ -12,9 +12,9 @@ from typing import Any
 
 import yaml
 
-from tune_ph import config
 from tune_ph.config import TrainConfig, model_max_length
 from tune_ph.errors import ConfigError, SpaceError
+from tune_ph.search import settings
 from tune_ph.search.space_params import Checker, check_value, coerce, parse_param
 from tune_ph.search.spec import (
     DATA_FIELDS,
@@ -29,11 +29,7 @@ from tune_ph.search.spec import (
 
 __all__ = ["FIELD_TYPES", "OptunaSpace", "SearchSpec", "SpaceError", "apply_overrides", "load_space", "parse_space"]
 
-METRICS = tuple(config.METRIC_MODES)
-SECTIONS = ("name", "fixed", "space", "search", "scheduler", "resources")
-SEARCH_KEYS = {"num_samples": int, "seed": int, "max_concurrent": int, "metric": str}
-SCHEDULER_KEYS = {"grace_period": int, "reduction_factor": (int, float), "max_epochs": int}
-RESOURCE_KEYS = {"cpus_per_trial": (int, float), "gpus_per_trial": (int, float)}
+SECTIONS = ("name", "fixed", "space", *settings.SECTIONS)
 # An experiment name becomes a folder under --output-dir: one plain path component, nothing that climbs out.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -51,9 +47,24 @@ def parse_space(raw: Any, path: str = "<space>") -> SearchSpec:
         )
     spec = SearchSpec(path=path, name=str(raw.get("name") or Path(path).stem), raw=copy.deepcopy(raw))
     check_name(ck, "name", spec.name)
+    spec.fixed = _parse_fixed(ck, raw.get("fixed") or {})
+    _parse_params(ck, spec, raw["space"])
+    _check_dependencies(ck, spec)
+    spec.search = settings.SearchSettings(**_section(ck, raw, "search"))
+    # Every scheduler setting is explicit from here on (and in the saved settings): the tuner, the trials table's
+    # stop reasons and the report's rungs all read the same values.
+    spec.scheduler = settings.SchedulerSettings(**_section(ck, raw, "scheduler"))
+    if spec.scheduler.max_epochs is None:
+        spec.scheduler.max_epochs = spec.fixed.get("epochs", default_of("epochs"))
+    spec.resources = settings.ResourceSettings(**_section(ck, raw, "resources"))
+    validate(spec)
+    return spec
 
-    fixed = dict(raw.get("fixed") or {})
-    ck.check_keys("fixed", fixed, list(FIELD_TYPES))
+
+def _parse_fixed(ck: Checker, section: Any) -> dict[str, Any]:
+    """The `fixed` section: TrainConfig values, and max_length per model as {size: length}."""
+    ck.check_keys("fixed", section, list(FIELD_TYPES))
+    fixed = dict(section)
     for name, value in fixed.items():
         key = f"fixed.{name}"
         if name == "max_length" and isinstance(value, dict):
@@ -66,13 +77,15 @@ def parse_space(raw: Any, path: str = "<space>") -> SearchSpec:
         else:
             fixed[name] = value = coerce(name, value)
             check_value(ck, key, name, value)
-    spec.fixed = dict(fixed)
+    return fixed
 
-    space = raw["space"]
-    ck.check_keys("space", space, list(FIELD_TYPES))
-    for name, value in space.items():
+
+def _parse_params(ck: Checker, spec: SearchSpec, section: Any) -> None:
+    """The `space` section into spec.params (a plain scalar there is a fixed value)."""
+    ck.check_keys("space", section, list(FIELD_TYPES))
+    for name, value in section.items():
         key = f"space.{name}"
-        if name in fixed:
+        if name in spec.fixed:
             ck.fail(key, f"{name} is also in fixed; keep it in one section")
         param = parse_param(ck, key, name, value)
         if param.dist is None and param.per is None:
@@ -87,6 +100,9 @@ def parse_space(raw: Any, path: str = "<space>") -> SearchSpec:
             )
         spec.params[name] = param
 
+
+def _check_dependencies(ck: Checker, spec: SearchSpec) -> None:
+    """Each `when`/`per` names a searched or fixed field, with values it can take, and nothing is circular."""
     for name, param in spec.params.items():
         key = f"space.{name}"
         deps = list((param.when or {}).keys()) + ([param.per] if param.per else [])
@@ -96,14 +112,7 @@ def parse_space(raw: Any, path: str = "<space>") -> SearchSpec:
             if dep not in spec.params and dep not in spec.fixed and dep != "model":
                 ck.fail(key, f"depends on {dep!r}, which is neither searched nor fixed")
         for dep, allowed in (param.when or {}).items():
-            possible = _possible_values(spec, dep)
-            for v in allowed:
-                if dep in FIELD_TYPES:
-                    check_value(ck, f"{key}.when.{dep}", dep, v)
-                if dep in spec.params and possible is not None and v not in possible:
-                    ck.fail(
-                        f"{key}.when.{dep}", f"{v!r} is not a possible {dep}; possible: {', '.join(map(str, possible))}"
-                    )
+            _check_condition(ck, spec, f"{key}.when.{dep}", dep, allowed)
     if "model" in spec.params and values_of(spec.params["model"]) == []:
         ck.fail("space.model", "model can only be searched with choice")
     try:
@@ -111,22 +120,15 @@ def parse_space(raw: Any, path: str = "<space>") -> SearchSpec:
     except RecursionError:
         ck.fail("space", "circular `when`/`per` dependencies")
 
-    spec.search = _section(ck, raw, "search", SEARCH_KEYS)
-    spec.search.setdefault("num_samples", 10)
-    spec.search.setdefault("seed", 0)
-    spec.search.setdefault("max_concurrent", 1)
-    spec.search.setdefault("metric", "val_loss")
-    spec.scheduler = _section(ck, raw, "scheduler", SCHEDULER_KEYS)
-    # Every scheduler setting is explicit from here on (and in the saved settings): the tuner, the trials table's
-    # stop reasons and the report's rungs all read the same values.
-    spec.scheduler.setdefault("max_epochs", spec.fixed.get("epochs", default_of("epochs")))
-    spec.scheduler.setdefault("grace_period", 1)
-    spec.scheduler.setdefault("reduction_factor", 2)
-    spec.resources = _section(ck, raw, "resources", RESOURCE_KEYS, per_model=("gpus_per_trial",))
-    spec.resources.setdefault("cpus_per_trial", 1)
-    spec.resources.setdefault("gpus_per_trial", 0)
-    validate(spec)
-    return spec
+
+def _check_condition(ck: Checker, spec: SearchSpec, key: str, dep: str, allowed: list) -> None:
+    """A `when` condition's values are values `dep` can take."""
+    possible = _possible_values(spec, dep)
+    for v in allowed:
+        if dep in FIELD_TYPES:
+            check_value(ck, key, dep, v)
+        if dep in spec.params and possible is not None and v not in possible:
+            ck.fail(key, f"{v!r} is not a possible {dep}; possible: {', '.join(map(str, possible))}")
 
 
 def _possible_values(spec: SearchSpec, name: str) -> list | None:
@@ -148,20 +150,23 @@ def check_name(ck: Checker, key: str, name: str) -> None:
         )
 
 
-def _section(ck: Checker, raw: dict, name: str, keys: dict, per_model: tuple = ()) -> dict:
+def _section(ck: Checker, raw: dict, name: str) -> dict[str, Any]:
+    """One settings section's values as the file gives them, type-checked by settings' fields (not defaulted)."""
+    cls = settings.SECTIONS[name]
     section = raw.get(name) or {}
-    ck.check_keys(name, section, keys)
+    ck.check_keys(name, section, list(cls.__dataclass_fields__))
     out = {}
     for k, v in section.items():
-        if k in per_model and isinstance(v, dict):
+        types = settings.scalar_types(cls, k)
+        if cls.__dataclass_fields__[k].metadata.get("per_model") and isinstance(v, dict):
             ck.check_keys(f"{name}.{k}", v, ("per", "values"))
             if v.get("per") != "model" or not isinstance(v.get("values"), dict):
                 ck.fail(f"{name}.{k}", "expected a number or {per: model, values: {size: number}}")
             for m, x in v["values"].items():
-                ck.check_type(f"{name}.{k}.values.{m}", x, keys[k] if isinstance(keys[k], tuple) else (keys[k],))
+                ck.check_type(f"{name}.{k}.values.{m}", x, types)
             out[k] = {str(m): x for m, x in v["values"].items()}
             continue
-        ck.check_type(f"{name}.{k}", v, keys[k])  # also refuses NaN and infinities
+        ck.check_type(f"{name}.{k}", v, types)  # also refuses NaN and infinities
         out[k] = v
     return out
 
@@ -205,50 +210,45 @@ def validate(spec: SearchSpec) -> None:
     ck = Checker(spec.path)
     _check_per_model(ck, spec)
     _resolve_fixed_conditions(spec)
-    s, sch, res = spec.search, spec.scheduler, spec.resources
     for k, v in spec.fixed.items():
         if k in FIELD_TYPES and not (k == "max_length" and isinstance(v, dict)):
             check_value(ck, f"fixed.{k}", k, v)
-    if s["num_samples"] < 1:
-        ck.fail("search.num_samples", f"must be >= 1, got {s['num_samples']}")
-    if s["max_concurrent"] < 1:
-        ck.fail("search.max_concurrent", f"must be >= 1, got {s['max_concurrent']}")
-    if not 0 <= s["seed"] < 2**32:  # numpy's seed range, which Optuna's TPE sampler uses
-        ck.fail("search.seed", f"must be >= 0 and below 2**32 (--seed overrides it), got {s['seed']}")
-    if s["metric"] not in METRICS:
-        ck.fail("search.metric", f"unknown metric {s['metric']!r}; allowed: {', '.join(METRICS)}")
+    _check_settings(ck, spec)
+    _check_models(ck, spec)
+
+
+def _check_settings(ck: Checker, spec: SearchSpec) -> None:
+    """Each setting by its own rule, then the rules between them: ASHA's epochs within fixed.epochs, a GPU share
+    for every model."""
+    for section in settings.SECTIONS:
+        for key, problem in settings.problems(section, getattr(spec, section)):
+            ck.fail(key, problem)
     epochs = spec.fixed.get("epochs", default_of("epochs"))
-    max_epochs = sch.get("max_epochs", epochs)
     if "epochs" in spec.params:
         ck.fail(
             "space.epochs",
             "epochs cannot be searched; ASHA decides how long each trial trains "
             "(set fixed.epochs / scheduler.max_epochs)",
         )
-    if max_epochs < 1:
-        ck.fail("scheduler.max_epochs", f"must be >= 1, got {max_epochs}")
+    max_epochs = spec.scheduler.max_epochs
     if max_epochs > epochs:
         ck.fail(
             "scheduler.max_epochs",
             f"{max_epochs} is more than fixed.epochs ({epochs}); trials never train longer than epochs",
         )
-    grace = sch.get("grace_period", 1)
+    grace = spec.scheduler.grace_period
     if not 1 <= grace <= max_epochs:
         ck.fail("scheduler.grace_period", f"must be between 1 and max_epochs ({max_epochs}), got {grace}")
-    if sch.get("reduction_factor", 2) <= 1:
-        ck.fail("scheduler.reduction_factor", f"must be > 1, got {sch['reduction_factor']}")
-    if res["cpus_per_trial"] <= 0:
-        ck.fail("resources.cpus_per_trial", f"must be > 0, got {res['cpus_per_trial']}")
-    gpus = res["gpus_per_trial"]
-    for m, g in gpus.items() if isinstance(gpus, dict) else [("", gpus)]:
-        key = f"resources.gpus_per_trial{'.values.' + m if m else ''}"
-        if g < 0 or (g > 1 and g != int(g)):
-            ck.fail(key, f"must be a fraction in [0, 1] or a whole number of GPUs, got {g}")
-    models = spec.model_choices()
+    gpus = spec.resources.gpus_per_trial
     if isinstance(gpus, dict):
-        missing = [m for m in models if m not in gpus]
+        missing = [m for m in spec.model_choices() if m not in gpus]
         if missing:
             ck.fail("resources.gpus_per_trial.values", f"no value for model {', '.join(missing)}")
+
+
+def _check_models(ck: Checker, spec: SearchSpec) -> None:
+    """Every model the search can pick: its max length is known now, and the TrainConfig it gets is valid."""
+    models = spec.model_choices()
     if spec.fixed.get("model_config") and "model" in spec.params:
         ck.fail("fixed.model_config", "a custom model_config fixes the architecture; do not also search model")
     lengths = spec.fixed.get("max_length")
@@ -293,16 +293,16 @@ def load_space(path: str | Path) -> SearchSpec:
 
 
 def apply_overrides(spec: SearchSpec, overrides: dict[str, Any]) -> SearchSpec:
-    """CLI flags win over the file: keys are fixed TrainConfig fields or search/scheduler/resources keys."""
+    """CLI flags win over the file: keys are fixed TrainConfig fields or search/scheduler/resources settings."""
     for key, value in overrides.items():
         if value is None:
             continue
-        if key in SEARCH_KEYS:
-            spec.search[key] = value
-        elif key in SCHEDULER_KEYS:
-            spec.scheduler[key] = value
-        elif key in RESOURCE_KEYS:
-            spec.resources[key] = value
+        section = settings.section_of(key)
+        if section is not None:  # typed as the file's values are (a flag's nan or inf is refused here too)
+            Checker(spec.path).check_type(
+                f"{section}.{key}", value, settings.scalar_types(settings.SECTIONS[section], key)
+            )
+            setattr(getattr(spec, section), key, value)
         elif key in FIELD_TYPES:
             spec.params.pop(key, None)
             spec.fixed[key] = value
@@ -311,14 +311,10 @@ def apply_overrides(spec: SearchSpec, overrides: dict[str, Any]) -> SearchSpec:
             spec.name = value
         else:
             raise SpaceError(f"{spec.path}: unknown override {key!r}")
-    if "epochs" in overrides and overrides["epochs"] is not None and "max_epochs" in spec.scheduler:
+    if overrides.get("epochs") is not None and overrides.get("max_epochs") is None:
         # --epochs shortens (or lengthens) the whole run; ASHA's max follows unless given explicitly.
-        if overrides.get("max_epochs") is None:
-            spec.scheduler["max_epochs"] = overrides["epochs"]
-    spec.scheduler["grace_period"] = min(
-        spec.scheduler.get("grace_period", 1),
-        spec.scheduler.get("max_epochs", spec.fixed.get("epochs", default_of("epochs"))),
-    )
+        spec.scheduler.max_epochs = overrides["epochs"]
+    spec.scheduler.grace_period = min(spec.scheduler.grace_period, spec.scheduler.max_epochs)
     validate(spec)
     return spec
 

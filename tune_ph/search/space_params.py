@@ -27,7 +27,8 @@ class Checker:
 
     def check_type(self, key: str, value: Any, types: type | tuple[type, ...]) -> None:
         try:
-            config.check_type(key, value, types if isinstance(types, tuple) else (types,))
+            # The message names the last part of the key; the key itself comes first.
+            config.check_type(key.rsplit(".", 1)[-1], value, types if isinstance(types, tuple) else (types,))
         except ConfigError as err:
             self.fail(key, err.message)
 
@@ -61,6 +62,7 @@ def check_value(ck: Checker, key: str, name: str, value: Any) -> None:
 
 
 def parse_param(ck: Checker, key: str, name: str, spec: Any, nested: bool = False) -> Param:
+    """One `space` entry: a plain value, one distribution, or `per: model` values; with an optional `when`."""
     if not isinstance(spec, dict):
         spec = coerce(name, spec)
         if isinstance(spec, list):
@@ -69,17 +71,7 @@ def parse_param(ck: Checker, key: str, name: str, spec: Any, nested: bool = Fals
         return Param(name, None, spec)
     dists = [k for k in spec if k in DISTRIBUTIONS]
     if "per" in spec:
-        if nested:
-            ck.fail(key, "`per` cannot be nested")
-        ck.check_keys(key, spec, ("per", "values", "when"))
-        per = spec["per"]
-        if per != "model":
-            ck.fail(f"{key}.per", f"only `per: model` is supported, got {per!r}")
-        values = spec.get("values")
-        if not isinstance(values, dict) or not values:
-            ck.fail(f"{key}.values", "expected a non-empty mapping of model size -> value or distribution")
-        parsed = {str(m): parse_param(ck, f"{key}.values.{m}", name, v, nested=True) for m, v in values.items()}
-        param = Param(name, per=per, values=parsed)
+        param = _parse_per(ck, key, name, spec, nested)
     elif len(dists) != 1:
         ck.fail(
             key,
@@ -88,44 +80,74 @@ def parse_param(ck: Checker, key: str, name: str, spec: Any, nested: bool = Fals
         )
         raise AssertionError  # unreachable: fail() raises
     else:
-        dist = dists[0]
-        ck.check_keys(key, spec, (dist, "when"))
-        args = spec[dist]
-        if isinstance(args, list):
-            args = [coerce(name, v) for v in args] if dist != "randint" else args
-        dkey = f"{key}.{dist}"
-        if dist == "choice":
-            if not isinstance(args, list) or not args:
-                ck.fail(dkey, "expected a non-empty list of values")
-            for i, v in enumerate(args):
-                check_value(ck, f"{dkey}[{i}]", name, v)
-            if len({repr(v) for v in args}) != len(args):
-                ck.fail(dkey, f"duplicate values in {args!r}")
-        else:
-            if not isinstance(args, list) or len(args) != 2:
-                ck.fail(dkey, f"expected [low, high], got {args!r}")
-            needed = int if dist == "randint" else float
-            if needed not in FIELD_TYPES[name]:
-                takes = " or ".join(config.type_name(t) for t in FIELD_TYPES[name])
-                ck.fail(key, f"{name} takes {takes}; {dist} cannot produce that (use choice)")
-            for i, v in enumerate(args):
-                ck.check_type(f"{dkey}[{i}]", v, (int,) if dist == "randint" else (float, int))
-                check_value(ck, f"{dkey}[{i}]", name, v)
-            low, high = args
-            if not low < high:
-                ck.fail(dkey, f"low must be below high, got [{low}, {high}]")
-            if dist == "loguniform" and low <= 0:
-                ck.fail(dkey, f"loguniform needs low > 0, got {low}")
-            if not (math.isfinite(low) and math.isfinite(high)):
-                ck.fail(dkey, "bounds must be finite")
-        param = Param(name, dist, args)
+        param = _parse_distribution(ck, key, name, spec, dists[0])
     if "when" in spec:
-        when = spec["when"]
-        if not isinstance(when, dict) or not when:
-            ck.fail(f"{key}.when", "expected a mapping like {head: [mlp2, mlp3]}")
-        param.when = {}
-        for dep, allowed in when.items():
-            if not isinstance(allowed, list) or not allowed:
-                allowed = [allowed]
-            param.when[str(dep)] = allowed
+        param.when = _parse_when(ck, f"{key}.when", spec["when"])
     return param
+
+
+def _parse_per(ck: Checker, key: str, name: str, spec: dict, nested: bool) -> Param:
+    """`{per: model, values: {size: value or distribution}}`."""
+    if nested:
+        ck.fail(key, "`per` cannot be nested")
+    ck.check_keys(key, spec, ("per", "values", "when"))
+    per = spec["per"]
+    if per != "model":
+        ck.fail(f"{key}.per", f"only `per: model` is supported, got {per!r}")
+    values = spec.get("values")
+    if not isinstance(values, dict) or not values:
+        ck.fail(f"{key}.values", "expected a non-empty mapping of model size -> value or distribution")
+    parsed = {str(m): parse_param(ck, f"{key}.values.{m}", name, v, nested=True) for m, v in values.items()}
+    return Param(name, per=per, values=parsed)
+
+
+def _parse_distribution(ck: Checker, key: str, name: str, spec: dict, dist: str) -> Param:
+    """`{choice: [...]}` or `{uniform|loguniform|randint: [low, high]}`, each value checked by the field's rules."""
+    ck.check_keys(key, spec, (dist, "when"))
+    args = spec[dist]
+    if isinstance(args, list):
+        args = [coerce(name, v) for v in args] if dist != "randint" else args
+    dkey = f"{key}.{dist}"
+    if dist == "choice":
+        if not isinstance(args, list) or not args:
+            ck.fail(dkey, "expected a non-empty list of values")
+        for i, v in enumerate(args):
+            check_value(ck, f"{dkey}[{i}]", name, v)
+        if len({repr(v) for v in args}) != len(args):
+            ck.fail(dkey, f"duplicate values in {args!r}")
+    else:
+        _check_range(ck, key, name, dist, args)
+    return Param(name, dist, args)
+
+
+def _check_range(ck: Checker, key: str, name: str, dist: str, args: Any) -> None:
+    """[low, high] of a uniform, loguniform or randint: of a type the field takes, finite, low below high."""
+    dkey = f"{key}.{dist}"
+    if not isinstance(args, list) or len(args) != 2:
+        ck.fail(dkey, f"expected [low, high], got {args!r}")
+    needed = int if dist == "randint" else float
+    if needed not in FIELD_TYPES[name]:
+        takes = " or ".join(config.type_name(t) for t in FIELD_TYPES[name])
+        ck.fail(key, f"{name} takes {takes}; {dist} cannot produce that (use choice)")
+    for i, v in enumerate(args):
+        ck.check_type(f"{dkey}[{i}]", v, (int,) if dist == "randint" else (float, int))
+        check_value(ck, f"{dkey}[{i}]", name, v)
+    low, high = args
+    if not low < high:
+        ck.fail(dkey, f"low must be below high, got [{low}, {high}]")
+    if dist == "loguniform" and low <= 0:
+        ck.fail(dkey, f"loguniform needs low > 0, got {low}")
+    if not (math.isfinite(low) and math.isfinite(high)):
+        ck.fail(dkey, "bounds must be finite")
+
+
+def _parse_when(ck: Checker, key: str, when: Any) -> dict[str, list]:
+    """`when: {field: value or [values]}` -> {field: [values]}."""
+    if not isinstance(when, dict) or not when:
+        ck.fail(key, "expected a mapping like {head: [mlp2, mlp3]}")
+    out = {}
+    for dep, allowed in when.items():
+        if not isinstance(allowed, list) or not allowed:
+            allowed = [allowed]
+        out[str(dep)] = allowed
+    return out

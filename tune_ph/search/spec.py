@@ -8,6 +8,7 @@ from typing import Any
 
 from tune_ph import config
 from tune_ph.config import TrainConfig, model_max_length
+from tune_ph.search.settings import ResourceSettings, SchedulerSettings, SearchSettings, to_dicts
 
 # The TrainConfig fields a search space may set, with the types each accepts (derived from TrainConfig).
 FIELD_TYPES: dict[str, tuple[type, ...]] = {
@@ -45,9 +46,9 @@ class SearchSpec:
     name: str
     fixed: dict[str, Any] = field(default_factory=dict)
     params: dict[str, Param] = field(default_factory=dict)
-    search: dict[str, Any] = field(default_factory=dict)
-    scheduler: dict[str, Any] = field(default_factory=dict)
-    resources: dict[str, Any] = field(default_factory=dict)
+    search: SearchSettings = field(default_factory=SearchSettings)
+    scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
+    resources: ResourceSettings = field(default_factory=ResourceSettings)
     raw: dict[str, Any] = field(default_factory=dict)
 
     def model_choices(self) -> list[str]:
@@ -71,7 +72,7 @@ class SearchSpec:
         return sorted({self.max_length_for(m) for m in self.model_choices()})
 
     def gpus_for(self, model: str) -> float:
-        value = self.resources.get("gpus_per_trial", 0)
+        value = self.resources.gpus_per_trial
         if isinstance(value, dict):
             value = value.get(model, 0)
         return float(value)
@@ -104,12 +105,7 @@ class SearchSpec:
         raw["fixed"] = fixed
         # Scalars written under `space` and overridden fields now live in `fixed` only.
         raw["space"] = {k: v for k, v in (raw.get("space") or {}).items() if k in self.params}
-        raw["search"] = dict(self.search)
-        raw["scheduler"] = dict(self.scheduler)
-        raw["resources"] = copy.deepcopy(self.resources)
-        gpus = raw["resources"].get("gpus_per_trial")
-        if isinstance(gpus, dict):
-            raw["resources"]["gpus_per_trial"] = {"per": "model", "values": gpus}
+        raw.update(to_dicts(self.search, self.scheduler, self.resources))
         return raw
 
 

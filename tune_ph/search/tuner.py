@@ -65,11 +65,9 @@ def make_trainable(
 ) -> Any:
     """train_trial with the datasets and the frozen backbones' set vectors in the object store (once each) and
     per-trial resources."""
-    trainable = tune.with_parameters(
-        train_trial, datasets=datasets, vectors=vectors or {}, metric=spec.search["metric"]
-    )
-    cpus = spec.resources["cpus_per_trial"]
-    if isinstance(spec.resources["gpus_per_trial"], dict):
+    trainable = tune.with_parameters(train_trial, datasets=datasets, vectors=vectors or {}, metric=spec.search.metric)
+    cpus = spec.resources.cpus_per_trial
+    if isinstance(spec.resources.gpus_per_trial, dict):
         return tune.with_resources(trainable, lambda cfg: {"cpu": cpus, "gpu": spec.gpus_for(cfg["model"])})
     return tune.with_resources(trainable, {"cpu": cpus, "gpu": spec.gpus_for(spec.model_choices()[0])})
 
@@ -86,26 +84,25 @@ def make_tuner(
 
     The console reporter and callbacks are saved with the Tuner, so a --resume shows the same console.
     """
-    metric = spec.search["metric"]
+    metric = spec.search.metric
     mode = metric_mode(metric)
-    n_startup = max(2, min(10, spec.search["num_samples"] // 3))
+    n_startup = max(2, min(10, spec.search.num_samples // 3))
     searcher = OptunaSearch(
         space=OptunaSpace(spec.trial_params()),
         # TPE learns from each trial's best epoch, the value selection uses too.
         metric=best_column(metric),
         mode=mode,
-        sampler=optuna.samplers.TPESampler(seed=spec.search["seed"], n_startup_trials=n_startup),
+        sampler=optuna.samplers.TPESampler(seed=spec.search.seed, n_startup_trials=n_startup),
         storage=optuna.storages.RDBStorage(f"sqlite:///{(folder / results.STUDY_FILE).resolve()}"),
         study_name=spec.name,
     )
-    max_epochs = spec.scheduler["max_epochs"]
     scheduler = ASHAScheduler(
         metric=metric,
         mode=mode,
         time_attr="training_iteration",
-        max_t=max_epochs,
-        grace_period=spec.scheduler["grace_period"],
-        reduction_factor=spec.scheduler["reduction_factor"],
+        max_t=spec.scheduler.max_epochs,
+        grace_period=spec.scheduler.grace_period,
+        reduction_factor=spec.scheduler.reduction_factor,
     )
     return tune.Tuner(
         trainable,
@@ -113,8 +110,8 @@ def make_tuner(
         tune_config=tune.TuneConfig(
             search_alg=searcher,
             scheduler=scheduler,
-            num_samples=spec.search["num_samples"],
-            max_concurrent_trials=spec.search["max_concurrent"],
+            num_samples=spec.search.num_samples,
+            max_concurrent_trials=spec.search.max_concurrent,
             # Trials of one search share imports and CUDA context; each still builds its own model from config.
             reuse_actors=True,
             trial_name_creator=trial_name,
@@ -131,7 +128,7 @@ def make_tuner(
             verbose=verbose,
             progress_reporter=console.StatusTable(list(spec.params), metric, console.logdir_of(folder, storage)),
             callbacks=[
-                console.SearchProgress(list(spec.params), metric, verbose, spec.scheduler["max_epochs"]),
+                console.SearchProgress(list(spec.params), metric, verbose, spec.scheduler.max_epochs),
                 *(callbacks or []),
             ],
         ),

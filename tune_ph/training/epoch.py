@@ -11,14 +11,15 @@ from tqdm.auto import tqdm
 
 from tune_ph.config import TrainConfig
 from tune_ph.data.tokens import TokenizedDataset
+from tune_ph.errors import RunFailure
 from tune_ph.model.regressor import PhRegressor, autocast
 
 # On CUDA a finiteness check per step would force a device sync; losses are checked in chunks instead.
 _CUDA_CHECK_EVERY = 32
 
 
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite."""
+class NonFiniteLossError(RunFailure):
+    """The training loss became NaN or infinite (exit code 1, one line: the message says which step and what to try)."""
 
 
 def seed_everything(seed: int) -> None:

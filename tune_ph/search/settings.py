@@ -1,0 +1,163 @@
+"""The search's run settings, the YAML's `search`, `scheduler` and `resources` sections: each field's default, help,
+range rule and command-line flag (`python -m tune_ph.search --num-samples ...`), in one place."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from tune_ph import config
+
+METRICS = tuple(config.METRIC_MODES)
+# numpy's seed range, which Optuna's TPE sampler uses.
+SEED_LIMIT = 2**32
+
+Rule = Callable[[Any], "str | None"]
+
+
+def _setting(default: Any, help: str, *, rule: Rule | None = None, cli: bool = False, **meta: Any) -> Any:
+    """A settings field with its help text and range rule.
+
+    rule: value -> what is wrong with it (None: nothing); run on the file's values and on the flags' alike.
+    cli: a `--flag` of the search command overrides it. meta: choices (allowed values), per_model=True (a
+    `{per: model, values: {size: value}}` mapping is also accepted, each value under the rule).
+    """
+    return field(default=default, metadata={"help": help, "rule": rule, "cli": cli, **meta})
+
+
+def _at_least_one(value: Any) -> str | None:
+    return None if value >= 1 else f"must be >= 1, got {value}"
+
+
+def _seed(value: int) -> str | None:
+    return None if 0 <= value < SEED_LIMIT else f"must be >= 0 and below 2**32 (--seed overrides it), got {value}"
+
+
+def _above_one(value: float) -> str | None:
+    return None if value > 1 else f"must be > 1, got {value}"
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else f"must be > 0, got {value}"
+
+
+def _gpu_share(value: float) -> str | None:
+    if value < 0 or (value > 1 and value != int(value)):
+        return f"must be a fraction in [0, 1] or a whole number of GPUs, got {value}"
+    return None
+
+
+@dataclass
+class SearchSettings:
+    """The `search` section: how many trials, how many at once, the sampler's seed and the metric they are ranked by."""
+
+    num_samples: int = _setting(10, "number of trials", rule=_at_least_one, cli=True)
+    seed: int = _setting(
+        0,
+        "seed of the search's TPE sampler (Optuna), which picks each trial's hyperparameters; not the training "
+        "seed, which is fixed.seed",
+        rule=_seed,
+        cli=True,
+    )
+    max_concurrent: int = _setting(1, "trials run at once", rule=_at_least_one, cli=True)
+    metric: str = _setting(
+        "val_loss",
+        "validation metric that ASHA, TPE, the kept checkpoints and the exported trial all use",
+        choices=METRICS,
+    )
+
+
+@dataclass
+class SchedulerSettings:
+    """The `scheduler` section: ASHA on the search metric, one rung step per epoch."""
+
+    grace_period: int = _setting(1, "epochs every trial trains before ASHA may stop it (1..max_epochs)")
+    reduction_factor: float = _setting(2, "ASHA keeps 1 in reduction_factor trials at each rung", rule=_above_one)
+    # None only until the file is read: then fixed.epochs (SearchSpec keeps every setting explicit).
+    max_epochs: int | None = _setting(
+        None, "epochs a trial trains at most (ASHA's max_t; default: fixed.epochs)", rule=_at_least_one
+    )
+
+
+@dataclass
+class ResourceSettings:
+    """The `resources` section: what Ray reserves for each trial."""
+
+    cpus_per_trial: float = _setting(1, "CPUs per trial, also its torch threads", rule=_positive, cli=True)
+    # A float, or {model size: float} (per_model); the command-line flag sets every model's share.
+    gpus_per_trial: float | dict[str, float] = _setting(
+        0, "GPU share per trial, e.g. 0.25; 0 trains on CPU", rule=_gpu_share, cli=True, per_model=True
+    )
+
+
+# The YAML section each settings class reads, in the file's order.
+SECTIONS: dict[str, type] = {"search": SearchSettings, "scheduler": SchedulerSettings, "resources": ResourceSettings}
+
+
+def scalar_types(cls: type, name: str) -> tuple[type, ...]:
+    """The types a field's value may have in the file (a per-model mapping aside; null is never a value)."""
+    return tuple(t for t in config.annotation_types(cls, name) if t not in (dict, type(None)))
+
+
+def section_of(name: str) -> str | None:
+    """The section a settings field belongs to (None: not a settings field)."""
+    return next((section for section, cls in SECTIONS.items() if name in cls.__dataclass_fields__), None)
+
+
+def check(section: str, name: str, value: Any) -> str | None:
+    """What is wrong with one value of a settings field by its range rule and choices (None: nothing)."""
+    meta = SECTIONS[section].__dataclass_fields__[name].metadata
+    choices = meta.get("choices")
+    if choices and value not in choices:
+        return f"unknown {name} {value!r}; allowed: {', '.join(choices)}"
+    return meta["rule"](value) if meta["rule"] else None
+
+
+def problems(section: str, values: Any) -> Iterator[tuple[str, str]]:
+    """(key, what is wrong) for each value of a section's settings that breaks its rule; per-model values each."""
+    for f in fields(values):
+        value = getattr(values, f.name)
+        if value is None:  # not resolved yet (max_epochs before the file's epochs are known)
+            continue
+        each = value.items() if isinstance(value, dict) else [("", value)]
+        for model, item in each:
+            problem = check(section, f.name, item)
+            if problem:
+                yield f"{section}.{f.name}{f'.values.{model}' if model else ''}", problem
+
+
+def to_dicts(search: SearchSettings, scheduler: SchedulerSettings, resources: ResourceSettings) -> dict[str, dict]:
+    """The three sections in the file format (a per-model mapping as {per: model, values: ...})."""
+    out = {"search": asdict(search), "scheduler": asdict(scheduler), "resources": asdict(resources)}
+    for section, cls in SECTIONS.items():
+        for f in fields(cls):
+            value = out[section][f.name]
+            if f.metadata.get("per_model") and isinstance(value, dict):
+                out[section][f.name] = {"per": "model", "values": dict(value)}
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ CLI flags
+
+
+def _flagged() -> Iterator[tuple[str, Any]]:
+    for section, cls in SECTIONS.items():
+        for f in fields(cls):
+            if f.metadata["cli"]:
+                yield section, f
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One override flag per settings field that has one (``--num-samples`` for search.num_samples); the default
+    None means "not given", so the file's value stays."""
+    for section, f in _flagged():
+        kind = scalar_types(SECTIONS[section], f.name)[0]
+        flag = f"--{f.name.replace('_', '-')}"
+        parser.add_argument(flag, type=kind, default=None, help=f"{f.metadata['help']} (YAML: {section}.{f.name})")
+
+
+def given(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given as flags on a parsed command line, by field name."""
+    return {f.name: getattr(args, f.name) for _, f in _flagged() if getattr(args, f.name, None) is not None}
