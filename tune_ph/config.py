@@ -18,7 +18,7 @@ DEFAULT_MODEL = "hyenadna-tiny-1k-seqlen"
 ARCHITECTURES: tuple[str, ...] = ("linear", "mlp2", "mlp2_ln", "mlp3", "mlp4", "mlp5")
 POOLINGS: tuple[str, ...] = ("pool", "last", "first", "sum")
 # How a sample's set vectors become one prediction (model.SetAggregation).
-AGGREGATIONS: tuple[str, ...] = ("mean", "attention", "mean_prediction")
+AGGREGATIONS: tuple[str, ...] = ("mean", "attention", "mean_prediction", "clusters")
 LOSSES: tuple[str, ...] = ("smoothl1", "mse", "mae", "huber")
 LR_SCHEDULERS: tuple[str, ...] = ("none", "plateau")
 MIN_MAX_LENGTH = 8
@@ -52,8 +52,13 @@ class TrainConfig:
         "mean_prediction",
         "how a sample's set vectors become one prediction: mean_prediction (mean of per-set predictions, the "
         "published recipe; learns fastest from scratch), mean (of set vectors), attention (gated attention "
-        "pooling; best on a frozen pretrained backbone)",
+        "pooling), clusters (learned OTUs: each read set's vector is assigned to one of `clusters` clusters fit "
+        "on the train reads; the head sees a sample's cluster abundances; frozen backbone only)",
         choices=AGGREGATIONS,
+    )
+    clusters: int = _field(1024, "aggregation=clusters: number of clusters (OTUs) fit on the train split's reads")
+    cluster_dims: int = _field(
+        32, "aggregation=clusters: PCA dimensions (whitened) the read vectors are clustered in; at most d_model"
     )
     head_dropout: float = _field(0.1, "dropout between head layers")
     freeze_backbone: bool = _field(False, "train aggregation and head only (set vectors are then standardised)")
@@ -107,6 +112,12 @@ class TrainConfig:
         if self.model_config is not None and not self.from_scratch:
             raise ConfigError(
                 "model_config", "a custom model_config needs from_scratch=True (there are no pretrained weights for it)"
+            )
+        if self.aggregation == "clusters" and not self.freeze_backbone:
+            raise ConfigError(
+                "aggregation",
+                "clusters are fit once on a frozen backbone's read vectors; set freeze_backbone=True "
+                "(--freeze-backbone) or choose another aggregation",
             )
         if self.test_fraction + self.val_fraction >= 1:
             raise ConfigError(
@@ -267,8 +278,10 @@ def _range_problem(name: str, value: Any) -> str | None:
     """What is wrong with a (well-typed, non-None) value of a field by its range rule; None when nothing is."""
     if name == "sets_per_step" and value < 0:
         return f"sets_per_step must be >= 0 (0: all sets), got {value!r}"
-    if name in ("batch_size", "epochs", "max_sets", "early_stopping_patience") and value < 1:
+    if name in ("batch_size", "epochs", "max_sets", "early_stopping_patience", "cluster_dims") and value < 1:
         return f"{name} must be a positive integer, got {value!r}"
+    if name == "clusters" and value < 2:
+        return f"clusters must be at least 2 (a sample is described by their abundances), got {value!r}"
     if name in ("learning_rate", "loss_beta") and not value > 0:
         return f"{name} must be > 0, got {value!r}"
     if name in ("weight_decay", "grad_clip") and value < 0:

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -100,16 +101,78 @@ def segment_mean(values: torch.Tensor, owner: torch.Tensor, num_groups: int) -> 
     return total / count.view(-1, *([1] * (values.dim() - 1)))
 
 
+class ReadClusters(nn.Module):
+    """Learned OTUs: read-set vectors -> PCA-whitened, L2-normalised -> the nearest of K centroids (MiniBatchKMeans fit
+    on the train split's reads) -> a sample's centred log-ratio (CLR) cluster abundances.
+
+    Which organism a read comes from is what says most about pH; a frozen backbone's vectors put reads of one
+    organism near each other, so clusters of them stand for organisms (as OTUs do) and a sample is described by
+    how many of its reads fall in each. The fit is kept as buffers: a checkpoint holds it like any weight.
+    """
+
+    def __init__(self, d_model: int, n_clusters: int, dims: int):
+        super().__init__()
+        if dims > d_model:
+            raise ConfigError("cluster_dims", f"cluster_dims {dims} exceeds the backbone's d_model {d_model}")
+        self.register_buffer("center", torch.zeros(d_model))
+        self.register_buffer("projection", torch.zeros(d_model, dims))
+        self.register_buffer("centroids", torch.zeros(n_clusters, dims))
+
+    def embed(self, vectors: torch.Tensor) -> torch.Tensor:
+        """Set vectors (N, D) -> the space the clusters live in (N, dims)."""
+        return nn.functional.normalize((vectors.float() - self.center) @ self.projection, dim=-1)
+
+    def fit(self, vectors: torch.Tensor, seed: int) -> None:
+        """Fit the projection and the centroids on train read vectors (N, D); scikit-learn's PCA and MiniBatchKMeans."""
+        from sklearn.cluster import MiniBatchKMeans
+        from sklearn.decomposition import PCA
+
+        data = vectors.detach().float().cpu().numpy()
+        n_clusters, dims = self.centroids.shape
+        if len(data) < n_clusters:
+            raise ConfigError(
+                "clusters", f"{n_clusters} clusters need at least as many train read sets, got {len(data)}"
+            )
+        pca = PCA(n_components=dims, whiten=True, random_state=seed).fit(data)
+        # whiten=True: scaled components, so (x - mean) @ projection equals pca.transform(x).
+        self.center.copy_(torch.from_numpy(pca.mean_))
+        self.projection.copy_(torch.from_numpy((pca.components_ / np.sqrt(pca.explained_variance_)[:, None]).T))
+        embedded = self.embed(vectors.detach().cpu()).numpy()
+        kmeans = MiniBatchKMeans(n_clusters, batch_size=4096, n_init=1, max_iter=20, random_state=seed)
+        self.centroids.copy_(torch.from_numpy(kmeans.fit(embedded).cluster_centers_))
+
+    def assign(self, vectors: torch.Tensor) -> torch.Tensor:
+        """The nearest centroid of each set vector (N,)."""
+        z = self.embed(vectors)
+        return ((self.centroids**2).sum(-1) - 2 * z @ self.centroids.T).argmin(dim=-1)
+
+    def abundances(self, vectors: torch.Tensor, owner: torch.Tensor, num_samples: int) -> torch.Tensor:
+        """CLR of each sample's cluster counts (num_samples, K); a pseudocount of one half keeps log(0) away."""
+        counts = vectors.new_zeros((num_samples, self.centroids.shape[0]), dtype=torch.float32)
+        counts.index_put_((owner, self.assign(vectors)), torch.ones_like(owner, dtype=torch.float32), accumulate=True)
+        logs = torch.log(counts + 0.5)
+        return logs - logs.mean(dim=1, keepdim=True)
+
+
 class SetAggregation(nn.Module):
     """A sample's set vectors -> one prediction: the mean of per-set predictions, the head on the mean set vector,
     or the head on a gated-attention weighted mean (Ilse, Tomczak & Welling 2018, "Attention-based deep multiple
     instance learning"). All three are invariant to the order of a sample's sets."""
 
-    def __init__(self, d_model: int, kind: str = "mean_prediction", standardise: bool = False):
+    def __init__(
+        self,
+        d_model: int,
+        kind: str = "mean_prediction",
+        standardise: bool = False,
+        clusters: ReadClusters | None = None,
+    ):
         super().__init__()
         if kind not in AGGREGATIONS:
             raise ValueError(f"unknown aggregation {kind!r}; choose one of: {', '.join(AGGREGATIONS)}")
+        if (kind == "clusters") != (clusters is not None):
+            raise ValueError("aggregation 'clusters' and only it takes a ReadClusters")
         self.kind = kind
+        self.clusters = clusters
         # Set vectors of a frozen backbone differ between samples by a sliver of their size; a head on raw vectors
         # sees a near-constant input and learns nothing. Standardising each feature over the sets (running
         # statistics at evaluation) is what lets it learn. Only for a frozen backbone: while the backbone trains,
@@ -134,6 +197,8 @@ class SetAggregation(nn.Module):
         self, vectors: torch.Tensor, owner: torch.Tensor, num_samples: int, head: RegressionHead
     ) -> torch.Tensor:
         """vectors (N, D) of sets, owner (N,) their sample in 0..num_samples-1 -> predictions (num_samples,)."""
+        if self.clusters is not None:  # the clusters standardise in their own (whitened) space
+            return head.regress(self.clusters.abundances(vectors, owner, num_samples))
         if self.training and vectors.shape[0] < 2:  # batch statistics need two sets
             self.norm.eval()
             vectors = self.norm(vectors)
@@ -228,8 +293,11 @@ def backbone_config(cfg: TrainConfig) -> HyenaDNAConfig:
 
 def _assemble(cfg: TrainConfig, backbone: HyenaDNAModel) -> PhRegressor:
     d_model = backbone.config.d_model
-    head = RegressionHead(d_model, cfg.head, cfg.pooling, cfg.head_dropout)
-    aggregation = SetAggregation(d_model, cfg.aggregation, standardise=cfg.freeze_backbone)
+    clusters = ReadClusters(d_model, cfg.clusters, cfg.cluster_dims) if cfg.aggregation == "clusters" else None
+    # With clusters the head reads a sample's abundances, one per cluster, instead of a set vector.
+    head = RegressionHead(cfg.clusters if clusters else d_model, cfg.head, cfg.pooling, cfg.head_dropout)
+    standardise = cfg.freeze_backbone and clusters is None
+    aggregation = SetAggregation(d_model, cfg.aggregation, standardise=standardise, clusters=clusters)
     return PhRegressor(backbone, head, freeze_backbone=cfg.freeze_backbone, aggregation=aggregation)
 
 

@@ -241,6 +241,17 @@ def fit(
             shared=shared_vectors,
         )
         run.vectors = embeddings.for_pooling(set_vectors, cfg.pooling)
+        clusters = model.aggregation.clusters
+        if clusters is not None and resume_from is None:  # resumed: the fit is in the weights
+            train_sets = torch.from_numpy(dataset.set_indices("train"))
+            started = time.perf_counter()
+            clusters.fit(run.vectors[train_sets], cfg.seed)
+            log.info(
+                "%d clusters of %d train read sets in %.1f s",
+                cfg.clusters,
+                len(train_sets),
+                time.perf_counter() - started,
+            )
 
     for epoch in range(run.epoch + 1, cfg.epochs + 1):
         metrics = run.train_and_validate(epoch, progress)
