@@ -10,6 +10,7 @@ from helpers import TINY, motif_dataset
 
 from hyena_dna import HyenaDNAConfig, HyenaDNAModel
 from hyena_dna.tokenizer import decode
+from tune_ph import files
 from tune_ph.config import AGGREGATIONS, POOLINGS, TrainConfig
 from tune_ph.data.tokens import build
 from tune_ph.files import save_torch
@@ -218,6 +219,12 @@ def test_cache_hit_then_miss_on_changed_weights(tmp_path, monkeypatch) -> None:
     embeddings.cache_path(backbone, ds, tmp_path).write_bytes(b"not an array")
     embeddings.set_vectors(backbone, ds, cache_dir=tmp_path, progress=False)
     assert len(calls) == 3
+    # Forged vectors of the right shape, with a matching content hash: the spot check recomputes a few sets.
+    path = embeddings.cache_path(backbone, ds, tmp_path)
+    fake = np.random.default_rng(0).normal(size=changed.shape).astype(np.float32)
+    files.save_npz(path, {"vectors": fake, "content_hash": np.array(files.content_hash({"vectors": fake}, path.name))})
+    np.testing.assert_allclose(embeddings.set_vectors(backbone, ds, cache_dir=tmp_path, progress=False), changed)
+    assert len(calls) == 4
 
 
 def test_frozen_training_never_runs_the_backbone(tmp_path, monkeypatch) -> None:
@@ -229,12 +236,21 @@ def test_frozen_training_never_runs_the_backbone(tmp_path, monkeypatch) -> None:
     def refuse(*args, **kwargs):
         raise AssertionError("a frozen trial ran the backbone")
 
-    monkeypatch.setattr(HyenaDNAModel, "forward", refuse)
+    real_forward, runs = HyenaDNAModel.forward, []
+
+    def spot_checks_only(self, input_ids):
+        # Each cache read recomputes a couple of sets chosen at random (embeddings._spot_check); nothing else runs.
+        runs.append(input_ids.shape[0])
+        return real_forward(self, input_ids)
+
+    monkeypatch.setattr(HyenaDNAModel, "forward", spot_checks_only)
     result = fit(cfg, ds, progress=False)  # the vectors come from the disk cache
-    # Evaluating the frozen checkpoint reads the same cache: still no backbone run.
+    # Evaluating the frozen checkpoint reads the same cache: still no backbone run but the spot check.
     save_torch(tmp_path / "best_model.pt", result.best_state)
     metrics = evaluate_checkpoint(tmp_path / "best_model.pt", dataset=ds, device="cpu")
     assert metrics["test_n_samples"] == 6 and np.isfinite(metrics["test_r2"])
+    assert runs == [embeddings._SPOT_CHECKS] * 2, runs  # one spot check per cache read (fit, evaluate)
+    monkeypatch.setattr(HyenaDNAModel, "forward", refuse)
     assert len(result.history) == 3 and result.history[-1]["train_loss"] < result.history[0]["train_loss"]
     monkeypatch.setattr(embeddings, "compute", refuse)
     shared = {embeddings.cache_key(_backbone_of(cfg), ds): vectors}

@@ -251,7 +251,8 @@ def _expands_too_much(info: zipfile.ZipInfo) -> bool:
 
 
 def _unpickle(path: Path, max_bytes: int | None, meta: bool) -> tuple[Any, int]:
-    """(the checkpoint's unpickled object, the bytes of all its storages), checked as read_checkpoint_tensors says."""
+    """(the checkpoint's unpickled object, the uncompressed bytes of all its zip entries), checked as
+    read_checkpoint_tensors says."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO would block a plain open
     except OSError as err:
@@ -285,9 +286,10 @@ def _unpickle(path: Path, max_bytes: int | None, meta: bool) -> tuple[Any, int]:
                 )
             root = pickles[0].filename[: -len("/data.pkl")]
             byteorder = f"{root}/byteorder"
-            names = set(archive.namelist())
-            if byteorder in names and archive.read(byteorder)[:64].strip() != b"little":
-                raise ValueError(f"{path} was saved on a big-endian machine; re-save it on a little-endian one")
+            if byteorder in archive.namelist():
+                with archive.open(byteorder) as fh:
+                    if fh.read(64).strip() != b"little":
+                        raise ValueError(f"{path} was saved on a big-endian machine; re-save it on a little-endian one")
             with archive.open(pickles[0]) as fh:
                 try:
                     unpickler = _AllowListUnpickler(fh, archive, root, path, max_bytes, meta)
@@ -297,7 +299,8 @@ def _unpickle(path: Path, max_bytes: int | None, meta: bool) -> tuple[Any, int]:
                         f"{path}: cannot read the checkpoint's pickle ({type(err).__name__}: "
                         f"{str(err)[:200]}); the file is damaged or not a torch checkpoint"
                     ) from None
-    return obj, unpickler.total
+        declared = sum(info.file_size for info in archive.infolist())
+    return obj, declared
 
 
 def read_checkpoint_tensors(path: str | Path, *, max_bytes: int | None = None) -> dict[str, torch.Tensor]:
@@ -319,7 +322,8 @@ def read_checkpoint_tensors(path: str | Path, *, max_bytes: int | None = None) -
 
 
 def read_checkpoint_skeleton(path: str | Path) -> tuple[Any, int]:
-    """(the checkpoint's pickled object with every tensor on the meta device, the bytes its storages declare).
+    """(the checkpoint's pickled object with every tensor on the meta device, the uncompressed bytes of its zip
+    entries: the most that torch.load could allocate for it).
 
     Nothing is allocated for tensor data and nothing named in the file is called: every storage is checked as in
     read_checkpoint_tensors, and unknown objects become inert placeholders. A reader calls it to learn what a file

@@ -12,7 +12,7 @@ import torch
 
 from tune_ph import cli, config
 from tune_ph.report import monitor
-from tune_ph.search import resources
+from tune_ph.search import origin, resources
 from tune_ph.search.run import load_spec, locked_search
 from tune_ph.search.runlock import ExperimentLock
 from tune_ph.search.space import check_devices
@@ -41,6 +41,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--resume", action="store_true", help="continue an interrupted experiment of this name")
     p.add_argument("--retry-errored", action="store_true", help="with --resume: also rerun trials that failed")
+    p.add_argument(
+        origin.TRUST_FLAG,
+        action="store_true",
+        help="with --resume: resume a folder that was not created here (moved, copied or received); its Ray state "
+        "is unpickled, which can run code, so only for folders you trust",
+    )
     overrides = p.add_argument_group("overrides of the YAML (fixed TrainConfig values)")
     config.add_arguments(overrides, only=OVERRIDE_FIELDS, overrides=True)
     overrides.add_argument("--num-samples", type=int, help="number of trials (search.num_samples)")
@@ -109,6 +115,8 @@ def _main(argv: Sequence[str] | None) -> int:
         monitor.check_port(args.optuna_dashboard, "--optuna-dashboard")
     overrides = overrides_of(args)
     spec, folder, saved_storage = load_spec(args.space, args.name, Path(args.output_dir), args.resume, overrides)
+    if args.resume:  # before anything of the folder is unpickled: only folders created here, or trusted ones
+        origin.check_resume(folder, trusted=args.trust_resume)
     storage = args.storage or saved_storage
     if storage and "://" not in storage:
         storage = str(Path(storage).expanduser().resolve())

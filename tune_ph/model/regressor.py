@@ -10,7 +10,9 @@ import torch
 from torch import nn
 
 from hyena_dna import HyenaDNAConfig, HyenaDNAModel, PretrainedNotFoundError
+from hyena_dna.memory import check_memory, model_bytes
 from hyena_dna.model import HyenaFilter
+from tune_ph import files
 from tune_ph.config import AGGREGATIONS, ARCHITECTURES, POOLINGS, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -20,6 +22,9 @@ _HIDDEN_LAYERS = {"linear": 0, "mlp2": 1, "mlp2_ln": 1, "mlp3": 2, "mlp4": 3, "m
 _MIN_WIDTH = 16
 # What a checkpoint written by tune_ph holds besides the weights; without them it cannot be rebuilt.
 CHECKPOINT_KEYS = ("model", "train_config", "model_config", "target_mean", "target_std")
+# A saved state holds the weights once and AdamW's two moments of each: 4x the model is generous; more is refused.
+_STATE_COPIES = 4
+_STATE_EXTRA_BYTES = 64 << 20  # the pickled settings and history, the RNG states
 
 
 def _widths(d_model: int, n_hidden: int) -> list[int]:
@@ -235,6 +240,8 @@ def build_model(cfg: TrainConfig) -> PhRegressor:
     if cfg.from_scratch:
         backbone = HyenaDNAModel(backbone_config(cfg))
     else:
+        if Path(cfg.model).expanduser().is_dir():
+            files.check_pretrain_done(Path(cfg.model).expanduser())  # a pretraining that died leaves partial weights
         try:
             backbone = HyenaDNAModel.from_pretrained(cfg.model)
         except PretrainedNotFoundError as err:
@@ -258,29 +265,45 @@ def match_norm(model: PhRegressor, weights: dict[str, torch.Tensor]) -> None:
     model.aggregation.norm = nn.BatchNorm1d(d_model, affine=False).to(device) if saved else nn.Identity()
 
 
+def state_budget(state: Any) -> int:
+    """The most bytes a saved state (best_model.pt, a trial's state.pt, pretrain_state.pt) of the model it declares
+    may hold: the model with its head, and AdamW's moments. A state without a model_config may hold only small
+    settings (its reader then says what it lacks). Raises ValueError for a model_config outside hyena_dna's bounds,
+    and ModelTooLargeError for a model this machine cannot build."""
+    if not isinstance(state, dict) or not isinstance(state.get("model_config"), dict):
+        return _STATE_EXTRA_BYTES
+    config = HyenaDNAConfig.from_dict(state["model_config"])
+    check_memory(config)
+    head = 2 * config.d_model**2 * 4  # every head and aggregation is below 2 d_model^2 float32 weights
+    return _STATE_COPIES * (model_bytes(config) + head) + _STATE_EXTRA_BYTES
+
+
+def load_state_file(path: str | Path, what: str = "tune_ph checkpoint") -> dict[str, Any]:
+    """A state saved by train.fit or pretraining, loaded after its sizes were checked against the model it
+    declares (files.load_torch with state_budget): a memory bomb is refused before it is read."""
+    state = files.load_torch(path, budget=state_budget, what=what)
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} is not a {what}: it holds a {type(state).__name__}")
+    return state
+
+
 def load_checkpoint(path: str | Path) -> tuple[PhRegressor, dict[str, Any]]:
     """Rebuild the model of a checkpoint saved by train.fit (weights_only load) -> (model in eval mode, state)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist; pass RUN/best_model.pt of a finished run")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
-        raise ValueError(
-            f"{path} cannot be read as a tune_ph checkpoint ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else ''}); it is damaged or not a checkpoint "
-            "(only plain tensors and settings are ever loaded from it)"
-        ) from None
+    state = load_state_file(path)
     missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
         raise ValueError(f"{path} is not a tune_ph checkpoint: it lacks {', '.join(missing)}")
-    cfg = TrainConfig.from_saved(state["train_config"])
-    model = _assemble(cfg, HyenaDNAModel(HyenaDNAConfig.from_dict(state["model_config"])))
-    match_norm(model, state["model"])
     try:
+        cfg = TrainConfig.from_saved(state["train_config"])
+        model = _assemble(cfg, HyenaDNAModel(HyenaDNAConfig.from_dict(state["model_config"])))
+        match_norm(model, state["model"])
         model.load_state_dict(state["model"])
-    except RuntimeError as err:  # weights of another architecture than its own saved config describes
-        raise ValueError(f"{path}: its weights do not fit the model its config describes ({err})") from None
+    except (RuntimeError, TypeError, AttributeError, KeyError) as err:  # weights or settings of another shape
+        text = str(err).splitlines()[0][:300]
+        raise ValueError(f"{path}: its weights or settings do not fit the model its config says ({text})") from None
     return model.eval(), state
 
 

@@ -13,6 +13,7 @@ from hyena_dna import HUB_ORG
 from tune_ph import files
 from tune_ph.data.tokens import TokenizedDataset
 from tune_ph.files import write_json
+from tune_ph.model.regressor import load_state_file
 from tune_ph.report import html_report, results, winner
 from tune_ph.report.evaluate import evaluate_checkpoint
 
@@ -64,26 +65,32 @@ def export_best(
     out = final.with_name(f".{final.name}.new")
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    experiment.copy_checkpoint(trial, checkpoint, out / files.MODEL_FILE)
-    state = torch.load(out / files.MODEL_FILE, map_location="cpu", weights_only=True)
-    n_params = sum(t.numel() for t in (state.get("model") or {}).values() if isinstance(t, torch.Tensor))
-    info = {
-        "trial_id": trial.trial_id,
-        "trial_path": trial.path,
-        "checkpoint": checkpoint,
-        "epoch": int(state.get("epoch", metrics.get("epoch", 0))),
-        "selected_by": metric,
-        "val_metrics": {k: metrics[k] for k in results.VAL_METRICS if k in metrics},
-        "train_config": state.get("train_config"),
-        "model_config": state.get("model_config"),
-        "model": describe_model(state.get("train_config"), state.get("model_config"), n_params),
-    }
-    write_json(out / files.RUN_CONFIG_FILE, info)
-    log.info("best trial %s epoch %d (%s %.4f) -> %s", trial.trial_id, info["epoch"], metric, metrics[metric], final)
-    dataset = (datasets or {}).get(int(state.get("max_length", 0)))
-    test = evaluate_checkpoint(out / files.MODEL_FILE, dataset=dataset, output_dir=out, device=device)
-    test["checkpoint"] = str(final / files.MODEL_FILE)
-    write_json(out / files.METRICS_FILE, test)
+    try:
+        experiment.copy_checkpoint(trial, checkpoint, out / files.MODEL_FILE)
+        state = load_state_file(out / files.MODEL_FILE, what="trial checkpoint")
+        n_params = sum(t.numel() for t in (state.get("model") or {}).values() if isinstance(t, torch.Tensor))
+        info = {
+            "trial_id": trial.trial_id,
+            "trial_path": trial.path,
+            "checkpoint": checkpoint,
+            "epoch": int(state.get("epoch", metrics.get("epoch", 0))),
+            "selected_by": metric,
+            "val_metrics": {k: metrics[k] for k in results.VAL_METRICS if k in metrics},
+            "train_config": state.get("train_config"),
+            "model_config": state.get("model_config"),
+            "model": describe_model(state.get("train_config"), state.get("model_config"), n_params),
+        }
+        write_json(out / files.RUN_CONFIG_FILE, info)
+        log.info(
+            "best trial %s epoch %d (%s %.4f) -> %s", trial.trial_id, info["epoch"], metric, metrics[metric], final
+        )
+        dataset = (datasets or {}).get(int(state.get("max_length", 0)))
+        test = evaluate_checkpoint(out / files.MODEL_FILE, dataset=dataset, output_dir=out, device=device)
+        test["checkpoint"] = str(final / files.MODEL_FILE)
+        write_json(out / files.METRICS_FILE, test)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)  # a refused or failed export leaves no half-built folder
+        raise
     if final.exists():
         shutil.rmtree(final)
     out.rename(final)

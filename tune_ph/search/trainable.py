@@ -16,6 +16,7 @@ from ray import tune
 
 from tune_ph.config import TrainConfig, is_better, worst_value
 from tune_ph.data.tokens import TokenizedDataset
+from tune_ph.model.regressor import load_state_file
 from tune_ph.report.results import REPORTED, STATE_FILE
 from tune_ph.training.fit import fit
 
@@ -56,7 +57,7 @@ def train_trial(
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            resume_from = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+            resume_from = load_state_file(Path(folder) / STATE_FILE, what="trial checkpoint")
     best = worst_value(metric)
     if resume_from is not None and resume_from.get("metric") == metric:
         best = float(resume_from["best_value"])

@@ -22,7 +22,7 @@ from tune_ph.data.tokens import TokenizedDataset
 from tune_ph.errors import ConfigError, InputError
 from tune_ph.files import save_torch, write_json
 from tune_ph.model.causal_lm import CausalLM, eval_loss, eval_slice, right_padded
-from tune_ph.model.regressor import autocast, build_model, configure_optimizer, resolve_device
+from tune_ph.model.regressor import autocast, build_model, configure_optimizer, load_state_file, resolve_device
 from tune_ph.training import environment
 from tune_ph.training.epoch import NonFiniteLossError, seed_everything
 from tune_ph.training.pretrain_config import RUNTIME_FIELDS, PretrainConfig
@@ -30,9 +30,9 @@ from tune_ph.training.pretrain_config import RUNTIME_FIELDS, PretrainConfig
 log = logging.getLogger(__name__)
 
 # The files of a pretraining folder, beside the backbone's config.json + weights.ckpt (save_pretrained).
-STATE_FILE = "pretrain_state.pt"  # everything --resume needs (torch.load(weights_only=True))
+STATE_FILE = files.PRETRAIN_STATE_FILE  # everything --resume needs (torch.load(weights_only=True))
 HISTORY_FILE = "pretrain_history.json"
-CONFIG_FILE = "pretrain_config.json"
+CONFIG_FILE = files.PRETRAIN_CONFIG_FILE
 # What the resumable state must hold.
 STATE_KEYS = (
     "backbone",
@@ -96,10 +96,7 @@ def load_state(out: Path) -> dict[str, Any]:
     path = out / STATE_FILE
     if not path.is_file():
         raise InputError(f"--resume: {out} has no {STATE_FILE} to continue from; run without --resume to start")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
-        raise InputError(f"{path} cannot be read as a pretraining state ({type(err).__name__}: {err})") from None
+    state = load_state_file(path, what="pretraining state")  # sizes checked against its model before it is read
     missing = [k for k in STATE_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
         raise InputError(f"{path} is not a pretraining state: it lacks {', '.join(missing)}")
@@ -138,6 +135,8 @@ def _resumed_config(cfg: PretrainConfig, saved: dict[str, Any]) -> PretrainConfi
 
 def _write_checkpoint(out: Path, lm: CausalLM, state: dict[str, Any], history: dict[str, list[dict[str, Any]]]) -> None:
     # The state last: it is what --resume trusts; the backbone and history written before it are at least as new.
+    # The backbone files change: the finished-run marker no longer vouches for them (a crash now leaves none).
+    files.unmark_pretrain_done(out)
     write_json(out / HISTORY_FILE, history)
     lm.backbone.save_pretrained(out)
     save_torch(out / STATE_FILE, state)
@@ -336,6 +335,8 @@ def pretrain(
     if state is not None and int(state["step"]) >= total:
         log.info("%s had already finished (%d steps)", out, total)
         _write_checkpoint(out, lm, state, history)
+    if step >= total:  # finished: `train --model` may now use the backbone (files.check_pretrain_done)
+        files.mark_pretrain_done(out, step)
     if math.isfinite(speed):
         log.info("pretrained %d steps (%.0f tokens/s) -> %s", step, speed, out)
     return PretrainResult(history=history, output_dir=out, backbone=backbone, steps=step, tokens_per_second=speed)
