@@ -62,9 +62,7 @@ def _atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path
         Path(tmp).unlink(missing_ok=True)
         # torch.save reports a full disk as "[enforce fail at inline_container.cc:...]", naming no file.
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0][:200]
-        raise OSError(
-            getattr(err, "errno", None) or 0, f"could not write {path}: {reason} ({_free_space(path.parent)})"
-        ) from None
+        raise OSError(f"could not write {path}: {reason} ({_free_space(path.parent)})") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -84,7 +82,7 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 def write_json(path: str | os.PathLike, payload: Any) -> Path:
     """JSON with 2-space indent; NaN and infinities are written as null (JSON has no NaN)."""
-    return write_text(path, json.dumps(_json_safe(payload), indent=2, default=str) + "\n")
+    return write_text(path, json.dumps(json_safe(payload), indent=2, default=str) + "\n")
 
 
 def save_torch(path: str | os.PathLike, state: dict[str, Any]) -> Path:
@@ -96,13 +94,14 @@ def write_csv(path: str | os.PathLike, frame: Any) -> Path:
     return _atomic(path, lambda fh: fh.write(frame.to_csv(index=False).encode("utf-8")))
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
+    """The value as write_json writes it: non-finite floats as None (JSON has no NaN), tuples as lists."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 

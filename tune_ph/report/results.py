@@ -249,12 +249,15 @@ def load_settings(folder: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        settings = json.loads(path.read_text())
+    except (ValueError, RecursionError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise InputError(
-            f"{path}: not valid JSON ({err}); the file is damaged — restore it, or start the "
+            f"{path}: not valid JSON ({str(err)[:200]}); the file is damaged — restore it, or start the "
             "experiment again under another --name"
         ) from None
+    if not isinstance(settings, dict):
+        raise InputError(f"{path}: expected a JSON object of settings, found {type(settings).__name__}")
+    return settings
 
 
 def save_settings(folder: Path, settings: dict[str, Any]) -> Path:
