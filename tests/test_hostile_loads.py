@@ -711,3 +711,31 @@ def test_the_files_the_bombs_are_made_from_load(tmp_path):
     _, _, entry = _token_cache_entry(tmp_path)
     assert tokens.TokenizedDataset.load(entry).num_samples > 0
     assert files.PRETRAIN_STATE_FILE == pretrain.STATE_FILE and files.PRETRAIN_CONFIG_FILE == pretrain.CONFIG_FILE
+
+
+@pytest.mark.slow
+def test_resuming_a_copy_leaves_the_original_untouched(ray_session, kill_dir, tmp_path, capsys):
+    from helpers import KILL_ONCE
+
+    space = tiny_space(name="quick", search__num_samples=3, scheduler__grace_period=2)
+    first = tmp_path / "exp6"
+    argv = ["--space", str(write_space(tmp_path, space)), "--output-dir", str(first), "--verbose", "0", "--no-export"]
+    (kill_dir / KILL_ONCE).write_text("1")  # one trial dies after its first epoch: the copy has work to resume
+    (kill_dir / "killed").unlink(missing_ok=True)
+    try:
+        assert search_cli.main([*argv, "--no-baseline"]) == cli.EXIT_OK
+    finally:
+        (kill_dir / KILL_ONCE).unlink()
+    shutil.copytree(first, tmp_path / "cp6")  # cp -r exp6 cp6
+    before = {p.relative_to(first): p.read_bytes() for p in first.rglob("*") if p.is_file()}
+    resume = ["--name", "quick", "--output-dir", str(tmp_path / "cp6"), "--resume", "--retry-errored", "--verbose", "0"]
+    assert search_cli.main([*resume, "--no-export", "--no-baseline"]) == cli.EXIT_BAD_INPUT  # not created here
+    assert "--trust-resume" in capsys.readouterr().err
+    assert search_cli.main([*resume, "--no-export", "--no-baseline", "--trust-resume"]) == cli.EXIT_OK
+    after = {p.relative_to(first): p.read_bytes() for p in first.rglob("*") if p.is_file()}
+    assert after == before  # not one file of the original changed: its study, its trials, its Ray state
+    copy_study = optuna.load_study(
+        study_name="quick", storage=f"sqlite:///{tmp_path / 'cp6' / 'quick' / results.STUDY_FILE}"
+    )
+    assert [t.state.name for t in copy_study.trials].count("COMPLETE") == 3
+    assert pd.read_csv(tmp_path / "cp6" / "quick" / results.TRIALS_FILE)["status"].eq("TERMINATED").all()
