@@ -253,12 +253,12 @@ def check_pretrain_done(folder: str | os.PathLike) -> None:
     folder = Path(folder)
     if not ((folder / PRETRAIN_STATE_FILE).exists() or (folder / PRETRAIN_CONFIG_FILE).exists()):
         return
-    resume = f"continue it with `python -m tune_ph pretrain --resume --output-dir {folder}`"
+    resume = f"`python -m tune_ph pretrain --resume --output-dir {folder}` finishes it (or marks a finished one)"
     marker = folder / PRETRAIN_DONE_FILE
     if not marker.is_file():
         raise InputError(
-            f"{folder}: its pretraining did not finish (no {PRETRAIN_DONE_FILE}), so its weights may be partial or "
-            f"damaged; {resume}"
+            f"{folder}: its pretraining did not finish (no {PRETRAIN_DONE_FILE}; runs before tune_ph wrote one have "
+            f"none either), so its weights may be partial or damaged; {resume}"
         )
     try:
         vouched = json.loads(marker.read_text())["sha256"]
@@ -270,5 +270,5 @@ def check_pretrain_done(folder: str | os.PathLike) -> None:
         if vouched.get(name) != _sha256(folder / name):
             raise InputError(
                 f"{folder / name} changed since its pretraining finished (its hash differs from {marker}); "
-                f"restore it, or {resume}"
+                f"restore it, or pretrain again"
             )

@@ -112,9 +112,10 @@ def check_trial_resources(requests: Mapping[str, Mapping[str, float]], nodes: Se
             )
     problems = list(dict.fromkeys(problems))
     if problems:
+        # One problem is one line (the usual case); several are listed one per line under the heading.
+        joined = problems[0] if len(problems) == 1 else "\n  " + "\n  ".join(problems)
         raise ResourceError(
-            "trials cannot be scheduled on this Ray cluster (they would stay PENDING forever):\n  "
-            + "\n  ".join(problems)
+            f"trials cannot be scheduled on this Ray cluster (they would stay PENDING forever): {joined}"
         )
 
 
