@@ -113,10 +113,8 @@ def check_trial_resources(requests: Mapping[str, Mapping[str, float]], nodes: Se
     problems = list(dict.fromkeys(problems))
     if problems:
         # One problem is one line (the usual case); several are listed one per line under the heading.
-        joined = problems[0] if len(problems) == 1 else "\n  " + "\n  ".join(problems)
-        raise ResourceError(
-            f"trials cannot be scheduled on this Ray cluster (they would stay PENDING forever): {joined}"
-        )
+        head = "trials cannot be scheduled on this Ray cluster (they would stay PENDING forever):"
+        raise ResourceError(f"{head} {problems[0]}" if len(problems) == 1 else "\n  ".join([head, *problems]))
 
 
 def alive_node_resources() -> list[dict[str, float]]:
