@@ -252,7 +252,7 @@ def _token_cache_entry(tmp_path: Path) -> tuple[pd.DataFrame, dict, Path]:
     return df, split, entry
 
 
-def test_a_token_cache_bomb_is_rebuilt_and_evaluation_stays_right(tmp_path, caplog):
+def test_a_token_cache_bomb_is_rebuilt(tmp_path, caplog):
     df, split, entry = _token_cache_entry(tmp_path)
     fresh = tokens.build(df, split, max_length=64, max_sets=2, use_cache=False)
     deflate_bomb(entry, "ids.npy")
@@ -291,6 +291,20 @@ def test_a_poisoned_token_cache_with_a_valid_hash_is_rebuilt(poison, tmp_path, c
     fresh = tokens.build(df, split, max_length=64, max_sets=2, use_cache=False)
     for name in ("ids", "ph", "split"):
         np.testing.assert_array_equal(getattr(again, name), getattr(fresh, name))
+
+
+def test_evaluate_after_a_poisoned_cache_gives_the_true_r2(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TUNE_PH_CACHE", str(tmp_path / "cache"))
+    checkpoint = tiny_checkpoint(tmp_path / "best_model.pt")
+    assert evaluate_cli.main(["--checkpoint", str(checkpoint), "--output-dir", str(tmp_path / "clean")]) == 0
+    (entry,) = (tmp_path / "cache").glob("*.npz")
+    poisoned = tokens.TokenizedDataset.load(entry)
+    poisoned.ph = np.full_like(poisoned.ph, 7.0)  # every label changed, the hash recomputed
+    poisoned.save(entry)
+    assert evaluate_cli.main(["--checkpoint", str(checkpoint), "--output-dir", str(tmp_path / "again")]) == 0
+    clean, again = (json.loads((tmp_path / d / files.METRICS_FILE).read_text()) for d in ("clean", "again"))
+    assert again["test_r2"] == clean["test_r2"] and again["test_rmse"] == clean["test_rmse"]
+    assert tokens.TokenizedDataset.load(entry).ph.tolist() != poisoned.ph.tolist()  # rewritten with the truth
 
 
 def test_a_changed_token_cache_entry_fails_its_hash(tmp_path, caplog):
