@@ -165,7 +165,8 @@ def test_skeleton_has_the_structure_and_no_tensor_memory(tmp_path):
     obj, declared = read_checkpoint_skeleton(path)
     assert obj["settings"] == {"lr": 0.1}
     assert obj["state_dict"]["a"].device.type == "meta" and obj["state_dict"]["a"].shape == (3, 4)
-    assert declared == 3 * 4 * 4 + 5 * 8
+    with zipfile.ZipFile(path) as zf:  # every entry's uncompressed size: the most torch.load could allocate
+        assert declared == sum(info.file_size for info in zf.infolist()) > 3 * 4 * 4 + 5 * 8
 
 
 def test_a_view_reaching_past_its_storage_is_refused(tmp_path):
