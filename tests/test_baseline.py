@@ -124,11 +124,12 @@ def test_demo_is_learnt_on_the_dna_models_split(demo_df, tmp_path):
 
 
 def test_second_call_is_a_cache_hit_and_a_new_k_is_not(demo_df, tmp_path, monkeypatch, caplog):
-    monkeypatch.setenv("TUNE_PH_CACHE", str(tmp_path / "tokens"))  # default cache = its sibling "baseline"
+    monkeypatch.setenv("TUNE_PH_CACHE", str(tmp_path / "cache"))  # the baseline cache is inside it, in "baseline"
     split = split_samples(demo_df, seed=1)
     first = run_baseline(demo_df, split, k=3, models=("hgb",))
     assert not first["hgb"]["cached"]
-    files = list((tmp_path / "baseline").iterdir())
+    assert [p.name for p in tmp_path.iterdir()] == ["cache"]  # nothing beside $TUNE_PH_CACHE
+    files = list((tmp_path / "cache" / "baseline").iterdir())
     assert len(files) == 1 and files[0].suffix == ".json"
     json.loads(files[0].read_text())  # plain JSON, no pickle
     with caplog.at_level(logging.INFO, logger="tune_ph.baseline.kmer_models"):
@@ -140,6 +141,14 @@ def test_second_call_is_a_cache_hit_and_a_new_k_is_not(demo_df, tmp_path, monkey
     assert not run_baseline(demo_df, split, k=4, models=("hgb",))["hgb"]["cached"]
     assert not run_baseline(demo_df, split_samples(demo_df, seed=2), k=3, models=("hgb",))["hgb"]["cached"]
     assert run_baseline(demo_df, split, k=3, models=("ridge",))["ridge"]["cached"]
+    # A poisoned entry (its R² changed by hand) no longer matches its content hash: recomputed, with a warning.
+    entry = json.loads(files[0].read_text())
+    entry["metrics"]["test_r2"] = 0.99
+    files[0].write_text(json.dumps(entry))
+    with caplog.at_level(logging.WARNING, logger="tune_ph.baseline.kmer_models"):
+        again = run_baseline(demo_df, split, k=3, models=("hgb",))["hgb"]
+    assert not again["cached"] and again["metrics"]["test_r2"] == first["hgb"]["metrics"]["test_r2"]
+    assert "does not match its hash" in caplog.text
 
 
 def test_bad_models_and_splits_are_refused(demo_df):

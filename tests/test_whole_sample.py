@@ -10,12 +10,14 @@ from helpers import TINY, motif_dataset
 
 from hyena_dna import HyenaDNAConfig, HyenaDNAModel
 from hyena_dna.tokenizer import decode
+from tune_ph import files
 from tune_ph.config import AGGREGATIONS, POOLINGS, TrainConfig
 from tune_ph.data.tokens import build
 from tune_ph.files import save_torch
 from tune_ph.model import embeddings
 from tune_ph.model.checkpoint import REQUIRED_KEYS
 from tune_ph.model.regressor import (
+    ReadClusters,
     RegressionHead,
     SetAggregation,
     build_model,
@@ -96,7 +98,12 @@ def test_training_draws_fresh_sets_each_epoch_and_evaluation_uses_all() -> None:
 def test_aggregation_ignores_set_order_and_other_samples(kind: str, standardise: bool) -> None:
     torch.manual_seed(0)
     d = 16
-    agg, head = SetAggregation(d, kind, standardise=standardise), RegressionHead(d, "mlp2", dropout=0.0)
+    if kind == "clusters":  # fit on vectors of their own; they standardise in their own space
+        clusters = ReadClusters(d, n_clusters=4, dims=3)
+        clusters.fit(torch.randn(40, d), seed=0)
+        agg, head = SetAggregation(d, kind, clusters=clusters), RegressionHead(4, "mlp2", dropout=0.0)
+    else:
+        agg, head = SetAggregation(d, kind, standardise=standardise), RegressionHead(d, "mlp2", dropout=0.0)
     agg.eval(), head.eval()
     counts = [3, 1, 5]
     owner = torch.repeat_interleave(torch.arange(3), torch.tensor(counts))
@@ -218,6 +225,12 @@ def test_cache_hit_then_miss_on_changed_weights(tmp_path, monkeypatch) -> None:
     embeddings.cache_path(backbone, ds, tmp_path).write_bytes(b"not an array")
     embeddings.set_vectors(backbone, ds, cache_dir=tmp_path, progress=False)
     assert len(calls) == 3
+    # Forged vectors of the right shape, with a matching content hash: the spot check recomputes a few sets.
+    path = embeddings.cache_path(backbone, ds, tmp_path)
+    fake = np.random.default_rng(0).normal(size=changed.shape).astype(np.float32)
+    files.save_npz(path, {"vectors": fake, "content_hash": np.array(files.content_hash({"vectors": fake}, path.name))})
+    np.testing.assert_allclose(embeddings.set_vectors(backbone, ds, cache_dir=tmp_path, progress=False), changed)
+    assert len(calls) == 4
 
 
 def test_frozen_training_never_runs_the_backbone(tmp_path, monkeypatch) -> None:
@@ -229,12 +242,21 @@ def test_frozen_training_never_runs_the_backbone(tmp_path, monkeypatch) -> None:
     def refuse(*args, **kwargs):
         raise AssertionError("a frozen trial ran the backbone")
 
-    monkeypatch.setattr(HyenaDNAModel, "forward", refuse)
+    real_forward, runs = HyenaDNAModel.forward, []
+
+    def spot_checks_only(self, input_ids):
+        # Each cache read recomputes a couple of sets chosen at random (embeddings._spot_check); nothing else runs.
+        runs.append(input_ids.shape[0])
+        return real_forward(self, input_ids)
+
+    monkeypatch.setattr(HyenaDNAModel, "forward", spot_checks_only)
     result = fit(cfg, ds, progress=False)  # the vectors come from the disk cache
-    # Evaluating the frozen checkpoint reads the same cache: still no backbone run.
+    # Evaluating the frozen checkpoint reads the same cache: still no backbone run but the spot check.
     result.best_state.save(tmp_path / "best_model.pt")
     metrics = evaluate_checkpoint(tmp_path / "best_model.pt", dataset=ds, device="cpu")
     assert metrics["test_n_samples"] == 6 and np.isfinite(metrics["test_r2"])
+    assert runs == [embeddings._SPOT_CHECKS] * 2, runs  # one spot check per cache read (fit, evaluate)
+    monkeypatch.setattr(HyenaDNAModel, "forward", refuse)
     assert len(result.history) == 3 and result.history[-1]["train_loss"] < result.history[0]["train_loss"]
     monkeypatch.setattr(embeddings, "compute", refuse)
     shared = {embeddings.cache_key(_backbone_of(cfg), ds): vectors}

@@ -1,17 +1,26 @@
-"""The files a run writes: their names, and atomic writes (a crash mid-write never leaves a truncated file)."""
+"""The files a run writes: their names, atomic writes (a crash mid-write never leaves a truncated file), and
+size-checked reads of the binary ones (nothing is allocated before the sizes a file declares are checked)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import secrets
+import shutil
+import stat
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 import torch
+
+from hyena_dna.memory import available_memory
+from hyena_dna.pretrained import MAX_COMPRESSION_RATIO, read_checkpoint_skeleton
+from tune_ph.errors import InputError
 
 # The files of a run folder (runs/<run>/, and an experiment's best/).
 MODEL_FILE = "best_model.pt"  # weights + the configs to rebuild them (torch.load(weights_only=True))
@@ -41,6 +50,14 @@ BASELINE_FILE = "baseline.json"
 TRIAL_STATE_FILE = "state.pt"
 # An experiment's exported best trial: a run folder inside the experiment folder.
 BEST_DIR = "best"
+# A pretraining folder (training.pretrain): its resumable state, and the marker written once it finished, holding
+# the hashes of the backbone files it vouches for (a weights.ckpt without it is refused by train --model).
+PRETRAIN_STATE_FILE = "pretrain_state.pt"
+PRETRAIN_CONFIG_FILE = "pretrain_config.json"
+PRETRAIN_DONE_FILE = "pretrain_done.json"
+PRETRAIN_VOUCHED = ("config.json", "weights.ckpt")  # hyena_dna's CONFIG_NAME and WEIGHTS_NAME
+# Headroom left to the rest of the process when a file's declared size is compared with the available memory.
+_MEMORY_SHARE = 0.8
 
 
 def _atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
@@ -57,10 +74,22 @@ def _atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path
             fh.flush()
             os.fsync(fh.fileno())  # the data is on disk before the rename makes it the file
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:
+        Path(tmp).unlink(missing_ok=True)
+        # torch.save reports a full disk as "[enforce fail at inline_container.cc:...]", naming no file.
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0][:200]
+        raise OSError(f"could not write {path}: {reason} ({_free_space(path.parent)})") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _free_space(folder: Path) -> str:
+    try:
+        return f"{shutil.disk_usage(folder).free / 2**20:,.0f} MiB free on its disk"
+    except OSError:
+        return "free space unknown"
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
@@ -69,16 +98,11 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 def write_json(path: str | os.PathLike, payload: Any) -> Path:
     """JSON with 2-space indent; NaN and infinities are written as null (JSON has no NaN)."""
-    return write_text(path, json.dumps(_json_safe(payload), indent=2, default=str) + "\n")
+    return write_text(path, json.dumps(json_safe(payload), indent=2, default=str) + "\n")
 
 
 def save_torch(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     return _atomic(path, lambda fh: torch.save(state, fh))
-
-
-def save_numpy(path: str | os.PathLike, array: Any) -> Path:
-    """One array as .npy (loadable with allow_pickle=False)."""
-    return _atomic(path, lambda fh: np.save(fh, array, allow_pickle=False))
 
 
 def write_csv(path: str | os.PathLike, frame: Any) -> Path:
@@ -86,11 +110,181 @@ def write_csv(path: str | os.PathLike, frame: Any) -> Path:
     return _atomic(path, lambda fh: fh.write(frame.to_csv(index=False).encode("utf-8")))
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
+    """The value as write_json writes it: non-finite floats as None (JSON has no NaN), tuples as lists."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
+
+
+# ------------------------------------------------------------------------------------------ size-checked reads
+
+
+def _memory_cap(path: Path, declared: int, what: str) -> None:
+    available = available_memory()
+    if available is not None and declared > _MEMORY_SHARE * available:
+        raise InputError(
+            f"{path}: the {what} declares {declared / 2**20:,.0f} MiB of data, more than the "
+            f"{available / 2**20:,.0f} MiB of memory available; refusing to load it"
+        )
+
+
+def regular_file(path: str | os.PathLike, what: str = "file") -> Path:
+    """path, if it names a regular file (symlinks followed); else an InputError: a FIFO blocks its reader forever,
+    a device (/dev/zero) feeds it forever."""
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as err:
+        raise InputError(f"{path}: cannot read the {what} ({err.strerror})") from None
+    if not stat.S_ISREG(mode):
+        raise InputError(f"{path}: the {what} is not a regular file (a FIFO, device or socket); replace it")
+    return path
+
+
+def load_torch(
+    path: str | os.PathLike,
+    *,
+    max_bytes: int | None = None,
+    budget: Callable[[Any], int] | None = None,
+    what: str = "checkpoint",
+) -> Any:
+    """torch.load(weights_only=True) of a torch.save file, after checking what it declares, before allocating.
+
+    Its pickle is first read with every tensor on the meta device (hyena_dna's read_checkpoint_skeleton: each
+    storage against its zip entry, no compression bomb, nothing called), giving the bytes its entries declare.
+    Those must fit `max_bytes`, `budget(skeleton)` (a cap from what the file says of itself, e.g. its model
+    config; it may raise ValueError for a file that is not the expected kind) and the memory available. Every
+    refusal, and every file torch cannot read, is an InputError naming the file.
+    """
+    path = regular_file(path, what)
+    try:
+        skeleton, declared = read_checkpoint_skeleton(path)
+        cap = budget(skeleton) if budget is not None else None
+    except (ValueError, TypeError, KeyError, AttributeError) as err:  # UnsafeCheckpointError, a bad config, ...
+        text = (str(err).splitlines()[0] if str(err) else type(err).__name__).removeprefix(f"{path}: ")
+        raise InputError(f"{path} cannot be read as a {what}: {text.removeprefix(f'{path} ')}") from None
+    for limit in (max_bytes, cap):
+        if limit is not None and declared > limit:
+            raise InputError(
+                f"{path}: the {what} declares {declared:,} bytes of data, more than the {limit:,} it can hold; "
+                "refusing to load it (damaged or crafted)"
+            )
+    _memory_cap(path, declared, what)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
+        text = str(err).splitlines()[0][:300] if str(err) else ""
+        raise InputError(
+            f"{path} cannot be read as a {what} ({type(err).__name__}: {text}); it is damaged or not one "
+            "(only plain tensors and settings are ever loaded from it)"
+        ) from None
+
+
+def load_npz(path: str | os.PathLike, *, max_bytes: int, what: str = "cache entry") -> dict[str, np.ndarray]:
+    """The arrays of an .npz file (no pickles), after checking every member's header against its size.
+
+    An .npy header declares a shape that numpy allocates before reading: each one must match its member's size,
+    no member may be a compression bomb, and all together may not exceed `max_bytes`. Raises ValueError naming
+    the file (a cache treats it as damaged and recomputes it).
+    """
+    path = Path(path)
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise ValueError(f"{path}: not a regular file")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            total = 0
+            for info in archive.infolist():
+                compressed = info.compress_type != zipfile.ZIP_STORED
+                if compressed and info.file_size > max(MAX_COMPRESSION_RATIO * info.compress_size, 1 << 20):
+                    raise ValueError(f"{path}: member {info.filename} expands {info.compress_size} -> {info.file_size}")
+                with archive.open(info) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    shape, _, dtype = (
+                        np.lib.format.read_array_header_1_0(fh)
+                        if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0(fh)
+                    )
+                    if dtype.hasobject:
+                        raise ValueError(f"{path}: member {info.filename} holds Python objects")
+                    nbytes = math.prod(shape) * dtype.itemsize
+                    if nbytes + fh.tell() != info.file_size:
+                        raise ValueError(f"{path}: member {info.filename} declares {shape} {dtype}, not its size")
+                total += info.file_size
+                if total > max_bytes:
+                    raise ValueError(f"{path}: its arrays exceed the {max_bytes:,} bytes this {what} can hold")
+        with np.load(path, allow_pickle=False) as data:
+            return {name: data[name] for name in data.files}
+    except (zipfile.BadZipFile, EOFError) as err:
+        raise ValueError(f"{path}: not a readable .npz file ({err})") from None
+
+
+def content_hash(arrays: dict[str, np.ndarray], key: str = "") -> str:
+    """A hash of named arrays (names, dtypes, shapes and bytes) and a key: a cache entry's own check."""
+    h = hashlib.blake2b(key.encode(), digest_size=16)
+    for name in sorted(arrays):
+        value = np.ascontiguousarray(arrays[name])
+        h.update(f"\x1e{name}\x1f{value.dtype.str}\x1f{value.shape}\x1f".encode())
+        h.update(value.reshape(-1).view(np.uint8) if value.size else b"")
+    return h.hexdigest()
+
+
+def save_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> Path:
+    """Arrays as one .npz (no pickles), written atomically."""
+    return _atomic(path, lambda fh: np.savez(fh, **arrays))
+
+
+# ------------------------------------------------------------------------------------------ pretraining marker
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(regular_file(path), "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def mark_pretrain_done(folder: str | os.PathLike, step: int) -> Path:
+    """Vouch for a finished pretraining's backbone files (their hashes), for check_pretrain_done."""
+    folder = Path(folder)
+    hashes = {name: _sha256(folder / name) for name in PRETRAIN_VOUCHED}
+    return write_json(folder / PRETRAIN_DONE_FILE, {"step": int(step), "sha256": hashes})
+
+
+def unmark_pretrain_done(folder: str | os.PathLike) -> None:
+    """The backbone files are about to change: the marker no longer vouches for them."""
+    (Path(folder) / PRETRAIN_DONE_FILE).unlink(missing_ok=True)
+
+
+def check_pretrain_done(folder: str | os.PathLike) -> None:
+    """Refuse the backbone of a pretraining folder that did not finish, or whose files changed since it did.
+
+    A folder that is not a pretraining run (a LongSafari checkpoint, no pretrain_state.pt) is not checked.
+    """
+    folder = Path(folder)
+    if not ((folder / PRETRAIN_STATE_FILE).exists() or (folder / PRETRAIN_CONFIG_FILE).exists()):
+        return
+    resume = f"`python -m tune_ph pretrain --resume --output-dir {folder}` finishes it (or marks a finished one)"
+    marker = folder / PRETRAIN_DONE_FILE
+    if not marker.is_file():
+        raise InputError(
+            f"{folder}: its pretraining did not finish (no {PRETRAIN_DONE_FILE}; runs before tune_ph wrote one have "
+            f"none either), so its weights may be partial or damaged; {resume}"
+        )
+    try:
+        vouched = json.loads(marker.read_text())["sha256"]
+        if not isinstance(vouched, dict):
+            raise TypeError("sha256 is not an object")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise InputError(f"{marker}: not a pretraining marker ({err}); {resume}") from None
+    for name in PRETRAIN_VOUCHED:
+        if vouched.get(name) != _sha256(folder / name):
+            raise InputError(
+                f"{folder / name} changed since its pretraining finished (its hash differs from {marker}); "
+                f"restore it, or pretrain again"
+            )

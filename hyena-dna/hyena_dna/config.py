@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import stat
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -71,6 +73,37 @@ _LAYER_KEYS = {
 }
 
 CONFIG_NAME = "config.json"
+# A config.json is a few hundred bytes; anything far larger is not one (and is never read into memory whole).
+MAX_CONFIG_BYTES = 1 << 20
+
+# Upper bounds of the architecture fields: far above every public size (d_model 256, n_layer 8, l_max 1000002,
+# filter_order 64), far below what would exhaust a machine's memory before a single weight is read. A config that
+# passes them may still be too large for this machine: HyenaDNAModel checks its memory before building it.
+MAX_VALUES = {
+    "d_model": 4096,
+    "n_layer": 128,
+    "d_inner": 16384,
+    "vocab_size": 4096,
+    "pad_vocab_size_multiple": 1024,
+    "l_max": (1 << 22) + 2,  # 4 Mi tokens + the two special ones
+    "emb_dim": 255,
+    "filter_order": 4096,
+    "local_order": 255,
+    "hyena_order": 8,
+    "num_inner_mlps": 32,
+}
+_MIN_VALUES = {"emb_dim": 3, "hyena_order": 2, "num_inner_mlps": 0}
+_FLOAT_RANGES = {  # field: (lowest, highest), inclusive
+    "embed_dropout": (0.0, 1.0),
+    "resid_dropout": (0.0, 1.0),
+    "layer_norm_epsilon": (1e-12, 1.0),
+    "w": (-1e6, 1e6),
+    "filter_lr": (0.0, 1e3),
+    "filter_wd": (0.0, 1e3),
+    "lr_pos_emb": (0.0, 1e3),
+    "shift": (-1e3, 1e3),
+}
+_BOOL_FIELDS = ("residual_in_fp32", "checkpoint_mixer", "checkpoint_mlp", "modulate")
 
 # Fields of the -hf HyenaConfig (configuration_hyena.py of the LongSafari/*-hf repos) that carry the
 # architecture: -hf name -> (our field, that class's default when the key is absent).
@@ -189,12 +222,18 @@ class HyenaDNAConfig:
     def from_dict(cls, data: dict[str, Any]) -> HyenaDNAConfig:
         """Build from the public config.json layout (nested "layer"), a flat dict of our fields, or an -hf
         (transformers) config.json (detected by its `max_seq_len`; see from_hf_dict)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a HyenaDNA config must be a JSON object, got {type(data).__name__}")
         if config_layout(data) == "hf":
             return cls.from_hf_dict(data)
         data = dict(data)
         known = {f.name for f in fields(cls)} - {"extra"}
         kwargs: dict[str, Any] = {}
         layer = data.pop("layer", None) or {}
+        if not isinstance(layer, dict):
+            raise ValueError(f"config field 'layer' must be an object of Hyena operator settings, got {layer!r}")
+        if not isinstance(data.get("extra") or {}, dict):
+            raise ValueError(f"config field 'extra' must be an object, got {data['extra']!r}")
         extra_layer = {}
         for key, value in layer.items():
             if key == "_name_":  # always "hyena" for HyenaDNA; written back by to_dict
@@ -220,13 +259,13 @@ class HyenaDNAConfig:
         """Read a config.json file."""
         path = Path(path)
         try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON: {err}") from err
+            data = json.loads(read_small_file(path, MAX_CONFIG_BYTES))
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+            raise ValueError(f"{path} is not valid JSON: {err}") from None
         try:
             return cls.from_dict(data)
         except (TypeError, ValueError) as err:
-            raise ValueError(f"{path}: {err}") from err
+            raise ValueError(f"{path}: {err}") from None
 
     @classmethod
     def from_name(cls, name: str) -> HyenaDNAConfig:
@@ -327,11 +366,53 @@ class HyenaDNAConfig:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     def validate(self) -> None:
-        for name in ("d_model", "n_layer", "d_inner", "vocab_size", "l_max", "filter_order", "local_order"):
+        """Raise ValueError naming the first field of the wrong type or outside its range (MAX_VALUES)."""
+        for name, highest in MAX_VALUES.items():
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"config field {name!r} must be a positive integer, got {value!r}")
-        if self.emb_dim < 3 or self.emb_dim % 2 == 0:
+            lowest = _MIN_VALUES.get(name, 1)
+            if not isinstance(value, int) or isinstance(value, bool) or not lowest <= value <= highest:
+                raise ValueError(
+                    f"config field {name!r} must be an integer from {lowest} to {highest}, got {_short(value)}"
+                )
+        if self.emb_dim % 2 == 0:
             raise ValueError(f"config field 'emb_dim' must be odd and >= 3, got {self.emb_dim!r}")
-        if self.hyena_order < 2:
-            raise ValueError(f"config field 'hyena_order' must be >= 2, got {self.hyena_order!r}")
+        for name, (lowest, highest) in _FLOAT_RANGES.items():
+            value = getattr(self, name)
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            if not ok or not lowest <= value <= highest:
+                raise ValueError(
+                    f"config field {name!r} must be a number from {lowest:g} to {highest:g}, got {_short(value)}"
+                )
+        for name in _BOOL_FIELDS:
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"config field {name!r} must be true or false, got {_short(getattr(self, name))}")
+        if not isinstance(self.extra, dict):
+            raise ValueError(f"config field 'extra' must be an object, got {_short(self.extra)}")
+
+
+def _short(value: Any) -> str:
+    """A value for an error message, cut short (a hostile config may hold megabytes in one field)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def read_small_file(path: str | os.PathLike, max_bytes: int) -> str:
+    """A small text file (config.json), refused unread when it is not a regular file or holds over max_bytes.
+
+    A FIFO or a device named config.json would otherwise block the reader or feed it forever.
+    """
+    path = Path(path)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(f"{path} is not a regular file (a FIFO, device or socket); replace it with a file")
+        if info.st_size > max_bytes:
+            raise ValueError(f"{path} holds {info.st_size} bytes, far more than a config file ({max_bytes} at most)")
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            data = fh.read(max_bytes + 1)
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise ValueError(f"{path} grew beyond {max_bytes} bytes while being read; it is not a config file")
+    return data.decode("utf-8")

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from hyena_dna.config import HyenaDNAConfig
+from hyena_dna.memory import check_memory
 
 
 def _fast_fft_size(n: int) -> int:
@@ -219,6 +220,7 @@ class HyenaDNAModel(nn.Module):
     def __init__(self, config: HyenaDNAConfig) -> None:
         super().__init__()
         config.validate()
+        check_memory(config)  # a hostile or mistyped config is refused before gigabytes are allocated
         self.config = config
         self.embeddings = Embeddings(config)
         self.embed_dropout = nn.Dropout(config.embed_dropout)

@@ -20,6 +20,7 @@ import json
 import os
 import pickle
 import re
+import stat
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
@@ -31,11 +32,14 @@ from hyena_dna.config import (
     CONFIG_NAME,
     HF_SUFFIX,
     HUB_ORG,
+    MAX_CONFIG_BYTES,
     PRETRAINED_SIZES,
     HyenaDNAConfig,
     _parse_size,
     config_layout,
+    read_small_file,
 )
+from hyena_dna.memory import model_bytes
 
 WEIGHTS_NAME = "weights.ckpt"
 HF_WEIGHTS_NAME = "model.safetensors"
@@ -49,9 +53,15 @@ HF_PREFIX = "hyena.backbone."
 HF_PREFIXES = (HF_PREFIX, "backbone.")
 HF_LM_HEAD = "lm_head.weight"
 _SIN_FREQ = re.compile(r"^layers\.(\d+)\.mixer\.filter_fn\.implicit_filter\.(\d+)\.freq$")
-# A compressed storage entry may not expand more than this (torch.save never compresses; a zip bomb does).
+# A compressed entry may not expand more than this (torch.save never compresses; a zip bomb does).
 MAX_COMPRESSION_RATIO = 16
 _READ_CHUNK = 1 << 20
+# The pickle of a checkpoint holds its structure and settings, never tensor data: a few MB at most.
+MAX_PICKLE_BYTES = 256 << 20
+# What a LongSafari weights.ckpt may hold per byte of the model it declares (weights, optimizer state, the LM head,
+# metric counters), plus a constant: anything beyond is refused before it is read.
+CHECKPOINT_BYTES_PER_MODEL_BYTE = 8
+CHECKPOINT_EXTRA_BYTES = 256 << 20
 
 
 class PretrainedNotFoundError(OSError):
@@ -119,7 +129,15 @@ _STORAGE_DTYPES = {
 
 
 def _rebuild_tensor(storage: torch.Tensor, offset: int, size: Any, stride: Any, *args: Any) -> torch.Tensor:
-    return storage.as_strided(tuple(size), tuple(stride), offset)
+    size, stride = tuple(size), tuple(stride)
+    numbers = (offset, *size, *stride)
+    if len(size) != len(stride) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in numbers):
+        raise pickle.UnpicklingError(f"a tensor has an invalid view (offset {offset}, size {size}, stride {stride})")
+    # The last element the view reaches must lie in its storage (meta storages would not check it themselves).
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride)) if all(size) else -1
+    if last >= storage.numel():
+        raise pickle.UnpicklingError(f"a tensor of size {size} reaches past its storage of {storage.numel()} elements")
+    return storage.as_strided(size, stride, offset)
 
 
 def _rebuild_parameter(data: torch.Tensor, *args: Any) -> torch.Tensor:
@@ -137,13 +155,16 @@ _ALLOWED = {
 
 
 class _AllowListUnpickler(pickle.Unpickler):
-    def __init__(self, file: Any, archive: zipfile.ZipFile, root: str, path: Path, max_bytes: int | None) -> None:
+    def __init__(
+        self, file: Any, archive: zipfile.ZipFile, root: str, path: Path, max_bytes: int | None, meta: bool = False
+    ) -> None:
         super().__init__(file)
         self._archive = archive
         self._root = root
         self._path = path
         self._max_bytes = max_bytes
-        self._total = 0
+        self._meta = meta  # storages become meta tensors: checked, never read or allocated
+        self.total = 0
         self._storages: dict[str, tuple[torch.dtype, int, torch.Tensor]] = {}
 
     def find_class(self, module: str, name: str) -> Any:
@@ -198,15 +219,16 @@ class _AllowListUnpickler(pickle.Unpickler):
             raise self._refuse(
                 key, f"declares {numel} x {dtype} = {nbytes} bytes but its entry {name} holds {info.file_size} bytes"
             )
-        compressed = info.compress_type != zipfile.ZIP_STORED
-        if compressed and nbytes > max(MAX_COMPRESSION_RATIO * info.compress_size, _READ_CHUNK):
+        if _expands_too_much(info):
             raise self._refuse(
                 key,
                 f"expands from {info.compress_size} compressed bytes to {nbytes} (more than {MAX_COMPRESSION_RATIO}x)",
             )
-        self._total += nbytes
-        if self._max_bytes is not None and self._total > self._max_bytes:
-            raise self._refuse(key, f"brings the storages to {self._total} bytes, over the cap of {self._max_bytes}")
+        self.total += nbytes
+        if self._max_bytes is not None and self.total > self._max_bytes:
+            raise self._refuse(key, f"brings the storages to {self.total} bytes, over the cap of {self._max_bytes}")
+        if self._meta:
+            return torch.empty(numel, dtype=dtype, device="meta")
         if nbytes == 0:
             return torch.empty(0, dtype=dtype)
         # Read in bounded chunks into one buffer: memory is the declared size even if the stream lies.
@@ -223,41 +245,96 @@ class _AllowListUnpickler(pickle.Unpickler):
         return torch.frombuffer(raw, dtype=dtype)
 
 
+def _expands_too_much(info: zipfile.ZipInfo) -> bool:
+    compressed = info.compress_type != zipfile.ZIP_STORED
+    return compressed and info.file_size > max(MAX_COMPRESSION_RATIO * info.compress_size, _READ_CHUNK)
+
+
+def _unpickle(path: Path, max_bytes: int | None, meta: bool) -> tuple[Any, int]:
+    """(the checkpoint's unpickled object, the uncompressed bytes of all its zip entries), checked as
+    read_checkpoint_tensors says."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO would block a plain open
+    except OSError as err:
+        raise ValueError(f"{path}: cannot open it ({err.strerror})") from None
+    with os.fdopen(fd, "rb") as raw:
+        if not stat.S_ISREG(os.fstat(raw.fileno()).st_mode):
+            raise ValueError(f"{path} is not a regular file (a FIFO, device or socket); replace it with the checkpoint")
+        if not zipfile.is_zipfile(raw):
+            raise ValueError(
+                f"{path} is not a torch zip checkpoint (legacy torch<1.6 format or not a checkpoint); "
+                "re-save it with a current torch (torch.save) and try again"
+            )
+        try:
+            archive = zipfile.ZipFile(raw)
+        except (zipfile.BadZipFile, ValueError, OSError) as err:
+            raise UnsafeCheckpointError(f"{path}: its zip directory is damaged ({err})") from None
+        with archive:
+            for info in archive.infolist():
+                if _expands_too_much(info):
+                    raise UnsafeCheckpointError(
+                        f"{path}: entry {info.filename} expands from {info.compress_size} compressed bytes to "
+                        f"{info.file_size} (more than {MAX_COMPRESSION_RATIO}x); refusing to read it (a zip bomb)"
+                    )
+            pickles = [i for i in archive.infolist() if i.filename.endswith("/data.pkl")]
+            if len(pickles) != 1:
+                raise ValueError(f"{path}: expected one data.pkl in the archive, found {len(pickles)}")
+            if pickles[0].file_size > MAX_PICKLE_BYTES:
+                raise UnsafeCheckpointError(
+                    f"{path}: its pickle declares {pickles[0].file_size} bytes, over the {MAX_PICKLE_BYTES} a "
+                    "checkpoint's structure needs; refusing to read it"
+                )
+            root = pickles[0].filename[: -len("/data.pkl")]
+            byteorder = f"{root}/byteorder"
+            if byteorder in archive.namelist():
+                with archive.open(byteorder) as fh:
+                    if fh.read(64).strip() != b"little":
+                        raise ValueError(f"{path} was saved on a big-endian machine; re-save it on a little-endian one")
+            with archive.open(pickles[0]) as fh:
+                try:
+                    unpickler = _AllowListUnpickler(fh, archive, root, path, max_bytes, meta)
+                    obj = unpickler.load()
+                except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, KeyError, RecursionError) as err:
+                    raise UnsafeCheckpointError(  # damaged, truncated, crafted
+                        f"{path}: cannot read the checkpoint's pickle ({type(err).__name__}: "
+                        f"{str(err)[:200]}); the file is damaged or not a torch checkpoint"
+                    ) from None
+        declared = sum(info.file_size for info in archive.infolist())
+    return obj, declared
+
+
 def read_checkpoint_tensors(path: str | Path, *, max_bytes: int | None = None) -> dict[str, torch.Tensor]:
     """The tensors of a checkpoint's `state_dict` (or of a bare state dict), read without executing code.
 
     Every storage the pickle references is checked before it is read: its declared size (elements x dtype size)
     must equal its zip entry's uncompressed size, one storage may not be referenced under two dtypes or sizes,
-    a compressed entry may not expand more than MAX_COMPRESSION_RATIO times, and (when `max_bytes` is given)
-    all storages together may not exceed `max_bytes`. A violation is an UnsafeCheckpointError naming the file and
-    the storage, raised before that storage's memory is allocated.
+    a compressed entry may not expand more than MAX_COMPRESSION_RATIO times, the pickle itself may not exceed
+    MAX_PICKLE_BYTES, and (when `max_bytes` is given) all storages together may not exceed `max_bytes`. A
+    violation is an UnsafeCheckpointError naming the file and the storage, raised before that storage's memory
+    is allocated. A FIFO or device is refused unopened for reading.
     """
     path = Path(path)
-    if not zipfile.is_zipfile(path):
-        raise ValueError(
-            f"{path} is not a torch zip checkpoint (legacy torch<1.6 format or not a checkpoint); "
-            "re-save it with a current torch (torch.save) and try again"
-        )
-    with zipfile.ZipFile(path) as archive:
-        pickles = [n for n in archive.namelist() if n.endswith("/data.pkl")]
-        if len(pickles) != 1:
-            raise ValueError(f"{path}: expected one data.pkl in the archive, found {len(pickles)}")
-        root = pickles[0][: -len("/data.pkl")]
-        byteorder = f"{root}/byteorder"
-        if byteorder in archive.namelist() and archive.read(byteorder).strip() != b"little":
-            raise ValueError(f"{path} was saved on a big-endian machine; re-save it on a little-endian one")
-        with archive.open(pickles[0]) as fh:
-            try:
-                obj = _AllowListUnpickler(fh, archive, root, path, max_bytes).load()
-            except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, KeyError) as err:  # damaged, truncated
-                raise UnsafeCheckpointError(
-                    f"{path}: cannot read the checkpoint's pickle ({type(err).__name__}: "
-                    f"{err}); the file is damaged or not a torch checkpoint"
-                ) from None
+    obj, _ = _unpickle(path, max_bytes, meta=False)
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds no state_dict (found {type(obj).__name__})")
     return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def read_checkpoint_skeleton(path: str | Path) -> tuple[Any, int]:
+    """(the checkpoint's pickled object with every tensor on the meta device, the uncompressed bytes of its zip
+    entries: the most that torch.load could allocate for it).
+
+    Nothing is allocated for tensor data and nothing named in the file is called: every storage is checked as in
+    read_checkpoint_tensors, and unknown objects become inert placeholders. A reader calls it to learn what a file
+    declares (its settings, its sizes) before deciding to load it for real, e.g. with torch.load(weights_only=True).
+    """
+    return _unpickle(Path(path), None, meta=True)
+
+
+def checkpoint_cap(config: HyenaDNAConfig) -> int:
+    """The most bytes of storages a checkpoint of this architecture may hold (see CHECKPOINT_BYTES_PER_MODEL_BYTE)."""
+    return CHECKPOINT_BYTES_PER_MODEL_BYTE * model_bytes(config) + CHECKPOINT_EXTRA_BYTES
 
 
 def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
@@ -426,8 +503,8 @@ def _weights_name(layout: str) -> str:
 def _layout_of(config_json: Path) -> str:
     """The layout a config.json is in ("original" when unreadable: HyenaDNAConfig.from_json then says why)."""
     try:
-        data = json.loads(config_json.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        data = json.loads(read_small_file(config_json, MAX_CONFIG_BYTES))
+    except (OSError, ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         return "original"
     return config_layout(data) if isinstance(data, dict) else "original"
 
@@ -516,9 +593,15 @@ def load_pretrained(cls: type, name_or_path: str | Path, *, shift: float | None 
     model = cls(config)
     weights = folder / _weights_name(layout)
     if layout == "hf":
+        # safetensors checks its header against the file's size; the size itself is checked against the config.
+        size, cap = weights.stat().st_size, checkpoint_cap(config)
+        if size > cap:
+            raise UnsafeCheckpointError(
+                f"{weights} holds {size} bytes, more than a model of its {CONFIG_NAME} can ({cap}); refusing to read it"
+            )
         state = from_hf_layout(read_safetensors(weights), config, source=str(weights))
     else:
-        state = backbone_state_dict(read_checkpoint_tensors(weights))
+        state = backbone_state_dict(read_checkpoint_tensors(weights, max_bytes=checkpoint_cap(config)))
     load_backbone_weights(model, state, str(weights))
     return model
 

@@ -23,6 +23,7 @@ from sklearn.preprocessing import StandardScaler
 from tune_ph import files
 from tune_ph.baseline.kmers import check_k, kmer_profiles
 from tune_ph.config import TrainConfig
+from tune_ph.data import token_cache
 from tune_ph.data.sources import load_samples, split_samples
 from tune_ph.data.tokens import default_cache_dir, fingerprint, split_hash
 from tune_ph.errors import InputError
@@ -37,6 +38,7 @@ DATA_FLAGS = ("dataset", "split_seed", "test_fraction", "val_fraction", "skip_ba
 PREDICTION_COLUMNS = files.BASELINE_PREDICTION_COLUMNS
 # Bump when the profile definition, a model's settings or the cached layout change: stale results are never reused.
 CACHE_FORMAT = 1
+HASH_KEY = "content_hash"  # in each cache entry: checked on every read, a mismatch is recomputed
 SEED = 0
 # Ridge is fitted on standardised profiles, so one grid suits every k (raw frequencies shrink as 4^-k).
 RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-1, 5, 13))
@@ -91,8 +93,9 @@ _FITTERS = {"hgb": _fit_hgb, "ridge": _fit_ridge}
 
 
 def default_baseline_cache_dir() -> Path:
-    """Beside the token cache: $TUNE_PH_CACHE/../baseline, else ~/.cache/tune_ph/baseline."""
-    return default_cache_dir().parent / "baseline"
+    """Inside the cache: $TUNE_PH_CACHE/baseline, else ~/.cache/tune_ph/baseline (beside the token cache)."""
+    given = os.environ.get(token_cache.CACHE_ENV)
+    return Path(given).expanduser() / "baseline" if given else default_cache_dir().parent / "baseline"
 
 
 def _model_settings(model: str) -> dict[str, Any]:
@@ -105,17 +108,26 @@ def _cache_path(folder: Path, fp: str, k: int, model: str, split_id: str) -> Pat
     return folder / f"{fp}-k{k}-{model}-{settings}-s{split_id}-v{CACHE_FORMAT}.json"
 
 
+def _entry_hash(entry: Mapping[str, Any], path: Path) -> str:
+    """The content hash of a cache entry (its metrics and predictions, as JSON), keyed by its file name."""
+    content = files.json_safe({k: entry.get(k) for k in ("metrics", "test_predictions")})  # as written to disk
+    payload = json.dumps(content, sort_keys=True, default=str)
+    return hashlib.blake2b(payload.encode(), key=path.name.encode()[:64], digest_size=16).hexdigest()
+
+
 def _load_cached(path: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:
         entry = json.loads(path.read_text(encoding="utf-8"))
+        if entry.get(HASH_KEY) != _entry_hash(entry, path):
+            raise ValueError("its content does not match its hash (changed since it was written)")
         table = pd.DataFrame(entry["test_predictions"], columns=list(PREDICTION_COLUMNS))
         metrics = {
             k: (float("nan") if v is None and k.endswith(("_mse", "_rmse", "_mae", "_r2")) else v)
             for k, v in entry["metrics"].items()
         }
-    except (OSError, ValueError, KeyError, TypeError) as exc:  # a damaged cache entry is recomputed, not fatal
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:  # recomputed
         log.warning("ignoring unreadable baseline cache %s (%s); recomputing it", path, exc)
         return None
     return {"metrics": metrics, "predictions": table, "cached": True, "cache_path": str(path)}
@@ -237,6 +249,7 @@ def run_baseline(
         )
         log.info("%s k=%d fitted in %.1f s", model, k, fit_s)
         entry = {"metrics": metrics, "test_predictions": table.to_dict(orient="records")}
+        entry[HASH_KEY] = _entry_hash(entry, path)
         if use_cache:
             try:
                 write_json(path, entry)

@@ -12,7 +12,7 @@ import torch
 
 from tune_ph import cli, config
 from tune_ph.report import monitor
-from tune_ph.search import cluster, resources, settings
+from tune_ph.search import cluster, origin, resources, settings
 from tune_ph.search.run import load_spec, locked_search, unused_experiment
 from tune_ph.search.runlock import ExperimentLock
 from tune_ph.search.space import check_devices
@@ -38,6 +38,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--resume", action="store_true", help="continue an interrupted experiment of this name")
     p.add_argument("--retry-errored", action="store_true", help="with --resume: also rerun trials that failed")
+    p.add_argument(
+        origin.TRUST_FLAG,
+        action="store_true",
+        help="with --resume: resume a folder that was not created here (moved, copied or received); its Ray state "
+        "is unpickled, which can run code, so only for folders you trust",
+    )
     overrides = p.add_argument_group("overrides of the YAML (fixed TrainConfig values)")
     config.add_arguments(overrides, only=OVERRIDE_FIELDS, overrides=True)
     settings.add_arguments(p.add_argument_group("overrides of the YAML's search, scheduler and resources settings"))
@@ -104,6 +110,8 @@ def _main(argv: Sequence[str] | None) -> int:
         cluster.require_dashboard()
     overrides = overrides_of(args)
     spec, folder, saved_storage = load_spec(args.space, args.name, Path(args.output_dir), args.resume, overrides)
+    if args.resume:  # before anything of the folder is unpickled: only folders created here, or trusted ones
+        origin.check_resume(folder, trusted=args.trust_resume)
     storage = args.storage or saved_storage
     if storage and "://" not in storage:
         storage = str(Path(storage).expanduser().resolve())

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import gzip
+import io
 import logging
 import math
 import os
+import stat
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pandas as pd
 import pyarrow as pa
@@ -19,7 +22,14 @@ from tune_ph.errors import DatasetError
 
 log = logging.getLogger(__name__)
 
+
+class NotRegularFileError(DatasetError):
+    """A FASTA path that is a FIFO, device or socket: never read (it would block or never end)."""
+
+
 DEFAULT_MAX_DNA = 250_000
+# Characters read at a time: a line longer than this (a 1 GiB read) is taken piece by piece, never whole.
+_CHUNK = 1 << 20
 FASTA_SUFFIXES = (".fasta.gz", ".fasta", ".fa.gz", ".fa", ".fna.gz", ".fna")
 # The columns and types of the published dataset (jedick/microbial-DNA-pH), as the builder writes them.
 PARQUET_SCHEMA = pa.schema(
@@ -38,46 +48,89 @@ PARQUET_SCHEMA = pa.schema(
 )
 
 
-def read_fasta(path: str | os.PathLike, max_dna: int | None = None) -> list[str]:
-    """Reads of a FASTA file (plain or .gz), in file order, whole reads until ``max_dna`` bases in total."""
-    path = Path(path)
-    opener = gzip.open if path.name.endswith(".gz") else open
-    reads: list[str] = []
-    total = 0
-
-    def records() -> Iterator[str]:
-        parts: list[str] = []
-        started = False
-        with opener(path, "rt", encoding="latin-1") as fh:
-            for line in fh:
-                line = line.strip()
-                if line.startswith(">"):
-                    if started:
-                        yield "".join(parts)
-                    parts, started = [], True
-                elif line and not line.startswith(";"):
-                    if not started:
-                        raise DatasetError(f"{path}: not FASTA (sequence before the first '>' header)")
-                    parts.append(line)
-            if started:
-                yield "".join(parts)
-
+def open_regular(path: Path) -> IO[bytes]:
+    """The file opened for reading if it is a regular file; DatasetError otherwise (a FIFO would block the reader
+    forever, a device such as /dev/zero would feed it forever). Checked on the opened file: no race with a rename."""
     try:
-        read = list(records())
-    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:  # not gzip, truncated, unreadable
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a plain open blocks on a FIFO until a writer comes
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot open it ({exc.strerror}); replace or remove the file") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise NotRegularFileError(f"{path}: not a regular file (a FIFO, device or socket); replace or remove it")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def is_regular(path: Path) -> bool:
+    """Whether path (links followed) is a regular file; other kinds are logged as skipped."""
+    try:
+        regular = stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        regular = False
+    if not regular and sample_id_of(path) is not None:
+        log.warning("%s: skipped, not a regular file (a FIFO, device, socket or broken link)", path)
+    return regular
+
+
+def _pieces(text: IO[str]) -> Iterator[tuple[bool, str]]:
+    """(True, "") at each record's header, else (False, a piece of sequence of at most _CHUNK characters) of a FASTA
+    text stream; headers and ';' comments are skipped without being kept, however long their lines are."""
+    line_start, mode = True, "sequence"  # mode of the current line: header, comment or sequence
+    while piece := text.readline(_CHUNK):
+        ends_line = piece.endswith("\n")
+        if line_start:
+            piece = piece.lstrip()
+            if not piece and ends_line:  # a blank line
+                continue
+            mode = "header" if piece.startswith(">") else "comment" if piece.startswith(";") else "sequence"
+            if mode == "header":
+                yield True, ""
+        if ends_line:
+            piece = piece.rstrip()
+        line_start = ends_line
+        if mode == "sequence" and piece:
+            yield False, piece
+
+
+def read_fasta(path: str | os.PathLike, max_dna: int | None = None) -> list[str]:
+    """Reads of a FASTA file (plain or .gz), in file order, whole reads until ``max_dna`` bases in total.
+
+    Streamed: reading stops once the cap is reached, and no more than the cap (plus one chunk) is ever held, however
+    long a line is. A read longer than the whole cap, when it comes first, keeps its start rather than nothing.
+    """
+    path = Path(path)
+    gz = path.name.endswith(".gz")
+    reads: list[str] = []
+    current: list[str] = []  # the pieces of the read being assembled
+    total = current_len = 0
+    started = False
+    try:
+        with open_regular(path) as raw:
+            binary: IO[bytes] = gzip.GzipFile(fileobj=raw) if gz else raw
+            for header, piece in _pieces(io.TextIOWrapper(binary, encoding="latin-1", newline=None)):
+                if header:
+                    if current_len:
+                        reads.append("".join(current))
+                        total += current_len
+                    current, current_len, started = [], 0, True
+                    continue
+                if not started:
+                    raise DatasetError(f"{path}: not FASTA (sequence before the first '>' header)")
+                current.append(piece)
+                current_len += len(piece)
+                if max_dna is not None and total + current_len > max_dna:
+                    # The cap falls inside this read: it is not taken (unless it is the first: then its start).
+                    if not reads:
+                        reads.append("".join(current)[:max_dna])
+                    return reads
+            if current_len:
+                reads.append("".join(current))
+    except (OSError, EOFError, zlib.error) as exc:  # not gzip, truncated, unreadable
         raise DatasetError(
-            f"{path}: cannot read it as FASTA{' (gzip)' if path.name.endswith('.gz') else ''} "
+            f"{path}: cannot read it as FASTA{' (gzip)' if gz else ''} "
             f"({type(exc).__name__}: {exc}); replace or remove the file"
         ) from None
-    for seq in read:
-        if not seq:
-            continue
-        if max_dna is not None and total + len(seq) > max_dna:
-            if not reads:  # one read longer than the cap: keep its start rather than nothing
-                reads.append(seq[:max_dna])
-            break
-        reads.append(seq)
-        total += len(seq)
     return reads
 
 
@@ -177,7 +230,7 @@ def _fasta_files(fasta_dir: Path) -> dict[tuple[str, str], Path]:
     for study_dir in sorted(p for p in fasta_dir.iterdir() if p.is_dir()):
         for f in sorted(study_dir.iterdir()):
             key = sample_id_of(f)
-            if key is not None and (study_dir.name, key) not in found:
+            if key is not None and (study_dir.name, key) not in found and is_regular(f):
                 found[(study_dir.name, key)] = f
     return found
 

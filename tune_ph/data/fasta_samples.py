@@ -12,7 +12,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from hyena_dna import tokenizer
-from tune_ph.data.fasta import DEFAULT_MAX_DNA, FASTA_SUFFIXES, read_fasta, sample_id_of
+from tune_ph.data.fasta import DEFAULT_MAX_DNA, FASTA_SUFFIXES, is_regular, read_fasta, sample_id_of
 from tune_ph.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -32,8 +32,10 @@ def find_fasta_files(fasta_dir: str | os.PathLike) -> list[tuple[str, str, Path]
         if entry.name.startswith("."):
             continue
         if entry.is_dir():
-            found += [(entry.name, sid, f) for f in sorted(entry.iterdir()) if (sid := sample_id_of(f)) and f.is_file()]
-        elif (sid := sample_id_of(entry)) is not None:
+            found += [
+                (entry.name, sid, f) for f in sorted(entry.iterdir()) if (sid := sample_id_of(f)) and is_regular(f)
+            ]
+        elif (sid := sample_id_of(entry)) is not None and is_regular(entry):  # a FIFO would block predict forever
             found.append(("", sid, entry))
     first: dict[str, Path] = {}
     for _, sid, path in found:

@@ -6,7 +6,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -17,14 +16,20 @@ import torch
 from tqdm.auto import tqdm
 
 from hyena_dna import tokenizer
+from tune_ph import files
 from tune_ph.data import read_sets, token_cache
 from tune_ph.data.token_cache import default_cache_dir as default_cache_dir  # where it always was (baseline uses it)
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
-# Bump when the packing rule or the cache layout changes, so stale caches are never reused.
+# Bump when the packing rule changes, so stale caches are never reused (it is part of every dataset fingerprint).
 CACHE_FORMAT = 2
+# The cache file's own layout (its name's -v part): 3 added the content hash checked on every read.
+ENTRY_FORMAT = 3
+HASH_KEY = "content_hash"
+# Samples whose tokens are rebuilt and compared on every cache hit (a poisoned entry cannot know which).
+_SPOT_CHECKS = 3
 # Progress bars only pay off on datasets that take a noticeable time to tokenize.
 _PROGRESS_MIN_SAMPLES = 500
 
@@ -205,30 +210,37 @@ class TokenizedDataset:
         """The sample ids of each split (what a run saves as split.json)."""
         return {name: [str(s) for s in self.sample_ids[self.split == name]] for name in SPLITS}
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the arrays to one .npz file atomically (temp file + rename; no pickled objects)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The fields as arrays, strings as fixed-width unicode (loadable without pickle)."""
         arrays = {f.name: np.asarray(getattr(self, f.name)) for f in fields(self)}
         for name in ("sample_ids", "study_name", "environment", "split", "fingerprint"):
-            arrays[name] = arrays[name].astype(str)  # fixed-width unicode, loadable without pickle
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+            arrays[name] = arrays[name].astype(str)
+        return arrays
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the arrays and their content hash to one .npz file atomically (no pickled objects)."""
+        path = Path(path)
+        arrays = self.arrays()
+        arrays[HASH_KEY] = np.array(files.content_hash(arrays, path.name))
+        files.save_npz(path, arrays)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> TokenizedDataset:
-        """Read a dataset written by ``save`` (allow_pickle=False)."""
-        with np.load(path, allow_pickle=False) as z:
-            values = {f.name: z[f.name] for f in fields(cls)}
-        values["max_length"] = int(values["max_length"])
-        values["max_sets"] = int(values["max_sets"])
-        values["fingerprint"] = str(values["fingerprint"])
+    def load(cls, path: str | os.PathLike, *, max_bytes: int | None = None) -> TokenizedDataset:
+        """Read a dataset written by ``save``: member sizes checked before reading (files.load_npz; at most
+        ``max_bytes``, default the file's size), then the content hash. ValueError names a damaged entry."""
+        path = Path(path)
+        limit = path.stat().st_size + (1 << 20) if max_bytes is None else max_bytes
+        arrays = files.load_npz(path, max_bytes=limit, what="token cache entry")
+        saved = str(arrays.pop(HASH_KEY, ""))
+        if saved != files.content_hash(arrays, path.name):
+            raise ValueError(f"{path}: its content does not match its hash (changed since it was written)")
+        try:
+            values = {f.name: arrays[f.name] for f in fields(cls)}
+            values["max_length"] = int(values["max_length"])
+            values["max_sets"] = int(values["max_sets"])
+            values["fingerprint"] = str(values["fingerprint"])
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"{path}: not a token cache entry ({err})") from None
         return cls(**values)
 
 
@@ -321,15 +333,17 @@ def build(
     limit = token_cache.max_bytes()  # a bad setting fails before minutes of tokenizing
     fp = fingerprint(df)
     folder = token_cache.cache_folder(cache_dir)
-    path = folder / f"{fp}-L{max_length}-n{max_sets or 0}-s{split_hash(split)}-v{CACHE_FORMAT}.npz"
+    path = folder / f"{fp}-L{max_length}-n{max_sets or 0}-s{split_hash(split)}-v{ENTRY_FORMAT}.npz"
     if path.exists():
         try:
-            ds = TokenizedDataset.load(path)
+            ds = TokenizedDataset.load(path, max_bytes=_entry_cap(df))
+            _check_against(ds, df, split, max_length=max_length, max_sets=max_sets, fp=fp, path=path)
             token_cache.touch(path)
             log.info("token cache hit: %s", path)
             return ds
-        except (OSError, ValueError, KeyError) as exc:  # a damaged cache is rebuilt, not fatal
-            log.warning("ignoring unreadable token cache %s (%s); rebuilding it", path, exc)
+        except (OSError, ValueError, KeyError) as exc:  # a damaged or tampered entry is rebuilt, not fatal
+            reason = str(exc).removeprefix(f"{path}: ")[:300]
+            log.warning("ignoring unreadable token cache %s (%s); rebuilding it", path, reason)
     ds = tokenize(df, split, max_length=max_length, max_sets=max_sets, fp=fp)
     try:
         ds.save(path)
@@ -339,3 +353,55 @@ def build(
         return ds
     token_cache.enforce_cap(folder, limit, keep=path)
     return ds
+
+
+def _entry_cap(df: pd.DataFrame) -> int:
+    """The most bytes a cache entry of these samples can hold: a token per base and separator, the per-set and
+    per-sample arrays (unicode: 4 bytes a character), with room to spare. A larger entry is not theirs."""
+    reads = sum(len(r) for r in df["sequences"])
+    bases = sum(len(x) for r in df["sequences"] for x in r)
+    text = sum(int(df[c].astype(str).str.len().max() or 0) if len(df) else 0 for c in ("sample_id", "study_name"))
+    text += int(df["environment"].astype(str).str.len().max() or 0) if len(df) else 0
+    return 2 * (bases + reads + 16 * (reads + 1) + len(df) * (4 * (text + 5) + 8)) + (1 << 20)
+
+
+def _check_against(
+    ds: TokenizedDataset,
+    df: pd.DataFrame,
+    split: Mapping[str, Sequence[str]],
+    *,
+    max_length: int,
+    max_sets: int | None,
+    fp: str,
+    path: Path,
+) -> None:
+    """Raise ValueError when a cache entry disagrees with the samples it claims to hold: their ids, labels,
+    studies, environments and split, all compared, and the tokens of a few samples chosen at random, rebuilt."""
+    if (ds.fingerprint, ds.max_length, ds.max_sets) != (fp, max_length, max_sets or 0):
+        raise ValueError("its fingerprint or settings are not those of its name")
+    rows = df.assign(sample_id=df["sample_id"].astype(str)).set_index("sample_id")
+    ids = [str(s) for s in ds.sample_ids]
+    if len(set(ids)) != len(ids) or not set(ids) <= set(rows.index):
+        raise ValueError("its sample ids are not these samples'")
+    kept = rows.loc[ids]
+    which = {str(sid): name for name in SPLITS for sid in split.get(name, [])}
+    checks = {
+        "pH": np.array_equal(ds.ph, kept["pH"].to_numpy(dtype=np.float32), equal_nan=True),
+        "study_name": np.array_equal(ds.study_name, kept["study_name"].astype(str).to_numpy().astype(str)),
+        "environment": np.array_equal(ds.environment, kept["environment"].astype(str).to_numpy().astype(str)),
+        "split": [str(x) for x in ds.split] == [which.get(s, "") for s in ids],
+        "sets": len(ds.offsets) == len(ds.set_sample) + 1 and int(ds.offsets[-1]) == len(ds.ids),
+    }
+    wrong = [name for name, ok in checks.items() if not ok]
+    if wrong:
+        raise ValueError(f"its {', '.join(wrong)} differ from the samples'")
+    starts, counts = ds.sample_sets()
+    for s in np.random.default_rng().choice(len(ids), size=min(_SPOT_CHECKS, len(ids)), replace=False):
+        reads = [r for r in kept["sequences"].iloc[int(s)] if r]
+        expected = [
+            read_sets.encode_set([reads[i] for i in m], max_length)
+            for m in read_sets.pack_sets([len(r) for r in reads], max_length, max_sets)
+        ]
+        got = [ds.set_tokens(int(k)) for k in range(starts[s], starts[s] + counts[s])]
+        if len(got) != len(expected) or not all(np.array_equal(a, b) for a, b in zip(got, expected)):
+            raise ValueError(f"the tokens of sample {ids[int(s)]!r} differ from its reads")

@@ -10,9 +10,10 @@ from typing import Any, ClassVar
 import torch
 
 from hyena_dna import HyenaDNAConfig
+from hyena_dna.memory import check_memory, model_bytes
 from tune_ph.config import TrainConfig
 from tune_ph.errors import InputError
-from tune_ph.files import save_torch
+from tune_ph.files import load_torch, save_torch
 
 _REQUIRED = object()
 # What a checkpoint holds besides the weights without which it cannot be rebuilt: every version wrote them.
@@ -60,19 +61,33 @@ class StateReader:
         return value
 
 
-def load_state(path: str | os.PathLike, what: str) -> Any:
-    """torch.load of a state file, weights_only: only tensors and plain settings are ever unpickled."""
-    path = Path(path)
+# A saved state holds the weights once and AdamW's two moments of each: 4x the model is generous; more is refused.
+_STATE_COPIES = 4
+_STATE_EXTRA_BYTES = 64 << 20  # the pickled settings and history, the RNG states, a head and its clusters
+
+
+def state_budget(state: Any) -> int:
+    """The most bytes a saved state (best_model.pt, a trial's state.pt, pretrain_state.pt) of the model it declares
+    may hold: the model with its head, and AdamW's moments. A state without a model_config may hold only small
+    settings (its reader then says what it lacks), and so may one whose model_config is not valid. Raises
+    ModelTooLargeError for a model this machine cannot build."""
+    if not isinstance(state, dict) or not isinstance(state.get("model_config"), dict):
+        return _STATE_EXTRA_BYTES
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
-        first = str(err).splitlines()[0] if str(err) else ""
-        raise InputError(
-            f"{path} cannot be read as {what} ({type(err).__name__}: {first}); it is damaged or not {what} "
-            "(only plain tensors and settings are ever loaded from it)"
-        ) from None
+        config = HyenaDNAConfig.from_dict(state["model_config"])
+    except (TypeError, ValueError):  # the reader says what is wrong with it, once the small file is read
+        return _STATE_EXTRA_BYTES
+    check_memory(config)
+    head = 2 * config.d_model**2 * 4  # a head and aggregation of up to 2 d_model^2 float32 weights
+    return _STATE_COPIES * (model_bytes(config) + head) + _STATE_EXTRA_BYTES
+
+
+def load_state(path: str | os.PathLike, what: str) -> Any:
+    """A state file, loaded (weights_only) after its declared sizes were checked against the model it declares
+    (files.load_torch with state_budget): a memory bomb is refused before it is read."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(path)
+    return load_torch(path, budget=state_budget, what=what.removeprefix("a ").removeprefix("an "))
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import time
 from collections.abc import Mapping
@@ -22,9 +23,14 @@ from tune_ph.model.regressor import autocast, pool_hidden
 
 log = logging.getLogger(__name__)
 
-# Bump when what a cached array holds changes.
-CACHE_FORMAT = 1
+# Bump when what a cached array holds changes (2: an .npz with the vectors' content hash).
+CACHE_FORMAT = 2
 SUBFOLDER = "embeddings"
+HASH_KEY = "content_hash"
+# Sets whose vectors are recomputed and compared on every cache hit (a forged entry cannot know which), and how
+# closely they must agree: bf16 autocast on a GPU and batch composition move vectors by far less than this.
+_SPOT_CHECKS = 2
+_SPOT_TOLERANCE = 0.05
 # Sets per forward pass on a CPU: the forward is bound by element-wise work, and larger batches were slower
 # (tiny-1k, 256-token reads, 2 cores: 179 sets/s at 32, 133 at 128, 85 at 512).
 CPU_BATCH = 32
@@ -52,7 +58,7 @@ def cache_key(backbone: HyenaDNAModel, dataset: TokenizedDataset) -> str:
 
 def cache_path(backbone: HyenaDNAModel, dataset: TokenizedDataset, cache_dir: str | os.PathLike | None) -> Path:
     """Where the vectors of this backbone on this tokenized dataset live (beside the token cache)."""
-    return token_cache.cache_folder(cache_dir) / SUBFOLDER / f"{cache_key(backbone, dataset)}-v{CACHE_FORMAT}.npy"
+    return token_cache.cache_folder(cache_dir) / SUBFOLDER / f"{cache_key(backbone, dataset)}-v{CACHE_FORMAT}.npz"
 
 
 def distinct_sets(dataset: TokenizedDataset) -> tuple[np.ndarray, np.ndarray]:
@@ -138,12 +144,14 @@ def set_vectors(
     if not use_cache:
         return compute(backbone, dataset, batch_size=batch_size, device=device, progress=progress)
     path = cache_path(backbone, dataset, cache_dir)
-    vectors = _read(path, (len(dataset), len(POOLINGS), backbone.config.d_model))
+    vectors = _read(path, backbone, dataset)
     if vectors is not None:
         return vectors
     vectors = compute(backbone, dataset, batch_size=batch_size, device=device, progress=progress)
     try:
-        files.save_numpy(path, vectors)
+        files.save_npz(
+            path, {"vectors": vectors, HASH_KEY: np.array(files.content_hash({"vectors": vectors}, path.name))}
+        )
         log.info("embedding cache written: %s", path)
     except OSError as exc:  # a read-only cache folder should not stop training
         log.warning("could not write the embedding cache %s (%s); set TUNE_PH_CACHE to a writable folder", path, exc)
@@ -153,24 +161,52 @@ def set_vectors(
 def cached(
     backbone: HyenaDNAModel, dataset: TokenizedDataset, cache_dir: str | os.PathLike | None = None
 ) -> np.ndarray | None:
-    """The vectors of this backbone on this dataset if the cache holds them (never computes them)."""
-    return _read(cache_path(backbone, dataset, cache_dir), (len(dataset), len(POOLINGS), backbone.config.d_model))
+    """The vectors of this backbone on this dataset if the cache holds them (never computes them all)."""
+    return _read(cache_path(backbone, dataset, cache_dir), backbone, dataset)
 
 
-def _read(path: Path, expected: tuple[int, ...]) -> np.ndarray | None:
+def _read(path: Path, backbone: HyenaDNAModel, dataset: TokenizedDataset) -> np.ndarray | None:
+    """A cache entry's vectors, or None (recomputed) when it is missing, damaged, of another shape, changed since
+    it was written (its content hash) or not this backbone's (a few sets recomputed at random disagree)."""
     if not path.exists():
         return None
+    expected = (len(dataset), len(POOLINGS), backbone.config.d_model)
     try:
-        vectors = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:  # a damaged entry is recomputed, not fatal
-        log.warning("ignoring unreadable embedding cache %s (%s); recomputing it", path, exc)
-        return None
-    if vectors.shape != expected or vectors.dtype != np.float32:
-        log.warning("ignoring embedding cache %s of shape %s (expected %s)", path, vectors.shape, expected)
+        arrays = files.load_npz(path, max_bytes=4 * math.prod(expected) + (1 << 16), what="embedding cache entry")
+        vectors = arrays["vectors"]
+        if vectors.shape != expected or vectors.dtype != np.float32:
+            raise ValueError(f"its vectors have shape {vectors.shape} {vectors.dtype}, not {expected} float32")
+        if str(arrays.get(HASH_KEY, "")) != files.content_hash({"vectors": vectors}, path.name):
+            raise ValueError("its content does not match its hash (changed since it was written)")
+        _spot_check(vectors, backbone, dataset)
+    except (OSError, ValueError, KeyError) as exc:  # a damaged or forged entry is recomputed, not fatal
+        reason = str(exc).removeprefix(f"{path}: ")[:300]
+        log.warning("ignoring embedding cache %s (%s); recomputing it", path, reason)
         return None
     token_cache.touch(path)
     log.info("embedding cache hit: %s", path)
     return vectors
+
+
+def _spot_check(vectors: np.ndarray, backbone: HyenaDNAModel, dataset: TokenizedDataset) -> None:
+    """Raise ValueError unless a few sets, chosen at random now, have the cached vectors when recomputed."""
+    if len(dataset) == 0:
+        return
+    chosen = np.sort(np.random.default_rng().choice(len(dataset), size=min(_SPOT_CHECKS, len(dataset)), replace=False))
+    device = next(backbone.parameters()).device
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        with torch.inference_mode(), autocast(device):
+            ids, mask = dataset.tokens_of(chosen)
+            hidden = backbone(ids.to(device))
+            fresh = torch.stack([pool_hidden(hidden, mask.to(device), p) for p in POOLINGS], dim=1).float().cpu()
+    finally:
+        backbone.train(was_training)
+    fresh_np = fresh.numpy()
+    scale = float(np.abs(fresh_np).max()) or 1.0
+    if not np.allclose(vectors[chosen], fresh_np, rtol=_SPOT_TOLERANCE, atol=_SPOT_TOLERANCE * scale):
+        raise ValueError(f"the vectors of sets {chosen.tolist()} differ from the backbone's own")
 
 
 def for_pooling(vectors: np.ndarray, pooling: str) -> torch.Tensor:

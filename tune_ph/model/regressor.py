@@ -12,6 +12,7 @@ from torch import nn
 
 from hyena_dna import HyenaDNAConfig, HyenaDNAModel, PretrainedNotFoundError
 from hyena_dna.model import HyenaFilter
+from tune_ph import files
 from tune_ph.config import AGGREGATIONS, ARCHITECTURES, POOLINGS, TrainConfig
 from tune_ph.errors import ConfigError, InputError
 from tune_ph.model.checkpoint import Checkpoint
@@ -306,6 +307,8 @@ def build_model(cfg: TrainConfig) -> PhRegressor:
     if cfg.from_scratch:
         backbone = HyenaDNAModel(backbone_config(cfg))
     else:
+        if Path(cfg.model).expanduser().is_dir():
+            files.check_pretrain_done(Path(cfg.model).expanduser())  # a pretraining that died leaves partial weights
         try:
             backbone = HyenaDNAModel.from_pretrained(cfg.model)
         except PretrainedNotFoundError as err:
@@ -314,6 +317,8 @@ def build_model(cfg: TrainConfig) -> PhRegressor:
                 f"{err}\nTo train the same architecture from random initialisation on purpose, "
                 "pass --from-scratch (TrainConfig.from_scratch=True)."
             ) from err
+        except ValueError as err:  # hyena_dna names the config.json or weights file it could not use
+            raise InputError(str(err).splitlines()[0]) from None
     backbone.gradient_checkpointing = cfg.gradient_checkpointing
     return _assemble(cfg, backbone)
 

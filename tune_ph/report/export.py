@@ -71,26 +71,32 @@ def export_best(
     out = final.with_name(f".{final.name}.new")
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    experiment.copy_checkpoint(trial, checkpoint, out / files.MODEL_FILE)
-    saved = Checkpoint.load(out / files.MODEL_FILE)
-    train_config, model_config = saved.train_config.to_dict(), saved.model_config.to_dict()
-    info = {
-        "trial_id": trial.trial_id,
-        "trial_path": trial.path,
-        "checkpoint": checkpoint,
-        "epoch": saved.epoch,
-        "selected_by": metric,
-        "val_metrics": {k: metrics[k] for k in SUMMARY_METRICS if k in metrics},
-        "train_config": train_config,
-        "model_config": model_config,
-        "model": describe_model(train_config, model_config, saved.num_parameters(), saved.max_length),
-    }
-    write_json(out / files.RUN_CONFIG_FILE, info)
-    log.info("best trial %s epoch %d (%s %.4f) -> %s", trial.trial_id, info["epoch"], metric, metrics[metric], final)
-    dataset = (datasets or {}).get(saved.max_length)
-    test = evaluate_checkpoint(out / files.MODEL_FILE, dataset=dataset, output_dir=out, device=device)
-    test["checkpoint"] = str(final / files.MODEL_FILE)
-    write_json(out / files.METRICS_FILE, test)
+    try:
+        experiment.copy_checkpoint(trial, checkpoint, out / files.MODEL_FILE)
+        saved = Checkpoint.load(out / files.MODEL_FILE)
+        train_config, model_config = saved.train_config.to_dict(), saved.model_config.to_dict()
+        info = {
+            "trial_id": trial.trial_id,
+            "trial_path": trial.path,
+            "checkpoint": checkpoint,
+            "epoch": saved.epoch,
+            "selected_by": metric,
+            "val_metrics": {k: metrics[k] for k in SUMMARY_METRICS if k in metrics},
+            "train_config": train_config,
+            "model_config": model_config,
+            "model": describe_model(train_config, model_config, saved.num_parameters(), saved.max_length),
+        }
+        write_json(out / files.RUN_CONFIG_FILE, info)
+        log.info(
+            "best trial %s epoch %d (%s %.4f) -> %s", trial.trial_id, info["epoch"], metric, metrics[metric], final
+        )
+        dataset = (datasets or {}).get(saved.max_length)
+        test = evaluate_checkpoint(out / files.MODEL_FILE, dataset=dataset, output_dir=out, device=device)
+        test["checkpoint"] = str(final / files.MODEL_FILE)
+        write_json(out / files.METRICS_FILE, test)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)  # a refused or failed export leaves no half-built folder
+        raise
     if final.exists():
         shutil.rmtree(final)
     out.rename(final)

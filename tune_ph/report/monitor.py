@@ -7,6 +7,7 @@ import importlib.util
 import logging
 import socketserver
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
@@ -55,6 +56,24 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
+def local_hosts_only(app: Callable[..., Any], port: Callable[[], int]) -> Callable[..., Any]:
+    """The WSGI app, answering only requests addressed to 127.0.0.1:PORT or localhost:PORT.
+
+    Binding the loopback interface is not enough: a web page can make the browser send requests to a name it
+    controls that resolves to 127.0.0.1 (DNS rebinding), and the dashboard would then edit studies for that page.
+    Such requests carry the page's name in their Host header; they are refused.
+    """
+
+    def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        allowed = {f"{LOOPBACK}:{port()}", f"localhost:{port()}"}
+        if environ.get("HTTP_HOST", "").strip().lower() not in allowed:
+            start_response("403 Forbidden", [("Content-Type", "text/plain; charset=utf-8")])
+            return [f"403: this dashboard only answers http://{LOOPBACK}:{port()}/ (Host header)\n".encode()]
+        return app(environ, start_response)
+
+    return guarded
+
+
 class StudyDashboard:
     """optuna-dashboard for an Optuna SQLite study, served from a background thread on 127.0.0.1.
 
@@ -86,7 +105,15 @@ class StudyDashboard:
 
         if not self.db.is_file():
             raise InputError(f"{self.db}: no Optuna study here (the search writes it when it starts)")
-        self._server.set_app(wsgi(f"sqlite:///{self.db}"))
+        try:
+            app = wsgi(f"sqlite:///{self.db}")
+        except Exception as err:  # Optuna's StorageInternalError on a file that is not SQLite, sqlalchemy's, ...
+            text = str(err).splitlines()[0][:200] if str(err) else ""
+            raise InputError(
+                f"{self.db}: not a readable Optuna study database ({type(err).__name__}: {text}); "
+                "give the experiment folder of a search"
+            ) from None
+        self._server.set_app(local_hosts_only(app, lambda: self.port))
         self._thread = threading.Thread(target=self._server.serve_forever, name="optuna-dashboard", daemon=True)
         self._thread.start()
         return self

@@ -15,7 +15,7 @@ import pyarrow.fs as pafs
 
 from tune_ph.errors import InputError, RunFailure
 from tune_ph.files import TRIAL_STATE_FILE, write_csv, write_json
-from tune_ph.metrics import SUMMARY_METRICS, best_column, is_better, metric_mode
+from tune_ph.metrics import EPOCH_METRICS, SUMMARY_METRICS, best_column, is_better, metric_mode
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,8 @@ TRIALS_FILE = "trials.csv"
 REPORT_FILE = "report.html"
 # Ray's own files in a trial folder that we read (plain JSON / text); error.pkl and params.pkl never are.
 _PARAMS, _RESULTS, _ERROR = "params.json", "result.json", "error.txt"
+# Ray's checkpoint folders inside a trial folder; any other name read from result.json is refused.
+_CHECKPOINT_NAME = re.compile(r"checkpoint_\d{1,12}")
 
 
 @dataclass
@@ -65,21 +67,39 @@ class Experiment:
             return stream.read().decode("utf-8", errors="replace")
 
     def _statuses(self) -> dict[str, str]:
-        """Trial statuses from Ray's newest experiment state, parsed as plain JSON (its pickled parts stay
-        opaque strings: nothing in them is ever decoded)."""
+        """Trial statuses from Ray's newest readable experiment state, parsed as plain JSON (its pickled parts stay
+        opaque strings: nothing in them is ever decoded). A damaged state is skipped with a warning naming it."""
         names = [i.base_name for i in self.fs.get_file_info(pafs.FileSelector(self.root))]
         states = sorted(n for n in names if n.startswith("experiment_state-") and n.endswith(".json"))
-        if not states:
-            return {}
+        for name in reversed(states):
+            try:
+                trial_data = json.loads(self._read(name) or "{}").get("trial_data", [])
+                out = {}
+                for entry in trial_data:
+                    trial = json.loads(entry[0]) if isinstance(entry, list) else {}
+                    out[str(trial.get("trial_id"))] = str(trial.get("status", "UNKNOWN"))
+                return out
+            except (ValueError, TypeError, AttributeError, IndexError, RecursionError) as err:
+                older = "an older one" if name != states[0] else "none: trial statuses are then UNKNOWN"
+                log.warning("%s/%s: not a readable Ray experiment state (%s); using %s", self.path, name, err, older)
+        return {}
+
+    def _inside(self, target: str) -> bool:
+        """Whether a local path stays inside the experiment once links are followed (a remote one always does)."""
+        if not isinstance(self.fs, pafs.LocalFileSystem):
+            return True
+        return Path(target).resolve().is_relative_to(Path(self.root).resolve())
+
+    def _read_json_object(self, *parts: str) -> dict[str, Any]:
+        """A JSON object file of the experiment ({} when absent); damaged or not an object: InputError naming it."""
+        where = f"{self.path}/{'/'.join(parts)}"
         try:
-            trial_data = json.loads(self._read(states[-1]) or "{}").get("trial_data", [])
-            out = {}
-            for entry in trial_data:
-                trial = json.loads(entry[0]) if isinstance(entry, list) else {}
-                out[str(trial.get("trial_id"))] = str(trial.get("status", "UNKNOWN"))
-            return out
-        except (json.JSONDecodeError, TypeError, AttributeError, IndexError):
-            return {}
+            value = json.loads(self._read(*parts) or "{}")
+        except (ValueError, RecursionError) as err:
+            raise InputError(f"{where}: not valid JSON ({str(err)[:200]}); the file is damaged") from None
+        if not isinstance(value, dict):
+            raise InputError(f"{where}: expected a JSON object, found {type(value).__name__}; the file is damaged")
+        return value
 
     def trials(self) -> list[Trial]:
         if self.fs.get_file_info(self._join(SETTINGS_FILE)).type == pafs.FileType.NotFound and not any(
@@ -91,6 +111,9 @@ class Experiment:
         for info in sorted(self.fs.get_file_info(pafs.FileSelector(self.root)), key=lambda i: i.base_name):
             if info.type != pafs.FileType.Directory or not info.base_name.startswith("trial_"):
                 continue
+            if not self._inside(self._join(info.base_name)):
+                log.warning("%s/%s links outside the experiment; skipped", self.path, info.base_name)
+                continue
             trial_id = info.base_name.removeprefix("trial_")
             rows = _result_rows(self._read(info.base_name, _RESULTS) or "", f"{self.path}/{info.base_name}")
             error_text = self._read(info.base_name, _ERROR)
@@ -100,21 +123,38 @@ class Experiment:
                     trial_id=trial_id,
                     status=status,
                     path=self._join(info.base_name) if "://" not in self.path else f"{self.path}/{info.base_name}",
-                    config=json.loads(self._read(info.base_name, _PARAMS) or "{}"),
+                    config=self._read_json_object(info.base_name, _PARAMS),
                     history=pd.DataFrame(rows),
                     error=summarize_error(error_text) if status == "ERROR" else "",
                 )
             )
         return out
 
-    def checkpoint_exists(self, trial: Trial, name: str) -> bool:
+    def _state_file(self, trial: Trial, name: str) -> str:
+        """A checkpoint's state file; its name (read from result.json) must be Ray's checkpoint_NNNNNN, and the
+        file must stay inside the experiment once links are followed: InputError otherwise."""
+        if not isinstance(name, str) or not _CHECKPOINT_NAME.fullmatch(name):
+            raise InputError(
+                f"{trial.path}/{_RESULTS}: checkpoint_dir_name {str(name)[:80]!r} is not a checkpoint folder name "
+                "(checkpoint_NNNNNN); the file is damaged or crafted"
+            )
         target = self._join(f"trial_{trial.trial_id}", name, TRIAL_STATE_FILE)
+        if not self._inside(target):
+            raise InputError(f"{target} links outside the experiment {self.path}; refusing to read it")
+        return target
+
+    def checkpoint_exists(self, trial: Trial, name: str) -> bool:
+        try:
+            target = self._state_file(trial, name)
+        except InputError as err:
+            log.warning("%s", err)
+            return False
         return self.fs.get_file_info(target).type == pafs.FileType.File
 
     def copy_checkpoint(self, trial: Trial, name: str, target: Path) -> None:
         """Copy one checkpoint's state file to a local path."""
         pafs.copy_files(
-            self._join(f"trial_{trial.trial_id}", name, TRIAL_STATE_FILE),
+            self._state_file(trial, name),
             str(Path(target).resolve()),
             source_filesystem=self.fs,
             destination_filesystem=pafs.LocalFileSystem(),
@@ -131,13 +171,39 @@ def _result_rows(text: str, where: str) -> list[dict[str, Any]]:
     rows = []
     for number, line in enumerate(lines, start=1):
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            if number == len(lines):
+            row = json.loads(line)
+        except (ValueError, RecursionError) as err:  # JSONDecodeError is a ValueError
+            if number == len(lines) and not isinstance(err, RecursionError):
                 log.warning("%s/%s: skipped its last line, cut off (%s)", where, _RESULTS, err)
                 break
-            raise InputError(f"{where}/{_RESULTS}: line {number} is not JSON ({err}); the file is damaged") from None
+            text = str(err)[:200]
+            raise InputError(f"{where}/{_RESULTS}: line {number} is not JSON ({text}); the file is damaged") from None
+        if not isinstance(row, dict):
+            raise InputError(f"{where}/{_RESULTS}: line {number} is not a JSON object; the file is damaged")
+        rows.append(_numeric_metrics(row, f"{where}/{_RESULTS}: line {number}"))
     return rows
+
+
+# What a result line must hold as numbers (the metrics selection and tables compare) or, for the checkpoint, a name.
+_NUMERIC = (*EPOCH_METRICS, "training_iteration")
+
+
+def _numeric_metrics(row: dict[str, Any], where: str) -> dict[str, Any]:
+    """The row with every metric that is not a real number dropped (with a warning): a damaged or crafted value
+    must not turn a sort or a comparison into a TypeError."""
+    bad = [
+        key
+        for key, value in row.items()
+        if (key in _NUMERIC or key.startswith("best_"))
+        and not (isinstance(value, (int, float)) and not isinstance(value, bool))
+        and value is not None
+    ]
+    if not isinstance(row.get("checkpoint_dir_name", ""), (str, type(None))):
+        bad.append("checkpoint_dir_name")
+    if bad:
+        log.warning("%s: ignored %s, not a number as a metric must be", where, ", ".join(sorted(bad)))
+        row = {k: v for k, v in row.items() if k not in bad}
+    return row
 
 
 def summarize_error(text: str | None) -> str:
@@ -179,12 +245,15 @@ def load_settings(folder: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        settings = json.loads(path.read_text())
+    except (ValueError, RecursionError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise InputError(
-            f"{path}: not valid JSON ({err}); the file is damaged — restore it, or start the "
+            f"{path}: not valid JSON ({str(err)[:200]}); the file is damaged — restore it, or start the "
             "experiment again under another --name"
         ) from None
+    if not isinstance(settings, dict):
+        raise InputError(f"{path}: expected a JSON object of settings, found {type(settings).__name__}")
+    return settings
 
 
 def save_settings(folder: Path, settings: dict[str, Any]) -> Path:

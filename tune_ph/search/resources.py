@@ -14,6 +14,8 @@ from tune_ph.errors import ResourceError, SetupError
 
 # Ray keeps resources in fixed point (4 decimals): compare with slack so rounding never makes a fit fail.
 _EPS = 1e-6
+# The smallest share Ray can represent; a positive request below it is refused by Ray with an internal error.
+RAY_RESOLUTION = 1e-4
 
 
 def trial_requests(
@@ -64,6 +66,12 @@ def check_trial_resources(requests: Mapping[str, Mapping[str, float]], nodes: Se
                     f">= 0 (override: {flag})"
                 )
                 bad = True
+            elif 0 < value < RAY_RESOLUTION:
+                problems.append(
+                    f"{key}: {value!r} {what} per trial is below the smallest share Ray can give "
+                    f"({RAY_RESOLUTION:g}); use 0 or at least {RAY_RESOLUTION:g} (override: {flag})"
+                )
+                bad = True
         if bad:
             continue
         if not nodes:
@@ -104,10 +112,9 @@ def check_trial_resources(requests: Mapping[str, Mapping[str, float]], nodes: Se
             )
     problems = list(dict.fromkeys(problems))
     if problems:
-        raise ResourceError(
-            "trials cannot be scheduled on this Ray cluster (they would stay PENDING forever):\n  "
-            + "\n  ".join(problems)
-        )
+        # One problem is one line (the usual case); several are listed one per line under the heading.
+        head = "trials cannot be scheduled on this Ray cluster (they would stay PENDING forever):"
+        raise ResourceError(f"{head} {problems[0]}" if len(problems) == 1 else "\n  ".join([head, *problems]))
 
 
 def alive_node_resources() -> list[dict[str, float]]:

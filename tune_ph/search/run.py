@@ -21,7 +21,7 @@ from tune_ph.data.tokens import TokenizedDataset
 from tune_ph.errors import InputError, RunFailure, SpaceError
 from tune_ph.files import write_csv, write_json
 from tune_ph.report import export, monitor, results
-from tune_ph.search import cluster, console, outcome, resources, tuner
+from tune_ph.search import cluster, console, origin, outcome, resources, tuner
 from tune_ph.search.space import SearchSpec, apply_overrides, check_name, load_space, parse_space
 from tune_ph.search.space_params import Checker
 from tune_ph.search.spec import values_of
@@ -103,7 +103,8 @@ def check_pretrained(spec: SearchSpec) -> None:
     if scratch and all(scratch):
         return
     for model in spec.model_choices():
-        resolve_checkpoint_dir(model)
+        folder = resolve_checkpoint_dir(model)
+        files.check_pretrain_done(folder)  # an unfinished pretraining's weights: refused here, not in every trial
 
 
 def prepare_datasets(spec: SearchSpec) -> dict[int, TokenizedDataset]:
@@ -178,6 +179,7 @@ def run_search(
         runner = tune.Tuner.restore(
             path, trainable=trainable, resume_unfinished=True, resume_errored=retry_errored, restart_errored=False
         )
+        tuner.bind_study(runner, folder)  # a resumed copy writes its own study, never the original's
     else:
         if resume:
             print(f"{path} has no trials yet; starting the search")
@@ -250,6 +252,7 @@ def locked_search(
         settings[results.STORAGE_KEY] = storage
     if not args.resume:  # a resumed search keeps the settings it started with (load_spec read them)
         results.save_settings(folder, settings)
+        origin.record(folder)  # where and by whom: --resume trusts only folders created here
     _record_environment(spec, folder)
     reference = None if args.no_baseline else search_baseline(spec, folder)  # once, before any trial
     # Short epochs make Tune snapshot often (num_to_keep forces it); that is expected here, not a problem.

@@ -60,6 +60,54 @@ def shared_vectors(spec: SearchSpec, datasets: dict[int, TokenizedDataset]) -> d
     return out
 
 
+def _study_storage(study_file: str | Path) -> optuna.storages.RDBStorage:
+    return optuna.storages.RDBStorage(f"sqlite:///{Path(study_file).resolve()}")
+
+
+class FolderStudySearch(OptunaSearch):
+    """OptunaSearch on the Optuna study of its own experiment folder, also when that folder was moved or copied.
+
+    Ray pickles the searcher, with its study's absolute path, into the experiment; a --resume of a copy would
+    otherwise go on writing the original's study. bind_study points it at the folder being resumed, and restore()
+    (Ray loading the searcher's saved state) keeps that binding whatever the saved state says.
+    """
+
+    def __init__(self, *args: Any, study_file: str | Path, **kwargs: Any) -> None:
+        self.study_file = str(Path(study_file).resolve())
+        super().__init__(*args, storage=_study_storage(self.study_file), **kwargs)
+
+    def restore(self, checkpoint_path: str) -> None:
+        study_file = self.study_file
+        super().restore(checkpoint_path)
+        self.rebind(study_file)
+
+    def rebind(self, study_file: str | Path) -> None:
+        """Use the study in study_file from now on: the storage, the study and the trials asked but not told."""
+        self.study_file = str(Path(study_file).resolve())
+        self._storage = _study_storage(self.study_file)
+        old = self._ot_study
+        if old is None:
+            return
+        self._ot_study = optuna.load_study(
+            study_name=old.study_name, storage=self._storage, sampler=old.sampler, pruner=old.pruner
+        )
+        # Optuna's Trial has no public id; the copied database holds the same trial ids as the original.
+        self._ot_trials = {key: optuna.trial.Trial(self._ot_study, t._trial_id) for key, t in self._ot_trials.items()}
+
+
+def bind_study(runner: tune.Tuner, folder: Path) -> None:
+    """After tune.Tuner.restore: the restored searcher reads and writes the study in `folder`, nowhere else."""
+    # Ray offers no public handle on the searcher a restored Tuner unpickled from tuner.pkl.
+    searcher = runner._local_tuner._tune_config.search_alg
+    while hasattr(searcher, "searcher"):  # wrappers (ConcurrencyLimiter) hold the searcher
+        searcher = searcher.searcher
+    if not isinstance(searcher, OptunaSearch):
+        raise RuntimeError(f"{folder}: the restored search has no Optuna searcher ({type(searcher).__name__})")
+    if not isinstance(searcher, FolderStudySearch):
+        searcher.__class__ = FolderStudySearch  # an experiment started before FolderStudySearch existed
+    searcher.rebind(folder / results.STUDY_FILE)
+
+
 def make_trainable(
     spec: SearchSpec, datasets: dict[int, TokenizedDataset], vectors: dict[str, np.ndarray] | None = None
 ) -> Any:
@@ -87,13 +135,13 @@ def make_tuner(
     metric = spec.search.metric
     mode = metric_mode(metric)
     n_startup = max(2, min(10, spec.search.num_samples // 3))
-    searcher = OptunaSearch(
+    searcher = FolderStudySearch(
         space=OptunaSpace(spec.trial_params()),
         # TPE learns from each trial's best epoch, the value selection uses too.
         metric=best_column(metric),
         mode=mode,
         sampler=optuna.samplers.TPESampler(seed=spec.search.seed, n_startup_trials=n_startup),
-        storage=optuna.storages.RDBStorage(f"sqlite:///{(folder / results.STUDY_FILE).resolve()}"),
+        study_file=folder / results.STUDY_FILE,
         study_name=spec.name,
     )
     scheduler = ASHAScheduler(

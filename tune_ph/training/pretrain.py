@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 # The files of a pretraining folder, beside pretrain_state.STATE_FILE and the backbone's config.json + weights.ckpt
 # (save_pretrained).
 HISTORY_FILE = "pretrain_history.json"
-CONFIG_FILE = "pretrain_config.json"
+CONFIG_FILE = files.PRETRAIN_CONFIG_FILE
 # The cosine decay ends at this share of the peak learning rate, so the last steps still learn a little.
 MIN_LR_FACTOR = 0.1
 
@@ -109,6 +109,8 @@ def _resumed_config(cfg: PretrainConfig, old: PretrainConfig) -> PretrainConfig:
 
 def _write_checkpoint(out: Path, lm: CausalLM, state: PretrainState, history: dict[str, list[dict[str, Any]]]) -> None:
     # The state last: it is what --resume trusts; the backbone and history written before it are at least as new.
+    # The backbone files change: the finished-run marker no longer vouches for them (a crash now leaves none).
+    files.unmark_pretrain_done(out)
     write_json(out / HISTORY_FILE, history)
     lm.backbone.save_pretrained(out)
     state.save(out)
@@ -384,6 +386,8 @@ def pretrain(
     if state is not None and state.step >= run.total:
         log.info("%s had already finished (%d steps)", out, run.total)
         _write_checkpoint(out, run.lm, state, run.history)
+    if run.step >= run.total:  # finished: `train --model` may now use the backbone (files.check_pretrain_done)
+        files.mark_pretrain_done(out, run.step)
     if math.isfinite(speed):
         log.info("pretrained %d steps (%.0f tokens/s) -> %s", run.step, speed, out)
     return PretrainResult(

@@ -10,12 +10,13 @@ from typing import Any, ClassVar
 import torch
 
 from hyena_dna import HyenaDNAConfig
+from tune_ph import files
 from tune_ph.errors import InputError
 from tune_ph.files import save_torch
 from tune_ph.model.checkpoint import StateReader, load_state
 from tune_ph.training.pretrain_config import PretrainConfig
 
-STATE_FILE = "pretrain_state.pt"  # in a pretraining folder: everything --resume needs
+STATE_FILE = files.PRETRAIN_STATE_FILE  # in a pretraining folder: everything --resume needs
 # What the file must hold (cuda_rng and max_length came later or only on a GPU).
 REQUIRED_KEYS = (
     "backbone",
