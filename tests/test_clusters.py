@@ -1,0 +1,166 @@
+"""aggregation='clusters' (learned OTUs): the fit matches scikit-learn, CLR abundances, config rules, a frozen
+backbone that learns which organisms a sample holds, checkpoints, and embedding each distinct read once."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from helpers import TINY_MODEL, sets_dataset
+from sklearn.cluster import MiniBatchKMeans
+from sklearn.decomposition import PCA
+
+from hyena_dna import tokenizer
+from tune_ph.config import TrainConfig
+from tune_ph.errors import ConfigError
+from tune_ph.model import embeddings
+from tune_ph.model.regressor import ReadClusters, build_model, load_checkpoint
+from tune_ph.report.evaluate import evaluate_checkpoint
+from tune_ph.training.fit import fit
+from tune_ph.training.predict import predict
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _blobs(n_blobs: int = 8, per_blob: int = 50, d: int = 16, seed: int = 0) -> tuple[torch.Tensor, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 5, (n_blobs, d))
+    labels = np.repeat(np.arange(n_blobs), per_blob)
+    return torch.from_numpy((centers[labels] + rng.normal(0, 0.3, (len(labels), d))).astype(np.float32)), labels
+
+
+def test_the_fit_is_scikit_learns_pca_and_kmeans():
+    vectors, labels = _blobs()
+    clusters = ReadClusters(16, n_clusters=8, dims=4)
+    clusters.fit(vectors, seed=0)
+    expected = PCA(n_components=4, whiten=True, random_state=0).fit_transform(vectors.numpy())
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(clusters.embed(vectors).numpy(), expected, atol=1e-4)
+    kmeans = MiniBatchKMeans(8, batch_size=4096, n_init=1, max_iter=20, random_state=0).fit(expected)
+    np.testing.assert_allclose(clusters.centroids.numpy(), kmeans.cluster_centers_, atol=1e-5)
+    assigned = clusters.assign(vectors).numpy()
+    np.testing.assert_array_equal(assigned, kmeans.predict(clusters.embed(vectors).numpy()))
+    # Well separated organisms: each blob's vectors fall (almost all) in one cluster of their own.
+    purity = sum(np.bincount(assigned[labels == b]).max() for b in range(8)) / len(labels)
+    assert purity > 0.9, purity
+
+
+def test_abundances_are_the_clr_of_cluster_counts():
+    vectors, _ = _blobs(n_blobs=4, per_blob=20)
+    clusters = ReadClusters(16, n_clusters=4, dims=3)
+    clusters.fit(vectors, seed=1)
+    owner = torch.tensor([0] * 50 + [1] * 30)
+    chosen = vectors[torch.randperm(80, generator=torch.Generator().manual_seed(0))]
+    clr = clusters.abundances(chosen, owner, 2)
+    assigned = clusters.assign(chosen)
+    for sample in range(2):
+        counts = torch.bincount(assigned[owner == sample], minlength=4).float()
+        expected = torch.log(counts + 0.5) - torch.log(counts + 0.5).mean()
+        torch.testing.assert_close(clr[sample], expected)
+    torch.testing.assert_close(clr.sum(dim=1), torch.zeros(2), atol=1e-5, rtol=0)
+
+
+def test_clusters_need_a_frozen_backbone_and_fit_its_width():
+    with pytest.raises(ConfigError, match="freeze_backbone"):
+        TrainConfig(aggregation="clusters", freeze_backbone=False).validate()
+    cfg = TrainConfig(
+        dataset="demo",
+        from_scratch=True,
+        model_config=dict(TINY_MODEL),
+        freeze_backbone=True,
+        aggregation="clusters",
+        cluster_dims=TINY_MODEL["d_model"] + 1,
+    )
+    with pytest.raises(ConfigError, match="cluster_dims"):
+        build_model(cfg)
+    with pytest.raises(ConfigError, match="clusters"):
+        TrainConfig(clusters=1).validate()
+
+
+ORGANISMS = 6
+READ_LENGTH = 48
+
+
+def organism_dataset(n_samples: int = 60, reads: int = 16, seed: int = 0):
+    """Reads of six organisms (random sequences, 1 % substitutions); low pH favours organisms 0-2, high pH 3-5.
+
+    Base composition says nothing here: only which organisms a sample holds does, as in real samples.
+    """
+    rng = np.random.default_rng(seed)
+    genomes = rng.integers(0, 4, (ORGANISMS, READ_LENGTH))
+    ph = rng.uniform(4.0, 9.0, n_samples).astype(np.float32)
+    bases = np.array([tokenizer.encode(b)[0] for b in "ACGT"], dtype=np.uint8)
+    chunks, set_sample = [], []
+    for i, value in enumerate(ph):
+        high = (value - 4.0) / 5.0
+        weights = np.r_[np.full(3, 1 - high), np.full(3, high)] + 0.05
+        for organism in rng.choice(ORGANISMS, reads, p=weights / weights.sum()):
+            read = genomes[organism].copy()
+            mutated = rng.random(READ_LENGTH) < 0.01
+            read[mutated] = rng.integers(0, 4, mutated.sum())
+            chunks.append(bases[read])
+            set_sample.append(i)
+    return sets_dataset(
+        chunks, set_sample, ph, n_val=10, n_test=10, max_length=64, max_sets=0, fingerprint=f"organisms{seed}"
+    )
+
+
+def clusters_config(tmp_path, **overrides) -> TrainConfig:
+    settings = dict(
+        dataset="demo",
+        from_scratch=True,
+        model_config=dict(TINY_MODEL),
+        freeze_backbone=True,
+        aggregation="clusters",
+        clusters=ORGANISMS,
+        cluster_dims=8,
+        head="linear",
+        sets_per_step=0,
+        batch_size=8,
+        learning_rate=3e-2,
+        weight_decay=0.0,
+        epochs=40,
+        max_length=64,
+        device="cpu",
+        cache_dir=str(tmp_path / "cache"),
+    )
+    return TrainConfig(**{**settings, **overrides})
+
+
+def test_a_random_frozen_backbone_learns_which_organisms_a_sample_holds(tmp_path):
+    dataset = organism_dataset()
+    cfg = clusters_config(tmp_path)
+    result = fit(cfg, dataset, progress=False, metric="val_r2")
+    best = max(h["val_r2"] for h in result.history)
+    assert best > 0.6, [round(h["val_r2"], 3) for h in result.history]
+    # The clusters are weights like any other: a saved checkpoint predicts exactly what the fitted model did.
+    path = result.best_state.save(tmp_path / "best_model.pt")
+    model, state = load_checkpoint(path)
+    assert torch.count_nonzero(model.aggregation.clusters.centroids) > 0
+    metrics = evaluate_checkpoint(path, dataset=dataset, output_dir=tmp_path / "eval", device="cpu")
+    again = predict(
+        model, dataset, "test", target_mean=state.target_mean, target_std=state.target_std, batch_size=16
+    ).predicted
+    test_ph = dataset.ph[dataset.split == "test"].astype(np.float64)
+    r2 = 1 - ((again - test_ph) ** 2).sum() / ((test_ph - test_ph.mean()) ** 2).sum()
+    assert metrics["test_r2"] == pytest.approx(r2, abs=1e-5) and metrics["test_r2"] > 0.5
+
+
+def test_each_distinct_read_is_embedded_once(tmp_path, monkeypatch):
+    dataset = organism_dataset(n_samples=20, reads=8, seed=1)
+    representatives, inverse = embeddings.distinct_sets(dataset)
+    keys = [dataset.set_tokens(i).tobytes() for i in range(len(dataset))]
+    assert len(representatives) == len(set(keys)) < len(dataset)  # the organisms' reads repeat
+    assert all(keys[i] == keys[representatives[inverse[i]]] for i in range(len(dataset)))
+    backbone = build_model(clusters_config(tmp_path)).backbone.eval()
+    seen = []
+    forward = type(backbone).forward
+    monkeypatch.setattr(type(backbone), "forward", lambda self, ids: seen.append(len(ids)) or forward(self, ids))
+    vectors = embeddings.compute(backbone, dataset, batch_size=7, progress=False)
+    assert sum(seen) == len(representatives)
+    ids, _ = dataset.tokens_of(np.arange(len(dataset)))
+    with torch.no_grad():
+        one_by_one = torch.cat([forward(backbone, ids[i : i + 1]) for i in range(len(dataset))])
+    _, mask = dataset.tokens_of(np.arange(len(dataset)))
+    mean = (one_by_one * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+    np.testing.assert_allclose(vectors[:, 0], mean.numpy(), atol=1e-5)  # pooling 0 is "pool": the mean
