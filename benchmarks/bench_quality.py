@@ -1,37 +1,30 @@
-"""Prediction quality: the README's CPU recipe end to end on a dataset, beside k-mer baselines on the same split.
+"""Prediction quality: the README's search command end to end on a dataset, beside k-mer baselines on the same split.
 
     python benchmarks/bench_quality.py --dataset ../shared/data/realistic16s --output-dir runs/quality
 
-The recipe (the same commands the README gives): pretrain a tiny HyenaDNA from scratch on the train split's reads
-(next-token prediction), then train gated-attention aggregation + head on its frozen, cached read vectors. Each
-step's wall time counts, from a fresh cache. One line per model: test R², RMSE, MAE and wall time; it leaves
-DIR/model/test_predictions.csv and DIR/baseline/test_predictions.csv (k-mer HistGradientBoosting; columns
-sample_id, true_ph, predicted_ph_mean, ...; one row per test sample).
+Runs `python -m tune_ph.search --space search_spaces/realistic.yaml --dataset DATASET` (learned OTUs from a frozen
+HyenaDNA read embedding, searched) from a fresh cache, so its wall time includes embedding every read, then the
+k-mer baselines on the same split. One line per model: test R², RMSE, MAE and wall time. It leaves
+DIR/model/test_predictions.csv (the exported winner's) and DIR/baseline/test_predictions.csv (k-mer
+HistGradientBoosting); both have the columns sample_id, predicted_ph_mean, ..., one row per test sample.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import time
 from pathlib import Path
 
 from tune_ph import files
 from tune_ph.baseline.kmer_models import run_baseline, write_outputs
-from tune_ph.commands import pretrain as pretrain_cli
-from tune_ph.commands import train as train_cli
+from tune_ph.commands import search as search_cli
 from tune_ph.data.sources import load_samples, split_samples
 
-# The README's CPU recipe ("A recipe that learns on real reads"); tests/test_readme.py checks the README quotes it.
-PRETRAIN_ARGS = (
-    "--from-scratch --model hyenadna-tiny-1k-seqlen --max-length 256 --batch-size 64 "
-    "--learning-rate 1e-3 --warmup-steps 100 --epochs 1"
-)
-TRAIN_ARGS = (
-    "--freeze-backbone --max-length 256 --aggregation attention --head mlp2 --sets-per-step 0 "
-    "--batch-size 32 --learning-rate 1e-3 --epochs 40"
-)
+ROOT = Path(__file__).resolve().parents[1]
+SPACE = ROOT / "search_spaces" / "realistic.yaml"  # the README's recipe; tests/test_readme.py checks it is quoted
 BASELINE_K = 6
 MARKER = ".bench_quality"  # only a folder holding it is emptied before a run
 
@@ -43,16 +36,7 @@ def _line(name: str, metrics: dict, seconds: float, what: str) -> str:
     )
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--dataset", required=True, help="dataset source, e.g. ../shared/data/realistic16s")
-    p.add_argument("--output-dir", default="runs/quality", help="where model/, baseline/ and the rest go")
-    p.add_argument("--skip-model", action="store_true", help="only the k-mer baselines")
-    # A shorter run than the recipe's (a smoke test): its figures then say nothing about the recipe.
-    p.add_argument("--pretrain-steps", type=int, default=None, help="stop pretraining after N steps (default: 1 epoch)")
-    p.add_argument("--train-epochs", type=int, default=None, help="epochs of the head (default: the recipe's 40)")
-    args = p.parse_args()
-    out = Path(args.output_dir)
+def _fresh(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise SystemExit(f"--output-dir {out} is a file; give a folder")
     if out.exists() and any(out.iterdir()):
@@ -64,29 +48,43 @@ def main() -> None:
         shutil.rmtree(out)  # a fresh cache too: the wall time is the recipe's, not a cache hit's
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text("made by benchmarks/bench_quality.py; emptied by its next run\n")
-    cache = out / "cache"
-    common = ["--dataset", args.dataset, "--cache-dir", str(cache)]
-    lines = []
 
-    if not args.skip_model:
-        started = time.perf_counter()
-        argv = [*common, "--output-dir", str(out / "pretrained"), "--no-progress", *PRETRAIN_ARGS.split()]
-        if args.pretrain_steps is not None:
-            argv += ["--max-steps", str(args.pretrain_steps), "--warmup-steps", "0"]
-        if pretrain_cli.main(argv) != 0:
-            raise SystemExit("pretraining failed; see the log above")
-        pretrained_s = time.perf_counter() - started
-        argv = [*common, "--model", str(out / "pretrained"), "--output-dir", str(out / "model")]
-        argv += ["--no-baseline", "--no-progress"]
-        argv += TRAIN_ARGS.split()
-        if args.train_epochs is not None:
-            argv += ["--epochs", str(args.train_epochs)]  # the last --epochs wins
-        if train_cli.main(argv) != 0:
-            raise SystemExit("training failed; see the log above")
-        seconds = time.perf_counter() - started
-        metrics = json.loads((out / "model" / files.METRICS_FILE).read_text())
-        what = f"pretrain {pretrained_s / 60:.1f} min + frozen vectors + attention head"
-        lines.append(_line("dna-model", metrics, seconds, what))
+
+def _model(args: argparse.Namespace, out: Path) -> str:
+    """The search, exported; its winner's test predictions copied to DIR/model/."""
+    os.environ["TUNE_PH_CACHE"] = str(out / "cache")  # the embedding and token caches start empty
+    argv = ["--space", str(args.space), "--dataset", args.dataset, "--output-dir", str(out / "experiments")]
+    argv += ["--name", "quality", "--no-baseline", "--verbose", "0"]
+    if args.num_samples is not None:
+        argv += ["--num-samples", str(args.num_samples)]
+    if args.epochs is not None:
+        argv += ["--epochs", str(args.epochs)]
+    started = time.perf_counter()
+    if search_cli.main(argv) != 0:
+        raise SystemExit("the search failed; see the log above")
+    seconds = time.perf_counter() - started
+    best = out / "experiments" / "quality" / files.BEST_DIR
+    (out / "model").mkdir(exist_ok=True)
+    shutil.copy(best / files.PREDICTIONS_FILE, out / "model" / files.PREDICTIONS_FILE)
+    metrics = json.loads((best / files.METRICS_FILE).read_text())
+    config = json.loads((best / files.RUN_CONFIG_FILE).read_text())["train_config"]
+    what = f"{Path(args.space).name}: {config['aggregation']}, {config.get('clusters')} clusters, {config['head']}"
+    return _line("dna-model", metrics, seconds, what)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", required=True, help="dataset source, e.g. ../shared/data/realistic16s")
+    p.add_argument("--output-dir", default="runs/quality", help="where model/, baseline/ and the rest go")
+    p.add_argument("--space", default=str(SPACE), help="search space (default: search_spaces/realistic.yaml)")
+    p.add_argument("--skip-model", action="store_true", help="only the k-mer baselines")
+    # A shorter search than the recipe's (a smoke test): its figures then say nothing about the recipe.
+    p.add_argument("--num-samples", type=int, default=None, help="trials (default: the space's)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per trial (default: the space's)")
+    args = p.parse_args()
+    out = Path(args.output_dir)
+    _fresh(out)
+    lines = [] if args.skip_model else [_model(args, out)]
 
     started = time.perf_counter()
     df = load_samples(args.dataset)

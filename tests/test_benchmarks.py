@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from helpers import ROOT
+from helpers import ROOT, tiny_space, write_space
 
 from tune_ph.data.demo import make_demo
 
@@ -103,7 +103,8 @@ def _tiny_dataset(folder: Path) -> Path:
 def test_bench_quality(tmp_path):
     out = tmp_path / "quality"
     argv = ["--dataset", str(_tiny_dataset(tmp_path)), "--output-dir", str(out)]
-    lines = _run("bench_quality.py", *argv, "--pretrain-steps", "2", "--train-epochs", "1", timeout=900)
+    space = write_space(tmp_path, tiny_space(name="tiny", fixed__dataset="demo"))
+    lines = _run("bench_quality.py", *argv, "--space", str(space), "--num-samples", "1", "--epochs", "1", timeout=900)
     quality = rf"quality {{name}} +test R² {NUMBER}  RMSE {NUMBER}  MAE {NUMBER}  wall +{NUMBER} min  \(.+\)"
     for name in ("dna-model", "kmer6-hgb", "kmer6-ridge"):
         r2, rmse, mae, minutes = (float(x) for x in _match(quality.format(name=name), lines).groups())

@@ -1,4 +1,4 @@
-"""The README tells the truth: its CPU recipe is the one bench_quality.py runs."""
+"""The README tells the truth: its recipe is the search bench_quality.py runs, and the quick start's space."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ def _bench_quality():
 def test_readme_quotes_the_benchmarked_recipe() -> None:
     readme = " ".join((ROOT / "README.md").read_text().split())  # line breaks inside a command do not matter
     bench = _bench_quality()
-    assert "python -m tune_ph pretrain --dataset" in readme
-    assert bench.PRETRAIN_ARGS in readme.replace(" \\ ", " ")
-    assert bench.TRAIN_ARGS in readme.replace(" \\ ", " ")
+    space = bench.SPACE.relative_to(ROOT)
+    assert f"python -m tune_ph.search --space {space} --dataset ../shared/data/realistic16s" in readme
+    assert "python benchmarks/bench_quality.py --dataset ../shared/data/realistic16s" in readme
+    assert "python -m tune_ph.search --space search_spaces/quick.yaml" in readme
