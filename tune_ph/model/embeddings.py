@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -211,4 +212,7 @@ def _spot_check(vectors: np.ndarray, backbone: HyenaDNAModel, dataset: Tokenized
 
 def for_pooling(vectors: np.ndarray, pooling: str) -> torch.Tensor:
     """The (n_sets, d_model) vectors of one pooling, as a tensor sharing the array's memory."""
-    return torch.from_numpy(vectors[:, POOLINGS.index(pooling)])
+    with warnings.catch_warnings():
+        # Vectors shared through Ray's object store are read-only; they are only ever read, so no copy is made.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(vectors[:, POOLINGS.index(pooling)])
