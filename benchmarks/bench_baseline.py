@@ -47,7 +47,8 @@ def main() -> None:
     del seqs
 
     if args.dataset:
-        from tune_ph.data.sources import load_samples, split_samples
+        from tune_ph.data.sources import load_samples
+        from tune_ph.data.split import split_samples
 
         t0 = time.perf_counter()
         df = load_samples(args.dataset)
@@ -56,7 +57,7 @@ def main() -> None:
         for k in args.k:
             res = run_baseline(df, split, k=k, models=("hgb", "ridge"), use_cache=False)
             for model, r in res.items():
-                m = r["metrics"]
+                m = r.metrics
                 print(
                     f"{model} k={k}: test R² {m['test_r2']:.3f}, profile {m['profile_seconds']:.1f} s (shared), "
                     f"fit+predict {m['fit_seconds']:.1f} s"

@@ -18,10 +18,11 @@ import time
 from pathlib import Path
 
 from tune_ph import files
-from tune_ph.baseline.kmer_models import run_baseline, write_outputs
+from tune_ph.baseline.kmer_models import run_baseline
 from tune_ph.commands import pretrain as pretrain_cli
 from tune_ph.commands import train as train_cli
-from tune_ph.data.sources import load_samples, split_samples
+from tune_ph.data.sources import load_samples
+from tune_ph.data.split import split_samples
 
 # The README's CPU recipe ("A recipe that learns on real reads"); tests/test_readme.py checks the README quotes it.
 PRETRAIN_ARGS = (
@@ -84,9 +85,10 @@ def main() -> None:
     df = load_samples(args.dataset)
     found = run_baseline(df, split_samples(df), k=BASELINE_K, models=("hgb", "ridge"), use_cache=False)
     seconds = time.perf_counter() - started  # profiles once for both models
-    write_outputs({"baseline": found["hgb"], "baseline-ridge": found["ridge"]}, out)
+    found["hgb"].write(out / "baseline")
+    found["ridge"].write(out / "baseline-ridge")
     for name, model in (("kmer6-hgb", "hgb"), ("kmer6-ridge", "ridge")):
-        lines.append(_line(name, found[model]["metrics"], seconds, f"k={BASELINE_K} profiles of all reads"))
+        lines.append(_line(name, found[model].metrics, seconds, f"k={BASELINE_K} profiles of all reads"))
     print("\n".join(lines))
 
 

@@ -21,7 +21,8 @@ LOG_FILE = "training_log.json"
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "test_predictions.csv"
 RESIDUALS_FILE = "residuals.png"
-# The k-mer reference baseline of an experiment (baseline.kmer_models.reference_baseline), saved once by a search.
+# The baselines of an experiment and the one chosen on val (baseline.reference.reference_baseline), saved once by a
+# search.
 BASELINE_FILE = "baseline.json"
 # An experiment's exported best trial: a run folder inside the experiment folder.
 BEST_DIR = "best"

@@ -43,7 +43,7 @@ def _main(argv: Sequence[str] | None) -> int:
     )
     s = sub.add_parser("summary", help="load a dataset source and print its size and split")
     s.add_argument("source", nargs="?", default=DEFAULT_DATASET, help="demo, hub id, folder or file")
-    config.add_arguments(s, only=("skip_bad_rows", "split_seed", "test_fraction", "val_fraction"))
+    config.add_arguments(s, only=("skip_bad_rows", "split_seed", "split_by", "test_fraction", "val_fraction"))
     token_cache.add_command(sub)
     args = parser.parse_args(argv)
     if args.command == "cache":
@@ -60,7 +60,11 @@ def _main(argv: Sequence[str] | None) -> int:
     else:
         df = load_samples(args.source, skip_bad_rows=args.skip_bad_rows)
         split = split_samples(
-            df, seed=args.split_seed, test_fraction=args.test_fraction, val_fraction=args.val_fraction
+            df,
+            seed=args.split_seed,
+            test_fraction=args.test_fraction,
+            val_fraction=args.val_fraction,
+            by=args.split_by,
         )
         print(f"{len(df)} samples; environments: {df['environment'].value_counts().to_dict()}")
         print({k: len(v) for k, v in split.items()})

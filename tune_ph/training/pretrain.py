@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from hyena_dna import HyenaDNAConfig, HyenaDNAModel
 from tune_ph import files
 from tune_ph.data import sources, tokens
+from tune_ph.data.split import SplitRecord
 from tune_ph.data.tokens import TokenizedDataset
 from tune_ph.errors import ConfigError, InputError
 from tune_ph.files import save_torch, write_json
@@ -218,7 +219,7 @@ def pretrain(
             "split_hash": split_hash,
         },
     )
-    write_json(out / files.SPLIT_FILE, dataset.split_dict())
+    write_json(out / files.SPLIT_FILE, SplitRecord.of_dataset(dataset, cfg.train_config()).to_dict())
     environment.record(out, seed=cfg.seed, split_seed=cfg.split_seed)
     val_sets = eval_slice(dataset, cfg.eval_sets)
     log.info(
