@@ -21,6 +21,17 @@ def isolated_cache(tmp_path_factory):
         yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def small_baseline_family():
+    """The baselines fitted beside the model (train, search, export) in tests: the references and k-mer HGB and
+    Ridge at k=4, seconds on the demo. The whole family is fitted in test_baseline.py."""
+    from tune_ph.baseline import family
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(family, "DEFAULT_FAMILY", family.FamilySpec(ks=(4,), otu_k=0))
+        yield
+
+
 @pytest.fixture(scope="session")
 def build_log(tmp_path_factory) -> Path:
     """File that Ray workers append to whenever they tokenize (see helpers.count_tokenizing)."""
