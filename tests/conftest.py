@@ -76,11 +76,12 @@ def ray_session(build_log: Path, kill_dir: Path):
 
 @pytest.fixture(scope="session")
 def finished_experiment(ray_session, build_log: Path, tmp_path_factory) -> dict:
-    """One tiny 3-trial search run end to end through the CLI entry point (shared by several tests)."""
+    """One tiny 3-trial search run end to end through the CLI entry point (shared by several tests), on whole
+    studies held out (split_by: study): export, report and predict --split must all follow it."""
     from tune_ph.data import tokens
 
     out = tmp_path_factory.mktemp("experiments")
-    space = write_space(out, tiny_space())
+    space = write_space(out, tiny_space(fixed__split_by="study"))
     calls = []
     original = tokens.build
 
