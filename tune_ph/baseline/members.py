@@ -52,6 +52,15 @@ class Baseline:
         return folder
 
     @property
+    def seconds(self) -> float | None:
+        """Its own time: its features (shared by the models fitted on them, counted for each), fit and predict;
+        None for a reference (no fit)."""
+        fit = self.metrics.get("fit_seconds")
+        if fit is None:
+            return None
+        return float(fit) + float(self.metrics.get("profile_seconds", self.metrics.get("features_seconds", 0.0)))
+
+    @property
     def val_r2(self) -> float:
         value = self.metrics.get("val_r2")
         return float(value) if isinstance(value, (int, float)) and np.isfinite(value) else float("nan")

@@ -42,6 +42,11 @@ def interval_text(interval: Any, signed: bool = False) -> str:
     return f"[{_num(interval[0], signed)}, {_num(interval[1], signed)}]"
 
 
+def with_interval(value: Any, interval: Any, signed: bool = False) -> str:
+    """`0.500 [0.431, 0.562]`; the value alone when there is no interval."""
+    return " ".join(filter(None, (_num(value, signed), interval_text(interval, signed))))
+
+
 @dataclass
 class Reference:
     """The baseline family on a config's data and split, and the member chosen on val: baseline.json.
@@ -119,10 +124,10 @@ class Comparison:
         """`test R² vs the baseline chosen on val (kmer8-ridge): +0.012 [-0.031, +0.055] over 309 test samples:
         not distinguishable`."""
         return (
-            f"test R² vs the baseline chosen on val ({self.baseline}): {_num(self.delta_r2, True)} "
-            f"{interval_text(self.delta_r2_ci95, True)} over {self.n_samples} test samples (paired bootstrap, 95 %): "
-            f"{self.verdict}"
-        ).replace("  ", " ")
+            f"test R² vs the baseline chosen on val ({self.baseline}): "
+            f"{with_interval(self.delta_r2, self.delta_r2_ci95, signed=True)} over {self.n_samples} test samples "
+            f"(paired bootstrap, 95 %): {self.verdict}"
+        )
 
 
 def compare(table: pd.DataFrame, reference: Reference | None) -> Comparison | None:
@@ -215,9 +220,9 @@ def baseline_line(reference: Reference | None) -> str:
         return f"baseline: not computed ({reference.reason or '?'}); compute it with: {reference.command}"
     return (
         f"baseline chosen on val: {reference.chosen} (val R² {_num(m.get('val_r2'))}, best of "
-        f"{len(reference.results)}): test R² {_num(m.get('test_r2'))} {interval_text(m.get('test_r2_ci95'))}, "
+        f"{len(reference.results)}): test R² {with_interval(m.get('test_r2'), m.get('test_r2_ci95'))}, "
         f"RMSE {_num(m.get('test_rmse'))}"
-    ).replace(" ,", ",")
+    )
 
 
 def versus(r2: float | None, reference: Reference | None, split: str = "val") -> str | None:

@@ -93,11 +93,7 @@ def _main(argv: Sequence[str] | None) -> int:
     width = max(map(len, family))
     for name, b in family.items():
         m = b.metrics
-        took = (
-            "cached"
-            if b.cached
-            else f"{m.get('fit_seconds', 0) + m.get('profile_seconds', m.get('features_seconds', 0)):.1f}s"
-        )
+        took = "cached" if b.cached else "instant" if b.seconds is None else f"{b.seconds:.1f}s"
         mark = "  <- chosen on val" if name == chosen else ""
         print(
             f"{name:<{width}}  val R² {_fmt(m['val_r2'])}  test R² {_fmt(m['test_r2'])} "

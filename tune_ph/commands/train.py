@@ -100,9 +100,8 @@ def _main(argv: Sequence[str] | None) -> int:
         out / files.MODEL_FILE, dataset=dataset, output_dir=out, device=cfg.device, baseline=reference
     )
     log.info(
-        "test: R² %.3f %s  RMSE %.3f  MAE %.3f  (%d samples) -> %s",
-        metrics["test_r2"],
-        baselines.interval_text(metrics.get("test_r2_ci95")),
+        "test: R² %s  RMSE %.3f  MAE %.3f  (%d samples) -> %s",
+        baselines.with_interval(metrics["test_r2"], metrics.get("test_r2_ci95")),
         metrics["test_rmse"],
         metrics["test_mae"],
         metrics["test_n_samples"],

@@ -198,8 +198,8 @@ def run_search(
     except RuntimeError as err:  # e.g. every trial failed: trials.csv says why
         raise RuntimeError(f"{err}; see {folder / results.TRIALS_FILE}") from None
     print(
-        f"best trial exported to {folder / files.BEST_DIR}: test R² {metrics['test_r2']:.3f} "
-        f"{baselines.interval_text(metrics.get('test_r2_ci95'))}, RMSE {metrics['test_rmse']:.3f}"
+        f"best trial exported to {folder / files.BEST_DIR}: test R² "
+        f"{baselines.with_interval(metrics['test_r2'], metrics.get('test_r2_ci95'))}, RMSE {metrics['test_rmse']:.3f}"
     )
     comparison = baselines.Comparison.from_dict(metrics.get("vs_baseline"))
     if comparison is not None:
