@@ -117,7 +117,7 @@ def summary_table(family: Mapping[str, Baseline], chosen: str | None) -> pd.Data
                 "chosen_on_val": name == chosen,
             }
         )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).astype({"k": "Int64"})  # a reference has no k: empty, not k=NaN as a float
 
 
 def write_family(

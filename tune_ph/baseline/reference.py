@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 # TrainConfig fields the baseline takes as flags: what decides the samples and the split.
 DATA_FLAGS = ("dataset", "split_seed", "split_by", "test_fraction", "val_fraction", "skip_bad_rows", "cache_dir")
 # The report fits the family itself only on a dataset of at most this many bases (realistic16s, 50 M bases:
-# about 3 minutes on 2 cores the first time, cached after).
+# about 2.5 minutes on 2 cores the first time, cached after).
 BASELINE_MAX_BASES = 100_000_000
 
 
@@ -52,7 +52,8 @@ class Reference:
     """The baseline family on a config's data and split, and the member chosen on val: baseline.json.
 
     results: every member's metrics by name; test_predictions: the chosen member's, by sample id (what the
-    paired comparison needs); reason: why there is no baseline (then results is empty).
+    paired comparison needs); reason: why none is shown (nothing was fitted, or there was no val split to choose
+    on).
     """
 
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
