@@ -18,6 +18,7 @@ from tune_ph.baseline.kmer_models import check_models
 from tune_ph.baseline.kmers import check_k, kmer_profiles
 from tune_ph.baseline.members import Baseline, BaselineError
 from tune_ph.data.tokens import fingerprint, split_hash
+from tune_ph.metrics import regression_metrics
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,10 @@ def cluster_features(
     profiles = kmer_profiles([[r] for r in reads], k, progress=False)
     profiles = profiles[profiles.any(axis=1)]
     usable = [n for n in clusters if n <= len(profiles)]
+    if len(usable) < len(clusters):
+        log.warning(
+            "%d train reads cannot make %s clusters; left out", len(profiles), sorted(set(clusters) - set(usable))
+        )
     if not usable:
         raise BaselineError(
             f"read clustering needs at least {min(clusters)} train reads with a {k}-mer, got {len(profiles)}; "
@@ -95,12 +100,6 @@ def cluster_features(
     del profiles
     features = {part: _abundances(df, k, fitted) for part, df in parts.items()}
     return {n: {part: features[part][i] for part in parts} for i, n in enumerate(usable)}
-
-
-def _val_r2(y_val: np.ndarray, predicted: np.ndarray) -> float:
-    if len(y_val) < 2:
-        return float("nan")
-    return float(1 - np.sum((y_val - predicted) ** 2) / np.sum((y_val - y_val.mean()) ** 2))
 
 
 def run_otu_baseline(
@@ -148,7 +147,7 @@ def run_otu_baseline(
         for n, x in features.items():
             fitted, params = regressors.FITTERS[model](x["train"], y["train"], x["val"], y["val"])
             val = fitted.predict(x["val"]) if len(y["val"]) else np.zeros(0)
-            fits[n] = (fitted, params, val, _val_r2(y["val"], val))
+            fits[n] = (fitted, params, val, regression_metrics(y["val"], val)["r2"])
         by_val = {n: r2 for n, (_, _, _, r2) in fits.items()}
         scored_on_val = [n for n, r2 in by_val.items() if np.isfinite(r2)]
         chosen = max(scored_on_val, key=by_val.__getitem__) if scored_on_val else max(fits)
