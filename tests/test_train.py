@@ -235,6 +235,12 @@ def test_the_cli_logs_and_saves_the_baseline_chosen_on_val_beside_the_model(tmp_
     assert any(line.startswith(f"baseline chosen on val: {chosen} (val R² ") for line in lines)
     assert lines[-1].startswith(f"test R² vs the baseline chosen on val ({chosen}): ")
     assert lines[-1].endswith(vs["verdict"])
+    # evaluate rebuilds the same split and compares with the baseline the run saved: the same numbers.
+    from tune_ph.commands import evaluate as evaluate_cli
+
+    assert evaluate_cli.main(["--checkpoint", str(tmp_path / "run" / "best_model.pt"), "--device", "cpu"]) == 0
+    again = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert again["vs_baseline"] == vs and again["test_r2_ci95"] == saved["test_r2_ci95"]
     argv[argv.index("--output-dir") + 1] = str(tmp_path / "run2")
     assert train_cli.main([*argv, "--no-baseline"]) == 0
     assert "baseline" not in json.loads((tmp_path / "run2" / "metrics.json").read_text())

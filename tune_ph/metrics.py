@@ -103,7 +103,7 @@ def paired_delta_r2(
 
 
 def verdict(interval: list[float] | None) -> str:
-    """ "ahead" when a difference's interval lies above 0, "behind" when below, else "not distinguishable"."""
+    """Where a difference's interval lies: above 0 "ahead", below 0 "behind", around 0 "not distinguishable"."""
     if not interval:
         return "not distinguishable"
     lo, hi = interval

@@ -79,6 +79,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
     reference = None if args.no_baseline else baselines.reference_baseline(cfg)  # cached; a failure is a warning
     if reference is not None:
+        write_json(out / files.BASELINE_FILE, reference.to_dict())  # evaluate compares with it again
         log.info("%s", baselines.baseline_line(reference))
 
     history: list[dict[str, Any]] = []
