@@ -1,7 +1,8 @@
-"""Benchmark the k-mer baseline: profiling throughput on realistic16s-shaped reads, optionally a full run on a dataset.
+"""Benchmark the baselines: profiling throughput on realistic16s-shaped reads, optionally the family on a dataset.
 
 python benchmarks/bench_baseline.py                                           # profiling, k = 4, 6, 8
-python benchmarks/bench_baseline.py --dataset ../shared/data/realistic16s     # + fit/score both models, no cache
+python benchmarks/bench_baseline.py --dataset ../shared/data/realistic16s     # + the whole family, no cache
+python benchmarks/bench_baseline.py --dataset ../shared/data/realistic16s --split-by study
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import time
 
 import numpy as np
 
-from tune_ph.baseline.kmer_models import run_baseline
+from tune_ph.baseline.family import FamilySpec, choose_on_val, run_family
 from tune_ph.baseline.kmers import kmer_profiles
 
 
@@ -31,7 +32,8 @@ def main() -> None:
     p.add_argument("--reads", type=int, default=128)
     p.add_argument("--length", type=int, default=250)
     p.add_argument("--k", type=int, nargs="+", default=[4, 6, 8])
-    p.add_argument("--dataset", default=None, help="also time load + profile + fit of both models (no cache)")
+    p.add_argument("--dataset", default=None, help="also time load + the baseline family (no cache)")
+    p.add_argument("--split-by", default="none", choices=("none", "study"))
     args = p.parse_args()
 
     seqs = synthetic_samples(args.samples, args.reads, args.length)
@@ -47,20 +49,20 @@ def main() -> None:
     del seqs
 
     if args.dataset:
-        from tune_ph.data.sources import load_samples, split_samples
+        from tune_ph.data.sources import load_samples
+        from tune_ph.data.split import split_samples
 
         t0 = time.perf_counter()
         df = load_samples(args.dataset)
-        split = split_samples(df)
+        split = split_samples(df, by=args.split_by)
         print(f"load + split {args.dataset}: {time.perf_counter() - t0:.1f} s ({len(df)} samples)")
-        for k in args.k:
-            res = run_baseline(df, split, k=k, models=("hgb", "ridge"), use_cache=False)
-            for model, r in res.items():
-                m = r["metrics"]
-                print(
-                    f"{model} k={k}: test R² {m['test_r2']:.3f}, profile {m['profile_seconds']:.1f} s (shared), "
-                    f"fit+predict {m['fit_seconds']:.1f} s"
-                )
+        t0 = time.perf_counter()
+        family = run_family(df, split, FamilySpec(ks=tuple(args.k)), use_cache=False)
+        for name, b in family.items():
+            m = b.metrics
+            took = "-" if b.seconds is None else f"{b.seconds:.1f} s (features shared by its models)"
+            print(f"{name}: val R² {m['val_r2']:.3f}, test R² {m['test_r2']:.3f}, {took}")
+        print(f"family of {len(family)}: {time.perf_counter() - t0:.1f} s; chosen on val: {choose_on_val(family)}")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"peak RSS {peak:.2f} GiB")
 

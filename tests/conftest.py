@@ -21,6 +21,17 @@ def isolated_cache(tmp_path_factory):
         yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def small_baseline_family():
+    """The baselines fitted beside the model (train, search, export) in tests: the references and k-mer HGB and
+    Ridge at k=4, seconds on the demo. The whole family is fitted in test_baseline.py."""
+    from tune_ph.baseline import family
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(family, "DEFAULT_FAMILY", family.FamilySpec(ks=(4,), otu_k=0))
+        yield
+
+
 @pytest.fixture(scope="session")
 def build_log(tmp_path_factory) -> Path:
     """File that Ray workers append to whenever they tokenize (see helpers.count_tokenizing)."""
@@ -65,11 +76,12 @@ def ray_session(build_log: Path, kill_dir: Path):
 
 @pytest.fixture(scope="session")
 def finished_experiment(ray_session, build_log: Path, tmp_path_factory) -> dict:
-    """One tiny 3-trial search run end to end through the CLI entry point (shared by several tests)."""
+    """One tiny 3-trial search run end to end through the CLI entry point (shared by several tests), on whole
+    studies held out (split_by: study): export, report and predict --split must all follow it."""
     from tune_ph.data import tokens
 
     out = tmp_path_factory.mktemp("experiments")
-    space = write_space(out, tiny_space())
+    space = write_space(out, tiny_space(fixed__split_by="study"))
     calls = []
     original = tokens.build
 

@@ -1,4 +1,5 @@
-"""k-mer baseline: counting, profiles, the shared split, outputs, the result cache and the CLI's errors."""
+"""Baselines: k-mer counting and profiles, the family (k-mers, read clusters, references) on the shared split,
+the member chosen on val, outputs, the result cache, the CLI and the comparison with the DNA model."""
 
 from __future__ import annotations
 
@@ -13,12 +14,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tune_ph.baseline import kmer_models, kmers
-from tune_ph.baseline.kmer_models import PREDICTION_COLUMNS, BaselineError, run_baseline
+from tune_ph.baseline import family, kmers, members, reference, regressors
+from tune_ph.baseline.family import FamilySpec, choose_on_val, run_family
+from tune_ph.baseline.kmer_models import run_baseline
 from tune_ph.baseline.kmers import KmerError, kmer_counts, kmer_names, kmer_profiles
+from tune_ph.baseline.members import PREDICTION_COLUMNS, Baseline, BaselineError
+from tune_ph.baseline.otus import run_otu_baseline
+from tune_ph.baseline.reference import Comparison, Reference, compare, reference_of
 from tune_ph.commands import baseline as baseline_cli
 from tune_ph.data.demo import make_demo
-from tune_ph.data.sources import clean_samples, load_samples, split_samples
+from tune_ph.data.sources import clean_samples, load_samples
+from tune_ph.data.split import split_samples
+from tune_ph.report.evaluate import predictions_table as model_predictions_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,56 +106,72 @@ def test_chunked_profiles_equal_one_pass(demo_df, monkeypatch):
     assert np.array_equal(kmer_profiles(seqs, 5, progress=False), whole)
 
 
+def test_sparse_profiles_equal_dense_ones(demo_df):
+    seqs = demo_df["sequences"].tolist()[:12] + [["ACG"]]
+    dense = kmer_profiles(seqs, 7, progress=False)
+    rows = kmer_profiles(seqs, 7, progress=False, sparse_rows=True)
+    assert rows.format == "csr" and rows.dtype == np.float32 and rows.shape == dense.shape
+    assert rows.nnz == np.count_nonzero(dense) and np.allclose(rows.toarray(), dense, atol=1e-7)
+
+
 @pytest.mark.parametrize("k", [0, 9, -1, 2.5, True])
 def test_bad_k_is_refused_naming_the_option(k):
     with pytest.raises(KmerError, match="--k"):
         kmer_counts(["ACGT"], k)
 
 
-# ---------------------------------------------------------------- models, split, cache
+# ---------------------------------------------------------------- k-mer models, split, cache
 
 
 def test_demo_is_learnt_on_the_dna_models_split(demo_df, tmp_path):
     split = split_samples(demo_df, seed=42)
     res = run_baseline(demo_df, split, k=4, models=("hgb", "ridge"), cache_dir=tmp_path)
     for model, r in res.items():
-        m, table = r["metrics"], r["predictions"]
+        m, table = r.metrics, r.predictions
+        assert r.name == f"kmer4-{model}" and m["model"] == model and m["k"] == 4
         assert m["test_r2"] > 0.8, (model, m)  # pH follows the taxa present, which k-mers see
+        assert m["test_r2_ci95"][0] < m["test_r2"] < m["test_r2_ci95"][1]
+        assert m["test_rmse_ci95"][0] < m["test_rmse"] < m["test_rmse_ci95"][1]
         assert m["test_n_samples"] == len(split["test"]) and m["val_n_samples"] == len(split["val"])
         assert m["train_n_samples"] == len(split["train"])
         assert list(table.columns) == list(PREDICTION_COLUMNS)
         assert table["sample_id"].tolist() == sorted(split["test"])
         assert np.allclose(table["residual_mean"], table["true_ph"] - table["predicted_ph_mean"])
         assert {"test_mse", "test_rmse", "test_mae", "test_r2", "val_mse", "val_rmse", "val_mae", "val_r2"} <= set(m)
-    assert res["ridge"]["metrics"]["ridge_alpha"] in kmer_models.RIDGE_ALPHAS
+    assert res["ridge"].metrics["ridge_alpha"] in regressors.RIDGE_ALPHAS
+
+
+def test_long_kmers_are_sparse_and_hgb_keeps_the_features_most_related_to_ph(demo_df, tmp_path, monkeypatch):
+    monkeypatch.setattr(regressors, "HGB_MAX_FEATURES", 256)  # the selection's path at a test's size
+    fitted = []
+    fit = regressors.FITTERS["hgb"]
+    monkeypatch.setitem(regressors.FITTERS, "hgb", lambda xt, *a: fitted.append(xt) or fit(xt, *a))
+    res = run_baseline(demo_df, split_samples(demo_df), k=7, models=("hgb", "ridge"), cache_dir=tmp_path)
+    assert fitted[0].format == "csr" and fitted[0].shape[1] == 4**7
+    hgb = res["hgb"].metrics
+    assert hgb["hgb_features_kept"] == 256 and hgb["n_features"] == 4**7 and hgb["test_r2"] > 0.8
+    assert res["ridge"].metrics["test_r2"] > 0.8
 
 
 def test_second_call_is_a_cache_hit_and_a_new_k_is_not(demo_df, tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("TUNE_PH_CACHE", str(tmp_path / "cache"))  # the baseline cache is inside it, in "baseline"
     split = split_samples(demo_df, seed=1)
     first = run_baseline(demo_df, split, k=3, models=("hgb",))
-    assert not first["hgb"]["cached"]
+    assert not first["hgb"].cached
     assert [p.name for p in tmp_path.iterdir()] == ["cache"]  # nothing beside $TUNE_PH_CACHE
-    files = list((tmp_path / "cache" / "baseline").iterdir())
-    assert len(files) == 1 and files[0].suffix == ".json"
-    json.loads(files[0].read_text())  # plain JSON, no pickle
-    with caplog.at_level(logging.INFO, logger="tune_ph.baseline.kmer_models"):
+    cached = list((tmp_path / "cache" / "baseline").iterdir())
+    assert len(cached) == 1 and cached[0].suffix == ".json" and "-kmer3-hgb-" in cached[0].name
+    json.loads(cached[0].read_text())  # plain JSON, no pickle
+    with caplog.at_level(logging.INFO, logger="tune_ph.baseline.members"):
         second = run_baseline(demo_df, split, k=3, models=("hgb", "ridge"))
-    assert second["hgb"]["cached"] and not second["ridge"]["cached"]
+    assert second["hgb"].cached and not second["ridge"].cached
     assert "cache hit" in caplog.text
-    assert second["hgb"]["metrics"] == first["hgb"]["metrics"]
-    pd.testing.assert_frame_equal(second["hgb"]["predictions"], first["hgb"]["predictions"])
-    assert not run_baseline(demo_df, split, k=4, models=("hgb",))["hgb"]["cached"]
-    assert not run_baseline(demo_df, split_samples(demo_df, seed=2), k=3, models=("hgb",))["hgb"]["cached"]
-    assert run_baseline(demo_df, split, k=3, models=("ridge",))["ridge"]["cached"]
-    # A poisoned entry (its R² changed by hand) no longer matches its content hash: recomputed, with a warning.
-    entry = json.loads(files[0].read_text())
-    entry["metrics"]["test_r2"] = 0.99
-    files[0].write_text(json.dumps(entry))
-    with caplog.at_level(logging.WARNING, logger="tune_ph.baseline.kmer_models"):
-        again = run_baseline(demo_df, split, k=3, models=("hgb",))["hgb"]
-    assert not again["cached"] and again["metrics"]["test_r2"] == first["hgb"]["metrics"]["test_r2"]
-    assert "does not match its hash" in caplog.text
+    assert second["hgb"].metrics == first["hgb"].metrics
+    pd.testing.assert_frame_equal(second["hgb"].predictions, first["hgb"].predictions)
+    assert not run_baseline(demo_df, split, k=4, models=("hgb",))["hgb"].cached
+    assert not run_baseline(demo_df, split_samples(demo_df, seed=2), k=3, models=("hgb",))["hgb"].cached
+    assert not run_baseline(demo_df, split_samples(demo_df, by="study"), k=3, models=("hgb",))["hgb"].cached
+    assert run_baseline(demo_df, split, k=3, models=("ridge",))["ridge"].cached
 
 
 def test_bad_models_and_splits_are_refused(demo_df):
@@ -157,43 +180,187 @@ def test_bad_models_and_splits_are_refused(demo_df):
         run_baseline(demo_df, split, models=("xgb",), use_cache=False)
     with pytest.raises(BaselineError, match="not in the data"):
         run_baseline(demo_df, {**split, "test": split["test"] + ["NOPE"]}, use_cache=False)
+    with pytest.raises(BaselineError, match="--clusters"):
+        run_otu_baseline(demo_df, split, clusters=(1,), use_cache=False)
+
+
+def test_baseline_predictions_use_the_models_column_names():
+    """One vocabulary: the baseline's CSV is the DNA model's, less the columns of several read sets."""
+    from types import SimpleNamespace
+
+    from tune_ph.training.predict import Predictions
+
+    dataset = SimpleNamespace(
+        sample_ids=np.array(["a", "b"]), study_name=np.array(["s", "s"]), environment=np.array(["soil", "lake"])
+    )
+    two = np.array([6.0, 7.0])
+    preds = Predictions(np.arange(2), two, two, np.full(2, np.nan), np.ones(2, dtype=np.int64))
+    model_columns = list(model_predictions_table(dataset, preds).columns)
+    assert list(PREDICTION_COLUMNS) == [c for c in model_columns if c not in ("predicted_ph_sd", "n_sets")]
+
+
+# ---------------------------------------------------------------- read clusters and references
+
+
+def test_read_clusters_are_fitted_on_train_reads_and_their_number_chosen_on_val(demo_df, tmp_path, monkeypatch):
+    from tune_ph.baseline import otus
+
+    fitted_rows = []
+
+    class Recording(otus.MiniBatchKMeans):
+        def fit(self, X, *args, **kwargs):
+            fitted_rows.append(X.shape[0])
+            return super().fit(X, *args, **kwargs)
+
+    monkeypatch.setattr(otus, "MiniBatchKMeans", Recording)
+    split = split_samples(demo_df)
+    res = run_otu_baseline(demo_df, split, k=3, clusters=(4, 16), cache_dir=tmp_path)
+    train_reads = sum(len(r) for r in demo_df.set_index("sample_id").loc[split["train"], "sequences"])
+    assert fitted_rows == [train_reads, train_reads]  # both clusterings, on train reads only
+    for model, r in res.items():
+        m = r.metrics
+        assert r.name == f"otu3-{model}" and m["features"] == "otu" and m["k"] == 3
+        by_val = {int(n): v for n, v in m["val_r2_by_clusters"].items()}
+        assert set(by_val) == {4, 16} and m["n_clusters"] == max(by_val, key=by_val.get)
+        assert m["test_r2"] > 0.5 and m["test_n_samples"] == len(split["test"])
+    again = run_otu_baseline(demo_df, split, k=3, clusters=(4, 16), cache_dir=tmp_path)
+    assert all(r.cached for r in again.values()) and len(fitted_rows) == 2
+
+
+def test_trivial_references_predict_train_means(demo_df):
+    from tune_ph.baseline import trivial
+
+    parts = members.split_frames(demo_df, split_samples(demo_df))
+    refs = trivial.run_references(parts)
+    assert list(refs) == ["train-mean", "environment-mean", "study-mean"]  # test studies are seen in training
+    train = parts["train"]
+    assert np.allclose(refs["train-mean"].predictions["predicted_ph_mean"], train["pH"].mean())
+    by_env = train.groupby("environment")["pH"].mean()
+    expected = parts["test"]["environment"].map(by_env).to_numpy()
+    assert np.allclose(refs["environment-mean"].predictions["predicted_ph_mean"], expected)
+    assert refs["study-mean"].metrics["model"] == "study-mean" and refs["study-mean"].metrics["k"] is None
+    by_study = trivial.run_references(members.split_frames(demo_df, split_samples(demo_df, by="study")))
+    assert "study-mean" not in by_study  # no test study was seen: it would be the environment mean
+
+
+# ---------------------------------------------------------------- the family and the member chosen on val
+
+
+def _fake(name: str, val_r2: float, test_r2: float) -> Baseline:
+    table = pd.DataFrame({"sample_id": ["a", "b"], "predicted_ph_mean": [6.0, 7.0]})
+    return Baseline(name, {"name": name, "val_r2": val_r2, "test_r2": test_r2}, table)
+
+
+def test_the_baseline_beside_the_model_is_chosen_on_val_never_on_test():
+    fam = {
+        "kmer8-ridge": _fake("kmer8-ridge", 0.47, 0.50),
+        "otu5-hgb": _fake("otu5-hgb", 0.45, 0.60),  # best on test, but test never chooses
+        "kmer6-hgb": _fake("kmer6-hgb", float("nan"), 0.55),
+    }
+    assert choose_on_val(fam) == "kmer8-ridge"
+    ref = reference_of(fam, choose_on_val(fam), "python -m tune_ph baseline --dataset d")
+    assert ref.chosen == "kmer8-ridge" and ref.metrics["test_r2"] == 0.50 and set(ref.results) == set(fam)
+    assert ref.test_predictions == {"a": 6.0, "b": 7.0}
+    assert reference.baseline_line(ref).startswith("baseline chosen on val: kmer8-ridge (val R² 0.470, best of 3)")
+    assert reference.versus(0.6, ref, "test") == "test R²: DNA model 0.600 vs baseline kmer8-ridge 0.500 (+0.100)"
+    assert choose_on_val({"x": _fake("x", float("nan"), 0.5)}) is None
+    # baseline.json round trip, and one written before the family (one k-mer Ridge) still reads.
+    saved = json.dumps(ref.to_dict())
+    assert json.dumps(Reference.from_dict(json.loads(saved)).to_dict()) == saved
+    old = Reference.from_dict({"results": {"ridge": {"k": 6, "test_r2": 0.44}}, "k": 6, "command": "c"})
+    assert old.chosen == "kmer6-ridge" and old.metrics["test_r2"] == 0.44 and not old.test_predictions
+
+
+def test_the_family_on_a_study_split(demo_df, tmp_path, monkeypatch):
+    monkeypatch.setattr(regressors, "HGB_MAX_FEATURES", 256)
+    split = split_samples(demo_df, by="study")
+    spec = FamilySpec(ks=(3, 7), otu_k=3, clusters=(4, 8))
+    fam = run_family(demo_df, split, spec, cache_dir=tmp_path)
+    assert list(fam) == [
+        "train-mean",
+        "environment-mean",
+        "kmer3-hgb",
+        "kmer3-ridge",
+        "kmer7-hgb",
+        "kmer7-ridge",
+        "otu3-hgb",
+        "otu3-ridge",
+    ]
+    for name, b in fam.items():
+        m = b.metrics
+        assert {"k", "model", "test_r2", "test_r2_ci95", "val_r2"} <= set(m), name
+        assert m["test_n_samples"] == len(split["test"])
+    assert fam["kmer7-ridge"].metrics["test_r2"] > fam["train-mean"].metrics["test_r2"] + 0.5
+    chosen = choose_on_val(fam)
+    assert fam[chosen].val_r2 == max(b.val_r2 for b in fam.values())
+    with pytest.raises(BaselineError, match="nothing to fit"):
+        FamilySpec(ks=(), otu_k=0, references=False)
 
 
 # ---------------------------------------------------------------- CLI
 
 
-def test_cli_writes_metrics_and_one_csv_row_per_test_sample(demo_parquet, tmp_path, capsys):
+def _cli_args(demo_parquet: Path, out: Path, cache: Path, *extra: str) -> list[str]:
+    return ["--dataset", str(demo_parquet), "--output-dir", str(out), "--cache-dir", str(cache), *extra]
+
+
+def test_cli_study_split_writes_each_baseline_beside_its_split(demo_parquet, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(regressors, "HGB_MAX_FEATURES", 256)
     out = tmp_path / "out"
-    args = [
-        "--dataset",
-        str(demo_parquet),
-        "--k",
-        "3",
-        "--model",
-        "both",
-        "--output-dir",
-        str(out),
-        "--split-seed",
-        "7",
-        "--test-fraction",
-        "0.25",
-        "--val-fraction",
-        "0.15",
-        "--cache-dir",
-        str(tmp_path / "c"),
+    extra = ("--split-by", "study", "--k", "3", "8", "--otu-k", "3", "--clusters", "4", "8", "--split-seed", "7")
+    assert baseline_cli.main(_cli_args(demo_parquet, out, tmp_path / "c", *extra)) == 0
+    df = load_samples(str(demo_parquet))
+    split = split_samples(df, seed=7, by="study")
+    study = dict(zip(df["sample_id"], df["study_name"]))
+    names = sorted(p.parent.name for p in out.glob("*/metrics.json"))
+    assert names == sorted(
+        ["train-mean", "environment-mean", "kmer3-hgb", "kmer3-ridge", "kmer8-hgb", "kmer8-ridge", "otu3-hgb"]
+        + ["otu3-ridge"]
+    )
+    for path in [out / "split.json", *out.glob("*/split.json")]:
+        saved = json.loads(path.read_text())
+        assert saved["split_by"] == "study" and saved["test"] == split["test"]
+        test_studies = {study[s] for s in saved["test"]}
+        assert test_studies.isdisjoint(study[s] for s in saved["train"] + saved["val"])
+        assert saved["studies"]["test"] == sorted(test_studies)
+    chosen = json.loads((out / "baseline.json").read_text())["chosen"]
+    for name in names:
+        metrics = json.loads((out / name / "metrics.json").read_text())
+        lo, hi = metrics["test_r2_ci95"]
+        assert lo <= metrics["test_r2"] <= hi and "k" in metrics and "model" in metrics
+        assert metrics["chosen_on_val"] == (name == chosen) and metrics["split_by"] == "study"
+        table = pd.read_csv(out / name / "test_predictions.csv")
+        assert list(table.columns) == list(PREDICTION_COLUMNS) and sorted(table["sample_id"]) == sorted(split["test"])
+    assert json.loads((out / "kmer8-ridge" / "metrics.json").read_text())["k"] == 8
+    summary = pd.read_csv(out / "summary.csv")
+    assert summary.loc[summary["chosen_on_val"], "name"].tolist() == [chosen]
+    assert summary.loc[summary["val_r2"].idxmax(), "name"] == chosen
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith(f"split by study: {len(split['train'])} train, {len(split['val'])} val")
+    assert any(line.startswith(chosen) and line.endswith("<- chosen on val") for line in printed)
+
+
+def test_cli_one_k_and_one_model_as_before(demo_parquet, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = _cli_args(demo_parquet, out, tmp_path / "c", "--k", "3", "--model", "ridge", "--otu-k", "0")
+    assert baseline_cli.main([*args, "--test-fraction", "0.25", "--val-fraction", "0.15"]) == 0
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == [
+        "environment-mean",
+        "kmer3-ridge",
+        "study-mean",
+        "train-mean",
     ]
-    assert baseline_cli.main(args) == 0
-    split = split_samples(load_samples(str(demo_parquet)), seed=7, test_fraction=0.25, val_fraction=0.15)
-    assert json.loads((out / "split.json").read_text()) == split
-    printed = capsys.readouterr().out.strip().splitlines()
-    assert [line.split(":")[0] for line in printed] == ["hgb k=3", "ridge k=3"]
-    assert f"({len(split['test'])} test samples," in printed[0]
-    for model in ("hgb", "ridge"):
-        table = pd.read_csv(out / model / "test_predictions.csv")
-        assert list(table.columns) == list(PREDICTION_COLUMNS)
-        assert sorted(table["sample_id"]) == sorted(split["test"]) and len(table) == len(split["test"])
-        metrics = json.loads((out / model / "metrics.json").read_text())
-        assert metrics["test_n_samples"] == len(table) and metrics["k"] == 3 and metrics["model"] == model
+    split = split_samples(load_samples(str(demo_parquet)), test_fraction=0.25, val_fraction=0.15)
+    assert SplitRecordIds(out / "split.json") == split
+    metrics = json.loads((out / "kmer3-ridge" / "metrics.json").read_text())
+    assert metrics["k"] == 3 and metrics["model"] == "ridge" and metrics["test_n_samples"] == len(split["test"])
+    assert "kmer3-ridge" in capsys.readouterr().out
+
+
+def SplitRecordIds(path: Path) -> dict[str, list[str]]:  # noqa: N802 - reads like the record it builds
+    from tune_ph.data.split import SplitRecord
+
+    return SplitRecord.from_dict(json.loads(path.read_text())).ids()
 
 
 @pytest.mark.parametrize("k", ["9", "0"])
@@ -213,34 +380,53 @@ def test_cli_missing_dataset_path_is_a_usage_error(tmp_path):
     assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
 
 
-# ---------------------------------------------------------------- the reference baseline of a TrainConfig
+# ---------------------------------------------------------------- the baseline of a TrainConfig, the comparison
 
 
 def test_reference_baseline_is_fitted_once_then_read_from_the_cache(tmp_path, monkeypatch):
     calls = []
-    fit_ridge = kmer_models._FITTERS["ridge"]
-    monkeypatch.setitem(kmer_models._FITTERS, "ridge", lambda *a: calls.append(1) or fit_ridge(*a))
-    cfg = {"dataset": "demo", "cache_dir": str(tmp_path)}
-    first, second = kmer_models.reference_baseline(cfg), kmer_models.reference_baseline(cfg)
-    assert len(calls) == 1 and not first["cached"] and second["cached"]
-    assert second["results"] == first["results"] and second["k"] == 6
-    line = kmer_models.baseline_line(second)
-    assert line.startswith("k-mer baseline (ridge, k=6) on the same split: test R² 0.") and "RMSE" in line
-    r2 = first["results"]["ridge"]["test_r2"]
-    expected = f"test R²: DNA model {r2 + 0.1:.3f} vs k-mer baseline {r2:.3f} (+0.100, ahead)"
-    assert kmer_models.versus(r2 + 0.1, first) == expected
+    fit_ridge = regressors.FITTERS["ridge"]
+    monkeypatch.setitem(regressors.FITTERS, "ridge", lambda *a: calls.append(1) or fit_ridge(*a))
+    cfg = {"dataset": "demo", "cache_dir": str(tmp_path), "split_by": "study"}
+    first, second = reference.reference_baseline(cfg), reference.reference_baseline(cfg)
+    assert len(calls) == 1 and not first.cached and second.cached  # the tests' family: k=4 (conftest)
+    assert second.results == first.results and second.chosen == first.chosen == choose_on_val_of(first)
+    assert first.command == "python -m tune_ph baseline --dataset demo --split-by study"
+    assert len(first.test_predictions) == first.metrics["test_n_samples"]
+    line = reference.baseline_line(second)
+    assert line.startswith(f"baseline chosen on val: {first.chosen} (val R² ") and "RMSE" in line
+
+
+def choose_on_val_of(ref: Reference) -> str:
+    return max(ref.results, key=lambda name: ref.results[name]["val_r2"])
 
 
 def test_a_failing_baseline_is_a_warning_and_a_reason(monkeypatch, caplog):
     def broken(*args, **kwargs):
         raise RuntimeError("no room")
 
-    monkeypatch.setattr(kmer_models, "run_baseline", broken)
-    with caplog.at_level(logging.WARNING, logger="tune_ph.baseline.kmer_models"):
-        out = kmer_models.reference_baseline({"dataset": "demo"})
-    assert out["reason"] == "it failed: no room" and "--dataset demo --k 6" in out["command"]
-    assert "k-mer baseline not computed: no room" in caplog.text
-    assert kmer_models.baseline_line(out).startswith(
-        "k-mer baseline: not computed (it failed: no room); compute it with"
-    )
-    assert kmer_models.versus(0.5, out) is None
+    monkeypatch.setattr(family, "run_family", broken)
+    with caplog.at_level(logging.WARNING, logger="tune_ph.baseline.reference"):
+        out = reference.reference_baseline({"dataset": "demo"})
+    assert out.reason == "it failed: no room" and out.command == "python -m tune_ph baseline --dataset demo"
+    assert "baseline not computed: no room" in caplog.text
+    assert reference.baseline_line(out).startswith("baseline: not computed (it failed: no room); compute it with")
+    assert reference.versus(0.5, out) is None and compare(pd.DataFrame(), out) is None
+
+
+def test_the_model_is_compared_with_the_chosen_baseline_on_the_same_test_samples():
+    rng = np.random.default_rng(0)
+    ids = [f"s{i}" for i in range(200)]
+    true = rng.normal(7, 1, 200)
+    theirs = true + rng.normal(0, 0.9, 200)
+    ref = Reference(results={"kmer8-ridge": {"test_r2": 0.2}}, chosen="kmer8-ridge")
+    ref.test_predictions = dict(zip(ids[1:], theirs[1:]))  # s0: no baseline prediction
+    table = pd.DataFrame({"sample_id": ids, "true_ph": true, "predicted_ph_mean": true + rng.normal(0, 0.4, 200)})
+    found = compare(table, ref)
+    assert found.baseline == "kmer8-ridge" and found.n_samples == 199 and found.verdict == "ahead"
+    assert found.delta_r2_ci95[0] > 0 and found.delta_r2 > 0.3
+    assert Comparison.from_dict(json.loads(json.dumps(found.to_dict()))) == found
+    assert found.line().startswith("test R² vs the baseline chosen on val (kmer8-ridge): +0.")
+    assert found.line().endswith("over 199 test samples (paired bootstrap, 95 %): ahead")
+    assert compare(table, Reference(results=ref.results, chosen="kmer8-ridge")) is None  # no predictions saved
+    assert Comparison.from_dict({"baseline": "x"}) is None

@@ -106,10 +106,11 @@ def test_bench_quality(tmp_path):
     space = write_space(tmp_path, tiny_space(name="tiny", fixed__dataset="demo"))
     lines = _run("bench_quality.py", *argv, "--space", str(space), "--num-samples", "1", "--epochs", "1", timeout=900)
     quality = rf"quality {{name}} +test R² {NUMBER}  RMSE {NUMBER}  MAE {NUMBER}  wall +{NUMBER} min  \(.+\)"
-    for name in ("dna-model", "kmer6-hgb", "kmer6-ridge"):
+    for name in ("dna-model", "kmer4-hgb", "kmer6-ridge", "kmer8-ridge", "otu5-hgb"):
         r2, rmse, mae, minutes = (float(x) for x in _match(quality.format(name=name), lines).groups())
         assert r2 <= 1 and 0 < mae <= rmse and minutes >= 0
-    for folder in ("model", "baseline", "baseline-ridge"):
+    assert sum("(chosen on val)" in line for line in lines) == 1
+    for folder in ("model", "baseline"):
         header = (out / folder / "test_predictions.csv").read_text().splitlines()[0]
         assert header.startswith("sample_id,") and "predicted_ph_mean" in header
 

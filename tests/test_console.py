@@ -76,8 +76,11 @@ class _Trial:
         return f"trial_{self.trial_id}"
 
 
-def test_best_so_far_is_shown_beside_the_k_mer_baseline(capsys):
-    reference = {"results": {"ridge": {"k": 6, "val_r2": 0.47, "test_r2": 0.44, "test_rmse": 0.71}}, "k": 6}
+def test_best_so_far_is_shown_beside_the_baseline_chosen_on_val(capsys):
+    from tune_ph.baseline.reference import Reference
+
+    chosen = {"k": 8, "val_r2": 0.47, "test_r2": 0.44, "test_rmse": 0.71}
+    reference = Reference(results={"kmer8-ridge": chosen, "kmer6-hgb": {"val_r2": 0.4}}, chosen="kmer8-ridge")
     progress, trial = console.SearchProgress(["head"], "val_loss"), _Trial("a1", head="mlp2")
     result = {"val_loss": 0.3, "best_val_loss": 0.3, "val_r2": 0.521, "epoch": 3}
     with console.beside_best(reference):
@@ -85,11 +88,11 @@ def test_best_so_far_is_shown_beside_the_k_mer_baseline(capsys):
     progress.on_trial_result(0, [trial], trial, {**result, "val_loss": 0.2, "best_val_loss": 0.2, "epoch": 4})
     assert capsys.readouterr().out.splitlines() == [
         "best so far: trial_a1  val_loss 0.3 (epoch 3)  head=mlp2",
-        "  at its best epoch, val R²: DNA model 0.521 vs k-mer baseline 0.470 (+0.051, ahead)",
+        "  at its best epoch, val R²: DNA model 0.521 vs baseline kmer8-ridge 0.470 (+0.051)",
         "best so far: trial_a1  val_loss 0.2 (epoch 4)  head=mlp2",  # outside beside_best: no baseline
     ]
-    console.print_start(Path("experiments/x"), "experiments/x", 2, baseline_line="k-mer baseline (ridge, k=6) ...")
-    assert "  k-mer baseline (ridge, k=6) ..." in capsys.readouterr().out.splitlines()
+    console.print_start(Path("experiments/x"), "experiments/x", 2, baseline_line="baseline chosen on val: ...")
+    assert "  baseline chosen on val: ..." in capsys.readouterr().out.splitlines()
 
 
 def _fake_experiment(folder: Path, exported: bool) -> None:
@@ -174,11 +177,16 @@ def test_search_console_shows_hyperparameters_best_so_far_and_outputs(
     best = table.iloc[0]
     assert best_lines[-1].startswith(f"best so far: trial_{best['trial_id']}  val_loss {best['best_val_loss']:.4g}")
     assert f"head={best['config/head']}" in best_lines[-1] and "learning_rate=" in best_lines[-1]
-    # The k-mer baseline: computed once before the trials, saved, beside the best so far and in the summary.
+    # The baseline chosen on val: computed once before the trials, saved, beside the best so far, in the summary
+    # and, with the paired interval, beside the exported winner's test R².
     saved = json.loads((folder / "baseline.json").read_text())
-    assert saved["results"]["ridge"]["k"] == 6
-    assert "  at its best epoch, val R²: DNA model " in out and "k-mer baseline (ridge, k=6) on the same split" in out
-    assert re.search(r"^  test R²: DNA model .* vs k-mer baseline ", out, flags=re.M), out
+    chosen = saved["chosen"]
+    assert saved["results"][chosen]["val_r2"] == max(m["val_r2"] for m in saved["results"].values())
+    assert "  at its best epoch, val R²: DNA model " in out and f"baseline chosen on val: {chosen} (val R²" in out
+    assert re.search(r"^best trial exported to .*: test R² -?\d\.\d+ \[-?\d", out, flags=re.M), out
+    vs = json.loads((folder / "best" / "metrics.json").read_text())["vs_baseline"]
+    expected = rf"^  test R² vs the baseline chosen on val \({chosen}\): .* over {vs['n_samples']} test samples"
+    assert re.search(expected + rf" \(paired bootstrap, 95 %\): {vs['verdict']}$", out, flags=re.M), out
     assert len(re.findall(r"^trial_\w+ started: head=", out, flags=re.M)) == 4
     # A failed trial: one line with its error and where the traceback is, not Ray's 40-line traceback.
     failed = re.findall(

@@ -79,7 +79,7 @@ def test_run_folder_has_every_output(run_dir: Path) -> None:
     assert config["train_config"]["head"] == "mlp2_ln" and config["train_config"]["max_sets"] == 2
     assert config["model_config"]["d_model"] == 32
     split = json.loads((run_dir / "split.json").read_text())
-    assert set(split) == {"train", "val", "test"}
+    assert {"train", "val", "test", "split_by", "split_seed", "studies"} <= set(split) and split["split_by"] == "none"
     assert not set(split["train"]) & set(split["test"])
     assert (run_dir / "residuals.png").read_bytes()[:4] == b"\x89PNG"
 

@@ -36,7 +36,7 @@ def test_evaluate_and_the_baseline_name_their_columns_alike():
     import numpy as np
     import pandas as pd
 
-    from tune_ph.baseline import kmer_models
+    from tune_ph.baseline import members
     from tune_ph.report.evaluate import predictions_table
     from tune_ph.training.predict import Predictions
 
@@ -53,7 +53,7 @@ def test_evaluate_and_the_baseline_name_their_columns_alike():
     assert model["sample_id"].tolist() == ["a", "b"] and model["residual_mean"].tolist() == [0.5, -0.5]
 
     samples = pd.DataFrame({"sample_id": ids, "study_name": studies, "environment": envs, "pH": [6.5, 7.0]})
-    baseline = kmer_models.predictions_table(samples, np.array([6.0, 7.5]))
+    baseline = members.predictions_table(samples, np.array([6.0, 7.5]))
     assert list(baseline.columns) == [c for c in PREDICTION_COLUMNS if c not in ("predicted_ph_sd", "n_sets")]
     same = ["true_ph", "predicted_ph_mean", "residual_mean"]
     pd.testing.assert_frame_equal(baseline[same], model[same], check_dtype=False)  # and mean the same

@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 
 from tune_ph import files
-from tune_ph.baseline import kmer_models
+from tune_ph.baseline import reference
+from tune_ph.baseline.reference import Reference
 from tune_ph.report import export, html_report, plots, results
 from tune_ph.report.page import fmt
 from tune_ph.report.results import Trial
@@ -198,10 +199,10 @@ def written(experiment: dict) -> tuple[str, Page]:
     return text, Page(text)
 
 
-def _winner_section(experiment: dict, baseline: dict) -> Page:
+def _winner_section(experiment: dict, baseline: Reference, **test_extra) -> Page:
     """Only the winner section (a pure function of the table, settings and best/), with a given baseline."""
     best = experiment["folder"] / files.BEST_DIR
-    test = json.loads((best / "metrics.json").read_text())
+    test = {**json.loads((best / "metrics.json").read_text()), **test_extra}
     found = find_winner(experiment["table"], SETTINGS, "val_loss", experiment["info"], test)
     return Page(winner_html(found, experiment["folder"], baseline))
 
@@ -221,7 +222,7 @@ def test_the_winner_section_names_the_trial_its_searched_values_and_why(written)
     assert "Runner-up: trial aaa00002 with 0.0877" in words
     assert "custom HyenaDNA — custom config (from scratch): d_model 16, 2 layers, up to 128 tokens" in words
     test = page.table("winner", 1)
-    assert test.iloc[0].tolist() == ["HyenaDNA (this winner)", "0.8679", "0.7446", "0.5939", "60"]
+    assert test.iloc[0].tolist() == ["HyenaDNA (this winner)", "0.8679", "", "0.7446", "0.5939", "60"]
 
 
 def test_the_residual_plot_is_embedded(experiment, written):
@@ -234,17 +235,29 @@ def test_the_residual_plot_is_embedded(experiment, written):
     assert len(all_sources) >= 4 and all(s.startswith("data:image/png;base64,") for s in all_sources)
 
 
-def test_the_baseline_is_shown_beside_the_test_metrics_or_how_to_compute_it(experiment):
-    ridge = {"k": 6, "test_r2": 0.99289, "test_rmse": 0.1727, "test_mae": 0.1337, "test_n_samples": 60}
-    page = _winner_section(experiment, {"results": {"ridge": ridge}})
+def test_the_baseline_chosen_on_val_is_shown_beside_the_test_metrics_or_how_to_compute_it(experiment):
+    chosen = {"k": 8, "val_r2": 0.95, "test_r2": 0.81, "test_rmse": 0.1727, "test_mae": 0.1337, "test_n_samples": 60}
+    chosen["test_r2_ci95"] = [0.7512, 0.8633]
+    best_on_test = {"k": 6, "val_r2": 0.90, "test_r2": 0.99289}
+    found = Reference(results={"kmer8-ridge": chosen, "kmer6-hgb": best_on_test}, chosen="kmer8-ridge")
+    vs = {"baseline": "kmer8-ridge", "delta_r2": 0.0579, "delta_r2_ci95": [0.0123, 0.1011], "verdict": "ahead"}
+    page = _winner_section(experiment, found, vs_baseline={**vs, "n_samples": 60})
     rows = page.table("winner", 1).values.tolist()
-    assert rows[1] == ["k-mer ridge (k=6)", "0.9929", "0.1727", "0.1337", "60"]
-    assert "does not beat the best k-mer baseline (ridge)" in page.words("winner")
-
-    command = "python -m tune_ph baseline --dataset my_data --k 6"
-    page = _winner_section(experiment, {"reason": "dataset my_data is not a local path", "command": command})
+    assert rows[1] == ["baseline chosen on val: kmer8-ridge", "0.81", "[0.751, 0.863]", "0.1727", "0.1337", "60"]
     words = page.words("winner")
-    assert "k-mer baseline: not computed (dataset my_data is not a local path)" in words and command in words
+    assert "Against the baseline chosen on val ( kmer8-ridge , the best val R² of 2 baselines;" in words
+    assert "the DNA model is ahead : test R² difference +0.058, 95 % interval [+0.012, +0.101]" in words
+    assert "over the same 60 test samples; it lies above 0" in words
+    family = page.table("winner", 2).values.tolist()  # every baseline, with the val R² that chose
+    assert family == [["kmer8-ridge", "0.95", "0.81", "[0.751, 0.863]"], ["kmer6-hgb", "0.9", "0.9929", ""]]
+    # An export from before the intervals: the plain difference to the chosen one (not the best on test).
+    words = _winner_section(experiment, found).words("winner")
+    assert "minus the baseline chosen on val (kmer8-ridge): +0.058, without an interval" in words
+
+    command = "python -m tune_ph baseline --dataset my_data"
+    page = _winner_section(experiment, Reference(reason="dataset my_data is not a local path", command=command))
+    words = page.words("winner")
+    assert "baseline: not computed (dataset my_data is not a local path)" in words and command in words
 
 
 def test_the_trials_table_says_why_each_trial_stopped(written):
@@ -338,23 +351,23 @@ def test_describe_model_names_where_the_weights_came_from():
 
 
 def test_baseline_for_a_remote_dataset_is_not_computed_but_explained():
-    out = kmer_models.reference_baseline({"dataset": "someone/remote-ph", "split_seed": 7}, local_only=True)
-    assert "not a local path" in out["reason"] and "results" not in out
-    assert out["command"] == "python -m tune_ph baseline --dataset someone/remote-ph --k 6 --split-seed 7"
-    assert "reason" in kmer_models.reference_baseline(None)
+    out = reference.reference_baseline({"dataset": "someone/remote-ph", "split_seed": 7}, local_only=True)
+    assert "not a local path" in out.reason and not out.results
+    assert out.command == "python -m tune_ph baseline --dataset someone/remote-ph --split-seed 7"
+    assert reference.reference_baseline(None).reason == "no training config"
 
 
 def test_baseline_for_the_demo_is_computed(tmp_path):
-    out = kmer_models.reference_baseline({"dataset": "demo", "cache_dir": str(tmp_path)})
-    ridge = out["results"]["ridge"]
-    assert ridge["k"] == 6 and ridge["test_n_samples"] == 60 and 0 < ridge["test_r2"] <= 1
+    out = reference.reference_baseline({"dataset": "demo", "cache_dir": str(tmp_path)})
+    chosen = out.metrics
+    assert chosen["test_n_samples"] == 60 and 0 < chosen["test_r2"] <= 1 and out.chosen in out.results
 
 
 def test_the_report_reuses_the_saved_baseline_json(experiment, monkeypatch):
     folder = experiment["folder"]
-    saved = {"results": {"ridge": {"k": 6, "test_r2": 0.4321, "test_rmse": 0.7}}, "k": 6, "command": "x"}
+    saved = {"results": {"ridge": {"k": 6, "test_r2": 0.4321, "test_rmse": 0.7}}, "k": 6, "command": "x"}  # old
     (folder / "baseline.json").write_text(json.dumps(saved))
-    monkeypatch.setattr(kmer_models, "reference_baseline", lambda *a, **k: pytest.fail("recomputed"))
+    monkeypatch.setattr(reference, "reference_baseline", lambda *a, **k: pytest.fail("recomputed"))
     monkeypatch.setattr(results, "Experiment", lambda path: type("E", (), {"trials": lambda self: _trials()})())
     monkeypatch.setattr(results, "load_settings", lambda folder: SETTINGS)
     try:
@@ -362,7 +375,7 @@ def test_the_report_reuses_the_saved_baseline_json(experiment, monkeypatch):
     finally:
         (folder / "baseline.json").unlink()
     rows = Page((folder / "report.html").read_text()).table("winner", 1).values.tolist()
-    assert rows[1][:2] == ["k-mer ridge (k=6)", "0.4321"]
+    assert rows[1][:2] == ["baseline chosen on val: kmer6-ridge", "0.4321"]
 
 
 @pytest.mark.slow
@@ -377,7 +390,11 @@ def test_report_and_model_description_of_a_real_search(finished_experiment):
     searched = dict(page.table("winner", 0).values.tolist())
     assert searched["head"] == info["train_config"]["head"]
     assert searched["learning_rate"] == fmt(info["train_config"]["learning_rate"])
-    assert "k-mer ridge (k=6)" in page.words("winner")  # the demo's baseline, computed during export
+    # The demo's baseline, saved by the search, and the winner's paired comparison with it.
+    saved = json.loads((folder / "baseline.json").read_text())
+    assert f"baseline chosen on val: {saved['chosen']}" in page.words("winner")
+    vs = json.loads((folder / "best" / "metrics.json").read_text())["vs_baseline"]
+    assert vs["baseline"] == saved["chosen"] and vs["verdict"] in page.words("winner")
     assert any(s.startswith("data:image/png;base64,") for s in page.images["winner"])
     trials = pd.read_csv(folder / "trials.csv")
     outcome = dict(zip(page.table("trials")["trial"], page.table("trials")["outcome"]))

@@ -17,6 +17,8 @@ import pytest
 from helpers import KILL_ONCE, ROOT, tiny_space, write_space
 
 from tune_ph.commands import search as search_cli
+from tune_ph.data.sources import load_samples
+from tune_ph.data.split import split_samples
 
 # Every test here runs Ray Tune searches: the slow lane (`pytest -m "not slow"` skips them).
 pytestmark = pytest.mark.slow
@@ -49,6 +51,19 @@ def test_search_end_to_end(finished_experiment):
     assert linear.get("config/head_dropout", pd.Series(dtype=float)).isna().all()
     metrics = json.loads((folder / "best" / "metrics.json").read_text())
     assert "test_r2" in metrics and "test_rmse" in metrics
+    # Whole studies held out (the search's split_by: study): no test study is in train or val.
+    studies = pd.read_csv(folder / "best" / "test_predictions.csv")["study_name"]
+    demo = load_samples("demo")
+    split = split_samples(demo, by="study")
+    assert sorted(studies) == sorted(demo.set_index("sample_id").loc[split["test"], "study_name"])
+    assert set(studies).isdisjoint(demo.set_index("sample_id").loc[split["train"] + split["val"], "study_name"])
+    # The winner with its interval, and its paired difference to the baseline chosen on val.
+    lo, hi = metrics["test_r2_ci95"]
+    assert lo <= metrics["test_r2"] <= hi
+    baseline = json.loads((folder / "baseline.json").read_text())
+    assert metrics["vs_baseline"]["baseline"] == baseline["chosen"]
+    assert metrics["vs_baseline"]["n_samples"] == len(studies)
+    assert metrics["vs_baseline"]["verdict"] in ("ahead", "behind", "not distinguishable")
     for name in ("best_model.pt", "config.json", "test_predictions.csv", "residuals.png"):
         assert (folder / "best" / name).is_file(), name
     assert (folder / "report.html").is_file()

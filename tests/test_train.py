@@ -213,7 +213,7 @@ def test_every_loss_trains(dataset: TokenizedDataset, loss: str) -> None:
     assert np.isfinite(result.history[0]["train_loss"])
 
 
-def test_the_cli_logs_and_saves_the_k_mer_baseline_beside_the_model(tmp_path, caplog) -> None:
+def test_the_cli_logs_and_saves_the_baseline_chosen_on_val_beside_the_model(tmp_path, caplog) -> None:
     model_dir = tmp_path / "tiny-model"
     model_dir.mkdir()
     HyenaDNAConfig(d_model=8, n_layer=1, d_inner=16, l_max=66).to_json(model_dir / "config.json")
@@ -223,10 +223,25 @@ def test_the_cli_logs_and_saves_the_k_mer_baseline_beside_the_model(tmp_path, ca
     with caplog.at_level("INFO", logger="tune_ph"):
         assert train_cli.main(argv) == 0
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert saved["baseline"]["results"]["ridge"]["k"] == 6 and "test_r2" in saved
+    chosen = saved["baseline"]["chosen"]
+    family = saved["baseline"]["results"]
+    assert family[chosen]["val_r2"] == max(m["val_r2"] for m in family.values())
+    lo, hi = saved["test_r2_ci95"]
+    assert lo <= saved["test_r2"] <= hi and "test_predictions" not in saved["baseline"]
+    vs = saved["vs_baseline"]
+    assert vs["baseline"] == chosen and vs["n_samples"] == saved["test_n_samples"]
+    assert vs["delta_r2"] == pytest.approx(saved["test_r2"] - family[chosen]["test_r2"])
+    assert vs["delta_r2_ci95"][0] <= vs["delta_r2"] <= vs["delta_r2_ci95"][1]
     lines = [r.getMessage() for r in caplog.records if r.name == "tune_ph.commands.train"]
-    assert any(line.startswith("k-mer baseline (ridge, k=6) on the same split: test R²") for line in lines)
-    assert lines[-1].startswith("test R²: DNA model ") and "vs k-mer baseline" in lines[-1]
+    assert any(line.startswith(f"baseline chosen on val: {chosen} (val R² ") for line in lines)
+    assert lines[-1].startswith(f"test R² vs the baseline chosen on val ({chosen}): ")
+    assert lines[-1].endswith(vs["verdict"])
+    # evaluate rebuilds the same split and compares with the baseline the run saved: the same numbers.
+    from tune_ph.commands import evaluate as evaluate_cli
+
+    assert evaluate_cli.main(["--checkpoint", str(tmp_path / "run" / "best_model.pt"), "--device", "cpu"]) == 0
+    again = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert again["vs_baseline"] == vs and again["test_r2_ci95"] == saved["test_r2_ci95"]
     argv[argv.index("--output-dir") + 1] = str(tmp_path / "run2")
     assert train_cli.main([*argv, "--no-baseline"]) == 0
     assert "baseline" not in json.loads((tmp_path / "run2" / "metrics.json").read_text())

@@ -21,6 +21,8 @@ POOLINGS: tuple[str, ...] = ("pool", "last", "first", "sum")
 AGGREGATIONS: tuple[str, ...] = ("mean", "attention", "mean_prediction", "clusters")
 LOSSES: tuple[str, ...] = ("smoothl1", "mse", "mae", "huber")
 LR_SCHEDULERS: tuple[str, ...] = ("none", "plateau")
+# How samples are split (tune_ph.data.split): by sample (the published split) or by holding out whole studies.
+SPLIT_BY: tuple[str, ...] = ("none", "study")
 MIN_MAX_LENGTH = 8
 
 
@@ -93,6 +95,13 @@ class TrainConfig:
     output_dir: str | None = _field(None, "run folder; default: runs/<timestamp>", yaml=False)
     # Data options: saved so that evaluate rebuilds exactly the split the run was trained on.
     split_seed: int = _field(42, "seed of the train/val/test split", data=True)
+    split_by: str = _field(
+        "none",
+        "none: split by sample, stratified by environment (the published split; test studies are seen in training); "
+        "study: whole studies held out for val and test (how the model does on a new study)",
+        choices=SPLIT_BY,
+        data=True,
+    )
     test_fraction: float = _field(0.2, "share of samples held out for test", data=True)
     val_fraction: float = _field(0.1, "share of all samples used for validation", data=True)
     cache_dir: str | None = _field(None, "where tokenized datasets are cached", data=True)

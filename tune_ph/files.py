@@ -44,7 +44,8 @@ PREDICTION_COLUMNS = (SAMPLE_ID, STUDY_NAME, TRUE_PH, PREDICTED_PH, PREDICTED_PH
 BASELINE_PREDICTION_COLUMNS = tuple(c for c in PREDICTION_COLUMNS if c not in (PREDICTED_PH_SD, N_SETS))
 # `predict --output`: for unlabelled samples; TRUE_PH and RESIDUAL follow where any sample has a pH.
 PREDICT_COLUMNS = (SAMPLE_ID, STUDY_NAME, PREDICTED_PH, PREDICTED_PH_SD, N_SETS, N_READS_USED, N_READS)
-# The k-mer reference baseline of an experiment (baseline.kmer_models.reference_baseline), saved once by a search.
+# The baselines of an experiment and the one chosen on val (baseline.reference.reference_baseline), saved once by a
+# search.
 BASELINE_FILE = "baseline.json"
 # In each Ray checkpoint folder of a trial: its model.checkpoint.Checkpoint, as MODEL_FILE holds it.
 TRIAL_STATE_FILE = "state.pt"

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Sequence
 
 import numpy as np
+from scipy import sparse
 from tqdm.auto import tqdm
 
 from tune_ph.errors import InputError
@@ -50,8 +51,8 @@ def kmer_names(k: int) -> list[str]:
     return ["".join("ACGT"[d] for d in row) for row in digits]
 
 
-def _chunk_counts(samples: Sequence[Sequence[str]], k: int) -> np.ndarray:
-    """k-mer counts (int64, len(samples) x 4^k) of a few samples in one vectorised pass."""
+def _chunk_keys(samples: Sequence[Sequence[str]], k: int) -> np.ndarray:
+    """sample * 4^k + k-mer index of every valid k-mer of a few samples, in one vectorised pass."""
     n_kmers = 4**k
     # Every read ends with the separator (an invalid byte), so no window crosses a read or sample boundary.
     pieces = [
@@ -61,7 +62,7 @@ def _chunk_counts(samples: Sequence[Sequence[str]], k: int) -> np.ndarray:
     codes = _CODE[np.frombuffer(b"".join(pieces), dtype=np.uint8)]
     n_windows = len(codes) - k + 1
     if n_windows <= 0:
-        return np.zeros((len(samples), n_kmers), dtype=np.int64)
+        return np.zeros(0, dtype=np.int64)
     # A window is valid when it holds no invalid byte: a difference of the running count of invalid bytes.
     bad = np.concatenate(([0], np.cumsum(codes == _INVALID, dtype=np.int32)))
     valid = bad[k:] == bad[:-k]
@@ -71,8 +72,24 @@ def _chunk_counts(samples: Sequence[Sequence[str]], k: int) -> np.ndarray:
         index *= 4
         index += codes[j : j + n_windows] & 3
     sample_of = np.repeat(np.arange(len(samples), dtype=np.int64), lengths)[:n_windows]
-    keys = sample_of[valid] * n_kmers + index[valid]
+    return sample_of[valid] * n_kmers + index[valid]
+
+
+def _chunk_counts(samples: Sequence[Sequence[str]], k: int) -> np.ndarray:
+    """k-mer counts (int64, len(samples) x 4^k) of a few samples."""
+    n_kmers = 4**k
+    keys = _chunk_keys(samples, k)
     return np.bincount(keys, minlength=len(samples) * n_kmers).reshape(len(samples), n_kmers)
+
+
+def _chunk_sparse(samples: Sequence[Sequence[str]], k: int) -> sparse.csr_matrix:
+    """Relative k-mer frequencies (float32 CSR, len(samples) x 4^k) of a few samples: only k-mers present."""
+    n_kmers = 4**k
+    keys, counts = np.unique(_chunk_keys(samples, k), return_counts=True)
+    rows = keys // n_kmers
+    totals = np.bincount(rows, weights=counts, minlength=len(samples))
+    values = (counts / totals[rows]).astype(np.float32)
+    return sparse.csr_matrix((values, (rows, keys % n_kmers)), shape=(len(samples), n_kmers))
 
 
 def kmer_counts(reads: Sequence[str], k: int) -> np.ndarray:
@@ -94,25 +111,35 @@ def _chunks(sizes: np.ndarray, n_kmers: int) -> list[tuple[int, int]]:
     return ranges
 
 
-def kmer_profiles(sequences: Sequence[Sequence[str]], k: int, *, progress: bool | None = None) -> np.ndarray:
+def kmer_profiles(
+    sequences: Sequence[Sequence[str]], k: int, *, progress: bool | None = None, sparse_rows: bool = False
+) -> np.ndarray | sparse.csr_matrix:
     """Relative k-mer frequencies (float32, n_samples x 4^k) pooled over all reads of each sample.
 
     Rows sum to 1; a sample without any valid k-mer (all reads shorter than k or ambiguous) gets a zero row and a
-    warning. ``progress=None`` shows a bar only on datasets large enough to take a few seconds.
+    warning. ``progress=None`` shows a bar only on datasets large enough to take a few seconds. sparse_rows: a
+    scipy CSR matrix holding only the k-mers present (k=8: ~8 % of 65,536 on 16S reads, a tenth of the memory).
     """
     k = check_k(k)
     sizes = np.fromiter(
         (sum(map(len, reads)) + len(reads) for reads in sequences), dtype=np.int64, count=len(sequences)
     )
-    out = np.zeros((len(sequences), 4**k), dtype=np.float32)
+    out = None if sparse_rows else np.zeros((len(sequences), 4**k), dtype=np.float32)
+    blocks = []
     show = bool(sizes.sum() >= _PROGRESS_MIN_BASES) if progress is None else progress
     with tqdm(total=len(sequences), desc=f"{k}-mer profiles", unit="sample", disable=not show) as bar:
-        for a, b in _chunks(sizes, 4**k):
-            counts = _chunk_counts(sequences[a:b], k)
-            totals = counts.sum(axis=1, keepdims=True)
-            out[a:b] = counts / np.maximum(totals, 1)
+        # Sparse blocks hold no dense count cells, so only the bases bound a chunk.
+        for a, b in _chunks(sizes, 1 if sparse_rows else 4**k):
+            if out is None:
+                blocks.append(_chunk_sparse(sequences[a:b], k))
+            else:
+                counts = _chunk_counts(sequences[a:b], k)
+                totals = counts.sum(axis=1, keepdims=True)
+                out[a:b] = counts / np.maximum(totals, 1)
             bar.update(b - a)
-    empty = ~out.any(axis=1)
+    if out is None:
+        out = sparse.vstack(blocks, format="csr") if blocks else sparse.csr_matrix((0, 4**k), dtype=np.float32)
+    empty = np.asarray(out.sum(axis=1)).ravel() == 0 if sparse_rows else ~out.any(axis=1)
     if empty.any():
         log.warning(
             "%d sample(s) have no valid %d-mer (reads shorter than k or ambiguous); their profile is all zero",

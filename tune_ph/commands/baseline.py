@@ -1,4 +1,4 @@
-"""`python -m tune_ph baseline`: the k-mer baselines on the model's split."""
+"""`python -m tune_ph baseline`: the baseline family on the model's split, and the member chosen on val."""
 
 from __future__ import annotations
 
@@ -10,10 +10,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tune_ph import cli, config, files
-from tune_ph.baseline.kmer_models import DATA_FLAGS, MODELS, run_baseline, write_outputs
+from tune_ph.baseline.family import CHOSEN_BY, DEFAULT_FAMILY, FamilySpec, choose_on_val, run_family, write_family
 from tune_ph.baseline.kmers import check_k
+from tune_ph.baseline.reference import DATA_FLAGS, baseline_command, interval_text, reference_of
+from tune_ph.baseline.regressors import MODELS
 from tune_ph.config import TrainConfig
-from tune_ph.data.sources import load_samples, split_samples
+from tune_ph.data.sources import load_samples
+from tune_ph.data.split import SplitRecord, split_for
 from tune_ph.files import write_json
 
 log = logging.getLogger(__name__)
@@ -24,38 +27,82 @@ def main(argv: Sequence[str] | None = None) -> int:
     return cli.run(_main, argv)
 
 
+def _fmt(value: object) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else "  n/a"
+
+
 def _main(argv: Sequence[str] | None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m tune_ph baseline",
-        description="k-mer profile baselines (HistGradientBoosting, Ridge) for pH on the DNA model's split.",
+        description="Baselines for pH on the DNA model's split: k-mer profiles and read clusters (k-mer OTUs) with "
+        "HistGradientBoosting and Ridge, and trivial references; the one with the best val R² is the one shown "
+        "beside the model.",
     )
     # The data flags are TrainConfig's own (same names, defaults and rules): the split is the DNA model's.
     config.add_arguments(p, only=DATA_FLAGS)
-    p.add_argument("--k", type=int, default=6, help="k-mer length, 1..8 (default 6)")
-    p.add_argument("--model", choices=(*MODELS, "both"), default="both", help="which baseline(s) (default both)")
-    p.add_argument("--output-dir", default=None, help="where <model>/metrics.json goes (default runs/baseline-<time>)")
+    p.add_argument(
+        "--k", type=int, nargs="+", default=list(DEFAULT_FAMILY.ks), help="k-mer lengths, 1..8 (default: 4 6 8)"
+    )
+    p.add_argument(
+        "--models",
+        "--model",
+        nargs="+",
+        choices=(*MODELS, "both"),
+        default=["both"],
+        help="hgb, ridge or both (default both)",
+    )
+    p.add_argument(
+        "--otu-k",
+        type=int,
+        default=DEFAULT_FAMILY.otu_k,
+        help="k of the per-read profiles clustered into k-mer OTUs; 0: no read clustering (default %(default)s)",
+    )
+    p.add_argument(
+        "--clusters",
+        type=int,
+        nargs="+",
+        default=list(DEFAULT_FAMILY.clusters),
+        help="numbers of read clusters to choose from on val (default: 256 1024)",
+    )
+    p.add_argument(
+        "--output-dir", default=None, help="where <baseline>/metrics.json goes (default runs/baseline-<time>)"
+    )
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the result cache")
     args = p.parse_args(argv)
-    k = check_k(args.k)
+    for k in args.k:
+        check_k(k)
+    models = tuple(MODELS) if "both" in args.models else tuple(args.models)
+    spec = FamilySpec(ks=tuple(args.k), models=models, otu_k=args.otu_k, clusters=tuple(args.clusters))
     cfg = TrainConfig(**config.given_fields(args, DATA_FLAGS))
     start = time.perf_counter()
     df = load_samples(cfg.dataset, skip_bad_rows=cfg.skip_bad_rows)
-    split = split_samples(df, seed=cfg.split_seed, test_fraction=cfg.test_fraction, val_fraction=cfg.val_fraction)
-    load_s = time.perf_counter() - start
-    models = list(MODELS) if args.model == "both" else [args.model]
-    results = run_baseline(df, split, k=k, models=models, cache_dir=cfg.cache_dir, use_cache=not args.no_cache)
+    split = split_for(df, cfg)
+    record = SplitRecord.of(split, cfg, dict(zip(df["sample_id"].astype(str), df["study_name"].astype(str))))
+    family = run_family(df, split, spec, cache_dir=cfg.cache_dir, use_cache=not args.no_cache)
+    chosen = choose_on_val(family)
     out = Path(args.output_dir or Path("runs") / time.strftime("baseline-%Y%m%d-%H%M%S"))
-    write_outputs(results, out)
-    write_json(out / files.SPLIT_FILE, split)
-    log.info("loaded %s in %.1f s; outputs in %s", cfg.dataset, load_s, out)
-    for model, res in results.items():
-        m = res["metrics"]
-        # This model's own time: the shared profiling plus its fit and predictions (profiling is counted per model).
-        took = "cached" if res["cached"] else f"{m['profile_seconds'] + m['fit_seconds']:.1f}s"
+    write_family(family, out, record, chosen)
+    write_json(out / files.BASELINE_FILE, reference_of(family, chosen, baseline_command(cfg), CHOSEN_BY).to_dict())
+    log.info("outputs in %s", out)
+    n_test = len(split["test"])
+    print(f"split by {cfg.split_by}: {len(split['train'])} train, {len(split['val'])} val, {n_test} test samples")
+    if cfg.split_by == "study":
         print(
-            f"{model} k={k}: test R² {m['test_r2']:.3f}  RMSE {m['test_rmse']:.3f}  MAE {m['test_mae']:.3f}  "
-            f"({m['test_n_samples']} test samples, {took})"
+            f"test studies ({len(record.studies['test'])}), never in train or val: {', '.join(record.studies['test'])}"
         )
+    width = max(map(len, family))
+    for name, b in family.items():
+        m = b.metrics
+        took = "cached" if b.cached else "instant" if b.seconds is None else f"{b.seconds:.1f}s"
+        mark = "  <- chosen on val" if name == chosen else ""
+        print(
+            f"{name:<{width}}  val R² {_fmt(m['val_r2'])}  test R² {_fmt(m['test_r2'])} "
+            f"{interval_text(m.get('test_r2_ci95')):<16}  RMSE {_fmt(m['test_rmse'])}  MAE {_fmt(m['test_mae'])}  "
+            f"({took}){mark}"
+        )
+    if chosen is None:
+        print("no val samples: no baseline is chosen (use --val-fraction above 0)")
+    print(f"{len(family)} baselines on {n_test} test samples in {time.perf_counter() - start:.0f} s -> {out}")
     return cli.EXIT_OK
 
 

@@ -13,7 +13,7 @@ from tune_ph.data.sources import load_samples
 from tune_ph.data.split import split_samples
 
 # The TrainConfig fields `data summary` takes as flags (how the split is drawn).
-SUMMARY_FIELDS = ("skip_bad_rows", "split_seed", "test_fraction", "val_fraction")
+SUMMARY_FIELDS = ("skip_bad_rows", "split_seed", "split_by", "test_fraction", "val_fraction")
 
 
 def _print_examples(label: str, names: list[str]) -> None:
@@ -64,7 +64,13 @@ def _main(argv: Sequence[str] | None) -> int:
         # TrainConfig's rules for these flags: fractions that leave samples to train on, seeds numpy takes.
         cfg = TrainConfig(dataset=args.source, **config.given_fields(args, SUMMARY_FIELDS))
         df = load_samples(cfg.dataset, skip_bad_rows=cfg.skip_bad_rows)
-        split = split_samples(df, seed=cfg.split_seed, test_fraction=cfg.test_fraction, val_fraction=cfg.val_fraction)
+        split = split_samples(
+            df,
+            seed=cfg.split_seed,
+            test_fraction=cfg.test_fraction,
+            val_fraction=cfg.val_fraction,
+            by=cfg.split_by,
+        )
         counts = df["environment"].value_counts()
         print(f"{len(df)} samples, {df['study_name'].nunique()} studies, {len(counts)} environments")
         print("environments: " + ", ".join(f"{env} {n}" for env, n in counts.items()))

@@ -6,8 +6,10 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from tune_ph import cli, config
+from tune_ph.baseline.reference import load_saved
 from tune_ph.report.evaluate import evaluate_checkpoint
 
 
@@ -27,7 +29,12 @@ def _main(argv: Sequence[str] | None) -> int:
     config.add_arguments(p, only=("device",))  # the same flag and rule as training's
     args = p.parse_args(argv)
     config.check_field("device", args.device)
-    metrics = evaluate_checkpoint(args.checkpoint, dataset=args.dataset, output_dir=args.output_dir, device=args.device)
+    # The baseline the run or search saved (a run folder's, or the experiment's above best/): compared again.
+    folder = Path(args.checkpoint).parent
+    baseline = None if args.dataset else load_saved(folder) or load_saved(folder.parent)
+    metrics = evaluate_checkpoint(
+        args.checkpoint, dataset=args.dataset, output_dir=args.output_dir, device=args.device, baseline=baseline
+    )
     print(json.dumps(metrics, indent=2))
     return cli.EXIT_OK
 

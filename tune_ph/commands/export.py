@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tune_ph import cli, config, files
+from tune_ph.baseline.reference import Comparison
 from tune_ph.metrics import METRIC_MODES
 from tune_ph.report import results
 from tune_ph.report.export import export_best, write_report
@@ -33,7 +34,7 @@ def _main(argv: Sequence[str] | None) -> int:
     )
     config.add_arguments(p, only=("device",))  # the same flag and rule as training's
     p.add_argument("--no-report", action="store_true")
-    p.add_argument("--no-baseline", action="store_true", help="skip the report's k-mer baseline comparison")
+    p.add_argument("--no-baseline", action="store_true", help="skip the comparison with the baseline chosen on val")
     args = p.parse_args(argv)
     config.check_field("device", args.device)
     folder = Path(args.experiment)
@@ -42,11 +43,14 @@ def _main(argv: Sequence[str] | None) -> int:
     path = results.experiment_path(folder, args.storage_path or settings.get(results.STORAGE_KEY))
     table = results.write_trials_table(path, folder, metric)
     results.print_summary(table, metric)
-    test = export_best(path, folder, metric, device=args.device)
+    test = export_best(path, folder, metric, device=args.device, with_baseline=not args.no_baseline)
     print(
         f"exported to {folder / files.BEST_DIR}: "
         + ", ".join(f"{k} {v:.3f}" for k, v in test.items() if isinstance(v, float))
     )
+    comparison = Comparison.from_dict(test.get("vs_baseline"))
+    if comparison is not None:
+        print(f"  {comparison.line()}")
     if not args.no_report:
         written = write_report(path, folder, metric, with_baseline=not args.no_baseline)
         if written:

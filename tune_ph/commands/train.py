@@ -15,6 +15,7 @@ import torch
 from tune_ph import cli, config, files
 from tune_ph.config import TrainConfig
 from tune_ph.data import sources
+from tune_ph.data.split import SplitRecord
 from tune_ph.files import write_json
 from tune_ph.model.checkpoint import Checkpoint
 from tune_ph.model.regressor import build_model, resolve_device
@@ -63,7 +64,7 @@ def _main(argv: Sequence[str] | None) -> int:
     dataset = sources.prepare_for(cfg, model_max_length=model.backbone.config.max_length)
     cfg.max_length = dataset.max_length
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / files.SPLIT_FILE, dataset.split_dict())
+    write_json(out / files.SPLIT_FILE, SplitRecord.of_dataset(dataset, cfg).to_dict())
     write_json(
         out / files.RUN_CONFIG_FILE, {"train_config": cfg.to_dict(), "model_config": model.backbone.config.to_dict()}
     )
@@ -75,11 +76,12 @@ def _main(argv: Sequence[str] | None) -> int:
         dataset.max_length,
         ", ".join(f"{n} {name} ({k})" for name, (n, k) in zip(("train", "val", "test"), sizes)),
     )
-    from tune_ph.baseline import kmer_models
+    from tune_ph.baseline import reference as baselines
 
-    reference = None if args.no_baseline else kmer_models.reference_baseline(cfg)  # cached; a failure is a warning
+    reference = None if args.no_baseline else baselines.reference_baseline(cfg)  # cached; a failure is a warning
     if reference is not None:
-        log.info("%s", kmer_models.baseline_line(reference))
+        write_json(out / files.BASELINE_FILE, reference.to_dict())  # evaluate compares with it again
+        log.info("%s", baselines.baseline_line(reference))
 
     history: list[dict[str, Any]] = []
 
@@ -96,19 +98,22 @@ def _main(argv: Sequence[str] | None) -> int:
         result.best_epoch,
         result.history[result.best_epoch - 1]["val_loss"] if result.history else float("nan"),
     )
-    metrics = evaluate_checkpoint(out / files.MODEL_FILE, dataset=dataset, output_dir=out, device=cfg.device)
+    metrics = evaluate_checkpoint(
+        out / files.MODEL_FILE, dataset=dataset, output_dir=out, device=cfg.device, baseline=reference
+    )
     log.info(
-        "test: R² %.3f  RMSE %.3f  MAE %.3f  (%d samples) -> %s",
-        metrics["test_r2"],
+        "test: R² %s  RMSE %.3f  MAE %.3f  (%d samples) -> %s",
+        baselines.with_interval(metrics["test_r2"], metrics.get("test_r2_ci95")),
         metrics["test_rmse"],
         metrics["test_mae"],
         metrics["test_n_samples"],
         out,
     )
     if reference is not None:
-        metrics["baseline"] = reference
+        metrics["baseline"] = reference.summary()
         write_json(out / files.METRICS_FILE, metrics)
-        log.info("%s", kmer_models.versus(metrics["test_r2"], reference) or kmer_models.baseline_line(reference))
+        comparison = baselines.Comparison.from_dict(metrics.get("vs_baseline"))
+        log.info("%s", comparison.line() if comparison else baselines.baseline_line(reference))
     return cli.EXIT_OK
 
 

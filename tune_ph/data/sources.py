@@ -312,6 +312,7 @@ def prepare(
     val_fraction: float = 0.1,
     cache_dir: str | os.PathLike | None = None,
     skip_bad_rows: bool = False,
+    split_by: str = "none",
 ) -> TokenizedDataset:
     """Load, split and tokenize a dataset source (token arrays are cached on disk by content).
 
@@ -323,7 +324,7 @@ def prepare(
     df = load_samples(source, skip_bad_rows=skip_bad_rows)
     if max_length is None:
         max_length = max(min(model_max_length, read_sets.longest_sample(df)), config.MIN_MAX_LENGTH)
-    split = split_samples(df, seed=seed, test_fraction=test_fraction, val_fraction=val_fraction)
+    split = split_samples(df, seed=seed, test_fraction=test_fraction, val_fraction=val_fraction, by=split_by)
     ds = tokens.build(df, split, max_length=max_length, max_sets=max_sets, cache_dir=cache_dir)
     log.info("%s", ds)
     return ds
@@ -353,4 +354,5 @@ def prepare_for(cfg: TrainConfig, model_max_length: int | None = None) -> Tokeni
         val_fraction=cfg.val_fraction,
         cache_dir=cfg.cache_dir,
         skip_bad_rows=cfg.skip_bad_rows,
+        split_by=cfg.split_by,
     )

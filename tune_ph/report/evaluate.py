@@ -11,9 +11,11 @@ import numpy as np
 import pandas as pd
 
 from tune_ph import files
+from tune_ph.baseline.reference import Reference, compare
 from tune_ph.data import sources
 from tune_ph.data.tokens import TokenizedDataset
 from tune_ph.files import write_csv, write_json
+from tune_ph.metrics import bootstrap_ci
 from tune_ph.model import embeddings
 from tune_ph.model.regressor import load_checkpoint, resolve_device
 from tune_ph.report.html_report import plot_residuals
@@ -51,11 +53,13 @@ def evaluate_checkpoint(
     output_dir: str | Path | None = None,
     device: str = "auto",
     progress: bool = False,
+    baseline: Reference | None = None,
 ) -> dict[str, Any]:
     """Predict the test split with a checkpoint; write test_predictions.csv, metrics.json, residuals.png.
 
     dataset: a TokenizedDataset (reused as is), a source string, or None for the source in the saved config.
-    output_dir: defaults to the checkpoint's folder.
+    output_dir: defaults to the checkpoint's folder. The metrics hold 95 % bootstrap intervals (test_r2_ci95, ...)
+    and, given the baseline chosen on val with its test predictions, "vs_baseline": the paired difference in R².
     """
     checkpoint_path = Path(checkpoint_path)
     model, checkpoint = load_checkpoint(checkpoint_path)
@@ -89,15 +93,18 @@ def evaluate_checkpoint(
         vectors=None if vectors is None else embeddings.for_pooling(vectors, cfg.pooling),
     )
     table = predictions_table(dataset, preds)
-    metrics: dict[str, Any] = regression_metrics(
-        table[files.TRUE_PH].to_numpy(), table[files.PREDICTED_PH].to_numpy(), "test_"
-    )
+    true, predicted = table[files.TRUE_PH].to_numpy(), table[files.PREDICTED_PH].to_numpy()
+    metrics: dict[str, Any] = regression_metrics(true, predicted, "test_")
+    metrics.update(bootstrap_ci(true, predicted, "test_"))
     metrics.update(
         test_n_samples=len(table),
         test_n_sets=int(preds.n_sets.sum()),
         epoch=checkpoint.epoch,
         checkpoint=str(checkpoint_path),
     )
+    comparison = compare(table, baseline)
+    if comparison is not None:
+        metrics["vs_baseline"] = comparison.to_dict()
 
     out = Path(output_dir) if output_dir is not None else checkpoint_path.parent
     write_csv(out / files.PREDICTIONS_FILE, table)

@@ -9,6 +9,8 @@ from typing import Any
 
 from hyena_dna import HUB_ORG
 from tune_ph import files
+from tune_ph.baseline import reference as baselines
+from tune_ph.baseline.reference import Reference
 from tune_ph.data.tokens import TokenizedDataset
 from tune_ph.files import write_json
 from tune_ph.metrics import SUMMARY_METRICS
@@ -62,8 +64,14 @@ def export_best(
     metric: str = "val_loss",
     datasets: dict[int, TokenizedDataset] | None = None,
     device: str = "auto",
+    baseline: Reference | None = None,
+    with_baseline: bool = True,
 ) -> dict[str, Any]:
-    """Copy the best checkpoint to folder/best/ (best_model.pt + config.json) and evaluate it on the test split."""
+    """Copy the best checkpoint to folder/best/ (best_model.pt + config.json) and evaluate it on the test split.
+
+    The test metrics are compared with the baseline chosen on val: `baseline`, else the experiment's
+    baseline.json, else computed now for a small local dataset (and saved); with_baseline=False: none.
+    """
     experiment = results.Experiment(path)
     trial, checkpoint, metrics = results.best_checkpoint(experiment, metric)
     final = Path(folder) / files.BEST_DIR
@@ -91,7 +99,11 @@ def export_best(
             "best trial %s epoch %d (%s %.4f) -> %s", trial.trial_id, info["epoch"], metric, metrics[metric], final
         )
         dataset = (datasets or {}).get(saved.max_length)
-        test = evaluate_checkpoint(out / files.MODEL_FILE, dataset=dataset, output_dir=out, device=device)
+        if baseline is None and with_baseline:
+            baseline = report_baseline(folder, train_config)
+        test = evaluate_checkpoint(
+            out / files.MODEL_FILE, dataset=dataset, output_dir=out, device=device, baseline=baseline
+        )
         test["checkpoint"] = str(final / files.MODEL_FILE)
         write_json(out / files.METRICS_FILE, test)
     except BaseException:
@@ -103,14 +115,16 @@ def export_best(
     return test
 
 
-def report_baseline(folder: Path, train_config: dict[str, Any] | None) -> dict[str, Any]:
-    """The k-mer baseline the search saved (folder/baseline.json), else computed now for a small local dataset."""
-    from tune_ph.baseline import kmer_models
-
-    saved = kmer_models.load_saved(folder)
-    if saved and saved.get("results"):
+def report_baseline(folder: Path, train_config: dict[str, Any] | None) -> Reference:
+    """The baseline the search saved (folder/baseline.json), else computed now for a small local dataset (and
+    saved there, so the report and a later export read it)."""
+    saved = baselines.load_saved(folder)
+    if saved and saved.results:
         return saved
-    return kmer_models.reference_baseline(train_config, local_only=True, max_bases=kmer_models.BASELINE_MAX_BASES)
+    found = baselines.reference_baseline(train_config, local_only=True, max_bases=baselines.BASELINE_MAX_BASES)
+    if found.results:
+        write_json(Path(folder) / files.BASELINE_FILE, found.to_dict())
+    return found
 
 
 def write_report(path: str, folder: Path, metric: str = "val_loss", with_baseline: bool = True) -> Path | None:
@@ -120,7 +134,9 @@ def write_report(path: str, folder: Path, metric: str = "val_loss", with_baselin
         settings = results.load_settings(folder)
         trials = results.Experiment(path).trials()
         info = winner.read_json(folder / files.BEST_DIR / files.RUN_CONFIG_FILE) or {}
-        found = report_baseline(folder, info.get("train_config")) if with_baseline else {"reason": "--no-baseline"}
+        found = (
+            report_baseline(folder, info.get("train_config")) if with_baseline else Reference(reason="--no-baseline")
+        )
         return html_report.write_report(
             folder,
             results.trials_table(trials, metric, results.planned_epochs(settings)),

@@ -11,6 +11,7 @@ import optuna
 import pandas as pd
 
 from tune_ph import files
+from tune_ph.baseline.reference import Reference
 from tune_ph.files import write_text
 from tune_ph.metrics import SUMMARY_METRICS, best_column, metric_mode
 from tune_ph.report import plots, results
@@ -156,12 +157,12 @@ def write_report(
     settings: dict[str, Any],
     study_db: Path,
     metric: str = "val_loss",
-    baseline: dict[str, Any] | None = None,
+    baseline: Reference | None = None,
 ) -> Path:
     """Write folder/report.html, self-contained (images inline), readable top to bottom.
 
-    baseline: {"results": {model: test metrics}} of a k-mer baseline on the same split, or {"reason", "command"}
-    saying why there is none (see baseline.reference_baseline).
+    baseline: the baseline family on the same split and its member chosen on val, or the reason there is none
+    (see baseline.reference.reference_baseline).
     """
     folder = Path(folder)
     table = with_stop_reasons(table, settings)

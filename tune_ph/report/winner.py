@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 
 from tune_ph import files
+from tune_ph.baseline.reference import Comparison, Reference, interval_text
 from tune_ph.metrics import METRIC_MODES, best_column, metric_mode
 from tune_ph.report import results
 from tune_ph.report.page import fmt, img, table_html
@@ -128,34 +129,70 @@ def _why_html(w: Winner) -> str:
     return f'<p class="lead">{text}</p>'
 
 
-def _test_html(w: Winner, baseline: dict[str, Any] | None, folder: Path) -> str:
-    headers = ["model", *[label for _, label in TEST_METRICS]]
-    rows = [["HyenaDNA (this winner)", *[fmt(w.test.get(k)) for k, _ in TEST_METRICS]]] if w.test else []
-    found = (baseline or {}).get("results") or {}
-    for name, m in found.items():
-        rows.append([f"k-mer {name} (k={m.get('k', '?')})", *[fmt(m.get(k)) for k, _ in TEST_METRICS]])
+def _test_row(name: str, m: dict[str, Any]) -> list[str]:
+    return [
+        name,
+        fmt(m.get("test_r2")),
+        interval_text(m.get("test_r2_ci95")),
+        *[fmt(m.get(k)) for k, _ in TEST_METRICS[1:]],
+    ]
+
+
+def _comparison_html(w: Winner, baseline: Reference) -> str:
+    """Ahead, behind or not distinguishable: the paired interval of the R² difference (best/metrics.json)."""
+    comparison = Comparison.from_dict(w.test.get("vs_baseline"))
+    name = html.escape(str(baseline.chosen))
+    if comparison is not None:
+        where = {"ahead": "above", "behind": "below"}.get(comparison.verdict, "on both sides of")
+        return (
+            f"<p>Against the baseline chosen on val (<b>{html.escape(comparison.baseline)}</b>, the best val R² of "
+            f"{len(baseline.results)} baselines; the test split played no part in choosing it) the DNA model is "
+            f"<b>{comparison.verdict}</b>: test R² difference {comparison.delta_r2:+.3f}, 95 % interval "
+            f"{interval_text(comparison.delta_r2_ci95, signed=True)} (paired bootstrap over the same "
+            f"{comparison.n_samples} test samples; it lies {where} 0).</p>"
+        )
+    ours, theirs = w.test.get("test_r2"), baseline.metrics.get("test_r2")
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (ours, theirs)):
+        return ""
+    return (
+        f"<p>Test R² of the DNA model minus the baseline chosen on val ({name}): {ours - theirs:+.3f}, without an "
+        "interval (this export predates them, or the baseline's test predictions were not saved; export again to "
+        "compute it).</p>"
+    )
+
+
+def _family_html(baseline: Reference) -> str:
+    rows = [
+        [name, fmt(m.get("val_r2")), fmt(m.get("test_r2")), interval_text(m.get("test_r2_ci95"))]
+        for name, m in baseline.results.items()
+    ]
+    classes = ["winner" if name == baseline.chosen else "" for name in baseline.results]
+    return (
+        f"<details><summary>All {len(rows)} baselines (the highest val R² was chosen)</summary>"
+        f"{table_html(['baseline', 'val R²', 'test R²', '95 % interval'], rows, classes)}</details>"
+    )
+
+
+def _test_html(w: Winner, baseline: Reference | None, folder: Path) -> str:
+    headers = ["model", "R²", "95 % interval", *[label for _, label in TEST_METRICS[1:]]]
+    rows = [_test_row("HyenaDNA (this winner)", w.test)] if w.test else []
+    baseline = baseline or Reference(reason="the export did not compute it")
+    if baseline.metrics:
+        rows.append(_test_row(f"baseline chosen on val: {baseline.chosen}", baseline.metrics))
     parts = [table_html(headers, rows)] if rows else ["<p>No test metrics: best/metrics.json is missing.</p>"]
-    if not found:
-        why = (baseline or {}).get("reason") or "the export did not compute it"
-        command = (baseline or {}).get("command") or "python -m tune_ph baseline --dataset DATASET --k 6"
+    if not baseline.metrics:
+        command = baseline.command or "python -m tune_ph baseline --dataset DATASET"
         parts.append(
-            f'<p class="muted">k-mer baseline: not computed ({html.escape(why)}). Compute it with '
+            f'<p class="muted">baseline: not computed ({html.escape(baseline.reason or "?")}). Compute it with '
             f"<code>{html.escape(command)}</code> (results are cached), then re-export with "
             f"<code>python -m tune_ph export {html.escape(str(folder))}</code>.</p>"
         )
-    elif w.test.get("test_r2") is not None:
-        best_name, best = max(found.items(), key=lambda kv: kv[1].get("test_r2") or -math.inf)
-        diff = float(w.test["test_r2"]) - float(best.get("test_r2") or math.nan)
-        if math.isfinite(diff):
-            verdict = "beats" if diff > 0 else "does not beat"
-            parts.append(
-                f"<p>The DNA model {verdict} the best k-mer baseline ({html.escape(best_name)}) on the test split: "
-                f"R² {fmt(float(w.test['test_r2']))} vs {fmt(float(best['test_r2']))} ({diff:+.3f}).</p>"
-            )
+    else:
+        parts.append(_comparison_html(w, baseline) + _family_html(baseline))
     return "".join(parts)
 
 
-def winner_html(w: Winner, folder: Path, baseline: dict[str, Any] | None = None) -> str:
+def winner_html(w: Winner, folder: Path, baseline: Reference | None = None) -> str:
     """The report's first section: who won, with what, why, and how it does on the test split."""
     parts = [f'<h2 id="winner">The winner: trial {html.escape(w.trial_id)}</h2>', _why_html(w)]
     if w.model:

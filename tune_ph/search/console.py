@@ -10,13 +10,16 @@ import shlex
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ray import tune
 
 from tune_ph import files
 from tune_ph.metrics import best_column, is_better
 from tune_ph.report import monitor, results
+
+if TYPE_CHECKING:
+    from tune_ph.baseline.reference import Reference
 
 # Ray 2.60's default output engine ("AIR", RAY_AIR_NEW_OUTPUT unset or 1) ignores RunConfig(progress_reporter=...)
 # with a warning and shows hyperparameter columns only for Tune search-space objects in param_space, which an
@@ -38,7 +41,7 @@ RAY_HINTS = {
 # heartbeat; the trial and best-so-far lines in between say what happened.
 TABLE_EVERY_S = 30.0
 HEARTBEAT_S = 600.0
-# The search's k-mer baseline (tune_ph.baseline.kmer_models.reference_baseline) while beside_best holds; not part of
+# The search's baseline (tune_ph.baseline.reference.reference_baseline) while beside_best holds; not part of
 # SearchProgress, which Ray pickles with the experiment.
 _BESIDE: dict[str, Any] = {}
 
@@ -82,8 +85,8 @@ def ray_console(verbose: int = 1) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def beside_best(reference: dict[str, Any] | None) -> Iterator[None]:
-    """While it holds, each best-so-far line is followed by the best trial's val R² against this k-mer baseline."""
+def beside_best(reference: Reference | None) -> Iterator[None]:
+    """While it holds, each best-so-far line is followed by the best trial's val R² against this baseline."""
     saved = dict(_BESIDE)
     _BESIDE.update(baseline=reference)
     try:
@@ -94,10 +97,10 @@ def beside_best(reference: dict[str, Any] | None) -> Iterator[None]:
 
 
 def versus_baseline(r2: Any, split: str = "val") -> str | None:
-    """`val R²: DNA model 0.521 vs k-mer baseline 0.470 (+0.051, ahead)` inside beside_best, else None."""
+    """`val R²: DNA model 0.521 vs baseline kmer8-ridge 0.470 (+0.051)` inside beside_best, else None."""
     if not _BESIDE.get("baseline"):
         return None
-    from tune_ph.baseline.kmer_models import versus  # scikit-learn only when there is a baseline to show
+    from tune_ph.baseline.reference import versus
 
     return versus(r2, _BESIDE["baseline"], split)
 

@@ -14,7 +14,7 @@ from ray import tune
 
 from hyena_dna.pretrained import resolve_checkpoint_dir
 from tune_ph import cli, config, files
-from tune_ph.baseline import kmer_models
+from tune_ph.baseline import reference as baselines
 from tune_ph.config import TrainConfig
 from tune_ph.data import sources
 from tune_ph.data.tokens import TokenizedDataset
@@ -135,11 +135,12 @@ def prepare_datasets(spec: SearchSpec) -> dict[int, TokenizedDataset]:
     return out
 
 
-def search_baseline(spec: SearchSpec, folder: Path) -> dict[str, Any]:
-    """The k-mer baseline on every trial's data and split (cached; a failure is a warning), saved in the folder."""
+def search_baseline(spec: SearchSpec, folder: Path) -> baselines.Reference:
+    """The baseline chosen on val on every trial's data and split (cached; a failure is a warning), saved in the
+    folder."""
     base = {k: v for k, v in spec.fixed.items() if k in config.field_names() and k != "max_length"}
-    found = kmer_models.reference_baseline(TrainConfig.from_dict({**base, "model": spec.model_choices()[0]}))
-    write_json(folder / files.BASELINE_FILE, found)
+    found = baselines.reference_baseline(TrainConfig.from_dict({**base, "model": spec.model_choices()[0]}))
+    write_json(folder / files.BASELINE_FILE, found.to_dict())
     return found
 
 
@@ -155,7 +156,7 @@ def run_search(
     dashboard: monitor.StudyDashboard | None = None,
     datasets: dict[int, TokenizedDataset] | None = None,
     setup_seconds: float = 0.0,
-    reference: dict[str, Any] | None = None,
+    reference: baselines.Reference | None = None,
 ) -> int:
     """Run (or resume) the search in a started Ray, write trials.csv, export and test the best trial.
 
@@ -188,7 +189,7 @@ def run_search(
     if dashboard is not None:
         dashboard.start()
     if verbose:
-        line = kmer_models.baseline_line(reference) if reference else None
+        line = baselines.baseline_line(reference) if reference else None
         console.print_start(folder, logdir, spec.search.num_samples, dashboard.url if dashboard else None, line)
     with console.ray_console(verbose), console.beside_best(reference):
         grid = runner.fit()
@@ -199,7 +200,7 @@ def run_search(
     outcome.tell_study(folder, spec.name, path, metric)
     results.print_summary(table, metric)
     if reference:
-        print(kmer_models.baseline_line(reference))
+        print(baselines.baseline_line(reference))
     print(f"dataset setup: {setup_seconds:.1f}s once for {len(table)} trial(s)")
     code = outcome.exit_code(table, spec.search.num_samples, any_results=len(grid) > 0)
     if code != cli.EXIT_OK:
@@ -214,16 +215,16 @@ def run_search(
         console.print_outputs(folder, logdir, metric, finished=True, exported=False)
         return cli.EXIT_OK
     try:
-        metrics = export.export_best(path, folder, metric=metric, datasets=datasets)
+        metrics = export.export_best(path, folder, metric=metric, datasets=datasets, baseline=reference)
     except RunFailure as err:  # e.g. every trial failed: trials.csv says why
         raise RunFailure(f"{err}; see {folder / results.TRIALS_FILE}") from None
     print(
-        f"best trial exported to {folder / files.BEST_DIR}: test R² {metrics['test_r2']:.3f}, "
-        f"RMSE {metrics['test_rmse']:.3f}"
+        f"best trial exported to {folder / files.BEST_DIR}: test R² "
+        f"{baselines.with_interval(metrics['test_r2'], metrics.get('test_r2_ci95'))}, RMSE {metrics['test_rmse']:.3f}"
     )
-    beside = kmer_models.versus(metrics["test_r2"], reference)
-    if beside:
-        print(f"  {beside}")
+    comparison = baselines.Comparison.from_dict(metrics.get("vs_baseline"))
+    if comparison is not None:
+        print(f"  {comparison.line()}")
     export.write_report(path, folder, metric)
     console.print_outputs(folder, logdir, metric, finished=True, exported=True)
     return cli.EXIT_OK

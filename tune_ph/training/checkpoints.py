@@ -10,6 +10,7 @@ import pandas as pd
 
 from tune_ph import files
 from tune_ph.data import sources, tokens
+from tune_ph.data.split import SplitRecord, split_for
 from tune_ph.errors import InputError
 from tune_ph.model.checkpoint import Checkpoint
 
@@ -45,9 +46,8 @@ def checkpoint_split(path: Path, checkpoint: Checkpoint, samples: pd.DataFrame) 
     split_file = path.parent / files.SPLIT_FILE
     if split_file.is_file():
         try:
-            split = json.loads(split_file.read_text())
-            return {name: [str(s) for s in split.get(name, [])] for name in tokens.SPLITS}
-        except (ValueError, AttributeError, TypeError) as exc:
+            return SplitRecord.from_dict(json.loads(split_file.read_text())).ids()
+        except (ValueError, TypeError) as exc:
             raise InputError(f"{split_file}: not a split file ({exc}); remove it to recompute the split") from None
     cfg = checkpoint.train_config
     # The split is drawn over the labelled samples training saw; unlabelled rows never were in it.
@@ -59,6 +59,4 @@ def checkpoint_split(path: Path, checkpoint: Checkpoint, samples: pd.DataFrame) 
         )
     if labelled.empty:
         raise InputError("no sample has a pH, so the checkpoint's split cannot be recomputed; drop --split")
-    return sources.split_samples(
-        labelled, seed=cfg.split_seed, test_fraction=cfg.test_fraction, val_fraction=cfg.val_fraction
-    )
+    return split_for(labelled, cfg)

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from hyena_dna import HyenaDNAModel
 from tune_ph import files
 from tune_ph.data import sources, tokens
+from tune_ph.data.split import SplitRecord
 from tune_ph.data.tokens import TokenizedDataset
 from tune_ph.errors import ConfigError, InputError
 from tune_ph.files import write_json
@@ -129,7 +130,7 @@ def _write_run_files(
             "split_hash": split_hash,
         },
     )
-    write_json(out / files.SPLIT_FILE, dataset.split_dict())
+    write_json(out / files.SPLIT_FILE, SplitRecord.of_dataset(dataset, cfg.train_config()).to_dict())
     environment.record(out, seed=cfg.seed, split_seed=cfg.split_seed)
 
 

@@ -56,6 +56,7 @@ class PretrainConfig:
     grad_clip: float | None = _shared("grad_clip")
     seed: int = _shared("seed")
     split_seed: int = _shared("split_seed")
+    split_by: str = _shared("split_by")
     test_fraction: float = _shared("test_fraction")
     val_fraction: float = _shared("val_fraction")
     cache_dir: str | None = _shared("cache_dir")
