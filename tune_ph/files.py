@@ -27,6 +27,7 @@ from tune_ph.errors import InputError
 MODEL_FILE = "best_model.pt"  # weights + the configs to rebuild them (torch.load(weights_only=True))
 RUN_CONFIG_FILE = "config.json"
 SPLIT_FILE = "split.json"
+SPLITS = ("train", "val", "test")  # the keys of split.json, in order
 LOG_FILE = "training_log.json"
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "test_predictions.csv"

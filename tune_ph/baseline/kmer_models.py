@@ -21,7 +21,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from tune_ph import files
-from tune_ph.baseline.kmers import check_k, kmer_profiles
+from tune_ph.baseline.kmers import MODELS, check_k, kmer_profiles
 from tune_ph.config import TrainConfig
 from tune_ph.data import token_cache
 from tune_ph.data.sources import load_samples, split_samples
@@ -32,9 +32,6 @@ from tune_ph.metrics import regression_metrics
 
 log = logging.getLogger(__name__)
 
-MODELS = ("hgb", "ridge")
-# TrainConfig fields the baseline takes as flags: what decides the samples and the split.
-DATA_FLAGS = ("dataset", "split_seed", "test_fraction", "val_fraction", "skip_bad_rows", "cache_dir")
 PREDICTION_COLUMNS = files.BASELINE_PREDICTION_COLUMNS
 # Bump when the profile definition, a model's settings or the cached layout change: stale results are never reused.
 CACHE_FORMAT = 1

@@ -9,14 +9,17 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+# Libraries that take seconds to import (torch, pandas, scikit-learn, Ray) are imported in _main once the flags
+# are known to be usable: --help and every error the flags alone show answer in a moment.
 from tune_ph import cli, config, files
-from tune_ph.baseline.kmer_models import DATA_FLAGS, MODELS, run_baseline, write_outputs
-from tune_ph.baseline.kmers import check_k
+from tune_ph.baseline.kmers import MODELS, check_k
 from tune_ph.config import TrainConfig
-from tune_ph.data.sources import load_samples, split_samples
 from tune_ph.files import write_json
 
 log = logging.getLogger(__name__)
+
+# TrainConfig fields the baseline takes as flags: what decides the samples and the split.
+DATA_FLAGS = ("dataset", "split_seed", "test_fraction", "val_fraction", "skip_bad_rows", "cache_dir")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -38,6 +41,10 @@ def _main(argv: Sequence[str] | None) -> int:
     args = p.parse_args(argv)
     k = check_k(args.k)
     cfg = TrainConfig(**config.given_fields(args, DATA_FLAGS))
+
+    from tune_ph.baseline.kmer_models import run_baseline, write_outputs
+    from tune_ph.data.sources import load_samples, split_samples
+
     start = time.perf_counter()
     df = load_samples(cfg.dataset, skip_bad_rows=cfg.skip_bad_rows)
     split = split_samples(df, seed=cfg.split_seed, test_fraction=cfg.test_fraction, val_fraction=cfg.val_fraction)

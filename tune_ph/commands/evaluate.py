@@ -8,7 +8,6 @@ import sys
 from collections.abc import Sequence
 
 from tune_ph import cli, config
-from tune_ph.report.evaluate import evaluate_checkpoint
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -27,6 +26,8 @@ def _main(argv: Sequence[str] | None) -> int:
     config.add_arguments(p, only=("device",))  # the same flag and rule as training's
     args = p.parse_args(argv)
     config.check_field("device", args.device)
+    from tune_ph.report.evaluate import evaluate_checkpoint  # torch and the data libraries: after the flags
+
     metrics = evaluate_checkpoint(args.checkpoint, dataset=args.dataset, output_dir=args.output_dir, device=args.device)
     print(json.dumps(metrics, indent=2))
     return cli.EXIT_OK

@@ -104,7 +104,9 @@ def _main(argv: Sequence[str] | None) -> int:
         monitor.require_dashboard("--optuna-dashboard")
         monitor.check_port(args.optuna_dashboard, "--optuna-dashboard")
     overrides = overrides_of(args)
-    # A new search's space file and flags are checked before the heavy imports: their errors answer in a moment.
+    # The space file and the flags are checked before the heavy imports: their errors answer in a moment.
+    if args.resume:
+        space.resume_name(args.space, args.name)
     given = None if args.resume else space.spec_from_flags(args.space, args.name, overrides)
 
     from tune_ph.search import cluster, resources

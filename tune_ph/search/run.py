@@ -23,8 +23,7 @@ from tune_ph.errors import InputError, ResourceError, RunFailure, SpaceError
 from tune_ph.files import write_csv, write_json
 from tune_ph.report import export, monitor, results
 from tune_ph.search import cluster, console, origin, outcome, resources, space, tuner
-from tune_ph.search.space import SearchSpec, check_name, load_space, parse_space, spec_from_flags
-from tune_ph.search.space_params import Checker
+from tune_ph.search.space import SearchSpec, parse_space, resume_name, spec_from_flags
 from tune_ph.search.spec import values_of
 from tune_ph.search.trainable import trial_threads
 from tune_ph.training import environment
@@ -46,11 +45,7 @@ def load_spec(
     spec_from_flags(space, name, overrides) returned already for a new search.
     """
     if resume:
-        name = name or (load_space(space).name if space else None)
-        if not name:
-            raise SpaceError("--resume needs --name (or --space) to find the experiment")
-        check_name(Checker("--resume"), "--name", name)  # `../x` would read and write outside --output-dir
-        folder = output_dir / name
+        folder = output_dir / resume_name(space, name)
         settings = results.load_settings(folder)
         if not settings:
             raise SpaceError(

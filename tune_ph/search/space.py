@@ -354,6 +354,15 @@ def apply_overrides(spec: SearchSpec, overrides: dict[str, Any]) -> SearchSpec:
     return spec
 
 
+def resume_name(space: str | None, name: str | None) -> str:
+    """The experiment --resume continues: --name, else the name in the --space file."""
+    name = name or (load_space(space).name if space else None)
+    if not name:
+        raise SpaceError("--resume needs --name (or --space) to find the experiment")
+    check_name(Checker("--resume"), "--name", name)  # `../x` would read and write outside --output-dir
+    return name
+
+
 def spec_from_flags(space: str | None, name: str | None, overrides: dict[str, Any]) -> SearchSpec:
     """A new search's settings: the --space file with the command line's overrides and --name, validated, and its
     local folders made absolute (Ray runs each trial in a folder of its own, where `runs/pretrained` names
