@@ -83,13 +83,82 @@ def test_best_so_far_is_shown_beside_the_k_mer_baseline(capsys):
     with console.beside_best(reference):
         progress.on_trial_result(0, [trial], trial, result)
     progress.on_trial_result(0, [trial], trial, {**result, "val_loss": 0.2, "best_val_loss": 0.2, "epoch": 4})
+    # One line per new best: the numbers beside it, no verdict (that is printed once at the start and the end).
     assert capsys.readouterr().out.splitlines() == [
-        "best so far: trial_a1  val_loss 0.3 (epoch 3)  head=mlp2",
-        "  at its best epoch, val R²: DNA model 0.521 vs k-mer baseline 0.470 (+0.051, ahead)",
+        "best so far: trial_a1  val_loss 0.3 (epoch 3)  head=mlp2; val R² 0.521 (k-mer baseline 0.470)",
         "best so far: trial_a1  val_loss 0.2 (epoch 4)  head=mlp2",  # outside beside_best: no baseline
     ]
     console.print_start(Path("experiments/x"), "experiments/x", 2, baseline_line="k-mer baseline (ridge, k=6) ...")
-    assert "  k-mer baseline (ridge, k=6) ..." in capsys.readouterr().out.splitlines()
+    lines = capsys.readouterr().out.splitlines()
+    assert "  the bar to clear: k-mer baseline (ridge, k=6) ..." in lines
+    assert f"    ({console.BASELINE_WHY})" in lines  # why it is shown, in words, where it is shown
+
+
+def test_a_best_without_a_val_r2_or_baseline_val_r2_has_nothing_beside_it(capsys):
+    progress, trial = console.SearchProgress(["head"], "val_loss"), _Trial("b2", head="linear")
+    without_val = {"results": {"ridge": {"k": 6, "test_r2": 0.44}}, "k": 6}
+    with console.beside_best(without_val):
+        progress.on_trial_result(0, [trial], trial, {"val_loss": 0.3, "best_val_loss": 0.3, "val_r2": 0.5})
+    with console.beside_best({"reason": "it failed", "command": "python -m tune_ph baseline"}):
+        progress.on_trial_result(0, [trial], trial, {"val_loss": 0.2, "best_val_loss": 0.2, "val_r2": 0.5})
+    out = capsys.readouterr().out
+    assert out.splitlines() == [
+        "best so far: trial_b2  val_loss 0.3  head=linear",
+        "best so far: trial_b2  val_loss 0.2  head=linear",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("test", "fragments"),
+    [
+        ({"test_r2": 0.4123, "test_rmse": 0.52, "test_n_samples": 60}, ["explain 41% of it", "0.52 pH units", "60"]),
+        ({"test_r2": -0.2, "test_rmse": 2.1, "test_n_samples": 9}, ["explain none of it", "2.10 pH units"]),
+    ],
+)
+def test_r2_in_words_says_what_the_number_means_for_ph(test, fragments):
+    words = console.r2_in_words(test)
+    assert "no better than predicting their mean pH" in words
+    for fragment in fragments:
+        assert fragment in words, words
+    assert console.r2_in_words({"test_r2": float("nan")}) is None
+
+
+def test_the_end_names_the_winner_its_searched_values_and_its_test_metrics_beside_the_baseline(tmp_path, capsys):
+    folder = tmp_path / "experiments" / "x"
+    (folder / files.BEST_DIR).mkdir(parents=True)
+    space = {
+        "head": {"choice": ["linear", "mlp2"]},
+        "learning_rate": {"loguniform": [1e-4, 1e-2]},
+        "head_dropout": {"uniform": [0.0, 0.3], "when": {"head": ["mlp2"]}},
+    }
+    results.save_settings(folder, {"name": "x", "fixed": {"epochs": 4, "dataset": "demo"}, "space": space})
+    (folder / files.BEST_DIR / files.RUN_CONFIG_FILE).write_text(
+        json.dumps({"trial_id": "bb", "epoch": 3, "val_metrics": {"val_loss": 0.25}})
+    )
+    table = pd.DataFrame(
+        {
+            "trial_id": ["aa", "bb"],
+            "best_val_loss": [0.31, 0.25],
+            "config/head": ["mlp2", "linear"],
+            "config/learning_rate": [0.001, 0.0042],
+            "config/head_dropout": [0.1, float("nan")],
+            "config/epochs": [4, 4],
+        }
+    )
+    test = {"test_r2": 0.512, "test_rmse": 0.61, "test_mae": 0.47, "test_n_samples": 60}
+    reference = {"results": {"ridge": {"k": 6, "test_r2": 0.44, "test_rmse": 0.71}}, "k": 6}
+    console.print_winner(folder, table, "val_loss", test, reference)
+    out = capsys.readouterr().out
+    assert "winner: trial_bb, val_loss 0.25 at epoch 3 (rank 1 of 2 trials)" in out
+    # The searched values only (no fixed epochs), the conditional one said to be unused.
+    assert "searched hyperparameters: head=linear, learning_rate=0.0042, head_dropout not used" in out
+    assert "epochs" not in out.split("searched hyperparameters:")[1].splitlines()[0]
+    assert "test split (60 samples, held out, evaluated once): R² 0.512, RMSE 0.610, MAE 0.470" in out
+    assert "k-mer baseline (ridge, k=6) on the same split: test R² 0.440" in out  # the baseline's own line
+    assert "in words: R² is the share of the variation in pH" in out and "explain 51% of it" in out
+    from tune_ph.baseline import kmer_models
+
+    assert f"against the k-mer baseline: {kmer_models.versus(0.512, reference)}" in out  # its verdict, not ours
 
 
 def _fake_experiment(folder: Path, exported: bool) -> None:
@@ -177,8 +246,14 @@ def test_search_console_shows_hyperparameters_best_so_far_and_outputs(
     # The k-mer baseline: computed once before the trials, saved, beside the best so far and in the summary.
     saved = json.loads((folder / "baseline.json").read_text())
     assert saved["results"]["ridge"]["k"] == 6
-    assert "  at its best epoch, val R²: DNA model " in out and "k-mer baseline (ridge, k=6) on the same split" in out
-    assert re.search(r"^  test R²: DNA model .* vs k-mer baseline ", out, flags=re.M), out
+    assert re.search(r"; val R² -?[0-9.]+ \(k-mer baseline -?[0-9.]+\)$", best_lines[-1]), best_lines[-1]
+    assert "the bar to clear: k-mer baseline (ridge, k=6) on the same split" in out
+    assert not [line for line in out.splitlines() if "ahead" in line and not line.startswith("  against")]
+    # The end: the winner (the exported trial), its searched values, its test metrics beside the baseline.
+    exported = json.loads((folder / "best" / "config.json").read_text())["trial_id"]
+    assert re.search(rf"^winner: trial_{exported}, val_loss ", out, flags=re.M), out
+    assert re.search(r"^  searched hyperparameters: head=", out, flags=re.M), out
+    assert re.search(r"^  against the k-mer baseline: test R²: DNA model .* vs k-mer baseline ", out, flags=re.M)
     assert len(re.findall(r"^trial_\w+ started: head=", out, flags=re.M)) == 4
     # A failed trial: one line with its error and where the traceback is, not Ray's 40-line traceback.
     failed = re.findall(

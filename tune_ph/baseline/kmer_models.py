@@ -361,3 +361,9 @@ def load_saved(folder: str | os.PathLike) -> dict[str, Any] | None:
     except (OSError, ValueError):  # missing, or damaged: then recomputed (it is cached)
         return None
     return saved if isinstance(saved, dict) else None
+
+
+def reference_metric(b: Mapping[str, Any] | None, key: str) -> float | None:
+    """One metric of the reference baseline (e.g. "val_r2"): a finite number, or None without one."""
+    value = _reference_metrics(b).get(key)
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None

@@ -34,6 +34,11 @@ RAY_HINTS = {
     "ray._private.authentication.authentication_token_setup": ("to opt out",),
     "ray.tune.tune": ("Experiment has been interrupted", "Trials did not complete"),
 }
+# Why the k-mer baseline is on the console, said where it is printed.
+BASELINE_WHY = (
+    "a plain regression on each sample's k-mer frequencies, no language model, fit in seconds on the same train "
+    "split: the DNA model earns its cost only where it predicts pH better than this"
+)
 # The status table is printed when trials changed (status or epoch), at most this often, and otherwise as a
 # heartbeat; the trial and best-so-far lines in between say what happened.
 TABLE_EVERY_S = 30.0
@@ -83,7 +88,7 @@ def ray_console(verbose: int = 1) -> Iterator[None]:
 
 @contextlib.contextmanager
 def beside_best(reference: dict[str, Any] | None) -> Iterator[None]:
-    """While it holds, each best-so-far line is followed by the best trial's val R² against this k-mer baseline."""
+    """While it holds, each best-so-far line ends with the best trial's val R² and this k-mer baseline's."""
     saved = dict(_BESIDE)
     _BESIDE.update(baseline=reference)
     try:
@@ -93,13 +98,15 @@ def beside_best(reference: dict[str, Any] | None) -> Iterator[None]:
         _BESIDE.update(saved)
 
 
-def versus_baseline(r2: Any, split: str = "val") -> str | None:
-    """`val R²: DNA model 0.521 vs k-mer baseline 0.470 (+0.051, ahead)` inside beside_best, else None."""
-    if not _BESIDE.get("baseline"):
-        return None
-    from tune_ph.baseline.kmer_models import versus  # scikit-learn only when there is a baseline to show
+def beside_baseline(r2: Any) -> str:
+    """`; val R² 0.521 (k-mer baseline 0.470)` inside beside_best: the numbers only, short enough for every new
+    best (the comparison in words is printed once at the start and once at the end); "" without both numbers."""
+    if not _BESIDE.get("baseline") or not isinstance(r2, (int, float)) or not math.isfinite(r2):
+        return ""
+    from tune_ph.baseline.kmer_models import reference_metric  # scikit-learn only when there is a baseline to show
 
-    return versus(r2, _BESIDE["baseline"], split)
+    other = reference_metric(_BESIDE["baseline"], "val_r2")
+    return f"; val R² {r2:.3f} (k-mer baseline {other:.3f})" if other is not None else ""
 
 
 def metric_columns(metric: str) -> dict[str, str]:
@@ -218,10 +225,9 @@ class SearchProgress(tune.Callback):
         self._shown = (best[0].trial_id, best[1])
         epoch = self._best_epoch.get(best[0].trial_id)
         at = f" (epoch {epoch})" if epoch else ""
-        self._say(f"best so far: {best[0]}  {self.metric} {best[1]:.4g}{at}  {describe(best[0].config, self.params)}")
-        beside = versus_baseline(self.__dict__.get("_best_r2", {}).get(best[0].trial_id))
-        if beside:
-            self._say(f"  at its best epoch, {beside}")
+        beside = beside_baseline(self.__dict__.get("_best_r2", {}).get(best[0].trial_id))
+        said = describe(best[0].config, self.params)
+        self._say(f"best so far: {best[0]}  {self.metric} {best[1]:.4g}{at}  {said}{beside}")
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         last = trial.last_result or {}
@@ -282,14 +288,64 @@ def watch_commands(folder: Path, logdir: str) -> list[tuple[str, str]]:
 def print_start(
     folder: Path, logdir: str, num_samples: int, dashboard_url: str | None = None, baseline_line: str | None = None
 ) -> None:
-    """Where the results go, how to watch them live, and the k-mer baseline to beat."""
+    """Where the results go, how to watch them live, and the k-mer baseline to beat (and why it is shown)."""
     print(f"search {Path(folder).name}: {num_samples} trial(s); results in {folder}")
     if baseline_line:
-        print(f"  {baseline_line}")
+        print(f"  the bar to clear: {baseline_line}")
+        print(f"    ({BASELINE_WHY})")
     tensorboard, what = watch_commands(folder, logdir)[0]
     print(f"  watch it live: {tensorboard}  ({what})")
     if dashboard_url:
         print(f"  optuna-dashboard: {dashboard_url} (stops when the search ends)")
+
+
+def r2_in_words(test: dict[str, Any]) -> str | None:
+    """One sentence on what the test R² and RMSE mean for pH, or None without them."""
+    r2, rmse, n = test.get("test_r2"), test.get("test_rmse"), test.get("test_n_samples")
+    if not isinstance(r2, (int, float)) or not math.isfinite(r2):
+        return None
+    samples = f"the {n} test samples" if isinstance(n, int) else "the test samples"
+    share = f"explain {r2:.0%} of" if r2 >= 0.005 else "explain none of"
+    error = f", and are off by {rmse:.2f} pH units in a typical sample (RMSE)" if isinstance(rmse, float) else ""
+    return (
+        f"R² is the share of the variation in pH between {samples} that the predictions explain (0: no better than "
+        f"predicting their mean pH for each, 1: exact); this model's predictions {share} it{error}."
+    )
+
+
+def print_winner(
+    folder: Path, table: Any, metric: str, test: dict[str, Any], reference: dict[str, Any] | None = None
+) -> None:
+    """The search's end: the winning trial, its searched hyperparameters, its test metrics beside the k-mer
+    baseline, and what they mean (report.html's first section, in a few lines)."""
+    from tune_ph.baseline import kmer_models  # scikit-learn: only once the search is over
+    from tune_ph.report import winner as winners
+
+    folder = Path(folder)
+    info = winners.read_json(folder / files.BEST_DIR / files.RUN_CONFIG_FILE)
+    won = winners.find_winner(table, results.load_settings(folder), metric, info, test)
+    if won is None:
+        return
+    name = won.trial_id if won.trial_id.startswith("trial_") else f"trial_{won.trial_id}"
+    why = f", {metric} {won.value:.4g} at epoch {won.epoch}" if won.value is not None else ""
+    rank = f" (rank {won.rank} of {won.ranked} trials)" if won.rank is not None else ""
+    print(f"\nwinner: {name}{why}{rank}")
+    searched = ", ".join(f"{n}={v}" if not v.startswith("not used") else f"{n} {v}" for n, v in won.searched)
+    print(f"  searched hyperparameters: {searched or 'none'}")
+    shown = ", ".join(
+        f"{label} {value:.3f}"
+        for k, label in winners.TEST_METRICS
+        if k != "test_n_samples" and isinstance(value := test.get(k), (int, float))
+    )
+    n = test.get("test_n_samples")
+    print(f"  test split ({f'{n} samples, ' if n else ''}held out, evaluated once): {shown}")
+    print(f"  {kmer_models.baseline_line(reference)}" if reference else "  k-mer baseline: skipped (--no-baseline)")
+    words = r2_in_words(test)
+    if words:
+        print(f"  in words: {words}")
+    beside = kmer_models.versus(test.get("test_r2"), reference) if reference else None
+    if beside:
+        print(f"  against the k-mer baseline: {beside}")
 
 
 def print_outputs(folder: Path, logdir: str, metric: str, *, finished: bool, exported: bool) -> None:
@@ -300,7 +356,10 @@ def print_outputs(folder: Path, logdir: str, metric: str, *, finished: bool, exp
         (results.TRIALS_FILE, "one row per trial: hyperparameters, status, epochs, best validation metrics, error"),
     ]
     if (folder / results.REPORT_FILE).is_file():
-        what = f"learning curves, {metric} by hyperparameter, parameter importances (open it in a browser)"
+        what = (
+            "open it in a browser: it opens with the winner (its hyperparameters, why it won) and its test metrics\n"
+            f"beside the k-mer baseline; then learning curves, {metric} by hyperparameter, every trial, importances"
+        )
         rows.append((results.REPORT_FILE, what))
     if (best / files.METRICS_FILE).is_file():
         names = (

@@ -225,10 +225,10 @@ def run_search(
     write_csv(folder / results.TRIALS_FILE, table)
     outcome.tell_study(folder, spec.name, path, metric)
     results.print_summary(table, metric)
-    if reference:
-        print(kmer_models.baseline_line(reference))
     print(f"dataset setup: {setup_seconds:.1f}s once for {len(table)} trial(s)")
     code = outcome.exit_code(table, spec.search.num_samples, any_results=len(grid) > 0)
+    if reference and (code != cli.EXIT_OK or not export_best):  # no test metrics to set beside it
+        print(f"{kmer_models.baseline_line(reference)} (the best trial's test metrics come from the export)")
     if code != cli.EXIT_OK:
         finished = int(table["status"].isin(outcome.DONE).sum())
         print(
@@ -244,14 +244,8 @@ def run_search(
         metrics = export.export_best(path, folder, metric=metric, datasets=datasets)
     except RunFailure as err:  # e.g. every trial failed: trials.csv says why
         raise RunFailure(f"{err}; see {folder / results.TRIALS_FILE}") from None
-    print(
-        f"best trial exported to {folder / files.BEST_DIR}: test R² {metrics['test_r2']:.3f}, "
-        f"RMSE {metrics['test_rmse']:.3f}"
-    )
-    beside = kmer_models.versus(metrics["test_r2"], reference)
-    if beside:
-        print(f"  {beside}")
     export.write_report(path, folder, metric)
+    console.print_winner(folder, table, metric, metrics, reference)
     console.print_outputs(folder, logdir, metric, finished=True, exported=True)
     return cli.EXIT_OK
 
