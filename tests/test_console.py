@@ -108,21 +108,6 @@ def test_a_best_without_a_val_r2_or_baseline_val_r2_has_nothing_beside_it(capsys
     ]
 
 
-@pytest.mark.parametrize(
-    ("test", "fragments"),
-    [
-        ({"test_r2": 0.4123, "test_rmse": 0.52, "test_n_samples": 60}, ["explain 41% of it", "0.52 pH units", "60"]),
-        ({"test_r2": -0.2, "test_rmse": 2.1, "test_n_samples": 9}, ["explain none of it", "2.10 pH units"]),
-    ],
-)
-def test_r2_in_words_says_what_the_number_means_for_ph(test, fragments):
-    words = console.r2_in_words(test)
-    assert "no better than predicting their mean pH" in words
-    for fragment in fragments:
-        assert fragment in words, words
-    assert console.r2_in_words({"test_r2": float("nan")}) is None
-
-
 def test_the_end_names_the_winner_its_searched_values_and_its_test_metrics_beside_the_baseline(tmp_path, capsys):
     folder = tmp_path / "experiments" / "x"
     (folder / files.BEST_DIR).mkdir(parents=True)

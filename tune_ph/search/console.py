@@ -299,20 +299,6 @@ def print_start(
         print(f"  optuna-dashboard: {dashboard_url} (stops when the search ends)")
 
 
-def r2_in_words(test: dict[str, Any]) -> str | None:
-    """One sentence on what the test R² and RMSE mean for pH, or None without them."""
-    r2, rmse, n = test.get("test_r2"), test.get("test_rmse"), test.get("test_n_samples")
-    if not isinstance(r2, (int, float)) or not math.isfinite(r2):
-        return None
-    samples = f"the {n} test samples" if isinstance(n, int) else "the test samples"
-    share = f"explain {r2:.0%} of" if r2 >= 0.005 else "explain none of"
-    error = f", and are off by {rmse:.2f} pH units in a typical sample (RMSE)" if isinstance(rmse, float) else ""
-    return (
-        f"R² is the share of the variation in pH between {samples} that the predictions explain (0: no better than "
-        f"predicting their mean pH for each, 1: exact); this model's predictions {share} it{error}."
-    )
-
-
 def print_winner(
     folder: Path, table: Any, metric: str, test: dict[str, Any], reference: dict[str, Any] | None = None
 ) -> None:
@@ -340,7 +326,7 @@ def print_winner(
     n = test.get("test_n_samples")
     print(f"  test split ({f'{n} samples, ' if n else ''}held out, evaluated once): {shown}")
     print(f"  {kmer_models.baseline_line(reference)}" if reference else "  k-mer baseline: skipped (--no-baseline)")
-    words = r2_in_words(test)
+    words = winners.r2_in_words(test)
     if words:
         print(f"  in words: {words}")
     beside = kmer_models.versus(test.get("test_r2"), reference) if reference else None
