@@ -86,6 +86,7 @@ def test_best_so_far_is_shown_beside_the_baseline_chosen_on_val(capsys):
     with console.beside_best(reference):
         progress.on_trial_result(0, [trial], trial, result)
     progress.on_trial_result(0, [trial], trial, {**result, "val_loss": 0.2, "best_val_loss": 0.2, "epoch": 4})
+    # One line per new best: the numbers beside it, no verdict (that is printed once at the start and the end).
     assert capsys.readouterr().out.splitlines() == [
         "best so far: trial_a1  val_loss 0.3 (epoch 3)  head=mlp2",
         "  at its best epoch, val R²: DNA model 0.521 vs baseline kmer8-ridge 0.470 (+0.051)",

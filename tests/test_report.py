@@ -17,7 +17,7 @@ import pytest
 from tune_ph import files
 from tune_ph.baseline import reference
 from tune_ph.baseline.reference import Reference
-from tune_ph.report import export, html_report, plots, results
+from tune_ph.report import export, html_report, plots, results, winner
 from tune_ph.report.page import fmt
 from tune_ph.report.results import Trial
 from tune_ph.report.winner import find_winner, winner_html
@@ -327,9 +327,12 @@ def test_parallel_coordinates_and_scatter_put_the_winner_where_it_is(experiment)
     fig = plots.parallel_coordinates(
         table, params, "best_val_loss", winner=WINNER, choices={"head": ["linear", "mlp2"]}
     )
-    labels = {t.get_text() for t in fig.axes[0].texts}
+    ticks = {t.get_text(): t.get_position()[1] for t in fig.axes[0].texts}
     plt.close(fig)
-    assert {"linear", "mlp2", "pool", "last", "not used"} <= labels
+    assert {"linear", "mlp2", "pool", "last", "n/a (not used)"} <= set(ticks)
+    # n/a sits well apart below an axis's lowest value, so it never reads as a small one (a dropout of almost 0).
+    lowest = min(y for label, y in ticks.items() if label != "n/a (not used)")
+    assert ticks["n/a (not used)"] <= lowest - 0.25
     fig = plots.metric_by_parameter(table, params, "best_val_loss", winner=WINNER)
     points = fig.axes[2].collections[0]  # learning_rate
     red = [tuple(p) for p, c in zip(points.get_offsets(), points.get_facecolors()) if c[0] > 0.8 and c[2] < 0.3]
@@ -402,3 +405,53 @@ def test_report_and_model_description_of_a_real_search(finished_experiment):
         expected = "finished" if row.epochs_run >= 2 else f"stopped by ASHA at epoch {row.epochs_run}"
         assert outcome[row.trial_id] == row.stop_reason == expected
     assert "completed trials are unreliable" in page.words("importances")
+
+
+@pytest.mark.parametrize(
+    ("test", "fragments"),
+    [
+        ({"test_r2": 0.4123, "test_rmse": 0.52, "test_n_samples": 60}, ["explain 41% of it", "0.52 pH units", "60"]),
+        ({"test_r2": -0.2, "test_rmse": 2.1, "test_n_samples": 9}, ["explain none of it", "2.10 pH units"]),
+    ],
+)
+def test_r2_in_words_says_what_the_number_means_for_ph(test, fragments):
+    words = winner.r2_in_words(test)
+    assert "no better than predicting their mean pH" in words
+    for fragment in fragments:
+        assert fragment in words, words
+    assert winner.r2_in_words({"test_r2": float("nan")}) is None
+
+
+def test_learning_curves_name_the_winner_and_each_finished_trial(experiment):
+    table = experiment["table"]
+    reasons = dict(zip(table["trial_id"], table["stop_reason"]))
+    fig = plots.learning_curves(experiment["frames"], reasons, winner=WINNER, winner_epoch=7)
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    plt.close(fig)
+    assert labels[0] == f"winner: trial {WINNER} (★ epoch 7, exported)"
+    finished = [t for t, r in reasons.items() if r == "finished" and t != WINNER]
+    assert finished and all(f"trial {t} (finished)" in labels for t in finished)
+    assert "finished" not in labels  # no unnamed entry whose colour matches no curve
+
+
+def test_learning_curves_of_many_finished_trials_keep_one_legend_entry_for_them():
+    frames = {f"t{i:02d}": pd.DataFrame({"epoch": [1, 2], "val_loss": [0.5, 0.4 - i / 100]}) for i in range(12)}
+    fig = plots.learning_curves(frames, dict.fromkeys(frames, "finished"), winner="t11", winner_epoch=2)
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    plt.close(fig)
+    assert labels == ["winner: trial t11 (★ epoch 2, exported)", "finished (a colour per trial)"]
+
+
+def test_the_report_explains_the_residual_slope_n_a_ticks_and_the_test_r2(written):
+    _, page = written
+    words = page.words("winner")
+    assert " ".join(winner.RESIDUALS_NOTE.split()) in words
+    assert "low pH is over-predicted and high pH under-predicted" in words and "regression to the mean" in words
+    assert "explain 87% of it" in words  # the test R² in words, beside the table
+    assert "head_dropout is used only when head is mlp2" in page.words("parallel")
+    assert winner.used_when(SETTINGS, "head_dropout") == "head is mlp2" and winner.used_when(SETTINGS, "head") == ""
+
+
+def test_one_layer_is_not_called_layers(tmp_path):
+    one = winner.Winner(trial_id="x", metric="val_loss", model={"name": "m", "source": "s", "n_layer": 1})
+    assert "1 layer." in " ".join(Page(winner_html(one, tmp_path)).words("winner").split())

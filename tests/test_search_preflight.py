@@ -56,3 +56,54 @@ def test_local_folders_become_absolute_for_trials(tmp_path, monkeypatch) -> None
     assert spec.fixed["model"] == str(tmp_path / "runs" / "pretrained")
     assert spec.fixed["cache_dir"] == str(tmp_path / "cache")
     assert spec.fixed["dataset"] == "demo"  # not a path: unchanged
+
+
+@pytest.fixture
+def offline_hub(monkeypatch, tmp_path):
+    """A machine that cannot reach the Hugging Face hub, with nothing in its cache."""
+    from huggingface_hub import constants as hf_constants
+
+    empty = str(tmp_path / "empty-hf-cache")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_CACHE", empty)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", empty)
+
+
+@needs_cpu_only
+def test_a_pretrained_gpu_space_offline_names_all_it_lacks_and_the_offline_route(tmp_path, capsys, offline_hub):
+    heads = ROOT / "search_spaces" / "heads.yaml"
+    rc = search_cli.main(["--space", str(heads), "--output-dir", str(tmp_path / "experiments")])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert len(err.strip().splitlines()) == 1, err  # one line, no hub text
+    assert "a GPU" in err and "resources.gpus_per_trial" in err
+    assert "pretrained weights of hyenadna-tiny-1k-seqlen" in err
+    assert "python -m tune_ph pretrain" in err and "--output-dir runs/pretrained" in err
+    assert "--model runs/pretrained --gpus-per-trial 0" in err
+    assert "quick.yaml" in err and "heads.yaml, " not in err  # heads.yaml itself needs weights
+    assert not (tmp_path / "experiments").exists()  # nothing written
+
+
+def test_weights_the_hub_cannot_give_are_one_line_with_the_offline_route(tmp_path, capsys, offline_hub):
+    heads = ROOT / "search_spaces" / "heads.yaml"
+    args = ["--space", str(heads), "--output-dir", str(tmp_path / "experiments"), "--gpus-per-trial", "0"]
+    rc = search_cli.main([*args, "--device", "cpu", "--dataset", "demo"])
+    err = capsys.readouterr().err
+    assert rc == 1, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "pretrained weights of hyenadna-tiny-1k-seqlen" in err and "offline?" in err
+    assert "python -m tune_ph pretrain --dataset demo --from-scratch --output-dir runs/pretrained" in err
+    assert "--model runs/pretrained`" in err and "Fixes:" not in err
+    assert not list(tmp_path.rglob("trial_*"))
+
+
+def test_spaces_without_weights_are_read_from_the_folder():
+    from tune_ph.search import space
+
+    names = [p.name for p in space.spaces_without_weights()]
+    assert "quick.yaml" in names
+    assert "heads.yaml" not in names and "sizes.yaml" not in names  # pretrained hub weights
+    # Every listed file does train from scratch.
+    for path in space.spaces_without_weights():
+        assert space.load_space(path).fixed.get("from_scratch") is True

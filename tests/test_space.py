@@ -23,7 +23,7 @@ def pretrained_here(tmp_path, monkeypatch):
 
 
 @pytest.mark.usefixtures("pretrained_here")
-@pytest.mark.parametrize("name", ["quick", "heads", "sizes", "pretrained"])
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "search_spaces").glob("*.yaml")))
 def test_shipped_spaces_load(name):
     spec = load_space(ROOT / "search_spaces" / f"{name}.yaml")
     assert spec.name == name
@@ -128,6 +128,34 @@ def test_not_yaml_and_missing_file(tmp_path):
         load_space(bad)
     with pytest.raises(SpaceError, match="no such file"):
         load_space(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "problem"),
+    [
+        ("name: x\nspace:\n  head: {choice: [linear, mlp2}\n", "line 3, column 31", "expected ',' or ']', but got '}'"),
+        ("name: x\n\tspace: 1\n", "line 2, column 1", "found character '\\t' that cannot start any token"),
+        ("name: x\nspace:\n  head: 'linear\n", "line 4, column 1", "found unexpected end of stream"),
+    ],
+)
+def test_a_yaml_syntax_error_is_one_line_naming_file_line_and_column(tmp_path, text, where, problem):
+    bad = tmp_path / "broken.yaml"
+    bad.write_text(text)
+    with pytest.raises(SpaceError) as err:
+        load_space(bad)
+    msg = str(err.value)
+    assert "\n" not in msg, msg
+    assert msg.startswith(f"{bad}: not valid YAML at {where}: {problem}"), msg
+
+
+def test_a_missing_space_lists_every_shipped_file(tmp_path):
+    with pytest.raises(SpaceError) as err:
+        load_space(tmp_path / "missing.yaml")
+    msg = str(err.value)
+    shipped = sorted((ROOT / "search_spaces").glob("*.yaml"))
+    assert len(shipped) >= 4
+    for path in shipped:  # from the folder: a file added there is listed without a code change
+        assert path.name in msg, msg
 
 
 def test_overrides_win_and_are_validated(tmp_path):

@@ -9,7 +9,7 @@ import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from hyena_dna import HyenaDNAConfig, max_length_of
+from hyena_dna.config import HyenaDNAConfig, max_length_of
 from tune_ph.errors import ConfigError
 from tune_ph.metrics import METRIC_MODES  # noqa: F401 - metrics.py owns it; search/space.py still reads it here
 

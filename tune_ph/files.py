@@ -16,16 +16,18 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
-import torch
 
 from hyena_dna.memory import available_memory
-from hyena_dna.pretrained import MAX_COMPRESSION_RATIO, read_checkpoint_skeleton
 from tune_ph.errors import InputError
+
+# torch (and hyena_dna.pretrained, which needs it) are imported where a checkpoint is written or read: the file
+# names here are read by every command's --help, which should not wait seconds for torch.
 
 # The files of a run folder (runs/<run>/, and an experiment's best/).
 MODEL_FILE = "best_model.pt"  # weights + the configs to rebuild them (torch.load(weights_only=True))
 RUN_CONFIG_FILE = "config.json"
 SPLIT_FILE = "split.json"
+SPLITS = ("train", "val", "test")  # the keys of split.json, in order
 LOG_FILE = "training_log.json"
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "test_predictions.csv"
@@ -103,6 +105,8 @@ def write_json(path: str | os.PathLike, payload: Any) -> Path:
 
 
 def save_torch(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+    import torch
+
     return _atomic(path, lambda fh: torch.save(state, fh))
 
 
@@ -162,6 +166,10 @@ def load_torch(
     config; it may raise ValueError for a file that is not the expected kind) and the memory available. Every
     refusal, and every file torch cannot read, is an InputError naming the file.
     """
+    import torch
+
+    from hyena_dna.pretrained import read_checkpoint_skeleton
+
     path = regular_file(path, what)
     try:
         skeleton, declared = read_checkpoint_skeleton(path)
@@ -193,6 +201,8 @@ def load_npz(path: str | os.PathLike, *, max_bytes: int, what: str = "cache entr
     no member may be a compression bomb, and all together may not exceed `max_bytes`. Raises ValueError naming
     the file (a cache treats it as damaged and recomputes it).
     """
+    from hyena_dna.pretrained import MAX_COMPRESSION_RATIO
+
     path = Path(path)
     if not stat.S_ISREG(os.stat(path).st_mode):
         raise ValueError(f"{path}: not a regular file")

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import numpy as np
-from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+if TYPE_CHECKING:
+    import numpy as np
 
 # Validation metrics a run can be selected by, each with the direction that is better.
 METRIC_MODES: dict[str, str] = {"val_loss": "min", "val_rmse": "min", "val_mae": "min", "val_r2": "max"}
@@ -41,6 +42,9 @@ def worst_value(metric: str) -> float:
 
 def regression_metrics(true: np.ndarray, predicted: np.ndarray, prefix: str = "") -> dict[str, float]:
     """MSE, RMSE, MAE, R² of per-sample values; NaN where undefined (no samples; R² of one sample)."""
+    # scikit-learn here, not at the top: the metric names above are read by every command's --help.
+    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+
     if len(true) == 0:
         return {f"{prefix}{name}": math.nan for name in ("mse", "rmse", "mae", "r2")}
     mse = float(mean_squared_error(true, predicted))

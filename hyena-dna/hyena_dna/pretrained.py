@@ -534,18 +534,23 @@ def _check_folder(path: Path) -> Path:
     return path
 
 
-def _snapshot(repo_id: str, revision: str | None, weights: str) -> Path:
+def _snapshot(repo_id: str, revision: str | None, weights: str, local_only: bool = False) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=[CONFIG_NAME, weights]))
+        return Path(
+            snapshot_download(
+                repo_id, revision=revision, allow_patterns=[CONFIG_NAME, weights], local_files_only=local_only
+            )
+        )
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as err:
         offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
         raise PretrainedNotFoundError(
             f"could not get the HyenaDNA checkpoint {repo_id!r} ({CONFIG_NAME} + {weights}) from the "
             f"Hugging Face hub or its local cache"
             + (" (HF_HUB_OFFLINE is set, so only the cache was searched)" if offline else "")
+            + (" (only the cache was searched, as asked)" if local_only and not offline else "")
             + f": {type(err).__name__}: {err}\n"
             "Fixes: connect to the internet (and unset HF_HUB_OFFLINE) so it can be downloaded once into the "
             "cache; or download it elsewhere (e.g. `hf download "
@@ -553,9 +558,9 @@ def _snapshot(repo_id: str, revision: str | None, weights: str) -> Path:
         ) from err
 
 
-def resolve_checkpoint_dir(name_or_path: str | Path, *, revision: str | None = None) -> Path:
+def resolve_checkpoint_dir(name_or_path: str | Path, *, revision: str | None = None, local_only: bool = False) -> Path:
     """A local folder holding config.json + its weights (weights.ckpt, or model.safetensors for the -hf layout),
-    downloading from the hub when needed."""
+    downloading from the hub when needed; local_only: from a folder or the hub's local cache only (no network)."""
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return _check_folder(path)
@@ -569,10 +574,10 @@ def resolve_checkpoint_dir(name_or_path: str | Path, *, revision: str | None = N
     # The repo name says which weights file to fetch; the config.json decides (a fine-tuned -hf repo may be
     # named anything), so a mismatch costs a second, small request.
     asked = HF_WEIGHTS_NAME if repo_id.endswith(HF_SUFFIX) else WEIGHTS_NAME
-    folder = _snapshot(repo_id, revision, asked)
+    folder = _snapshot(repo_id, revision, asked, local_only)
     weights = _weights_name(_layout_of(folder / CONFIG_NAME)) if (folder / CONFIG_NAME).is_file() else asked
     if weights != asked:
-        folder = _snapshot(repo_id, revision, weights)
+        folder = _snapshot(repo_id, revision, weights, local_only)
     if not (folder / weights).is_file() or not (folder / CONFIG_NAME).is_file():
         raise PretrainedNotFoundError(
             f"hub repo {repo_id!r} has no {CONFIG_NAME} + {weights}; HyenaDNA checkpoints are read from "

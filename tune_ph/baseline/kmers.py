@@ -13,6 +13,8 @@ from tune_ph.errors import InputError
 
 log = logging.getLogger(__name__)
 
+# The models fit on the profiles (tune_ph.baseline.kmer_models): HistGradientBoosting and Ridge.
+MODELS = ("hgb", "ridge")
 K_RANGE = (1, 8)  # 4^8 = 65,536 features is already far more than the samples of any pH dataset
 
 

@@ -74,6 +74,7 @@ def _main(argv: Sequence[str] | None) -> int:
     models = tuple(MODELS) if "both" in args.models else tuple(args.models)
     spec = FamilySpec(ks=tuple(args.k), models=models, otu_k=args.otu_k, clusters=tuple(args.clusters))
     cfg = TrainConfig(**config.given_fields(args, DATA_FLAGS))
+
     start = time.perf_counter()
     df = load_samples(cfg.dataset, skip_bad_rows=cfg.skip_bad_rows)
     split = split_for(df, cfg)

@@ -6,11 +6,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+# Libraries that take seconds to import (torch, pandas, scikit-learn, Ray) are imported in _main once the flags
+# are known to be usable: --help and every error the flags alone show answer in a moment.
 from tune_ph import cli, config
 from tune_ph.config import DEFAULT_DATASET, TrainConfig
 from tune_ph.data import fasta, token_cache
-from tune_ph.data.sources import load_samples
-from tune_ph.data.split import split_samples
 
 # The TrainConfig fields `data summary` takes as flags (how the split is drawn).
 SUMMARY_FIELDS = ("skip_bad_rows", "split_seed", "split_by", "test_fraction", "val_fraction")
@@ -63,6 +63,9 @@ def _main(argv: Sequence[str] | None) -> int:
     else:
         # TrainConfig's rules for these flags: fractions that leave samples to train on, seeds numpy takes.
         cfg = TrainConfig(dataset=args.source, **config.given_fields(args, SUMMARY_FIELDS))
+        from tune_ph.data.sources import load_samples
+        from tune_ph.data.split import split_samples
+
         df = load_samples(cfg.dataset, skip_bad_rows=cfg.skip_bad_rows)
         split = split_samples(
             df,

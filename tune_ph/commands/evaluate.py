@@ -9,8 +9,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tune_ph import cli, config
-from tune_ph.baseline.reference import load_saved
-from tune_ph.report.evaluate import evaluate_checkpoint
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -29,6 +27,9 @@ def _main(argv: Sequence[str] | None) -> int:
     config.add_arguments(p, only=("device",))  # the same flag and rule as training's
     args = p.parse_args(argv)
     config.check_field("device", args.device)
+    from tune_ph.baseline.reference import load_saved  # torch and the data libraries: after the flags
+    from tune_ph.report.evaluate import evaluate_checkpoint
+
     # The baseline the run or search saved (a run folder's, or the experiment's above best/): compared again.
     folder = Path(args.checkpoint).parent
     baseline = None if args.dataset else load_saved(folder) or load_saved(folder.parent)

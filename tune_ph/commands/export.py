@@ -7,11 +7,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+# Libraries that take seconds to import (torch, pandas, scikit-learn, Ray) are imported in _main once the flags
+# are known to be usable: --help and every error the flags alone show answer in a moment.
 from tune_ph import cli, config, files
 from tune_ph.baseline.reference import Comparison
 from tune_ph.metrics import METRIC_MODES
-from tune_ph.report import results
-from tune_ph.report.export import export_best, write_report
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -37,6 +37,10 @@ def _main(argv: Sequence[str] | None) -> int:
     p.add_argument("--no-baseline", action="store_true", help="skip the comparison with the baseline chosen on val")
     args = p.parse_args(argv)
     config.check_field("device", args.device)
+
+    from tune_ph.report import results
+    from tune_ph.report.export import export_best, write_report
+
     folder = Path(args.experiment)
     settings = results.load_settings(folder)
     metric = args.metric or settings.get("search", {}).get("metric", "val_loss")

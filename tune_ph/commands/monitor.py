@@ -10,7 +10,6 @@ from pathlib import Path
 
 from tune_ph import cli
 from tune_ph.errors import InputError
-from tune_ph.report import results
 from tune_ph.report.monitor import DEFAULT_PORT, LOOPBACK, MONITOR_HINT, StudyDashboard, require_dashboard
 
 
@@ -29,6 +28,8 @@ def _main(argv: Sequence[str] | None) -> int:
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port on 127.0.0.1 (default: %(default)s)")
     args = p.parse_args(argv)
     require_dashboard("python -m tune_ph monitor")
+    from tune_ph.report import results  # pandas and pyarrow: after the flags and the extra are known to be usable
+
     folder = Path(args.experiment)
     db = folder / results.STUDY_FILE
     if not db.is_file():

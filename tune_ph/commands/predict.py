@@ -7,15 +7,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+# Libraries that take seconds to import (torch, pandas, scikit-learn, Ray) are imported in _main once the flags
+# are known to be usable: --help and every error the flags alone show answer in a moment.
 from tune_ph import cli, config, files
-from tune_ph.data import sources, tokens
 from tune_ph.data.fasta import DEFAULT_MAX_DNA
-from tune_ph.data.fasta_samples import read_fasta_dir
 from tune_ph.errors import InputError
 from tune_ph.files import write_csv
-from tune_ph.model.regressor import load_checkpoint
-from tune_ph.training.checkpoints import find_checkpoint
-from tune_ph.training.predict import CONFIG_FLAGS, predict_samples, sample_metrics
+
+# The TrainConfig fields predict takes as flags (same names and rules as training's).
+CONFIG_FLAGS = ("dataset", "batch_size", "device", "skip_bad_rows", "max_sets")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -47,7 +47,7 @@ def _main(argv: Sequence[str] | None) -> int:
     )
     p.add_argument(
         "--split",
-        choices=tokens.SPLITS,
+        choices=files.SPLITS,
         help="predict only this split of the checkpoint's run (its split.json or its saved split settings)",
     )
     p.add_argument("--output", required=True, help="the predictions CSV to write")
@@ -65,6 +65,12 @@ def _main(argv: Sequence[str] | None) -> int:
     output = Path(args.output)
     if output.is_dir():
         raise InputError(f"--output {output} is a folder; give a file name such as {output / 'predictions.csv'}")
+
+    from tune_ph.data import sources
+    from tune_ph.data.fasta_samples import read_fasta_dir
+    from tune_ph.model.regressor import load_checkpoint
+    from tune_ph.training.checkpoints import find_checkpoint
+    from tune_ph.training.predict import predict_samples, sample_metrics
 
     path = find_checkpoint(args.checkpoint)
     load_checkpoint(path)  # a damaged checkpoint should fail before minutes of data loading

@@ -8,12 +8,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
+# Libraries that take seconds to import (torch, pandas, scikit-learn, Ray) are imported in _main once the flags
+# are known to be usable: --help and every error the flags alone show answer in a moment.
 from tune_ph import cli, config
-from tune_ph.model.regressor import resolve_device
 from tune_ph.training import pretrain_config
-from tune_ph.training.pretrain import pretrain, saved_config
 from tune_ph.training.pretrain_config import PretrainConfig
 
 log = logging.getLogger(__name__)
@@ -52,6 +50,14 @@ def _main(argv: Sequence[str] | None) -> int:
     given = config.given_fields(args, only=pretrain_config.field_names())
     if args.model_config is not None:
         given["model_config"] = pretrain_config.read_model_config(args.model_config)
+    if not args.resume:  # a resumed run's flags are checked against its saved settings, after the imports
+        PretrainConfig.from_dict(given)
+
+    import torch
+
+    from tune_ph.model.regressor import resolve_device
+    from tune_ph.training.pretrain import pretrain, saved_config
+
     # A resumed run's settings are its own; flags given with --resume must agree (pretrain() checks).
     base = saved_config(Path(given["output_dir"])) if args.resume else {}
     cfg = PretrainConfig.from_dict({**base, **given})

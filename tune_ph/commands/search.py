@@ -8,14 +8,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
+# Only what the flags and the YAML need: Ray, torch and the data libraries are imported in _main once the command
+# line and the space file are known to be usable, so --help and every error they show answer in a moment.
 from tune_ph import cli, config
 from tune_ph.report import monitor
-from tune_ph.search import cluster, origin, resources, settings
-from tune_ph.search.run import load_spec, locked_search, unused_experiment
-from tune_ph.search.runlock import ExperimentLock
-from tune_ph.search.space import check_devices
+from tune_ph.search import origin, settings, space
 
 # TrainConfig fields that have a command-line override here (the others are set in the YAML).
 OVERRIDE_FIELDS = ("dataset", "model", "epochs", "device")
@@ -106,10 +103,21 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.optuna_dashboard is not None:  # a missing extra stops here, before anything is written or started
         monitor.require_dashboard("--optuna-dashboard")
         monitor.check_port(args.optuna_dashboard, "--optuna-dashboard")
+    overrides = overrides_of(args)
+    # The space file and the flags are checked before the heavy imports: their errors answer in a moment.
+    if args.resume:
+        space.resume_name(args.space, args.name)
+    given = None if args.resume else space.spec_from_flags(args.space, args.name, overrides)
+
+    from tune_ph.search import cluster, resources
+    from tune_ph.search.run import check_this_machine, load_spec, locked_search, unused_experiment
+    from tune_ph.search.runlock import ExperimentLock
+
     if (args.dashboard or args.dashboard_host) and not args.address:
         cluster.require_dashboard()
-    overrides = overrides_of(args)
-    spec, folder, saved_storage = load_spec(args.space, args.name, Path(args.output_dir), args.resume, overrides)
+    spec, folder, saved_storage = load_spec(
+        args.space, args.name, Path(args.output_dir), args.resume, overrides, loaded=given
+    )
     if args.resume:  # before anything of the folder is unpickled: only folders created here, or trusted ones
         origin.check_resume(folder, trusted=args.trust_resume)
     storage = args.storage or saved_storage
@@ -123,8 +131,7 @@ def _main(argv: Sequence[str] | None) -> int:
         spec.resources.cpus_per_trial, spec.resources.gpus_per_trial, spec.model_choices()
     )
     if not args.address:  # a Ray started here: check this machine now, before weights are fetched or Ray starts
-        check_devices(spec, torch.cuda.device_count())
-        resources.preflight_local(requests)
+        check_this_machine(spec, requests)
     # One search per experiment folder: a second one of the same name stops here (exit 2), naming the first.
     with ExperimentLock(folder):
         return locked_search(args, spec, folder, storage, requests)

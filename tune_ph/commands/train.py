@@ -8,21 +8,18 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
+# Libraries that take seconds to import (torch, pandas, scikit-learn, Ray) are imported in _main once the flags
+# are known to be usable: --help and every error the flags alone show answer in a moment.
 from tune_ph import cli, config, files
 from tune_ph.config import TrainConfig
 from tune_ph.data import sources
 from tune_ph.data.split import SplitRecord
 from tune_ph.files import write_json
-from tune_ph.model.checkpoint import Checkpoint
-from tune_ph.model.regressor import build_model, resolve_device
-from tune_ph.report.evaluate import evaluate_checkpoint
-from tune_ph.training import environment
-from tune_ph.training.epoch import seed_everything
-from tune_ph.training.fit import fit
+
+if TYPE_CHECKING:
+    from tune_ph.model.checkpoint import Checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +49,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     args = parse_args(argv)
     cfg = TrainConfig(**config.given_fields(args))
+
+    import torch
+
+    from tune_ph.model.regressor import build_model, resolve_device
+    from tune_ph.report.evaluate import evaluate_checkpoint
+    from tune_ph.training import environment
+    from tune_ph.training.epoch import seed_everything
+    from tune_ph.training.fit import fit
+
     resolve_device(cfg.device)  # e.g. cuda on a machine without one: refused before anything is built or written
     if args.num_threads:
         torch.set_num_threads(args.num_threads)

@@ -22,7 +22,7 @@ from tune_ph.data.token_cache import default_cache_dir as default_cache_dir  # w
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
+SPLITS = files.SPLITS
 # Bump when the packing rule changes, so stale caches are never reused (it is part of every dataset fingerprint).
 CACHE_FORMAT = 2
 # The cache file's own layout (its name's -v part): 3 added the content hash checked on every read.

@@ -17,7 +17,7 @@ from tune_ph.metrics import SUMMARY_METRICS, best_column, metric_mode
 from tune_ph.report import plots, results
 from tune_ph.report.page import CSS, fmt, img, table_html
 from tune_ph.report.plots import plot_residuals
-from tune_ph.report.winner import find_winner, ranked, read_json, searched_names, winner_html
+from tune_ph.report.winner import find_winner, ranked, read_json, searched_names, used_when, winner_html
 
 __all__ = ["importance_notes", "plot_residuals", "trials_view", "write_report"]
 
@@ -189,13 +189,26 @@ def write_report(
     )
     parts.append('<h2 id="curves">Learning curves</h2>' + img(plots.figure_png(curves), "learning curves"))
     params, key, logs = searched_names(settings), best_column(metric), loguniform_params(settings)
+    # Said in words under the heading: the plot's "n/a (not used)" tick has no room for the condition.
+    unused = [
+        f"{p} is used only when {used_when(settings, p)}" if used_when(settings, p) else f"{p} was not used"
+        for p in params
+        if table.get(f"config/{p}", pd.Series(dtype=object)).isna().any()
+    ]
     fig = plots.parallel_coordinates(
         table, params, key, mode=metric_mode(metric), winner=winner_id, log_scale=logs, choices=_choices(settings)
     )
     if fig is not None:
         parts.append(
             f'<h2 id="parallel">Hyperparameters vs {html.escape(metric)}</h2><p class="muted">One line per trial, '
-            "coloured by its best value of the metric (yellow is better); the winner in red.</p>"
+            "coloured by its best value of the metric (yellow is better); the winner in red."
+            + (
+                " <i>n/a (not used)</i>, set apart below an axis: a trial without that hyperparameter "
+                f"({html.escape('; '.join(unused))})."
+                if unused
+                else ""
+            )
+            + "</p>"
             + img(plots.figure_png(fig), "parallel coordinates")
         )
     fig = plots.metric_by_parameter(table, params, key, winner=winner_id, log_scale=logs)

@@ -21,7 +21,12 @@ matplotlib.use("Agg")  # files only: runs happen on headless machines and inside
 WINNER_COLOR = "#d62728"
 STOPPED_COLOR = "0.6"
 ERROR_COLOR = "#8c564b"
-NA_POSITION = -0.15  # where a conditional parameter a trial did not use sits on its parallel-coordinates axis
+# Where a conditional parameter a trial did not use sits on its parallel-coordinates axis: well below the lowest
+# value, so that "not used" never reads as a small value (a dropout of almost 0).
+NA_POSITION = -0.3
+NA_LABEL = "n/a (not used)"
+# Finished trials each get their own colour; up to this many are named in the legend, one entry each.
+NAMED_FINISHED = 8
 
 
 def plot_residuals(df: pd.DataFrame, path: str | Path, *, title: str | None = None) -> Path:
@@ -88,11 +93,13 @@ def learning_curves(
     rungs: Sequence[int] = (),
 ) -> Any:
     """The search metric per epoch for every trial: finished trials solid, ASHA-stopped ones grey dashed with an x
-    where they stopped, failed ones brown dotted, the winner thick red (its exported epoch starred)."""
+    where they stopped, failed ones brown dotted, the winner thick red (its exported epoch starred). The legend
+    names the winner and, when there are few, each finished trial by its colour."""
     fig, ax = plt.subplots(figsize=(9, 4.8))
     for rung in rungs:
         ax.axvline(rung, color="0.85", lw=1, zorder=0)
     palette = iter(plt.cm.tab10(np.linspace(0, 1, 10)).tolist() * 100)
+    finished: dict[str, Any] = {}  # trial id -> its colour
     for trial_id, df in sorted(frames.items(), key=lambda kv: kv[0] == winner):  # the winner is drawn last
         if df is None or df.empty or metric not in df:
             continue
@@ -109,19 +116,37 @@ def learning_curves(
         elif kind == "error":
             ax.plot(x, df[metric], color=ERROR_COLOR, ls=":", lw=1.4, marker="X", ms=5, markevery=[len(df) - 1])
         else:
-            ax.plot(x, df[metric], color=next(palette), lw=1.4, marker="o", ms=3)
+            finished[trial_id] = next(palette)
+            ax.plot(x, df[metric], color=finished[trial_id], lw=1.4, marker="o", ms=3)
     drawn = [t for t, df in frames.items() if df is not None and not df.empty and metric in df and t != winner]
     kinds = {_kind(reasons.get(t, "")) for t in drawn}
+    star = f"★ epoch {winner_epoch}, exported" if winner_epoch is not None else "★ exported epoch"
     handles = [
-        Line2D([], [], color=WINNER_COLOR, lw=2.6, marker="*", ms=12, mec="k", label="winner (★ exported epoch)"),
-        Line2D([], [], color="C0", lw=1.4, marker="o", ms=3, label="finished"),
-        Line2D(
-            [], [], color=STOPPED_COLOR, ls="--", marker="x", mec="0.3", ms=8, label="stopped early (× = last epoch)"
-        ),
-        Line2D([], [], color=ERROR_COLOR, ls=":", marker="X", ms=6, label="failed"),
+        Line2D([], [], color=WINNER_COLOR, lw=2.6, marker="*", ms=12, mec="k", label=f"winner: trial {winner} ({star})")
     ]
-    shown = [winner in frames, "finished" in kinds, bool(kinds & {"asha", "early"}), "error" in kinds]
-    handles = [h for h, keep in zip(handles, shown) if keep]
+    handles = handles if winner in frames else []
+    if len(finished) <= NAMED_FINISHED:
+        handles += [
+            Line2D([], [], color=color, lw=1.4, marker="o", ms=3, label=f"trial {t} (finished)")
+            for t, color in finished.items()
+        ]
+    else:
+        handles.append(Line2D([], [], color="C0", lw=1.4, marker="o", ms=3, label="finished (a colour per trial)"))
+    if kinds & {"asha", "early"}:
+        handles.append(
+            Line2D(
+                [],
+                [],
+                color=STOPPED_COLOR,
+                ls="--",
+                marker="x",
+                mec="0.3",
+                ms=8,
+                label="stopped early (× = last epoch)",
+            )
+        )
+    if "error" in kinds:
+        handles.append(Line2D([], [], color=ERROR_COLOR, ls=":", marker="X", ms=6, label="failed"))
     ax.legend(handles=handles, fontsize=8, loc="upper right", framealpha=0.9)
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
@@ -155,7 +180,7 @@ def _axis_positions(
         pos[present.to_numpy()] = [where[s] for s in values[present].astype(str)]
         ticks = [(p, lab) for lab, p in where.items()]
     if not present.all():
-        ticks.append((NA_POSITION, "not used"))
+        ticks.append((NA_POSITION, NA_LABEL))
     return pos, ticks
 
 
@@ -170,7 +195,8 @@ def parallel_coordinates(
     choices: dict[str, Sequence[Any]] | None = None,
 ) -> Any | None:
     """One vertical axis per searched hyperparameter and one for the metric; one line per trial, coloured by its
-    metric (trials without one grey); categorical values at evenly spaced positions, the winner thick red."""
+    metric (trials without one grey); categorical values at evenly spaced positions, the winner thick red. A trial
+    that did not use a conditional parameter sits at NA_LABEL, set apart below that axis's values."""
     params = [p for p in params if f"config/{p}" in table]
     if not params or metric_column not in table or table[metric_column].notna().sum() == 0:
         return None
@@ -178,7 +204,9 @@ def parallel_coordinates(
     positions, ticks = [], []
     for name, column in zip([*params, metric_column], columns):
         pos, tick = _axis_positions(
-            table[column], log=name in log_scale, order=(choices or {}).get(name) if name != metric_column else None
+            table[column],
+            log=name in log_scale,
+            order=(choices or {}).get(name) if name != metric_column else None,
         )
         positions.append(pos)
         ticks.append(tick)
@@ -196,9 +224,11 @@ def parallel_coordinates(
         color = cmap(norm(metric[i])) if finite[i] else "0.7"
         ax.plot(xs, ys[i], color=color, lw=1.6, alpha=0.9, ls="-" if finite[i] else ":")
     for i in np.flatnonzero(is_winner):
-        ax.plot(xs, ys[i], color=WINNER_COLOR, lw=3.2, zorder=5, label=f"winner {winner}")
+        ax.plot(xs, ys[i], color=WINNER_COLOR, lw=3.2, zorder=5, label=f"winner: trial {winner}")
     for x, tick in zip(xs, ticks):
         ax.axvline(x, color="0.3", lw=0.8, zorder=1)
+        if any(y == NA_POSITION for y, _ in tick):  # the axis's values end above; n/a is set apart below
+            ax.plot([x - 0.06, x + 0.06], [NA_POSITION / 2] * 2, color="0.3", lw=0.8, ls=(0, (2, 2)), zorder=2)
         for y, label in tick:
             ax.text(x - 0.04, y, label, ha="right", va="center", fontsize=8, color="0.1", zorder=10,
                     bbox={"fc": "white", "ec": "0.75", "alpha": 0.9, "boxstyle": "round,pad=0.2"})  # fmt: skip

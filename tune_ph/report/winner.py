@@ -17,6 +17,12 @@ from tune_ph.metrics import METRIC_MODES, best_column, metric_mode
 from tune_ph.report import results
 from tune_ph.report.page import fmt, img, table_html
 
+# Under the residual plot: what its usual slope means.
+RESIDUALS_NOTE = (
+    "A residual is true minus predicted pH, so points rising from left to right mean that low pH is over-predicted "
+    "and high pH under-predicted: the predictions are pulled toward the mean pH (regression to the mean), as those "
+    "of any model that explains only part of the variation are; the flatter the points lie around 0, the better."
+)
 TEST_METRICS = (("test_r2", "R²"), ("test_rmse", "RMSE"), ("test_mae", "MAE"), ("test_n_samples", "n samples"))
 
 
@@ -25,9 +31,14 @@ def searched_names(settings: dict[str, Any]) -> list[str]:
     return list((settings.get("space") or {}).keys())
 
 
-def _unused(settings: dict[str, Any], name: str) -> str:
+def used_when(settings: dict[str, Any], name: str) -> str:
+    """The condition under which a searched hyperparameter is used, `head is mlp2 or mlp3` ("" when always)."""
     when = ((settings.get("space") or {}).get(name) or {}).get("when") or {}
-    cond = " and ".join(f"{k} is {' or '.join(map(fmt, v))}" for k, v in when.items())
+    return " and ".join(f"{k} is {' or '.join(map(fmt, v))}" for k, v in when.items())
+
+
+def _unused(settings: dict[str, Any], name: str) -> str:
+    cond = used_when(settings, name)
     return f"not used (only when {cond})" if cond else "not used"
 
 
@@ -100,6 +111,20 @@ def find_winner(
         model=dict((info or {}).get("model") or {}),
         stop_reason=str(row.get("stop_reason", "")),
         planned_epochs=results.planned_epochs(settings),
+    )
+
+
+def r2_in_words(test: dict[str, Any]) -> str | None:
+    """One sentence on what the test R² and RMSE mean for pH, or None without them."""
+    r2, rmse, n = test.get("test_r2"), test.get("test_rmse"), test.get("test_n_samples")
+    if not isinstance(r2, (int, float)) or not math.isfinite(r2):
+        return None
+    samples = f"the {n} test samples" if isinstance(n, int) else "the test samples"
+    share = f"explain {r2:.0%} of" if r2 >= 0.005 else "explain none of"
+    error = f", and are off by {rmse:.2f} pH units in a typical sample (RMSE)" if isinstance(rmse, float) else ""
+    return (
+        f"R² is the share of the variation in pH between {samples} that the predictions explain (0: no better than "
+        f"predicting their mean pH for each, 1: exact); this model's predictions {share} it{error}."
     )
 
 
@@ -180,6 +205,9 @@ def _test_html(w: Winner, baseline: Reference | None, folder: Path) -> str:
     if baseline.metrics:
         rows.append(_test_row(f"baseline chosen on val: {baseline.chosen}", baseline.metrics))
     parts = [table_html(headers, rows)] if rows else ["<p>No test metrics: best/metrics.json is missing.</p>"]
+    words = r2_in_words(w.test)
+    if words:
+        parts.append(f'<p class="muted">{html.escape(words)}</p>')
     if not baseline.metrics:
         command = baseline.command or "python -m tune_ph baseline --dataset DATASET"
         parts.append(
@@ -197,7 +225,8 @@ def winner_html(w: Winner, folder: Path, baseline: Reference | None = None) -> s
     parts = [f'<h2 id="winner">The winner: trial {html.escape(w.trial_id)}</h2>', _why_html(w)]
     if w.model:
         bits = [f"d_model {w.model['d_model']}"] if "d_model" in w.model else []
-        bits += [f"{w.model['n_layer']} layers"] if "n_layer" in w.model else []
+        layers = w.model.get("n_layer")
+        bits += [f"{layers} layer{'' if layers == 1 else 's'}"] if layers is not None else []
         bits += [f"up to {w.model['max_length']} tokens"] if "max_length" in w.model else []
         bits += [f"{w.model['parameters']:,} parameters"] if w.model.get("parameters") else []
         parts.append(
@@ -212,7 +241,11 @@ def winner_html(w: Winner, folder: Path, baseline: Reference | None = None) -> s
     )
     residuals = folder / files.BEST_DIR / files.RESIDUALS_FILE
     if residuals.is_file():
-        parts.append("<h3>Test residuals</h3>" + img(residuals.read_bytes(), "test residuals", css="residuals"))
+        parts.append(
+            "<h3>Test residuals</h3>"
+            + img(residuals.read_bytes(), "test residuals", css="residuals")
+            + f'<p class="muted">{RESIDUALS_NOTE}</p>'
+        )
     if w.fixed:
         parts.append(
             "<details><summary>Settings every trial shared (fixed)</summary>"

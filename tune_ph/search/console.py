@@ -37,6 +37,11 @@ RAY_HINTS = {
     "ray._private.authentication.authentication_token_setup": ("to opt out",),
     "ray.tune.tune": ("Experiment has been interrupted", "Trials did not complete"),
 }
+# Why the k-mer baseline is on the console, said where it is printed.
+BASELINE_WHY = (
+    "a plain regression on each sample's k-mer frequencies, no language model, fit in seconds on the same train "
+    "split: the DNA model earns its cost only where it predicts pH better than this"
+)
 # The status table is printed when trials changed (status or epoch), at most this often, and otherwise as a
 # heartbeat; the trial and best-so-far lines in between say what happened.
 TABLE_EVERY_S = 30.0
@@ -96,13 +101,14 @@ def beside_best(reference: Reference | None) -> Iterator[None]:
         _BESIDE.update(saved)
 
 
-def versus_baseline(r2: Any, split: str = "val") -> str | None:
-    """`val R²: DNA model 0.521 vs baseline kmer8-ridge 0.470 (+0.051)` inside beside_best, else None."""
-    if not _BESIDE.get("baseline"):
-        return None
-    from tune_ph.baseline.reference import versus
-
-    return versus(r2, _BESIDE["baseline"], split)
+def beside_baseline(r2: Any) -> str:
+    """`; val R² 0.521 (baseline kmer8-ridge 0.470)` inside beside_best: the numbers only, short enough for every new
+    best (the comparison in words is printed once at the start and once at the end); "" without both numbers."""
+    reference = _BESIDE.get("baseline")
+    other = reference.metrics.get("val_r2") if reference else None
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (r2, other)):
+        return ""
+    return f"; val R² {r2:.3f} (baseline {reference.chosen} {other:.3f})"
 
 
 def metric_columns(metric: str) -> dict[str, str]:
@@ -221,10 +227,9 @@ class SearchProgress(tune.Callback):
         self._shown = (best[0].trial_id, best[1])
         epoch = self._best_epoch.get(best[0].trial_id)
         at = f" (epoch {epoch})" if epoch else ""
-        self._say(f"best so far: {best[0]}  {self.metric} {best[1]:.4g}{at}  {describe(best[0].config, self.params)}")
-        beside = versus_baseline(self.__dict__.get("_best_r2", {}).get(best[0].trial_id))
-        if beside:
-            self._say(f"  at its best epoch, {beside}")
+        beside = beside_baseline(self.__dict__.get("_best_r2", {}).get(best[0].trial_id))
+        said = describe(best[0].config, self.params)
+        self._say(f"best so far: {best[0]}  {self.metric} {best[1]:.4g}{at}  {said}{beside}")
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         last = trial.last_result or {}
@@ -285,14 +290,48 @@ def watch_commands(folder: Path, logdir: str) -> list[tuple[str, str]]:
 def print_start(
     folder: Path, logdir: str, num_samples: int, dashboard_url: str | None = None, baseline_line: str | None = None
 ) -> None:
-    """Where the results go, how to watch them live, and the k-mer baseline to beat."""
+    """Where the results go, how to watch them live, and the k-mer baseline to beat (and why it is shown)."""
     print(f"search {Path(folder).name}: {num_samples} trial(s); results in {folder}")
     if baseline_line:
-        print(f"  {baseline_line}")
+        print(f"  the bar to clear: {baseline_line}")
+        print(f"    ({BASELINE_WHY})")
     tensorboard, what = watch_commands(folder, logdir)[0]
     print(f"  watch it live: {tensorboard}  ({what})")
     if dashboard_url:
         print(f"  optuna-dashboard: {dashboard_url} (stops when the search ends)")
+
+
+def print_winner(folder: Path, table: Any, metric: str, test: dict[str, Any], reference: Reference | None) -> None:
+    """The search's end: the winning trial, its searched hyperparameters, its test metrics beside the baseline chosen
+    on val, and what they mean (report.html's first section, in a few lines)."""
+    from tune_ph.baseline.reference import Comparison, baseline_line, with_interval
+    from tune_ph.report import winner as winners
+
+    folder = Path(folder)
+    info = winners.read_json(folder / files.BEST_DIR / files.RUN_CONFIG_FILE)
+    won = winners.find_winner(table, results.load_settings(folder), metric, info, test)
+    if won is None:
+        return
+    name = won.trial_id if won.trial_id.startswith("trial_") else f"trial_{won.trial_id}"
+    why = f", {metric} {won.value:.4g} at epoch {won.epoch}" if won.value is not None else ""
+    rank = f" (rank {won.rank} of {won.ranked} trials)" if won.rank is not None else ""
+    print(f"\nwinner: {name}{why}{rank}")
+    searched = ", ".join(f"{n}={v}" if not v.startswith("not used") else f"{n} {v}" for n, v in won.searched)
+    print(f"  searched hyperparameters: {searched or 'none'}")
+    n = test.get("test_n_samples")
+    shown = f"R² {with_interval(test.get('test_r2'), test.get('test_r2_ci95'))}" + "".join(
+        f", {label} {value:.3f}"
+        for key, label in (("test_rmse", "RMSE"), ("test_mae", "MAE"))
+        if isinstance(value := test.get(key), (int, float))
+    )
+    print(f"  test split ({f'{n} samples, ' if n else ''}held out, evaluated once): {shown}")
+    print(f"  {baseline_line(reference)}" if reference else "  baseline: skipped (--no-baseline)")
+    comparison = Comparison.from_dict(test.get("vs_baseline"))
+    if comparison is not None:
+        print(f"  {comparison.line()}")
+    words = winners.r2_in_words(test)
+    if words:
+        print(f"  in words: {words}")
 
 
 def print_outputs(folder: Path, logdir: str, metric: str, *, finished: bool, exported: bool) -> None:
@@ -303,7 +342,10 @@ def print_outputs(folder: Path, logdir: str, metric: str, *, finished: bool, exp
         (results.TRIALS_FILE, "one row per trial: hyperparameters, status, epochs, best validation metrics, error"),
     ]
     if (folder / results.REPORT_FILE).is_file():
-        what = f"learning curves, {metric} by hyperparameter, parameter importances (open it in a browser)"
+        what = (
+            "open it in a browser: it opens with the winner (its hyperparameters, why it won) and its test metrics\n"
+            f"beside the k-mer baseline; then learning curves, {metric} by hyperparameter, every trial, importances"
+        )
         rows.append((results.REPORT_FILE, what))
     if (best / files.METRICS_FILE).is_file():
         names = (

@@ -10,20 +10,20 @@ from pathlib import Path
 from typing import Any
 
 import ray
+import torch
 from ray import tune
 
-from hyena_dna.pretrained import resolve_checkpoint_dir
+from hyena_dna.pretrained import PretrainedNotFoundError, resolve_checkpoint_dir
 from tune_ph import cli, config, files
 from tune_ph.baseline import reference as baselines
 from tune_ph.config import TrainConfig
 from tune_ph.data import sources
 from tune_ph.data.tokens import TokenizedDataset
-from tune_ph.errors import InputError, RunFailure, SpaceError
+from tune_ph.errors import InputError, ResourceError, RunFailure, SpaceError
 from tune_ph.files import write_csv, write_json
 from tune_ph.report import export, monitor, results
-from tune_ph.search import cluster, console, origin, outcome, resources, tuner
-from tune_ph.search.space import SearchSpec, apply_overrides, check_name, load_space, parse_space
-from tune_ph.search.space_params import Checker
+from tune_ph.search import cluster, console, origin, outcome, resources, space, tuner
+from tune_ph.search.space import SearchSpec, parse_space, resume_name, spec_from_flags
 from tune_ph.search.spec import values_of
 from tune_ph.search.trainable import trial_threads
 from tune_ph.training import environment
@@ -32,18 +32,20 @@ log = logging.getLogger(__name__)
 
 
 def load_spec(
-    space: str | None, name: str | None, output_dir: Path, resume: bool, overrides: dict[str, Any]
+    space: str | None,
+    name: str | None,
+    output_dir: Path,
+    resume: bool,
+    overrides: dict[str, Any],
+    loaded: SearchSpec | None = None,
 ) -> tuple[SearchSpec, Path, str | None]:
     """The validated settings, the local experiment folder and the --storage it was started with.
 
-    On --resume, the settings saved with the experiment (overrides are not applied).
+    On --resume, the settings saved with the experiment (overrides are not applied). loaded: what
+    spec_from_flags(space, name, overrides) returned already for a new search.
     """
     if resume:
-        name = name or (load_space(space).name if space else None)
-        if not name:
-            raise SpaceError("--resume needs --name (or --space) to find the experiment")
-        check_name(Checker("--resume"), "--name", name)  # `../x` would read and write outside --output-dir
-        folder = output_dir / name
+        folder = output_dir / resume_name(space, name)
         settings = results.load_settings(folder)
         if not settings:
             raise SpaceError(
@@ -52,11 +54,8 @@ def load_spec(
             )
         storage = settings.pop(results.STORAGE_KEY, None)
         return parse_space(settings, str(folder / results.SETTINGS_FILE)), folder, storage
-    if not space:
-        raise SpaceError("--space is required (e.g. --space search_spaces/quick.yaml)")
-    spec = load_space(space)
-    spec = apply_overrides(spec, {**overrides, "name": name})
-    return _absolute_paths(spec), output_dir / spec.name, None
+    spec = loaded or spec_from_flags(space, name, overrides)
+    return spec, output_dir / spec.name, None
 
 
 def unused_experiment(spec: SearchSpec, folder: Path, storage: str | None) -> tuple[SearchSpec, Path]:
@@ -78,14 +77,15 @@ def unused_experiment(spec: SearchSpec, folder: Path, storage: str | None) -> tu
     return spec, fresh
 
 
-def _absolute_paths(spec: SearchSpec) -> SearchSpec:
-    """Local folders in the fixed settings made absolute: Ray runs each trial in a folder of its own, where
-    `runs/pretrained` would name nothing."""
-    for key in ("model", "dataset", "cache_dir"):
-        value = spec.fixed.get(key)
-        if isinstance(value, str) and (key == "cache_dir" or Path(value).expanduser().exists()):
-            spec.fixed[key] = str(Path(value).expanduser().resolve())
-    return spec
+def pretrained_models(spec: SearchSpec) -> list[str]:
+    """The models whose pretrained weights some trial loads (none when every trial trains from scratch)."""
+    if "from_scratch" in spec.params:
+        param = spec.params["from_scratch"]
+        entries = list(param.values.values()) if param.per else [param]
+        scratch = [v for entry in entries for v in values_of(entry)]
+    else:
+        scratch = [spec.fixed.get("from_scratch", False)]
+    return [] if scratch and all(scratch) else spec.model_choices()
 
 
 def check_pretrained(spec: SearchSpec) -> None:
@@ -94,17 +94,44 @@ def check_pretrained(spec: SearchSpec) -> None:
     Failing here takes seconds; failing in every trial would take a whole search. It also means trials on
     this node read the weights from the local cache instead of all downloading them at once.
     """
-    if "from_scratch" in spec.params:
-        param = spec.params["from_scratch"]
-        entries = list(param.values.values()) if param.per else [param]
-        scratch = [v for entry in entries for v in values_of(entry)]
-    else:
-        scratch = [spec.fixed.get("from_scratch", False)]
-    if scratch and all(scratch):
-        return
-    for model in spec.model_choices():
-        folder = resolve_checkpoint_dir(model)
+    for model in pretrained_models(spec):
+        try:
+            folder = resolve_checkpoint_dir(model)
+        except PretrainedNotFoundError as err:
+            if Path(model).expanduser().exists():  # a local folder: its own message names what it lacks
+                raise
+            cause = f", {type(err.__cause__).__name__}" if err.__cause__ is not None else ""
+            why = f"neither the Hugging Face hub nor its local cache had them{cause}: offline?"
+            raise RunFailure(space.lacking_message(spec, gpu=False, weights=[model], why=why)) from None
         files.check_pretrain_done(folder)  # an unfinished pretraining's weights: refused here, not in every trial
+
+
+def uncached_pretrained(spec: SearchSpec) -> list[str]:
+    """The hub models the search would have to download: neither a local folder nor in the hub's cache."""
+    missing = []
+    for model in pretrained_models(spec):
+        if Path(model).expanduser().exists():
+            continue
+        try:
+            resolve_checkpoint_dir(model, local_only=True)
+        except PretrainedNotFoundError:
+            missing.append(model)
+    return missing
+
+
+def check_this_machine(spec: SearchSpec, requests: dict[str, Any]) -> None:
+    """For a Ray started here, before weights are fetched or Ray starts: the devices and the resources the trials
+    ask for; a missing GPU is named together with missing weights, so that one message shows the offline route."""
+    gpus = torch.cuda.device_count()
+    space.check_devices(spec, gpus)
+    try:
+        resources.preflight_local(requests)
+    except ResourceError:
+        asks_gpu = any(ask.get("GPU", 0) > 0 for ask in requests.values())
+        lacking = uncached_pretrained(spec) if gpus == 0 and asks_gpu else []
+        if lacking:
+            raise ResourceError(space.lacking_message(spec, gpu=True, weights=lacking)) from None
+        raise
 
 
 def prepare_datasets(spec: SearchSpec) -> dict[int, TokenizedDataset]:
@@ -199,10 +226,10 @@ def run_search(
     write_csv(folder / results.TRIALS_FILE, table)
     outcome.tell_study(folder, spec.name, path, metric)
     results.print_summary(table, metric)
-    if reference:
-        print(baselines.baseline_line(reference))
     print(f"dataset setup: {setup_seconds:.1f}s once for {len(table)} trial(s)")
     code = outcome.exit_code(table, spec.search.num_samples, any_results=len(grid) > 0)
+    if reference and (code != cli.EXIT_OK or not export_best):  # no test metrics to set beside it
+        print(f"{baselines.baseline_line(reference)} (the best trial's test metrics come from the export)")
     if code != cli.EXIT_OK:
         finished = int(table["status"].isin(outcome.DONE).sum())
         print(
@@ -218,14 +245,9 @@ def run_search(
         metrics = export.export_best(path, folder, metric=metric, datasets=datasets, baseline=reference)
     except RunFailure as err:  # e.g. every trial failed: trials.csv says why
         raise RunFailure(f"{err}; see {folder / results.TRIALS_FILE}") from None
-    print(
-        f"best trial exported to {folder / files.BEST_DIR}: test R² "
-        f"{baselines.with_interval(metrics['test_r2'], metrics.get('test_r2_ci95'))}, RMSE {metrics['test_rmse']:.3f}"
-    )
-    comparison = baselines.Comparison.from_dict(metrics.get("vs_baseline"))
-    if comparison is not None:
-        print(f"  {comparison.line()}")
+    print(f"best trial exported to {folder / files.BEST_DIR}")
     export.write_report(path, folder, metric)
+    console.print_winner(folder, table, metric, metrics, reference)
     console.print_outputs(folder, logdir, metric, finished=True, exported=True)
     return cli.EXIT_OK
 

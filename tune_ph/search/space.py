@@ -30,6 +30,8 @@ from tune_ph.search.spec import (
 __all__ = ["FIELD_TYPES", "OptunaSpace", "SearchSpec", "SpaceError", "apply_overrides", "load_space", "parse_space"]
 
 SECTIONS = ("name", "fixed", "space", *settings.SECTIONS)
+# The spaces shipped with the code (a checkout's search_spaces/, beside the tune_ph package).
+SHIPPED_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 # An experiment name becomes a folder under --output-dir: one plain path component, nothing that climbs out.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -271,13 +273,46 @@ def _check_models(ck: Checker, spec: SearchSpec) -> None:
             ck.fail(f"{where}.{err.field}", err.message)
 
 
+def shipped_spaces() -> list[Path]:
+    """The search-space files shipped in search_spaces/ (none when the package is installed without them)."""
+    return sorted(SHIPPED_DIR.glob("*.yaml")) if SHIPPED_DIR.is_dir() else []
+
+
+def _shown(path: Path) -> str:
+    """A path as a user would type it here: relative to the working folder when it is below it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def shipped_list() -> str:
+    """`search_spaces/heads.yaml, search_spaces/quick.yaml, ...`: the shipped spaces, for an error message."""
+    found = shipped_spaces()
+    return ", ".join(_shown(p) for p in found) if found else "none found (they are in a checkout's search_spaces/)"
+
+
+def _at(mark: Any) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}"  # PyYAML counts from 0, editors from 1
+
+
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """One line for a YAML syntax error (PyYAML's spans 5-7): `line 3, column 31: expected ',' or ']', but got
+    '}' (while parsing a flow sequence that starts at line 3, column 22)`."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    context, start = getattr(err, "context", None), getattr(err, "context_mark", None)
+    text = f"{_at(mark)}: {problem}" if mark is not None else problem
+    if context:
+        text += f" ({context}" + (f" that starts at {_at(start)})" if start is not None and start != mark else ")")
+    return text
+
+
 def load_space(path: str | Path) -> SearchSpec:
     """Read and validate a search-space YAML file (yaml.safe_load)."""
     path = Path(path)
     if not path.is_file():
-        raise SpaceError(
-            f"{path}: no such file; the shipped spaces are in search_spaces/ (heads.yaml, sizes.yaml, quick.yaml)"
-        )
+        raise SpaceError(f"{path}: no such file; the shipped spaces: {shipped_list()}")
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as err:
@@ -288,7 +323,7 @@ def load_space(path: str | Path) -> SearchSpec:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise SpaceError(f"{path}: not valid YAML: {err}") from err
+        raise SpaceError(f"{path}: not valid YAML at {yaml_problem(err)}") from None
     return parse_space(raw, str(path))
 
 
@@ -319,6 +354,29 @@ def apply_overrides(spec: SearchSpec, overrides: dict[str, Any]) -> SearchSpec:
     return spec
 
 
+def resume_name(space: str | None, name: str | None) -> str:
+    """The experiment --resume continues: --name, else the name in the --space file."""
+    name = name or (load_space(space).name if space else None)
+    if not name:
+        raise SpaceError("--resume needs --name (or --space) to find the experiment")
+    check_name(Checker("--resume"), "--name", name)  # `../x` would read and write outside --output-dir
+    return name
+
+
+def spec_from_flags(space: str | None, name: str | None, overrides: dict[str, Any]) -> SearchSpec:
+    """A new search's settings: the --space file with the command line's overrides and --name, validated, and its
+    local folders made absolute (Ray runs each trial in a folder of its own, where `runs/pretrained` names
+    nothing)."""
+    if not space:
+        raise SpaceError("--space is required (e.g. --space search_spaces/quick.yaml)")
+    spec = apply_overrides(load_space(space), {**overrides, "name": name})
+    for key in ("model", "dataset", "cache_dir"):
+        value = spec.fixed.get(key)
+        if isinstance(value, str) and (key == "cache_dir" or Path(value).expanduser().exists()):
+            spec.fixed[key] = str(Path(value).expanduser().resolve())
+    return spec
+
+
 def check_devices(spec: SearchSpec, cuda_devices: int) -> None:
     """Refuse a `device` (fixed, searched or --device) that asks for CUDA on a machine with no CUDA GPU.
 
@@ -338,3 +396,36 @@ def check_devices(spec: SearchSpec, cuda_devices: int) -> None:
             if key == "fixed.device" and written != value:
                 key = "--device"  # the value came from the command line, not the file
             ck.fail(key, f"{value!r} asks for a CUDA GPU, but this machine has none; {fix}")
+
+
+def spaces_without_weights() -> list[Path]:
+    """The shipped spaces whose trials all train from scratch: they download nothing and run offline."""
+    out = []
+    for path in shipped_spaces():
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        if isinstance(raw, dict) and (raw.get("fixed") or {}).get("from_scratch") is True:
+            out.append(path)
+    return out
+
+
+def lacking_message(spec: SearchSpec, *, gpu: bool, weights: list[str], why: str = "") -> str:
+    """One line: what this machine lacks for the search (a GPU, pretrained weights it cannot download) and the
+    offline route: pretrain a backbone here, or a shipped space that needs no weights."""
+    needs = []
+    if gpu:
+        share = spec.resources.gpus_per_trial
+        shown = ", ".join(f"{m} {v:g}" for m, v in share.items()) if isinstance(share, dict) else f"{share:g}"
+        needs.append(f"a GPU (resources.gpus_per_trial: {shown}, and there is no GPU here)")
+    if weights:
+        where = why or "not in the local Hugging Face cache; the search would download them from the hub"
+        needs.append(f"the pretrained weights of {', '.join(weights)} ({where})")
+    dataset = spec.fixed.get("dataset", default_of("dataset"))
+    pretrain = f"python -m tune_ph pretrain --dataset {dataset} --from-scratch --output-dir runs/pretrained"
+    route = f"`{pretrain}`, then this search with `--model runs/pretrained{' --gpus-per-trial 0' if gpu else ''}`"
+    free = [_shown(p) for p in spaces_without_weights()]
+    if free:
+        route += f"; or a space that needs no weights: {', '.join(free)}"
+    return f"{spec.path} needs {' and '.join(needs)}. Offline, pretrain a backbone on your data: {route}"

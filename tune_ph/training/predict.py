@@ -189,7 +189,3 @@ def sample_metrics(table: pd.DataFrame) -> dict[str, float] | None:
         known[files.TRUE_PH].to_numpy(), known[files.PREDICTED_PH].to_numpy()
     )
     return {**metrics, "n": len(known)}
-
-
-# TrainConfig fields that are also flags here (their help and checks come from config.py).
-CONFIG_FLAGS = ("dataset", "batch_size", "device", "skip_bad_rows", "max_sets")
