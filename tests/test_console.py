@@ -88,12 +88,13 @@ def test_best_so_far_is_shown_beside_the_baseline_chosen_on_val(capsys):
     progress.on_trial_result(0, [trial], trial, {**result, "val_loss": 0.2, "best_val_loss": 0.2, "epoch": 4})
     # One line per new best: the numbers beside it, no verdict (that is printed once at the start and the end).
     assert capsys.readouterr().out.splitlines() == [
-        "best so far: trial_a1  val_loss 0.3 (epoch 3)  head=mlp2",
-        "  at its best epoch, val R²: DNA model 0.521 vs baseline kmer8-ridge 0.470 (+0.051)",
+        "best so far: trial_a1  val_loss 0.3 (epoch 3)  head=mlp2; val R² 0.521 (baseline kmer8-ridge 0.470)",
         "best so far: trial_a1  val_loss 0.2 (epoch 4)  head=mlp2",  # outside beside_best: no baseline
     ]
     console.print_start(Path("experiments/x"), "experiments/x", 2, baseline_line="baseline chosen on val: ...")
-    assert "  baseline chosen on val: ..." in capsys.readouterr().out.splitlines()
+    lines = capsys.readouterr().out.splitlines()
+    assert "  the bar to clear: baseline chosen on val: ..." in lines
+    assert f"    ({console.BASELINE_WHY})" in lines  # why it is shown, in words, where it is shown
 
 
 def _fake_experiment(folder: Path, exported: bool) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from tune_ph import files
-from tune_ph.baseline import members, otus, regressors, trivial
+from tune_ph.baseline import choices, members, otus, trivial
 from tune_ph.baseline.kmer_models import check_models, run_baseline
 from tune_ph.baseline.kmers import check_k
 from tune_ph.baseline.members import Baseline, BaselineError
@@ -31,10 +31,10 @@ SUMMARY_FILE = "summary.csv"
 class FamilySpec:
     """Which baselines to fit: k-mer lengths × models, read clustering (otu_k 0: none), trivial references."""
 
-    ks: tuple[int, ...] = (4, 6, 8)
-    models: tuple[str, ...] = regressors.MODELS
-    otu_k: int = otus.OTU_K
-    clusters: tuple[int, ...] = otus.CLUSTER_CHOICES
+    ks: tuple[int, ...] = choices.DEFAULT_KS
+    models: tuple[str, ...] = choices.MODELS
+    otu_k: int = choices.OTU_K
+    clusters: tuple[int, ...] = choices.CLUSTER_CHOICES
     references: bool = True
 
     def __post_init__(self) -> None:

@@ -10,14 +10,14 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from tune_ph.baseline import members, regressors
+from tune_ph.baseline import choices, members, regressors
 from tune_ph.baseline.kmers import check_k, kmer_profiles
 from tune_ph.baseline.members import Baseline, BaselineError
 from tune_ph.data.tokens import fingerprint, split_hash
 
 log = logging.getLogger(__name__)
 
-MODELS = regressors.MODELS
+MODELS = choices.MODELS
 # From this k on, profiles are sparse rows (4^7 = 16,384 columns, most of them absent from a sample).
 SPARSE_FROM_K = 7
 

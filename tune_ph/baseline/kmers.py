@@ -9,13 +9,9 @@ import numpy as np
 from scipy import sparse
 from tqdm.auto import tqdm
 
-from tune_ph.errors import InputError
+from tune_ph.baseline.choices import MODELS, KmerError, check_k  # noqa: F401 - what fits the profiles, k's rule
 
 log = logging.getLogger(__name__)
-
-# The models fit on the profiles (tune_ph.baseline.kmer_models): HistGradientBoosting and Ridge.
-MODELS = ("hgb", "ridge")
-K_RANGE = (1, 8)  # 4^8 = 65,536 features is already far more than the samples of any pH dataset
 
 
 # Byte → base code (A=0, C=1, G=2, T=3); anything else, the read separator included, is invalid (255).
@@ -33,17 +29,6 @@ _CHUNK_CELLS = 8_000_000
 # A progress bar only pays off on slow profiling: ~38 M bases/s was measured at k <= 6 (half that at k = 8) on one
 # core, so 40 M bases is about 1-2 s (realistic16s, 50 M bases, shows one).
 _PROGRESS_MIN_BASES = 40_000_000
-
-
-class KmerError(InputError):
-    """A k-mer length out of range."""
-
-
-def check_k(k: int) -> int:
-    """k itself if it is an integer in 1..8, else a KmerError naming --k."""
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not K_RANGE[0] <= int(k) <= K_RANGE[1]:
-        raise KmerError(f"--k must be an integer from {K_RANGE[0]} to {K_RANGE[1]}, got {k!r}")
-    return int(k)
 
 
 def kmer_names(k: int) -> list[str]:

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from sklearn.cluster import MiniBatchKMeans
 
-from tune_ph.baseline import members, regressors
+from tune_ph.baseline import choices, members, regressors
 from tune_ph.baseline.kmer_models import check_models
 from tune_ph.baseline.kmers import check_k, kmer_profiles
 from tune_ph.baseline.members import Baseline, BaselineError
@@ -22,8 +22,6 @@ from tune_ph.metrics import regression_metrics
 
 log = logging.getLogger(__name__)
 
-OTU_K = 5
-CLUSTER_CHOICES = (256, 1024)
 SEED = regressors.SEED
 # The clusters are fitted on at most this many train reads (a seeded draw): 16S reads of one genus are near
 # copies, so more reads add time, not clusters.
@@ -106,9 +104,9 @@ def run_otu_baseline(
     samples_df: pd.DataFrame,
     split: Mapping[str, Sequence[str]],
     *,
-    k: int = OTU_K,
-    clusters: Sequence[int] = CLUSTER_CHOICES,
-    models: Sequence[str] = regressors.MODELS,
+    k: int = choices.OTU_K,
+    clusters: Sequence[int] = choices.CLUSTER_CHOICES,
+    models: Sequence[str] = choices.MODELS,
     cache_dir: str | os.PathLike | None = None,
     use_cache: bool = True,
 ) -> dict[str, Baseline]:

@@ -23,7 +23,6 @@ from tune_ph.metrics import paired_delta_r2, verdict
 log = logging.getLogger(__name__)
 
 # TrainConfig fields the baseline takes as flags: what decides the samples and the split.
-DATA_FLAGS = ("dataset", "split_seed", "split_by", "test_fraction", "val_fraction", "skip_bad_rows", "cache_dir")
 # The report fits the family itself only on a dataset of at most this many bases (realistic16s, 50 M bases:
 # about 2.5 minutes on 2 cores the first time, cached after).
 BASELINE_MAX_BASES = 100_000_000

@@ -15,7 +15,7 @@ from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 log = logging.getLogger(__name__)
 
-MODELS = ("hgb", "ridge")
+
 SEED = 0
 # Ridge is fitted on standardised features, so one grid suits every k (raw frequencies shrink as 4^-k).
 RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-1, 5, 13))

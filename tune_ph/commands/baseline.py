@@ -9,14 +9,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+# Libraries that take seconds to import (pandas, scikit-learn) are imported in _main once the flags are known to be
+# usable: --help and every error the flags alone show answer in a moment.
 from tune_ph import cli, config, files
-from tune_ph.baseline.family import CHOSEN_BY, DEFAULT_FAMILY, FamilySpec, choose_on_val, run_family, write_family
-from tune_ph.baseline.kmers import check_k
-from tune_ph.baseline.reference import DATA_FLAGS, baseline_command, interval_text, reference_of
-from tune_ph.baseline.regressors import MODELS
+from tune_ph.baseline.choices import CLUSTER_CHOICES, DATA_FLAGS, DEFAULT_KS, MODELS, OTU_K, check_k
 from tune_ph.config import TrainConfig
-from tune_ph.data.sources import load_samples
-from tune_ph.data.split import SplitRecord, split_for
 from tune_ph.files import write_json
 
 log = logging.getLogger(__name__)
@@ -40,9 +37,7 @@ def _main(argv: Sequence[str] | None) -> int:
     )
     # The data flags are TrainConfig's own (same names, defaults and rules): the split is the DNA model's.
     config.add_arguments(p, only=DATA_FLAGS)
-    p.add_argument(
-        "--k", type=int, nargs="+", default=list(DEFAULT_FAMILY.ks), help="k-mer lengths, 1..8 (default: 4 6 8)"
-    )
+    p.add_argument("--k", type=int, nargs="+", default=list(DEFAULT_KS), help="k-mer lengths, 1..8 (default: 4 6 8)")
     p.add_argument(
         "--models",
         "--model",
@@ -54,14 +49,14 @@ def _main(argv: Sequence[str] | None) -> int:
     p.add_argument(
         "--otu-k",
         type=int,
-        default=DEFAULT_FAMILY.otu_k,
+        default=OTU_K,
         help="k of the per-read profiles clustered into k-mer OTUs; 0: no read clustering (default %(default)s)",
     )
     p.add_argument(
         "--clusters",
         type=int,
         nargs="+",
-        default=list(DEFAULT_FAMILY.clusters),
+        default=list(CLUSTER_CHOICES),
         help="numbers of read clusters to choose from on val (default: 256 1024)",
     )
     p.add_argument(
@@ -71,6 +66,11 @@ def _main(argv: Sequence[str] | None) -> int:
     args = p.parse_args(argv)
     for k in args.k:
         check_k(k)
+    from tune_ph.baseline.family import CHOSEN_BY, FamilySpec, choose_on_val, run_family, write_family
+    from tune_ph.baseline.reference import baseline_command, interval_text, reference_of
+    from tune_ph.data.sources import load_samples
+    from tune_ph.data.split import SplitRecord, split_for
+
     models = tuple(MODELS) if "both" in args.models else tuple(args.models)
     spec = FamilySpec(ks=tuple(args.k), models=models, otu_k=args.otu_k, clusters=tuple(args.clusters))
     cfg = TrainConfig(**config.given_fields(args, DATA_FLAGS))

@@ -14,8 +14,6 @@ from typing import TYPE_CHECKING, Any
 # are known to be usable: --help and every error the flags alone show answer in a moment.
 from tune_ph import cli, config, files
 from tune_ph.config import TrainConfig
-from tune_ph.data import sources
-from tune_ph.data.split import SplitRecord
 from tune_ph.files import write_json
 
 if TYPE_CHECKING:
@@ -52,6 +50,8 @@ def _main(argv: Sequence[str] | None) -> int:
 
     import torch
 
+    from tune_ph.data import sources
+    from tune_ph.data.split import SplitRecord
     from tune_ph.model.regressor import build_model, resolve_device
     from tune_ph.report.evaluate import evaluate_checkpoint
     from tune_ph.training import environment

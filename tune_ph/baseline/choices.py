@@ -1,0 +1,28 @@
+"""The baseline family's names and defaults (models, k-mer lengths, read clusters, data flags): no heavy imports."""
+
+from __future__ import annotations
+
+from numbers import Integral
+
+from tune_ph.errors import InputError
+
+# The models fit on the profiles: HistGradientBoosting and Ridge.
+MODELS = ("hgb", "ridge")
+K_RANGE = (1, 8)  # 4^8 = 65,536 features is already far more than the samples of any pH dataset
+# The family fitted when none is named: `python -m tune_ph baseline`'s defaults, and the one beside the DNA model.
+DEFAULT_KS = (4, 6, 8)
+OTU_K = 5  # k of the per-read profiles that are clustered into k-mer OTUs
+CLUSTER_CHOICES = (256, 1024)  # numbers of read clusters, one chosen on val
+# TrainConfig fields a baseline takes as flags: what decides the samples and the split.
+DATA_FLAGS = ("dataset", "split_seed", "split_by", "test_fraction", "val_fraction", "skip_bad_rows", "cache_dir")
+
+
+class KmerError(InputError):
+    """A k-mer length out of range."""
+
+
+def check_k(k: int) -> int:
+    """k itself if it is an integer in 1..8, else a KmerError naming --k."""
+    if isinstance(k, bool) or not isinstance(k, Integral) or not K_RANGE[0] <= int(k) <= K_RANGE[1]:
+        raise KmerError(f"--k must be an integer from {K_RANGE[0]} to {K_RANGE[1]}, got {k!r}")
+    return int(k)
