@@ -17,10 +17,11 @@ import json
 import os
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from tune_ph import files
-from tune_ph.baseline.family import choose_on_val, run_family
+from tune_ph.baseline.family import DEFAULT_FAMILY, choose_on_val, run_family
 from tune_ph.commands import search as search_cli
 from tune_ph.data.sources import load_samples
 from tune_ph.data.split import split_samples
@@ -82,6 +83,7 @@ def main() -> None:
     # A shorter search than the recipe's (a smoke test): its figures then say nothing about the recipe.
     p.add_argument("--num-samples", type=int, default=None, help="trials (default: the space's)")
     p.add_argument("--epochs", type=int, default=None, help="epochs per trial (default: the space's)")
+    p.add_argument("--clusters", type=int, nargs="+", default=None, help="read clusters of the k-mer OTU baseline")
     args = p.parse_args()
     out = Path(args.output_dir)
     _fresh(out)
@@ -89,14 +91,14 @@ def main() -> None:
 
     started = time.perf_counter()
     df = load_samples(args.dataset)
-    family = run_family(df, split_samples(df), use_cache=False)  # k in 4, 6, 8 x HGB, Ridge; read clusters
+    spec = DEFAULT_FAMILY if args.clusters is None else replace(DEFAULT_FAMILY, clusters=tuple(args.clusters))
+    family = run_family(df, split_samples(df), spec, use_cache=False)  # k in 4, 6, 8 x HGB, Ridge; read clusters
     seconds = time.perf_counter() - started
     chosen = choose_on_val(family)
     for name, member in family.items():
         if name == chosen:
             member.write(out / "baseline")
-        if name.startswith(("kmer", "otu")):
-            lines.append(_line(name, member.metrics, seconds, "chosen on val" if name == chosen else "baseline family"))
+        lines.append(_line(name, member.metrics, seconds, "chosen on val" if name == chosen else "baseline family"))
     print("\n".join(lines))
 
 

@@ -104,7 +104,19 @@ def test_bench_quality(tmp_path):
     out = tmp_path / "quality"
     argv = ["--dataset", str(_tiny_dataset(tmp_path)), "--output-dir", str(out)]
     space = write_space(tmp_path, tiny_space(name="tiny", fixed__dataset="demo"))
-    lines = _run("bench_quality.py", *argv, "--space", str(space), "--num-samples", "1", "--epochs", "1", timeout=900)
+    lines = _run(
+        "bench_quality.py",
+        *argv,
+        "--space",
+        str(space),
+        "--num-samples",
+        "1",
+        "--epochs",
+        "1",
+        "--clusters",
+        "8",
+        timeout=900,
+    )
     quality = rf"quality {{name}} +test R² {NUMBER}  RMSE {NUMBER}  MAE {NUMBER}  wall +{NUMBER} min  \(.+\)"
     for name in ("dna-model", "kmer4-hgb", "kmer6-ridge", "kmer8-ridge", "otu5-hgb"):
         r2, rmse, mae, minutes = (float(x) for x in _match(quality.format(name=name), lines).groups())
@@ -127,8 +139,11 @@ def test_bench_baseline(tmp_path):
         assert float(m.group(1)) == round(12 * 4 * 60 / 1e6, 1) and float(m.group(2)) >= 0
         for model in ("hgb", "ridge"):
             m = _match(
-                rf"{model} k={k}: test R² {NUMBER}, profile {NUMBER} s \(shared\), fit\+predict {NUMBER} s", lines
+                rf"kmer{k}-{model}: val R² {NUMBER}, test R² {NUMBER}, {NUMBER} s \(features shared by its models\)",
+                lines,
             )
-            assert float(m.group(1)) <= 1 and float(m.group(3)) >= 0
+            assert float(m.group(1)) <= 1 and float(m.group(2)) <= 1 and float(m.group(3)) >= 0
+    chosen = _match(rf"family of \d+: {NUMBER} s; chosen on val: (\S+)", lines).group(2)
+    assert any(line.startswith(f"{chosen}: val R² ") for line in lines)
     assert float(_match(rf"load \+ split demo: {NUMBER} s \(300 samples\)", lines).group(1)) >= 0
     assert float(_match(rf"peak RSS {NUMBER} GiB", lines).group(1)) > 0
