@@ -104,7 +104,7 @@ def main() -> None:
     train_sets = len(ds.set_indices("train"))
     print(
         f"frozen epoch ({len(ds.sample_indices('train'))} train samples, {train_sets} sets of {ds.max_length} tokens, "
-        f"{args.threads} threads): {without:.1f} s without the cache, {with_cache:.2f} s with it "
+        f"{args.threads} threads): {without:.3f} s without the cache, {with_cache:.2f} s with it "
         f"(x{without / max(with_cache, 1e-9):.0f}); cache built once in {build_s:.1f} s, read back in {hit_s:.2f} s"
     )
 

@@ -184,8 +184,13 @@ def test_search_console_shows_hyperparameters_best_so_far_and_outputs(
     saved = json.loads((folder / "baseline.json").read_text())
     chosen = saved["chosen"]
     assert saved["results"][chosen]["val_r2"] == max(m["val_r2"] for m in saved["results"].values())
-    assert "  at its best epoch, val R²: DNA model " in out and f"baseline chosen on val: {chosen} (val R²" in out
-    assert re.search(r"^best trial exported to .*: test R² -?\d\.\d+ \[-?\d", out, flags=re.M), out
+    assert re.search(rf"; val R² -?[0-9.]+ \(baseline {chosen} -?[0-9.]+\)$", out, flags=re.M), out
+    assert f"the bar to clear: baseline chosen on val: {chosen} (val R²" in out
+    # The end: the winner (the exported trial), its searched values, its test metrics beside the baseline.
+    exported = json.loads((folder / "best" / "config.json").read_text())["trial_id"]
+    assert re.search(rf"^winner: trial_{exported}, val_loss ", out, flags=re.M), out
+    assert re.search(r"^  searched hyperparameters: head=", out, flags=re.M), out
+    assert re.search(r"^  test split \(\d+ samples, held out, evaluated once\): R² -?\d\.\d+ \[-?\d", out, flags=re.M)
     vs = json.loads((folder / "best" / "metrics.json").read_text())["vs_baseline"]
     expected = rf"^  test R² vs the baseline chosen on val \({chosen}\): .* over {vs['n_samples']} test samples"
     assert re.search(expected + rf" \(paired bootstrap, 95 %\): {vs['verdict']}$", out, flags=re.M), out

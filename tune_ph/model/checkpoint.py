@@ -177,7 +177,7 @@ class Checkpoint:
         """Read a checkpoint file; a damaged or foreign file is an InputError naming it."""
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"checkpoint {path} does not exist; pass RUN/best_model.pt of a finished run")
+            raise InputError(f"checkpoint {path} does not exist; pass RUN/best_model.pt of a finished run")
         return cls.from_state(load_state(path, cls.WHAT), path)
 
     def num_parameters(self) -> int:

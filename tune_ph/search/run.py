@@ -23,6 +23,7 @@ from tune_ph.errors import InputError, ResourceError, RunFailure, SpaceError
 from tune_ph.files import write_csv, write_json
 from tune_ph.report import export, monitor, results
 from tune_ph.search import cluster, console, origin, outcome, resources, space, tuner
+from tune_ph.search.runlock import ExperimentLock
 from tune_ph.search.space import SearchSpec, parse_space, resume_name, spec_from_flags
 from tune_ph.search.spec import values_of
 from tune_ph.search.trainable import trial_threads
@@ -68,6 +69,8 @@ def unused_experiment(spec: SearchSpec, folder: Path, storage: str | None) -> tu
 
     if not taken(folder):
         return spec, folder
+    with ExperimentLock(folder):  # a search still running there is refused (BusyError names it), not sidestepped
+        pass
     number = 2
     while taken(folder.with_name(f"{spec.name}-{number}")):
         number += 1
