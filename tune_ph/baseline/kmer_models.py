@@ -59,19 +59,9 @@ def run_baseline(
     k = check_k(k)
     models = check_models(models)
     parts = members.split_frames(samples_df, split)
-    fp = fingerprint(samples_df)
-    split_id = split_hash(split)
-    folder = members.cache_folder(cache_dir)
-
-    results: dict[str, Baseline] = {}
-    todo = []
-    for model in models:
-        path = members.cache_path(folder, fp, member_name(k, model), regressors.settings(model), split_id)
-        hit = members.load_cached(path, member_name(k, model)) if use_cache else None
-        if hit is not None:
-            results[model] = hit
-        else:
-            todo.append((model, path))
+    wanted = {model: (member_name(k, model), regressors.settings(model)) for model in models}
+    fp, split_id = fingerprint(samples_df), split_hash(split)
+    results, todo = members.look_up(wanted, fp=fp, split_id=split_id, cache_dir=cache_dir, use_cache=use_cache)
     if not todo:
         return {m: results[m] for m in models}
 

@@ -171,6 +171,32 @@ def load_cached(path: Path, name: str) -> Baseline | None:
     return Baseline(name, metrics, table, cached=True, cache_path=str(path))
 
 
+def look_up(
+    members_of: Mapping[str, tuple[str, Mapping[str, Any]]],
+    *,
+    fp: str,
+    split_id: str,
+    cache_dir: str | os.PathLike | None,
+    use_cache: bool,
+) -> tuple[dict[str, Baseline], list[tuple[str, Path]]]:
+    """The cached baselines (by model) and the models still to fit, each with the path its result goes to.
+
+    members_of: model -> (the baseline's name, its settings); fp, split_id: the data's fingerprint and the split's
+    hash, the rest of the cache key.
+    """
+    folder = cache_folder(cache_dir)
+    found: dict[str, Baseline] = {}
+    todo: list[tuple[str, Path]] = []
+    for model, (name, settings) in members_of.items():
+        path = cache_path(folder, fp, name, settings, split_id)
+        hit = load_cached(path, name) if use_cache else None
+        if hit is not None:
+            found[model] = hit
+        else:
+            todo.append((model, path))
+    return found, todo
+
+
 def store(result: Baseline, path: Path) -> None:
     """Cache a baseline as plain JSON (no pickle); a read-only cache folder is a warning, not a failure."""
     entry = {"metrics": result.metrics, "test_predictions": result.predictions.to_dict(orient="records")}

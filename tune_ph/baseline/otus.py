@@ -121,17 +121,9 @@ def run_otu_baseline(
     if not clusters or clusters[0] < 2:
         raise BaselineError(f"--clusters must be integers >= 2, got {clusters}")
     parts = members.split_frames(samples_df, split)
+    wanted = {model: (member_name(k, model), _settings(model, k, clusters)) for model in models}
     fp, split_id = fingerprint(samples_df), split_hash(split)
-    folder = members.cache_folder(cache_dir)
-    results: dict[str, Baseline] = {}
-    todo = []
-    for model in models:
-        path = members.cache_path(folder, fp, member_name(k, model), _settings(model, k, clusters), split_id)
-        hit = members.load_cached(path, member_name(k, model)) if use_cache else None
-        if hit is not None:
-            results[model] = hit
-        else:
-            todo.append((model, path))
+    results, todo = members.look_up(wanted, fp=fp, split_id=split_id, cache_dir=cache_dir, use_cache=use_cache)
     if not todo:
         return {m: results[m] for m in models}
 
