@@ -261,7 +261,9 @@ def test_the_baseline_beside_the_model_is_chosen_on_val_never_on_test():
     ref = reference_of(fam, choose_on_val(fam), "python -m tune_ph baseline --dataset d")
     assert ref.chosen == "kmer8-ridge" and ref.metrics["test_r2"] == 0.50 and set(ref.results) == set(fam)
     assert ref.test_predictions == {"a": 6.0, "b": 7.0}
-    assert reference.baseline_line(ref).startswith("baseline chosen on val: kmer8-ridge (val R² 0.470, best of 3)")
+    assert reference.baseline_line(ref).startswith(
+        "baseline chosen on val: kmer8-ridge (val R² 0.470, best of 3 from the reads)"
+    )
     assert reference.versus(0.6, ref, "test") == "test R²: DNA model 0.600 vs baseline kmer8-ridge 0.500 (+0.100)"
     assert choose_on_val({"x": _fake("x", float("nan"), 0.5)}) is None
     # baseline.json round trip, and one written before the family (one k-mer Ridge) still reads.

@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from tune_ph.model.regressor import ARCHITECTURES, POOLINGS, RegressionHead, pool_hidden
+from tune_ph.config import MLP_HEADS, POOLINGS
+from tune_ph.model.read_encoders import pool_hidden
+from tune_ph.model.regressor import RegressionHead
 
 D = 32
 
@@ -16,7 +18,7 @@ def _left_pad(hidden: torch.Tensor, n_pad: int, fill: float) -> tuple[torch.Tens
     return padded, mask
 
 
-@pytest.mark.parametrize("architecture", ARCHITECTURES)
+@pytest.mark.parametrize("architecture", MLP_HEADS)
 @pytest.mark.parametrize("pooling", POOLINGS)
 def test_output_shape_every_head(architecture: str, pooling: str) -> None:
     head = RegressionHead(D, architecture=architecture, pooling=pooling)

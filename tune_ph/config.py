@@ -15,7 +15,13 @@ from tune_ph.metrics import METRIC_MODES  # noqa: F401 - metrics.py owns it; sea
 
 DEFAULT_DATASET = "jedick/microbial-DNA-pH"
 DEFAULT_MODEL = "hyenadna-tiny-1k-seqlen"
-ARCHITECTURES: tuple[str, ...] = ("linear", "mlp2", "mlp2_ln", "mlp3", "mlp4", "mlp5")
+# Heads: a linear layer or an MLP (trained by gradient steps), or gradient-boosted trees on the cluster abundances.
+MLP_HEADS: tuple[str, ...] = ("linear", "mlp2", "mlp2_ln", "mlp3", "mlp4", "mlp5")
+ARCHITECTURES: tuple[str, ...] = (*MLP_HEADS, "trees")
+# What turns a read set into a vector: the HyenaDNA backbone, or its k-mer profile (the control; model.read_encoders).
+READ_ENCODERS: tuple[str, ...] = ("hyena", "kmer")
+# How a sample's cluster counts become features (model.abundance).
+ABUNDANCES: tuple[str, ...] = ("clr", "relative", "presence")
 POOLINGS: tuple[str, ...] = ("pool", "last", "first", "sum")
 # How a sample's set vectors become one prediction (model.SetAggregation).
 AGGREGATIONS: tuple[str, ...] = ("mean", "attention", "mean_prediction", "clusters")
@@ -62,6 +68,26 @@ class TrainConfig:
     cluster_dims: int = _field(
         32, "aggregation=clusters: PCA dimensions (whitened) the read vectors are clustered in; at most d_model"
     )
+    cluster_levels: int = _field(
+        1,
+        "aggregation=clusters: resolutions clustered at once, each with a quarter of the clusters of the one before "
+        "(4 with clusters 1024: 1024 + 256 + 64 + 16); coarse ones gather lineages, fine ones organisms",
+    )
+    abundance: str = _field(
+        "clr",
+        "aggregation=clusters: a sample's cluster counts as clr (centred log-ratio), relative (shares) or presence",
+        choices=ABUNDANCES,
+    )
+    read_encoder: str = _field(
+        "hyena",
+        "what turns a read set into a vector: hyena (the backbone) or kmer (its k-mer profile: the control that "
+        "shows what the DNA model adds; frozen only)",
+        choices=READ_ENCODERS,
+    )
+    encoder_k: int = _field(5, "read_encoder=kmer: the k of the k-mer profile (4^k values per read)")
+    tree_leaves: int = _field(15, "head=trees: leaves per tree (LightGBM num_leaves)")
+    tree_learning_rate: float = _field(0.05, "head=trees: shrinkage per boosting round (rounds stop early on val)")
+    tree_min_samples: int = _field(10, "head=trees: samples a leaf holds at least")
     head_dropout: float = _field(0.1, "dropout between head layers")
     freeze_backbone: bool = _field(False, "train aggregation and head only (set vectors are then standardised)")
     learning_rate: float = _field(
@@ -127,6 +153,15 @@ class TrainConfig:
                 "aggregation",
                 "clusters are fit once on a frozen backbone's read vectors; set freeze_backbone=True "
                 "(--freeze-backbone) or choose another aggregation",
+            )
+        if self.head == "trees" and self.aggregation != "clusters":
+            raise ConfigError(
+                "head", "trees read a sample's cluster abundances; use aggregation=clusters or another head"
+            )
+        if self.read_encoder != "hyena" and not self.freeze_backbone:
+            raise ConfigError(
+                "read_encoder",
+                f"read_encoder={self.read_encoder} has nothing to fine-tune; set freeze_backbone=True or use hyena",
             )
         if self.test_fraction + self.val_fraction >= 1:
             raise ConfigError(
@@ -283,12 +318,27 @@ def check_field(name: str, value: Any) -> None:
         raise ConfigError(name, problem)
 
 
+# Integer fields with a range: k-mer profiles have 4^k values per read, each cluster level a quarter of the clusters of
+# the one before.
+_INT_BOUNDS: dict[str, tuple[int, int]] = {
+    "encoder_k": (1, 6),
+    "cluster_levels": (1, 6),
+    "tree_leaves": (2, 4096),
+    "tree_min_samples": (1, 4096),
+}
+
+
 def _range_problem(name: str, value: Any) -> str | None:
     """What is wrong with a (well-typed, non-None) value of a field by its range rule; None when nothing is."""
     if name == "sets_per_step" and value < 0:
         return f"sets_per_step must be >= 0 (0: all sets), got {value!r}"
     if name in ("batch_size", "epochs", "max_sets", "early_stopping_patience", "cluster_dims") and value < 1:
         return f"{name} must be a positive integer, got {value!r}"
+    if name in _INT_BOUNDS and not _INT_BOUNDS[name][0] <= value <= _INT_BOUNDS[name][1]:
+        low, high = _INT_BOUNDS[name]
+        return f"{name} must be {low}..{high}, got {value!r}"
+    if name == "tree_learning_rate" and not 0 < value <= 1:
+        return f"tree_learning_rate must be in (0, 1], got {value!r}"
     if name == "clusters" and value < 2:
         return f"clusters must be at least 2 (a sample is described by their abundances), got {value!r}"
     if name in ("learning_rate", "loss_beta") and not value > 0:

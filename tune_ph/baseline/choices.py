@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from numbers import Integral
+from typing import Any
 
 from tune_ph.errors import InputError
 
@@ -13,6 +15,10 @@ K_RANGE = (1, 8)  # 4^8 = 65,536 features is already far more than the samples o
 DEFAULT_KS = (4, 6, 8)
 OTU_K = 5  # k of the per-read profiles that are clustered into k-mer OTUs
 CLUSTER_CHOICES = (256, 1024)  # numbers of read clusters, one chosen on val
+# A trivial reference's metrics say features "none": it reads labels (study, environment), not the reads.
+REFERENCE_FEATURES = "none"
+# The references' names, in the order they are shown.
+REFERENCE_NAMES = ("train-mean", "environment-mean", "study-mean")
 # TrainConfig fields a baseline takes as flags: what decides the samples and the split.
 DATA_FLAGS = ("dataset", "split_seed", "split_by", "test_fraction", "val_fraction", "skip_bad_rows", "cache_dir")
 
@@ -26,3 +32,9 @@ def check_k(k: int) -> int:
     if isinstance(k, bool) or not isinstance(k, Integral) or not K_RANGE[0] <= int(k) <= K_RANGE[1]:
         raise KmerError(f"--k must be an integer from {K_RANGE[0]} to {K_RANGE[1]}, got {k!r}")
     return int(k)
+
+
+def from_reads(metrics: Mapping[str, Any]) -> bool:
+    """Whether a baseline's metrics are those of a model of the reads alone (k-mer profiles, read clusters), not a
+    reference that reads labels a new sample may lack."""
+    return metrics.get("features") != REFERENCE_FEATURES

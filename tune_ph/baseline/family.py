@@ -88,13 +88,18 @@ def run_family(
 
 
 def choose_on_val(family: Mapping[str, Baseline]) -> str | None:
-    """The name of the member with the highest val R², or None when none has one (no val samples).
+    """The name of the DNA-only member (k-mer profiles, read clusters) with the highest val R², or None when none
+    has one (no val samples); a family of references only chooses among them.
 
-    Never test: the test split stays untouched until the chosen baseline is compared with the DNA model. (A
-    member's val R² is slightly optimistic where val also tuned it, Ridge's alpha or the number of clusters.)
+    DNA-only, because the question is what the DNA model adds over what anyone could fit from the same reads: the
+    study and environment means use labels a new sample may lack, and are shown beside it as references. Never
+    test: the test split stays untouched until the chosen baseline is compared with the DNA model. (A member's val
+    R² is slightly optimistic where val also tuned it, Ridge's alpha or the number of clusters.)
     """
     scored = [name for name, b in family.items() if math.isfinite(b.val_r2)]
-    return max(scored, key=lambda name: family[name].val_r2) if scored else None
+    from_dna = [name for name in scored if choices.from_reads(family[name].metrics)]
+    candidates = from_dna or scored
+    return max(candidates, key=lambda name: family[name].val_r2) if candidates else None
 
 
 def summary_table(family: Mapping[str, Baseline], chosen: str | None) -> pd.DataFrame:

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from tune_ph import files
+from tune_ph.baseline import choices
 from tune_ph.config import TrainConfig
 from tune_ph.metrics import paired_delta_r2, verdict
 
@@ -205,23 +206,54 @@ def reference_of(family: Mapping[str, Any], chosen: str | None, command: str, ch
         chosen=chosen,
         chosen_by=chosen_by,
         command=command,
-        cached=all(b.cached for b in family.values() if b.metrics.get("features") != "none"),
+        cached=all(b.cached for b in family.values() if choices.from_reads(b.metrics)),
         reason=None if chosen else "no val samples to choose a baseline on",
         test_predictions=predictions,
     )
 
 
 def baseline_line(reference: Reference | None) -> str:
-    """`baseline chosen on val: kmer8-ridge (val R² 0.472, best of 11): test R² 0.500 [0.431, 0.562], RMSE 1.207`,
-    or why there is none."""
+    """`baseline chosen on val: kmer8-ridge (val R² 0.472, best of 9 from the reads): test R² 0.500 [0.431, 0.562],
+    RMSE 1.207; references: study mean 0.689, environment mean 0.639`, or why there is none; with the leak
+    sentence when it applies."""
     reference = reference or Reference(reason="not computed")
     m = reference.metrics
     if not m:
         return f"baseline: not computed ({reference.reason or '?'}); compute it with: {reference.command}"
+    from_reads = sum(choices.from_reads(r) for r in reference.results.values())
+    line = (
+        f"baseline chosen on val: {reference.chosen} (val R² {_num(m.get('val_r2'))}, best of {from_reads} from "
+        f"the reads): test R² {with_interval(m.get('test_r2'), m.get('test_r2_ci95'))}, RMSE {_num(m.get('test_rmse'))}"
+    )
+    shown = references_text(reference)
+    if shown:
+        line += f"; references (not from the reads alone): {shown}"
+    leak = leak_note(reference)
+    return f"{line}. {leak}" if leak else line
+
+
+def references_text(reference: Reference) -> str:
+    """`study mean 0.689, environment mean 0.639` (test R²): the references that read labels, not reads."""
+    parts = []
+    for name in reversed(choices.REFERENCE_NAMES[1:]):  # the train mean is 0 by construction
+        r2 = reference.results.get(name, {}).get("test_r2")
+        if isinstance(r2, (int, float)) and math.isfinite(r2):
+            parts.append(f"{name.replace('-', ' ')} {r2:.3f}")
+    return ", ".join(parts)
+
+
+def leak_note(reference: Reference, model_val_r2: float | None = None) -> str | None:
+    """One sentence when the study mean beats the chosen baseline (and the model, when given) on val: the random
+    split leaks study identity; None otherwise."""
+    study = reference.results.get("study-mean", {}).get("val_r2")
+    best = [reference.metrics.get("val_r2"), model_val_r2]
+    best = [v for v in best if isinstance(v, (int, float)) and math.isfinite(v)]
+    if not (isinstance(study, (int, float)) and math.isfinite(study)) or not best or study <= max(best):
+        return None
     return (
-        f"baseline chosen on val: {reference.chosen} (val R² {_num(m.get('val_r2'))}, best of "
-        f"{len(reference.results)}): test R² {with_interval(m.get('test_r2'), m.get('test_r2_ci95'))}, "
-        f"RMSE {_num(m.get('test_rmse'))}"
+        f"The study mean (val R² {study:.3f}) beats every model of the reads here: this split leaks study identity "
+        "(test samples come from studies seen in training), so `--split-by study` is what answers how a model does "
+        "on new studies."
     )
 
 

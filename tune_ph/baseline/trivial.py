@@ -8,14 +8,13 @@ import numpy as np
 import pandas as pd
 
 from tune_ph.baseline import members
+from tune_ph.baseline.choices import REFERENCE_FEATURES, REFERENCE_NAMES
 from tune_ph.baseline.members import Baseline
 
 # name -> the columns whose train mean is predicted, most specific first (an unseen value falls back to the next).
-REFERENCES: dict[str, tuple[str, ...]] = {
-    "train-mean": (),
-    "environment-mean": ("environment",),
-    "study-mean": ("study_name", "environment"),
-}
+REFERENCES: dict[str, tuple[str, ...]] = dict(
+    zip(REFERENCE_NAMES, [(), ("environment",), ("study_name", "environment")])
+)
 
 
 def _predict(train: pd.DataFrame, df: pd.DataFrame, by: tuple[str, ...]) -> np.ndarray:
@@ -40,5 +39,7 @@ def run_references(parts: Mapping[str, pd.DataFrame]) -> dict[str, Baseline]:
         if name == "study-mean" and not seen_test_studies(parts):
             continue
         predicted = {part: _predict(parts["train"], parts[part], by) for part in ("val", "test")}
-        out[name] = members.scored(name, parts, predicted, features="none", model=name, k=None, mean_of=list(by[:1]))
+        out[name] = members.scored(
+            name, parts, predicted, features=REFERENCE_FEATURES, model=name, k=None, mean_of=list(by[:1])
+        )
     return out

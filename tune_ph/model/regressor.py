@@ -13,9 +13,12 @@ from torch import nn
 from hyena_dna import HyenaDNAConfig, HyenaDNAModel, PretrainedNotFoundError
 from hyena_dna.model import HyenaFilter
 from tune_ph import files
-from tune_ph.config import AGGREGATIONS, ARCHITECTURES, POOLINGS, TrainConfig
+from tune_ph.config import AGGREGATIONS, MLP_HEADS, POOLINGS, TrainConfig
 from tune_ph.errors import ConfigError, InputError
+from tune_ph.model import abundance
 from tune_ph.model.checkpoint import Checkpoint
+from tune_ph.model.read_encoders import make_encoder, pool_hidden
+from tune_ph.model.tree_head import TreeHead
 
 log = logging.getLogger(__name__)
 
@@ -31,39 +34,13 @@ def _widths(d_model: int, n_hidden: int) -> list[int]:
     return [max(d_model // 2**k, floor) for k in range(1, n_hidden + 1)]
 
 
-def pool_hidden(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
-    """Reduce (B, L, D) hidden states to (B, D) using only positions where mask is True."""
-    if pooling not in POOLINGS:
-        raise ValueError(f"unknown pooling {pooling!r}; choose one of: {', '.join(POOLINGS)}")
-    if hidden.dim() != 3 or mask.shape != hidden.shape[:2]:
-        raise ValueError(
-            f"expected hidden (B, L, D) and mask (B, L); got {tuple(hidden.shape)} and {tuple(mask.shape)}"
-        )
-    mask = mask.bool()
-    if pooling in ("pool", "sum"):
-        # where() rather than multiplication so non-finite values at padded positions cannot leak in.
-        total = torch.where(mask.unsqueeze(-1), hidden, hidden.new_zeros(())).sum(dim=1)
-        if pooling == "sum":
-            return total
-        count = mask.sum(dim=1, keepdim=True).clamp(min=1).to(total.dtype)
-        return total / count
-    length = mask.shape[1]
-    positions = torch.arange(length, device=mask.device).expand_as(mask)
-    if pooling == "last":
-        # Largest real position; computed from the mask so left and right padding both work.
-        index = torch.where(mask, positions, -1).amax(dim=1).clamp(min=0)
-    else:
-        index = torch.where(mask, positions, length).amin(dim=1).clamp(max=length - 1)
-    return hidden[torch.arange(hidden.shape[0], device=hidden.device), index]
-
-
 class RegressionHead(nn.Module):
     """Masked pooling followed by a linear layer or a small MLP; returns one value per sequence."""
 
     def __init__(self, d_model: int, architecture: str = "mlp2", pooling: str = "pool", dropout: float = 0.1):
         super().__init__()
-        if architecture not in ARCHITECTURES:
-            raise ValueError(f"unknown head architecture {architecture!r}; choose one of: {', '.join(ARCHITECTURES)}")
+        if architecture not in MLP_HEADS:
+            raise ValueError(f"unknown head architecture {architecture!r}; choose one of: {', '.join(MLP_HEADS)}")
         if pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r}; choose one of: {', '.join(POOLINGS)}")
         self.architecture = architecture
@@ -102,57 +79,94 @@ def segment_mean(values: torch.Tensor, owner: torch.Tensor, num_groups: int) -> 
     return total / count.view(-1, *([1] * (values.dim() - 1)))
 
 
+def level_sizes(clusters: int, levels: int) -> list[int]:
+    """Cluster counts of each resolution, finest first: clusters, clusters/4, clusters/16, ... (at least 2 each)."""
+    return [clusters // 4**i for i in range(levels) if clusters // 4**i >= 2]
+
+
 class ReadClusters(nn.Module):
     """Learned OTUs: read-set vectors -> PCA-whitened, L2-normalised -> the nearest of K centroids (MiniBatchKMeans fit
-    on the train split's reads) -> a sample's centred log-ratio (CLR) cluster abundances.
+    on the train split's reads), at one or several resolutions -> a sample's abundances per cluster (CLR, relative
+    or presence, each resolution a composition of its own).
 
-    Which organism a read comes from is what says most about pH; a frozen backbone's vectors put reads of one
+    Which organism a read comes from is what says most about pH; a frozen encoder's vectors put reads of one
     organism near each other, so clusters of them stand for organisms (as OTUs do) and a sample is described by
-    how many of its reads fall in each. The fit is kept as buffers: a checkpoint holds it like any weight.
+    how many of its reads fall in each. Coarse resolutions gather related organisms (lineages), where the signal of
+    real samples often lives; fine ones keep single organisms apart. The fit is kept as buffers: a checkpoint holds
+    it like any weight.
     """
 
-    def __init__(self, d_model: int, n_clusters: int, dims: int):
+    def __init__(self, width: int, n_clusters: int, dims: int, levels: int = 1, transform: str = "clr"):
         super().__init__()
-        if dims > d_model:
-            raise ConfigError("cluster_dims", f"cluster_dims {dims} exceeds the backbone's d_model {d_model}")
-        self.register_buffer("center", torch.zeros(d_model))
-        self.register_buffer("projection", torch.zeros(d_model, dims))
-        self.register_buffer("centroids", torch.zeros(n_clusters, dims))
+        if dims > width:
+            raise ConfigError("cluster_dims", f"cluster_dims {dims} exceeds the read vectors' width {width}")
+        if transform not in abundance.TRANSFORMS:
+            raise ConfigError("abundance", f"unknown abundance transform {transform!r}")
+        self.sizes = level_sizes(n_clusters, levels)
+        self.transform = transform
+        self.register_buffer("center", torch.zeros(width))
+        self.register_buffer("projection", torch.zeros(width, dims))
+        # Every resolution's centroids in one buffer, finest first (one resolution: the layout of older checkpoints).
+        self.register_buffer("centroids", torch.zeros(sum(self.sizes), dims))
+
+    @property
+    def n_features(self) -> int:
+        """Abundances per sample: one per cluster of every resolution."""
+        return sum(self.sizes)
 
     def embed(self, vectors: torch.Tensor) -> torch.Tensor:
         """Set vectors (N, D) -> the space the clusters live in (N, dims)."""
         return nn.functional.normalize((vectors.float() - self.center) @ self.projection, dim=-1)
 
     def fit(self, vectors: torch.Tensor, seed: int) -> None:
-        """Fit the projection and the centroids on train read vectors (N, D); scikit-learn's PCA and MiniBatchKMeans."""
+        """Fit the projection and every resolution's centroids on train read vectors (N, D); scikit-learn's PCA and
+        MiniBatchKMeans."""
         from sklearn.cluster import MiniBatchKMeans
         from sklearn.decomposition import PCA
 
         data = vectors.detach().float().cpu().numpy()
-        n_clusters, dims = self.centroids.shape
-        if len(data) < n_clusters:
+        dims = self.centroids.shape[1]
+        if len(data) < self.sizes[0]:
             raise ConfigError(
-                "clusters", f"{n_clusters} clusters need at least as many train read sets, got {len(data)}"
+                "clusters", f"{self.sizes[0]} clusters need at least as many train read sets, got {len(data)}"
             )
         pca = PCA(n_components=dims, whiten=True, random_state=seed).fit(data)
         # whiten=True: scaled components, so (x - mean) @ projection equals pca.transform(x).
         self.center.copy_(torch.from_numpy(pca.mean_))
         self.projection.copy_(torch.from_numpy((pca.components_ / np.sqrt(pca.explained_variance_)[:, None]).T))
         embedded = self.embed(vectors.detach().cpu()).numpy()
-        kmeans = MiniBatchKMeans(n_clusters, batch_size=4096, n_init=1, max_iter=20, random_state=seed)
-        self.centroids.copy_(torch.from_numpy(kmeans.fit(embedded).cluster_centers_))
+        fitted = [
+            MiniBatchKMeans(k, batch_size=4096, n_init=1, max_iter=20, random_state=seed).fit(embedded).cluster_centers_
+            for k in self.sizes
+        ]
+        self.centroids.copy_(torch.from_numpy(np.concatenate(fitted)))
 
     def assign(self, vectors: torch.Tensor) -> torch.Tensor:
-        """The nearest centroid of each set vector (N,)."""
+        """The nearest centroid of each set vector at every resolution (N, levels), as rows of ``centroids``."""
         z = self.embed(vectors)
-        return ((self.centroids**2).sum(-1) - 2 * z @ self.centroids.T).argmin(dim=-1)
+        distance = (self.centroids**2).sum(-1) - 2 * z @ self.centroids.T
+        out, start = [], 0
+        for size in self.sizes:
+            out.append(distance[:, start : start + size].argmin(dim=-1) + start)
+            start += size
+        return torch.stack(out, dim=1)
+
+    def counts(self, vectors: torch.Tensor, owner: torch.Tensor, num_samples: int) -> torch.Tensor:
+        """Each sample's read count in every cluster of every resolution (num_samples, n_features)."""
+        counts = vectors.new_zeros((num_samples, self.n_features), dtype=torch.float32)
+        labels = self.assign(vectors)
+        rows = owner.unsqueeze(1).expand_as(labels)
+        counts.index_put_((rows.reshape(-1), labels.reshape(-1)), counts.new_ones(labels.numel()), accumulate=True)
+        return counts
 
     def abundances(self, vectors: torch.Tensor, owner: torch.Tensor, num_samples: int) -> torch.Tensor:
-        """CLR of each sample's cluster counts (num_samples, K); a pseudocount of one half keeps log(0) away."""
-        counts = vectors.new_zeros((num_samples, self.centroids.shape[0]), dtype=torch.float32)
-        counts.index_put_((owner, self.assign(vectors)), torch.ones_like(owner, dtype=torch.float32), accumulate=True)
-        logs = torch.log(counts + 0.5)
-        return logs - logs.mean(dim=1, keepdim=True)
+        """Each sample's transformed abundances (num_samples, n_features), each resolution transformed on its own."""
+        counts = self.counts(vectors, owner, num_samples)
+        blocks = torch.split(counts, self.sizes, dim=1)
+        return torch.cat([abundance.transform(self.transform, block) for block in blocks], dim=1)
+
+    def extra_repr(self) -> str:
+        return f"sizes={self.sizes}, transform={self.transform!r}"
 
 
 class SetAggregation(nn.Module):
@@ -195,7 +209,7 @@ class SetAggregation(nn.Module):
         return exp / exp.new_zeros(num_samples).index_add_(0, owner, exp)[owner]
 
     def forward(
-        self, vectors: torch.Tensor, owner: torch.Tensor, num_samples: int, head: RegressionHead
+        self, vectors: torch.Tensor, owner: torch.Tensor, num_samples: int, head: RegressionHead | TreeHead
     ) -> torch.Tensor:
         """vectors (N, D) of sets, owner (N,) their sample in 0..num_samples-1 -> predictions (num_samples,)."""
         if self.clusters is not None:  # the clusters standardise in their own (whitened) space
@@ -222,19 +236,22 @@ class PhRegressor(nn.Module):
     """Backbone per read set -> pooled set vector -> SetAggregation over a sample's sets -> RegressionHead.
 
     forward(input_ids (S, L), mask (S, L), owner (S,), num_samples) -> standardised pH (num_samples,); without
-    owner every set is a sample of its own.
+    owner every set is a sample of its own. With a read encoder (e.g. k-mer profiles, the control) set vectors
+    come from it instead of the backbone.
     """
 
     def __init__(
         self,
         backbone: HyenaDNAModel,
-        head: RegressionHead,
+        head: RegressionHead | TreeHead,
         freeze_backbone: bool = False,
         aggregation: SetAggregation | None = None,
+        read_encoder: nn.Module | None = None,
     ):
         super().__init__()
         self.backbone = backbone
         self.head = head
+        self.read_encoder = read_encoder
         if aggregation is None:
             aggregation = SetAggregation(backbone.config.d_model, standardise=freeze_backbone)
         self.aggregation = aggregation
@@ -252,12 +269,14 @@ class PhRegressor(nn.Module):
 
     def set_vectors(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """One pooled vector per set (S, D)."""
+        if self.read_encoder is not None:
+            return self.read_encoder(input_ids, mask)
         if self.freeze_backbone:
             with torch.no_grad():
                 hidden = self.backbone(input_ids)
         else:
             hidden = self.backbone(input_ids)
-        return self.head.pool(hidden, mask)
+        return pool_hidden(hidden, mask, self.head.pooling)
 
     def from_set_vectors(self, vectors: torch.Tensor, owner: torch.Tensor, num_samples: int) -> torch.Tensor:
         """Set vectors (S, D) of some samples -> standardised pH per sample (num_samples,)."""
@@ -292,14 +311,33 @@ def backbone_config(cfg: TrainConfig) -> HyenaDNAConfig:
         raise ConfigError("model", str(err)) from None
 
 
+def _head(cfg: TrainConfig, width: int) -> RegressionHead | TreeHead:
+    if cfg.head == "trees":
+        return TreeHead(
+            width,
+            pooling=cfg.pooling,
+            leaves=cfg.tree_leaves,
+            learning_rate=cfg.tree_learning_rate,
+            min_samples=cfg.tree_min_samples,
+            seed=cfg.seed,
+        )
+    return RegressionHead(width, cfg.head, cfg.pooling, cfg.head_dropout)
+
+
 def _assemble(cfg: TrainConfig, backbone: HyenaDNAModel) -> PhRegressor:
     d_model = backbone.config.d_model
-    clusters = ReadClusters(d_model, cfg.clusters, cfg.cluster_dims) if cfg.aggregation == "clusters" else None
+    encoder = make_encoder(cfg.read_encoder, cfg.encoder_k)
+    width = encoder.width if encoder is not None else d_model
+    clusters = None
+    if cfg.aggregation == "clusters":
+        clusters = ReadClusters(width, cfg.clusters, cfg.cluster_dims, cfg.cluster_levels, cfg.abundance)
     # With clusters the head reads a sample's abundances, one per cluster, instead of a set vector.
-    head = RegressionHead(cfg.clusters if clusters else d_model, cfg.head, cfg.pooling, cfg.head_dropout)
+    head = _head(cfg, clusters.n_features if clusters else width)
     standardise = cfg.freeze_backbone and clusters is None
-    aggregation = SetAggregation(d_model, cfg.aggregation, standardise=standardise, clusters=clusters)
-    return PhRegressor(backbone, head, freeze_backbone=cfg.freeze_backbone, aggregation=aggregation)
+    aggregation = SetAggregation(width, cfg.aggregation, standardise=standardise, clusters=clusters)
+    return PhRegressor(
+        backbone, head, freeze_backbone=cfg.freeze_backbone, aggregation=aggregation, read_encoder=encoder
+    )
 
 
 def build_model(cfg: TrainConfig) -> PhRegressor:

@@ -12,7 +12,8 @@ from typing import Any
 import pandas as pd
 
 from tune_ph import files
-from tune_ph.baseline.reference import Comparison, Reference, interval_text
+from tune_ph.baseline.choices import REFERENCE_NAMES
+from tune_ph.baseline.reference import Comparison, Reference, interval_text, leak_note
 from tune_ph.metrics import METRIC_MODES, best_column, metric_mode
 from tune_ph.report import results
 from tune_ph.report.page import fmt, img, table_html
@@ -193,7 +194,8 @@ def _family_html(baseline: Reference) -> str:
     ]
     classes = ["winner" if name == baseline.chosen else "" for name in baseline.results]
     return (
-        f"<details><summary>All {len(rows)} baselines (the highest val R² was chosen)</summary>"
+        f"<details><summary>All {len(rows)} baselines (the highest val R² of the models of the reads was chosen; "
+        "the means of study and environment are references)</summary>"
         f"{table_html(['baseline', 'val R²', 'test R²', '95 % interval'], rows, classes)}</details>"
     )
 
@@ -204,10 +206,16 @@ def _test_html(w: Winner, baseline: Reference | None, folder: Path) -> str:
     baseline = baseline or Reference(reason="the export did not compute it")
     if baseline.metrics:
         rows.append(_test_row(f"baseline chosen on val: {baseline.chosen}", baseline.metrics))
+        for name in REFERENCE_NAMES[1:]:  # labels a new sample may lack: shown, never the bar to clear
+            if name in baseline.results:
+                rows.append(_test_row(f"reference (labels, not reads): {name}", baseline.results[name]))
     parts = [table_html(headers, rows)] if rows else ["<p>No test metrics: best/metrics.json is missing.</p>"]
     words = r2_in_words(w.test)
     if words:
         parts.append(f'<p class="muted">{html.escape(words)}</p>')
+    leak = leak_note(baseline)
+    if leak:
+        parts.append(f"<p>{html.escape(leak)}</p>")
     if not baseline.metrics:
         command = baseline.command or "python -m tune_ph baseline --dataset DATASET"
         parts.append(

@@ -19,7 +19,9 @@ from tune_ph.errors import InputError
 from tune_ph.metrics import is_better, worst_value
 from tune_ph.model import embeddings
 from tune_ph.model.checkpoint import Checkpoint
+from tune_ph.model.read_encoders import kmer_vectors
 from tune_ph.model.regressor import PhRegressor, build_model, configure_optimizer, match_norm, resolve_device
+from tune_ph.model.tree_head import TreeHead
 from tune_ph.training.epoch import make_loss, seed_everything, train_epoch
 from tune_ph.training.predict import predict, regression_metrics
 
@@ -68,10 +70,12 @@ class _Run:
     ):
         self.cfg, self.dataset, self.model, self.metric, self.device = cfg, dataset, model, metric, device
         self.target_mean, self.target_std = _target_scale(dataset)
-        self.optimizer = configure_optimizer(model, cfg)
+        # Trees on a frozen encoder's clusters have no parameter a gradient step could move: they are grown once.
+        self.trees = isinstance(model.head, TreeHead)
+        self.optimizer = None if self.trees else configure_optimizer(model, cfg)
         self.scheduler = (
             torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="min", patience=3)
-            if cfg.lr_scheduler == "plateau"
+            if cfg.lr_scheduler == "plateau" and self.optimizer is not None
             else None
         )
         self.loss_fn = make_loss(cfg)
@@ -89,7 +93,8 @@ class _Run:
             raise InputError("the checkpoint to resume from has no optimizer state; resume from a trial's state.pt")
         match_norm(self.model, state.weights)
         self.model.load_state_dict(state.weights)
-        self.optimizer.load_state_dict(state.optimizer)
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(state.optimizer)
         if self.scheduler is not None and state.scheduler is not None:
             self.scheduler.load_state_dict(state.scheduler)
         self.history = list(state.history)
@@ -107,7 +112,7 @@ class _Run:
         if self._cached is None or self._cached.epoch != self.epoch:
             self._cached = Checkpoint(
                 weights=_cpu_state_dict(self.model),
-                optimizer=copy.deepcopy(self.optimizer.state_dict()),
+                optimizer=copy.deepcopy(self.optimizer.state_dict()) if self.optimizer is not None else None,
                 scheduler=self.scheduler.state_dict() if self.scheduler is not None else None,
                 epoch=self.epoch,
                 metric=self.metric,
@@ -127,19 +132,7 @@ class _Run:
         """One epoch of training, then validation: the epoch's metrics (metrics.EPOCH_METRICS), kept in history."""
         self.epoch = epoch
         started = time.perf_counter()
-        train_loss = train_epoch(
-            self.model,
-            self.dataset,
-            self.cfg,
-            epoch=epoch,
-            optimizer=self.optimizer,
-            loss_fn=self.loss_fn,
-            target_mean=self.target_mean,
-            target_std=self.target_std,
-            device=self.device,
-            progress=progress,
-            vectors=self.vectors,
-        )
+        train_loss = self.grow_trees() if self.trees else self.train_epoch(epoch, progress)
         val = predict(
             self.model,
             self.dataset,
@@ -163,13 +156,46 @@ class _Run:
             "train_loss": train_loss,
             "val_loss": val_loss,
             **regression_metrics(val.true, val.predicted, prefix="val_"),
-            "lr": self.optimizer.param_groups[0]["lr"],
+            "lr": self.optimizer.param_groups[0]["lr"] if self.optimizer is not None else self.cfg.tree_learning_rate,
             "epoch_seconds": time.perf_counter() - started,
         }
         if self.scheduler is not None:
             self.scheduler.step(val_loss)
         self.history.append(metrics)
         return metrics
+
+    def train_epoch(self, epoch: int, progress: bool) -> float:
+        """One epoch of gradient steps over the train samples: its mean loss."""
+        return train_epoch(
+            self.model,
+            self.dataset,
+            self.cfg,
+            epoch=epoch,
+            optimizer=self.optimizer,
+            loss_fn=self.loss_fn,
+            target_mean=self.target_mean,
+            target_std=self.target_std,
+            device=self.device,
+            progress=progress,
+            vectors=self.vectors,
+        )
+
+    def split_features(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The abundances (samples, features) of a split's samples and their standardised pH, from the vectors."""
+        samples = self.dataset.sample_indices(split)
+        sets = self.dataset.set_indices(split)
+        owner = torch.from_numpy(np.searchsorted(samples, self.dataset.set_sample[sets]))
+        features = self.model.aggregation.clusters.abundances(self.vectors[torch.from_numpy(sets)], owner, len(samples))
+        target = (torch.from_numpy(self.dataset.ph[samples]).float() - self.target_mean) / self.target_std
+        return features, target
+
+    def grow_trees(self) -> float:
+        """Grow the tree head on the train samples' abundances (early stopping on val): the train loss."""
+        train, target = self.split_features("train")
+        val, val_target = self.split_features("val")
+        rounds = self.model.head.fit(train, target, val, val_target)
+        log.info("trees: %d boosting rounds kept (early stopping on val)", rounds)
+        return float(self.loss_fn(self.model.head.regress(train), target))
 
     def improved(self, metrics: dict[str, Any]) -> bool:
         """Whether this epoch is the best so far by the metric (it then becomes the best)."""
@@ -197,6 +223,33 @@ def _log_epoch(metrics: dict[str, Any], epochs: int, improved: bool) -> None:
         metrics["epoch_seconds"],
         "  *best" if improved else "",
     )
+
+
+def _frozen_vectors(
+    cfg: TrainConfig,
+    dataset: TokenizedDataset,
+    model: PhRegressor,
+    device: torch.device,
+    progress: bool,
+    shared: Mapping[str, np.ndarray] | None,
+) -> torch.Tensor:
+    """Every set's vector from the frozen read encoder: k-mer profiles are counted (seconds, nothing to cache), the
+    backbone's pooled states come from the driver or the embedding cache."""
+    if model.read_encoder is not None:
+        started = time.perf_counter()
+        vectors = kmer_vectors(model.read_encoder, dataset.tokens_of, len(dataset))
+        log.info("%s profiles of %d read sets in %.1f s", cfg.read_encoder, len(dataset), time.perf_counter() - started)
+        return vectors
+    set_vectors = embeddings.set_vectors(
+        model.backbone,
+        dataset,
+        cache_dir=cfg.cache_dir,
+        device=device,
+        progress=progress,
+        batch_size=cfg.sets_per_forward(),
+        shared=shared,
+    )
+    return embeddings.for_pooling(set_vectors, cfg.pooling)
 
 
 def fit(
@@ -231,16 +284,7 @@ def fit(
     if resume_from is not None:
         run.resume(resume_from)
     if cfg.freeze_backbone:  # after a resume has loaded its weights: the vectors must be of those
-        set_vectors = embeddings.set_vectors(
-            model.backbone,
-            dataset,
-            cache_dir=cfg.cache_dir,
-            device=device,
-            progress=progress,
-            batch_size=cfg.sets_per_forward(),
-            shared=shared_vectors,
-        )
-        run.vectors = embeddings.for_pooling(set_vectors, cfg.pooling)
+        run.vectors = _frozen_vectors(cfg, dataset, model, device, progress, shared_vectors)
         clusters = model.aggregation.clusters
         if clusters is not None and resume_from is None:  # resumed: the fit is in the weights
             train_sets = torch.from_numpy(dataset.set_indices("train"))
@@ -261,6 +305,8 @@ def fit(
             run.best_state = run.checkpoint()
         if on_epoch_end is not None and on_epoch_end(dict(metrics), run.checkpoint):
             log.info("stopped after epoch %d by the epoch callback", epoch)
+            break
+        if run.trees:  # grown once, to their best round on val: another epoch would grow the same trees
             break
         if run.stalled():
             log.info(

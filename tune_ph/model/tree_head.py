@@ -1,0 +1,130 @@
+"""Gradient-boosted trees (LightGBM) as a head on a sample's cluster abundances, kept in a checkpoint without pickle."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from tune_ph.errors import InputError
+
+log = logging.getLogger(__name__)
+
+# Boosting rounds at most; early stopping on val ends it far sooner (tens to hundreds of rounds here).
+MAX_ROUNDS = 3000
+EARLY_STOPPING_ROUNDS = 100
+# Thousands of cluster features and a few hundred samples: each tree sees half the features and 80 % of the samples,
+# which decorrelates the trees (the same reason random forests subsample).
+FEATURE_FRACTION = 0.5
+BAGGING_FRACTION = 0.8
+# A model text larger than this is not a head we wrote (3,000 trees of 63 leaves are about 20 MB).
+MAX_MODEL_BYTES = 64 << 20
+
+
+class TreeHead(nn.Module):
+    """LightGBM regression trees on features (N, F) -> one value each (N,).
+
+    Trees are not trained by gradient steps: ``fit`` grows them once on the train samples with early stopping on
+    val. The fitted model is kept as LightGBM's own text format in a uint8 buffer, so a checkpoint carries it like
+    any weight and loading it parses text; nothing is unpickled.
+    """
+
+    trainable_by_gradient = False
+
+    def __init__(
+        self,
+        n_features: int,
+        *,
+        pooling: str = "pool",
+        leaves: int = 15,
+        learning_rate: float = 0.05,
+        min_samples: int = 10,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.architecture = "trees"
+        self.n_features, self.pooling = n_features, pooling
+        self.params: dict[str, Any] = {
+            "objective": "regression",
+            "learning_rate": learning_rate,
+            "num_leaves": leaves,
+            "min_data_in_leaf": min_samples,
+            "feature_fraction": FEATURE_FRACTION,
+            "bagging_fraction": BAGGING_FRACTION,
+            "bagging_freq": 1,
+            "seed": seed,
+            "deterministic": True,
+            "force_row_wise": True,
+            "verbosity": -1,
+        }
+        self.register_buffer("model_text", torch.zeros(0, dtype=torch.uint8))
+        self._booster: Any = None
+
+    @property
+    def fitted(self) -> bool:
+        return self.model_text.numel() > 0
+
+    def fit(self, train: torch.Tensor, target: torch.Tensor, val: torch.Tensor, val_target: torch.Tensor) -> int:
+        """Grow the trees on (train, target), stopping when val stops improving; returns the rounds kept."""
+        import lightgbm as lgb
+
+        params = {**self.params, "num_threads": max(torch.get_num_threads(), 1)}
+        data = lgb.Dataset(_numpy(train), _numpy(target), free_raw_data=True)
+        valid = lgb.Dataset(_numpy(val), _numpy(val_target), reference=data)
+        booster = lgb.train(
+            params,
+            data,
+            num_boost_round=MAX_ROUNDS,
+            valid_sets=[valid],
+            callbacks=[lgb.early_stopping(EARLY_STOPPING_ROUNDS, verbose=False)],
+        )
+        text = booster.model_to_string(num_iteration=booster.best_iteration)
+        self.model_text = torch.frombuffer(bytearray(text.encode()), dtype=torch.uint8).clone()
+        self._booster = booster
+        return int(booster.best_iteration or booster.current_iteration())
+
+    def regress(self, features: torch.Tensor) -> torch.Tensor:
+        """Features (N, F) -> one value each (N,)."""
+        if not self.fitted:
+            raise RuntimeError("the tree head has not been fitted; TreeHead.fit grows it on the train samples")
+        out = self.booster().predict(_numpy(features), num_threads=max(torch.get_num_threads(), 1))
+        return torch.from_numpy(np.asarray(out, dtype=np.float32)).to(features.device)
+
+    def booster(self) -> Any:
+        """The LightGBM booster the buffer holds (parsed once)."""
+        if self._booster is None:
+            import lightgbm as lgb
+
+            try:
+                self._booster = lgb.Booster(model_str=bytes(self.model_text.cpu().numpy()).decode())
+            except (lgb.basic.LightGBMError, UnicodeDecodeError) as err:
+                raise InputError(f"the checkpoint's tree head is not a LightGBM model ({err})") from None
+            if self._booster.num_feature() != self.n_features:
+                raise InputError(
+                    f"the checkpoint's tree head reads {self._booster.num_feature()} features, but its config "
+                    f"gives the head {self.n_features}; the file is damaged or was edited"
+                )
+        return self._booster
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        # The model text's length is the fitted model's, not known when the head is built: take the saved size.
+        saved = state_dict.get(prefix + "model_text")
+        if isinstance(saved, torch.Tensor):
+            if saved.dtype != torch.uint8 or saved.dim() != 1 or saved.numel() > MAX_MODEL_BYTES:
+                raise InputError(
+                    f"the checkpoint's tree head is {saved.numel()} {saved.dtype} values, not a LightGBM model text "
+                    f"of at most {MAX_MODEL_BYTES >> 20} MB"
+                )
+            self.model_text = torch.zeros_like(saved)
+            self._booster = None
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"n_features={self.n_features}, leaves={self.params['num_leaves']}, fitted={self.fitted}"
+
+
+def _numpy(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().float().cpu().numpy()
