@@ -18,7 +18,7 @@ import pandas as pd
 
 from tune_ph import files
 from tune_ph.config import TrainConfig
-from tune_ph.metrics import paired_delta_r2, verdict
+from tune_ph.metrics import TEST_R2, TEST_R2_CI95, TEST_RMSE, VAL_R2, paired_delta_r2, verdict
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class Reference:
 
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     chosen: str | None = None
-    chosen_by: str = "val_r2"
+    chosen_by: str = VAL_R2
     command: str = ""
     cached: bool = False
     reason: str | None = None
@@ -90,7 +90,7 @@ class Reference:
         return cls(
             results=results,
             chosen=str(chosen) if chosen is not None else None,
-            chosen_by=str(data.get("chosen_by", "val_r2")),
+            chosen_by=str(data.get("chosen_by", VAL_R2)),
             command=str(data.get("command") or ""),
             cached=bool(data.get("cached", False)),
             reason=data.get("reason"),
@@ -194,7 +194,7 @@ def reference_baseline(
     return reference_of(family, choose_on_val(family), command, chosen_by=CHOSEN_BY)
 
 
-def reference_of(family: Mapping[str, Any], chosen: str | None, command: str, chosen_by: str = "val_r2") -> Reference:
+def reference_of(family: Mapping[str, Any], chosen: str | None, command: str, chosen_by: str = VAL_R2) -> Reference:
     """The Reference record of a fitted family (name -> members.Baseline) and its member chosen on val."""
     predictions = {}
     if chosen is not None:
@@ -219,9 +219,9 @@ def baseline_line(reference: Reference | None) -> str:
     if not m:
         return f"baseline: not computed ({reference.reason or '?'}); compute it with: {reference.command}"
     return (
-        f"baseline chosen on val: {reference.chosen} (val R² {_num(m.get('val_r2'))}, best of "
-        f"{len(reference.results)}): test R² {with_interval(m.get('test_r2'), m.get('test_r2_ci95'))}, "
-        f"RMSE {_num(m.get('test_rmse'))}"
+        f"baseline chosen on val: {reference.chosen} (val R² {_num(m.get(VAL_R2))}, best of "
+        f"{len(reference.results)}): test R² {with_interval(m.get(TEST_R2), m.get(TEST_R2_CI95))}, "
+        f"RMSE {_num(m.get(TEST_RMSE))}"
     )
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from tune_ph import cli, config, files
 from tune_ph.config import TrainConfig
 from tune_ph.files import write_json
+from tune_ph.metrics import TEST_MAE, TEST_N_SAMPLES, TEST_R2, TEST_R2_CI95, TEST_RMSE, VAL_LOSS
 
 if TYPE_CHECKING:
     from tune_ph.model.checkpoint import Checkpoint
@@ -102,17 +103,17 @@ def _main(argv: Sequence[str] | None) -> int:
     log.info(
         "best epoch %d (val_loss %.4f); evaluating on the test split",
         result.best_epoch,
-        result.history[result.best_epoch - 1]["val_loss"] if result.history else float("nan"),
+        result.history[result.best_epoch - 1][VAL_LOSS] if result.history else float("nan"),
     )
     metrics = evaluate_checkpoint(
         out / files.MODEL_FILE, dataset=dataset, output_dir=out, device=cfg.device, baseline=reference
     )
     log.info(
         "test: R² %s  RMSE %.3f  MAE %.3f  (%d samples) -> %s",
-        baselines.with_interval(metrics["test_r2"], metrics.get("test_r2_ci95")),
-        metrics["test_rmse"],
-        metrics["test_mae"],
-        metrics["test_n_samples"],
+        baselines.with_interval(metrics[TEST_R2], metrics.get(TEST_R2_CI95)),
+        metrics[TEST_RMSE],
+        metrics[TEST_MAE],
+        metrics[TEST_N_SAMPLES],
         out,
     )
     if reference is not None:

@@ -13,7 +13,7 @@ from tune_ph.baseline import reference as baselines
 from tune_ph.baseline.reference import Reference
 from tune_ph.data.tokens import TokenizedDataset
 from tune_ph.files import write_json
-from tune_ph.metrics import SUMMARY_METRICS
+from tune_ph.metrics import SUMMARY_METRICS, VAL_LOSS
 from tune_ph.model.checkpoint import Checkpoint
 from tune_ph.report import html_report, results, winner
 from tune_ph.report.evaluate import evaluate_checkpoint
@@ -61,7 +61,7 @@ def describe_model(
 def export_best(
     path: str,
     folder: Path,
-    metric: str = "val_loss",
+    metric: str = VAL_LOSS,
     datasets: dict[int, TokenizedDataset] | None = None,
     device: str = "auto",
     baseline: Reference | None = None,
@@ -127,7 +127,7 @@ def report_baseline(folder: Path, train_config: dict[str, Any] | None) -> Refere
     return found
 
 
-def write_report(path: str, folder: Path, metric: str = "val_loss", with_baseline: bool = True) -> Path | None:
+def write_report(path: str, folder: Path, metric: str = VAL_LOSS, with_baseline: bool = True) -> Path | None:
     """report.html: the winner and why, test metrics beside a k-mer baseline, curves, trials, importances."""
     folder = Path(folder)
     try:

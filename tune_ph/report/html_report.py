@@ -13,7 +13,7 @@ import pandas as pd
 from tune_ph import files
 from tune_ph.baseline.reference import Reference
 from tune_ph.files import write_text
-from tune_ph.metrics import SUMMARY_METRICS, best_column, metric_mode
+from tune_ph.metrics import SUMMARY_METRICS, VAL_LOSS, best_column, metric_mode
 from tune_ph.report import plots, results
 from tune_ph.report.page import CSS, fmt, img, table_html
 from tune_ph.report.plots import plot_residuals
@@ -156,7 +156,7 @@ def write_report(
     *,
     settings: dict[str, Any],
     study_db: Path,
-    metric: str = "val_loss",
+    metric: str = VAL_LOSS,
     baseline: Reference | None = None,
 ) -> Path:
     """Write folder/report.html, self-contained (images inline), readable top to bottom.

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
 
-from tune_ph.metrics import BEST_PREFIX
+from tune_ph.metrics import BEST_PREFIX, VAL_LOSS
 
 matplotlib.use("Agg")  # files only: runs happen on headless machines and inside Ray workers
 
@@ -87,7 +87,7 @@ def learning_curves(
     frames: dict[str, pd.DataFrame],
     reasons: dict[str, str],
     *,
-    metric: str = "val_loss",
+    metric: str = VAL_LOSS,
     winner: str | None = None,
     winner_epoch: int | None = None,
     rungs: Sequence[int] = (),

@@ -15,7 +15,16 @@ import pyarrow.fs as pafs
 
 from tune_ph.errors import InputError, RunFailure
 from tune_ph.files import TRIAL_STATE_FILE, write_csv, write_json
-from tune_ph.metrics import EPOCH_METRICS, SUMMARY_METRICS, best_column, is_better, metric_mode
+from tune_ph.metrics import (
+    EPOCH_METRICS,
+    SUMMARY_METRICS,
+    VAL_LOSS,
+    VAL_R2,
+    VAL_RMSE,
+    best_column,
+    is_better,
+    metric_mode,
+)
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +308,7 @@ def stop_reason(status: str, epochs_run: int, planned: int | None, error: str = 
     return f"stopped by ASHA at epoch {epochs_run}"
 
 
-def trials_table(trials: list[Trial], metric: str = "val_loss", max_epochs: int | None = None) -> pd.DataFrame:
+def trials_table(trials: list[Trial], metric: str = VAL_LOSS, max_epochs: int | None = None) -> pd.DataFrame:
     """One row per trial: searched config, status, why it stopped, epochs run, each trial's BEST val metrics."""
     rows = []
     for trial in trials:
@@ -333,14 +342,14 @@ def trials_table(trials: list[Trial], metric: str = "val_loss", max_epochs: int 
     return table
 
 
-def write_trials_table(path: str, folder: Path, metric: str = "val_loss") -> pd.DataFrame:
+def write_trials_table(path: str, folder: Path, metric: str = VAL_LOSS) -> pd.DataFrame:
     """trials.csv in the local experiment folder."""
     table = trials_table(Experiment(path).trials(), metric, planned_epochs(load_settings(folder)))
     write_csv(Path(folder) / TRIALS_FILE, table)
     return table
 
 
-def best_checkpoint(experiment: Experiment, metric: str = "val_loss") -> tuple[Trial, str, dict[str, Any]]:
+def best_checkpoint(experiment: Experiment, metric: str = VAL_LOSS) -> tuple[Trial, str, dict[str, Any]]:
     """(trial, checkpoint folder name, that epoch's metrics) of the best `metric` over every kept checkpoint.
 
     The search keeps each trial's checkpoints ranked by the same metric, so its best epoch is among them.
@@ -360,7 +369,7 @@ def best_checkpoint(experiment: Experiment, metric: str = "val_loss") -> tuple[T
     return best[1], best[2], best[3]
 
 
-def print_summary(table: pd.DataFrame, metric: str = "val_loss") -> None:
+def print_summary(table: pd.DataFrame, metric: str = VAL_LOSS) -> None:
     if table.empty:
         print("\nno trial has run yet")
         return
@@ -368,7 +377,7 @@ def print_summary(table: pd.DataFrame, metric: str = "val_loss") -> None:
     print(f"\n{len(table)} trial(s): " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())))
     key = best_column(metric)
     shown = [c for c in table.columns if c.startswith("config/") and table[c].nunique(dropna=False) > 1]
-    metric_cols = [c for c in dict.fromkeys((key, *map(best_column, ("val_loss", "val_rmse", "val_r2")))) if c in table]
+    metric_cols = [c for c in dict.fromkeys((key, *map(best_column, (VAL_LOSS, VAL_RMSE, VAL_R2)))) if c in table]
     cols = ["trial_id", "status", "epochs_run", *metric_cols, *shown]
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         print(table[cols].head(10).rename(columns=lambda c: c.removeprefix("config/")).to_string(index=False))

@@ -13,7 +13,17 @@ import pandas as pd
 
 from tune_ph import files
 from tune_ph.baseline.reference import Comparison, Reference, interval_text
-from tune_ph.metrics import METRIC_MODES, best_column, metric_mode
+from tune_ph.metrics import (
+    METRIC_MODES,
+    TEST_MAE,
+    TEST_N_SAMPLES,
+    TEST_R2,
+    TEST_R2_CI95,
+    TEST_RMSE,
+    VAL_R2,
+    best_column,
+    metric_mode,
+)
 from tune_ph.report import results
 from tune_ph.report.page import fmt, img, table_html
 
@@ -23,7 +33,7 @@ RESIDUALS_NOTE = (
     "and high pH under-predicted: the predictions are pulled toward the mean pH (regression to the mean), as those "
     "of any model that explains only part of the variation are; the flatter the points lie around 0, the better."
 )
-TEST_METRICS = (("test_r2", "R²"), ("test_rmse", "RMSE"), ("test_mae", "MAE"), ("test_n_samples", "n samples"))
+TEST_METRICS = ((TEST_R2, "R²"), (TEST_RMSE, "RMSE"), (TEST_MAE, "MAE"), (TEST_N_SAMPLES, "n samples"))
 
 
 def searched_names(settings: dict[str, Any]) -> list[str]:
@@ -116,7 +126,7 @@ def find_winner(
 
 def r2_in_words(test: dict[str, Any]) -> str | None:
     """One sentence on what the test R² and RMSE mean for pH, or None without them."""
-    r2, rmse, n = test.get("test_r2"), test.get("test_rmse"), test.get("test_n_samples")
+    r2, rmse, n = test.get(TEST_R2), test.get(TEST_RMSE), test.get(TEST_N_SAMPLES)
     if not isinstance(r2, (int, float)) or not math.isfinite(r2):
         return None
     samples = f"the {n} test samples" if isinstance(n, int) else "the test samples"
@@ -157,8 +167,8 @@ def _why_html(w: Winner) -> str:
 def _test_row(name: str, m: dict[str, Any]) -> list[str]:
     return [
         name,
-        fmt(m.get("test_r2")),
-        interval_text(m.get("test_r2_ci95")),
+        fmt(m.get(TEST_R2)),
+        interval_text(m.get(TEST_R2_CI95)),
         *[fmt(m.get(k)) for k, _ in TEST_METRICS[1:]],
     ]
 
@@ -176,7 +186,7 @@ def _comparison_html(w: Winner, baseline: Reference) -> str:
             f"{interval_text(comparison.delta_r2_ci95, signed=True)} (paired bootstrap over the same "
             f"{comparison.n_samples} test samples; it lies {where} 0).</p>"
         )
-    ours, theirs = w.test.get("test_r2"), baseline.metrics.get("test_r2")
+    ours, theirs = w.test.get(TEST_R2), baseline.metrics.get(TEST_R2)
     if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (ours, theirs)):
         return ""
     return (
@@ -188,7 +198,7 @@ def _comparison_html(w: Winner, baseline: Reference) -> str:
 
 def _family_html(baseline: Reference) -> str:
     rows = [
-        [name, fmt(m.get("val_r2")), fmt(m.get("test_r2")), interval_text(m.get("test_r2_ci95"))]
+        [name, fmt(m.get(VAL_R2)), fmt(m.get(TEST_R2)), interval_text(m.get(TEST_R2_CI95))]
         for name, m in baseline.results.items()
     ]
     classes = ["winner" if name == baseline.chosen else "" for name in baseline.results]

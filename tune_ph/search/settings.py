@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from tune_ph import config
+from tune_ph.metrics import VAL_LOSS
 
 METRICS = tuple(config.METRIC_MODES)
 # numpy's seed range, which Optuna's TPE sampler uses.
@@ -63,7 +64,7 @@ class SearchSettings:
     )
     max_concurrent: int = _setting(1, "trials run at once", rule=_at_least_one, cli=True)
     metric: str = _setting(
-        "val_loss",
+        VAL_LOSS,
         "validation metric that ASHA, TPE, the kept checkpoints and the exported trial all use",
         choices=METRICS,
     )

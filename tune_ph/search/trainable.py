@@ -18,7 +18,7 @@ from ray import tune
 from tune_ph.config import TrainConfig
 from tune_ph.data.tokens import TokenizedDataset
 from tune_ph.files import TRIAL_STATE_FILE
-from tune_ph.metrics import EPOCH_METRICS, best_column, is_better, worst_value
+from tune_ph.metrics import EPOCH_METRICS, VAL_LOSS, best_column, is_better, worst_value
 from tune_ph.model.checkpoint import Checkpoint
 from tune_ph.training.fit import fit
 
@@ -37,7 +37,7 @@ def trial_threads(cpus: float | None) -> int:
 def train_trial(
     config: dict[str, Any],
     datasets: dict[int, TokenizedDataset],
-    metric: str = "val_loss",
+    metric: str = VAL_LOSS,
     vectors: dict[str, np.ndarray] | None = None,
 ) -> None:
     """Tune function trainable; `datasets` (keyed by max length) and the frozen backbones' set `vectors` (keyed by

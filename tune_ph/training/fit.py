@@ -16,7 +16,7 @@ from torch import nn
 from tune_ph.config import TrainConfig
 from tune_ph.data.tokens import TokenizedDataset
 from tune_ph.errors import InputError
-from tune_ph.metrics import is_better, worst_value
+from tune_ph.metrics import TRAIN_LOSS, VAL_LOSS, VAL_MAE, VAL_R2, VAL_RMSE, is_better, worst_value
 from tune_ph.model import embeddings
 from tune_ph.model.checkpoint import Checkpoint
 from tune_ph.model.regressor import PhRegressor, build_model, configure_optimizer, match_norm, resolve_device
@@ -160,8 +160,8 @@ class _Run:
         )
         metrics: dict[str, Any] = {
             "epoch": epoch,
-            "train_loss": train_loss,
-            "val_loss": val_loss,
+            TRAIN_LOSS: train_loss,
+            VAL_LOSS: val_loss,
             **regression_metrics(val.true, val.predicted, prefix="val_"),
             "lr": self.optimizer.param_groups[0]["lr"],
             "epoch_seconds": time.perf_counter() - started,
@@ -189,11 +189,11 @@ def _log_epoch(metrics: dict[str, Any], epochs: int, improved: bool) -> None:
         "epoch %d/%d  train_loss %.4f  val_loss %.4f  val_rmse %.3f  val_mae %.3f  val_r2 %.3f  (%.1fs)%s",
         metrics["epoch"],
         epochs,
-        metrics["train_loss"],
-        metrics["val_loss"],
-        metrics["val_rmse"],
-        metrics["val_mae"],
-        metrics["val_r2"],
+        metrics[TRAIN_LOSS],
+        metrics[VAL_LOSS],
+        metrics[VAL_RMSE],
+        metrics[VAL_MAE],
+        metrics[VAL_R2],
         metrics["epoch_seconds"],
         "  *best" if improved else "",
     )
@@ -203,7 +203,7 @@ def fit(
     cfg: TrainConfig,
     dataset: TokenizedDataset,
     *,
-    metric: str = "val_loss",
+    metric: str = VAL_LOSS,
     on_epoch_end: EpochCallback | None = None,
     resume_from: Checkpoint | None = None,
     progress: bool = True,
