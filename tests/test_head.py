@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from tune_ph.model.regressor import ARCHITECTURES, POOLINGS, RegressionHead, pool_hidden
+from tune_ph.config import ARCHITECTURES, POOLINGS
+from tune_ph.model.regressor import RegressionHead, pool_hidden
 
 D = 32
 

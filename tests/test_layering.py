@@ -13,3 +13,26 @@ _spec.loader.exec_module(count_structure)
 
 def test_no_metric_name_is_spelled_outside_metrics_py():
     assert count_structure.metric_literals() == []
+
+
+def test_no_subpackage_imports_one_above_it():
+    """DESIGN.md's order: commands > search > report > training > model > data, baseline beside (function-local
+    imports count)."""
+    assert count_structure.upward_imports() == []
+
+
+def test_every_name_is_imported_from_the_module_that_defines_it():
+    assert count_structure.reexports() == []
+
+
+def test_the_counter_sees_an_upward_import(tmp_path, monkeypatch):
+    """The layering test is not vacuous: a model module importing from training is caught."""
+    package = tmp_path / "tune_ph"
+    (package / "model").mkdir(parents=True)
+    (package / "training").mkdir()
+    (package / "model" / "bad.py").write_text("def f():\n    from tune_ph.training.fit import fit\n")
+    (package / "training" / "fit.py").write_text("def fit():\n    pass\n")
+    monkeypatch.setattr(count_structure, "ROOT", tmp_path)
+    monkeypatch.setattr(count_structure, "PACKAGE", package)
+    (found,) = count_structure.upward_imports()
+    assert "tune_ph.model.bad -> tune_ph.training.fit" in found

@@ -12,6 +12,7 @@ from hyena_dna import HyenaDNAConfig, HyenaDNAModel
 from hyena_dna.tokenizer import decode
 from tune_ph import files
 from tune_ph.config import AGGREGATIONS, POOLINGS, TrainConfig
+from tune_ph.data import token_cache
 from tune_ph.data.tokens import build
 from tune_ph.files import save_torch
 from tune_ph.model import embeddings
@@ -260,7 +261,7 @@ def test_frozen_training_never_runs_the_backbone(tmp_path, monkeypatch) -> None:
     assert len(result.history) == 3 and result.history[-1]["train_loss"] < result.history[0]["train_loss"]
     monkeypatch.setattr(embeddings, "compute", refuse)
     shared = {embeddings.cache_key(_backbone_of(cfg), ds): vectors}
-    monkeypatch.setattr(embeddings.token_cache, "cache_folder", refuse)  # not even the disk cache is read
+    monkeypatch.setattr(token_cache, "cache_folder", refuse)  # not even the disk cache is read
     again = fit(cfg, ds, progress=False, shared_vectors=shared)
     assert [h["val_loss"] for h in again.history] == [h["val_loss"] for h in result.history]
 

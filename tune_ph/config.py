@@ -11,7 +11,6 @@ from typing import Any
 
 from hyena_dna.config import HyenaDNAConfig, max_length_of
 from tune_ph.errors import ConfigError
-from tune_ph.metrics import METRIC_MODES  # noqa: F401 - metrics.py owns it; search/space.py still reads it here
 
 DEFAULT_DATASET = "jedick/microbial-DNA-pH"
 DEFAULT_MODEL = "hyenadna-tiny-1k-seqlen"

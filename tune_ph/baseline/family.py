@@ -14,8 +14,8 @@ import pandas as pd
 
 from tune_ph import files
 from tune_ph.baseline import choices, members, otus, trivial
+from tune_ph.baseline.choices import check_k
 from tune_ph.baseline.kmer_models import check_models, run_baseline
-from tune_ph.baseline.kmers import check_k
 from tune_ph.baseline.members import Baseline, BaselineError
 from tune_ph.data.split import SplitRecord
 from tune_ph.files import write_csv, write_json

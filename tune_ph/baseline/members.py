@@ -16,7 +16,7 @@ import pandas as pd
 
 from tune_ph import files
 from tune_ph.data import token_cache
-from tune_ph.data.tokens import default_cache_dir
+from tune_ph.data.token_cache import default_cache_dir
 from tune_ph.errors import InputError
 from tune_ph.files import write_csv, write_json
 from tune_ph.metrics import TRAIN_N_SAMPLES, VAL_R2, bootstrap_ci, regression_metrics

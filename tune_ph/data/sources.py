@@ -33,7 +33,7 @@ _TABLE_SUFFIXES = (".parquet", ".jsonl", ".json")
 _SKIP_HINT = "Fix the data, or pass skip_bad_rows=True (CLI: --skip-bad-rows) to drop such rows."
 
 
-__all__ = ["BadRowError", "DatasetError", "load_samples", "prepare", "prepare_for", "split_samples"]
+__all__ = ["load_samples", "prepare", "prepare_for"]
 
 
 # ---------------------------------------------------------------- sources

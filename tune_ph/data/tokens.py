@@ -18,7 +18,6 @@ from tqdm.auto import tqdm
 from hyena_dna import tokenizer
 from tune_ph import files
 from tune_ph.data import read_sets, token_cache
-from tune_ph.data.token_cache import default_cache_dir as default_cache_dir  # where it always was (baseline uses it)
 
 log = logging.getLogger(__name__)
 

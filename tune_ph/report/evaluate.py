@@ -15,15 +15,15 @@ from tune_ph.baseline.reference import Reference, compare
 from tune_ph.data import sources
 from tune_ph.data.tokens import TokenizedDataset
 from tune_ph.files import write_csv, write_json
-from tune_ph.metrics import TEST_R2, bootstrap_ci
+from tune_ph.metrics import TEST_R2, bootstrap_ci, regression_metrics
 from tune_ph.model import embeddings
 from tune_ph.model.regressor import load_checkpoint, resolve_device
-from tune_ph.report.html_report import plot_residuals
-from tune_ph.training.predict import Predictions, predict, regression_metrics
+from tune_ph.report.plots import plot_residuals
+from tune_ph.training.predict import Predictions, predict
 
 log = logging.getLogger(__name__)
 
-__all__ = ["evaluate_checkpoint", "load_checkpoint", "predictions_table"]
+__all__ = ["evaluate_checkpoint", "predictions_table"]
 
 
 def predictions_table(dataset: TokenizedDataset, preds: Predictions) -> pd.DataFrame:

@@ -16,10 +16,9 @@ from tune_ph.files import write_text
 from tune_ph.metrics import SUMMARY_METRICS, VAL_LOSS, best_column, metric_mode
 from tune_ph.report import plots, results
 from tune_ph.report.page import CSS, fmt, img, table_html
-from tune_ph.report.plots import plot_residuals
 from tune_ph.report.winner import find_winner, ranked, read_json, searched_names, used_when, winner_html
 
-__all__ = ["importance_notes", "plot_residuals", "trials_view", "write_report"]
+__all__ = ["importance_notes", "trials_view", "write_report"]
 
 # Below this many completed trials, importances are a hint at best (fANOVA and PED-ANOVA fit a handful of points).
 SMALL_SEARCH = 20

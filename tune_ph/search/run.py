@@ -24,8 +24,8 @@ from tune_ph.files import write_csv, write_json
 from tune_ph.report import export, monitor, results
 from tune_ph.search import cluster, console, origin, outcome, resources, space, tuner
 from tune_ph.search.runlock import ExperimentLock
-from tune_ph.search.space import SearchSpec, parse_space, resume_name, spec_from_flags
-from tune_ph.search.spec import values_of
+from tune_ph.search.space import parse_space, resume_name, spec_from_flags
+from tune_ph.search.spec import SearchSpec, values_of
 from tune_ph.search.trainable import trial_threads
 from tune_ph.training import environment
 

@@ -9,9 +9,9 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from tune_ph import config
-from tune_ph.metrics import VAL_LOSS
+from tune_ph.metrics import METRIC_MODES, VAL_LOSS
 
-METRICS = tuple(config.METRIC_MODES)
+METRICS = tuple(METRIC_MODES)
 # numpy's seed range, which Optuna's TPE sampler uses.
 SEED_LIMIT = 2**32
 

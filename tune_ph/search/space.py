@@ -20,14 +20,13 @@ from tune_ph.search.spec import (
     DATA_FIELDS,
     FIELD_TYPES,
     UNSEARCHABLE,
-    OptunaSpace,
     SearchSpec,
     default_of,
     dependency_order,
     values_of,
 )
 
-__all__ = ["FIELD_TYPES", "OptunaSpace", "SearchSpec", "SpaceError", "apply_overrides", "load_space", "parse_space"]
+__all__ = ["apply_overrides", "load_space", "parse_space"]
 
 SECTIONS = ("name", "fixed", "space", *settings.SECTIONS)
 # The spaces shipped with the code (a checkout's search_spaces/, beside the tune_ph package).

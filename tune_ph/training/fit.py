@@ -16,12 +16,12 @@ from torch import nn
 from tune_ph.config import TrainConfig
 from tune_ph.data.tokens import TokenizedDataset
 from tune_ph.errors import InputError
-from tune_ph.metrics import TRAIN_LOSS, VAL_LOSS, VAL_MAE, VAL_R2, VAL_RMSE, is_better, worst_value
+from tune_ph.metrics import TRAIN_LOSS, VAL_LOSS, VAL_MAE, VAL_R2, VAL_RMSE, is_better, regression_metrics, worst_value
 from tune_ph.model import embeddings
 from tune_ph.model.checkpoint import Checkpoint
 from tune_ph.model.regressor import PhRegressor, build_model, configure_optimizer, match_norm, resolve_device
 from tune_ph.training.epoch import make_loss, seed_everything, train_epoch
-from tune_ph.training.predict import predict, regression_metrics
+from tune_ph.training.predict import predict
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from tune_ph.metrics import regression_metrics
 from tune_ph.model.regressor import PhRegressor, autocast, load_checkpoint, resolve_device
 from tune_ph.training.checkpoints import checkpoint_split, find_checkpoint
 
-__all__ = ["Predictions", "predict", "predict_samples", "regression_metrics", "sample_metrics"]
+__all__ = ["Predictions", "predict", "predict_samples", "sample_metrics"]
 
 # A per-batch progress bar pays off from about this many samples on.
 _PROGRESS_MIN_SAMPLES = 200
