@@ -29,6 +29,10 @@ def test_a_trial_imports_only_what_training_needs():
     assert _families(loaded, "tune_ph.report", "optuna", "matplotlib") == []
     # The search's driver-side modules stay out too.
     assert _families(loaded, "tune_ph.search") == ["tune_ph.search", "tune_ph.search.trainable"]
+    # Training's validation pass, not the predict command's: no data sources, scikit-learn or scipy (the split and
+    # the tokenized data arrive ready; pandas comes with Ray itself).
+    assert _families(loaded, "sklearn", "scipy", "tune_ph.data.sources", "tune_ph.data.split") == []
+    assert _families(loaded, "tune_ph.training.inference", "tune_ph.training.checkpoints", "tune_ph.baseline") == []
 
 
 def test_the_search_package_itself_imports_nothing():
