@@ -6,6 +6,12 @@ places it found; tests/test_layering.py pins them.
 - upward imports: an import (function-local ones too) of a subpackage that DESIGN.md's order puts above the
   importer: commands > search > report > training > model > data, baseline beside (data below it; report,
   search and commands above); the top-level modules (config, metrics, files, ...) import no subpackage.
+- max_length deciders: the modules of tune_ph/ that decide a max_length: look a model's maximum up
+  (model_max_length, hyena_dna's max_length_of), write a length into a record (`x.max_length = ...`) or work one
+  out (`max_length = <min/max/arithmetic>`, a `*length*` function returning one, `replace(..., max_length=<computed>)`);
+  passing on a record's length as it is, or one another function worked out, decides nothing, and neither do checks
+  of a given length against the model's (validate*, check*).
+- run functions: the modules that call training's fit(); one run function (training/run.py) calls it.
 - re-exports: `from tune_ph.X import name` (in tune_ph/, tests/, benchmarks/) where X does not define name but
   imports it from elsewhere.
 """
@@ -172,9 +178,95 @@ def _attribute_reexports(path: Path, tree: ast.Module, trees: dict[Path, ast.Mod
                 yield f"{path.relative_to(ROOT)}:{node.lineno}: {node.attr} through {module}"
 
 
+LENGTH_LOOKUPS = {"model_max_length", "max_length_of"}  # a model's maximum (besides a built backbone's config)
+
+
+def _computed(value: ast.AST) -> bool:
+    """Whether a value is worked out, not read as it is from a record (a name or an attribute)."""
+    return not isinstance(value, (ast.Name, ast.Attribute, ast.Constant))
+
+
+def _works_out(value: ast.AST) -> bool:
+    """Whether an expression works a length out itself (arithmetic, min/max), not asks a function that does."""
+    return any(
+        isinstance(n, ast.BinOp) or (isinstance(n, ast.Call) and getattr(n.func, "id", None) in ("min", "max"))
+        for n in ast.walk(value)
+    )
+
+
+def _length_decision(node: ast.AST) -> str | None:
+    if isinstance(node, ast.Call):
+        func = node.func
+        called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+        if called in LENGTH_LOOKUPS:
+            return f"{called}()"
+        if called == "replace" and any(k.arg == "max_length" and _computed(k.value) for k in node.keywords):
+            return "replace(max_length=...)"
+    if isinstance(node, ast.Assign):
+        for target in node.targets:
+            if isinstance(target, ast.Attribute) and target.attr == "max_length":
+                return "x.max_length = ..."
+            if isinstance(target, ast.Name) and target.id == "max_length" and _works_out(node.value):
+                return "max_length = ..."
+    return None
+
+
+def _returns_length(func: ast.AST) -> bool:
+    return "length" in func.name and any(
+        isinstance(n, ast.Return) and n.value is not None and _works_out(n.value) for n in ast.walk(func)
+    )
+
+
+def max_length_deciders() -> list[str]:
+    """module: function (what), for every module that decides a max length (checks of a given one aside)."""
+    by_module: dict[str, list[str]] = {}
+    for name, _, tree in modules():
+        for func in ast.walk(tree):
+            if not isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)) or func.name.lstrip("_").startswith(
+                ("validate", "check")
+            ):
+                continue
+            nested = _nested(func)
+            what = sorted({d for n in ast.walk(func) if n not in nested and (d := _length_decision(n))})
+            if _returns_length(func):
+                what.append("returns a worked-out length")
+            if what:
+                by_module.setdefault(name, []).append(f"{func.name} ({', '.join(what)})")
+    return [f"{module}: {'; '.join(funcs)}" for module, funcs in by_module.items()]
+
+
+def _nested(func: ast.AST) -> set[ast.AST]:
+    """The nodes of functions defined inside func (counted as their own)."""
+    out: set[ast.AST] = set()
+    for node in ast.walk(func):
+        if node is not func and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            out.update(ast.walk(node))
+    return out
+
+
+def fit_callers() -> list[str]:
+    """file:line of every call of training.fit.fit() in tune_ph/ (the run function's own included)."""
+    found = []
+    for name, path, tree in modules():
+        binds = any(
+            isinstance(node, ast.ImportFrom)
+            and node.module == "tune_ph.training.fit"
+            and "fit" in {a.name for a in node.names}
+            for node in ast.walk(tree)
+        )
+        if not binds:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "fit":
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {name}")
+    return found
+
+
 COUNTS = {
     "metric literals outside metrics.py": metric_literals,
     "upward imports": upward_imports,
+    "max_length deciders": max_length_deciders,
+    "fit() callers (run functions)": fit_callers,
     "names imported through a module that does not define them": reexports,
 }
 

@@ -36,3 +36,14 @@ def test_the_counter_sees_an_upward_import(tmp_path, monkeypatch):
     monkeypatch.setattr(count_structure, "PACKAGE", package)
     (found,) = count_structure.upward_imports()
     assert "tune_ph.model.bad -> tune_ph.training.fit" in found
+
+
+def test_max_length_is_decided_in_at_most_three_modules():
+    """The model's maximum (config), the data's cap and the resolved config (data.tokens), the search's per-model
+    length (search.spec); everyone else passes a length on."""
+    assert len(count_structure.max_length_deciders()) <= 3, count_structure.max_length_deciders()
+
+
+def test_one_run_function_calls_fit():
+    """The train command and a Ray trial both train through training.run.run."""
+    assert [place.rsplit(": ", 1)[1] for place in count_structure.fit_callers()] == ["tune_ph.training.run"]

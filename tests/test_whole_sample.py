@@ -282,8 +282,10 @@ def test_search_driver_computes_the_vectors_its_frozen_trials_look_up(tmp_path) 
         "cache_dir": str(tmp_path),
     }
     spec = parse_space({"name": "f", "fixed": fixed, "space": {"freeze_backbone": {"choice": [False, True]}}})
-    shared = tuner.shared_vectors(spec, {64: ds})
+    shared = tuner.shared_vectors(spec, {spec.model_choices()[0]: ds})
     trial = TrainConfig.from_trial({**fixed, "freeze_backbone": True})
     assert list(shared) == [embeddings.cache_key(_backbone_of(trial), ds)]
     unfrozen = parse_space({"name": "g", "fixed": fixed, "space": {"head": {"choice": ["linear", "mlp2"]}}})
-    assert tuner.shared_vectors(unfrozen, {64: ds}) == {}  # no frozen trial: nothing to compute
+    assert (
+        tuner.shared_vectors(unfrozen, {unfrozen.model_choices()[0]: ds}) == {}
+    )  # no frozen trial: nothing to compute

@@ -6,7 +6,7 @@ import argparse
 import math
 import types
 import typing
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from hyena_dna.config import HyenaDNAConfig, max_length_of
@@ -145,10 +145,6 @@ class TrainConfig:
                     f"length is {limit}; allowed: {MIN_MAX_LENGTH}..{limit}",
                 )
 
-    def resolved(self) -> TrainConfig:
-        """A copy with max_length filled in (the model's maximum when not set)."""
-        return replace(self, max_length=self.max_length or model_max_length(self.model, self.model_config))
-
     def sets_per_forward(self) -> int:
         """Sets per backbone call at evaluation: a training step's worth, and at least 8 per sample (inference keeps
         no activations for backward, so small training steps would leave evaluation needlessly slow)."""
@@ -175,13 +171,13 @@ class TrainConfig:
 
     @classmethod
     def from_trial(cls, config: dict[str, Any]) -> TrainConfig:
-        """The TrainConfig of a Ray Tune trial config, resolved.
+        """The TrainConfig of a Ray Tune trial config (its max_length is the prepared dataset's: training.run).
 
         A trial config holds TrainConfig fields plus Optuna's own names for per-model parameters
         (``batch_size__<model>``), which repeat a field's value and are dropped here.
         """
         known = set(field_names())
-        return cls(**{k: v for k, v in config.items() if k in known}).resolved()
+        return cls(**{k: v for k, v in config.items() if k in known})
 
 
 # Names of earlier versions, still read from YAML, trial configs and saved checkpoints.

@@ -62,7 +62,7 @@ def export_best(
     path: str,
     folder: Path,
     metric: str = VAL_LOSS,
-    datasets: dict[int, TokenizedDataset] | None = None,
+    datasets: dict[str, TokenizedDataset] | None = None,
     device: str = "auto",
     baseline: Reference | None = None,
     with_baseline: bool = True,
@@ -98,7 +98,9 @@ def export_best(
         log.info(
             "best trial %s epoch %d (%s %.4f) -> %s", trial.trial_id, info["epoch"], metric, metrics[metric], final
         )
-        dataset = (datasets or {}).get(saved.max_length)
+        dataset = (datasets or {}).get(saved.train_config.model)  # the search's, when it is the trial's data
+        if dataset is not None and dataset.max_length != saved.max_length:
+            dataset = None
         if baseline is None and with_baseline:
             baseline = report_baseline(folder, train_config)
         test = evaluate_checkpoint(

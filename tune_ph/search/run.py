@@ -14,7 +14,7 @@ import torch
 from ray import tune
 
 from hyena_dna.pretrained import PretrainedNotFoundError, resolve_checkpoint_dir
-from tune_ph import cli, config, files
+from tune_ph import cli, files
 from tune_ph.baseline import reference as baselines
 from tune_ph.config import TrainConfig
 from tune_ph.data import sources
@@ -137,24 +137,25 @@ def check_this_machine(spec: SearchSpec, requests: dict[str, Any]) -> None:
         raise
 
 
-def prepare_datasets(spec: SearchSpec) -> dict[int, TokenizedDataset]:
-    """Load and tokenize the dataset once per distinct max length, on the driver.
+def prepare_datasets(spec: SearchSpec) -> dict[str, TokenizedDataset]:
+    """Load and tokenize the dataset once per distinct max length, on the driver; keyed by model.
 
-    Keyed by the length a trial asks for (its fixed max_length, else its model's maximum) and by the length the
-    dataset got: a model's maximum is capped by the longest sample, so small-32k reads whole samples without
-    tens of thousands of tokens of padding.
+    The length a trial asks for is its fixed max_length, else its model's maximum, which the data caps by the
+    longest sample (small-32k reads whole samples without tens of thousands of tokens of padding): the dataset's
+    max_length is the trial's effective one.
     """
-    base = {k: v for k, v in spec.fixed.items() if k in config.field_names() and k != "max_length"}
-    out: dict[int, TokenizedDataset] = {}
+    out: dict[str, TokenizedDataset] = {}
+    by_length: dict[int, TokenizedDataset] = {}
     for model in spec.model_choices():
         requested = spec.max_length_for(model)
-        if requested in out:
+        if requested in by_length:
+            out[model] = by_length[requested]
             continue
         started = time.perf_counter()
         # The data fields of every trial are the same; only the length differs by model.
-        cfg = TrainConfig.from_dict({**base, "model": model, "max_length": spec.fixed_length_for(model)})
+        cfg = spec.train_config(model)
         dataset = sources.prepare_for(cfg, model_max_length=requested)
-        out[requested] = out[dataset.max_length] = dataset
+        out[model] = by_length[requested] = dataset
         log.info(
             "dataset %s tokenized in sets of %d tokens (for %s) in %.1fs",
             cfg.dataset,
@@ -168,8 +169,7 @@ def prepare_datasets(spec: SearchSpec) -> dict[int, TokenizedDataset]:
 def search_baseline(spec: SearchSpec, folder: Path) -> baselines.Reference:
     """The baseline chosen on val on every trial's data and split (cached; a failure is a warning), saved in the
     folder."""
-    base = {k: v for k, v in spec.fixed.items() if k in config.field_names() and k != "max_length"}
-    found = baselines.reference_baseline(TrainConfig.from_dict({**base, "model": spec.model_choices()[0]}))
+    found = baselines.reference_baseline(spec.train_config(spec.model_choices()[0]))
     write_json(folder / files.BASELINE_FILE, found.to_dict())
     return found
 
@@ -184,7 +184,7 @@ def run_search(
     export_best: bool = True,
     verbose: int = 1,
     dashboard: monitor.StudyDashboard | None = None,
-    datasets: dict[int, TokenizedDataset] | None = None,
+    datasets: dict[str, TokenizedDataset] | None = None,
     setup_seconds: float = 0.0,
     reference: baselines.Reference | None = None,
 ) -> int:

@@ -16,7 +16,17 @@ from torch import nn
 from tune_ph.config import TrainConfig
 from tune_ph.data.tokens import TokenizedDataset
 from tune_ph.errors import InputError
-from tune_ph.metrics import TRAIN_LOSS, VAL_LOSS, VAL_MAE, VAL_R2, VAL_RMSE, is_better, regression_metrics, worst_value
+from tune_ph.metrics import (
+    DEFAULT_METRIC,
+    TRAIN_LOSS,
+    VAL_LOSS,
+    VAL_MAE,
+    VAL_R2,
+    VAL_RMSE,
+    is_better,
+    regression_metrics,
+    worst_value,
+)
 from tune_ph.model import embeddings
 from tune_ph.model.checkpoint import Checkpoint
 from tune_ph.model.regressor import PhRegressor, build_model, configure_optimizer, match_norm, resolve_device
@@ -199,11 +209,18 @@ def _log_epoch(metrics: dict[str, Any], epochs: int, improved: bool) -> None:
     )
 
 
+def seeded_model(cfg: TrainConfig) -> PhRegressor:
+    """The model a run of cfg starts from: seeded with cfg.seed, then built. What fit() builds when it is given no
+    model, and what a search builds to compute a frozen backbone's vectors once (training.run.shared_vectors_key)."""
+    seed_everything(cfg.seed)
+    return build_model(cfg)
+
+
 def fit(
     cfg: TrainConfig,
     dataset: TokenizedDataset,
     *,
-    metric: str = VAL_LOSS,
+    metric: str = DEFAULT_METRIC,
     on_epoch_end: EpochCallback | None = None,
     resume_from: Checkpoint | None = None,
     progress: bool = True,
@@ -221,10 +238,11 @@ def fit(
     frozen run trains the aggregation and head on cached vectors and never runs the backbone per step.
     """
     cfg.validate()
-    seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     if model is None:
-        model = build_model(cfg)
+        model = seeded_model(cfg)
+    else:
+        seed_everything(cfg.seed)
     _check_length(cfg, dataset, model)
     model.to(device)
     run = _Run(cfg, dataset, model, metric, device)
