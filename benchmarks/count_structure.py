@@ -11,6 +11,8 @@ places it found; tests/test_layering.py pins them.
   out (`max_length = <min/max/arithmetic>`, a `*length*` function returning one, `replace(..., max_length=<computed>)`);
   passing on a record's length as it is, or one another function worked out, decides nothing, and neither do checks
   of a given length against the model's (validate*, check*).
+- flags engines: the modules with a function that turns dataclass fields into command-line flags (reads
+  `fields(...)` and calls `add_argument`); one, tune_ph/schema.py, serves every settings record.
 - run functions: the modules that call training's fit(); one run function (training/run.py) calls it.
 - re-exports: `from tune_ph.X import name` (in tune_ph/, tests/, benchmarks/) where X does not define name but
   imports it from elsewhere.
@@ -244,6 +246,28 @@ def _nested(func: ast.AST) -> set[ast.AST]:
     return out
 
 
+def _calls(func: ast.AST) -> set[str]:
+    return {
+        n.func.attr if isinstance(n.func, ast.Attribute) else getattr(n.func, "id", None)
+        for n in ast.walk(func)
+        if isinstance(n, ast.Call)
+    }
+
+
+def flag_engines() -> list[str]:
+    """module.function for every function that makes command-line flags from dataclass fields (it reads them with
+    fields(), itself or through a helper of its module)."""
+    found = []
+    for name, _, tree in modules():
+        funcs = [f for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))]
+        readers = {f.name for f in funcs if "fields" in _calls(f)}
+        for func in funcs:
+            called = _calls(func)
+            if "add_argument" in called and called & (readers | {"fields"}):
+                found.append(f"{name}.{func.name}")
+    return found
+
+
 def fit_callers() -> list[str]:
     """file:line of every call of training.fit.fit() in tune_ph/ (the run function's own included)."""
     found = []
@@ -267,6 +291,7 @@ COUNTS = {
     "upward imports": upward_imports,
     "max_length deciders": max_length_deciders,
     "fit() callers (run functions)": fit_callers,
+    "flags engines": flag_engines,
     "names imported through a module that does not define them": reexports,
 }
 

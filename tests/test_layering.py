@@ -47,3 +47,8 @@ def test_max_length_is_decided_in_at_most_three_modules():
 def test_one_run_function_calls_fit():
     """The train command and a Ray trial both train through training.run.run."""
     assert [place.rsplit(": ", 1)[1] for place in count_structure.fit_callers()] == ["tune_ph.training.run"]
+
+
+def test_one_engine_makes_flags_of_every_settings_record():
+    """TrainConfig, PretrainConfig and the search settings all get their flags from tune_ph/schema.py."""
+    assert count_structure.flag_engines() == ["tune_ph.schema.add_arguments"]

@@ -4,28 +4,26 @@ range rule and command-line flag (`python -m tune_ph.search --num-samples ...`),
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from tune_ph import config
+from tune_ph import schema
 from tune_ph.metrics import METRIC_MODES, VAL_LOSS
 
 METRICS = tuple(METRIC_MODES)
 # numpy's seed range, which Optuna's TPE sampler uses.
 SEED_LIMIT = 2**32
 
-Rule = Callable[[Any], "str | None"]
 
-
-def _setting(default: Any, help: str, *, rule: Rule | None = None, cli: bool = False, **meta: Any) -> Any:
-    """A settings field with its help text and range rule.
+def _setting(default: Any, help: str, *, rule: schema.Rule | None = None, cli: bool = False, **meta: Any) -> Any:
+    """A settings field with its help text and range rule (schema.setting).
 
     rule: value -> what is wrong with it (None: nothing); run on the file's values and on the flags' alike.
     cli: a `--flag` of the search command overrides it. meta: choices (allowed values), per_model=True (a
     `{per: model, values: {size: value}}` mapping is also accepted, each value under the rule).
     """
-    return field(default=default, metadata={"help": help, "rule": rule, "cli": cli, **meta})
+    return schema.setting(default, help, rule=rule, cli=cli, **meta)
 
 
 def _at_least_one(value: Any) -> str | None:
@@ -97,11 +95,6 @@ class ResourceSettings:
 SECTIONS: dict[str, type] = {"search": SearchSettings, "scheduler": SchedulerSettings, "resources": ResourceSettings}
 
 
-def scalar_types(cls: type, name: str) -> tuple[type, ...]:
-    """The types a field's value may have in the file (a per-model mapping aside; null is never a value)."""
-    return tuple(t for t in config.annotation_types(cls, name) if t not in (dict, type(None)))
-
-
 def section_of(name: str) -> str | None:
     """The section a settings field belongs to (None: not a settings field)."""
     return next((section for section, cls in SECTIONS.items() if name in cls.__dataclass_fields__), None)
@@ -109,11 +102,7 @@ def section_of(name: str) -> str | None:
 
 def check(section: str, name: str, value: Any) -> str | None:
     """What is wrong with one value of a settings field by its range rule and choices (None: nothing)."""
-    meta = SECTIONS[section].__dataclass_fields__[name].metadata
-    choices = meta.get("choices")
-    if choices and value not in choices:
-        return f"unknown {name} {value!r}; allowed: {', '.join(choices)}"
-    return meta["rule"](value) if meta["rule"] else None
+    return schema.problem(SECTIONS[section], name, value)
 
 
 def problems(section: str, values: Any) -> Iterator[tuple[str, str]]:
@@ -143,22 +132,18 @@ def to_dicts(search: SearchSettings, scheduler: SchedulerSettings, resources: Re
 # ------------------------------------------------------------------------------------------------ CLI flags
 
 
-def _flagged() -> Iterator[tuple[str, Any]]:
-    for section, cls in SECTIONS.items():
-        for f in fields(cls):
-            if f.metadata["cli"]:
-                yield section, f
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """One override flag per settings field that has one (``--num-samples`` for search.num_samples); the default
     None means "not given", so the file's value stays."""
-    for section, f in _flagged():
-        kind = scalar_types(SECTIONS[section], f.name)[0]
-        flag = f"--{f.name.replace('_', '-')}"
-        parser.add_argument(flag, type=kind, default=None, help=f"{f.metadata['help']} (YAML: {section}.{f.name})")
+    for section, cls in SECTIONS.items():
+        schema.add_arguments(
+            parser, cls, defaults=False, help_tail=lambda f, section=section: f" (YAML: {section}.{f.name})"
+        )
 
 
 def given(args: argparse.Namespace) -> dict[str, Any]:
     """The settings given as flags on a parsed command line, by field name."""
-    return {f.name: getattr(args, f.name) for _, f in _flagged() if getattr(args, f.name, None) is not None}
+    out: dict[str, Any] = {}
+    for cls in SECTIONS.values():
+        out.update(schema.given(args, cls))
+    return out
