@@ -134,7 +134,7 @@ def _main(argv: Sequence[str] | None) -> int:
         check_this_machine(spec, requests)
     # One search per experiment folder: a second one of the same name stops here (exit 2), naming the first.
     with ExperimentLock(folder):
-        return locked_search(args, spec, folder, storage, requests)
+        return locked_search(settings.LaunchSettings.from_args(args), spec, folder, storage, requests)
 
 
 if __name__ == "__main__":

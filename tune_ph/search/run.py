@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import time
@@ -24,6 +23,7 @@ from tune_ph.files import write_csv, write_json
 from tune_ph.report import export, monitor, results
 from tune_ph.search import cluster, console, origin, outcome, resources, space, tuner
 from tune_ph.search.runlock import ExperimentLock
+from tune_ph.search.settings import LaunchSettings
 from tune_ph.search.space import parse_space, resume_name, spec_from_flags
 from tune_ph.search.spec import SearchSpec, values_of
 from tune_ph.search.trainable import trial_threads
@@ -264,10 +264,10 @@ def _refuse_existing(path: str, resume: bool) -> bool:
 
 
 def locked_search(
-    args: argparse.Namespace, spec: SearchSpec, folder: Path, storage: str | None, requests: dict[str, Any]
+    launch: LaunchSettings, spec: SearchSpec, folder: Path, storage: str | None, requests: dict[str, Any]
 ) -> int:
     """The search, once this process holds the experiment folder's lock: data first, then files, then Ray."""
-    _refuse_existing(results.experiment_path(folder, storage), args.resume)  # before anything is written
+    _refuse_existing(results.experiment_path(folder, storage), launch.resume)  # before anything is written
     check_pretrained(spec)
     # Before anything is written or Ray starts: a dataset that cannot be used costs seconds and leaves nothing.
     started = time.perf_counter()
@@ -276,38 +276,38 @@ def locked_search(
     settings = spec.to_dict()
     if storage:
         settings[results.STORAGE_KEY] = storage
-    if not args.resume:  # a resumed search keeps the settings it started with (load_spec read them)
+    if not launch.resume:  # a resumed search keeps the settings it started with (load_spec read them)
         results.save_settings(folder, settings)
         origin.record(folder)  # where and by whom: --resume trusts only folders created here
     _record_environment(spec, folder)
-    reference = None if args.no_baseline else search_baseline(spec, folder)  # once, before any trial
+    reference = search_baseline(spec, folder) if launch.baseline else None  # once, before any trial
     # Short epochs make Tune snapshot often (num_to_keep forces it); that is expected here, not a problem.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     console.quiet_ray_hints()  # before Ray starts: its token warning is logged by ray.init
     dashboard = None
-    if args.optuna_dashboard is not None:  # bound now, so a port in use fails before Ray starts
-        dashboard = monitor.StudyDashboard(folder / results.STUDY_FILE, args.optuna_dashboard, "--optuna-dashboard")
+    if launch.optuna_dashboard is not None:  # bound now, so a port in use fails before Ray starts
+        dashboard = monitor.StudyDashboard(folder / results.STUDY_FILE, launch.optuna_dashboard, "--optuna-dashboard")
     shutdown = False
     session = None
     keep_logs = True
     try:
         shutdown = cluster.init_ray(
-            address=args.address,
-            dashboard=args.dashboard,
-            dashboard_host=args.dashboard_host,
-            dashboard_port=args.dashboard_port,
-            allow_no_auth=args.allow_no_auth,
+            address=launch.address,
+            dashboard=launch.dashboard,
+            dashboard_host=launch.dashboard_host,
+            dashboard_port=launch.dashboard_port,
+            allow_no_auth=launch.allow_no_auth,
         )
-        session = cluster.session_dir() if shutdown and not args.address else None  # ours alone: removed at the end
+        session = cluster.session_dir() if shutdown and not launch.address else None  # ours alone: removed at the end
         resources.preflight(requests)  # the cluster actually running (a joined one, or a Ray this process found)
         code = run_search(
             spec,
             folder,
             storage=storage,
-            resume=args.resume,
-            retry_errored=args.retry_errored,
-            export_best=not args.no_export,
-            verbose=args.verbose,
+            resume=launch.resume,
+            retry_errored=launch.retry_errored,
+            export_best=launch.export,
+            verbose=launch.verbose,
             dashboard=dashboard,
             datasets=datasets,
             setup_seconds=setup_seconds,

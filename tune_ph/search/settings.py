@@ -91,6 +91,32 @@ class ResourceSettings:
     )
 
 
+@dataclass
+class LaunchSettings:
+    """How this invocation runs the search (the command's flags, not the experiment's saved settings): resuming,
+    the Ray cluster and dashboards, what happens after the trials."""
+
+    resume: bool = False
+    retry_errored: bool = False
+    export: bool = True
+    baseline: bool = True
+    verbose: int = 1
+    address: str | None = None
+    dashboard: bool = False
+    dashboard_host: str | None = None
+    dashboard_port: int = 8265
+    allow_no_auth: bool = False
+    optuna_dashboard: int | None = None  # a port: serve optuna-dashboard on the study while the search runs
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> LaunchSettings:
+        """The search command's parsed flags (--no-export, --no-baseline: export, baseline False)."""
+        names = set(cls.__dataclass_fields__) - {"export", "baseline"}
+        return cls(
+            export=not args.no_export, baseline=not args.no_baseline, **{name: getattr(args, name) for name in names}
+        )
+
+
 # The YAML section each settings class reads, in the file's order.
 SECTIONS: dict[str, type] = {"search": SearchSettings, "scheduler": SchedulerSettings, "resources": ResourceSettings}
 
