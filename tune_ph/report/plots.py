@@ -63,19 +63,6 @@ def figure_png(fig: Any, dpi: int = 100) -> bytes:
     return buf.getvalue()
 
 
-def asha_rungs(settings: dict[str, Any]) -> list[int]:
-    """The epochs at which ASHA compares trials: grace_period * reduction_factor**k below max_epochs."""
-    sched = settings.get("scheduler") or {}
-    grace, factor, top = sched.get("grace_period"), sched.get("reduction_factor"), sched.get("max_epochs")
-    if not all(isinstance(v, int | float) for v in (grace, factor, top)) or grace < 1 or factor <= 1:
-        return []
-    rungs, epoch = [], float(grace)
-    while epoch < top:
-        rungs.append(int(epoch))
-        epoch *= factor
-    return rungs
-
-
 def _kind(reason: str) -> str:
     for prefix, kind in (("stopped by ASHA", "asha"), ("early stopping", "early"), ("error", "error")):
         if reason.startswith(prefix):

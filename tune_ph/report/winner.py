@@ -26,6 +26,7 @@ from tune_ph.metrics import (
 )
 from tune_ph.report import results
 from tune_ph.report.page import fmt, img, table_html
+from tune_ph.search_settings import SavedSearch
 
 # Under the residual plot: what its usual slope means.
 RESIDUALS_NOTE = (
@@ -36,18 +37,14 @@ RESIDUALS_NOTE = (
 TEST_METRICS = ((TEST_R2, "R²"), (TEST_RMSE, "RMSE"), (TEST_MAE, "MAE"), (TEST_N_SAMPLES, "n samples"))
 
 
-def searched_names(settings: dict[str, Any]) -> list[str]:
-    """The searched hyperparameters, in the order of the search space."""
-    return list((settings.get("space") or {}).keys())
-
-
-def used_when(settings: dict[str, Any], name: str) -> str:
+def used_when(settings: SavedSearch, name: str) -> str:
     """The condition under which a searched hyperparameter is used, `head is mlp2 or mlp3` ("" when always)."""
-    when = ((settings.get("space") or {}).get(name) or {}).get("when") or {}
+    param = settings.space.get(name)
+    when = (param.get("when") if isinstance(param, dict) else None) or {}
     return " and ".join(f"{k} is {' or '.join(map(fmt, v))}" for k, v in when.items())
 
 
-def _unused(settings: dict[str, Any], name: str) -> str:
+def _unused(settings: SavedSearch, name: str) -> str:
     cond = used_when(settings, name)
     return f"not used (only when {cond})" if cond else "not used"
 
@@ -83,21 +80,21 @@ class Winner:
 
 def find_winner(
     table: pd.DataFrame,
-    settings: dict[str, Any],
+    settings: SavedSearch,
     metric: str,
-    info: dict[str, Any] | None = None,
+    info: results.BestInfo | None = None,
     test: dict[str, Any] | None = None,
 ) -> Winner | None:
     """The winner from best/config.json (`info`, what export chose) or else the table's best trial."""
     order = ranked(table, metric)
-    trial_id = str((info or {}).get("trial_id") or (order["trial_id"].iloc[0] if len(order) else ""))
+    trial_id = info.trial_id if info else str(order["trial_id"].iloc[0] if len(order) else "")
     if not trial_id:
         return None
     rows = table[table["trial_id"].astype(str) == trial_id]
     row = rows.iloc[0] if len(rows) else pd.Series(dtype=object)
-    train_config = (info or {}).get("train_config") or {}
+    train_config = info.train_config if info else {}
     searched = []
-    for name in searched_names(settings):
+    for name in settings.searched_names():
         value = row.get(f"config/{name}")
         if value is None or (isinstance(value, float) and math.isnan(value)):
             value = None if f"config/{name}" in row or name not in train_config else train_config[name]
@@ -105,22 +102,22 @@ def find_winner(
     ids = order["trial_id"].astype(str).tolist()
     others = order[order["trial_id"].astype(str) != trial_id]
     key = best_column(metric)
-    value = ((info or {}).get("val_metrics") or {}).get(metric, row.get(key))
+    value = (info.val_metrics if info else {}).get(metric, row.get(key))
     return Winner(
         trial_id=trial_id,
         metric=metric,
-        epoch=(info or {}).get("epoch", row.get("best_epoch")),
+        epoch=info.epoch if info else row.get("best_epoch"),
         value=None if value is None else float(value),
         rank=ids.index(trial_id) + 1 if trial_id in ids else None,
         ranked=len(ids),
         total=len(table),
         runner_up=(str(others["trial_id"].iloc[0]), float(others[key].iloc[0])) if len(others) else None,
         searched=searched,
-        fixed=[(k, fmt(v)) for k, v in (settings.get("fixed") or {}).items()],
+        fixed=[(k, fmt(v)) for k, v in settings.fixed.items()],
         test=dict(test or {}),
-        model=dict((info or {}).get("model") or {}),
+        model=dict(info.model) if info else {},
         stop_reason=str(row.get("stop_reason", "")),
-        planned_epochs=results.planned_epochs(settings),
+        planned_epochs=settings.planned_epochs(),
     )
 
 

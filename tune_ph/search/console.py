@@ -319,8 +319,7 @@ def print_winner(folder: Path, table: Any, metric: str, test: dict[str, Any], re
     from tune_ph.report import winner as winners
 
     folder = Path(folder)
-    info = winners.read_json(folder / files.BEST_DIR / files.RUN_CONFIG_FILE)
-    won = winners.find_winner(table, results.load_settings(folder), metric, info, test)
+    won = winners.find_winner(table, results.saved_search(folder), metric, results.best_info(folder), test)
     if won is None:
         return
     name = won.trial_id if won.trial_id.startswith("trial_") else f"trial_{won.trial_id}"

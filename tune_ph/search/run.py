@@ -23,10 +23,10 @@ from tune_ph.files import write_csv, write_json
 from tune_ph.report import export, monitor, results
 from tune_ph.search import cluster, console, origin, outcome, resources, space, tuner
 from tune_ph.search.runlock import ExperimentLock
-from tune_ph.search.settings import LaunchSettings
 from tune_ph.search.space import parse_space, resume_name, spec_from_flags
 from tune_ph.search.spec import SearchSpec, values_of
 from tune_ph.search.trainable import trial_threads
+from tune_ph.search_settings import STORAGE_KEY, LaunchSettings
 from tune_ph.training import environment
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def load_spec(
                 f"{folder}: no {results.SETTINGS_FILE} here, so there is nothing to resume; "
                 "run without --resume to start it"
             )
-        storage = settings.pop(results.STORAGE_KEY, None)
+        storage = settings.pop(STORAGE_KEY, None)
         return parse_space(settings, str(folder / results.SETTINGS_FILE)), folder, storage
     spec = loaded or spec_from_flags(space, name, overrides)
     return spec, output_dir / spec.name, None
@@ -275,7 +275,7 @@ def locked_search(
     setup_seconds = time.perf_counter() - started
     settings = spec.to_dict()
     if storage:
-        settings[results.STORAGE_KEY] = storage
+        settings[STORAGE_KEY] = storage
     if not launch.resume:  # a resumed search keeps the settings it started with (load_spec read them)
         results.save_settings(folder, settings)
         origin.record(folder)  # where and by whom: --resume trusts only folders created here

@@ -13,9 +13,9 @@ from typing import Any
 import yaml
 
 from tune_ph import schema
+from tune_ph import search_settings as settings
 from tune_ph.config import TrainConfig, model_max_length
 from tune_ph.errors import ConfigError, SpaceError
-from tune_ph.search import settings
 from tune_ph.search.space_params import Checker, check_value, coerce, parse_param
 from tune_ph.search.spec import (
     DATA_FIELDS,

@@ -8,7 +8,7 @@ from typing import Any
 
 from tune_ph import config
 from tune_ph.config import TrainConfig, model_max_length
-from tune_ph.search.settings import ResourceSettings, SchedulerSettings, SearchSettings, to_dicts
+from tune_ph.search_settings import ResourceSettings, SchedulerSettings, SearchSettings, to_dicts
 
 # The TrainConfig fields a search space may set, with the types each accepts (derived from TrainConfig).
 FIELD_TYPES: dict[str, tuple[type, ...]] = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from tune_ph import schema
@@ -173,3 +173,71 @@ def given(args: argparse.Namespace) -> dict[str, Any]:
     for cls in SECTIONS.values():
         out.update(schema.given(args, cls))
     return out
+
+
+# In a saved search_settings.json: the --storage the experiment was started with.
+STORAGE_KEY = "_storage"
+
+
+def _section(cls: type, data: Any) -> Any:
+    """A settings section of a saved file: its known keys (a per-model value as its mapping), defaults elsewhere."""
+    values = dict(data) if isinstance(data, dict) else {}
+    known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
+    for name, value in known.items():
+        if cls.__dataclass_fields__[name].metadata.get("per_model") and isinstance(value, dict) and "values" in value:
+            known[name] = dict(value["values"])
+    return cls(**known)
+
+
+@dataclass
+class SavedSearch:
+    """An experiment's saved settings (search_settings.json), parsed: what the report reads of a search.
+
+    fixed and space stay as the file has them (TrainConfig values, and the space's distributions by field); the
+    three run sections are their records. A file of an earlier version may lack any part: its default stands.
+    """
+
+    name: str | None = None
+    fixed: dict[str, Any] = field(default_factory=dict)
+    space: dict[str, Any] = field(default_factory=dict)
+    search: SearchSettings = field(default_factory=SearchSettings)
+    scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
+    resources: ResourceSettings = field(default_factory=ResourceSettings)
+    storage: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SavedSearch:
+        def mapping(key: str) -> dict[str, Any]:
+            value = data.get(key)
+            return dict(value) if isinstance(value, dict) else {}
+
+        name, storage = data.get("name"), data.get(STORAGE_KEY)
+        return cls(
+            name=str(name) if name else None,
+            fixed=mapping("fixed"),
+            space=mapping("space"),
+            search=_section(SearchSettings, data.get("search")),
+            scheduler=_section(SchedulerSettings, data.get("scheduler")),
+            resources=_section(ResourceSettings, data.get("resources")),
+            storage=str(storage) if storage else None,
+        )
+
+    def planned_epochs(self) -> int | None:
+        """Epochs a trial runs unless stopped: the ASHA scheduler's max_epochs, else fixed.epochs."""
+        value = self.scheduler.max_epochs or self.fixed.get("epochs")
+        return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+    def asha_rungs(self) -> list[int]:
+        """The epochs at which ASHA compares trials: grace_period * reduction_factor**k below max_epochs."""
+        grace, factor, top = self.scheduler.grace_period, self.scheduler.reduction_factor, self.scheduler.max_epochs
+        if not all(isinstance(v, int | float) for v in (grace, factor, top)) or grace < 1 or factor <= 1:
+            return []
+        rungs, epoch = [], float(grace)
+        while epoch < top:
+            rungs.append(int(epoch))
+            epoch *= factor
+        return rungs
+
+    def searched_names(self) -> list[str]:
+        """The searched hyperparameters, in the order of the search space."""
+        return list(self.space)
