@@ -66,20 +66,25 @@ def worst_value(metric: str) -> float:
     return math.inf if metric_mode(metric) == "min" else -math.inf
 
 
-def regression_metrics(true: np.ndarray, predicted: np.ndarray, prefix: str = "") -> dict[str, float]:
-    """MSE, RMSE, MAE, R² of per-sample values; NaN where undefined (no samples; R² of one sample)."""
+def regression_metrics(true: np.ndarray, predicted: np.ndarray, split: str | None = None) -> dict[str, float]:
+    """MSE, RMSE, MAE, R² of per-sample values; NaN where undefined (no samples; R² of one sample).
+
+    split: the values are that split's, named metric_name(split, statistic) ("val_r2"); None: the bare statistics.
+    """
     # scikit-learn here, not at the top: the metric names above are read by every command's --help.
     from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
     if len(true) == 0:
-        return {f"{prefix}{name}": math.nan for name in ("mse", "rmse", "mae", "r2")}
-    mse = float(mean_squared_error(true, predicted))
-    return {
-        f"{prefix}mse": mse,
-        f"{prefix}rmse": math.sqrt(mse),
-        f"{prefix}mae": float(mean_absolute_error(true, predicted)),
-        f"{prefix}r2": float(r2_score(true, predicted)) if len(true) >= 2 else math.nan,
-    }
+        values = dict.fromkeys(POINT_STATISTICS, math.nan)
+    else:
+        mse = float(mean_squared_error(true, predicted))
+        values = {
+            "mse": mse,
+            "rmse": math.sqrt(mse),
+            "mae": float(mean_absolute_error(true, predicted)),
+            "r2": float(r2_score(true, predicted)) if len(true) >= 2 else math.nan,
+        }
+    return {metric_name(split, name) if split else name: value for name, value in values.items()}
 
 
 # Bootstrap confidence intervals: percentile intervals over resampled samples, seeded so every rerun of a
@@ -123,22 +128,22 @@ def _interval(values: np.ndarray, level: float = CI_LEVEL) -> list[float] | None
 def bootstrap_ci(
     true: np.ndarray,
     predicted: np.ndarray,
-    prefix: str = "test_",
+    split: str = "test",
     *,
     n_boot: int = BOOTSTRAP_RESAMPLES,
     seed: int = BOOTSTRAP_SEED,
 ) -> dict[str, list[float] | None]:
-    """95 % bootstrap intervals of R², RMSE and MAE over the samples: {"test_r2_ci95": [lo, hi], ...}.
+    """95 % bootstrap intervals of R², RMSE and MAE over a split's samples: {"test_r2_ci95": [lo, hi], ...}.
 
     The samples are resampled with replacement (seeded: the same inputs give the same intervals); None where
     undefined (fewer than 2 samples).
     """
     true, predicted = np.asarray(true, dtype=np.float64), np.asarray(predicted, dtype=np.float64)
-    names = [f"{prefix}{name}_ci95" for name in ("r2", "rmse", "mae")]
+    names = [metric_name(split, name, interval=True) for name in INTERVAL_STATISTICS]
     if len(true) < 2:
         return dict.fromkeys(names)
     (scores,) = _resampled_scores(true, [predicted], n_boot, seed)
-    return {f"{prefix}{name}_ci95": _interval(values) for name, values in scores.items()}
+    return {metric_name(split, name, interval=True): _interval(values) for name, values in scores.items()}
 
 
 def paired_delta_r2(

@@ -114,10 +114,10 @@ def scored(name: str, parts: Mapping[str, pd.DataFrame], predicted: Mapping[str,
     metrics: dict[str, Any] = {"name": name, **info}
     for part in ("val", "test"):
         true = parts[part]["pH"].to_numpy(dtype=np.float64)
-        metrics.update(regression_metrics(true, predicted[part], f"{part}_"))
+        metrics.update(regression_metrics(true, predicted[part], part))
         metrics[f"{part}_n_samples"] = int(len(true))
     test_true = parts["test"]["pH"].to_numpy(dtype=np.float64)
-    metrics.update(bootstrap_ci(test_true, predicted["test"], "test_"))
+    metrics.update(bootstrap_ci(test_true, predicted["test"], "test"))
     metrics[TRAIN_N_SAMPLES] = int(len(parts["train"]))
     return Baseline(name, metrics, predictions_table(parts["test"], predicted["test"]))
 

@@ -94,8 +94,8 @@ def evaluate_checkpoint(
     )
     table = predictions_table(dataset, preds)
     true, predicted = table[files.TRUE_PH].to_numpy(), table[files.PREDICTED_PH].to_numpy()
-    metrics: dict[str, Any] = regression_metrics(true, predicted, "test_")
-    metrics.update(bootstrap_ci(true, predicted, "test_"))
+    metrics: dict[str, Any] = regression_metrics(true, predicted, "test")
+    metrics.update(bootstrap_ci(true, predicted, "test"))
     metrics.update(
         test_n_samples=len(table),
         test_n_sets=int(preds.n_sets.sum()),

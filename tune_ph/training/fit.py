@@ -172,7 +172,7 @@ class _Run:
             "epoch": epoch,
             TRAIN_LOSS: train_loss,
             VAL_LOSS: val_loss,
-            **regression_metrics(val.true, val.predicted, prefix="val_"),
+            **regression_metrics(val.true, val.predicted, split="val"),
             "lr": self.optimizer.param_groups[0]["lr"],
             "epoch_seconds": time.perf_counter() - started,
         }
