@@ -87,16 +87,16 @@ def kill_switch() -> None:
 
     The file holds the kill point: empty or 0 = before training, N = right after epoch N was reported; "raise"
     makes that trial raise an exception before training instead (a failure with a Python error). It wraps
-    tune_ph.search.trainable's reference to train.fit in the worker only; the product code has no test hook.
+    tune_ph.training.run's reference to fit in the worker only; the product code has no test hook.
     """
     folder = os.environ.get(KILL_DIR_VAR)
     if not folder:
         return
     import signal
 
-    from tune_ph.search import trainable
+    from tune_ph.training import run
 
-    original = trainable.fit
+    original = run.fit
 
     def maybe_die(epoch: int) -> None:
         try:
@@ -127,7 +127,7 @@ def kill_switch() -> None:
             kwargs["on_epoch_end"] = on_epoch_end
         return original(*args, **kwargs)
 
-    trainable.fit = fit
+    run.fit = fit
 
 
 def worker_setup() -> None:

@@ -13,11 +13,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.cluster import MiniBatchKMeans
 
 from tune_ph.baseline import family, kmers, members, reference, regressors
+from tune_ph.baseline.choices import KmerError
 from tune_ph.baseline.family import FamilySpec, choose_on_val, run_family
 from tune_ph.baseline.kmer_models import run_baseline
-from tune_ph.baseline.kmers import KmerError, kmer_counts, kmer_names, kmer_profiles
+from tune_ph.baseline.kmers import kmer_counts, kmer_names, kmer_profiles
 from tune_ph.baseline.members import PREDICTION_COLUMNS, Baseline, BaselineError
 from tune_ph.baseline.otus import run_otu_baseline
 from tune_ph.baseline.reference import Comparison, Reference, compare, reference_of
@@ -207,7 +209,7 @@ def test_read_clusters_are_fitted_on_train_reads_and_their_number_chosen_on_val(
 
     fitted_rows = []
 
-    class Recording(otus.MiniBatchKMeans):
+    class Recording(MiniBatchKMeans):
         def fit(self, X, *args, **kwargs):
             fitted_rows.append(X.shape[0])
             return super().fit(X, *args, **kwargs)

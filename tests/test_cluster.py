@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from tune_ph.errors import ResourceError, SetupError
 from tune_ph.search import cluster, resources
-from tune_ph.search.cluster import SetupError, check_auth
-from tune_ph.search.resources import ResourceError, check_trial_resources, trial_requests
+from tune_ph.search.cluster import check_auth
+from tune_ph.search.resources import check_trial_resources, trial_requests
 
 ROOT = Path(__file__).resolve().parents[1]
 AUTH_VARS = (cluster.AUTH_MODE_ENV, cluster.TOKEN_ENV, cluster.TOKEN_PATH_ENV)

@@ -16,7 +16,7 @@ from tune_ph.errors import ConfigError
 from tune_ph.model import embeddings
 from tune_ph.model.regressor import ReadClusters, build_model, load_checkpoint
 from tune_ph.report.evaluate import evaluate_checkpoint
-from tune_ph.training.fit import fit
+from tune_ph.training.fit import fit, seeded_model
 from tune_ph.training.predict import predict
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -144,6 +144,29 @@ def test_a_random_frozen_backbone_learns_which_organisms_a_sample_holds(tmp_path
     test_ph = dataset.ph[dataset.split == "test"].astype(np.float64)
     r2 = 1 - ((again - test_ph) ** 2).sum() / ((test_ph - test_ph.mean()) ** 2).sum()
     assert metrics["test_r2"] == pytest.approx(r2, abs=1e-5) and metrics["test_r2"] > 0.5
+
+
+def test_the_cluster_fit_sees_only_the_train_reads(tmp_path, monkeypatch):
+    """The clusters (and their PCA) are fit on the train split's read vectors alone: nothing of a val or test read
+    shapes the features the head is selected and tested on."""
+    dataset = organism_dataset(n_samples=24, reads=6, seed=2)
+    seen: list[torch.Tensor] = []
+    original = ReadClusters.fit
+
+    def recording(self, vectors, seed):
+        seen.append(vectors.clone())
+        return original(self, vectors, seed)
+
+    monkeypatch.setattr(ReadClusters, "fit", recording)
+    cfg = clusters_config(tmp_path, epochs=1)
+    fit(cfg, dataset, progress=False)
+    ((vectors,),) = [seen]
+    train = dataset.set_indices("train")
+    assert len(vectors) == len(train) < len(dataset)
+    model = seeded_model(cfg)  # fit's own backbone
+    every = embeddings.set_vectors(model.backbone, dataset, cache_dir=cfg.cache_dir, device="cpu", progress=False)
+    expected = embeddings.for_pooling(every, cfg.pooling)[torch.from_numpy(train)]
+    torch.testing.assert_close(vectors, expected)
 
 
 def test_each_distinct_read_is_embedded_once(tmp_path, monkeypatch):

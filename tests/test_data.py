@@ -13,7 +13,8 @@ from sklearn.model_selection import train_test_split
 
 from tune_ph.commands import data as data_cli
 from tune_ph.data import fasta, sources
-from tune_ph.data.sources import BadRowError, DatasetError
+from tune_ph.data.split import split_samples
+from tune_ph.errors import BadRowError, DatasetError
 
 
 def _samples(n: int = 6, envs: tuple[str, ...] = ("soil", "lake", "marine")) -> pd.DataFrame:
@@ -207,7 +208,7 @@ def _many(n: int, weights: dict[str, int]) -> pd.DataFrame:
 
 def test_split_sizes_stratification_and_published_recipe() -> None:
     df = _many(200, {"soil": 5, "lake": 3, "marine": 2})
-    split = sources.split_samples(df)
+    split = split_samples(df)
     assert {k: len(v) for k, v in split.items()} == {"train": 140, "val": 20, "test": 40}
     ids = split["train"] + split["val"] + split["test"]
     assert sorted(ids) == sorted(df["sample_id"]) and len(set(ids)) == 200
@@ -228,20 +229,20 @@ def test_split_sizes_stratification_and_published_recipe() -> None:
 
 def test_split_deterministic_order_independent_and_seeded() -> None:
     df = _many(100, {"soil": 1, "lake": 1})
-    a = sources.split_samples(df)
-    assert sources.split_samples(df.sample(frac=1, random_state=3)) == a
-    b = sources.split_samples(df, seed=7)
+    a = split_samples(df)
+    assert split_samples(df.sample(frac=1, random_state=3)) == a
+    b = split_samples(df, seed=7)
     assert set(b["test"]) != set(a["test"])
-    c = sources.split_samples(df, test_fraction=0.3, val_fraction=0.2)
+    c = split_samples(df, test_fraction=0.3, val_fraction=0.2)
     assert (len(c["train"]), len(c["val"]), len(c["test"])) == (50, 20, 30)
-    assert sources.split_samples(df, val_fraction=0.0)["val"] == []
+    assert split_samples(df, val_fraction=0.0)["val"] == []
 
 
 def test_split_rare_environment_fallback_and_error() -> None:
     df = _many(60, {"soil": 1, "lake": 1})
     df.loc[0, "environment"] = "glacier"  # one sample: cannot be stratified on its own
     df.loc[1, "environment"] = "cave"
-    split = sources.split_samples(df)
+    split = split_samples(df)
     assert sum(map(len, split.values())) == 60 and {k: len(v) for k, v in split.items()} == {
         "train": 42,
         "val": 6,
@@ -252,12 +253,12 @@ def test_split_rare_environment_fallback_and_error() -> None:
 def test_split_too_small_to_stratify_falls_back(caplog) -> None:
     tiny = _many(10, {"a": 1, "b": 1, "c": 1})  # 2 test samples cannot cover 3 environments
     with caplog.at_level(logging.WARNING, logger="tune_ph.data.sources"):
-        split = sources.split_samples(tiny)
+        split = split_samples(tiny)
     assert "not stratified" in caplog.text
     assert {k: len(v) for k, v in split.items()} == {"train": 7, "val": 1, "test": 2}
-    assert split == sources.split_samples(tiny)
+    assert split == split_samples(tiny)
     with pytest.raises(DatasetError, match="cannot make"):
-        sources.split_samples(_many(1, {"a": 1}))
+        split_samples(_many(1, {"a": 1}))
 
 
 # ---------------------------------------------------------------- prepare
@@ -269,7 +270,7 @@ def test_prepare_end_to_end_with_cache(tmp_path) -> None:
     ds = sources.prepare(str(tmp_path / "s.parquet"), max_length=40, max_sets=2, cache_dir=tmp_path / "cache")
     split = ds.split_dict()
     assert {k: len(v) for k, v in split.items()} == {"train": 14, "val": 2, "test": 4}
-    expected = sources.split_samples(sources.load_samples(str(tmp_path / "s.parquet")))
+    expected = split_samples(sources.load_samples(str(tmp_path / "s.parquet")))
     assert {k: sorted(v) for k, v in split.items()} == {k: sorted(v) for k, v in expected.items()}
     assert ds.max_length == 40 and ds.max_sets == 2
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 1

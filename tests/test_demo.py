@@ -10,6 +10,7 @@ from sklearn.metrics import r2_score
 
 from tune_ph.data import sources
 from tune_ph.data.demo import make_demo
+from tune_ph.data.split import split_samples
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,7 @@ def _kmer_profiles(df: pd.DataFrame, k: int) -> np.ndarray:
 
 
 def test_ph_is_learnable_from_sequence_not_base_counts(demo: pd.DataFrame) -> None:
-    split = sources.split_samples(demo)
+    split = split_samples(demo)
     train = demo["sample_id"].isin(split["train"]).to_numpy()
     test = demo["sample_id"].isin(split["test"]).to_numpy()
     y = demo["pH"].to_numpy()

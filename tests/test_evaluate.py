@@ -12,7 +12,8 @@ import torch
 from hyena_dna import HyenaDNAConfig
 from tune_ph.commands import evaluate as evaluate_cli
 from tune_ph.commands import train as train_cli
-from tune_ph.report.evaluate import evaluate_checkpoint, load_checkpoint
+from tune_ph.model.regressor import load_checkpoint
+from tune_ph.report.evaluate import evaluate_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -164,7 +165,7 @@ def test_mismatched_dataset_is_refused(run_dir: Path) -> None:
 
 
 def test_plot_residuals_without_environment_and_bad_input(tmp_path: Path) -> None:
-    from tune_ph.report.html_report import plot_residuals
+    from tune_ph.report.plots import plot_residuals
 
     df = pd.DataFrame({"true_ph": [5.0, 7.0, 8.5], "residual_mean": [0.2, -0.1, 0.4]})
     assert plot_residuals(df, tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"

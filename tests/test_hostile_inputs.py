@@ -26,6 +26,8 @@ from tune_ph.commands import evaluate as evaluate_cli
 from tune_ph.commands import search as search_cli
 from tune_ph.commands import train as train_cli
 from tune_ph.data import sources, tokens
+from tune_ph.data.split import split_samples
+from tune_ph.errors import BadRowError
 
 no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a CUDA GPU")
 
@@ -120,10 +122,10 @@ def test_json_values_keep_their_types(tmp_path):
 def test_trailing_whitespace_ids_never_reach_two_splits():
     rows = _rows(20)
     rows[7]["sample_id"] = rows[3]["sample_id"] + "\t"
-    with pytest.raises(sources.BadRowError):
+    with pytest.raises(BadRowError):
         sources.clean_samples(pd.DataFrame(rows))
     cleaned = sources.clean_samples(pd.DataFrame(rows), skip_bad_rows=True)
-    split = sources.split_samples(cleaned)
+    split = split_samples(cleaned)
     ids = [s for part in split.values() for s in part]
     assert len(ids) == len(set(ids)) == 19
 
@@ -344,7 +346,7 @@ def test_evaluate_refuses_a_pickle_that_runs_code(tmp_path, capsys):
 
 def _build(df: pd.DataFrame, max_length: int, cache: Path) -> Path:
     """Build (and cache) one tokenized dataset; its cache file."""
-    tokens.build(df, sources.split_samples(df), max_length=max_length, max_sets=1, cache_dir=cache)
+    tokens.build(df, split_samples(df), max_length=max_length, max_sets=1, cache_dir=cache)
     return next(cache.glob(f"*-L{max_length}-n1-*.npz"))
 
 

@@ -44,11 +44,12 @@ from tune_ph.commands import search as search_cli
 from tune_ph.commands import train as train_cli
 from tune_ph.config import TrainConfig
 from tune_ph.data import fasta, fasta_samples, sources, tokens
+from tune_ph.data.split import split_samples
 from tune_ph.errors import InputError
 from tune_ph.model.regressor import build_model, load_checkpoint
 from tune_ph.report import monitor, results
 from tune_ph.search import origin
-from tune_ph.training import pretrain
+from tune_ph.training import pretrain, pretrain_state
 from tune_ph.training.pretrain_config import PretrainConfig
 
 DECLARED = 2**31  # what every bomb here declares: 2 GiB
@@ -203,10 +204,10 @@ def test_pretrain_resume_refuses_a_bomb(tmp_path, capsys):
     cfg = PretrainConfig(output_dir=str(out), from_scratch=True, model_config=dict(TINY_MODEL), device="cpu")
     files.write_json(out / pretrain.CONFIG_FILE, {"pretrain_config": cfg.to_dict()})
     good = tiny_checkpoint(tmp_path / "good.pt")
-    declared_bomb(out / pretrain.STATE_FILE, {"model_config": settings_of(good)["model_config"]})
+    declared_bomb(out / pretrain_state.STATE_FILE, {"model_config": settings_of(good)["model_config"]})
     assert pretrain_cli.main(["--output-dir", str(out), "--resume", "--no-progress"]) == cli.EXIT_BAD_INPUT
     err = one_line_error(capsys)
-    assert str(out / pretrain.STATE_FILE) in err and "more than the" in err, err
+    assert str(out / pretrain_state.STATE_FILE) in err and "more than the" in err, err
 
 
 @pytest.mark.parametrize(
@@ -245,7 +246,7 @@ def test_model_config_flag_with_a_huge_model_is_refused_at_once(tmp_path, capsys
 def _token_cache_entry(tmp_path: Path) -> tuple[pd.DataFrame, dict, Path]:
     df = sources.load_samples("demo")
     df = sources.clean_samples(df).head(24).reset_index(drop=True)
-    split = sources.split_samples(df)
+    split = split_samples(df)
     cache = tmp_path / "cache"
     tokens.build(df, split, max_length=64, max_sets=2, cache_dir=cache)
     (entry,) = cache.glob("*.npz")
@@ -727,7 +728,7 @@ def test_the_files_the_bombs_are_made_from_load(tmp_path):
     assert state.target_mean == 6.0 and model.backbone.config.d_model == TINY["d_model"]
     _, _, entry = _token_cache_entry(tmp_path)
     assert tokens.TokenizedDataset.load(entry).num_samples > 0
-    assert files.PRETRAIN_STATE_FILE == pretrain.STATE_FILE and files.PRETRAIN_CONFIG_FILE == pretrain.CONFIG_FILE
+    assert files.PRETRAIN_STATE_FILE == pretrain_state.STATE_FILE and files.PRETRAIN_CONFIG_FILE == pretrain.CONFIG_FILE
 
 
 @pytest.mark.slow

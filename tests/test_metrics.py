@@ -29,7 +29,7 @@ def test_intervals_are_seeded_and_cover_the_point_estimates() -> None:
     # R² 0.5 from 300 samples: the interval is about ±0.1 wide (sd of R² ~ 0.05); a quarter of the samples, twice.
     width = np.diff(ci["test_r2_ci95"])[0]
     assert 0.1 < width < 0.3
-    quarter = bootstrap_ci(true[:75], predicted[:75], "val_")["val_r2_ci95"]
+    quarter = bootstrap_ci(true[:75], predicted[:75], "val")["val_r2_ci95"]
     assert np.diff(quarter)[0] > 1.5 * width
 
 

@@ -15,6 +15,7 @@ from helpers import tiny_space, write_space
 
 from tune_ph.commands import monitor as monitor_cli
 from tune_ph.commands import search as search_cli
+from tune_ph.errors import InputError
 from tune_ph.report import monitor, results
 
 needs_dashboard = pytest.mark.skipif(
@@ -69,7 +70,7 @@ def test_port_in_use_is_an_input_error_naming_the_flag(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        with pytest.raises(monitor.InputError, match=rf"--optuna-dashboard {port}: .*in use"):
+        with pytest.raises(InputError, match=rf"--optuna-dashboard {port}: .*in use"):
             monitor.StudyDashboard(tmp_path / results.STUDY_FILE, port, "--optuna-dashboard")
 
 

@@ -21,7 +21,7 @@ from tune_ph.errors import DatasetError, InputError
 from tune_ph.files import save_torch
 from tune_ph.model.regressor import build_model, load_checkpoint
 from tune_ph.report.evaluate import evaluate_checkpoint
-from tune_ph.training import predict
+from tune_ph.training import inference
 from tune_ph.training.checkpoints import find_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -103,7 +103,7 @@ def test_test_split_means_equal_evaluate(checkpoint: Path, demo: pd.DataFrame, t
     evaluate_checkpoint(checkpoint, output_dir=tmp_path, device="cpu")
     evaluated = pd.read_csv(tmp_path / "test_predictions.csv")
     # Evaluation packs the sets as training did (max_sets=NUM_SETS); predict does the same when asked to.
-    table = predict.predict_samples(checkpoint, demo, split="test", device="cpu", max_sets=NUM_SETS)
+    table = inference.predict_samples(checkpoint, demo, split="test", device="cpu", max_sets=NUM_SETS)
     assert sorted(table["sample_id"]) == sorted(evaluated["sample_id"])
     # One name per quantity: every column the two files share means the same in both.
     shared = sorted(set(evaluated.columns) & set(table.columns) - {"sample_id", "study_name"})
@@ -113,7 +113,7 @@ def test_test_split_means_equal_evaluate(checkpoint: Path, demo: pd.DataFrame, t
     for column in shared:
         np.testing.assert_allclose(both[f"{column}_predicted"], both[f"{column}_evaluated"], rtol=0, atol=1e-6)
     assert "may not be its split" not in caplog.text  # no split.json: recomputed from the same samples
-    predict.predict_samples(checkpoint, demo.iloc[::2], split="test", device="cpu")
+    inference.predict_samples(checkpoint, demo.iloc[::2], split="test", device="cpu")
     assert "may not be its split" in caplog.text  # other samples: the recomputed split is only a guess
 
 
@@ -123,12 +123,12 @@ def test_split_json_beside_the_checkpoint_wins(checkpoint: Path, demo: pd.DataFr
     shutil.copy(checkpoint, run / "best_model.pt")
     chosen = sorted(demo["sample_id"])[:7]
     (run / "split.json").write_text(json.dumps({"train": [], "val": [], "test": chosen}))
-    table = predict.predict_samples(run, demo, split="test", device="cpu")
+    table = inference.predict_samples(run, demo, split="test", device="cpu")
     assert sorted(table["sample_id"]) == chosen
 
 
 def test_all_samples_without_split(checkpoint: Path, demo: pd.DataFrame) -> None:
-    table = predict.predict_samples(checkpoint, demo, device="cpu")
+    table = inference.predict_samples(checkpoint, demo, device="cpu")
     assert len(table) == len(demo) == 300
     assert list(table.columns) == [
         "sample_id",
@@ -144,7 +144,7 @@ def test_all_samples_without_split(checkpoint: Path, demo: pd.DataFrame) -> None
     np.testing.assert_allclose(
         table["residual_mean"], table["true_ph"].astype(float) - table["predicted_ph_mean"], atol=1e-5
     )
-    metrics = predict.sample_metrics(table)
+    metrics = inference.sample_metrics(table)
     assert metrics is not None and metrics["n"] == 300 and np.isfinite(metrics["r2"])
 
 
@@ -158,7 +158,7 @@ def test_sd_is_the_std_of_the_per_set_predictions(checkpoint: Path, demo: pd.Dat
         }
     )
     df = pd.concat([demo.head(12), extra], ignore_index=True)
-    table = predict.predict_samples(checkpoint, df, device="cpu").set_index("sample_id")
+    table = inference.predict_samples(checkpoint, df, device="cpu").set_index("sample_id")
     per_set = _per_set(checkpoint, sources.clean_samples(df, labelled=False)).groupby("sample_id")["predicted"]
     np.testing.assert_allclose(table["predicted_ph_sd"], per_set.std(ddof=1).loc[table.index], atol=1e-6)
     # The fixture aggregates set vectors (mean), so the prediction is the head on their mean, not a mean of
@@ -173,19 +173,19 @@ def test_sd_is_the_std_of_the_per_set_predictions(checkpoint: Path, demo: pd.Dat
     # Demo reads (250-400 bases) are longer than a set: one read per set, every read of the sample.
     demo_rows = table.loc[table.index[:12]]
     assert (demo_rows["n_reads_used"] == demo_rows["n_reads"]).all() and (demo_rows["n_sets"] > NUM_SETS).all()
-    capped = predict.predict_samples(checkpoint, df, device="cpu", max_sets=NUM_SETS).set_index("sample_id")
+    capped = inference.predict_samples(checkpoint, df, device="cpu", max_sets=NUM_SETS).set_index("sample_id")
     assert capped.loc["SHORT_READS", ["n_sets", "n_reads_used", "n_reads"]].tolist() == [3, 12, 20]
 
 
 def test_missing_ph_rows_are_predicted_not_dropped(checkpoint: Path, demo: pd.DataFrame) -> None:
     df = demo.head(10).copy()
     df.loc[:3, "pH"] = np.nan
-    table = predict.predict_samples(checkpoint, df, device="cpu")
+    table = inference.predict_samples(checkpoint, df, device="cpu")
     assert len(table) == 10 and table["true_ph"].isna().sum() == 4
-    assert predict.sample_metrics(table)["n"] == 6
-    no_ph = predict.predict_samples(checkpoint, df.drop(columns=["pH", "environment", "study_name"]), device="cpu")
+    assert inference.sample_metrics(table)["n"] == 6
+    no_ph = inference.predict_samples(checkpoint, df.drop(columns=["pH", "environment", "study_name"]), device="cpu")
     assert "true_ph" not in no_ph.columns and "residual_mean" not in no_ph.columns
-    assert predict.sample_metrics(no_ph) is None
+    assert inference.sample_metrics(no_ph) is None
     np.testing.assert_allclose(no_ph["predicted_ph_mean"], table["predicted_ph_mean"])
 
 
@@ -269,7 +269,7 @@ def test_fasta_dir_layouts_and_metadata(checkpoint: Path, demo: pd.DataFrame, tm
     assert code == 0
     table = pd.read_csv(tmp_path / "f.csv", keep_default_na=False).set_index("sample_id")
     assert sorted(table.index) == sorted(ids) and "true_ph" not in table.columns and "R²" not in out
-    expected = predict.predict_samples(checkpoint, rows[["sample_id", "sequences"]], device="cpu").set_index(
+    expected = inference.predict_samples(checkpoint, rows[["sample_id", "sequences"]], device="cpu").set_index(
         "sample_id"
     )
     np.testing.assert_allclose(table.loc[ids, "predicted_ph_mean"], expected.loc[ids, "predicted_ph_mean"], atol=1e-6)

@@ -23,10 +23,10 @@ from tune_ph.errors import ConfigError, InputError
 from tune_ph.model import causal_lm
 from tune_ph.model.causal_lm import CausalLM, right_padded
 from tune_ph.model.regressor import build_model
-from tune_ph.training import pretrain
+from tune_ph.training import pretrain, pretrain_state
 from tune_ph.training.epoch import NonFiniteLossError
 from tune_ph.training.fit import fit
-from tune_ph.training.pretrain import PretrainConfig
+from tune_ph.training.pretrain_config import PretrainConfig
 from tune_ph.training.pretrain_state import PretrainState
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -97,7 +97,7 @@ def test_folder_loads_back_strictly_with_the_trained_weights(dataset: TokenizedD
     assert loaded.config.to_dict() == result.backbone.config.to_dict()
     assert loaded.state_dict().keys() == trained.keys()
     assert all(torch.equal(loaded.state_dict()[k], trained[k].cpu()) for k in trained)
-    state = torch.load(out / pretrain.STATE_FILE, weights_only=True)  # a plain dict of tensors and settings
+    state = torch.load(out / pretrain_state.STATE_FILE, weights_only=True)  # a plain dict of tensors and settings
     assert state["step"] == 3 and all(torch.equal(state["backbone"][k], trained[k]) for k in trained)
     record = PretrainState.load(out)
     assert (record.step, record.config.max_steps, record.max_length) == (3, 3, MAX_LENGTH)
@@ -109,7 +109,7 @@ def test_folder_loads_back_strictly_with_the_trained_weights(dataset: TokenizedD
 
 def test_only_train_sets_are_trained_on(dataset: TokenizedDataset, tmp_path: Path, monkeypatch) -> None:
     calls: list[tuple[bool, np.ndarray]] = []
-    original = pretrain.right_padded
+    original = right_padded
 
     def spy(ds, set_index):
         calls.append((torch.is_grad_enabled(), np.asarray(set_index).copy()))  # evaluation runs without grad
@@ -131,7 +131,7 @@ def test_only_train_sets_are_trained_on(dataset: TokenizedDataset, tmp_path: Pat
 def test_resume_continues_at_the_saved_step(dataset: TokenizedDataset, tmp_path: Path, monkeypatch) -> None:
     whole = pretrain.pretrain(cfg(tmp_path / "whole", epochs=2), dataset, progress=False)
     out = tmp_path / "stopped"
-    original = pretrain.right_padded
+    original = right_padded
     batches = []
 
     def stop_at_fifth_batch(ds, set_index):
@@ -144,7 +144,7 @@ def test_resume_continues_at_the_saved_step(dataset: TokenizedDataset, tmp_path:
     monkeypatch.setattr(pretrain, "right_padded", stop_at_fifth_batch)
     with pytest.raises(KeyboardInterrupt):
         pretrain.pretrain(cfg(out, epochs=2, checkpoint_every=2), dataset, progress=False)
-    assert torch.load(out / pretrain.STATE_FILE, weights_only=True)["step"] == 4
+    assert torch.load(out / pretrain_state.STATE_FILE, weights_only=True)["step"] == 4
     monkeypatch.setattr(pretrain, "right_padded", original)
 
     steps_run = []
@@ -246,12 +246,12 @@ def test_cli_end_to_end_on_the_demo_then_fine_tune(tmp_path: Path) -> None:
 def test_a_damaged_state_is_one_line_naming_the_file(dataset: TokenizedDataset, tmp_path: Path) -> None:
     out = tmp_path / "run"
     pretrain.pretrain(cfg(out, max_steps=1), dataset, progress=False)
-    state = torch.load(out / pretrain.STATE_FILE, weights_only=True)
-    torch.save({**state, "step": "1"}, out / pretrain.STATE_FILE)
+    state = torch.load(out / pretrain_state.STATE_FILE, weights_only=True)
+    torch.save({**state, "step": "1"}, out / pretrain_state.STATE_FILE)
     with pytest.raises(InputError) as caught:
         pretrain.pretrain(cfg(out, max_steps=2), dataset, progress=False, resume=True)
-    assert str(caught.value).startswith(f"{out / pretrain.STATE_FILE}: its step is str, expected an integer")
-    torch.save({k: v for k, v in state.items() if k != "torch_rng"}, out / pretrain.STATE_FILE)
+    assert str(caught.value).startswith(f"{out / pretrain_state.STATE_FILE}: its step is str, expected an integer")
+    torch.save({k: v for k, v in state.items() if k != "torch_rng"}, out / pretrain_state.STATE_FILE)
     with pytest.raises(InputError, match=r"pretrain_state.pt is not a pretraining state: it lacks torch_rng$"):
         pretrain.pretrain(cfg(out, max_steps=2), dataset, progress=False, resume=True)
 

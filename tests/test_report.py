@@ -21,6 +21,7 @@ from tune_ph.report import export, html_report, plots, results, winner
 from tune_ph.report.page import fmt
 from tune_ph.report.results import Trial
 from tune_ph.report.winner import find_winner, winner_html
+from tune_ph.search_settings import SavedSearch
 
 SETTINGS = {
     "name": "synthetic",
@@ -39,6 +40,7 @@ SETTINGS = {
     "search": {"num_samples": 5, "metric": "val_loss"},
     "scheduler": {"grace_period": 3, "reduction_factor": 2, "max_epochs": 10},
 }
+SAVED = SavedSearch.from_dict(SETTINGS)  # as the report reads it
 WINNER = "aaa00001"
 ERROR = "RuntimeError: CUDA out of memory <script>alert(1)</script>"
 
@@ -117,7 +119,7 @@ def experiment(tmp_path_factory) -> dict:
     best = folder / files.BEST_DIR
     best.mkdir(parents=True)
     trials = _trials()
-    table = results.trials_table(trials, "val_loss", results.planned_epochs(SETTINGS))
+    table = results.trials_table(trials, "val_loss", SAVED.planned_epochs())
     train_config = {**SETTINGS["fixed"], **trials[0].config, "max_length": 128}
     model_config = {"d_model": 16, "n_layer": 2, "layer": {"l_max": 130}}
     info = {
@@ -191,7 +193,7 @@ def written(experiment: dict) -> tuple[str, Page]:
         experiment["folder"],
         experiment["table"],
         experiment["frames"],
-        settings=SETTINGS,
+        settings=SAVED,
         study_db=experiment["folder"] / results.STUDY_FILE,
         metric="val_loss",
     )
@@ -203,7 +205,7 @@ def _winner_section(experiment: dict, baseline: Reference, **test_extra) -> Page
     """Only the winner section (a pure function of the table, settings and best/), with a given baseline."""
     best = experiment["folder"] / files.BEST_DIR
     test = {**json.loads((best / "metrics.json").read_text()), **test_extra}
-    found = find_winner(experiment["table"], SETTINGS, "val_loss", experiment["info"], test)
+    found = find_winner(experiment["table"], SAVED, "val_loss", results.BestInfo.from_dict(experiment["info"]), test)
     return Page(winner_html(found, experiment["folder"], baseline))
 
 
@@ -306,19 +308,17 @@ def test_stop_reason():
     assert results.stop_reason("TERMINATED", 6, 10, patience=2).startswith("early stopping at epoch 6")
     assert results.stop_reason("ERROR", 2, 10, "ValueError: nan loss") == "error: ValueError: nan loss"
     assert results.stop_reason("PAUSED", 3, 10) == "paused (search interrupted)"
-    assert results.planned_epochs(SETTINGS) == 10 and results.planned_epochs({"fixed": {"epochs": 4}}) == 4
+    assert SAVED.planned_epochs() == 10 and SavedSearch.from_dict({"fixed": {"epochs": 4}}).planned_epochs() == 4
 
 
 def test_learning_curves_mark_stopped_trials(experiment):
     table = experiment["table"]
     reasons = dict(zip(table["trial_id"], table["stop_reason"]))
-    fig = plots.learning_curves(
-        experiment["frames"], reasons, winner=WINNER, winner_epoch=7, rungs=plots.asha_rungs(SETTINGS)
-    )
+    fig = plots.learning_curves(experiment["frames"], reasons, winner=WINNER, winner_epoch=7, rungs=SAVED.asha_rungs())
     dashed = [line for line in fig.axes[0].get_lines() if line.get_linestyle() == "--"]
     plt.close(fig)
     assert len(dashed) == 2  # the ASHA-stopped trial and the early-stopped one
-    assert plots.asha_rungs(SETTINGS) == [3, 6]
+    assert SAVED.asha_rungs() == [3, 6]
 
 
 def test_parallel_coordinates_and_scatter_put_the_winner_where_it_is(experiment):
@@ -449,7 +449,7 @@ def test_the_report_explains_the_residual_slope_n_a_ticks_and_the_test_r2(writte
     assert "low pH is over-predicted and high pH under-predicted" in words and "regression to the mean" in words
     assert "explain 87% of it" in words  # the test R² in words, beside the table
     assert "head_dropout is used only when head is mlp2" in page.words("parallel")
-    assert winner.used_when(SETTINGS, "head_dropout") == "head is mlp2" and winner.used_when(SETTINGS, "head") == ""
+    assert winner.used_when(SAVED, "head_dropout") == "head is mlp2" and winner.used_when(SAVED, "head") == ""
 
 
 def test_one_layer_is_not_called_layers(tmp_path):

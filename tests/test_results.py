@@ -9,7 +9,7 @@ import sys
 import pandas as pd
 import pytest
 
-from tune_ph import config, metrics
+from tune_ph import metrics
 from tune_ph.errors import InputError
 from tune_ph.report import results
 
@@ -68,7 +68,6 @@ def test_the_best_epoch_follows_the_metrics_mode(tmp_path, metric: str) -> None:
 
 def test_metric_names_have_one_owner() -> None:
     assert metrics.best_column("val_r2") == "best_val_r2"
-    assert config.METRIC_MODES is metrics.METRIC_MODES  # config only passes it on
     assert set(metrics.METRIC_MODES) <= set(metrics.EPOCH_METRICS) and set(metrics.SUMMARY_METRICS) <= set(
         metrics.EPOCH_METRICS
     )

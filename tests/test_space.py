@@ -9,8 +9,10 @@ import optuna
 import pytest
 from helpers import ROOT, TINY_MODEL, tiny_space, write_space
 
-from tune_ph.search.settings import ResourceSettings, SchedulerSettings, SearchSettings
-from tune_ph.search.space import FIELD_TYPES, OptunaSpace, SpaceError, apply_overrides, load_space, parse_space
+from tune_ph.errors import SpaceError
+from tune_ph.search.space import apply_overrides, load_space, parse_space
+from tune_ph.search.spec import FIELD_TYPES, OptunaSpace
+from tune_ph.search_settings import ResourceSettings, SchedulerSettings, SearchSettings
 
 
 @pytest.fixture

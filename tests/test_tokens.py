@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from hyena_dna import tokenizer
-from tune_ph.data import read_sets, tokens
+from tune_ph.data import read_sets, token_cache, tokens
 from tune_ph.data.read_sets import pack_sets
 from tune_ph.data.tokens import TokenizedDataset, build
 
@@ -177,6 +177,6 @@ def test_damaged_cache_is_rebuilt(tmp_path, caplog) -> None:
 
 def test_cache_dir_from_environment(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("TUNE_PH_CACHE", str(tmp_path / "c"))
-    assert tokens.default_cache_dir() == tmp_path / "c"
+    assert token_cache.default_cache_dir() == tmp_path / "c"
     build(_df({"a": ["ACGT"]}), {"train": ["a"]}, max_length=8)
     assert len(list((tmp_path / "c").glob("*.npz"))) == 1

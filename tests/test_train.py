@@ -22,6 +22,7 @@ from tune_ph.training import fit as fit_module
 from tune_ph.training.epoch import NonFiniteLossError
 from tune_ph.training.fit import fit
 from tune_ph.training.predict import predict
+from tune_ph.training.run import run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -175,6 +176,39 @@ def test_seed_makes_runs_repeatable(dataset: TokenizedDataset) -> None:
     b = fit(cfg(epochs=1), dataset, progress=False)
     assert a.history[0]["train_loss"] == b.history[0]["train_loss"]
     assert a.history[0]["val_loss"] == b.history[0]["val_loss"]
+
+
+class RecordingSink:
+    def __init__(self, stop_after: int | None = None) -> None:
+        self.started: list[tuple[TrainConfig, TokenizedDataset, PhRegressor | None]] = []
+        self.epochs: list[dict] = []
+        self.checkpoints: list[Checkpoint] = []
+        self.stop_after = stop_after
+
+    def start(self, cfg, dataset, model) -> None:
+        self.started.append((cfg, dataset, model))
+
+    def report(self, metrics, checkpoint_fn) -> bool:
+        self.epochs.append(metrics)
+        self.checkpoints.append(checkpoint_fn())
+        return self.stop_after is not None and len(self.epochs) >= self.stop_after
+
+
+def test_run_resolves_the_config_from_its_data_and_reports_to_the_sink(dataset: TokenizedDataset) -> None:
+    """The one run function: the sink sees the resolved config (the data's max_length) before the first epoch and
+    every epoch with its checkpoint after; the caller's config is left as it was; True from report stops."""
+    given = cfg(epochs=3)
+    assert given.max_length is None
+    sink = RecordingSink(stop_after=2)
+    done = run(given, sink, dataset=dataset, progress=False)
+    assert given.max_length is None  # never written back
+    ((started, data, model),) = sink.started
+    assert started.max_length == dataset.max_length == done.cfg.max_length and data is dataset and model is None
+    assert [m["epoch"] for m in sink.epochs] == [1, 2] and len(done.fit.history) == 2
+    assert all(c.train_config.max_length == dataset.max_length for c in sink.checkpoints)
+    # The same numbers as fit() on its own: run() adds no randomness of its own.
+    alone = fit(TrainConfig(**{**given.to_dict(), "epochs": 2}), dataset, progress=False)
+    assert [h["val_loss"] for h in alone.history] == [h["val_loss"] for h in done.fit.history]
 
 
 def test_dataset_longer_than_model_is_refused() -> None:

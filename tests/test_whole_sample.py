@@ -12,17 +12,18 @@ from hyena_dna import HyenaDNAConfig, HyenaDNAModel
 from hyena_dna.tokenizer import decode
 from tune_ph import files
 from tune_ph.config import AGGREGATIONS, POOLINGS, TrainConfig
+from tune_ph.data import token_cache
 from tune_ph.data.tokens import build
 from tune_ph.files import save_torch
 from tune_ph.model import embeddings
 from tune_ph.model.checkpoint import REQUIRED_KEYS
+from tune_ph.model.read_encoders import pool_hidden
 from tune_ph.model.regressor import (
     ReadClusters,
     RegressionHead,
     SetAggregation,
     build_model,
     load_checkpoint,
-    pool_hidden,
 )
 from tune_ph.report.evaluate import evaluate_checkpoint
 from tune_ph.search import tuner
@@ -260,7 +261,7 @@ def test_frozen_training_never_runs_the_backbone(tmp_path, monkeypatch) -> None:
     assert len(result.history) == 3 and result.history[-1]["train_loss"] < result.history[0]["train_loss"]
     monkeypatch.setattr(embeddings, "compute", refuse)
     shared = {embeddings.cache_key(_backbone_of(cfg), ds): vectors}
-    monkeypatch.setattr(embeddings.token_cache, "cache_folder", refuse)  # not even the disk cache is read
+    monkeypatch.setattr(token_cache, "cache_folder", refuse)  # not even the disk cache is read
     again = fit(cfg, ds, progress=False, shared_vectors=shared)
     assert [h["val_loss"] for h in again.history] == [h["val_loss"] for h in result.history]
 
@@ -281,8 +282,10 @@ def test_search_driver_computes_the_vectors_its_frozen_trials_look_up(tmp_path) 
         "cache_dir": str(tmp_path),
     }
     spec = parse_space({"name": "f", "fixed": fixed, "space": {"freeze_backbone": {"choice": [False, True]}}})
-    shared = tuner.shared_vectors(spec, {64: ds})
+    shared = tuner.shared_vectors(spec, {spec.model_choices()[0]: ds})
     trial = TrainConfig.from_trial({**fixed, "freeze_backbone": True})
     assert list(shared) == [embeddings.cache_key(_backbone_of(trial), ds)]
     unfrozen = parse_space({"name": "g", "fixed": fixed, "space": {"head": {"choice": ["linear", "mlp2"]}}})
-    assert tuner.shared_vectors(unfrozen, {64: ds}) == {}  # no frozen trial: nothing to compute
+    assert (
+        tuner.shared_vectors(unfrozen, {unfrozen.model_choices()[0]: ds}) == {}
+    )  # no frozen trial: nothing to compute

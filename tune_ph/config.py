@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import math
-import types
-import typing
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from hyena_dna.config import HyenaDNAConfig, max_length_of
+from tune_ph import schema
 from tune_ph.errors import ConfigError
-from tune_ph.metrics import METRIC_MODES  # noqa: F401 - metrics.py owns it; search/space.py still reads it here
 
 DEFAULT_DATASET = "jedick/microbial-DNA-pH"
 DEFAULT_MODEL = "hyenadna-tiny-1k-seqlen"
@@ -181,10 +178,6 @@ class TrainConfig:
                     f"length is {limit}; allowed: {MIN_MAX_LENGTH}..{limit}",
                 )
 
-    def resolved(self) -> TrainConfig:
-        """A copy with max_length filled in (the model's maximum when not set)."""
-        return replace(self, max_length=self.max_length or model_max_length(self.model, self.model_config))
-
     def sets_per_forward(self) -> int:
         """Sets per backbone call at evaluation: a training step's worth, and at least 8 per sample (inference keeps
         no activations for backward, so small training steps would leave evaluation needlessly slow)."""
@@ -211,13 +204,13 @@ class TrainConfig:
 
     @classmethod
     def from_trial(cls, config: dict[str, Any]) -> TrainConfig:
-        """The TrainConfig of a Ray Tune trial config, resolved.
+        """The TrainConfig of a Ray Tune trial config (its max_length is the prepared dataset's: training.run).
 
         A trial config holds TrainConfig fields plus Optuna's own names for per-model parameters
         (``batch_size__<model>``), which repeat a field's value and are dropped here.
         """
         known = set(field_names())
-        return cls(**{k: v for k, v in config.items() if k in known}).resolved()
+        return cls(**{k: v for k, v in config.items() if k in known})
 
 
 # Names of earlier versions, still read from YAML, trial configs and saved checkpoints.
@@ -243,23 +236,7 @@ def field_meta(name: str) -> dict[str, Any]:
 
 def field_types(name: str) -> tuple[type, ...]:
     """The Python types a TrainConfig field accepts, from its annotation (an int is accepted for a float)."""
-    return annotation_types(TrainConfig, name)
-
-
-def annotation_types(cls: type, name: str) -> tuple[type, ...]:
-    """The Python types a dataclass field accepts, from its annotation (an int is accepted for a float)."""
-    hint = typing.get_type_hints(cls)[name]
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        args = typing.get_args(hint)
-    else:
-        args = (hint,)
-    out: list[type] = []
-    for arg in args:
-        origin = typing.get_origin(arg) or arg
-        out.append(origin)
-        if origin is float:
-            out.append(int)
-    return tuple(out)
+    return schema.annotation_types(TrainConfig, name)
 
 
 def model_max_length(model: str, model_config: dict[str, Any] | None = None) -> int:
@@ -275,89 +252,93 @@ def model_max_length(model: str, model_config: dict[str, Any] | None = None) -> 
         raise ConfigError("model_config" if model_config else "model", str(err)) from None
 
 
-_TYPE_NAMES = {
-    str: "a string",
-    int: "an integer",
-    float: "a number",
-    bool: "true/false",
-    dict: "a mapping",
-    list: "a list",
-    type(None): "null",
-}
-
-
-def type_name(t: type) -> str:
-    return _TYPE_NAMES.get(t, t.__name__)
-
-
-def check_type(name: str, value: Any, allowed: tuple[type, ...]) -> None:
-    # bool is an int in Python; true/false is never a number here.
-    ok = isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
-    if isinstance(value, float) and float in allowed and not math.isfinite(value):
-        raise ConfigError(name, f"{name} must be a finite number, got {value!r}")
-    if not ok:
-        names = " or ".join(type_name(t) for t in allowed)
-        raise ConfigError(name, f"expected {names}, got {value!r} ({type_name(type(value))})")
-
-
 def check_field(name: str, value: Any) -> None:
     """Type and range of one TrainConfig value on its own; raise ConfigError naming the field."""
     if name not in TrainConfig.__dataclass_fields__:
         raise ConfigError(name, f"unknown field {name!r}; known fields: {', '.join(field_names())}")
-    check_type(name, value, field_types(name))
-    if value is None:
-        return
-    choices = field_meta(name).get("choices")
-    if choices and value not in choices:
-        raise ConfigError(name, f"unknown {name} {value!r}; allowed: {', '.join(choices)}")
     if name == "model_config":
-        _check_model_config(value)
+        schema.check_type(name, value, field_types(name))
+        if value is not None:
+            _check_model_config(value)
         return
-    problem = _range_problem(name, value)
-    if problem:
-        raise ConfigError(name, problem)
+    schema.check(TrainConfig, name, value, RULES)
 
 
-# Integer fields with a range: k-mer profiles have 4^k values per read, each cluster level a quarter of the clusters of
-# the one before.
-_INT_BOUNDS: dict[str, tuple[int, int]] = {
-    "encoder_k": (1, 6),
-    "cluster_levels": (1, 6),
-    "tree_leaves": (2, 4096),
-    "tree_min_samples": (1, 4096),
+def _positive_integer(name: str) -> schema.Rule:
+    return lambda value: None if value >= 1 else f"{name} must be a positive integer, got {value!r}"
+
+
+def _not_negative(name: str, why: str = "") -> schema.Rule:
+    return lambda value: None if value >= 0 else f"{name} must be >= 0{why}, got {value!r}"
+
+
+def _above_zero(name: str) -> schema.Rule:
+    return lambda value: None if value > 0 else f"{name} must be > 0, got {value!r}"
+
+
+def _fraction(name: str) -> schema.Rule:
+    return lambda value: None if 0 <= value < 1 else f"{name} must be in [0, 1), got {value!r}"
+
+
+def _clusters(value: int) -> str | None:
+    if value >= 2:
+        return None
+    return f"clusters must be at least 2 (a sample is described by their abundances), got {value!r}"
+
+
+def _between(name: str, low: int, high: int) -> schema.Rule:
+    return lambda value: None if low <= value <= high else f"{name} must be {low}..{high}, got {value!r}"
+
+
+def _tree_learning_rate(value: float) -> str | None:
+    return None if 0 < value <= 1 else f"tree_learning_rate must be in (0, 1], got {value!r}"
+
+
+def _test_fraction(value: float) -> str | None:
+    return None if 0 < value < 1 else f"test_fraction must be between 0 and 1, got {value!r}"
+
+
+def _max_length(value: int) -> str | None:
+    return None if value >= MIN_MAX_LENGTH else f"max_length must be at least {MIN_MAX_LENGTH} tokens, got {value!r}"
+
+
+def _device(value: str) -> str | None:
+    if value in ("auto", "cpu") or value == "cuda" or value.startswith("cuda:"):
+        return None
+    return f"device must be auto, cpu or cuda[:N], got {value!r}"
+
+
+def _model(value: str) -> str | None:
+    return None if value.strip() else "model must name a HyenaDNA size, a hub id or a local checkpoint folder"
+
+
+# The range rule of each TrainConfig field that has one (schema.check runs it on a well-typed, non-null value).
+RULES: dict[str, schema.Rule] = {
+    "sets_per_step": _not_negative("sets_per_step", " (0: all sets)"),
+    **{
+        name: _positive_integer(name)
+        for name in ("batch_size", "epochs", "max_sets", "early_stopping_patience", "cluster_dims")
+    },
+    "clusters": _clusters,
+    # k-mer profiles have 4^k values per read; each cluster level has a quarter of the clusters of the one before.
+    "encoder_k": _between("encoder_k", 1, 6),
+    "cluster_levels": _between("cluster_levels", 1, 6),
+    "tree_leaves": _between("tree_leaves", 2, 4096),
+    "tree_min_samples": _between("tree_min_samples", 1, 4096),
+    "tree_learning_rate": _tree_learning_rate,
+    "learning_rate": _above_zero("learning_rate"),
+    "loss_beta": _above_zero("loss_beta"),
+    "weight_decay": _not_negative("weight_decay"),
+    "grad_clip": _not_negative("grad_clip"),
+    "seed": _not_negative("seed", " (numpy seeds are unsigned)"),
+    "split_seed": _not_negative("split_seed", " (numpy seeds are unsigned)"),
+    "test_fraction": _test_fraction,
+    "val_fraction": _fraction("val_fraction"),
+    "head_dropout": _fraction("head_dropout"),
+    "max_length": _max_length,
+    "device": _device,
+    "model": _model,
 }
-
-
-def _range_problem(name: str, value: Any) -> str | None:
-    """What is wrong with a (well-typed, non-None) value of a field by its range rule; None when nothing is."""
-    if name == "sets_per_step" and value < 0:
-        return f"sets_per_step must be >= 0 (0: all sets), got {value!r}"
-    if name in ("batch_size", "epochs", "max_sets", "early_stopping_patience", "cluster_dims") and value < 1:
-        return f"{name} must be a positive integer, got {value!r}"
-    if name in _INT_BOUNDS and not _INT_BOUNDS[name][0] <= value <= _INT_BOUNDS[name][1]:
-        low, high = _INT_BOUNDS[name]
-        return f"{name} must be {low}..{high}, got {value!r}"
-    if name == "tree_learning_rate" and not 0 < value <= 1:
-        return f"tree_learning_rate must be in (0, 1], got {value!r}"
-    if name == "clusters" and value < 2:
-        return f"clusters must be at least 2 (a sample is described by their abundances), got {value!r}"
-    if name in ("learning_rate", "loss_beta") and not value > 0:
-        return f"{name} must be > 0, got {value!r}"
-    if name in ("weight_decay", "grad_clip") and value < 0:
-        return f"{name} must be >= 0, got {value!r}"
-    if name in ("seed", "split_seed") and value < 0:
-        return f"{name} must be >= 0 (numpy seeds are unsigned), got {value!r}"
-    if name == "test_fraction" and not 0 < value < 1:
-        return f"test_fraction must be between 0 and 1, got {value!r}"
-    if name in ("val_fraction", "head_dropout") and not 0 <= value < 1:
-        return f"{name} must be in [0, 1), got {value!r}"
-    if name == "max_length" and value < MIN_MAX_LENGTH:
-        return f"max_length must be at least {MIN_MAX_LENGTH} tokens, got {value!r}"
-    if name == "device" and not (value in ("auto", "cpu") or value == "cuda" or value.startswith("cuda:")):
-        return f"device must be auto, cpu or cuda[:N], got {value!r}"
-    if name == "model" and not value.strip():
-        return "model must name a HyenaDNA size, a hub id or a local checkpoint folder"
-    return None
 
 
 def _check_model_config(value: dict[str, Any]) -> None:
@@ -378,10 +359,6 @@ def _check_model_config(value: dict[str, Any]) -> None:
 # ------------------------------------------------------------------------------------------------ CLI flags
 
 
-def _base_type(name: str) -> type:
-    return next(t for t in field_types(name) if t is not type(None))
-
-
 def add_arguments(
     parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None, overrides: bool = False
 ) -> None:
@@ -389,18 +366,8 @@ def add_arguments(
 
     overrides: every default is None, meaning "not given" (a search's flags override its YAML).
     """
-    for f in fields(TrainConfig):
-        meta = f.metadata
-        if not meta.get("cli", True) or (only is not None and f.name not in only):
-            continue
-        flags = [f"--{f.name.replace('_', '-')}", *meta.get("aliases", ())]
-        default = None if overrides else f.default
-        kind = _base_type(f.name)
-        help_text = meta["help"] if overrides else f"{meta['help']} (default: {f.default})"
-        if kind is bool:
-            parser.add_argument(*flags, action=argparse.BooleanOptionalAction, default=default, help=help_text)
-        else:
-            parser.add_argument(*flags, type=kind, default=default, choices=meta.get("choices"), help=help_text)
+    tail = (lambda f: "") if overrides else schema.default_tail
+    schema.add_arguments(parser, TrainConfig, only=only, defaults=not overrides, help_tail=tail)
 
 
 def given_fields(args: argparse.Namespace, only: tuple[str, ...] | None = None) -> dict[str, Any]:
@@ -408,5 +375,4 @@ def given_fields(args: argparse.Namespace, only: tuple[str, ...] | None = None) 
 
     only: the fields add_arguments() was given; another flag may share a field's name (a search's --output-dir).
     """
-    names = field_names() if only is None else only
-    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    return schema.given(args, TrainConfig, field_names() if only is None else only)

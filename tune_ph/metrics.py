@@ -6,13 +6,41 @@ import math
 
 import numpy as np  # light (scikit-learn, for the point metrics, is imported where they are computed)
 
-# Validation metrics a run can be selected by, each with the direction that is better.
-METRIC_MODES: dict[str, str] = {"val_loss": "min", "val_rmse": "min", "val_mae": "min", "val_r2": "max"}
-# What fit() records per epoch (training_log.json, a checkpoint's history) and a trial reports to Ray Tune.
-EPOCH_METRICS = ("epoch", "train_loss", "val_loss", "val_rmse", "val_mae", "val_r2", "val_mse", "lr", "epoch_seconds")
-# The per-epoch metrics a trial is summed up by: its best epoch's, as best_<metric> columns of trials.csv.
-SUMMARY_METRICS = ("val_loss", "val_rmse", "val_mae", "val_r2", "train_loss")
+# A metric's name is <split>_<statistic> (val_r2, test_rmse), made here and nowhere else: metric_name().
+SPLITS = ("train", "val", "test")
+STATISTICS = ("loss", "mse", "rmse", "mae", "r2", "n_samples")
+# The statistics regression_metrics computes, and those a bootstrap interval is given for.
+POINT_STATISTICS = ("mse", "rmse", "mae", "r2")
+INTERVAL_STATISTICS = ("r2", "rmse", "mae")
+CI_SUFFIX = "_ci95"
 BEST_PREFIX = "best_"
+
+
+def metric_name(split: str, statistic: str, *, interval: bool = False) -> str:
+    """The name of a statistic on a split ("val", "r2" -> "val_r2"); interval: its 95 % bootstrap interval's
+    ("test_r2_ci95")."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; one of: {', '.join(SPLITS)}")
+    if statistic not in STATISTICS:
+        raise ValueError(f"unknown statistic {statistic!r}; one of: {', '.join(STATISTICS)}")
+    return f"{split}_{statistic}{CI_SUFFIX if interval else ''}"
+
+
+TRAIN_LOSS = metric_name("train", "loss")
+VAL_LOSS, VAL_MSE, VAL_RMSE, VAL_MAE, VAL_R2 = (metric_name("val", s) for s in ("loss", "mse", "rmse", "mae", "r2"))
+TEST_MSE, TEST_RMSE, TEST_MAE, TEST_R2 = (metric_name("test", s) for s in ("mse", "rmse", "mae", "r2"))
+TRAIN_N_SAMPLES, TEST_N_SAMPLES = metric_name("train", "n_samples"), metric_name("test", "n_samples")
+TEST_R2_CI95 = metric_name("test", "r2", interval=True)
+EPOCH = "epoch"
+# What a search ranks trials by when its file does not say.
+DEFAULT_METRIC = VAL_LOSS
+
+# Validation metrics a run can be selected by, each with the direction that is better.
+METRIC_MODES: dict[str, str] = {VAL_LOSS: "min", VAL_RMSE: "min", VAL_MAE: "min", VAL_R2: "max"}
+# What fit() records per epoch (training_log.json, a checkpoint's history) and a trial reports to Ray Tune.
+EPOCH_METRICS = (EPOCH, TRAIN_LOSS, VAL_LOSS, VAL_RMSE, VAL_MAE, VAL_R2, VAL_MSE, "lr", "epoch_seconds")
+# The per-epoch metrics a trial is summed up by: its best epoch's, as best_<metric> columns of trials.csv.
+SUMMARY_METRICS = (VAL_LOSS, VAL_RMSE, VAL_MAE, VAL_R2, TRAIN_LOSS)
 
 
 def best_column(metric: str) -> str:
@@ -38,20 +66,25 @@ def worst_value(metric: str) -> float:
     return math.inf if metric_mode(metric) == "min" else -math.inf
 
 
-def regression_metrics(true: np.ndarray, predicted: np.ndarray, prefix: str = "") -> dict[str, float]:
-    """MSE, RMSE, MAE, R² of per-sample values; NaN where undefined (no samples; R² of one sample)."""
+def regression_metrics(true: np.ndarray, predicted: np.ndarray, split: str | None = None) -> dict[str, float]:
+    """MSE, RMSE, MAE, R² of per-sample values; NaN where undefined (no samples; R² of one sample).
+
+    split: the values are that split's, named metric_name(split, statistic) ("val_r2"); None: the bare statistics.
+    """
     # scikit-learn here, not at the top: the metric names above are read by every command's --help.
     from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
     if len(true) == 0:
-        return {f"{prefix}{name}": math.nan for name in ("mse", "rmse", "mae", "r2")}
-    mse = float(mean_squared_error(true, predicted))
-    return {
-        f"{prefix}mse": mse,
-        f"{prefix}rmse": math.sqrt(mse),
-        f"{prefix}mae": float(mean_absolute_error(true, predicted)),
-        f"{prefix}r2": float(r2_score(true, predicted)) if len(true) >= 2 else math.nan,
-    }
+        values = dict.fromkeys(POINT_STATISTICS, math.nan)
+    else:
+        mse = float(mean_squared_error(true, predicted))
+        values = {
+            "mse": mse,
+            "rmse": math.sqrt(mse),
+            "mae": float(mean_absolute_error(true, predicted)),
+            "r2": float(r2_score(true, predicted)) if len(true) >= 2 else math.nan,
+        }
+    return {metric_name(split, name) if split else name: value for name, value in values.items()}
 
 
 # Bootstrap confidence intervals: percentile intervals over resampled samples, seeded so every rerun of a
@@ -95,22 +128,22 @@ def _interval(values: np.ndarray, level: float = CI_LEVEL) -> list[float] | None
 def bootstrap_ci(
     true: np.ndarray,
     predicted: np.ndarray,
-    prefix: str = "test_",
+    split: str = "test",
     *,
     n_boot: int = BOOTSTRAP_RESAMPLES,
     seed: int = BOOTSTRAP_SEED,
 ) -> dict[str, list[float] | None]:
-    """95 % bootstrap intervals of R², RMSE and MAE over the samples: {"test_r2_ci95": [lo, hi], ...}.
+    """95 % bootstrap intervals of R², RMSE and MAE over a split's samples: {"test_r2_ci95": [lo, hi], ...}.
 
     The samples are resampled with replacement (seeded: the same inputs give the same intervals); None where
     undefined (fewer than 2 samples).
     """
     true, predicted = np.asarray(true, dtype=np.float64), np.asarray(predicted, dtype=np.float64)
-    names = [f"{prefix}{name}_ci95" for name in ("r2", "rmse", "mae")]
+    names = [metric_name(split, name, interval=True) for name in INTERVAL_STATISTICS]
     if len(true) < 2:
         return dict.fromkeys(names)
     (scores,) = _resampled_scores(true, [predicted], n_boot, seed)
-    return {f"{prefix}{name}_ci95": _interval(values) for name, values in scores.items()}
+    return {metric_name(split, name, interval=True): _interval(values) for name, values in scores.items()}
 
 
 def paired_delta_r2(

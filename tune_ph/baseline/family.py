@@ -14,16 +14,17 @@ import pandas as pd
 
 from tune_ph import files
 from tune_ph.baseline import choices, members, otus, trivial
+from tune_ph.baseline.choices import check_k
 from tune_ph.baseline.kmer_models import check_models, run_baseline
-from tune_ph.baseline.kmers import check_k
 from tune_ph.baseline.members import Baseline, BaselineError
 from tune_ph.data.split import SplitRecord
 from tune_ph.files import write_csv, write_json
+from tune_ph.metrics import TEST_MAE, TEST_R2, TEST_R2_CI95, TEST_RMSE, VAL_R2
 
 log = logging.getLogger(__name__)
 
 # What the member beside the DNA model is chosen by: val R² (the same order as val MSE on one val split).
-CHOSEN_BY = "val_r2"
+CHOSEN_BY = VAL_R2
 SUMMARY_FILE = "summary.csv"
 
 
@@ -107,18 +108,18 @@ def summary_table(family: Mapping[str, Baseline], chosen: str | None) -> pd.Data
     rows = []
     for name, b in family.items():
         m = b.metrics
-        lo, hi = m.get("test_r2_ci95") or (math.nan, math.nan)
+        lo, hi = m.get(TEST_R2_CI95) or (math.nan, math.nan)
         rows.append(
             {
                 "name": name,
                 "model": m.get("model"),
                 "k": m.get("k"),
-                "val_r2": m.get("val_r2"),
-                "test_r2": m.get("test_r2"),
+                VAL_R2: m.get(VAL_R2),
+                TEST_R2: m.get(TEST_R2),
                 "test_r2_ci95_lo": lo,
                 "test_r2_ci95_hi": hi,
-                "test_rmse": m.get("test_rmse"),
-                "test_mae": m.get("test_mae"),
+                TEST_RMSE: m.get(TEST_RMSE),
+                TEST_MAE: m.get(TEST_MAE),
                 "chosen_on_val": name == chosen,
             }
         )

@@ -11,9 +11,11 @@ import numpy as np
 import pandas as pd
 
 from tune_ph.baseline import choices, members, regressors
-from tune_ph.baseline.kmers import check_k, kmer_profiles
+from tune_ph.baseline.choices import check_k
+from tune_ph.baseline.kmers import kmer_profiles
 from tune_ph.baseline.members import Baseline, BaselineError
 from tune_ph.data.tokens import fingerprint, split_hash
+from tune_ph.metrics import TEST_R2
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +103,7 @@ def run_baseline(
             result.name,
             fit_s,
             result.val_r2,
-            result.metrics["test_r2"],
+            result.metrics[TEST_R2],
         )
         if use_cache:
             members.store(result, path)

@@ -9,7 +9,7 @@ import numpy as np
 from scipy import sparse
 from tqdm.auto import tqdm
 
-from tune_ph.baseline.choices import MODELS, KmerError, check_k  # noqa: F401 - what fits the profiles, k's rule
+from tune_ph.baseline.choices import check_k
 
 log = logging.getLogger(__name__)
 

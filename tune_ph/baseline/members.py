@@ -16,10 +16,10 @@ import pandas as pd
 
 from tune_ph import files
 from tune_ph.data import token_cache
-from tune_ph.data.tokens import default_cache_dir
+from tune_ph.data.token_cache import default_cache_dir
 from tune_ph.errors import InputError
 from tune_ph.files import write_csv, write_json
-from tune_ph.metrics import bootstrap_ci, regression_metrics
+from tune_ph.metrics import TRAIN_N_SAMPLES, VAL_R2, bootstrap_ci, regression_metrics
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class Baseline:
 
     @property
     def val_r2(self) -> float:
-        value = self.metrics.get("val_r2")
+        value = self.metrics.get(VAL_R2)
         return float(value) if isinstance(value, (int, float)) and np.isfinite(value) else float("nan")
 
 
@@ -114,11 +114,11 @@ def scored(name: str, parts: Mapping[str, pd.DataFrame], predicted: Mapping[str,
     metrics: dict[str, Any] = {"name": name, **info}
     for part in ("val", "test"):
         true = parts[part]["pH"].to_numpy(dtype=np.float64)
-        metrics.update(regression_metrics(true, predicted[part], f"{part}_"))
+        metrics.update(regression_metrics(true, predicted[part], part))
         metrics[f"{part}_n_samples"] = int(len(true))
     test_true = parts["test"]["pH"].to_numpy(dtype=np.float64)
-    metrics.update(bootstrap_ci(test_true, predicted["test"], "test_"))
-    metrics["train_n_samples"] = int(len(parts["train"]))
+    metrics.update(bootstrap_ci(test_true, predicted["test"], "test"))
+    metrics[TRAIN_N_SAMPLES] = int(len(parts["train"]))
     return Baseline(name, metrics, predictions_table(parts["test"], predicted["test"]))
 
 

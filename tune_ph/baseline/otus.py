@@ -14,8 +14,9 @@ import pandas as pd
 from sklearn.cluster import MiniBatchKMeans
 
 from tune_ph.baseline import choices, members, regressors
+from tune_ph.baseline.choices import check_k
 from tune_ph.baseline.kmer_models import check_models
-from tune_ph.baseline.kmers import check_k, kmer_profiles
+from tune_ph.baseline.kmers import kmer_profiles
 from tune_ph.baseline.members import Baseline, BaselineError
 from tune_ph.data.tokens import fingerprint, split_hash
 from tune_ph.metrics import regression_metrics

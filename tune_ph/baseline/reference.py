@@ -19,7 +19,7 @@ import pandas as pd
 from tune_ph import files
 from tune_ph.baseline import choices
 from tune_ph.config import TrainConfig
-from tune_ph.metrics import paired_delta_r2, verdict
+from tune_ph.metrics import TEST_R2, TEST_R2_CI95, TEST_RMSE, VAL_R2, paired_delta_r2, verdict
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class Reference:
 
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     chosen: str | None = None
-    chosen_by: str = "val_r2"
+    chosen_by: str = VAL_R2
     command: str = ""
     cached: bool = False
     reason: str | None = None
@@ -91,7 +91,7 @@ class Reference:
         return cls(
             results=results,
             chosen=str(chosen) if chosen is not None else None,
-            chosen_by=str(data.get("chosen_by", "val_r2")),
+            chosen_by=str(data.get("chosen_by", VAL_R2)),
             command=str(data.get("command") or ""),
             cached=bool(data.get("cached", False)),
             reason=data.get("reason"),
@@ -195,7 +195,7 @@ def reference_baseline(
     return reference_of(family, choose_on_val(family), command, chosen_by=CHOSEN_BY)
 
 
-def reference_of(family: Mapping[str, Any], chosen: str | None, command: str, chosen_by: str = "val_r2") -> Reference:
+def reference_of(family: Mapping[str, Any], chosen: str | None, command: str, chosen_by: str = VAL_R2) -> Reference:
     """The Reference record of a fitted family (name -> members.Baseline) and its member chosen on val."""
     predictions = {}
     if chosen is not None:
@@ -222,8 +222,8 @@ def baseline_line(reference: Reference | None) -> str:
         return f"baseline: not computed ({reference.reason or '?'}); compute it with: {reference.command}"
     from_reads = sum(choices.from_reads(r) for r in reference.results.values())
     line = (
-        f"baseline chosen on val: {reference.chosen} (val R² {_num(m.get('val_r2'))}, best of {from_reads} from "
-        f"the reads): test R² {with_interval(m.get('test_r2'), m.get('test_r2_ci95'))}, RMSE {_num(m.get('test_rmse'))}"
+        f"baseline chosen on val: {reference.chosen} (val R² {_num(m.get(VAL_R2))}, best of {from_reads} from "
+        f"the reads): test R² {with_interval(m.get(TEST_R2), m.get(TEST_R2_CI95))}, RMSE {_num(m.get(TEST_RMSE))}"
     )
     shown = references_text(reference)
     if shown:
@@ -236,7 +236,7 @@ def references_text(reference: Reference) -> str:
     """`study mean 0.689, environment mean 0.639` (test R²): the references that read labels, not reads."""
     parts = []
     for name in reversed(choices.REFERENCE_NAMES[1:]):  # the train mean is 0 by construction
-        r2 = reference.results.get(name, {}).get("test_r2")
+        r2 = reference.results.get(name, {}).get(TEST_R2)
         if isinstance(r2, (int, float)) and math.isfinite(r2):
             parts.append(f"{name.replace('-', ' ')} {r2:.3f}")
     return ", ".join(parts)
@@ -245,8 +245,8 @@ def references_text(reference: Reference) -> str:
 def leak_note(reference: Reference, model_val_r2: float | None = None) -> str | None:
     """One sentence when the study mean beats the chosen baseline (and the model, when given) on val: the random
     split leaks study identity; None otherwise."""
-    study = reference.results.get("study-mean", {}).get("val_r2")
-    best = [reference.metrics.get("val_r2"), model_val_r2]
+    study = reference.results.get("study-mean", {}).get(VAL_R2)
+    best = [reference.metrics.get(VAL_R2), model_val_r2]
     best = [v for v in best if isinstance(v, (int, float)) and math.isfinite(v)]
     if not (isinstance(study, (int, float)) and math.isfinite(study)) or not best or study <= max(best):
         return None

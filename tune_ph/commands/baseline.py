@@ -15,6 +15,7 @@ from tune_ph import cli, config, files
 from tune_ph.baseline.choices import CLUSTER_CHOICES, DATA_FLAGS, DEFAULT_KS, MODELS, OTU_K, check_k
 from tune_ph.config import TrainConfig
 from tune_ph.files import write_json
+from tune_ph.metrics import TEST_MAE, TEST_R2, TEST_R2_CI95, TEST_RMSE, VAL_R2
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +98,8 @@ def _main(argv: Sequence[str] | None) -> int:
         took = "cached" if b.cached else "instant" if b.seconds is None else f"{b.seconds:.1f}s"
         mark = "  <- chosen on val" if name == chosen else ""
         print(
-            f"{name:<{width}}  val R² {_fmt(m['val_r2'])}  test R² {_fmt(m['test_r2'])} "
-            f"{interval_text(m.get('test_r2_ci95')):<16}  RMSE {_fmt(m['test_rmse'])}  MAE {_fmt(m['test_mae'])}  "
+            f"{name:<{width}}  val R² {_fmt(m[VAL_R2])}  test R² {_fmt(m[TEST_R2])} "
+            f"{interval_text(m.get(TEST_R2_CI95)):<16}  RMSE {_fmt(m[TEST_RMSE])}  MAE {_fmt(m[TEST_MAE])}  "
             f"({took}){mark}"
         )
     if chosen is None:

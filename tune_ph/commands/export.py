@@ -42,9 +42,9 @@ def _main(argv: Sequence[str] | None) -> int:
     from tune_ph.report.export import export_best, write_report
 
     folder = Path(args.experiment)
-    settings = results.load_settings(folder)
-    metric = args.metric or settings.get("search", {}).get("metric", "val_loss")
-    path = results.experiment_path(folder, args.storage_path or settings.get(results.STORAGE_KEY))
+    saved = results.saved_search(folder)
+    metric = args.metric or saved.search.metric
+    path = results.experiment_path(folder, args.storage_path or saved.storage)
     table = results.write_trials_table(path, folder, metric)
     results.print_summary(table, metric)
     test = export_best(path, folder, metric, device=args.device, with_baseline=not args.no_baseline)

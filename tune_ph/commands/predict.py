@@ -70,7 +70,7 @@ def _main(argv: Sequence[str] | None) -> int:
     from tune_ph.data.fasta_samples import read_fasta_dir
     from tune_ph.model.regressor import load_checkpoint
     from tune_ph.training.checkpoints import find_checkpoint
-    from tune_ph.training.predict import predict_samples, sample_metrics
+    from tune_ph.training.inference import predict_samples, sample_metrics
 
     path = find_checkpoint(args.checkpoint)
     load_checkpoint(path)  # a damaged checkpoint should fail before minutes of data loading

@@ -11,8 +11,9 @@ from typing import Any
 # Only what the flags and the YAML need: Ray, torch and the data libraries are imported in _main once the command
 # line and the space file are known to be usable, so --help and every error they show answer in a moment.
 from tune_ph import cli, config
+from tune_ph import search_settings as settings
 from tune_ph.report import monitor
-from tune_ph.search import origin, settings, space
+from tune_ph.search import origin, space
 
 # TrainConfig fields that have a command-line override here (the others are set in the YAML).
 OVERRIDE_FIELDS = ("dataset", "model", "epochs", "device")
@@ -134,7 +135,7 @@ def _main(argv: Sequence[str] | None) -> int:
         check_this_machine(spec, requests)
     # One search per experiment folder: a second one of the same name stops here (exit 2), naming the first.
     with ExperimentLock(folder):
-        return locked_search(args, spec, folder, storage, requests)
+        return locked_search(settings.LaunchSettings.from_args(args), spec, folder, storage, requests)
 
 
 if __name__ == "__main__":

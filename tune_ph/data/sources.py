@@ -14,9 +14,8 @@ import numpy as np
 import pandas as pd
 
 from hyena_dna import tokenizer
-from tune_ph import config
 from tune_ph.config import DEFAULT_DATASET, TrainConfig
-from tune_ph.data import fasta, read_sets, tokens
+from tune_ph.data import fasta, tokens
 from tune_ph.data.demo import make_demo
 from tune_ph.data.split import split_samples
 from tune_ph.data.tokens import TokenizedDataset
@@ -33,7 +32,7 @@ _TABLE_SUFFIXES = (".parquet", ".jsonl", ".json")
 _SKIP_HINT = "Fix the data, or pass skip_bad_rows=True (CLI: --skip-bad-rows) to drop such rows."
 
 
-__all__ = ["BadRowError", "DatasetError", "load_samples", "prepare", "prepare_for", "split_samples"]
+__all__ = ["load_samples", "prepare", "prepare_for"]
 
 
 # ---------------------------------------------------------------- sources
@@ -323,7 +322,7 @@ def prepare(
         raise ValueError("give max_length or model_max_length")
     df = load_samples(source, skip_bad_rows=skip_bad_rows)
     if max_length is None:
-        max_length = max(min(model_max_length, read_sets.longest_sample(df)), config.MIN_MAX_LENGTH)
+        max_length = tokens.effective_length(df, model_max_length)
     split = split_samples(df, seed=seed, test_fraction=test_fraction, val_fraction=val_fraction, by=split_by)
     ds = tokens.build(df, split, max_length=max_length, max_sets=max_sets, cache_dir=cache_dir)
     log.info("%s", ds)
@@ -333,8 +332,8 @@ def prepare(
 def prepare_for(cfg: TrainConfig, model_max_length: int | None = None) -> TokenizedDataset:
     """The tokenized dataset a training config reads.
 
-    cfg.max_length None: the model's maximum (``model_max_length``, else looked up from cfg.model), capped by the
-    longest sample; the dataset's ``max_length`` says what was chosen.
+    cfg.max_length None: the model's maximum (``model_max_length``: a built backbone's, or the search spec's),
+    capped by the longest sample; the dataset's ``max_length`` says what was chosen (tokens.resolved_config).
     """
     if cfg.val_fraction == 0:  # the baseline may do without; training picks its best epoch on val
         raise ConfigError(
@@ -342,8 +341,6 @@ def prepare_for(cfg: TrainConfig, model_max_length: int | None = None) -> Tokeni
             "val_fraction 0 leaves no validation samples, and training picks its best "
             "epoch on them; use --val-fraction above 0 (default 0.1)",
         )
-    if cfg.max_length is None and model_max_length is None:
-        model_max_length = config.model_max_length(cfg.model, cfg.model_config)
     return prepare(
         cfg.dataset,
         max_length=cfg.max_length,

@@ -7,8 +7,9 @@ import json
 import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -17,8 +18,8 @@ from tqdm.auto import tqdm
 
 from hyena_dna import tokenizer
 from tune_ph import files
+from tune_ph.config import MIN_MAX_LENGTH
 from tune_ph.data import read_sets, token_cache
-from tune_ph.data.token_cache import default_cache_dir as default_cache_dir  # where it always was (baseline uses it)
 
 log = logging.getLogger(__name__)
 
@@ -264,6 +265,21 @@ def split_hash(split: Mapping[str, Sequence[str]]) -> str:
     """A short hash of the train/val/test sample ids (order-free): part of every cache key."""
     payload = json.dumps({k: sorted(map(str, split.get(k, []))) for k in SPLITS}, sort_keys=True)
     return hashlib.blake2b(payload.encode(), digest_size=8).hexdigest()
+
+
+def effective_length(df: pd.DataFrame, model_max_length: int) -> int:
+    """The max_length a dataset is tokenized with when none is given: the model's maximum, capped by the longest
+    sample (a long-context model then sees whole samples without tokens of padding beyond them)."""
+    return max(min(model_max_length, read_sets.longest_sample(df)), MIN_MAX_LENGTH)
+
+
+Settings = TypeVar("Settings", bound=Any)  # a settings dataclass with a max_length field (TrainConfig, PretrainConfig)
+
+
+def resolved_config(cfg: Settings, dataset: TokenizedDataset) -> Settings:
+    """cfg with the max_length its data was prepared with, the effective one (cfg's None: the model's maximum,
+    capped by the longest sample): the one place a run's settings get it; nobody writes it back."""
+    return replace(cfg, max_length=int(dataset.max_length))
 
 
 def tokenize(

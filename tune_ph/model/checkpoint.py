@@ -14,6 +14,7 @@ from hyena_dna.memory import check_memory, model_bytes
 from tune_ph.config import TrainConfig
 from tune_ph.errors import InputError
 from tune_ph.files import load_torch, save_torch
+from tune_ph.metrics import VAL_LOSS, best_column
 
 _REQUIRED = object()
 # What a checkpoint holds besides the weights without which it cannot be rebuilt: every version wrote them.
@@ -96,7 +97,7 @@ class Checkpoint:
 
     On disk a plain dict of tensors and primitives (torch.save; loaded with weights_only=True) whose keys are the
     field names, except `weights`, saved as "model". Files of earlier versions load: only REQUIRED_KEYS must be
-    there (a missing max_length is the run's effective one, see from_state; "best_val_loss" was the best val_loss).
+    there (a missing max_length is the run's effective one, see from_state; best_val_loss was the best val_loss).
     """
 
     weights: dict[str, torch.Tensor]  # PhRegressor.state_dict()
@@ -149,8 +150,8 @@ class Checkpoint:
         except (TypeError, ValueError) as err:
             raise InputError(f"{where}: its model_config cannot be used ({err})") from None
         metric, best_value = read.get("metric", (str,), None), read.get("best_value", (float,), None)
-        if metric is None and "best_val_loss" in read.state:  # the first layout tracked val_loss only
-            metric, best_value = "val_loss", read.get("best_val_loss", (float,))
+        if metric is None and best_column(VAL_LOSS) in read.state:  # the first layout tracked val_loss only
+            metric, best_value = VAL_LOSS, read.get(best_column(VAL_LOSS), (float,))
         return cls(
             weights=read.weights("model"),
             train_config=train_config,

@@ -20,7 +20,8 @@ from tune_ph import files
 from tune_ph.config import POOLINGS
 from tune_ph.data import token_cache
 from tune_ph.data.tokens import TokenizedDataset
-from tune_ph.model.regressor import autocast, pool_hidden
+from tune_ph.model.read_encoders import pool_hidden
+from tune_ph.model.regressor import autocast
 
 log = logging.getLogger(__name__)
 

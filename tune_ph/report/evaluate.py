@@ -15,15 +15,15 @@ from tune_ph.baseline.reference import Reference, compare
 from tune_ph.data import sources
 from tune_ph.data.tokens import TokenizedDataset
 from tune_ph.files import write_csv, write_json
-from tune_ph.metrics import bootstrap_ci
+from tune_ph.metrics import TEST_R2, bootstrap_ci, regression_metrics
 from tune_ph.model import embeddings
 from tune_ph.model.regressor import load_checkpoint, resolve_device
-from tune_ph.report.html_report import plot_residuals
-from tune_ph.training.predict import Predictions, predict, regression_metrics
+from tune_ph.report.plots import plot_residuals
+from tune_ph.training.predict import Predictions, predict
 
 log = logging.getLogger(__name__)
 
-__all__ = ["evaluate_checkpoint", "load_checkpoint", "predictions_table"]
+__all__ = ["evaluate_checkpoint", "predictions_table"]
 
 
 def predictions_table(dataset: TokenizedDataset, preds: Predictions) -> pd.DataFrame:
@@ -94,8 +94,8 @@ def evaluate_checkpoint(
     )
     table = predictions_table(dataset, preds)
     true, predicted = table[files.TRUE_PH].to_numpy(), table[files.PREDICTED_PH].to_numpy()
-    metrics: dict[str, Any] = regression_metrics(true, predicted, "test_")
-    metrics.update(bootstrap_ci(true, predicted, "test_"))
+    metrics: dict[str, Any] = regression_metrics(true, predicted, "test")
+    metrics.update(bootstrap_ci(true, predicted, "test"))
     metrics.update(
         test_n_samples=len(table),
         test_n_sets=int(preds.n_sets.sum()),
@@ -109,6 +109,6 @@ def evaluate_checkpoint(
     out = Path(output_dir) if output_dir is not None else checkpoint_path.parent
     write_csv(out / files.PREDICTIONS_FILE, table)
     write_json(out / files.METRICS_FILE, metrics)  # an undefined R² (one test sample) is written as null
-    title = f"Test residuals, R² {metrics['test_r2']:.3f} ({len(table)} samples)"
+    title = f"Test residuals, R² {metrics[TEST_R2]:.3f} ({len(table)} samples)"
     plot_residuals(table, out / files.RESIDUALS_FILE, title=title)
     return metrics

@@ -13,9 +13,9 @@ from tune_ph.baseline import reference as baselines
 from tune_ph.baseline.reference import Reference
 from tune_ph.data.tokens import TokenizedDataset
 from tune_ph.files import write_json
-from tune_ph.metrics import SUMMARY_METRICS
+from tune_ph.metrics import SUMMARY_METRICS, VAL_LOSS
 from tune_ph.model.checkpoint import Checkpoint
-from tune_ph.report import html_report, results, winner
+from tune_ph.report import html_report, results
 from tune_ph.report.evaluate import evaluate_checkpoint
 
 log = logging.getLogger(__name__)
@@ -61,8 +61,8 @@ def describe_model(
 def export_best(
     path: str,
     folder: Path,
-    metric: str = "val_loss",
-    datasets: dict[int, TokenizedDataset] | None = None,
+    metric: str = VAL_LOSS,
+    datasets: dict[str, TokenizedDataset] | None = None,
     device: str = "auto",
     baseline: Reference | None = None,
     with_baseline: bool = True,
@@ -83,22 +83,22 @@ def export_best(
         experiment.copy_checkpoint(trial, checkpoint, out / files.MODEL_FILE)
         saved = Checkpoint.load(out / files.MODEL_FILE)
         train_config, model_config = saved.train_config.to_dict(), saved.model_config.to_dict()
-        info = {
-            "trial_id": trial.trial_id,
-            "trial_path": trial.path,
-            "checkpoint": checkpoint,
-            "epoch": saved.epoch,
-            "selected_by": metric,
-            "val_metrics": {k: metrics[k] for k in SUMMARY_METRICS if k in metrics},
-            "train_config": train_config,
-            "model_config": model_config,
-            "model": describe_model(train_config, model_config, saved.num_parameters(), saved.max_length),
-        }
-        write_json(out / files.RUN_CONFIG_FILE, info)
-        log.info(
-            "best trial %s epoch %d (%s %.4f) -> %s", trial.trial_id, info["epoch"], metric, metrics[metric], final
+        info = results.BestInfo(
+            trial_id=trial.trial_id,
+            trial_path=trial.path,
+            checkpoint=checkpoint,
+            epoch=saved.epoch,
+            selected_by=metric,
+            val_metrics={k: metrics[k] for k in SUMMARY_METRICS if k in metrics},
+            train_config=train_config,
+            model_config=model_config,
+            model=describe_model(train_config, model_config, saved.num_parameters(), saved.max_length),
         )
-        dataset = (datasets or {}).get(saved.max_length)
+        write_json(out / files.RUN_CONFIG_FILE, info.to_dict())
+        log.info("best trial %s epoch %d (%s %.4f) -> %s", trial.trial_id, info.epoch, metric, metrics[metric], final)
+        dataset = (datasets or {}).get(saved.train_config.model)  # the search's, when it is the trial's data
+        if dataset is not None and dataset.max_length != saved.max_length:
+            dataset = None
         if baseline is None and with_baseline:
             baseline = report_baseline(folder, train_config)
         test = evaluate_checkpoint(
@@ -127,19 +127,18 @@ def report_baseline(folder: Path, train_config: dict[str, Any] | None) -> Refere
     return found
 
 
-def write_report(path: str, folder: Path, metric: str = "val_loss", with_baseline: bool = True) -> Path | None:
+def write_report(path: str, folder: Path, metric: str = VAL_LOSS, with_baseline: bool = True) -> Path | None:
     """report.html: the winner and why, test metrics beside a k-mer baseline, curves, trials, importances."""
     folder = Path(folder)
     try:
-        settings = results.load_settings(folder)
+        settings = results.saved_search(folder)
         trials = results.Experiment(path).trials()
-        info = winner.read_json(folder / files.BEST_DIR / files.RUN_CONFIG_FILE) or {}
-        found = (
-            report_baseline(folder, info.get("train_config")) if with_baseline else Reference(reason="--no-baseline")
-        )
+        info = results.best_info(folder)
+        train_config = info.train_config if info else None
+        found = report_baseline(folder, train_config) if with_baseline else Reference(reason="--no-baseline")
         return html_report.write_report(
             folder,
-            results.trials_table(trials, metric, results.planned_epochs(settings)),
+            results.trials_table(trials, metric, settings.planned_epochs()),
             {t.trial_id: t.history for t in trials},
             settings=settings,
             study_db=folder / results.STUDY_FILE,

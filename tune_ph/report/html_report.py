@@ -13,35 +13,33 @@ import pandas as pd
 from tune_ph import files
 from tune_ph.baseline.reference import Reference
 from tune_ph.files import write_text
-from tune_ph.metrics import SUMMARY_METRICS, best_column, metric_mode
+from tune_ph.metrics import SUMMARY_METRICS, VAL_LOSS, best_column, metric_mode
 from tune_ph.report import plots, results
 from tune_ph.report.page import CSS, fmt, img, table_html
-from tune_ph.report.plots import plot_residuals
-from tune_ph.report.winner import find_winner, ranked, read_json, searched_names, used_when, winner_html
+from tune_ph.report.winner import find_winner, ranked, read_json, used_when, winner_html
+from tune_ph.search_settings import SavedSearch
 
-__all__ = ["importance_notes", "plot_residuals", "trials_view", "write_report"]
+__all__ = ["importance_notes", "trials_view", "write_report"]
 
 # Below this many completed trials, importances are a hint at best (fANOVA and PED-ANOVA fit a handful of points).
 SMALL_SEARCH = 20
 DOMINANT_SHARE = 0.9  # one parameter with this share or more: say that it is likely an artefact of few trials
 
 
-def loguniform_params(settings: dict[str, Any]) -> set[str]:
+def loguniform_params(settings: SavedSearch) -> set[str]:
     """Parameters searched on a log scale (plotted on one too), from an experiment's saved settings."""
-    space = settings.get("space") or {}
-    return {k for k, v in space.items() if isinstance(v, dict) and "loguniform" in v}
+    return {k for k, v in settings.space.items() if isinstance(v, dict) and "loguniform" in v}
 
 
-def _choices(settings: dict[str, Any]) -> dict[str, list[Any]]:
-    space = settings.get("space") or {}
-    return {k: list(v["choice"]) for k, v in space.items() if isinstance(v, dict) and "choice" in v}
+def _choices(settings: SavedSearch) -> dict[str, list[Any]]:
+    return {k: list(v["choice"]) for k, v in settings.space.items() if isinstance(v, dict) and "choice" in v}
 
 
-def with_stop_reasons(table: pd.DataFrame, settings: dict[str, Any]) -> pd.DataFrame:
+def with_stop_reasons(table: pd.DataFrame, settings: SavedSearch) -> pd.DataFrame:
     """The table with a stop_reason column (trials.csv of an older export lacks it)."""
     if "stop_reason" in table or table.empty:
         return table
-    planned = results.planned_epochs(settings)
+    planned = settings.planned_epochs()
     table = table.copy()
     table["stop_reason"] = [
         results.stop_reason(str(r["status"]), int(r.get("epochs_run") or 0), planned, fmt(r.get("error")))
@@ -50,7 +48,7 @@ def with_stop_reasons(table: pd.DataFrame, settings: dict[str, Any]) -> pd.DataF
     return table
 
 
-def trials_view(table: pd.DataFrame, settings: dict[str, Any], metric: str) -> pd.DataFrame:
+def trials_view(table: pd.DataFrame, settings: SavedSearch, metric: str) -> pd.DataFrame:
     """The trials table as the report shows it: sorted by the metric, outcome in words, numbers as text."""
     table = with_stop_reasons(table, settings)
     order = ranked(table, metric)
@@ -63,7 +61,7 @@ def trials_view(table: pd.DataFrame, settings: dict[str, Any], metric: str) -> p
     view[f"best {metric}"] = [fmt(v) for v in table.get(key, pd.Series([None] * len(table)))]
     for col, label in (("best_epoch", "best at epoch"), ("epochs_run", "epochs run")):
         view[label] = [fmt(int(v)) if pd.notna(v) and v != "" else "" for v in table.get(col, [None] * len(table))]
-    for name in searched_names(settings):
+    for name in settings.searched_names():
         values = table.get(f"config/{name}", pd.Series([None] * len(table)))
         view[name] = [fmt(v) if fmt(v) else "—" for v in values]
     for m in SUMMARY_METRICS:
@@ -130,7 +128,7 @@ def _importances_html(study_db: Path, name: str, n_stopped: int) -> str:
     return "\n".join(parts)
 
 
-def _summary(table: pd.DataFrame, settings: dict[str, Any], metric: str) -> str:
+def _summary(table: pd.DataFrame, settings: SavedSearch, metric: str) -> str:
     reasons = table["stop_reason"].astype(str) if "stop_reason" in table else pd.Series([], dtype=str)
     counts = [
         (int((reasons == "finished").sum()), "finished"),
@@ -140,7 +138,7 @@ def _summary(table: pd.DataFrame, settings: dict[str, Any], metric: str) -> str:
     ]
     known = sum(n for n, _ in counts)
     counts.append((len(table) - known, "other (interrupted or unknown)"))
-    fixed = settings.get("fixed") or {}
+    fixed = settings.fixed
     said = ", ".join(f"{n} {what}" for n, what in counts if n)
     return (
         f"<p>{len(table)} trial(s): {html.escape(said)}. Trials were ranked by their best "
@@ -154,9 +152,9 @@ def write_report(
     table: pd.DataFrame,
     frames: dict[str, pd.DataFrame],
     *,
-    settings: dict[str, Any],
+    settings: SavedSearch,
     study_db: Path,
-    metric: str = "val_loss",
+    metric: str = VAL_LOSS,
     baseline: Reference | None = None,
 ) -> Path:
     """Write folder/report.html, self-contained (images inline), readable top to bottom.
@@ -167,9 +165,8 @@ def write_report(
     folder = Path(folder)
     table = with_stop_reasons(table, settings)
     best_dir = folder / files.BEST_DIR
-    info = read_json(best_dir / files.RUN_CONFIG_FILE)
-    winner = find_winner(table, settings, metric, info, read_json(best_dir / files.METRICS_FILE))
-    name = html.escape(str(settings.get("name") or folder.name))
+    winner = find_winner(table, settings, metric, results.best_info(folder), read_json(best_dir / files.METRICS_FILE))
+    name = html.escape(str(settings.name or folder.name))
     parts = [
         f"<h1>Search report: {name}</h1>",
         '<nav><a href="#winner">Winner</a><a href="#curves">Learning curves</a><a href="#parallel">Hyperparameters'
@@ -185,10 +182,10 @@ def write_report(
         metric=metric,
         winner=winner_id,
         winner_epoch=winner.epoch if winner else None,
-        rungs=plots.asha_rungs(settings),
+        rungs=settings.asha_rungs(),
     )
     parts.append('<h2 id="curves">Learning curves</h2>' + img(plots.figure_png(curves), "learning curves"))
-    params, key, logs = searched_names(settings), best_column(metric), loguniform_params(settings)
+    params, key, logs = settings.searched_names(), best_column(metric), loguniform_params(settings)
     # Said in words under the heading: the plot's "n/a (not used)" tick has no room for the condition.
     unused = [
         f"{p} is used only when {used_when(settings, p)}" if used_when(settings, p) else f"{p} was not used"

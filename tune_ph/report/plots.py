@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
 
-from tune_ph.metrics import BEST_PREFIX
+from tune_ph.metrics import BEST_PREFIX, VAL_LOSS
 
 matplotlib.use("Agg")  # files only: runs happen on headless machines and inside Ray workers
 
@@ -63,19 +63,6 @@ def figure_png(fig: Any, dpi: int = 100) -> bytes:
     return buf.getvalue()
 
 
-def asha_rungs(settings: dict[str, Any]) -> list[int]:
-    """The epochs at which ASHA compares trials: grace_period * reduction_factor**k below max_epochs."""
-    sched = settings.get("scheduler") or {}
-    grace, factor, top = sched.get("grace_period"), sched.get("reduction_factor"), sched.get("max_epochs")
-    if not all(isinstance(v, int | float) for v in (grace, factor, top)) or grace < 1 or factor <= 1:
-        return []
-    rungs, epoch = [], float(grace)
-    while epoch < top:
-        rungs.append(int(epoch))
-        epoch *= factor
-    return rungs
-
-
 def _kind(reason: str) -> str:
     for prefix, kind in (("stopped by ASHA", "asha"), ("early stopping", "early"), ("error", "error")):
         if reason.startswith(prefix):
@@ -87,7 +74,7 @@ def learning_curves(
     frames: dict[str, pd.DataFrame],
     reasons: dict[str, str],
     *,
-    metric: str = "val_loss",
+    metric: str = VAL_LOSS,
     winner: str | None = None,
     winner_epoch: int | None = None,
     rungs: Sequence[int] = (),

@@ -6,22 +6,33 @@ import json
 import logging
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pandas as pd
 import pyarrow.fs as pafs
 
+from tune_ph import files
 from tune_ph.errors import InputError, RunFailure
 from tune_ph.files import TRIAL_STATE_FILE, write_csv, write_json
-from tune_ph.metrics import EPOCH_METRICS, SUMMARY_METRICS, best_column, is_better, metric_mode
+from tune_ph.metrics import (
+    DEFAULT_METRIC,
+    EPOCH_METRICS,
+    SUMMARY_METRICS,
+    VAL_LOSS,
+    VAL_R2,
+    VAL_RMSE,
+    best_column,
+    is_better,
+    metric_mode,
+)
+from tune_ph.search_settings import SavedSearch
 
 log = logging.getLogger(__name__)
 
 # The files of an experiment folder (experiments/<name>/).
 SETTINGS_FILE = "search_settings.json"  # the effective search settings, re-read by --resume
-STORAGE_KEY = "_storage"  # in SETTINGS_FILE: the --storage the experiment was started with
 STUDY_FILE = "optuna_study.db"
 TRIALS_FILE = "trials.csv"
 REPORT_FILE = "report.html"
@@ -256,6 +267,54 @@ def load_settings(folder: Path) -> dict[str, Any]:
     return settings
 
 
+@dataclass
+class BestInfo:
+    """best/config.json: the trial export chose, its epoch, the metric it was chosen by and its values there, the
+    configuration it trained with and the model it is. A file of an earlier version may lack a part (its default)."""
+
+    trial_id: str
+    trial_path: str = ""
+    checkpoint: str = ""
+    epoch: int | None = None
+    selected_by: str = DEFAULT_METRIC
+    val_metrics: dict[str, float] = field(default_factory=dict)
+    train_config: dict[str, Any] = field(default_factory=dict)  # as saved (TrainConfig.from_saved reads it)
+    model_config: dict[str, Any] = field(default_factory=dict)
+    model: dict[str, Any] = field(default_factory=dict)  # export.describe_model: what the report shows
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> BestInfo | None:
+        """The record of a file's JSON object; None when it names no trial (damaged, or not an export's)."""
+        if not isinstance(data, dict) or not data.get("trial_id"):
+            return None
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        for name in ("val_metrics", "train_config", "model_config", "model"):
+            if not isinstance(known.get(name, {}), dict):
+                known.pop(name)
+        known["trial_id"] = str(known["trial_id"])
+        epoch = known.get("epoch")
+        known["epoch"] = int(epoch) if isinstance(epoch, int | float) and not isinstance(epoch, bool) else None
+        return cls(**known)
+
+
+def best_info(folder: Path) -> BestInfo | None:
+    """The exported best trial's record (folder/best/config.json), or None when there is none or it is damaged."""
+    path = Path(folder) / files.BEST_DIR / files.RUN_CONFIG_FILE
+    try:
+        data = json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return None
+    return BestInfo.from_dict(data)
+
+
+def saved_search(folder: Path) -> SavedSearch:
+    """The settings saved with an experiment, parsed (the defaults when there are none)."""
+    return SavedSearch.from_dict(load_settings(folder))
+
+
 def save_settings(folder: Path, settings: dict[str, Any]) -> Path:
     return write_json(Path(folder) / SETTINGS_FILE, settings)
 
@@ -272,12 +331,6 @@ def _best_row(history: pd.DataFrame, metric: str) -> pd.Series | None:
         return None
     values = history[metric]
     return history.loc[values.idxmin() if metric_mode(metric) == "min" else values.idxmax()]
-
-
-def planned_epochs(settings: dict[str, Any]) -> int | None:
-    """Epochs a trial runs unless stopped: the ASHA scheduler's max_epochs (else fixed.epochs) of the settings."""
-    value = (settings.get("scheduler") or {}).get("max_epochs") or (settings.get("fixed") or {}).get("epochs")
-    return int(value) if isinstance(value, int | float) else None
 
 
 def stop_reason(status: str, epochs_run: int, planned: int | None, error: str = "", patience: int | None = None) -> str:
@@ -299,7 +352,7 @@ def stop_reason(status: str, epochs_run: int, planned: int | None, error: str = 
     return f"stopped by ASHA at epoch {epochs_run}"
 
 
-def trials_table(trials: list[Trial], metric: str = "val_loss", max_epochs: int | None = None) -> pd.DataFrame:
+def trials_table(trials: list[Trial], metric: str = VAL_LOSS, max_epochs: int | None = None) -> pd.DataFrame:
     """One row per trial: searched config, status, why it stopped, epochs run, each trial's BEST val metrics."""
     rows = []
     for trial in trials:
@@ -333,14 +386,14 @@ def trials_table(trials: list[Trial], metric: str = "val_loss", max_epochs: int 
     return table
 
 
-def write_trials_table(path: str, folder: Path, metric: str = "val_loss") -> pd.DataFrame:
+def write_trials_table(path: str, folder: Path, metric: str = VAL_LOSS) -> pd.DataFrame:
     """trials.csv in the local experiment folder."""
-    table = trials_table(Experiment(path).trials(), metric, planned_epochs(load_settings(folder)))
+    table = trials_table(Experiment(path).trials(), metric, saved_search(folder).planned_epochs())
     write_csv(Path(folder) / TRIALS_FILE, table)
     return table
 
 
-def best_checkpoint(experiment: Experiment, metric: str = "val_loss") -> tuple[Trial, str, dict[str, Any]]:
+def best_checkpoint(experiment: Experiment, metric: str = VAL_LOSS) -> tuple[Trial, str, dict[str, Any]]:
     """(trial, checkpoint folder name, that epoch's metrics) of the best `metric` over every kept checkpoint.
 
     The search keeps each trial's checkpoints ranked by the same metric, so its best epoch is among them.
@@ -360,7 +413,7 @@ def best_checkpoint(experiment: Experiment, metric: str = "val_loss") -> tuple[T
     return best[1], best[2], best[3]
 
 
-def print_summary(table: pd.DataFrame, metric: str = "val_loss") -> None:
+def print_summary(table: pd.DataFrame, metric: str = VAL_LOSS) -> None:
     if table.empty:
         print("\nno trial has run yet")
         return
@@ -368,7 +421,7 @@ def print_summary(table: pd.DataFrame, metric: str = "val_loss") -> None:
     print(f"\n{len(table)} trial(s): " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())))
     key = best_column(metric)
     shown = [c for c in table.columns if c.startswith("config/") and table[c].nunique(dropna=False) > 1]
-    metric_cols = [c for c in dict.fromkeys((key, *map(best_column, ("val_loss", "val_rmse", "val_r2")))) if c in table]
+    metric_cols = [c for c in dict.fromkeys((key, *map(best_column, (VAL_LOSS, VAL_RMSE, VAL_R2)))) if c in table]
     cols = ["trial_id", "status", "epochs_run", *metric_cols, *shown]
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         print(table[cols].head(10).rename(columns=lambda c: c.removeprefix("config/")).to_string(index=False))

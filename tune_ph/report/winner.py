@@ -14,9 +14,20 @@ import pandas as pd
 from tune_ph import files
 from tune_ph.baseline.choices import REFERENCE_NAMES
 from tune_ph.baseline.reference import Comparison, Reference, interval_text, leak_note
-from tune_ph.metrics import METRIC_MODES, best_column, metric_mode
+from tune_ph.metrics import (
+    METRIC_MODES,
+    TEST_MAE,
+    TEST_N_SAMPLES,
+    TEST_R2,
+    TEST_R2_CI95,
+    TEST_RMSE,
+    VAL_R2,
+    best_column,
+    metric_mode,
+)
 from tune_ph.report import results
 from tune_ph.report.page import fmt, img, table_html
+from tune_ph.search_settings import SavedSearch
 
 # Under the residual plot: what its usual slope means.
 RESIDUALS_NOTE = (
@@ -24,21 +35,17 @@ RESIDUALS_NOTE = (
     "and high pH under-predicted: the predictions are pulled toward the mean pH (regression to the mean), as those "
     "of any model that explains only part of the variation are; the flatter the points lie around 0, the better."
 )
-TEST_METRICS = (("test_r2", "R²"), ("test_rmse", "RMSE"), ("test_mae", "MAE"), ("test_n_samples", "n samples"))
+TEST_METRICS = ((TEST_R2, "R²"), (TEST_RMSE, "RMSE"), (TEST_MAE, "MAE"), (TEST_N_SAMPLES, "n samples"))
 
 
-def searched_names(settings: dict[str, Any]) -> list[str]:
-    """The searched hyperparameters, in the order of the search space."""
-    return list((settings.get("space") or {}).keys())
-
-
-def used_when(settings: dict[str, Any], name: str) -> str:
+def used_when(settings: SavedSearch, name: str) -> str:
     """The condition under which a searched hyperparameter is used, `head is mlp2 or mlp3` ("" when always)."""
-    when = ((settings.get("space") or {}).get(name) or {}).get("when") or {}
+    param = settings.space.get(name)
+    when = (param.get("when") if isinstance(param, dict) else None) or {}
     return " and ".join(f"{k} is {' or '.join(map(fmt, v))}" for k, v in when.items())
 
 
-def _unused(settings: dict[str, Any], name: str) -> str:
+def _unused(settings: SavedSearch, name: str) -> str:
     cond = used_when(settings, name)
     return f"not used (only when {cond})" if cond else "not used"
 
@@ -74,21 +81,21 @@ class Winner:
 
 def find_winner(
     table: pd.DataFrame,
-    settings: dict[str, Any],
+    settings: SavedSearch,
     metric: str,
-    info: dict[str, Any] | None = None,
+    info: results.BestInfo | None = None,
     test: dict[str, Any] | None = None,
 ) -> Winner | None:
     """The winner from best/config.json (`info`, what export chose) or else the table's best trial."""
     order = ranked(table, metric)
-    trial_id = str((info or {}).get("trial_id") or (order["trial_id"].iloc[0] if len(order) else ""))
+    trial_id = info.trial_id if info else str(order["trial_id"].iloc[0] if len(order) else "")
     if not trial_id:
         return None
     rows = table[table["trial_id"].astype(str) == trial_id]
     row = rows.iloc[0] if len(rows) else pd.Series(dtype=object)
-    train_config = (info or {}).get("train_config") or {}
+    train_config = info.train_config if info else {}
     searched = []
-    for name in searched_names(settings):
+    for name in settings.searched_names():
         value = row.get(f"config/{name}")
         if value is None or (isinstance(value, float) and math.isnan(value)):
             value = None if f"config/{name}" in row or name not in train_config else train_config[name]
@@ -96,28 +103,28 @@ def find_winner(
     ids = order["trial_id"].astype(str).tolist()
     others = order[order["trial_id"].astype(str) != trial_id]
     key = best_column(metric)
-    value = ((info or {}).get("val_metrics") or {}).get(metric, row.get(key))
+    value = (info.val_metrics if info else {}).get(metric, row.get(key))
     return Winner(
         trial_id=trial_id,
         metric=metric,
-        epoch=(info or {}).get("epoch", row.get("best_epoch")),
+        epoch=info.epoch if info else row.get("best_epoch"),
         value=None if value is None else float(value),
         rank=ids.index(trial_id) + 1 if trial_id in ids else None,
         ranked=len(ids),
         total=len(table),
         runner_up=(str(others["trial_id"].iloc[0]), float(others[key].iloc[0])) if len(others) else None,
         searched=searched,
-        fixed=[(k, fmt(v)) for k, v in (settings.get("fixed") or {}).items()],
+        fixed=[(k, fmt(v)) for k, v in settings.fixed.items()],
         test=dict(test or {}),
-        model=dict((info or {}).get("model") or {}),
+        model=dict(info.model) if info else {},
         stop_reason=str(row.get("stop_reason", "")),
-        planned_epochs=results.planned_epochs(settings),
+        planned_epochs=settings.planned_epochs(),
     )
 
 
 def r2_in_words(test: dict[str, Any]) -> str | None:
     """One sentence on what the test R² and RMSE mean for pH, or None without them."""
-    r2, rmse, n = test.get("test_r2"), test.get("test_rmse"), test.get("test_n_samples")
+    r2, rmse, n = test.get(TEST_R2), test.get(TEST_RMSE), test.get(TEST_N_SAMPLES)
     if not isinstance(r2, (int, float)) or not math.isfinite(r2):
         return None
     samples = f"the {n} test samples" if isinstance(n, int) else "the test samples"
@@ -158,8 +165,8 @@ def _why_html(w: Winner) -> str:
 def _test_row(name: str, m: dict[str, Any]) -> list[str]:
     return [
         name,
-        fmt(m.get("test_r2")),
-        interval_text(m.get("test_r2_ci95")),
+        fmt(m.get(TEST_R2)),
+        interval_text(m.get(TEST_R2_CI95)),
         *[fmt(m.get(k)) for k, _ in TEST_METRICS[1:]],
     ]
 
@@ -177,7 +184,7 @@ def _comparison_html(w: Winner, baseline: Reference) -> str:
             f"{interval_text(comparison.delta_r2_ci95, signed=True)} (paired bootstrap over the same "
             f"{comparison.n_samples} test samples; it lies {where} 0).</p>"
         )
-    ours, theirs = w.test.get("test_r2"), baseline.metrics.get("test_r2")
+    ours, theirs = w.test.get(TEST_R2), baseline.metrics.get(TEST_R2)
     if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (ours, theirs)):
         return ""
     return (
@@ -189,7 +196,7 @@ def _comparison_html(w: Winner, baseline: Reference) -> str:
 
 def _family_html(baseline: Reference) -> str:
     rows = [
-        [name, fmt(m.get("val_r2")), fmt(m.get("test_r2")), interval_text(m.get("test_r2_ci95"))]
+        [name, fmt(m.get(VAL_R2)), fmt(m.get(TEST_R2)), interval_text(m.get(TEST_R2_CI95))]
         for name, m in baseline.results.items()
     ]
     classes = ["winner" if name == baseline.chosen else "" for name in baseline.results]

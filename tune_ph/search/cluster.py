@@ -18,7 +18,7 @@ from ray._private import ray_constants
 
 from tune_ph.errors import SetupError
 
-__all__ = ["SetupError", "check_auth", "init_ray", "print_dashboard"]
+__all__ = ["check_auth", "init_ray", "print_dashboard"]
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,18 @@ from typing import TYPE_CHECKING, Any
 from ray import tune
 
 from tune_ph import files
-from tune_ph.metrics import best_column, is_better
+from tune_ph.metrics import (
+    TEST_MAE,
+    TEST_N_SAMPLES,
+    TEST_R2,
+    TEST_R2_CI95,
+    TEST_RMSE,
+    VAL_LOSS,
+    VAL_R2,
+    VAL_RMSE,
+    best_column,
+    is_better,
+)
 from tune_ph.report import monitor, results
 
 if TYPE_CHECKING:
@@ -105,7 +116,7 @@ def beside_baseline(r2: Any) -> str:
     """`; val R² 0.521 (baseline kmer8-ridge 0.470)` inside beside_best: the numbers only, short enough for every new
     best (the comparison in words is printed once at the start and once at the end); "" without both numbers."""
     reference = _BESIDE.get("baseline")
-    other = reference.metrics.get("val_r2") if reference else None
+    other = reference.metrics.get(VAL_R2) if reference else None
     if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (r2, other)):
         return ""
     return f"; val R² {r2:.3f} (baseline {reference.chosen} {other:.3f})"
@@ -113,7 +124,7 @@ def beside_baseline(r2: Any) -> str:
 
 def metric_columns(metric: str) -> dict[str, str]:
     """The table's metric columns (result key -> header): the search metric and its best first."""
-    others = [m for m in ("val_rmse", "val_r2", "val_loss") if m != metric][:2]
+    others = [m for m in (VAL_RMSE, VAL_R2, VAL_LOSS) if m != metric][:2]
     columns = {metric: metric, best_column(metric): f"best {metric}"}
     columns.update({m: m for m in others})
     columns.update({"training_iteration": "epoch", "time_total_s": "time (s)"})
@@ -214,7 +225,7 @@ class SearchProgress(tune.Callback):
         if result.get(self.metric) is not None and result.get(self.metric) == result.get(self.best_key):
             self._best_epoch[trial.trial_id] = int(result.get("epoch", result.get("training_iteration", 0)))
             # Set here, not in __init__: a callback pickled before this existed is restored by --resume.
-            self.__dict__.setdefault("_best_r2", {})[trial.trial_id] = result.get("val_r2")
+            self.__dict__.setdefault("_best_r2", {})[trial.trial_id] = result.get(VAL_R2)
         best: tuple[Any, float] | None = None
         for t in trials:
             # Ray calls callbacks before it stores the result as the trial's last_result.
@@ -308,8 +319,7 @@ def print_winner(folder: Path, table: Any, metric: str, test: dict[str, Any], re
     from tune_ph.report import winner as winners
 
     folder = Path(folder)
-    info = winners.read_json(folder / files.BEST_DIR / files.RUN_CONFIG_FILE)
-    won = winners.find_winner(table, results.load_settings(folder), metric, info, test)
+    won = winners.find_winner(table, results.saved_search(folder), metric, results.best_info(folder), test)
     if won is None:
         return
     name = won.trial_id if won.trial_id.startswith("trial_") else f"trial_{won.trial_id}"
@@ -318,10 +328,10 @@ def print_winner(folder: Path, table: Any, metric: str, test: dict[str, Any], re
     print(f"\nwinner: {name}{why}{rank}")
     searched = ", ".join(f"{n}={v}" if not v.startswith("not used") else f"{n} {v}" for n, v in won.searched)
     print(f"  searched hyperparameters: {searched or 'none'}")
-    n = test.get("test_n_samples")
-    shown = f"R² {with_interval(test.get('test_r2'), test.get('test_r2_ci95'))}" + "".join(
+    n = test.get(TEST_N_SAMPLES)
+    shown = f"R² {with_interval(test.get(TEST_R2), test.get(TEST_R2_CI95))}" + "".join(
         f", {label} {value:.3f}"
-        for key, label in (("test_rmse", "RMSE"), ("test_mae", "MAE"))
+        for key, label in ((TEST_RMSE, "RMSE"), (TEST_MAE, "MAE"))
         if isinstance(value := test.get(key), (int, float))
     )
     print(f"  test split ({f'{n} samples, ' if n else ''}held out, evaluated once): {shown}")

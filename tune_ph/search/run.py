@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import time
@@ -14,7 +13,7 @@ import torch
 from ray import tune
 
 from hyena_dna.pretrained import PretrainedNotFoundError, resolve_checkpoint_dir
-from tune_ph import cli, config, files
+from tune_ph import cli, files
 from tune_ph.baseline import reference as baselines
 from tune_ph.config import TrainConfig
 from tune_ph.data import sources
@@ -24,9 +23,10 @@ from tune_ph.files import write_csv, write_json
 from tune_ph.report import export, monitor, results
 from tune_ph.search import cluster, console, origin, outcome, resources, space, tuner
 from tune_ph.search.runlock import ExperimentLock
-from tune_ph.search.space import SearchSpec, parse_space, resume_name, spec_from_flags
-from tune_ph.search.spec import values_of
+from tune_ph.search.space import parse_space, resume_name, spec_from_flags
+from tune_ph.search.spec import SearchSpec, values_of
 from tune_ph.search.trainable import trial_threads
+from tune_ph.search_settings import STORAGE_KEY, LaunchSettings
 from tune_ph.training import environment
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def load_spec(
                 f"{folder}: no {results.SETTINGS_FILE} here, so there is nothing to resume; "
                 "run without --resume to start it"
             )
-        storage = settings.pop(results.STORAGE_KEY, None)
+        storage = settings.pop(STORAGE_KEY, None)
         return parse_space(settings, str(folder / results.SETTINGS_FILE)), folder, storage
     spec = loaded or spec_from_flags(space, name, overrides)
     return spec, output_dir / spec.name, None
@@ -137,24 +137,25 @@ def check_this_machine(spec: SearchSpec, requests: dict[str, Any]) -> None:
         raise
 
 
-def prepare_datasets(spec: SearchSpec) -> dict[int, TokenizedDataset]:
-    """Load and tokenize the dataset once per distinct max length, on the driver.
+def prepare_datasets(spec: SearchSpec) -> dict[str, TokenizedDataset]:
+    """Load and tokenize the dataset once per distinct max length, on the driver; keyed by model.
 
-    Keyed by the length a trial asks for (its fixed max_length, else its model's maximum) and by the length the
-    dataset got: a model's maximum is capped by the longest sample, so small-32k reads whole samples without
-    tens of thousands of tokens of padding.
+    The length a trial asks for is its fixed max_length, else its model's maximum, which the data caps by the
+    longest sample (small-32k reads whole samples without tens of thousands of tokens of padding): the dataset's
+    max_length is the trial's effective one.
     """
-    base = {k: v for k, v in spec.fixed.items() if k in config.field_names() and k != "max_length"}
-    out: dict[int, TokenizedDataset] = {}
+    out: dict[str, TokenizedDataset] = {}
+    by_length: dict[int, TokenizedDataset] = {}
     for model in spec.model_choices():
         requested = spec.max_length_for(model)
-        if requested in out:
+        if requested in by_length:
+            out[model] = by_length[requested]
             continue
         started = time.perf_counter()
         # The data fields of every trial are the same; only the length differs by model.
-        cfg = TrainConfig.from_dict({**base, "model": model, "max_length": spec.fixed_length_for(model)})
+        cfg = spec.train_config(model)
         dataset = sources.prepare_for(cfg, model_max_length=requested)
-        out[requested] = out[dataset.max_length] = dataset
+        out[model] = by_length[requested] = dataset
         log.info(
             "dataset %s tokenized in sets of %d tokens (for %s) in %.1fs",
             cfg.dataset,
@@ -168,8 +169,7 @@ def prepare_datasets(spec: SearchSpec) -> dict[int, TokenizedDataset]:
 def search_baseline(spec: SearchSpec, folder: Path) -> baselines.Reference:
     """The baseline chosen on val on every trial's data and split (cached; a failure is a warning), saved in the
     folder."""
-    base = {k: v for k, v in spec.fixed.items() if k in config.field_names() and k != "max_length"}
-    found = baselines.reference_baseline(TrainConfig.from_dict({**base, "model": spec.model_choices()[0]}))
+    found = baselines.reference_baseline(spec.train_config(spec.model_choices()[0]))
     write_json(folder / files.BASELINE_FILE, found.to_dict())
     return found
 
@@ -184,7 +184,7 @@ def run_search(
     export_best: bool = True,
     verbose: int = 1,
     dashboard: monitor.StudyDashboard | None = None,
-    datasets: dict[int, TokenizedDataset] | None = None,
+    datasets: dict[str, TokenizedDataset] | None = None,
     setup_seconds: float = 0.0,
     reference: baselines.Reference | None = None,
 ) -> int:
@@ -264,10 +264,10 @@ def _refuse_existing(path: str, resume: bool) -> bool:
 
 
 def locked_search(
-    args: argparse.Namespace, spec: SearchSpec, folder: Path, storage: str | None, requests: dict[str, Any]
+    launch: LaunchSettings, spec: SearchSpec, folder: Path, storage: str | None, requests: dict[str, Any]
 ) -> int:
     """The search, once this process holds the experiment folder's lock: data first, then files, then Ray."""
-    _refuse_existing(results.experiment_path(folder, storage), args.resume)  # before anything is written
+    _refuse_existing(results.experiment_path(folder, storage), launch.resume)  # before anything is written
     check_pretrained(spec)
     # Before anything is written or Ray starts: a dataset that cannot be used costs seconds and leaves nothing.
     started = time.perf_counter()
@@ -275,39 +275,39 @@ def locked_search(
     setup_seconds = time.perf_counter() - started
     settings = spec.to_dict()
     if storage:
-        settings[results.STORAGE_KEY] = storage
-    if not args.resume:  # a resumed search keeps the settings it started with (load_spec read them)
+        settings[STORAGE_KEY] = storage
+    if not launch.resume:  # a resumed search keeps the settings it started with (load_spec read them)
         results.save_settings(folder, settings)
         origin.record(folder)  # where and by whom: --resume trusts only folders created here
     _record_environment(spec, folder)
-    reference = None if args.no_baseline else search_baseline(spec, folder)  # once, before any trial
+    reference = search_baseline(spec, folder) if launch.baseline else None  # once, before any trial
     # Short epochs make Tune snapshot often (num_to_keep forces it); that is expected here, not a problem.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     console.quiet_ray_hints()  # before Ray starts: its token warning is logged by ray.init
     dashboard = None
-    if args.optuna_dashboard is not None:  # bound now, so a port in use fails before Ray starts
-        dashboard = monitor.StudyDashboard(folder / results.STUDY_FILE, args.optuna_dashboard, "--optuna-dashboard")
+    if launch.optuna_dashboard is not None:  # bound now, so a port in use fails before Ray starts
+        dashboard = monitor.StudyDashboard(folder / results.STUDY_FILE, launch.optuna_dashboard, "--optuna-dashboard")
     shutdown = False
     session = None
     keep_logs = True
     try:
         shutdown = cluster.init_ray(
-            address=args.address,
-            dashboard=args.dashboard,
-            dashboard_host=args.dashboard_host,
-            dashboard_port=args.dashboard_port,
-            allow_no_auth=args.allow_no_auth,
+            address=launch.address,
+            dashboard=launch.dashboard,
+            dashboard_host=launch.dashboard_host,
+            dashboard_port=launch.dashboard_port,
+            allow_no_auth=launch.allow_no_auth,
         )
-        session = cluster.session_dir() if shutdown and not args.address else None  # ours alone: removed at the end
+        session = cluster.session_dir() if shutdown and not launch.address else None  # ours alone: removed at the end
         resources.preflight(requests)  # the cluster actually running (a joined one, or a Ray this process found)
         code = run_search(
             spec,
             folder,
             storage=storage,
-            resume=args.resume,
-            retry_errored=args.retry_errored,
-            export_best=not args.no_export,
-            verbose=args.verbose,
+            resume=launch.resume,
+            retry_errored=launch.retry_errored,
+            export_best=launch.export,
+            verbose=launch.verbose,
             dashboard=dashboard,
             datasets=datasets,
             setup_seconds=setup_seconds,

@@ -12,22 +12,22 @@ from typing import Any
 
 import yaml
 
+from tune_ph import schema
+from tune_ph import search_settings as settings
 from tune_ph.config import TrainConfig, model_max_length
 from tune_ph.errors import ConfigError, SpaceError
-from tune_ph.search import settings
 from tune_ph.search.space_params import Checker, check_value, coerce, parse_param
 from tune_ph.search.spec import (
     DATA_FIELDS,
     FIELD_TYPES,
     UNSEARCHABLE,
-    OptunaSpace,
     SearchSpec,
     default_of,
     dependency_order,
     values_of,
 )
 
-__all__ = ["FIELD_TYPES", "OptunaSpace", "SearchSpec", "SpaceError", "apply_overrides", "load_space", "parse_space"]
+__all__ = ["apply_overrides", "load_space", "parse_space"]
 
 SECTIONS = ("name", "fixed", "space", *settings.SECTIONS)
 # The spaces shipped with the code (a checkout's search_spaces/, beside the tune_ph package).
@@ -159,7 +159,7 @@ def _section(ck: Checker, raw: dict, name: str) -> dict[str, Any]:
     ck.check_keys(name, section, list(cls.__dataclass_fields__))
     out = {}
     for k, v in section.items():
-        types = settings.scalar_types(cls, k)
+        types = schema.scalar_types(cls, k)
         if cls.__dataclass_fields__[k].metadata.get("per_model") and isinstance(v, dict):
             ck.check_keys(f"{name}.{k}", v, ("per", "values"))
             if v.get("per") != "model" or not isinstance(v.get("values"), dict):
@@ -335,7 +335,7 @@ def apply_overrides(spec: SearchSpec, overrides: dict[str, Any]) -> SearchSpec:
         section = settings.section_of(key)
         if section is not None:  # typed as the file's values are (a flag's nan or inf is refused here too)
             Checker(spec.path).check_type(
-                f"{section}.{key}", value, settings.scalar_types(settings.SECTIONS[section], key)
+                f"{section}.{key}", value, schema.scalar_types(settings.SECTIONS[section], key)
             )
             setattr(getattr(spec, section), key, value)
         elif key in FIELD_TYPES:

@@ -9,7 +9,7 @@ import difflib
 import math
 from typing import Any
 
-from tune_ph import config
+from tune_ph import config, schema
 from tune_ph.errors import ConfigError, SpaceError
 from tune_ph.search.spec import FIELD_TYPES, Param
 
@@ -28,7 +28,7 @@ class Checker:
     def check_type(self, key: str, value: Any, types: type | tuple[type, ...]) -> None:
         try:
             # The message names the last part of the key; the key itself comes first.
-            config.check_type(key.rsplit(".", 1)[-1], value, types if isinstance(types, tuple) else (types,))
+            schema.check_type(key.rsplit(".", 1)[-1], value, types if isinstance(types, tuple) else (types,))
         except ConfigError as err:
             self.fail(key, err.message)
 
@@ -127,7 +127,7 @@ def _check_range(ck: Checker, key: str, name: str, dist: str, args: Any) -> None
         ck.fail(dkey, f"expected [low, high], got {args!r}")
     needed = int if dist == "randint" else float
     if needed not in FIELD_TYPES[name]:
-        takes = " or ".join(config.type_name(t) for t in FIELD_TYPES[name])
+        takes = " or ".join(schema.type_name(t) for t in FIELD_TYPES[name])
         ck.fail(key, f"{name} takes {takes}; {dist} cannot produce that (use choice)")
     for i, v in enumerate(args):
         ck.check_type(f"{dkey}[{i}]", v, (int,) if dist == "randint" else (float, int))

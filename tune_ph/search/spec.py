@@ -8,7 +8,7 @@ from typing import Any
 
 from tune_ph import config
 from tune_ph.config import TrainConfig, model_max_length
-from tune_ph.search.settings import ResourceSettings, SchedulerSettings, SearchSettings, to_dicts
+from tune_ph.search_settings import ResourceSettings, SchedulerSettings, SearchSettings, to_dicts
 
 # The TrainConfig fields a search space may set, with the types each accepts (derived from TrainConfig).
 FIELD_TYPES: dict[str, tuple[type, ...]] = {
@@ -67,9 +67,11 @@ class SearchSpec:
         value = self.fixed.get("max_length")
         return value.get(model) if isinstance(value, dict) else value
 
-    def max_lengths(self) -> list[int]:
-        """The distinct max lengths; one tokenized dataset is built for each."""
-        return sorted({self.max_length_for(m) for m in self.model_choices()})
+    def train_config(self, model: str) -> TrainConfig:
+        """The TrainConfig of the fixed settings for one model choice (its fixed max_length, else None: the data
+        decides it); the data fields are every trial's, so the search prepares its data and baseline from this."""
+        fixed = {k: v for k, v in self.fixed.items() if k in config.field_names() and k != "max_length"}
+        return TrainConfig.from_dict({**fixed, "model": model, "max_length": self.fixed_length_for(model)})
 
     def gpus_for(self, model: str) -> float:
         value = self.resources.gpus_per_trial
@@ -81,7 +83,7 @@ class SearchSpec:
         """Constants every trial config carries (Tune merges the searcher's suggestions into it)."""
         out = {k: v for k, v in self.fixed.items() if k != "max_length" or not isinstance(v, dict)}
         if isinstance(self.fixed.get("max_length"), dict) and "model" not in self.params:
-            out["max_length"] = self.max_length_for(self.model_choices()[0])
+            out["max_length"] = self.fixed_length_for(self.model_choices()[0])
         return out
 
     def trial_params(self) -> dict[str, Param]:

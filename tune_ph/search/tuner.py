@@ -12,17 +12,15 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from tune_ph import config
-from tune_ph.config import TrainConfig
 from tune_ph.data.tokens import TokenizedDataset
 from tune_ph.metrics import best_column, metric_mode
 from tune_ph.model import embeddings
-from tune_ph.model.regressor import build_model, resolve_device
+from tune_ph.model.regressor import resolve_device
 from tune_ph.report import results
 from tune_ph.search import console
 from tune_ph.search.spec import OptunaSpace, SearchSpec
 from tune_ph.search.trainable import train_trial
-from tune_ph.training.epoch import seed_everything
+from tune_ph.training.fit import seeded_model
 
 log = logging.getLogger(__name__)
 
@@ -35,22 +33,20 @@ def may_freeze(spec: SearchSpec) -> bool:
     return "freeze_backbone" in spec.params or spec.fixed.get("freeze_backbone") is True
 
 
-def shared_vectors(spec: SearchSpec, datasets: dict[int, TokenizedDataset]) -> dict[str, np.ndarray]:
+def shared_vectors(spec: SearchSpec, datasets: dict[str, TokenizedDataset]) -> dict[str, np.ndarray]:
     """The frozen backbones' set vectors, computed once on the driver (or read from the embedding cache) for every
     model a frozen trial may use, keyed by embeddings.cache_key.
 
-    A trial builds its backbone as fit does (seed, then build_model), so its key matches; a trial whose backbone
-    differs (a searched seed of a from-scratch model) misses and computes its own through the disk cache.
+    The backbone is fit's own (fit.seeded_model of the model's config), so a trial's key matches; a trial whose
+    backbone differs (a searched seed of a from-scratch model) misses and computes its own through the disk cache.
     """
     if not may_freeze(spec):
         return {}
-    base = {k: v for k, v in spec.fixed.items() if k in config.field_names() and k != "max_length"}
     out: dict[str, np.ndarray] = {}
     for model in spec.model_choices():
-        cfg = TrainConfig.from_dict({**base, "model": model, "max_length": spec.max_length_for(model)})
-        seed_everything(cfg.seed)
-        backbone = build_model(cfg).backbone
-        dataset = datasets[cfg.max_length]
+        cfg = spec.train_config(model)
+        backbone = seeded_model(cfg).backbone
+        dataset = datasets[model]
         key = embeddings.cache_key(backbone, dataset)
         if key not in out:
             log.info("set vectors of %s for frozen trials", model)
@@ -109,7 +105,7 @@ def bind_study(runner: tune.Tuner, folder: Path) -> None:
 
 
 def make_trainable(
-    spec: SearchSpec, datasets: dict[int, TokenizedDataset], vectors: dict[str, np.ndarray] | None = None
+    spec: SearchSpec, datasets: dict[str, TokenizedDataset], vectors: dict[str, np.ndarray] | None = None
 ) -> Any:
     """train_trial with the datasets and the frozen backbones' set vectors in the object store (once each) and
     per-trial resources."""

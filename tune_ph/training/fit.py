@@ -16,14 +16,24 @@ from torch import nn
 from tune_ph.config import TrainConfig
 from tune_ph.data.tokens import TokenizedDataset
 from tune_ph.errors import InputError
-from tune_ph.metrics import is_better, worst_value
+from tune_ph.metrics import (
+    DEFAULT_METRIC,
+    TRAIN_LOSS,
+    VAL_LOSS,
+    VAL_MAE,
+    VAL_R2,
+    VAL_RMSE,
+    is_better,
+    regression_metrics,
+    worst_value,
+)
 from tune_ph.model import embeddings
 from tune_ph.model.checkpoint import Checkpoint
 from tune_ph.model.read_encoders import kmer_vectors
 from tune_ph.model.regressor import PhRegressor, build_model, configure_optimizer, match_norm, resolve_device
 from tune_ph.model.tree_head import TreeHead
 from tune_ph.training.epoch import make_loss, seed_everything, train_epoch
-from tune_ph.training.predict import predict, regression_metrics
+from tune_ph.training.predict import predict
 
 log = logging.getLogger(__name__)
 
@@ -153,9 +163,9 @@ class _Run:
         )
         metrics: dict[str, Any] = {
             "epoch": epoch,
-            "train_loss": train_loss,
-            "val_loss": val_loss,
-            **regression_metrics(val.true, val.predicted, prefix="val_"),
+            TRAIN_LOSS: train_loss,
+            VAL_LOSS: val_loss,
+            **regression_metrics(val.true, val.predicted, split="val"),
             "lr": self.optimizer.param_groups[0]["lr"] if self.optimizer is not None else self.cfg.tree_learning_rate,
             "epoch_seconds": time.perf_counter() - started,
         }
@@ -215,11 +225,11 @@ def _log_epoch(metrics: dict[str, Any], epochs: int, improved: bool) -> None:
         "epoch %d/%d  train_loss %.4f  val_loss %.4f  val_rmse %.3f  val_mae %.3f  val_r2 %.3f  (%.1fs)%s",
         metrics["epoch"],
         epochs,
-        metrics["train_loss"],
-        metrics["val_loss"],
-        metrics["val_rmse"],
-        metrics["val_mae"],
-        metrics["val_r2"],
+        metrics[TRAIN_LOSS],
+        metrics[VAL_LOSS],
+        metrics[VAL_RMSE],
+        metrics[VAL_MAE],
+        metrics[VAL_R2],
         metrics["epoch_seconds"],
         "  *best" if improved else "",
     )
@@ -252,11 +262,18 @@ def _frozen_vectors(
     return embeddings.for_pooling(set_vectors, cfg.pooling)
 
 
+def seeded_model(cfg: TrainConfig) -> PhRegressor:
+    """The model a run of cfg starts from: seeded with cfg.seed, then built. What fit() builds when it is given no
+    model, and what a search builds to compute a frozen backbone's vectors once (training.run.shared_vectors_key)."""
+    seed_everything(cfg.seed)
+    return build_model(cfg)
+
+
 def fit(
     cfg: TrainConfig,
     dataset: TokenizedDataset,
     *,
-    metric: str = "val_loss",
+    metric: str = DEFAULT_METRIC,
     on_epoch_end: EpochCallback | None = None,
     resume_from: Checkpoint | None = None,
     progress: bool = True,
@@ -274,10 +291,11 @@ def fit(
     frozen run trains the aggregation and head on cached vectors and never runs the backbone per step.
     """
     cfg.validate()
-    seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     if model is None:
-        model = build_model(cfg)
+        model = seeded_model(cfg)
+    else:
+        seed_everything(cfg.seed)
     _check_length(cfg, dataset, model)
     model.to(device)
     run = _Run(cfg, dataset, model, metric, device)

@@ -1,27 +1,17 @@
-"""Inference: per-set and per-sample pH predictions; `python -m tune_ph predict` for new, unlabelled samples."""
+"""The prediction pass over a tokenized split: per-sample pH from all of a sample's read sets (what validation, test
+evaluation and predict_samples share). Light on purpose: every Ray trial imports it (no pandas, scikit-learn or
+data sources here; new samples are training/inference.py's)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from tune_ph import files
-from tune_ph.data import read_sets, sources, tokens
 from tune_ph.data.tokens import TokenizedDataset
-from tune_ph.errors import DatasetError, InputError
-from tune_ph.metrics import regression_metrics
-from tune_ph.model.regressor import PhRegressor, autocast, load_checkpoint, resolve_device
-from tune_ph.training.checkpoints import checkpoint_split, find_checkpoint
-
-__all__ = ["Predictions", "predict", "predict_samples", "regression_metrics", "sample_metrics"]
-
-# A per-batch progress bar pays off from about this many samples on.
-_PROGRESS_MIN_SAMPLES = 200
+from tune_ph.model.regressor import PhRegressor, autocast, resolve_device
 
 
 @dataclass
@@ -99,93 +89,3 @@ def predict(
         set_sd=np.concatenate(spread) * target_std,
         n_sets=np.concatenate(n_sets).astype(np.int64),
     )
-
-
-# ---------------------------------------------------------------- new samples
-
-
-def _reads_used(reads: list[str], max_length: int, max_sets: int | None) -> int:
-    """How many of a sample's reads its read sets hold (the packing of tokens.tokenize)."""
-    return sum(map(len, read_sets.pack_sets([len(r) for r in reads if r], max_length, max_sets)))
-
-
-def predict_samples(
-    checkpoint: str | Path,
-    samples: pd.DataFrame,
-    *,
-    split: str | None = None,
-    batch_size: int | None = None,
-    device: str = "auto",
-    skip_bad_rows: bool = False,
-    progress: bool | None = None,
-    max_sets: int | None = None,
-) -> pd.DataFrame:
-    """Predict the pH of every sample of a table with a checkpoint, tokenized with the checkpoint's max_length.
-
-    Every read of a sample is used (as many sets as its reads fill) unless max_sets caps it: training's max_sets
-    bounds what one step sees, while a prediction is best from all of a sample's reads.
-    samples: sample_id and sequences (lists of reads); study_name, environment and pH are optional (as
-    sources.load_samples(..., labelled=False) or fasta_samples.read_fasta_dir return them). Samples without reads
-    are skipped with a warning. split: "train", "val" or "test" predicts only that split of the checkpoint's run.
-    Returns one row per sample, files.PREDICT_COLUMNS: sample_id, study_name, predicted_ph_mean, predicted_ph_sd
-    (spread of single sets), n_sets, n_reads_used, n_reads; and true_ph, residual_mean (true - predicted) when any
-    sample has a pH (the names of evaluate's test_predictions.csv).
-    """
-    if split is not None and split not in tokens.SPLITS:
-        raise InputError(f"unknown split {split!r}; use one of {', '.join(tokens.SPLITS)} (or None for every sample)")
-    path = find_checkpoint(checkpoint)
-    model, checkpoint = load_checkpoint(path)
-    cfg, max_length = checkpoint.train_config, checkpoint.max_length
-    df = sources.clean_samples(samples, skip_bad_rows=skip_bad_rows, where="samples", labelled=False)
-    if split is not None:
-        chosen = set(checkpoint_split(path, checkpoint, df)[split])
-        df = df.loc[df["sample_id"].isin(chosen)].reset_index(drop=True)
-        if df.empty:
-            raise InputError(
-                f"none of the samples is in the {split} split of {path}; is it the data it was trained on?"
-            )
-    if df.empty:
-        raise DatasetError("no sample to predict: every sample was empty or skipped")
-    dataset = tokens.build(df, {}, max_length=max_length, max_sets=max_sets)
-    torch_device = resolve_device(device)
-    model.to(torch_device)
-    preds = predict(
-        model,
-        dataset,
-        "all",
-        target_mean=checkpoint.target_mean,
-        target_std=checkpoint.target_std,
-        batch_size=batch_size or cfg.batch_size,
-        sets_per_forward=cfg.sets_per_forward(),
-        device=torch_device,
-        progress=dataset.num_samples >= _PROGRESS_MIN_SAMPLES if progress is None else progress,
-    )
-    index, mean, true = preds.sample_index, preds.predicted, preds.true
-    reads = df.set_index("sample_id")["sequences"].loc[dataset.sample_ids[index]]
-    table = pd.DataFrame(
-        {
-            files.SAMPLE_ID: dataset.sample_ids[index],
-            files.STUDY_NAME: dataset.study_name[index],
-            files.PREDICTED_PH: mean,
-            files.PREDICTED_PH_SD: preds.set_sd,
-            files.N_SETS: preds.n_sets,
-            files.N_READS_USED: [_reads_used(r, max_length, max_sets) for r in reads],
-            files.N_READS: [len(r) for r in reads],
-        },
-        columns=list(files.PREDICT_COLUMNS),
-    )
-    if np.isfinite(true).any():
-        table[files.TRUE_PH] = true.astype(np.float32)  # the dataset's precision, as evaluate writes it
-        table[files.RESIDUAL] = true - mean
-    return table
-
-
-def sample_metrics(table: pd.DataFrame) -> dict[str, float] | None:
-    """R², RMSE, MAE, MSE and n of the samples of a predict_samples table whose pH is known; None if none is."""
-    if files.TRUE_PH not in table.columns:
-        return None
-    known = table.loc[table[files.TRUE_PH].notna()]
-    metrics: dict[str, float] = regression_metrics(
-        known[files.TRUE_PH].to_numpy(), known[files.PREDICTED_PH].to_numpy()
-    )
-    return {**metrics, "n": len(known)}

@@ -362,7 +362,7 @@ def pretrain(
     seed_everything(cfg.seed)
     backbone = _backbone(cfg, state)
     dataset = _tokenized(cfg, dataset, backbone)
-    cfg = replace(cfg, max_length=int(dataset.max_length))
+    cfg = tokens.resolved_config(cfg, dataset)
     split_hash = tokens.split_hash(dataset.split_dict())
     if state is not None:
         _check_same_data(state, dataset, split_hash, out)

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import types
-import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from tune_ph import config
+from tune_ph import config, schema
 from tune_ph.config import TrainConfig
 from tune_ph.errors import ConfigError
 
@@ -25,15 +23,30 @@ def _shared(name: str, default: Any = MISSING, help: str | None = None) -> Any:
     return field(default=f.default if default is MISSING else default, metadata=meta)
 
 
-def _own(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
+def _own(default: Any, help: str, rule: schema.Rule | None = None) -> Any:
+    """A field of pretraining's own, with its range rule."""
+    return schema.setting(default, help, rule=rule)
+
+
+def _positive(name: str) -> schema.Rule:
+    return lambda value: None if value >= 1 else f"{name} must be a positive integer, got {value!r}"
+
+
+def _not_negative(name: str) -> schema.Rule:
+    return lambda value: None if value >= 0 else f"{name} must be >= 0, got {value!r}"
+
+
+def _folder(value: str) -> str | None:
+    return None if value.strip() else "output_dir must name a folder"
 
 
 @dataclass
 class PretrainConfig:
     """Everything one pretraining run needs, as JSON-able primitives (saved with every checkpoint)."""
 
-    output_dir: str = field(metadata={"help": "folder of the run: the pretrained backbone, its state and history"})
+    output_dir: str = schema.setting(
+        help="folder of the run: the pretrained backbone, its state and history", rule=_folder
+    )
     dataset: str = _shared("dataset")
     model: str = _shared("model", help="HyenaDNA size name, hub id or local checkpoint folder to start from")
     from_scratch: bool = _shared(
@@ -45,13 +58,15 @@ class PretrainConfig:
     max_sets: int | None = _shared("max_sets")
     epochs: int = _shared("epochs", 1, "passes over the train split's read sets")
     max_steps: int | None = _own(
-        None, "stop after this many optimizer steps, at most --epochs' worth (the schedule spans them)"
+        None,
+        "stop after this many optimizer steps, at most --epochs' worth (the schedule spans them)",
+        _positive("max_steps"),
     )
     batch_size: int = _shared("batch_size", 16, "read sets per step")
     learning_rate: float = _shared(
         "learning_rate", 1e-3, "peak AdamW learning rate (the implicit filter uses the backbone's filter_lr)"
     )
-    warmup_steps: int = _own(100, "steps of linear warm-up before the cosine decay")
+    warmup_steps: int = _own(100, "steps of linear warm-up before the cosine decay", _not_negative("warmup_steps"))
     weight_decay: float = _shared("weight_decay")
     grad_clip: float | None = _shared("grad_clip")
     seed: int = _shared("seed")
@@ -62,9 +77,13 @@ class PretrainConfig:
     cache_dir: str | None = _shared("cache_dir")
     skip_bad_rows: bool = _shared("skip_bad_rows")
     device: str = _shared("device")
-    checkpoint_every: int = _own(200, "save the resumable state and the backbone every this many steps")
-    log_every: int = _own(10, "log the mean training loss every this many steps")
-    eval_sets: int = _own(64, "val read sets the eval loss is computed on, spread over the split (0: all)")
+    checkpoint_every: int = _own(
+        200, "save the resumable state and the backbone every this many steps", _positive("checkpoint_every")
+    )
+    log_every: int = _own(10, "log the mean training loss every this many steps", _positive("log_every"))
+    eval_sets: int = _own(
+        64, "val read sets the eval loss is computed on, spread over the split (0: all)", _not_negative("eval_sets")
+    )
     progress: bool = _own(True, "show a progress bar")
 
     def __post_init__(self) -> None:
@@ -76,14 +95,8 @@ class PretrainConfig:
             value = getattr(self, f.name)
             if f.name in TrainConfig.__dataclass_fields__ and f.name != "output_dir":
                 config.check_field(f.name, value)  # TrainConfig's rules, for the fields that mean the same
-                continue
-            config.check_type(f.name, value, _types(f.name))
-            if f.name == "output_dir" and not value.strip():
-                raise ConfigError(f.name, "output_dir must name a folder")
-            if f.name in ("max_steps", "checkpoint_every", "log_every") and value is not None and value < 1:
-                raise ConfigError(f.name, f"{f.name} must be a positive integer, got {value!r}")
-            if f.name in ("warmup_steps", "eval_sets") and value < 0:
-                raise ConfigError(f.name, f"{f.name} must be >= 0, got {value!r}")
+            else:
+                schema.check(PretrainConfig, f.name, value)
         self.train_config()  # the rules across fields: model_config needs from_scratch, the fractions, max_length
 
     def train_config(self) -> TrainConfig:
@@ -108,18 +121,6 @@ class PretrainConfig:
 RUNTIME_FIELDS = ("output_dir", "device", "cache_dir", "checkpoint_every", "log_every", "progress")
 
 
-def _types(name: str) -> tuple[type, ...]:
-    """The Python types a PretrainConfig field accepts, from its annotation (an int is accepted for a float)."""
-    hint = typing.get_type_hints(PretrainConfig)[name]
-    union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
-    out: list[type] = []
-    for arg in typing.get_args(hint) if union else (hint,):
-        out.append(typing.get_origin(arg) or arg)
-        if arg is float:
-            out.append(int)
-    return tuple(out)
-
-
 def field_names(cli_only: bool = True) -> tuple[str, ...]:
     return tuple(f.name for f in fields(PretrainConfig) if not cli_only or f.metadata.get("cli", True))
 
@@ -129,20 +130,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     Every default is None ("not given"): a resumed run keeps its saved settings unless a flag is given.
     """
-    for f in fields(PretrainConfig):
-        meta = f.metadata
-        if not meta.get("cli", True):
-            continue
-        flags = [f"--{f.name.replace('_', '-')}", *meta.get("aliases", ())]
-        kind = next(t for t in _types(f.name) if t is not type(None))
-        required = f.default is MISSING
-        help_text = meta["help"] if required else f"{meta['help']} (default: {f.default})"
-        if kind is bool:
-            parser.add_argument(*flags, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        else:
-            parser.add_argument(
-                *flags, type=kind, default=None, required=required, choices=meta.get("choices"), help=help_text
-            )
+    schema.add_arguments(parser, PretrainConfig, defaults=False)
 
 
 def read_model_config(value: str) -> dict[str, Any]:

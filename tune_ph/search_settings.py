@@ -4,27 +4,26 @@ range rule and command-line flag (`python -m tune_ph.search --num-samples ...`),
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from tune_ph import config
+from tune_ph import schema
+from tune_ph.metrics import METRIC_MODES, VAL_LOSS
 
-METRICS = tuple(config.METRIC_MODES)
+METRICS = tuple(METRIC_MODES)
 # numpy's seed range, which Optuna's TPE sampler uses.
 SEED_LIMIT = 2**32
 
-Rule = Callable[[Any], "str | None"]
 
-
-def _setting(default: Any, help: str, *, rule: Rule | None = None, cli: bool = False, **meta: Any) -> Any:
-    """A settings field with its help text and range rule.
+def _setting(default: Any, help: str, *, rule: schema.Rule | None = None, cli: bool = False, **meta: Any) -> Any:
+    """A settings field with its help text and range rule (schema.setting).
 
     rule: value -> what is wrong with it (None: nothing); run on the file's values and on the flags' alike.
     cli: a `--flag` of the search command overrides it. meta: choices (allowed values), per_model=True (a
     `{per: model, values: {size: value}}` mapping is also accepted, each value under the rule).
     """
-    return field(default=default, metadata={"help": help, "rule": rule, "cli": cli, **meta})
+    return schema.setting(default, help, rule=rule, cli=cli, **meta)
 
 
 def _at_least_one(value: Any) -> str | None:
@@ -63,7 +62,7 @@ class SearchSettings:
     )
     max_concurrent: int = _setting(1, "trials run at once", rule=_at_least_one, cli=True)
     metric: str = _setting(
-        "val_loss",
+        VAL_LOSS,
         "validation metric that ASHA, TPE, the kept checkpoints and the exported trial all use",
         choices=METRICS,
     )
@@ -92,13 +91,34 @@ class ResourceSettings:
     )
 
 
+@dataclass
+class LaunchSettings:
+    """How this invocation runs the search (the command's flags, not the experiment's saved settings): resuming,
+    the Ray cluster and dashboards, what happens after the trials."""
+
+    resume: bool = False
+    retry_errored: bool = False
+    export: bool = True
+    baseline: bool = True
+    verbose: int = 1
+    address: str | None = None
+    dashboard: bool = False
+    dashboard_host: str | None = None
+    dashboard_port: int = 8265
+    allow_no_auth: bool = False
+    optuna_dashboard: int | None = None  # a port: serve optuna-dashboard on the study while the search runs
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> LaunchSettings:
+        """The search command's parsed flags (--no-export, --no-baseline: export, baseline False)."""
+        names = set(cls.__dataclass_fields__) - {"export", "baseline"}
+        return cls(
+            export=not args.no_export, baseline=not args.no_baseline, **{name: getattr(args, name) for name in names}
+        )
+
+
 # The YAML section each settings class reads, in the file's order.
 SECTIONS: dict[str, type] = {"search": SearchSettings, "scheduler": SchedulerSettings, "resources": ResourceSettings}
-
-
-def scalar_types(cls: type, name: str) -> tuple[type, ...]:
-    """The types a field's value may have in the file (a per-model mapping aside; null is never a value)."""
-    return tuple(t for t in config.annotation_types(cls, name) if t not in (dict, type(None)))
 
 
 def section_of(name: str) -> str | None:
@@ -108,11 +128,7 @@ def section_of(name: str) -> str | None:
 
 def check(section: str, name: str, value: Any) -> str | None:
     """What is wrong with one value of a settings field by its range rule and choices (None: nothing)."""
-    meta = SECTIONS[section].__dataclass_fields__[name].metadata
-    choices = meta.get("choices")
-    if choices and value not in choices:
-        return f"unknown {name} {value!r}; allowed: {', '.join(choices)}"
-    return meta["rule"](value) if meta["rule"] else None
+    return schema.problem(SECTIONS[section], name, value)
 
 
 def problems(section: str, values: Any) -> Iterator[tuple[str, str]]:
@@ -142,22 +158,86 @@ def to_dicts(search: SearchSettings, scheduler: SchedulerSettings, resources: Re
 # ------------------------------------------------------------------------------------------------ CLI flags
 
 
-def _flagged() -> Iterator[tuple[str, Any]]:
-    for section, cls in SECTIONS.items():
-        for f in fields(cls):
-            if f.metadata["cli"]:
-                yield section, f
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """One override flag per settings field that has one (``--num-samples`` for search.num_samples); the default
     None means "not given", so the file's value stays."""
-    for section, f in _flagged():
-        kind = scalar_types(SECTIONS[section], f.name)[0]
-        flag = f"--{f.name.replace('_', '-')}"
-        parser.add_argument(flag, type=kind, default=None, help=f"{f.metadata['help']} (YAML: {section}.{f.name})")
+    for section, cls in SECTIONS.items():
+        schema.add_arguments(
+            parser, cls, defaults=False, help_tail=lambda f, section=section: f" (YAML: {section}.{f.name})"
+        )
 
 
 def given(args: argparse.Namespace) -> dict[str, Any]:
     """The settings given as flags on a parsed command line, by field name."""
-    return {f.name: getattr(args, f.name) for _, f in _flagged() if getattr(args, f.name, None) is not None}
+    out: dict[str, Any] = {}
+    for cls in SECTIONS.values():
+        out.update(schema.given(args, cls))
+    return out
+
+
+# In a saved search_settings.json: the --storage the experiment was started with.
+STORAGE_KEY = "_storage"
+
+
+def _section(cls: type, data: Any) -> Any:
+    """A settings section of a saved file: its known keys (a per-model value as its mapping), defaults elsewhere."""
+    values = dict(data) if isinstance(data, dict) else {}
+    known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
+    for name, value in known.items():
+        if cls.__dataclass_fields__[name].metadata.get("per_model") and isinstance(value, dict) and "values" in value:
+            known[name] = dict(value["values"])
+    return cls(**known)
+
+
+@dataclass
+class SavedSearch:
+    """An experiment's saved settings (search_settings.json), parsed: what the report reads of a search.
+
+    fixed and space stay as the file has them (TrainConfig values, and the space's distributions by field); the
+    three run sections are their records. A file of an earlier version may lack any part: its default stands.
+    """
+
+    name: str | None = None
+    fixed: dict[str, Any] = field(default_factory=dict)
+    space: dict[str, Any] = field(default_factory=dict)
+    search: SearchSettings = field(default_factory=SearchSettings)
+    scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
+    resources: ResourceSettings = field(default_factory=ResourceSettings)
+    storage: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SavedSearch:
+        def mapping(key: str) -> dict[str, Any]:
+            value = data.get(key)
+            return dict(value) if isinstance(value, dict) else {}
+
+        name, storage = data.get("name"), data.get(STORAGE_KEY)
+        return cls(
+            name=str(name) if name else None,
+            fixed=mapping("fixed"),
+            space=mapping("space"),
+            search=_section(SearchSettings, data.get("search")),
+            scheduler=_section(SchedulerSettings, data.get("scheduler")),
+            resources=_section(ResourceSettings, data.get("resources")),
+            storage=str(storage) if storage else None,
+        )
+
+    def planned_epochs(self) -> int | None:
+        """Epochs a trial runs unless stopped: the ASHA scheduler's max_epochs, else fixed.epochs."""
+        value = self.scheduler.max_epochs or self.fixed.get("epochs")
+        return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+    def asha_rungs(self) -> list[int]:
+        """The epochs at which ASHA compares trials: grace_period * reduction_factor**k below max_epochs."""
+        grace, factor, top = self.scheduler.grace_period, self.scheduler.reduction_factor, self.scheduler.max_epochs
+        if not all(isinstance(v, int | float) for v in (grace, factor, top)) or grace < 1 or factor <= 1:
+            return []
+        rungs, epoch = [], float(grace)
+        while epoch < top:
+            rungs.append(int(epoch))
+            epoch *= factor
+        return rungs
+
+    def searched_names(self) -> list[str]:
+        """The searched hyperparameters, in the order of the search space."""
+        return list(self.space)
