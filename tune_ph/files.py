@@ -235,8 +235,11 @@ def load_npz(path: str | os.PathLike, *, max_bytes: int, what: str = "cache entr
 
 
 def content_hash(arrays: dict[str, np.ndarray], key: str = "") -> str:
-    """A hash of named arrays (names, dtypes, shapes and bytes) and a key: a cache entry's own check."""
-    h = hashlib.blake2b(key.encode(), digest_size=16)
+    """A MAC of named arrays (names, dtypes, shapes and bytes) and a key (the entry's name) under this user's secret
+    key: a cache entry's own check, which no one without that key can forge for a planted entry."""
+    from tune_ph import secret
+
+    h = hashlib.blake2b(key.encode(), key=secret.key(), digest_size=16)
     for name in sorted(arrays):
         value = np.ascontiguousarray(arrays[name])
         h.update(f"\x1e{name}\x1f{value.dtype.str}\x1f{value.shape}\x1f".encode())

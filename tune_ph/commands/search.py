@@ -38,8 +38,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         origin.TRUST_FLAG,
         action="store_true",
-        help="with --resume: resume a folder that was not created here (moved, copied or received); its Ray state "
-        "is unpickled, which can run code, so only for folders you trust",
+        help="with --resume: resume a folder your key does not vouch for (moved, copied, received or changed); its "
+        "Ray state is unpickled, which can run code, so only for folders you trust",
     )
     overrides = p.add_argument_group("overrides of the YAML (fixed TrainConfig values)")
     config.add_arguments(overrides, only=OVERRIDE_FIELDS, overrides=True)

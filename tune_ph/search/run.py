@@ -323,6 +323,7 @@ def locked_search(
             dashboard.stop()
         if shutdown:
             ray.shutdown()
+        origin.seal(folder)  # Ray has written its last pickle: MAC them, so --resume can tell them from planted ones
         if session is not None:
             cluster.remove_session_dir(session, keep=keep_logs)
 
