@@ -24,6 +24,18 @@ LR_SCHEDULERS: tuple[str, ...] = ("none", "plateau")
 # How samples are split (tune_ph.data.split): by sample (the published split) or by holding out whole studies.
 SPLIT_BY: tuple[str, ...] = ("none", "study")
 MIN_MAX_LENGTH = 8
+# Upper bounds of the size-like fields: a file of a few bytes (a checkpoint's train_config, a YAML) must not declare
+# gigabytes. A 16,384-cluster MLP head is 134M weights (512 MiB, 2 GiB with AdamW's moments and gradients); the
+# rest bound loops and batches far above any useful value.
+MAX_SIZES: dict[str, int] = {
+    "clusters": 16_384,
+    "cluster_dims": 4_096,  # hyena_dna's largest d_model
+    "batch_size": 65_536,
+    "sets_per_step": 65_536,
+    "max_sets": 1_000_000,
+    "epochs": 1_000_000,
+    "early_stopping_patience": 1_000_000,
+}
 
 
 def _field(default: Any, help: str, **meta: Any) -> Any:
@@ -291,6 +303,8 @@ def _range_problem(name: str, value: Any) -> str | None:
         return f"{name} must be a positive integer, got {value!r}"
     if name == "clusters" and value < 2:
         return f"clusters must be at least 2 (a sample is described by their abundances), got {value!r}"
+    if name in MAX_SIZES and value > MAX_SIZES[name]:
+        return f"{name} must be at most {MAX_SIZES[name]:,}, got {value!r}"
     if name in ("learning_rate", "loss_beta") and not value > 0:
         return f"{name} must be > 0, got {value!r}"
     if name in ("weight_decay", "grad_clip") and value < 0:
