@@ -192,3 +192,175 @@ def test_a_checkpoint_that_would_predict_silently_wrong_is_refused(damage, tmp_p
     expected = damage(state)
     with pytest.raises(InputError, match=rf"best_model.pt: its .*{expected}"):
         load_checkpoint(save(tmp_path / "best_model.pt", state))
+
+
+# ------------------------------------------------------------------------------------------------ split.json
+
+
+def _run_with_split(tmp_path: Path, change=None) -> tuple[Path, dict]:
+    """A run folder: a tiny demo checkpoint trained on the demo's config split, and its split.json (changed)."""
+    from tune_ph.data import sources, tokens
+    from tune_ph.data.split import SplitRecord, split_for
+
+    run = tmp_path / "run"
+    run.mkdir()
+    state = tiny_state()
+    df = sources.load_samples("demo")
+    state["dataset_fingerprint"] = tokens.fingerprint(df)
+    save(run / files.MODEL_FILE, state)
+    cfg = TrainConfig.from_saved(state["train_config"])
+    record = SplitRecord.of(split_for(df, cfg), cfg).to_dict()
+    if change is not None:
+        change(record)
+    (run / files.SPLIT_FILE).write_text(json.dumps(record))
+    return run, record
+
+
+def _swap(record: dict) -> None:
+    record["train"], record["test"] = record["test"], record["train"]
+
+
+def _overlap(record: dict) -> None:
+    record["test"] = record["test"] + record["train"][:3]
+
+
+def _uncovered(record: dict) -> None:
+    record["train"] = record["train"][5:]
+
+
+def _moved(record: dict) -> None:
+    record["train"], record["test"] = record["train"][1:] + record["test"][:1], record["test"][1:] + record["train"][:1]
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (_swap, "its train part is not what its split_seed 42"),
+        (_overlap, "is in both train and test; the parts must be disjoint"),
+        (_uncovered, "its parts do not cover the 300 samples"),
+        (_moved, "its train part is not what its split_seed 42"),
+    ],
+)
+def test_a_split_json_that_is_not_its_runs_split_is_one_line(change, expected, tmp_path, capsys):
+    from tune_ph import cli
+    from tune_ph.commands import evaluate as evaluate_cli
+    from tune_ph.commands import predict as predict_cli
+
+    run, _ = _run_with_split(tmp_path, change)
+    argv = ["--checkpoint", str(run), "--dataset", "demo", "--split", "test", "--output", str(tmp_path / "p.csv")]
+    assert predict_cli.main([*argv, "--device", "cpu"]) == cli.EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "split.json" in err and expected in err, err
+    assert evaluate_cli.main(["--checkpoint", str(run / files.MODEL_FILE), "--device", "cpu"]) == cli.EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and expected in err, err
+    assert not (tmp_path / "p.csv").exists() and not (run / files.METRICS_FILE).exists()
+
+
+def test_a_deeply_nested_split_json_is_one_line(tmp_path):
+    from tune_ph.training.checkpoints import read_split
+
+    path = tmp_path / files.SPLIT_FILE
+    path.write_text('{"train": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(InputError, match=r"split.json: not a split file \(nested too deeply\)"):
+        read_split(path)
+
+
+def test_evaluate_follows_split_json(tmp_path):
+    from tune_ph.report.evaluate import evaluate_checkpoint
+
+    def custom(record: dict) -> None:  # an older run's ids-only file: not what the config draws, nothing to redraw
+        ids = sorted(record["train"] + record["val"] + record["test"])
+        record.clear()
+        record.update(train=ids[37:], val=ids[7:37], test=ids[:7])
+
+    run, record = _run_with_split(tmp_path, custom)
+    metrics = evaluate_checkpoint(run / files.MODEL_FILE, device="cpu")
+    assert metrics["test_n_samples"] == 7
+    table = __import__("pandas").read_csv(run / files.PREDICTIONS_FILE)
+    assert sorted(table["sample_id"]) == record["test"]
+
+
+# ------------------------------------------------------------------------------------------------ links
+
+
+def test_evaluate_never_writes_through_a_link_in_the_run_folder(tmp_path):
+    from tune_ph.report.evaluate import evaluate_checkpoint
+
+    run, _ = _run_with_split(tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for name in (files.RESIDUALS_FILE, files.METRICS_FILE, files.PREDICTIONS_FILE):
+        (outside / name).write_text("someone else's file")
+        (run / name).symlink_to(outside / name)
+    evaluate_checkpoint(run / files.MODEL_FILE, device="cpu")
+    for name in (files.RESIDUALS_FILE, files.METRICS_FILE, files.PREDICTIONS_FILE):
+        assert (outside / name).read_text() == "someone else's file"
+        assert not (run / name).is_symlink() and (run / name).stat().st_size > 0
+
+
+def test_a_linked_split_json_is_never_read(tmp_path):
+    from tune_ph.training.checkpoints import read_split
+
+    run, record = _run_with_split(tmp_path)
+    (tmp_path / "elsewhere.json").write_text(json.dumps(record))
+    (run / files.SPLIT_FILE).unlink()
+    (run / files.SPLIT_FILE).symlink_to(tmp_path / "elsewhere.json")
+    with pytest.raises(InputError, match="split.json: not a split file .*is a link"):
+        read_split(run / files.SPLIT_FILE)
+
+
+def _experiment_with_links(tmp_path: Path) -> tuple[Path, Path]:
+    from tune_ph.report import results
+
+    secret_dir = tmp_path / "secrets"
+    secret_dir.mkdir()
+    folder = tmp_path / "exp"
+    trial = folder / "trial_a1"
+    trial.mkdir(parents=True)
+    results.save_settings(folder, {"name": "exp"})
+    row = {"epoch": 1, "training_iteration": 1, "val_loss": 0.5, "checkpoint_dir_name": "checkpoint_000000"}
+    (secret_dir / "result.json").write_text(json.dumps({**row, "val_loss": 0.1, "stolen": 1}) + "\n")
+    (secret_dir / "params.json").write_text(json.dumps({"stolen": "password"}))
+    (secret_dir / "error.txt").write_text("stolen: password")
+    for name in ("result.json", "params.json", "error.txt"):
+        (trial / name).symlink_to(secret_dir / name)
+    state = trial / "checkpoint_000000" / files.TRIAL_STATE_FILE
+    state.parent.mkdir()
+    save(state, tiny_state())
+    return folder, secret_dir
+
+
+def test_trial_files_linked_outside_are_never_read(tmp_path, caplog):
+    import logging
+
+    from tune_ph.report import results
+
+    folder, _ = _experiment_with_links(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        (trial,) = results.Experiment(str(folder)).trials()
+    assert trial.config == {} and trial.history.empty and "stolen" not in trial.error
+    assert "is a link" in caplog.text
+
+
+def test_export_replaces_linked_best_folders_without_touching_their_targets(tmp_path, capsys):
+    from tune_ph import cli
+    from tune_ph.commands import export as export_cli
+
+    folder, _ = _experiment_with_links(tmp_path)
+    trial = folder / "trial_a1"
+    for name in ("result.json", "params.json", "error.txt"):
+        (trial / name).unlink()
+    row = {"epoch": 1, "training_iteration": 1, "val_loss": 0.5, "checkpoint_dir_name": "checkpoint_000000"}
+    (trial / "result.json").write_text(json.dumps(row) + "\n")
+    (trial / "params.json").write_text("{}")
+    targets = tmp_path / "target_best", tmp_path / "target_new"
+    for target, link in zip(targets, (files.BEST_DIR, f".{files.BEST_DIR}.new")):
+        target.mkdir()
+        (target / "keep.txt").write_text("mine")
+        (folder / link).symlink_to(target)
+    assert export_cli.main([str(folder), "--no-report", "--no-baseline", "--device", "cpu"]) == cli.EXIT_OK
+    for target in targets:
+        assert (target / "keep.txt").read_text() == "mine" and sorted(p.name for p in target.iterdir()) == ["keep.txt"]
+    best = folder / files.BEST_DIR
+    assert not best.is_symlink() and (best / files.MODEL_FILE).is_file()
