@@ -364,3 +364,86 @@ def test_export_replaces_linked_best_folders_without_touching_their_targets(tmp_
         assert (target / "keep.txt").read_text() == "mine" and sorted(p.name for p in target.iterdir()) == ["keep.txt"]
     best = folder / files.BEST_DIR
     assert not best.is_symlink() and (best / files.MODEL_FILE).is_file()
+
+
+# ------------------------------------------------------------------------------------------------ Ray's start
+
+
+def test_under_an_address_space_limit_the_object_store_fits_or_the_failure_is_one_line(monkeypatch):
+    import ray
+
+    from tune_ph.search import cluster
+
+    calls = []
+
+    def fake_init(**kwargs):
+        calls.append(kwargs)
+        raise RuntimeError("node timed out during startup\n  (Ray's long advice)")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", fake_init)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    monkeypatch.setattr(cluster, "_address_limit", lambda: 4 << 30)
+    with pytest.raises(cluster.SetupError) as err:
+        cluster.init_ray(num_cpus=1)
+    message = str(err.value)
+    assert "address-space limit (ulimit -v: 4,096 MiB)" in message and "node timed out" in message, message
+    assert "\n" not in message
+    assert calls[0]["object_store_memory"] == 1 << 30  # a quarter of the limit: the raylet maps it whole
+    monkeypatch.setattr(cluster, "_address_limit", lambda: None)
+    with pytest.raises(RuntimeError, match="node timed out"):  # no limit: Ray's own error, whatever it is
+        cluster.init_ray(num_cpus=1)
+    assert "object_store_memory" not in calls[1]
+
+
+@pytest.fixture
+def taken_port():
+    """A port held by someone else (as another Ray's dashboard holds 8265)."""
+    import socket
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    yield holder.getsockname()[1]
+    holder.close()
+
+
+def test_a_taken_dashboard_port_is_one_line_before_anything_is_written(taken_port, tmp_path, capsys):
+    from helpers import tiny_space, write_space
+
+    from tune_ph import cli
+    from tune_ph.commands import search as search_cli
+    from tune_ph.search import cluster
+
+    try:
+        cluster.require_dashboard()
+    except cluster.SetupError:
+        pytest.skip("Ray's dashboard packages are not installed")
+    out = tmp_path / "experiments"
+    argv = ["--space", str(write_space(tmp_path, tiny_space())), "--output-dir", str(out), "--verbose", "0"]
+    assert search_cli.main([*argv, "--dashboard", "--dashboard-port", str(taken_port)]) == cli.EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert err == f"error: --dashboard-port {taken_port}: the port is in use on 127.0.0.1 (another Ray?); " + (
+        "pick another, or 0 for a free one\n"
+    ), err
+    assert not out.exists()
+
+
+def test_the_default_dashboard_port_taken_picks_a_free_one(taken_port, monkeypatch, capsys):
+    from tune_ph.search import cluster
+
+    monkeypatch.setattr(cluster, "DEFAULT_DASHBOARD_PORT", taken_port)
+    chosen = cluster.dashboard_port(None, None)
+    assert chosen != taken_port and cluster.port_free("127.0.0.1", chosen)
+    assert f"port {taken_port} is in use (another Ray?); the dashboard uses port {chosen}" in capsys.readouterr().out
+
+
+def test_the_dashboard_agent_port_taken_moves_ours(taken_port, monkeypatch):
+    from ray._private import parameter
+
+    from tune_ph.search import cluster
+
+    monkeypatch.setattr(cluster, "_AGENT_PORT", taken_port)
+    with cluster._agent_port():
+        moved = parameter.RayParams().dashboard_agent_listen_port
+    assert moved != taken_port and parameter.RayParams().dashboard_agent_listen_port == 52365

@@ -57,7 +57,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="serve the dashboard on this interface instead of 127.0.0.1 "
         "(reachable from other machines; use with care)",
     )
-    ray_group.add_argument("--dashboard-port", type=int, default=8265)
+    ray_group.add_argument(
+        "--dashboard-port",
+        type=int,
+        default=None,
+        help="the Ray dashboard's port (default 8265, or a free one when another Ray holds it; 0: a free one)",
+    )
     watch = p.add_argument_group("watching the search")
     watch.add_argument(
         "--optuna-dashboard",
@@ -115,6 +120,10 @@ def _main(argv: Sequence[str] | None) -> int:
 
     if (args.dashboard or args.dashboard_host) and not args.address:
         cluster.require_dashboard()
+        # A port in use (another Ray) is found now, before anything is written, not as Ray's ValueError later.
+        args.dashboard_port = cluster.dashboard_port(args.dashboard_port, args.dashboard_host)
+    if args.dashboard_port is None:
+        args.dashboard_port = cluster.DEFAULT_DASHBOARD_PORT
     spec, folder, saved_storage = load_spec(
         args.space, args.name, Path(args.output_dir), args.resume, overrides, loaded=given
     )
