@@ -603,6 +603,18 @@ def test_the_seal_vouches_for_pickles_written_here_and_only_for_them(tmp_path):
     assert not origin.authentic(forged)
 
 
+def test_the_seal_covers_ray_state_under_a_local_storage(tmp_path):
+    folder, storage = tmp_path / "exp", tmp_path / "store"
+    folder.mkdir()
+    (storage / "exp").mkdir(parents=True)
+    (storage / "exp" / "tuner.pkl").write_bytes(b"written by this user's search")
+    origin.record(folder, str(storage))
+    origin.check_resume(folder, trusted=False, storage=str(storage))
+    (storage / "exp" / "tuner.pkl").write_bytes(b"planted")
+    with pytest.raises(InputError, match="Ray's state storage:tuner.pkl changed since"):
+        origin.check_resume(folder, trusted=False, storage=str(storage))
+
+
 def test_the_secret_key_is_private_and_refused_when_others_can_read_it(tmp_path, monkeypatch):
     monkeypatch.setenv(secret.CONFIG_ENV, str(tmp_path / "config"))
     monkeypatch.setattr(secret, "_cached", {})

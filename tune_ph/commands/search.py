@@ -127,11 +127,11 @@ def _main(argv: Sequence[str] | None) -> int:
     spec, folder, saved_storage = load_spec(
         args.space, args.name, Path(args.output_dir), args.resume, overrides, loaded=given
     )
-    if args.resume:  # before anything of the folder is unpickled: only folders created here, or trusted ones
-        origin.check_resume(folder, trusted=args.trust_resume)
     storage = args.storage or saved_storage
     if storage and "://" not in storage:
         storage = str(Path(storage).expanduser().resolve())
+    if args.resume:  # before anything of the folder is unpickled: only folders created here, or trusted ones
+        origin.check_resume(folder, trusted=args.trust_resume, storage=storage)
     if not args.resume:
         spec, folder = unused_experiment(spec, folder, storage)
     if args.resume and overrides:

@@ -34,6 +34,7 @@ _FIELDS = ("path", "host", "user", "uid", "created")
 # experiment state JSON (its values are cloudpickled). All sealed; any other file is never unpickled.
 _PICKLE_SUFFIXES = (".pkl", ".pickle")
 _STATE_PREFIXES = ("experiment_state", "basic-variant-state", "search_gen_state", "searcher-state")
+_STORAGE_PREFIX = "storage:"
 
 
 @dataclass(frozen=True)
@@ -69,19 +70,31 @@ class Origin:
         return f"{self.path} on {self.host} by {self.user} ({self.created})"
 
 
-def _pickled_files(folder: Path) -> dict[str, str]:
-    """The sha256 of every file of the folder that Ray's restore unpickles (links included, by name)."""
+def _ray_folders(folder: Path, storage: str | None) -> dict[str, Path]:
+    """Where Ray keeps its state, by the prefix its files have in the seal: the folder, and a local --storage's."""
+    found = {"": Path(folder)}
+    if storage and "://" not in storage:  # a remote storage (s3://) is not sealed (the README says so)
+        found[_STORAGE_PREFIX] = Path(storage) / Path(folder).name
+    return found
+
+
+def _pickled_files(folder: Path, storage: str | None = None) -> dict[str, str]:
+    """The sha256 of every file of Ray's folders that its restore unpickles (links included, by name)."""
     found = {}
-    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-        if entry.name.endswith(_PICKLE_SUFFIXES) or entry.name.startswith(_STATE_PREFIXES):
+    for prefix, where in _ray_folders(folder, storage).items():
+        if not where.is_dir():
+            continue
+        for entry in sorted(os.scandir(where), key=lambda e: e.name):
+            if not (entry.name.endswith(_PICKLE_SUFFIXES) or entry.name.startswith(_STATE_PREFIXES)):
+                continue
             if entry.is_symlink() or not entry.is_file(follow_symlinks=False):
-                found[entry.name] = "not a regular file"  # never matches a seal: a link is not sealed content
+                found[prefix + entry.name] = "not a regular file"  # never matches a seal: a link is not content
                 continue
             h = hashlib.sha256()
             with open(entry.path, "rb") as fh:
                 for chunk in iter(lambda: fh.read(1 << 20), b""):
                     h.update(chunk)
-            found[entry.name] = h.hexdigest()
+            found[prefix + entry.name] = h.hexdigest()
     return found
 
 
@@ -89,21 +102,21 @@ def _payload(data: dict) -> bytes:
     return json.dumps({k: v for k, v in data.items() if k != "mac"}, sort_keys=True).encode()
 
 
-def _write(folder: Path, origin: Origin) -> None:
-    data = {**asdict(origin), "pickles": _pickled_files(Path(folder))}
+def _write(folder: Path, origin: Origin, storage: str | None) -> None:
+    data = {**asdict(origin), "pickles": _pickled_files(Path(folder), storage)}
     data["mac"] = secret.mac(_PURPOSE, _payload(data))
     write_json(Path(folder) / ORIGIN_FILE, data)
 
 
-def record(folder: Path) -> Origin:
+def record(folder: Path, storage: str | None = None) -> Origin:
     """Write origin.json for a folder created (or adopted with --trust-resume) by this process, sealing the
-    pickles it holds now."""
+    pickles it (and a local --storage) holds now."""
     origin = Origin.here(folder)
-    _write(folder, origin)
+    _write(folder, origin, storage)
     return origin
 
 
-def seal(folder: Path) -> None:
+def seal(folder: Path, storage: str | None = None) -> None:
     """After a search here: MAC the pickles Ray wrote, so that --resume can tell them from planted ones.
 
     Only a folder whose origin.json this user's key already vouches for is sealed (a search runs only on those)."""
@@ -111,7 +124,7 @@ def seal(folder: Path) -> None:
     if found is None or not authentic(folder):
         return
     try:
-        _write(folder, found)
+        _write(folder, found, storage)
     except OSError as err:  # a full disk: resuming will then ask for --trust-resume, which says why
         log.warning("%s: could not seal Ray's state (%s)", folder, err)
 
@@ -146,14 +159,14 @@ def authentic(folder: Path) -> bool:
     return data is not None and secret.verify(_PURPOSE, _payload(data), data.get("mac"))
 
 
-def _changed_pickles(folder: Path) -> list[str]:
+def _changed_pickles(folder: Path, storage: str | None) -> list[str]:
     """Ray's pickled files that differ from what the last search here sealed (planted, changed or unsealed)."""
     data = _read_data(Path(folder) / ORIGIN_FILE) or {}
     sealed = data.get("pickles") if isinstance(data.get("pickles"), dict) else {}
-    return [name for name, digest in _pickled_files(Path(folder)).items() if sealed.get(name) != digest]
+    return [name for name, digest in _pickled_files(Path(folder), storage).items() if sealed.get(name) != digest]
 
 
-def _untrusted_reason(folder: Path) -> str | None:
+def _untrusted_reason(folder: Path, storage: str | None) -> str | None:
     """Why the folder cannot be resumed without --trust-resume; None when it can."""
     found = read(folder)
     if found is None:
@@ -165,7 +178,7 @@ def _untrusted_reason(folder: Path) -> str | None:
         )
     if not found.same_place(Origin.here(folder)):
         return f"it was created at {found.describe()}"
-    changed = _changed_pickles(folder)
+    changed = _changed_pickles(folder, storage)
     if changed:
         return (
             f"Ray's state {', '.join(changed[:3])} changed since your last search here sealed it (planted, or that "
@@ -174,10 +187,10 @@ def _untrusted_reason(folder: Path) -> str | None:
     return None
 
 
-def check_resume(folder: Path, trusted: bool) -> None:
+def check_resume(folder: Path, trusted: bool, storage: str | None = None) -> None:
     """Refuse to resume a folder whose origin and pickles this user's key does not vouch for (InputError naming it
     and the flag), unless trusted: then it is adopted (origin.json now records and seals it here), with a warning."""
-    why = _untrusted_reason(folder)
+    why = _untrusted_reason(folder, storage)
     if why is None:
         return
     if not trusted:
@@ -186,4 +199,4 @@ def check_resume(folder: Path, trusted: bool) -> None:
             f"(tuner.pkl), which can run code. If you trust its contents, pass {TRUST_FLAG} to resume it here"
         )
     log.warning("%s: resuming a folder not created here (%s), trusted by %s", folder, why, TRUST_FLAG)
-    record(folder)
+    record(folder, storage)
