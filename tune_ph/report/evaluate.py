@@ -59,8 +59,8 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Predict the test split with a checkpoint; write test_predictions.csv, metrics.json, residuals.png.
 
-    dataset: a TokenizedDataset (reused as is), a source string, or None for the source in the saved config; a
-    source is split as the run's split.json beside the checkpoint says (checked), else as its config draws it.
+    dataset: a TokenizedDataset (reused as is), a source string, or None for the source in the saved config; the
+    run's own source is split as its split.json beside the checkpoint says (checked), else as its config draws it.
     output_dir: defaults to the checkpoint's folder. The metrics hold 95 % bootstrap intervals (test_r2_ci95, ...)
     and, given the baseline chosen on val with its test predictions, "vs_baseline": the paired difference in R².
     """
@@ -69,7 +69,8 @@ def evaluate_checkpoint(
     cfg = checkpoint.train_config
     if dataset is None or isinstance(dataset, str):
         source = dataset if isinstance(dataset, str) else cfg.dataset
-        if os.path.lexists(checkpoint_path.parent / files.SPLIT_FILE):  # the run's own split, checked
+        # The run's own data: its own split, checked (another dataset's samples are split as the config draws them).
+        if source == cfg.dataset and os.path.lexists(checkpoint_path.parent / files.SPLIT_FILE):
             df = sources.load_samples(source, skip_bad_rows=cfg.skip_bad_rows)
             split = checkpoint_split(checkpoint_path, checkpoint, df)
             dataset = tokens.build(
