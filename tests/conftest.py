@@ -15,9 +15,10 @@ from tune_ph.commands import search as search_cli
 
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory):
-    """The session's token cache: out of the user's home, shared by the session's processes, env restored."""
+    """The session's token cache and secret key: out of the user's home, shared by its processes, env restored."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TUNE_PH_CACHE", str(tmp_path_factory.mktemp("token_cache")))
+        mp.setenv("TUNE_PH_CONFIG", str(tmp_path_factory.mktemp("config")))  # the secret key: not the user's
         yield
 
 

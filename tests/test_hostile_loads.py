@@ -9,6 +9,7 @@ below what they declare.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import logging
@@ -34,7 +35,7 @@ import torch
 from helpers import ROOT, TINY, TINY_MODEL, motif_dataset, tiny_space, write_space
 
 from hyena_dna import HyenaDNAConfig, HyenaDNAModel, memory
-from tune_ph import cli, files
+from tune_ph import cli, files, secret
 from tune_ph.commands import evaluate as evaluate_cli
 from tune_ph.commands import export as export_cli
 from tune_ph.commands import monitor as monitor_cli
@@ -317,6 +318,58 @@ def test_a_changed_token_cache_entry_fails_its_hash(tmp_path, caplog):
         tokens.TokenizedDataset.load(entry)
 
 
+def test_a_cache_entry_hashed_without_this_users_key_is_recomputed(tmp_path, monkeypatch, caplog):
+    """Anyone who can write the cache can compute a plain hash; only this user's key makes a MAC that passes."""
+    df, split, entry = _token_cache_entry(tmp_path)
+    poisoned = tokens.TokenizedDataset.load(entry)
+    poisoned.ph = (poisoned.ph + 1.5).astype(np.float32)
+    monkeypatch.setattr(secret, "key", lambda: b"k" * secret.KEY_BYTES)  # the writer's key is not ours
+    poisoned.save(entry)
+    monkeypatch.undo()
+    monkeypatch.setenv("TUNE_PH_CACHE", os.environ["TUNE_PH_CACHE"])
+    with pytest.raises(ValueError, match="does not match its hash"):
+        tokens.TokenizedDataset.load(entry)
+    with caplog.at_level(logging.WARNING, logger="tune_ph.data.tokens"):
+        again = tokens.build(df, split, max_length=64, max_sets=2, cache_dir=entry.parent)
+    assert "ignoring unreadable token cache" in caplog.text
+    np.testing.assert_array_equal(again.ph, tokens.build(df, split, max_length=64, max_sets=2, use_cache=False).ph)
+
+
+def _baseline_entry(tmp_path: Path) -> tuple[Path, dict]:
+    from tune_ph.baseline import members
+
+    table = pd.DataFrame(
+        {"sample_id": ["a", "b", "c"], "study_name": "s", "true_ph": [5.0, 6.0, 7.0], "environment": "soil"}
+    )
+    table["predicted_ph_mean"] = [5.5, 6.0, 6.5]
+    table["residual_mean"] = table["true_ph"] - table["predicted_ph_mean"]
+    from tune_ph.metrics import regression_metrics
+
+    metrics = {"name": "ridge", **regression_metrics(table["true_ph"].to_numpy(), table["predicted_ph_mean"], "test_")}
+    path = tmp_path / "entry.json"
+    members.store(members.Baseline("ridge", metrics, table[list(members.PREDICTION_COLUMNS)]), path)
+    return path, json.loads(path.read_text())
+
+
+@pytest.mark.parametrize("forgery", ["plain hash", "metrics not of its predictions"])
+def test_a_forged_baseline_cache_entry_is_recomputed_with_a_warning(forgery, tmp_path, monkeypatch, caplog):
+    from tune_ph.baseline import members
+
+    path, entry = _baseline_entry(tmp_path)
+    assert members.load_cached(path, "ridge").metrics["test_r2"] == entry["metrics"]["test_r2"]
+    entry["metrics"]["test_r2"] = 0.99  # a better score than its predictions earn
+    if forgery == "plain hash":  # the unkeyed hash of earlier versions, which anyone can recompute
+        payload = json.dumps({k: entry[k] for k in ("metrics", "test_predictions")}, sort_keys=True).encode()
+        entry[members.HASH_KEY] = hashlib.blake2b(payload, key=path.name.encode(), digest_size=16).hexdigest()
+    else:  # even a MAC of this user's key (a bug, a stale format) cannot make metrics disagree with predictions
+        entry[members.HASH_KEY] = members._entry_hash(entry, path)
+    path.write_text(json.dumps(entry))
+    with caplog.at_level(logging.WARNING):
+        assert members.load_cached(path, "ridge") is None
+    expected = "does not match its hash" if forgery == "plain hash" else "its test_r2 (0.99) is not that of"
+    assert "recomputing it" in caplog.text and expected in caplog.text, caplog.text
+
+
 def _gzip_members(*parts: tuple[bytes, int]) -> bytes:
     """A multi-member gzip: each (data, repeat) compressed once and repeated; fast to build whatever it expands to."""
     return b"".join(gzip.compress(data, compresslevel=9) * repeat for data, repeat in parts)
@@ -335,7 +388,7 @@ def test_fasta_bombs_are_streamed_with_the_cap_applied_while_reading(tmp_path):
 
 # Every bomb above, loaded in one fresh interpreter: its peak memory shows that none was read.
 PEAK_SCRIPT = """
-import json, resource, sys
+import json, sys
 from pathlib import Path
 root = Path(sys.argv[1])
 out = {}
@@ -355,11 +408,14 @@ attempt("state", lambda: load_state(root / "state.pt", what="trial checkpoint"))
 attempt("npz", lambda: TokenizedDataset.load(root / "tokens.npz"))
 attempt("fasta_line", lambda: read_fasta(root / "line.fasta.gz", 250_000))
 attempt("fasta_header", lambda: read_fasta(root / "header.fasta.gz", 250_000))
-out["maxrss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+# The child's own peak (VmHWM, reset by exec); ru_maxrss would carry pytest's peak over fork + exec.
+with open("/proc/self/status") as fh:
+    out["vmhwm"] = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmHWM:"))
 print(json.dumps(out))
 """
 
 
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="VmHWM is Linux's")
 def test_every_bomb_is_refused_before_allocation(tmp_path):
     good = tiny_checkpoint(tmp_path / "good.pt")
     shutil.copy(good, tmp_path / "deflated.pt")
@@ -380,7 +436,7 @@ def test_every_bomb_is_refused_before_allocation(tmp_path):
     for name in ("deflated", "declared", "state", "npz"):
         assert out[name].startswith("refused"), (name, out[name])
     assert out["fasta_line"] == "read 250000" and out["fasta_header"] == "read 4", out
-    assert out["maxrss"] < PEAK_LIMIT, out  # far below the 2 GiB each bomb declares
+    assert out["vmhwm"] < PEAK_LIMIT, out  # far below the 2 GiB each bomb declares
 
 
 # ------------------------------------------------------------------------------------------------ FASTA hangs
@@ -463,7 +519,22 @@ def _received_experiment(parent: Path, marker: Path, recorded: dict | None) -> P
     return folder
 
 
-@pytest.mark.parametrize("recorded", ["elsewhere", "none", "damaged"])
+def _forge_origin(folder: Path) -> None:
+    """origin.json as a sender predicts it: this folder's path, host, user and uid, with a made-up MAC."""
+    here = origin.Origin.here(folder)
+    data = {**here.__dict__, "pickles": {}, "mac": "0" * 64}
+    (folder / origin.ORIGIN_FILE).write_text(json.dumps(data))
+
+
+def _planted_after_seal(folder: Path) -> None:
+    """A genuine origin.json of this user, sealed; then a tuner.pkl planted (a folder sent and sent back)."""
+    planted = (folder / "tuner.pkl").read_bytes()
+    (folder / "tuner.pkl").unlink()
+    origin.record(folder)
+    (folder / "tuner.pkl").write_bytes(planted)
+
+
+@pytest.mark.parametrize("recorded", ["elsewhere", "none", "damaged", "forged", "planted"])
 def test_resume_refuses_a_folder_not_created_here(recorded, tmp_path, capsys):
     import ray
 
@@ -476,6 +547,10 @@ def test_resume_refuses_a_folder_not_created_here(recorded, tmp_path, capsys):
     )
     if recorded == "damaged":
         (folder / origin.ORIGIN_FILE).write_text("{not json")
+    if recorded == "forged":
+        _forge_origin(folder)
+    if recorded == "planted":
+        _planted_after_seal(folder)
     before = sorted(p.name for p in folder.iterdir())
     ray_before = ray.is_initialized()
     rc = search_cli.main(
@@ -483,8 +558,10 @@ def test_resume_refuses_a_folder_not_created_here(recorded, tmp_path, capsys):
     )
     err = one_line_error(capsys)
     assert rc == cli.EXIT_BAD_INPUT and str(folder) in err and "--trust-resume" in err and "can run code" in err, err
-    if recorded == "elsewhere":
-        assert "/home/someone/experiments/tiny on lab-7 by eve" in err
+    if recorded in ("elsewhere", "forged"):
+        assert f"does not carry your key's MAC ({secret.key_path()})" in err
+    if recorded == "planted":
+        assert "Ray's state tuner.pkl changed since your last search here sealed it" in err
     assert not marker.exists()  # the planted tuner.pkl was never unpickled
     assert sorted(p.name for p in folder.iterdir()) == before and ray.is_initialized() == ray_before
 
@@ -504,6 +581,53 @@ def test_origin_is_recorded_checked_and_adopted_when_trusted(tmp_path, caplog):
     assert "trusted by --trust-resume" in caplog.text
     origin.check_resume(copy, trusted=False)  # adopted: it now records this place
     assert origin.read(folder) == recorded  # the original's record is untouched
+
+
+def test_the_seal_vouches_for_pickles_written_here_and_only_for_them(tmp_path):
+    folder = tmp_path / "exp"
+    folder.mkdir()
+    origin.record(folder)
+    (folder / "tuner.pkl").write_bytes(b"written by this user's search")
+    (folder / "experiment_state-2026.json").write_text("{}")
+    with pytest.raises(InputError, match="experiment_state-2026.json, tuner.pkl changed since"):
+        origin.check_resume(folder, trusted=False)
+    origin.seal(folder)  # what locked_search does once Ray has written its last pickle
+    origin.check_resume(folder, trusted=False)
+    (folder / "experiment_state-2026.json").write_text('{"trial_data": "cloudpickled code"}')
+    with pytest.raises(InputError, match="experiment_state-2026.json changed since"):
+        origin.check_resume(folder, trusted=False)
+    forged = tmp_path / "forged"  # a seal is never written over a folder the key does not vouch for
+    forged.mkdir()
+    _forge_origin(forged)
+    (forged / "tuner.pkl").write_bytes(b"planted")
+    origin.seal(forged)
+    assert not origin.authentic(forged)
+
+
+def test_the_seal_covers_ray_state_under_a_local_storage(tmp_path):
+    folder, storage = tmp_path / "exp", tmp_path / "store"
+    folder.mkdir()
+    (storage / "exp").mkdir(parents=True)
+    (storage / "exp" / "tuner.pkl").write_bytes(b"written by this user's search")
+    origin.record(folder, str(storage))
+    origin.check_resume(folder, trusted=False, storage=str(storage))
+    (storage / "exp" / "tuner.pkl").write_bytes(b"planted")
+    with pytest.raises(InputError, match="Ray's state storage:tuner.pkl changed since"):
+        origin.check_resume(folder, trusted=False, storage=str(storage))
+
+
+def test_the_secret_key_is_private_and_refused_when_others_can_read_it(tmp_path, monkeypatch):
+    monkeypatch.setenv(secret.CONFIG_ENV, str(tmp_path / "config"))
+    monkeypatch.setattr(secret, "_cached", {})
+    first = secret.key()
+    path = secret.key_path()
+    assert len(first) == secret.KEY_BYTES and path.stat().st_mode & 0o777 == 0o600
+    monkeypatch.setattr(secret, "_cached", {})
+    assert secret.key() == first  # created once, then read
+    path.chmod(0o644)
+    monkeypatch.setattr(secret, "_cached", {})
+    with pytest.raises(InputError, match=r"secret.key: the secret key must be a regular file of yours.*chmod 600"):
+        secret.key()
 
 
 def _searcher(cls, study_file: Path):

@@ -121,8 +121,9 @@ def test_split_json_beside_the_checkpoint_wins(checkpoint: Path, demo: pd.DataFr
     run = tmp_path / "run"
     run.mkdir()
     shutil.copy(checkpoint, run / "best_model.pt")
-    chosen = sorted(demo["sample_id"])[:7]
-    (run / "split.json").write_text(json.dumps({"train": [], "val": [], "test": chosen}))
+    ids = sorted(demo["sample_id"])
+    chosen = ids[:7]  # not what the config draws; an ids-only split.json (older runs) records no seed to redraw it
+    (run / "split.json").write_text(json.dumps({"train": ids[37:], "val": ids[7:37], "test": chosen}))
     table = inference.predict_samples(run, demo, split="test", device="cpu")
     assert sorted(table["sample_id"]) == chosen
 

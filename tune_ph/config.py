@@ -27,6 +27,18 @@ LR_SCHEDULERS: tuple[str, ...] = ("none", "plateau")
 # How samples are split (tune_ph.data.split): by sample (the published split) or by holding out whole studies.
 SPLIT_BY: tuple[str, ...] = ("none", "study")
 MIN_MAX_LENGTH = 8
+# Upper bounds of the size-like fields: a file of a few bytes (a checkpoint's train_config, a YAML) must not declare
+# gigabytes. A 16,384-cluster MLP head is 134M weights (512 MiB, 2 GiB with AdamW's moments and gradients); the
+# rest bound loops and batches far above any useful value.
+MAX_SIZES: dict[str, int] = {
+    "clusters": 16_384,
+    "cluster_dims": 4_096,  # hyena_dna's largest d_model
+    "batch_size": 65_536,
+    "sets_per_step": 65_536,
+    "max_sets": 1_000_000,
+    "epochs": 1_000_000,
+    "early_stopping_patience": 1_000_000,
+}
 
 
 def _field(default: Any, help: str, **meta: Any) -> Any:
@@ -339,6 +351,18 @@ RULES: dict[str, schema.Rule] = {
     "device": _device,
     "model": _model,
 }
+
+
+def _bounded(name: str, rule: schema.Rule | None) -> schema.Rule:
+    def check(value: int) -> str | None:
+        if value > MAX_SIZES[name]:
+            return f"{name} must be at most {MAX_SIZES[name]:,}, got {value!r}"
+        return rule(value) if rule else None
+
+    return check
+
+
+RULES.update({name: _bounded(name, RULES.get(name)) for name in MAX_SIZES})
 
 
 def _check_model_config(value: dict[str, Any]) -> None:

@@ -95,6 +95,10 @@ def _free_space(folder: Path) -> str:
         return "free space unknown"
 
 
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    return _atomic(path, lambda fh: fh.write(data))
+
+
 def write_text(path: str | os.PathLike, text: str) -> Path:
     return _atomic(path, lambda fh: fh.write(text.encode("utf-8")))
 
@@ -136,6 +140,31 @@ def _memory_cap(path: Path, declared: int, what: str) -> None:
             f"{path}: the {what} declares {declared / 2**20:,.0f} MiB of data, more than the "
             f"{available / 2**20:,.0f} MiB of memory available; refusing to load it"
         )
+
+
+def inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    """Whether path is no link and stays inside folder once every link on its way is followed."""
+    path = Path(path)
+    return not path.is_symlink() and path.resolve().is_relative_to(Path(folder).resolve())
+
+
+def read_inside(path: str | os.PathLike, folder: str | os.PathLike, *, max_bytes: int, what: str = "file") -> str:
+    """The text of a file of a (possibly received) folder: never through a link, never a FIFO or device, never more
+    than max_bytes. Raises ValueError naming the file (a reader maps it to its own error)."""
+    path = Path(path)
+    if not inside(path, folder):
+        raise ValueError(f"the {what} is a link or leads outside {folder}; links in a received folder are never read")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as err:
+        raise ValueError(f"cannot read the {what} ({err.strerror})") from None
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fh.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(f"the {what} is not a regular file (a FIFO, device or socket)")
+        if info.st_size > max_bytes:
+            raise ValueError(f"the {what} holds {info.st_size:,} bytes, more than the {max_bytes:,} it can")
+        return fh.read(max_bytes + 1).decode("utf-8", errors="replace")
 
 
 def regular_file(path: str | os.PathLike, what: str = "file") -> Path:
@@ -235,8 +264,11 @@ def load_npz(path: str | os.PathLike, *, max_bytes: int, what: str = "cache entr
 
 
 def content_hash(arrays: dict[str, np.ndarray], key: str = "") -> str:
-    """A hash of named arrays (names, dtypes, shapes and bytes) and a key: a cache entry's own check."""
-    h = hashlib.blake2b(key.encode(), digest_size=16)
+    """A MAC of named arrays (names, dtypes, shapes and bytes) and a key (the entry's name) under this user's secret
+    key: a cache entry's own check, which no one without that key can forge for a planted entry."""
+    from tune_ph import secret
+
+    h = hashlib.blake2b(key.encode(), key=secret.key(), digest_size=16)
     for name in sorted(arrays):
         value = np.ascontiguousarray(arrays[name])
         h.update(f"\x1e{name}\x1f{value.dtype.str}\x1f{value.shape}\x1f".encode())

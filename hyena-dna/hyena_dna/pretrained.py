@@ -378,9 +378,8 @@ def checkpoint_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def load_backbone_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Strict load: every missing, unexpected or mis-shaped key is an error that lists them."""
-    expected = model.state_dict()
+def check_backbone_weights(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], source: str) -> None:
+    """Every missing, unexpected or mis-shaped key, and every non-finite weight, is an error that lists them."""
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     mis_shaped = sorted(
@@ -393,7 +392,17 @@ def load_backbone_weights(model: torch.nn.Module, state: dict[str, torch.Tensor]
         for title, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mis_shaped)):
             if keys:
                 parts.append(f"  {len(keys)} {title}: " + ", ".join(keys[:20]) + (" ..." if len(keys) > 20 else ""))
+        declared, carried = (sum(t.numel() for t in d.values()) for d in (expected, state))
+        parts[0] += f" its config declares {declared:,} numbers, the file carries {carried:,}"
         raise CheckpointKeyError("\n".join(parts))
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if bad is not None:
+        raise UnsafeCheckpointError(f"{source}: its weight {bad} holds NaN or infinite values; the file is damaged")
+
+
+def load_backbone_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Strict load: every missing, unexpected or mis-shaped key is an error that lists them."""
+    check_backbone_weights(model.state_dict(), state, source)
     model.load_state_dict(state, strict=True)
 
 
@@ -595,7 +604,6 @@ def load_pretrained(cls: type, name_or_path: str | Path, *, shift: float | None 
     config = HyenaDNAConfig.from_json(folder / CONFIG_NAME)
     if shift is not None:
         config.shift = shift
-    model = cls(config)
     weights = folder / _weights_name(layout)
     if layout == "hf":
         # safetensors checks its header against the file's size; the size itself is checked against the config.
@@ -607,6 +615,12 @@ def load_pretrained(cls: type, name_or_path: str | Path, *, shift: float | None 
         state = from_hf_layout(read_safetensors(weights), config, source=str(weights))
     else:
         state = backbone_state_dict(read_checkpoint_tensors(weights, max_bytes=checkpoint_cap(config)))
+    # The file must carry the tensors its config declares before the model is built: a 1 MB folder whose
+    # config.json declares a 5 GB model is refused from a build on the meta device (shapes only, no memory).
+    with torch.device("meta"):
+        declared = cls(config)
+    check_backbone_weights(declared.state_dict(), state, str(weights))
+    model = cls(config)
     load_backbone_weights(model, state, str(weights))
     return model
 

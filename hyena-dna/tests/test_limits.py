@@ -45,12 +45,21 @@ def declare_size(path: Path, entry: str, size: int) -> None:
     path.write_bytes(bytes(blob))
 
 
+# The child's own peak RSS: VmHWM of its address space (reset by exec). Not ru_maxrss: Linux carries the parent's
+# peak over fork + exec into it, so under a big pytest it measures pytest.
+PEAK_PRINT = """
+def _vm_hwm():
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmHWM:"))
+print("vmhwm", _vm_hwm())
+"""
+
+
 def rss_after(code: str) -> tuple[int, str]:
-    """Run code in a fresh interpreter; (its peak RSS in bytes, its output). The code's last line prints."""
-    script = code + "\nimport resource; print('maxrss', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    """Run code in a fresh interpreter; (its own peak RSS in bytes, its output). The code's last line prints."""
+    done = subprocess.run([sys.executable, "-c", code + PEAK_PRINT], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    peak = int(done.stdout.split("maxrss")[-1]) * 1024
+    peak = int(done.stdout.split("vmhwm")[-1])
     return peak, done.stdout
 
 
@@ -199,6 +208,7 @@ def _bomb(path: Path, declared: int) -> Path:
     return path
 
 
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="VmHWM is Linux's")
 def test_a_2gib_declared_checkpoint_is_refused_with_low_memory(tmp_path):
     path = _bomb(tmp_path / "weights.ckpt", 2**31)
     assert path.stat().st_size < 1 << 20
@@ -230,3 +240,28 @@ def test_a_fifo_weights_file_is_refused_without_blocking(tmp_path):
     os.mkfifo(path)
     with pytest.raises(ValueError, match="not a regular file"):
         read_checkpoint_tensors(path)
+
+
+def test_a_weights_folder_must_carry_what_its_config_declares_before_it_is_built(tmp_path, monkeypatch):
+    folder = tmp_path / "ckpt"
+    HyenaDNAModel(tiny()).save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    # 0.8 G numbers (3.2 GB): below the bounds and, here, below the memory available; the file holds 20 k.
+    (folder / "config.json").write_text(json.dumps({**config, "d_model": 2048, "n_layer": 16, "d_inner": 8192}))
+    monkeypatch.setattr(memory, "available_memory", lambda: 64 << 30)
+    built = []
+    monkeypatch.setattr(HyenaDNAModel, "load_state_dict", lambda *a, **k: built.append(1))
+    with pytest.raises(pretrained.CheckpointKeyError, match=r"its config declares 808,\d{3},\d{3} numbers, the file"):
+        HyenaDNAModel.from_pretrained(folder)
+    assert not built  # refused from a meta-device build; tests/test_hostile_files.py measures the peak RSS
+
+
+def test_a_weights_file_with_non_finite_values_is_refused(tmp_path):
+    folder = tmp_path / "ckpt"
+    HyenaDNAModel(tiny()).save_pretrained(folder)
+    state = torch.load(folder / "weights.ckpt", weights_only=True)
+    name = next(k for k in state["state_dict"] if k.endswith("ln_f.weight"))
+    state["state_dict"][name][0] = float("inf")
+    torch.save(state, folder / "weights.ckpt")
+    with pytest.raises(UnsafeCheckpointError, match=r"ln_f.weight holds NaN or infinite values"):
+        HyenaDNAModel.from_pretrained(folder)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tune_ph import files
+from tune_ph import files, secret
 from tune_ph.data import token_cache
 from tune_ph.data.token_cache import default_cache_dir
 from tune_ph.errors import InputError
@@ -145,10 +145,22 @@ def cache_path(folder: Path, fingerprint: str, name: str, settings: Mapping[str,
 
 
 def _entry_hash(entry: Mapping[str, Any], path: Path) -> str:
-    """The content hash of a cache entry (its metrics and predictions, as JSON), keyed by its file name."""
+    """The MAC of a cache entry (its metrics and predictions, as JSON, and its file name) under this user's key."""
     content = files.json_safe({k: entry.get(k) for k in ("metrics", "test_predictions")})  # as written to disk
     payload = json.dumps(content, sort_keys=True, default=str)
-    return hashlib.blake2b(payload.encode(), key=path.name.encode()[:64], digest_size=16).hexdigest()
+    return secret.mac("tune_ph baseline cache v1", path.name.encode() + b"\x00" + payload.encode())
+
+
+def _check_test_metrics(metrics: Mapping[str, Any], table: pd.DataFrame) -> None:
+    """The cached test metrics are those of the cached test predictions (ValueError naming the first that is not)."""
+    true = table[files.TRUE_PH].to_numpy(dtype=np.float64)
+    predicted = table[files.PREDICTED_PH].to_numpy(dtype=np.float64)
+    if not (np.isfinite(true).all() and np.isfinite(predicted).all()):
+        raise ValueError("its test predictions are not all finite")
+    for key, value in regression_metrics(true, predicted, split="test").items():
+        cached = metrics.get(key)
+        if not (isinstance(cached, (int, float)) and np.isclose(cached, value, rtol=1e-6, atol=1e-9, equal_nan=True)):
+            raise ValueError(f"its {key} ({cached}) is not that of its test predictions ({value:.6g})")
 
 
 def load_cached(path: Path, name: str) -> Baseline | None:
@@ -164,6 +176,7 @@ def load_cached(path: Path, name: str) -> Baseline | None:
         metrics = {
             k: (float("nan") if v is None and k.endswith(_METRIC_SUFFIXES) else v) for k, v in entry["metrics"].items()
         }
+        _check_test_metrics(metrics, table)
     except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:  # recomputed
         log.warning("ignoring unreadable baseline cache %s (%s); recomputing it", path, exc)
         return None

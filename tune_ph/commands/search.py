@@ -39,8 +39,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         origin.TRUST_FLAG,
         action="store_true",
-        help="with --resume: resume a folder that was not created here (moved, copied or received); its Ray state "
-        "is unpickled, which can run code, so only for folders you trust",
+        help="with --resume: resume a folder your key does not vouch for (moved, copied, received or changed); its "
+        "Ray state is unpickled, which can run code, so only for folders you trust",
     )
     overrides = p.add_argument_group("overrides of the YAML (fixed TrainConfig values)")
     config.add_arguments(overrides, only=OVERRIDE_FIELDS, overrides=True)
@@ -58,7 +58,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="serve the dashboard on this interface instead of 127.0.0.1 "
         "(reachable from other machines; use with care)",
     )
-    ray_group.add_argument("--dashboard-port", type=int, default=8265)
+    ray_group.add_argument(
+        "--dashboard-port",
+        type=int,
+        default=None,
+        help="the Ray dashboard's port (default 8265, or a free one when another Ray holds it; 0: a free one)",
+    )
     watch = p.add_argument_group("watching the search")
     watch.add_argument(
         "--optuna-dashboard",
@@ -116,14 +121,18 @@ def _main(argv: Sequence[str] | None) -> int:
 
     if (args.dashboard or args.dashboard_host) and not args.address:
         cluster.require_dashboard()
+        # A port in use (another Ray) is found now, before anything is written, not as Ray's ValueError later.
+        args.dashboard_port = cluster.dashboard_port(args.dashboard_port, args.dashboard_host)
+    if args.dashboard_port is None:
+        args.dashboard_port = cluster.DEFAULT_DASHBOARD_PORT
     spec, folder, saved_storage = load_spec(
         args.space, args.name, Path(args.output_dir), args.resume, overrides, loaded=given
     )
-    if args.resume:  # before anything of the folder is unpickled: only folders created here, or trusted ones
-        origin.check_resume(folder, trusted=args.trust_resume)
     storage = args.storage or saved_storage
     if storage and "://" not in storage:
         storage = str(Path(storage).expanduser().resolve())
+    if args.resume:  # before anything of the folder is unpickled: only folders created here, or trusted ones
+        origin.check_resume(folder, trusted=args.trust_resume, storage=storage)
     if not args.resume:
         spec, folder = unused_experiment(spec, folder, storage)
     if args.resume and overrides:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +12,7 @@ import torch
 
 from hyena_dna import HyenaDNAConfig
 from hyena_dna.memory import check_memory, model_bytes
-from tune_ph.config import TrainConfig
+from tune_ph.config import MIN_MAX_LENGTH, TrainConfig
 from tune_ph.errors import InputError
 from tune_ph.files import load_torch, save_torch
 from tune_ph.metrics import VAL_LOSS, best_column
@@ -19,6 +20,9 @@ from tune_ph.metrics import VAL_LOSS, best_column
 _REQUIRED = object()
 # What a checkpoint holds besides the weights without which it cannot be rebuilt: every version wrote them.
 REQUIRED_KEYS = ("model", "train_config", "model_config", "target_mean", "target_std")
+
+# The clusters fit's buffers in a regressor's state_dict (model.regressor.ReadClusters).
+_CENTROIDS, _PROJECTION = "aggregation.clusters.centroids", "aggregation.clusters.projection"
 
 _TYPE_NAMES = {dict: "a mapping", list: "a list", str: "a string", int: "an integer", float: "a number"}
 
@@ -79,7 +83,17 @@ def state_budget(state: Any) -> int:
     except (TypeError, ValueError):  # the reader says what is wrong with it, once the small file is read
         return _STATE_EXTRA_BYTES
     check_memory(config)
-    head = 2 * config.d_model**2 * 4  # a head and aggregation of up to 2 d_model^2 float32 weights
+    # A head and aggregation of up to 2 width^2 float32 weights, the width being d_model or the clusters (bounded
+    # by config.MAX_SIZES), and the clusters fit.
+    width, dims = config.d_model, 0
+    saved = state.get("train_config")
+    if isinstance(saved, dict) and saved.get("aggregation") == "clusters":
+        try:
+            train = TrainConfig.from_saved(saved)
+            width, dims = max(width, train.clusters), train.cluster_dims
+        except InputError:  # the reader says what is wrong with it
+            pass
+    head = 2 * width**2 * 4 + 4 * (width + config.d_model) * dims
     return _STATE_COPIES * (model_bytes(config) + head) + _STATE_EXTRA_BYTES
 
 
@@ -184,6 +198,58 @@ class Checkpoint:
     def num_parameters(self) -> int:
         """Numbers in the weights (the regressor's parameters and buffers)."""
         return sum(t.numel() for t in self.weights.values())
+
+
+def check_consistent(checkpoint: Checkpoint, where: str | os.PathLike) -> None:
+    """A checkpoint's fields agree with each other: a contradiction would predict silently wrong values, or fail deep
+    inside torch. Raises InputError naming the file and the field."""
+    if not (math.isfinite(checkpoint.target_std) and checkpoint.target_std > 0):
+        std = checkpoint.target_std
+        raise InputError(f"{where}: its target_std is {std}, not a positive number; the file is damaged")
+    if not math.isfinite(checkpoint.target_mean):
+        raise InputError(f"{where}: its target_mean is {checkpoint.target_mean}, not a number; the file is damaged")
+    limit = checkpoint.model_config.max_length
+    if not MIN_MAX_LENGTH <= checkpoint.max_length <= limit:
+        raise InputError(
+            f"{where}: its max_length {checkpoint.max_length} is outside {MIN_MAX_LENGTH}..{limit}, what its "
+            f"model_config (l_max {checkpoint.model_config.l_max}) allows; the file is damaged"
+        )
+    configured = checkpoint.train_config.max_length
+    if configured is not None and configured != checkpoint.max_length:
+        raise InputError(
+            f"{where}: its max_length {checkpoint.max_length} contradicts its train_config's max_length {configured}; "
+            "the file is damaged"
+        )
+
+
+def check_values(weights: dict[str, torch.Tensor], where: str | os.PathLike) -> None:
+    """Every weight finite, and a clusters fit that can tell reads apart (not all-equal centroids, not a zero
+    projection: every read would land in cluster 0). Raises InputError naming the file and the tensor."""
+    for name, value in weights.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise InputError(f"{where}: its weight {name} holds NaN or infinite values; the file is damaged")
+    centroids, projection = weights.get(_CENTROIDS), weights.get(_PROJECTION)
+    if centroids is not None and centroids.ndim == 2 and len(torch.unique(centroids, dim=0)) < len(centroids):
+        raise InputError(f"{where}: its clusters ({_CENTROIDS}) repeat a centroid; the file is damaged")
+    if projection is not None and not bool(projection.any()):
+        raise InputError(f"{where}: its clusters' projection ({_PROJECTION}) is all zeros; the file is damaged")
+
+
+def check_carried(
+    expected: dict[str, torch.Tensor], weights: dict[str, torch.Tensor], where: str | os.PathLike
+) -> None:
+    """The tensors a checkpoint carries are those its configs declare (names and shapes), checked against a model
+    built on the meta device before the real one is: a 1 MB file declaring a 5 GB model is refused unbuilt."""
+    declared = sum(t.numel() for t in expected.values())
+    carried = sum(t.numel() for t in weights.values())
+    missing = sorted(set(expected) - set(weights))
+    shaped = sorted(k for k in set(expected) & set(weights) if expected[k].shape != weights[k].shape)
+    if missing or shaped or set(weights) - set(expected):
+        first = (missing or shaped or sorted(set(weights) - set(expected)))[0]
+        raise InputError(
+            f"{where}: its configs declare a model of {declared:,} numbers but it carries {carried:,} that do not fit "
+            f"it (first: {first}); the file is damaged or crafted"
+        )
 
 
 def _effective_max_length(saved: int | None, cfg: TrainConfig, model_config: HyenaDNAConfig) -> int:

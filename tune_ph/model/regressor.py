@@ -10,13 +10,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from hyena_dna import HyenaDNAConfig, HyenaDNAModel, PretrainedNotFoundError
+from hyena_dna import CheckpointKeyError, HyenaDNAConfig, HyenaDNAModel, PretrainedNotFoundError
 from hyena_dna.model import HyenaFilter
 from tune_ph import files
 from tune_ph.config import AGGREGATIONS, MLP_HEADS, POOLINGS, TrainConfig
 from tune_ph.errors import ConfigError, InputError
 from tune_ph.model import abundance
-from tune_ph.model.checkpoint import Checkpoint
+from tune_ph.model.checkpoint import Checkpoint, check_carried, check_consistent, check_values
 from tune_ph.model.read_encoders import make_encoder, pool_hidden
 from tune_ph.model.tree_head import TreeHead
 
@@ -324,8 +324,40 @@ def _head(cfg: TrainConfig, width: int) -> RegressionHead | TreeHead:
     return RegressionHead(width, cfg.head, cfg.pooling, cfg.head_dropout)
 
 
+def head_bytes(cfg: TrainConfig, d_model: int) -> int:
+    """Bytes of the aggregation and head a config declares (float32): the clusters fit and every head layer (a tree
+    head's size is its fitted model's, bounded by tree_head.MAX_MODEL_BYTES)."""
+    numel = 0
+    width = 4**cfg.encoder_k if cfg.read_encoder == "kmer" else d_model
+    n_clusters = sum(level_sizes(cfg.clusters, cfg.cluster_levels))
+    if cfg.aggregation == "clusters":
+        numel += width + width * cfg.cluster_dims + n_clusters * cfg.cluster_dims
+    elif cfg.aggregation == "attention":
+        numel += 2 * width * width + 2 * width + 1  # gated attention's two projections, roughly
+    widths = [n_clusters if cfg.aggregation == "clusters" else width]
+    widths += _widths(widths[0], _HIDDEN_LAYERS.get(cfg.head, 0)) + [1]
+    numel += sum(a * b + b for a, b in zip(widths, widths[1:])) + 2 * d_model  # + a BatchNorm's statistics
+    return 4 * numel
+
+
+def _check_head_memory(cfg: TrainConfig, d_model: int) -> None:
+    """Refuse a head that would not fit with its gradients and AdamW's moments (4 copies) before it is built."""
+    from hyena_dna.memory import available_memory
+
+    need, available = 4 * head_bytes(cfg, d_model), available_memory()
+    if available is not None and need > 0.8 * available:
+        raise ConfigError(
+            "clusters" if cfg.aggregation == "clusters" else "head",
+            f"the {cfg.head} head on {cfg.clusters if cfg.aggregation == 'clusters' else d_model} inputs needs about "
+            f"{need / 2**20:,.0f} MiB to train, more than the {available / 2**20:,.0f} MiB available; choose fewer "
+            "clusters or a smaller head",
+        )
+
+
 def _assemble(cfg: TrainConfig, backbone: HyenaDNAModel) -> PhRegressor:
     d_model = backbone.config.d_model
+    if next(backbone.parameters()).device.type != "meta":  # a meta build (shapes only) allocates nothing
+        _check_head_memory(cfg, d_model)
     encoder = make_encoder(cfg.read_encoder, cfg.encoder_k)
     width = encoder.width if encoder is not None else d_model
     clusters = None
@@ -355,7 +387,7 @@ def build_model(cfg: TrainConfig) -> PhRegressor:
                 f"{err}\nTo train the same architecture from random initialisation on purpose, "
                 "pass --from-scratch (TrainConfig.from_scratch=True)."
             ) from err
-        except ValueError as err:  # hyena_dna names the config.json or weights file it could not use
+        except (ValueError, CheckpointKeyError) as err:  # hyena_dna names the config.json or weights file
             raise InputError(str(err).splitlines()[0]) from None
     backbone.gradient_checkpointing = cfg.gradient_checkpointing
     return _assemble(cfg, backbone)
@@ -379,7 +411,18 @@ def load_checkpoint(path: str | Path) -> tuple[PhRegressor, Checkpoint]:
 
 
 def model_of(checkpoint: Checkpoint, where: str | Path = "the checkpoint") -> PhRegressor:
-    """The regressor a checkpoint's configs describe, with its weights, in eval mode."""
+    """The regressor a checkpoint's configs describe, with its weights, in eval mode; its fields, its values and
+    the tensors it carries are checked first, then the model is built (never for tensors the file does not hold)."""
+    check_consistent(checkpoint, where)
+    check_values(checkpoint.weights, where)
+    with torch.device("meta"):  # shapes only, no memory: what the configs declare
+        declared = _assemble(checkpoint.train_config, HyenaDNAModel(checkpoint.model_config))
+        match_norm(declared, checkpoint.weights)
+    expected = declared.state_dict()
+    if isinstance(declared.head, TreeHead):  # the fitted trees' size is the file's (bounded by checked_text)
+        key = "head.model_text"
+        expected[key] = TreeHead.checked_text(checkpoint.weights.get(key), str(where))
+    check_carried(expected, checkpoint.weights, where)
     model = _assemble(checkpoint.train_config, HyenaDNAModel(checkpoint.model_config))
     match_norm(model, checkpoint.weights)
     try:

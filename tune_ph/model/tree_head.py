@@ -109,16 +109,21 @@ class TreeHead(nn.Module):
                 )
         return self._booster
 
+    @staticmethod
+    def checked_text(saved: Any, where: str = "the checkpoint") -> torch.Tensor:
+        """A saved model_text buffer, if it can be one: a 1-D uint8 tensor of at most MAX_MODEL_BYTES (its size is
+        the fitted model's, so a checkpoint decides it; this bounds it)."""
+        if not (isinstance(saved, torch.Tensor) and saved.dtype == torch.uint8 and saved.dim() == 1):
+            kind = f"{tuple(saved.shape)} {saved.dtype}" if isinstance(saved, torch.Tensor) else type(saved).__name__
+            raise InputError(f"{where}: its tree head is {kind}, not a LightGBM model text (1-D uint8)")
+        if saved.numel() > MAX_MODEL_BYTES:
+            raise InputError(f"{where}: its tree head is {saved.numel():,} bytes, over {MAX_MODEL_BYTES >> 20} MB")
+        return saved
+
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
         # The model text's length is the fitted model's, not known when the head is built: take the saved size.
-        saved = state_dict.get(prefix + "model_text")
-        if isinstance(saved, torch.Tensor):
-            if saved.dtype != torch.uint8 or saved.dim() != 1 or saved.numel() > MAX_MODEL_BYTES:
-                raise InputError(
-                    f"the checkpoint's tree head is {saved.numel()} {saved.dtype} values, not a LightGBM model text "
-                    f"of at most {MAX_MODEL_BYTES >> 20} MB"
-                )
-            self.model_text = torch.zeros_like(saved)
+        if prefix + "model_text" in state_dict:
+            self.model_text = torch.zeros_like(self.checked_text(state_dict[prefix + "model_text"]))
             self._booster = None
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -12,13 +13,14 @@ import pandas as pd
 
 from tune_ph import files
 from tune_ph.baseline.reference import Reference, compare
-from tune_ph.data import sources
+from tune_ph.data import sources, tokens
 from tune_ph.data.tokens import TokenizedDataset
 from tune_ph.files import write_csv, write_json
 from tune_ph.metrics import TEST_R2, bootstrap_ci, regression_metrics
 from tune_ph.model import embeddings
 from tune_ph.model.regressor import load_checkpoint, resolve_device
 from tune_ph.report.plots import plot_residuals
+from tune_ph.training.checkpoints import checkpoint_split
 from tune_ph.training.predict import Predictions, predict
 
 log = logging.getLogger(__name__)
@@ -57,7 +59,8 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Predict the test split with a checkpoint; write test_predictions.csv, metrics.json, residuals.png.
 
-    dataset: a TokenizedDataset (reused as is), a source string, or None for the source in the saved config.
+    dataset: a TokenizedDataset (reused as is), a source string, or None for the source in the saved config; the
+    run's own source is split as its split.json beside the checkpoint says (checked), else as its config draws it.
     output_dir: defaults to the checkpoint's folder. The metrics hold 95 % bootstrap intervals (test_r2_ci95, ...)
     and, given the baseline chosen on val with its test predictions, "vs_baseline": the paired difference in R².
     """
@@ -66,7 +69,15 @@ def evaluate_checkpoint(
     cfg = checkpoint.train_config
     if dataset is None or isinstance(dataset, str):
         source = dataset if isinstance(dataset, str) else cfg.dataset
-        dataset = sources.prepare_for(replace(cfg, dataset=source, max_length=checkpoint.max_length))
+        # The run's own data: its own split, checked (another dataset's samples are split as the config draws them).
+        if source == cfg.dataset and os.path.lexists(checkpoint_path.parent / files.SPLIT_FILE):
+            df = sources.load_samples(source, skip_bad_rows=cfg.skip_bad_rows)
+            split = checkpoint_split(checkpoint_path, checkpoint, df)
+            dataset = tokens.build(
+                df, split, max_length=checkpoint.max_length, max_sets=cfg.max_sets, cache_dir=cfg.cache_dir
+            )
+        else:
+            dataset = sources.prepare_for(replace(cfg, dataset=source, max_length=checkpoint.max_length))
     elif dataset.max_length != checkpoint.max_length or dataset.max_sets != (cfg.max_sets or 0):
         raise ValueError(
             f"the dataset was tokenized with max_length={dataset.max_length}, max_sets={dataset.max_sets} but "

@@ -12,6 +12,7 @@ from tune_ph import files
 from tune_ph.baseline import reference as baselines
 from tune_ph.baseline.reference import Reference
 from tune_ph.data.tokens import TokenizedDataset
+from tune_ph.errors import InputError
 from tune_ph.files import write_json
 from tune_ph.metrics import SUMMARY_METRICS, VAL_LOSS
 from tune_ph.model.checkpoint import Checkpoint
@@ -77,7 +78,7 @@ def export_best(
     final = Path(folder) / files.BEST_DIR
     # Built beside best/ and renamed over it at the end: a failed export never loses the previous one.
     out = final.with_name(f".{final.name}.new")
-    shutil.rmtree(out, ignore_errors=True)
+    _remove(out)
     out.mkdir(parents=True)
     try:
         experiment.copy_checkpoint(trial, checkpoint, out / files.MODEL_FILE)
@@ -107,12 +108,23 @@ def export_best(
         test["checkpoint"] = str(final / files.MODEL_FILE)
         write_json(out / files.METRICS_FILE, test)
     except BaseException:
-        shutil.rmtree(out, ignore_errors=True)  # a refused or failed export leaves no half-built folder
+        _remove(out)  # a refused or failed export leaves no half-built folder
         raise
-    if final.exists():
-        shutil.rmtree(final)
+    _remove(final)
     out.rename(final)
     return test
+
+
+def _remove(path: Path) -> None:
+    """Remove a folder, or a link or file in its place (never what a link points to: a received experiment's
+    best/ may be a link to anywhere)."""
+    try:
+        if path.is_symlink() or (path.exists() and not path.is_dir()):
+            path.unlink()
+        elif path.exists():
+            shutil.rmtree(path)
+    except OSError as err:
+        raise InputError(f"{path}: cannot remove it to export the best trial ({err.strerror}); remove it") from None
 
 
 def report_baseline(folder: Path, train_config: dict[str, Any] | None) -> Reference:

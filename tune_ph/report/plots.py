@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
 
+from tune_ph.files import write_bytes
 from tune_ph.metrics import BEST_PREFIX, VAL_LOSS
 
 matplotlib.use("Agg")  # files only: runs happen on headless machines and inside Ray workers
@@ -46,11 +47,12 @@ def plot_residuals(df: pd.DataFrame, path: str | Path, *, title: str | None = No
         ax.set_title(title or f"Test residuals ({len(df)} samples)")
         ax.legend(title="environment", fontsize="small", loc="best", frameon=False)
         fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
     finally:
         plt.close(fig)
-    return path
+    # Atomic, like every output: a link planted at path is replaced, never written through.
+    return write_bytes(path, buf.getvalue())
 
 
 def figure_png(fig: Any, dpi: int = 100) -> bytes:

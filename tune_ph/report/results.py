@@ -15,7 +15,7 @@ import pyarrow.fs as pafs
 
 from tune_ph import files
 from tune_ph.errors import InputError, RunFailure
-from tune_ph.files import TRIAL_STATE_FILE, write_csv, write_json
+from tune_ph.files import TRIAL_STATE_FILE, inside, write_csv, write_json
 from tune_ph.metrics import (
     DEFAULT_METRIC,
     EPOCH_METRICS,
@@ -73,6 +73,9 @@ class Experiment:
     def _read(self, *parts: str) -> str | None:
         target = self._join(*parts)
         if self.fs.get_file_info(target).type != pafs.FileType.File:
+            return None
+        if isinstance(self.fs, pafs.LocalFileSystem) and not inside(target, self.root):
+            log.warning("%s is a link (or leads outside the experiment); not read", target)
             return None
         with self.fs.open_input_stream(target) as stream:
             return stream.read().decode("utf-8", errors="replace")

@@ -8,6 +8,7 @@ import logging
 import os
 import secrets
 import shutil
+import socket
 import stat
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 import ray
 from ray._private import ray_constants
 
-from tune_ph.errors import SetupError
+from tune_ph.errors import InputError, SetupError
 
 __all__ = ["check_auth", "init_ray", "print_dashboard"]
 
@@ -228,6 +229,114 @@ def require_dashboard() -> None:
         )
 
 
+DEFAULT_DASHBOARD_PORT = 8265  # Ray's
+_AGENT_PORT = 52365  # Ray's dashboard agent's HTTP port (ray_constants.DEFAULT_DASHBOARD_AGENT_LISTEN_PORT)
+# Of a finite address-space limit (ulimit -v), what the object store may take: the raylet maps it whole, and the
+# raylet's own code, threads and heap need the rest.
+_OBJECT_STORE_SHARE_OF_AS = 0.25
+_MIN_OBJECT_STORE = 80 << 20  # Ray refuses a smaller one
+
+
+def port_free(host: str, port: int) -> bool:
+    """Whether a TCP port can be bound on host now (another Ray's dashboard or agent holds its ports)."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.bind((host, port))
+        return True
+    except OSError:
+        return False
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def dashboard_port(requested: int | None, host: str | None) -> int:
+    """The port the Ray dashboard will use, checked before anything is written or started: the one asked for (an
+    InputError naming --dashboard-port when it is taken), else Ray's 8265, else (taken: another Ray on this machine)
+    a free one, said in one line."""
+    host = host or LOOPBACK
+    if requested == 0:
+        return free_port(host)
+    if requested is not None:
+        if not 1 <= requested <= 65535:
+            raise InputError(f"--dashboard-port {requested}: not a TCP port; use 1-65535 (0 picks a free one)")
+        if not port_free(host, requested):
+            raise InputError(
+                f"--dashboard-port {requested}: the port is in use on {host} (another Ray?); pick another, or 0 for "
+                "a free one"
+            )
+        return requested
+    if port_free(host, DEFAULT_DASHBOARD_PORT):
+        return DEFAULT_DASHBOARD_PORT
+    chosen = free_port(host)
+    print(f"note: port {DEFAULT_DASHBOARD_PORT} is in use (another Ray?); the dashboard uses port {chosen}")
+    return chosen
+
+
+@contextlib.contextmanager
+def _agent_port() -> Iterator[None]:
+    """While Ray starts: when another Ray holds the dashboard agent's port, give ours a free one (Ray would log
+    `Failed to bind` errors mid-search and retry). ray.init has no argument for it, so RayParams' default moves."""
+    from ray._private import parameter
+
+    if port_free(LOOPBACK, _AGENT_PORT):
+        yield
+        return
+    original = parameter.RayParams.__init__
+    port = free_port()
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("dashboard_agent_listen_port", port)
+        original(self, *args, **kwargs)
+
+    parameter.RayParams.__init__ = init
+    try:
+        yield
+    finally:
+        parameter.RayParams.__init__ = original
+
+
+def _address_limit() -> int | None:
+    """This process's address-space limit (ulimit -v) in bytes; None when there is none."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    except (ImportError, OSError, ValueError):
+        return None
+    return None if soft == resource.RLIM_INFINITY else int(soft)
+
+
+def _start_local(kwargs: dict[str, Any], *, dashboard: bool, host: str, port: int) -> Any:
+    """ray.init of a loopback-only node here; under an address-space limit its object store sized to fit, and a
+    start that fails anyway a SetupError naming the limit."""
+    limit = _address_limit()
+    if limit is not None:  # Ray's default store (30 % of RAM) is mapped whole: it would not start under the limit
+        kwargs["object_store_memory"] = max(int(limit * _OBJECT_STORE_SHARE_OF_AS), _MIN_OBJECT_STORE)
+    try:
+        with loopback_node(), _agent_port():
+            return ray.init(
+                address="local",
+                include_dashboard=dashboard,
+                dashboard_host=host,
+                dashboard_port=port,
+                _node_ip_address=LOOPBACK,
+                **kwargs,
+            )
+    except Exception as err:  # Ray says "node timed out during startup", naming neither cause nor fix
+        if limit is None:
+            raise
+        ray.shutdown()
+        raise SetupError(
+            f"Ray could not start under this process's address-space limit (ulimit -v: {limit / 2**20:,.0f} MiB): "
+            f"{str(err).splitlines()[0][:200] if str(err) else type(err).__name__}; raise the limit "
+            "(`ulimit -v unlimited`) or run where it is larger"
+        ) from None
+
+
 def init_ray(
     *,
     address: str | None = None,
@@ -292,15 +401,7 @@ def init_ray(
         kwargs["_temp_dir"] = temp_dir
     if runtime_env is not None:
         kwargs["runtime_env"] = runtime_env
-    with loopback_node():
-        ctx = ray.init(
-            address="local",
-            include_dashboard=dashboard,
-            dashboard_host=host,
-            dashboard_port=dashboard_port,
-            _node_ip_address=LOOPBACK,
-            **kwargs,
-        )
+    ctx = _start_local(kwargs, dashboard=dashboard, host=host, port=dashboard_port)
     secure_token_files()  # a token made earlier (older Ray, `ray get-auth-token --generate`) may still be 0644
     if dashboard:
         print_dashboard(ctx, None)

@@ -278,7 +278,7 @@ def locked_search(
         settings[STORAGE_KEY] = storage
     if not launch.resume:  # a resumed search keeps the settings it started with (load_spec read them)
         results.save_settings(folder, settings)
-        origin.record(folder)  # where and by whom: --resume trusts only folders created here
+        origin.record(folder, storage)  # where and by whom: --resume trusts only folders created here
     _record_environment(spec, folder)
     reference = search_baseline(spec, folder) if launch.baseline else None  # once, before any trial
     # Short epochs make Tune snapshot often (num_to_keep forces it); that is expected here, not a problem.
@@ -323,6 +323,7 @@ def locked_search(
             dashboard.stop()
         if shutdown:
             ray.shutdown()
+        origin.seal(folder, storage)  # Ray wrote its last pickle: MAC them, so --resume tells them from planted ones
         if session is not None:
             cluster.remove_session_dir(session, keep=keep_logs)
 
