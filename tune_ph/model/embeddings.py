@@ -6,16 +6,20 @@ import hashlib
 import logging
 import math
 import os
+import sys
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from hyena_dna import HyenaDNAModel
+from hyena_dna import HyenaDNAModel, tokenizer
+from hyena_dna.config import HyenaDNAConfig
 from tune_ph import files
 from tune_ph.config import POOLINGS
 from tune_ph.data import token_cache
@@ -77,48 +81,212 @@ def distinct_sets(dataset: TokenizedDataset) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(representatives, dtype=np.int64), inverse
 
 
+@dataclass(frozen=True)
+class TokenShard:
+    """Some distinct token sequences as flat arrays (cheap to pickle and to send to a worker): sequence i is
+    ids[offsets[i]:offsets[i + 1]], left-padded with [PAD] to max_length when it is embedded."""
+
+    ids: np.ndarray  # uint8 (total_tokens,)
+    offsets: np.ndarray  # int64 (n + 1,)
+    max_length: int
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def tokens(self) -> int:
+        return int(self.offsets[-1] - self.offsets[0])
+
+    def part(self, start: int, stop: int) -> TokenShard:
+        """Sequences start..stop-1 as their own shard (views where possible)."""
+        offsets = self.offsets[start : stop + 1]
+        return TokenShard(self.ids[offsets[0] : offsets[-1]], offsets - offsets[0], self.max_length)
+
+    def padded(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input_ids int64 (n, max_length), mask bool) of sequences start..stop-1, as TokenizedDataset.tokens_of."""
+        length = self.max_length
+        ids = np.full((stop - start, length), tokenizer.PAD_ID, dtype=np.int64)
+        mask = np.zeros((stop - start, length), dtype=bool)
+        for row, i in enumerate(range(start, stop)):
+            seq = self.ids[self.offsets[i] : self.offsets[i + 1]]
+            ids[row, length - len(seq) :] = seq
+            mask[row, length - len(seq) :] = True
+        return torch.from_numpy(ids), torch.from_numpy(mask)
+
+
+def shard_of(dataset: TokenizedDataset, set_index: np.ndarray) -> TokenShard:
+    """The token sequences of some sets of a dataset, as one TokenShard."""
+    lengths = dataset.set_lengths()[set_index]
+    offsets = np.zeros(len(set_index) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    parts = [dataset.set_tokens(int(i)) for i in set_index]
+    ids = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint8)
+    return TokenShard(ids.astype(np.uint8, copy=False), offsets, dataset.max_length)
+
+
+class Progress:
+    """How far a stage is, in reads: a bar with reads/s and time left on a terminal, else a line every tenth.
+
+    mode: "auto" (a bar when stderr is a terminal, else lines), "bar", "lines" (printed, flushed, on stdout: the
+    search's console), "log" (the same lines through logging, e.g. inside a trial) or "off".
+    """
+
+    def __init__(self, total: int, what: str = "read vectors", mode: str = "auto", stream: TextIO | None = None):
+        if mode == "auto":
+            mode = "bar" if sys.stderr.isatty() else "lines"
+        self.total, self.what, self.mode, self.stream = total, what, mode, stream
+        self.done = 0
+        self.started = time.perf_counter()
+        self._tenths = 0
+        self._bar = (
+            tqdm(total=total, desc=what, unit="read", unit_scale=True, dynamic_ncols=True) if mode == "bar" else None
+        )
+
+    def line(self) -> str:
+        """`read vectors: 30% (69,330 of 231,100 reads), 182 reads/s, about 14 min left`."""
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        rate = self.done / elapsed
+        left = (self.total - self.done) / rate if rate > 0 else float("nan")
+        share = 100 * self.done // max(self.total, 1)
+        return f"{self.what}: {share}% ({self.done:,} of {self.total:,} reads), {rate:,.0f} reads/s, {_duration(left)}"
+
+    def update(self, reads: int) -> None:
+        self.done += reads
+        if self._bar is not None:
+            self._bar.update(reads)
+            return
+        tenths = 10 * self.done // max(self.total, 1)
+        if tenths > self._tenths and self.mode in ("lines", "log"):
+            self._tenths = tenths
+            if self.mode == "log":
+                log.info("%s", self.line())
+            else:
+                print(self.line(), file=self.stream or sys.stdout, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "time left unknown"
+    if seconds < 0.5:
+        return "done"
+    if seconds < 90:
+        return f"about {seconds:.0f} s left"
+    if seconds < 5400:
+        return f"about {seconds / 60:.0f} min left"
+    return f"about {seconds / 3600:.1f} h left"
+
+
+class BackboneEncoder:
+    """A frozen HyenaDNA backbone as a picklable recipe (its config and state_dict, sent once through Ray's object
+    store): token sequences -> float32 (n, len(POOLINGS), d_model) pooled vectors. Every worker rebuilds the very
+    same weights from the state_dict, so its vectors are the driver's (never a fresh random init)."""
+
+    def __init__(self, backbone: HyenaDNAModel):
+        self.config = backbone.config.to_dict()
+        self.state = {k: v.detach().to("cpu").clone() for k, v in backbone.state_dict().items()}
+        self.shape = (len(POOLINGS), backbone.config.d_model)
+        self._built: HyenaDNAModel | None = backbone
+
+    def __getstate__(self) -> dict:
+        return {"config": self.config, "state": self.state, "shape": self.shape}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _built=None)
+
+    def backbone(self, device: torch.device) -> HyenaDNAModel:
+        if self._built is None:
+            built = HyenaDNAModel(HyenaDNAConfig.from_dict(dict(self.config)))
+            built.load_state_dict(self.state)
+            self._built = built
+        return self._built.to(device).eval()
+
+    def __call__(
+        self,
+        shard: TokenShard,
+        *,
+        device: torch.device | str = "cpu",
+        batch_size: int = CPU_BATCH,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> np.ndarray:
+        return encode(self.backbone(torch.device(device)), shard, batch_size=batch_size, on_batch=on_batch)
+
+
+def encode(
+    backbone: HyenaDNAModel,
+    shard: TokenShard,
+    *,
+    batch_size: int = CPU_BATCH,
+    on_batch: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """Run the backbone (eval mode, no gradients) over every sequence of a shard: float32 (n, len(POOLINGS),
+    d_model). Sequences are padded to the shard's max_length as everywhere else, so a vector does not depend on
+    which other sequences shared its batch."""
+    device = next(backbone.parameters()).device
+    batch_size = batch_for(device, batch_size)
+    backbone.eval()
+    out = np.zeros((len(shard), len(POOLINGS), backbone.config.d_model), dtype=np.float32)
+    with torch.inference_mode(), autocast(device):
+        for start in range(0, len(shard), batch_size):
+            stop = min(start + batch_size, len(shard))
+            ids, mask = shard.padded(start, stop)
+            ids, mask = ids.to(device), mask.to(device)
+            hidden = backbone(ids)
+            pooled = torch.stack([pool_hidden(hidden, mask, p) for p in POOLINGS], dim=1)
+            out[start:stop] = pooled.float().cpu().numpy()
+            if on_batch is not None:
+                on_batch(stop - start)
+    return out
+
+
+# What embeds the distinct reads: (encoder, shard, progress) -> (n, *encoder.shape) float32. The default runs in
+# this process; tune_ph.search.embed_stage.ray_runner spreads the shard over the Ray cluster.
+Runner = Callable[[BackboneEncoder, TokenShard, Progress], np.ndarray]
+
+
+def local_runner(device: torch.device | str = "cpu", batch_size: int = CPU_BATCH) -> Runner:
+    def run(encoder: BackboneEncoder, shard: TokenShard, progress: Progress) -> np.ndarray:
+        return encoder(shard, device=device, batch_size=batch_size, on_batch=progress.update)
+
+    return run
+
+
 def compute(
     backbone: HyenaDNAModel,
     dataset: TokenizedDataset,
     *,
     batch_size: int = 32,
     device: torch.device | str = "cpu",
-    progress: bool = True,
+    progress: bool | str = True,
+    runner: Runner | None = None,
 ) -> np.ndarray:
-    """Run the backbone (eval mode, no gradients) once over every distinct set: float32 (n_sets, len(POOLINGS),
-    d_model). Sets are padded to the dataset's max_length as everywhere else, so a vector does not depend on
-    which other sets shared its batch."""
+    """The backbone's float32 (n_sets, len(POOLINGS), d_model) vectors of every set, each distinct read embedded
+    once (by ``runner``: this process by default). progress: True/"auto" a bar or tenth-lines, False logged
+    tenth-lines, or a Progress mode."""
     device = torch.device(device)
-    batch_size = batch_for(device, batch_size)
     backbone = backbone.to(device).eval()
     representatives, inverse = distinct_sets(dataset)
-    out = np.zeros((len(representatives), len(POOLINGS), backbone.config.d_model), dtype=np.float32)
-    starts = range(0, len(representatives), batch_size)
+    shard = shard_of(dataset, representatives)
+    mode = "auto" if progress is True else "log" if progress is False else progress
+    bar = Progress(len(shard), mode=mode)
     started = time.perf_counter()
-    with torch.inference_mode(), autocast(device):
-        bar = tqdm(starts, total=len(starts), desc="set vectors", unit="batch", disable=not progress)
-        for done, start in enumerate(bar, start=1):
-            if not progress and done % max(len(starts) // 10, 1) == 0:  # without a bar, a line every tenth
-                elapsed = time.perf_counter() - started
-                log.info(
-                    "set vectors: %d/%d batches, about %.0f s left",
-                    done,
-                    len(starts),
-                    elapsed * (len(starts) / done - 1),
-                )
-            ids, mask = dataset.tokens_of(representatives[start : start + batch_size])
-            ids, mask = ids.to(device), mask.to(device)
-            hidden = backbone(ids)
-            pooled = torch.stack([pool_hidden(hidden, mask, p) for p in POOLINGS], dim=1)
-            out[start : start + len(ids)] = pooled.float().cpu().numpy()
+    try:
+        run = runner or local_runner(device, batch_size)
+        encoder = BackboneEncoder(backbone)
+        out = run(encoder, shard, bar)
+    finally:
+        bar.close()
     seconds = time.perf_counter() - started
-    tokens = int(dataset.set_lengths()[representatives].sum())
+    tokens = shard.tokens()
     log.info(
-        "set vectors of %d sets (%d distinct, %s tokens) in %.1f s (%.0f tokens/s)",
+        "set vectors of %d sets (%d distinct, %s tokens) in %.1f s (%.0f reads/s, %.0f tokens/s)",
         len(dataset),
         len(representatives),
         f"{tokens:,}",
         seconds,
+        len(representatives) / max(seconds, 1e-9),
         tokens / max(seconds, 1e-9),
     )
     return out[inverse]
@@ -132,23 +300,25 @@ def set_vectors(
     use_cache: bool = True,
     batch_size: int = 32,
     device: torch.device | str = "cpu",
-    progress: bool = True,
+    progress: bool | str = True,
     shared: Mapping[str, np.ndarray] | None = None,
+    runner: Runner | None = None,
 ) -> np.ndarray:
     """The frozen backbone's pooled vectors of every set (see ``compute``): from ``shared`` (vectors computed
-    elsewhere, e.g. by the search driver, keyed by ``cache_key``), else read from or written to the disk cache."""
+    elsewhere, e.g. by the search driver, keyed by ``cache_key``), else read from or written to the disk cache.
+    runner: what embeds the distinct reads (see ``compute``)."""
     if shared:
         found = shared.get(cache_key(backbone, dataset))
         if found is not None:
             log.info("set vectors shared by the driver (%d sets)", len(found))
             return found
     if not use_cache:
-        return compute(backbone, dataset, batch_size=batch_size, device=device, progress=progress)
+        return compute(backbone, dataset, batch_size=batch_size, device=device, progress=progress, runner=runner)
     path = cache_path(backbone, dataset, cache_dir)
     vectors = _read(path, backbone, dataset)
     if vectors is not None:
         return vectors
-    vectors = compute(backbone, dataset, batch_size=batch_size, device=device, progress=progress)
+    vectors = compute(backbone, dataset, batch_size=batch_size, device=device, progress=progress, runner=runner)
     try:
         files.save_npz(
             path, {"vectors": vectors, HASH_KEY: np.array(files.content_hash({"vectors": vectors}, path.name))}

@@ -1,0 +1,105 @@
+"""The read-vector stage: progress a user sees (reads/s, time left), the picklable encoder, the stage as Ray tasks
+named embed_shard with the single-process vectors, and the search's shared_vectors on the console."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import re
+
+import numpy as np
+import pytest
+import torch
+from helpers import TINY_MODEL, motif_dataset
+
+from hyena_dna import HyenaDNAConfig, HyenaDNAModel
+from tune_ph.model import embeddings
+from tune_ph.search import embed_stage
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+LINE = re.compile(r"read vectors: \d+% \([\d,]+ of [\d,]+ reads\), [\d,]+ reads/s, (about [\d.]+ (s|min|h) left|done)")
+
+
+def _backbone(seed: int = 0) -> HyenaDNAModel:
+    torch.manual_seed(seed)
+    return HyenaDNAModel(HyenaDNAConfig.from_dict({**TINY_MODEL, "vocab_size": 16})).eval()
+
+
+def test_progress_prints_a_line_every_tenth_with_reads_per_second_and_time_left():
+    out = io.StringIO()
+    progress = embeddings.Progress(1000, mode="lines", stream=out)
+    for _ in range(40):
+        progress.update(25)
+    progress.close()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 10, lines
+    assert all(LINE.fullmatch(line) for line in lines), lines
+    assert lines[0].startswith("read vectors: 10% (100 of 1,000 reads)") and lines[-1].endswith("done")
+
+
+def test_progress_off_and_log_modes_print_nothing(capsys, caplog):
+    caplog.set_level("INFO", logger=embeddings.__name__)
+    for mode in ("off", "log"):
+        progress = embeddings.Progress(10, mode=mode)
+        progress.update(10)
+        progress.close()
+    assert capsys.readouterr().out == ""
+    assert any(LINE.fullmatch(r.getMessage()) for r in caplog.records if r.levelname == "INFO")
+
+
+def test_compute_shows_progress_on_the_console_when_it_is_not_a_terminal(capsys):
+    dataset = motif_dataset(n_samples=20, max_length=64)
+    embeddings.compute(_backbone(), dataset, batch_size=4, progress="lines")
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) >= 5 and all(LINE.fullmatch(line) for line in lines), lines
+
+
+def test_a_pickled_encoder_embeds_with_the_drivers_weights_not_a_fresh_init():
+    dataset = motif_dataset(n_samples=12, max_length=64)
+    backbone = _backbone(seed=1)
+    expected = embeddings.compute(backbone, dataset, batch_size=5, progress="off")
+    torch.manual_seed(99)  # a worker's random state: must not matter
+    encoder = pickle.loads(pickle.dumps(embeddings.BackboneEncoder(backbone)))
+    assert encoder._built is None
+    representatives, inverse = embeddings.distinct_sets(dataset)
+    shard = embeddings.shard_of(dataset, representatives)
+    got = encoder(shard, batch_size=3)[inverse]
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+
+
+def test_shard_parts_are_the_datasets_padded_tokens():
+    dataset = motif_dataset(n_samples=6, max_length=64)
+    index = np.arange(len(dataset))
+    shard = embeddings.shard_of(dataset, index)
+    part = shard.part(3, 7)
+    ids, mask = part.padded(0, 4)
+    want_ids, want_mask = dataset.tokens_of(index[3:7])
+    torch.testing.assert_close(ids, want_ids)
+    torch.testing.assert_close(mask, want_mask)
+
+
+@pytest.mark.parametrize(("n", "workers"), [(0, 2), (1, 2), (63, 2), (1000, 2), (100_000, 2), (10**6, 32)])
+def test_shard_sizes_cover_every_read_in_bounded_parts(n, workers):
+    sizes = embed_stage.shard_sizes(n, workers)
+    assert sum(sizes) == n
+    assert all(0 < s <= embed_stage.MAX_SHARD for s in sizes)
+    if n >= embed_stage.MIN_SHARD * embed_stage.SHARDS_PER_WORKER * workers:
+        assert len(sizes) >= embed_stage.SHARDS_PER_WORKER * workers
+    assert max(sizes, default=0) - min(sizes, default=0) <= 1
+
+
+@pytest.mark.slow  # Ray (the session's instance, 2 CPUs)
+def test_the_stage_as_ray_tasks_gives_the_single_process_vectors(ray_session, monkeypatch):
+    monkeypatch.setattr(embed_stage, "MIN_SHARD", 8)  # several tasks even on tiny data
+    dataset = motif_dataset(n_samples=40, max_length=64)
+    backbone = _backbone(seed=2)
+    single = embeddings.compute(backbone, dataset, batch_size=32, progress="off")
+    report: list[dict] = []
+    stage = embeddings.compute(backbone, dataset, progress="off", runner=embed_stage.ray_runner("cpu", report=report))
+    assert stage.shape == single.shape
+    np.testing.assert_allclose(stage, single, atol=1e-5, rtol=0)
+    distinct = len(embeddings.distinct_sets(dataset)[0])
+    assert len(report) == len(embed_stage.shard_sizes(distinct, 2)) > 1
+    assert sum(row["reads"] for row in report) == distinct
+    assert all(row["task"] == embed_stage.TASK_NAME for row in report)
