@@ -103,3 +103,64 @@ def test_the_stage_as_ray_tasks_gives_the_single_process_vectors(ray_session, mo
     assert len(report) == len(embed_stage.shard_sizes(distinct, 2)) > 1
     assert sum(row["reads"] for row in report) == distinct
     assert all(row["task"] == embed_stage.TASK_NAME for row in report)
+
+
+@pytest.mark.parametrize(
+    ("capability", "avx512_bf16", "amx", "native"),
+    [
+        ("AVX2", True, True, False),  # flags cannot make an AVX2 build use bf16
+        ("DEFAULT", False, False, False),
+        ("AVX512", False, False, False),  # AVX512 without avx512_bf16 or AMX: emulated
+        ("AVX512", True, False, True),
+        ("AVX512", False, True, True),
+    ],
+)
+def test_bf16_is_decided_by_the_cpus_capability(monkeypatch, capability, avx512_bf16, amx, native):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    cpu = torch.device("cpu")
+    assert embeddings.cpu_bf16_native() is native
+    assert embeddings.precision_for(cpu, "auto") == ("bf16" if native else "fp32")
+    assert embeddings.precision_for(cpu) == "fp32"  # the cached vectors' precision unless asked
+    if not native:
+        with pytest.raises(ValueError, match="not native"):
+            embeddings.precision_for(cpu, "bf16")
+
+
+def test_bf16_vectors_agree_with_fp32_where_bf16_is_native():
+    if not embeddings.cpu_bf16_native():
+        pytest.skip(f"no native bf16 on this CPU ({torch.backends.cpu.get_cpu_capability()})")
+    dataset = motif_dataset(n_samples=8, max_length=64)
+    shard = embeddings.shard_of(dataset, np.arange(len(dataset)))
+    encoder = embeddings.BackboneEncoder(_backbone(seed=3))
+    a = encoder(shard).reshape(len(shard), -1)
+    b = encoder(shard, precision="bf16").reshape(len(shard), -1)
+    cosine = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    assert cosine.min() >= 0.999, cosine.min()
+
+
+@pytest.mark.slow  # a subprocess that starts Ray
+def test_bench_embeddings_stage_prints_its_figures():
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    tiny = '{"d_model": 16, "n_layer": 1, "d_inner": 32, "filter_order": 16, "l_max": 66}'
+    argv = ["--stage", "--reads", "150", "--length", "64", "--model-config", tiny, "--workers", "1", "--threads", "1"]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_embeddings.py"), *argv],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    number = r"\d+(\.\d+)?"
+    assert re.search(rf"matmul peak, 1 threads: fp32 {number} GFLOP/s, bf16 {number} GFLOP/s \(CPU capability", out)
+    assert re.search(rf"MFLOP/read \(projections {number}, long conv {number}, MLP {number}\)", out)
+    assert re.search(rf"driver, 1 threads, fp32: {number} reads/s, {number} GFLOP/s \({number}% of the fp32", out)
+    match = re.search(r"Ray, 1 worker\(s\), fp32 \(max \|diff\| to the driver's ([\d.e+-]+)\)", out)
+    assert match and float(match.group(1)) <= 1e-5, out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -39,6 +40,34 @@ _SPOT_TOLERANCE = 0.05
 # Sets per forward pass on a CPU: the forward is bound by element-wise work, and larger batches were slower
 # (tiny-1k, 256-token reads, 2 cores: 179 sets/s at 32, 133 at 128, 85 at 512).
 CPU_BATCH = 32
+
+
+def cpu_bf16_native(capability: str | None = None) -> bool:
+    """Whether this CPU computes bf16 natively (AVX512 with avx512_bf16, or AMX tiles), decided by what torch
+    detects, never by a fixed rule: on AVX2 or older bf16 is emulated and slower than fp32."""
+    capability = capability or torch.backends.cpu.get_cpu_capability()
+    if capability not in ("AVX512", "AMX"):  # "DEFAULT", "AVX2", "ZVECTOR", "VSX", "SVE256", ...
+        return False
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def precision_for(device: torch.device, precision: str = "fp32") -> str:
+    """The precision the backbone runs at: "fp32", "bf16" (refused on a CPU without native bf16), or "auto":
+    bf16 on CUDA and on a CPU with native bf16, else fp32."""
+    if precision not in ("fp32", "bf16", "auto"):
+        raise ValueError(f"unknown precision {precision!r}; use fp32, bf16 or auto")
+    native = device.type == "cuda" or (device.type == "cpu" and cpu_bf16_native())
+    if precision == "bf16" and not native:
+        raise ValueError(f"bf16 is not native on this {device.type} ({torch.backends.cpu.get_cpu_capability()})")
+    return "bf16" if precision == "bf16" or (precision == "auto" and native) else "fp32"
+
+
+def precision_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast for precision "bf16" (the long convolutions stay fp32, as in hyena_dna.fft_conv); "fp32" is
+    what the cached vectors always were: fp32 on a CPU, the model's usual bf16 autocast on CUDA."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return autocast(device)
 
 
 def batch_for(device: torch.device, batch_size: int) -> int:
@@ -210,8 +239,10 @@ class BackboneEncoder:
         device: torch.device | str = "cpu",
         batch_size: int = CPU_BATCH,
         on_batch: Callable[[int], None] | None = None,
+        precision: str = "fp32",
     ) -> np.ndarray:
-        return encode(self.backbone(torch.device(device)), shard, batch_size=batch_size, on_batch=on_batch)
+        backbone = self.backbone(torch.device(device))
+        return encode(backbone, shard, batch_size=batch_size, on_batch=on_batch, precision=precision)
 
 
 def encode(
@@ -220,15 +251,17 @@ def encode(
     *,
     batch_size: int = CPU_BATCH,
     on_batch: Callable[[int], None] | None = None,
+    precision: str = "fp32",
 ) -> np.ndarray:
     """Run the backbone (eval mode, no gradients) over every sequence of a shard: float32 (n, len(POOLINGS),
     d_model). Sequences are padded to the shard's max_length as everywhere else, so a vector does not depend on
-    which other sequences shared its batch."""
+    which other sequences shared its batch. precision: see precision_for (fp32: the cached vectors' precision)."""
     device = next(backbone.parameters()).device
+    precision = precision_for(device, precision)
     batch_size = batch_for(device, batch_size)
     backbone.eval()
     out = np.zeros((len(shard), len(POOLINGS), backbone.config.d_model), dtype=np.float32)
-    with torch.inference_mode(), autocast(device):
+    with torch.inference_mode(), precision_context(device, precision):
         for start in range(0, len(shard), batch_size):
             stop = min(start + batch_size, len(shard))
             ids, mask = shard.padded(start, stop)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import time
 from collections import defaultdict
 from typing import Any
@@ -54,6 +55,7 @@ def _embed_shard(encoder: Any, shard: TokenShard, device: str, batch_size: int, 
         "host": ray.util.get_node_ip_address(),
         "pid": os.getpid(),
         "task": context.get_task_name(),
+        "rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "seconds": time.perf_counter() - started,
     }
 
