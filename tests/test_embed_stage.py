@@ -164,3 +164,57 @@ def test_bench_embeddings_stage_prints_its_figures():
     assert re.search(rf"driver, 1 threads, fp32: {number} reads/s, {number} GFLOP/s \({number}% of the fp32", out)
     match = re.search(r"Ray, 1 worker\(s\), fp32 \(max \|diff\| to the driver's ([\d.e+-]+)\)", out)
     assert match and float(match.group(1)) <= 1e-5, out
+
+
+def test_cached_vectors_are_memory_mapped_from_an_npy_with_its_hash_beside_it(tmp_path, caplog):
+    dataset = motif_dataset(n_samples=16, max_length=64)
+    backbone = _backbone(seed=4)
+    expected = embeddings.compute(backbone, dataset, progress="off")
+    written = embeddings.set_vectors(backbone, dataset, cache_dir=tmp_path, progress="off")
+    path = embeddings.cache_path(backbone, dataset, tmp_path)
+    assert path.suffix == ".npy" and embeddings.hash_path(path).is_file()
+    assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]  # no scratch left behind
+    read = embeddings.set_vectors(backbone, dataset, cache_dir=tmp_path, progress="off")
+    for vectors in (written, read):
+        assert isinstance(vectors, np.memmap) and not vectors.flags.writeable
+        np.testing.assert_array_equal(vectors, expected)
+    # the streamed hash is files.content_hash of the whole array
+    from tune_ph import files
+
+    assert embeddings.stream_hash(path, path.name) == files.content_hash({"vectors": expected}, path.name)
+    # a changed byte is caught by the hash and recomputed
+    del written, read
+    with open(path, "r+b") as fh:
+        fh.seek(-1, 2)
+        fh.write(b"\x7f")
+    again = embeddings.set_vectors(backbone, dataset, cache_dir=tmp_path, progress="off")
+    assert any("does not match its hash" in r.getMessage() for r in caplog.records)
+    np.testing.assert_array_equal(again, expected)
+
+
+@pytest.mark.parametrize("content", [b"not an array", b"\x93NUMPY\x01\x00\x10\x00{'descr': '|O', 'fortran_order'"])
+def test_a_damaged_npy_entry_is_refused_before_it_is_mapped(tmp_path, content):
+    path = tmp_path / "x.npy"
+    path.write_bytes(content)
+    with pytest.raises(ValueError):
+        embeddings.open_npy(path)
+    np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="never writes"):
+        embeddings.open_npy(path)
+    np.save(path, np.zeros((3, 4), dtype=np.float32))
+    with open(path, "ab") as fh:
+        fh.write(b"extra")
+    with pytest.raises(ValueError, match="size does not match"):
+        embeddings.open_npy(path)
+
+
+@pytest.mark.slow  # Ray (the session's instance, 2 CPUs)
+def test_the_ray_stage_writes_into_the_memory_mapped_cache_entry(ray_session, tmp_path, monkeypatch):
+    monkeypatch.setattr(embed_stage, "MIN_SHARD", 8)
+    dataset = motif_dataset(n_samples=24, max_length=64)
+    backbone = _backbone(seed=5)
+    single = embeddings.compute(backbone, dataset, progress="off")
+    runner = embed_stage.ray_runner("cpu")
+    vectors = embeddings.set_vectors(backbone, dataset, cache_dir=tmp_path, progress="off", runner=runner)
+    assert isinstance(vectors, np.memmap)
+    np.testing.assert_allclose(vectors, single, atol=1e-5, rtol=0)

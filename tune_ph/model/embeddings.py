@@ -7,6 +7,7 @@ import hashlib
 import logging
 import math
 import os
+import stat
 import sys
 import time
 import warnings
@@ -29,10 +30,10 @@ from tune_ph.model.regressor import autocast, pool_hidden
 
 log = logging.getLogger(__name__)
 
-# Bump when what a cached array holds changes (2: an .npz with the vectors' content hash).
-CACHE_FORMAT = 2
+# Bump when what a cached array holds changes (2: an .npz with the vectors' content hash; 3: an uncompressed .npy,
+# memory-mapped when read, with its content hash in <entry>.hash beside it).
+CACHE_FORMAT = 3
 SUBFOLDER = "embeddings"
-HASH_KEY = "content_hash"
 # Sets whose vectors are recomputed and compared on every cache hit (a forged entry cannot know which), and how
 # closely they must agree: bf16 autocast on a GPU and batch composition move vectors by far less than this.
 _SPOT_CHECKS = 2
@@ -92,7 +93,7 @@ def cache_key(backbone: HyenaDNAModel, dataset: TokenizedDataset) -> str:
 
 def cache_path(backbone: HyenaDNAModel, dataset: TokenizedDataset, cache_dir: str | os.PathLike | None) -> Path:
     """Where the vectors of this backbone on this tokenized dataset live (beside the token cache)."""
-    return token_cache.cache_folder(cache_dir) / SUBFOLDER / f"{cache_key(backbone, dataset)}-v{CACHE_FORMAT}.npz"
+    return token_cache.cache_folder(cache_dir) / SUBFOLDER / f"{cache_key(backbone, dataset)}-v{CACHE_FORMAT}.npy"
 
 
 def distinct_sets(dataset: TokenizedDataset) -> tuple[np.ndarray, np.ndarray]:
@@ -274,14 +275,21 @@ def encode(
     return out
 
 
-# What embeds the distinct reads: (encoder, shard, progress) -> (n, *encoder.shape) float32. The default runs in
-# this process; tune_ph.search.embed_stage.ray_runner spreads the shard over the Ray cluster.
-Runner = Callable[[BackboneEncoder, TokenShard, Progress], np.ndarray]
+# What embeds the distinct reads: (encoder, shard, progress, out) fills out (n, *encoder.shape) float32, which may be
+# a memory map. The default runs in this process; tune_ph.search.embed_stage.ray_runner spreads the shard over the
+# Ray cluster.
+Runner = Callable[[BackboneEncoder, TokenShard, Progress, np.ndarray], None]
+# Reads per piece when the distinct reads' vectors are copied out to every set (bounded memory, see compute).
+_COPY_ROWS = 1 << 14
 
 
 def local_runner(device: torch.device | str = "cpu", batch_size: int = CPU_BATCH) -> Runner:
-    def run(encoder: BackboneEncoder, shard: TokenShard, progress: Progress) -> np.ndarray:
-        return encoder(shard, device=device, batch_size=batch_size, on_batch=progress.update)
+    def run(encoder: BackboneEncoder, shard: TokenShard, progress: Progress, out: np.ndarray) -> None:
+        for start in range(0, len(shard), _COPY_ROWS):  # pieces: a memory-mapped out is written as it goes
+            stop = min(start + _COPY_ROWS, len(shard))
+            out[start:stop] = encoder(
+                shard.part(start, stop), device=device, batch_size=batch_size, on_batch=progress.update
+            )
 
     return run
 
@@ -294,23 +302,40 @@ def compute(
     device: torch.device | str = "cpu",
     progress: bool | str = True,
     runner: Runner | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """The backbone's float32 (n_sets, len(POOLINGS), d_model) vectors of every set, each distinct read embedded
     once (by ``runner``: this process by default). progress: True/"auto" a bar or tenth-lines, False logged
-    tenth-lines, or a Progress mode."""
+    tenth-lines, or a Progress mode. out: where to write them (e.g. a memory map of the cache entry); then the
+    distinct reads' vectors go to a memory-mapped scratch file beside it, so memory stays bounded."""
     device = torch.device(device)
     backbone = backbone.to(device).eval()
     representatives, inverse = distinct_sets(dataset)
     shard = shard_of(dataset, representatives)
     mode = "auto" if progress is True else "log" if progress is False else progress
     bar = Progress(len(shard), mode=mode)
+    shape = (len(POOLINGS), backbone.config.d_model)
+    scratch = Path(out.filename).with_suffix(".distinct.tmp") if isinstance(out, np.memmap) else None
     started = time.perf_counter()
+    distinct = None
     try:
+        if scratch is not None:
+            distinct = np.lib.format.open_memmap(scratch, mode="w+", dtype=np.float32, shape=(len(shard), *shape))
+        else:
+            distinct = np.zeros((len(shard), *shape), dtype=np.float32)
         run = runner or local_runner(device, batch_size)
-        encoder = BackboneEncoder(backbone)
-        out = run(encoder, shard, bar)
+        run(BackboneEncoder(backbone), shard, bar, distinct)
+        bar.close()
+        if out is None:
+            out = distinct[inverse]
+        else:
+            for start in range(0, len(inverse), _COPY_ROWS):
+                out[start : start + _COPY_ROWS] = distinct[inverse[start : start + _COPY_ROWS]]
     finally:
         bar.close()
+        if scratch is not None:
+            distinct = None  # the map closed before its file goes
+            scratch.unlink(missing_ok=True)
     seconds = time.perf_counter() - started
     tokens = shard.tokens()
     log.info(
@@ -322,7 +347,7 @@ def compute(
         len(representatives) / max(seconds, 1e-9),
         tokens / max(seconds, 1e-9),
     )
-    return out[inverse]
+    return out
 
 
 def set_vectors(
@@ -338,28 +363,73 @@ def set_vectors(
     runner: Runner | None = None,
 ) -> np.ndarray:
     """The frozen backbone's pooled vectors of every set (see ``compute``): from ``shared`` (vectors computed
-    elsewhere, e.g. by the search driver, keyed by ``cache_key``), else read from or written to the disk cache.
-    runner: what embeds the distinct reads (see ``compute``)."""
+    elsewhere, e.g. by the search driver, keyed by ``cache_key``), else memory-mapped from the disk cache (read-only,
+    paged in as used, never all in RAM) or computed into it. runner: what embeds the distinct reads."""
     if shared:
         found = shared.get(cache_key(backbone, dataset))
         if found is not None:
             log.info("set vectors shared by the driver (%d sets)", len(found))
             return found
+    kwargs = {"batch_size": batch_size, "device": device, "progress": progress, "runner": runner}
     if not use_cache:
-        return compute(backbone, dataset, batch_size=batch_size, device=device, progress=progress, runner=runner)
+        return compute(backbone, dataset, **kwargs)
     path = cache_path(backbone, dataset, cache_dir)
     vectors = _read(path, backbone, dataset)
     if vectors is not None:
         return vectors
-    vectors = compute(backbone, dataset, batch_size=batch_size, device=device, progress=progress, runner=runner)
+    shape = (len(dataset), len(POOLINGS), backbone.config.d_model)
+    tmp = path.parent / f".{path.name}.{os.getpid()}-{time.monotonic_ns()}.tmp"
     try:
-        files.save_npz(
-            path, {"vectors": vectors, HASH_KEY: np.array(files.content_hash({"vectors": vectors}, path.name))}
-        )
-        log.info("embedding cache written: %s", path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
     except OSError as exc:  # a read-only cache folder should not stop training
         log.warning("could not write the embedding cache %s (%s); set TUNE_PH_CACHE to a writable folder", path, exc)
-    return vectors
+        return compute(backbone, dataset, **kwargs)
+    try:
+        compute(backbone, dataset, out=out, **kwargs)
+        out.flush()
+        del out
+        files.write_text(hash_path(path), stream_hash(tmp, path.name))
+        os.replace(tmp, path)
+        log.info("embedding cache written: %s", path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return open_npy(path)
+
+
+def open_npy(path: Path) -> np.memmap:
+    """An .npy file's array, memory-mapped read-only, after checking its header: a plain little-endian array whose
+    declared size is the file's (never an .npz, a pickle or a header that would allocate more than is there)."""
+    with open(path, "rb") as fh:
+        try:
+            version = np.lib.format.read_magic(fh)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read(fh)
+        except Exception as exc:  # noqa: BLE001 - any header numpy cannot parse (SyntaxError, TokenError, ...)
+            raise ValueError(f"not an .npy array ({str(exc)[:100]})") from None
+        offset = fh.tell()
+    if fortran or dtype.hasobject or dtype.byteorder == ">":
+        raise ValueError(f"an array this cache never writes ({dtype}, fortran order {fortran})")
+    if os.path.getsize(path) != offset + math.prod(shape) * dtype.itemsize:
+        raise ValueError("its size does not match its header")
+    return np.memmap(path, dtype=dtype, mode="r", shape=shape, offset=offset)
+
+
+def hash_path(path: Path) -> Path:
+    """The content hash of a cache entry lives beside it (an .npy holds one array, and is memory-mapped as is)."""
+    return path.with_name(path.name + ".hash")
+
+
+def stream_hash(path: Path, key: str) -> str:
+    """files.content_hash({"vectors": the .npy's array}, key), read in pieces (never the whole array in RAM)."""
+    vectors = open_npy(path)
+    h = hashlib.blake2b(key.encode(), digest_size=16)
+    h.update(f"\x1evectors\x1f{vectors.dtype.str}\x1f{vectors.shape}\x1f".encode())
+    with open(path, "rb") as fh:
+        fh.seek(vectors.offset)
+        for piece in iter(lambda: fh.read(1 << 24), b""):
+            h.update(piece)
+    return h.hexdigest()
 
 
 def cached(
@@ -370,17 +440,20 @@ def cached(
 
 
 def _read(path: Path, backbone: HyenaDNAModel, dataset: TokenizedDataset) -> np.ndarray | None:
-    """A cache entry's vectors, or None (recomputed) when it is missing, damaged, of another shape, changed since
-    it was written (its content hash) or not this backbone's (a few sets recomputed at random disagree)."""
+    """A cache entry's vectors, memory-mapped, or None (recomputed) when it is missing, damaged, of another shape,
+    changed since it was written (its content hash) or not this backbone's (a few sets recomputed at random
+    disagree)."""
     if not path.exists():
         return None
     expected = (len(dataset), len(POOLINGS), backbone.config.d_model)
     try:
-        arrays = files.load_npz(path, max_bytes=4 * math.prod(expected) + (1 << 16), what="embedding cache entry")
-        vectors = arrays["vectors"]
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise ValueError("not a regular file")
+        vectors = open_npy(path)
         if vectors.shape != expected or vectors.dtype != np.float32:
-            raise ValueError(f"its vectors have shape {vectors.shape} {vectors.dtype}, not {expected} float32")
-        if str(arrays.get(HASH_KEY, "")) != files.content_hash({"vectors": vectors}, path.name):
+            raise ValueError(f"it holds {vectors.shape} {vectors.dtype}, not {expected} float32")
+        recorded = hash_path(path).read_text().strip() if hash_path(path).is_file() else ""
+        if recorded != stream_hash(path, path.name):
             raise ValueError("its content does not match its hash (changed since it was written)")
         _spot_check(vectors, backbone, dataset)
     except (OSError, ValueError, KeyError) as exc:  # a damaged or forged entry is recomputed, not fatal

@@ -20,7 +20,7 @@ import numpy as np
 import ray
 
 from tune_ph.model import embeddings
-from tune_ph.model.embeddings import Progress, TokenShard
+from tune_ph.model.embeddings import CPU_BATCH, Progress, TokenShard
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,8 @@ MAX_SHARD = 4096
 MIN_SHARD = 64
 SHARDS_PER_WORKER = 4
 TASK_NAME = "embed_shard"
+# Tasks submitted ahead per worker: enough to keep every worker busy, few enough to bound what waits on the driver.
+WINDOW = 2
 
 
 def shard_sizes(n: int, workers: int) -> list[int]:
@@ -70,7 +72,7 @@ def cluster_workers(gpu: bool) -> int:
 
 
 def ray_runner(
-    device: str = "auto", batch_size: int = embeddings.CPU_BATCH, report: list[dict[str, Any]] | None = None
+    device: str = "auto", batch_size: int = CPU_BATCH, report: list[dict[str, Any]] | None = None
 ) -> embeddings.Runner:
     """An embeddings.Runner that spreads the shard over the Ray cluster (Ray must be initialised).
 
@@ -78,9 +80,9 @@ def ray_runner(
     tasks only. report: a list that gets one row per task (node, host, task name, reads, seconds).
     """
 
-    def run(encoder: Any, shard: TokenShard, progress: Progress) -> np.ndarray:
+    def run(encoder: Any, shard: TokenShard, progress: Progress, out: np.ndarray) -> None:
         gpu = device != "cpu" and ray.cluster_resources().get("GPU", 0) >= 1
-        return embed_on_cluster(encoder, shard, progress, gpu=gpu, batch_size=batch_size, report=report)
+        embed_on_cluster(encoder, shard, progress, gpu=gpu, batch_size=batch_size, report=report, out=out)
 
     return run
 
@@ -91,30 +93,38 @@ def embed_on_cluster(
     progress: Progress,
     *,
     gpu: bool = False,
-    batch_size: int = embeddings.CPU_BATCH,
+    batch_size: int = CPU_BATCH,
     report: list[dict[str, Any]] | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Every read of ``shard`` embedded by Ray tasks named ``embed_shard`` (one per part), in shard order."""
+    """Every read of ``shard`` embedded by Ray tasks named ``embed_shard`` (one per part), written to ``out`` (or a
+    new array) in shard order as the tasks finish. At most WINDOW tasks per worker are submitted ahead, so the
+    driver holds a bounded number of finished parts whatever the number of reads."""
     workers = cluster_workers(gpu)
     sizes = shard_sizes(len(shard), workers)
-    out = np.zeros((len(shard), *encoder.shape), dtype=np.float32)
+    if out is None:
+        out = np.zeros((len(shard), *encoder.shape), dtype=np.float32)
     if not sizes:
         return out
     encoder_ref = ray.put(encoder)  # once: every task reads the same weights from the object store
     options: dict[str, Any] = {"name": TASK_NAME, "num_cpus": 1, "num_gpus": 1 if gpu else 0}
     pending: dict[ray.ObjectRef, tuple[int, int]] = {}
-    start = 0
-    for size in sizes:
-        part = shard.part(start, start + size)
-        ref = _remote_embed.options(**options).remote(
-            encoder_ref, part, "cuda" if gpu else "cpu", batch_size if gpu else embeddings.CPU_BATCH, 1
-        )
-        pending[ref] = (start, start + size)
-        start += size
+    bounds = np.r_[0, np.cumsum(sizes)]
+    queue = list(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))
+
+    def submit() -> None:
+        while queue and len(pending) < WINDOW * workers:
+            first, stop = queue.pop(0)
+            ref = _remote_embed.options(**options).remote(
+                encoder_ref, shard.part(first, stop), "cuda" if gpu else "cpu", batch_size if gpu else CPU_BATCH, 1
+            )
+            pending[ref] = (first, stop)
+
     by_node: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
     hosts: dict[str, str] = {}
     started = time.perf_counter()
     try:
+        submit()
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
@@ -127,6 +137,7 @@ def embed_on_cluster(
                 if report is not None:
                     report.append({k: v for k, v in result.items() if k != "vectors"} | {"reads": stop - first})
                 progress.update(stop - first)
+            submit()
     except BaseException:
         for ref in pending:
             ray.cancel(ref)
