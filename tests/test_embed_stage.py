@@ -218,3 +218,42 @@ def test_the_ray_stage_writes_into_the_memory_mapped_cache_entry(ray_session, tm
     vectors = embeddings.set_vectors(backbone, dataset, cache_dir=tmp_path, progress="off", runner=runner)
     assert isinstance(vectors, np.memmap)
     np.testing.assert_allclose(vectors, single, atol=1e-5, rtol=0)
+
+
+def test_a_fit_is_done_once_and_shared_by_key(tmp_path, monkeypatch):
+    import threading
+
+    calls = []
+
+    def fit():
+        calls.append(1)
+        return {"centroids": np.arange(6, dtype=np.float32).reshape(3, 2)}
+
+    rows = np.arange(10)
+    key = embeddings.fit_key("vectors-abc", "pca-kmeans-v1", rows=rows, pooling="pool", clusters=3, dims=2, seed=0)
+    assert key != embeddings.fit_key(
+        "vectors-abc", "pca-kmeans-v1", rows=rows, pooling="pool", clusters=3, dims=2, seed=1
+    )
+    assert key != embeddings.fit_key(
+        "vectors-abc", "pca-kmeans-v1", rows=rows[:-1], pooling="pool", clusters=3, dims=2, seed=0
+    )
+    monkeypatch.setattr(embeddings, "_FITS", {})
+    # Trials asking at once (separate file descriptions, as separate processes): one fits, the other waits for it.
+    results = []
+    threads = [
+        threading.Thread(target=lambda: results.append(embeddings.fit_once(key, fit, tmp_path))) for _ in range(3)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len(results) == 3
+    monkeypatch.setattr(embeddings, "_FITS", {})  # another process: from the cache on disk
+    again = embeddings.fit_once(key, fit, tmp_path)
+    assert len(calls) == 1
+    np.testing.assert_array_equal(again["centroids"], fit()["centroids"])
+    # a damaged entry is fitted again
+    monkeypatch.setattr(embeddings, "_FITS", {})
+    (tmp_path / embeddings.FIT_SUBFOLDER / f"{key}.npz").write_bytes(b"junk")
+    embeddings.fit_once(key, fit, tmp_path)
+    assert len(calls) == 3  # (the fit() above was the comparison)

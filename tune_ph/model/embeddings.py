@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import logging
 import math
@@ -492,3 +493,74 @@ def for_pooling(vectors: np.ndarray, pooling: str) -> torch.Tensor:
         # Vectors shared through Ray's object store are read-only; they are only ever read, so no copy is made.
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         return torch.from_numpy(vectors[:, POOLINGS.index(pooling)])
+
+
+# ------------------------------------------------------------------------------------------------ fit once per search
+# A fit on the vectors (PCA + clusters of the train reads, ...) depends only on the vectors, the reads it was fitted
+# on and its own settings; trials of one search that ask for the same fit share it instead of refitting it.
+FIT_SUBFOLDER = "fits"
+_FITS: dict[str, dict[str, np.ndarray]] = {}  # this process's fits (a worker reused by Tune keeps them)
+
+
+def fit_key(vectors_key: str, what: str, *, rows: np.ndarray | None = None, **settings: object) -> str:
+    """The identity of a fit: the vectors (cache_key, plus the pooling or anything else that picks them), which
+    rows it was fitted on (e.g. the train split's set indices), what it is (name and version) and its settings
+    (cluster count, dimensions, seed, ...)."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{vectors_key}\x1f{what}\x1f{sorted(settings.items())!r}".encode())
+    if rows is not None:
+        h.update(np.ascontiguousarray(rows, dtype=np.int64).tobytes())
+    return f"{what}-{h.hexdigest()}"
+
+
+def fit_once(
+    key: str, fit: Callable[[], Mapping[str, np.ndarray]], cache_dir: str | os.PathLike | None = None
+) -> dict[str, np.ndarray]:
+    """The arrays of the fit named key (fit_key): this process's copy, else the cache's (content-hashed .npz),
+    else fit() called once and stored. Processes that ask for the same fit at once (a search's trials on one
+    node) wait on a file lock for the first one's result instead of fitting it again.
+
+    Meant for ReadClusters.fit: key = fit_key(cache_key(...), "pca-kmeans-v1", rows=train_sets, pooling=...,
+    clusters=K, dims=dims, seed=seed); fit returns {"center", "projection", "centroids"}.
+    """
+    if key in _FITS:
+        return _FITS[key]
+    folder = token_cache.cache_folder(cache_dir) / FIT_SUBFOLDER
+    path = folder / f"{key}.npz"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = open(folder / f"{key}.lock", "a+b")  # noqa: SIM115 - held across the fit
+    except OSError as exc:  # a read-only cache: fit here, share within this process only
+        log.warning("fits are not shared (%s); set TUNE_PH_CACHE to a writable folder", exc)
+        _FITS[key] = {k: np.asarray(v) for k, v in fit().items()}
+        return _FITS[key]
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        arrays = _read_fit(path)
+        if arrays is None:
+            started = time.perf_counter()
+            arrays = {k: np.asarray(v) for k, v in fit().items()}
+            stored = {**arrays, "content_hash": np.array(files.content_hash(arrays, path.name))}
+            try:
+                files.save_npz(path, stored)
+            except OSError as exc:
+                log.warning("could not store the fit %s (%s)", path, exc)
+            log.info("fit %s in %.1f s, stored for the other trials", key, time.perf_counter() - started)
+        else:
+            log.info("fit %s shared from %s", key, path)
+    _FITS[key] = arrays
+    return arrays
+
+
+def _read_fit(path: Path) -> dict[str, np.ndarray] | None:
+    if not path.exists():
+        return None
+    try:
+        arrays = files.load_npz(path, max_bytes=1 << 31, what="fit cache entry")
+        recorded = str(arrays.pop("content_hash", ""))
+        if recorded != files.content_hash(arrays, path.name):
+            raise ValueError("its content does not match its hash")
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("ignoring fit cache %s (%s); fitting again", path, str(exc)[:300])
+        return None
+    return arrays
