@@ -277,15 +277,20 @@ def stage_main(argv: list[str]) -> None:
             progress = embeddings.Progress(len(shard), mode="off")
             report: list[dict] = []
             started = time.perf_counter()
-            out = embed_stage.embed_on_cluster(encoder, shard, progress, report=report)
-            seconds = time.perf_counter() - started
+            with tempfile.TemporaryDirectory() as scratch:  # memory-mapped, as the stage writes the cache entry
+                out = np.lib.format.open_memmap(
+                    f"{scratch}/vectors.npy", mode="w+", dtype=np.float32, shape=(len(shard), *encoder.shape)
+                )
+                embed_stage.embed_on_cluster(encoder, shard, progress, report=report, out=out)
+                seconds = time.perf_counter() - started
+                diff = float(np.abs(out - single).max()) if single is not None else None
+                del out
         finally:
             ray.shutdown()
         rates[workers] = len(shard) / seconds
         per_worker = np.mean([r["reads"] / r["seconds"] for r in report])
         worker_rss = max(r.get("rss_gb", 0.0) for r in report)
-        if single is not None:
-            diff = float(np.abs(out - single).max())
+        if diff is not None:
             figures(f"Ray, {workers} worker(s), fp32 (max |diff| to the driver's {diff:.1e})", rates[workers], workers)
         print(
             f"  {per_worker:.0f} reads/s per worker inside its tasks; {len(report)} tasks; "
