@@ -158,7 +158,7 @@ def random_reads(n: int, length: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     lengths = rng.integers(length - 16, length + 1, n)
     bases = np.array([VOCAB[b] for b in "ACGT"], dtype=np.uint8)
-    ids = bases[rng.integers(0, 4, int(lengths.sum()))]
+    ids = bases[rng.integers(0, 4, int(lengths.sum()), dtype=np.uint8)]
     samples = max(n // 100, 2)
     return TokenizedDataset(
         ids=ids,
@@ -290,7 +290,12 @@ def stage_main(argv: list[str]) -> None:
         rates[workers] = len(shard) / seconds
         per_worker = np.mean([r["reads"] / r["seconds"] for r in report])
         worker_rss = max(r.get("rss_gb", 0.0) for r in report)
-        if diff is not None:
+        if diff is None:
+            print(
+                f"Ray, {workers} worker(s), {args.encoder} encoder (the stage's data path alone): "
+                f"{rates[workers]:.0f} reads/s"
+            )
+        else:
             figures(f"Ray, {workers} worker(s), fp32 (max |diff| to the driver's {diff:.1e})", rates[workers], workers)
         print(
             f"  {per_worker:.0f} reads/s per worker inside its tasks; {len(report)} tasks; "

@@ -7,6 +7,7 @@ import fcntl
 import hashlib
 import logging
 import math
+import mmap
 import os
 import stat
 import sys
@@ -104,7 +105,8 @@ def distinct_sets(dataset: TokenizedDataset) -> tuple[np.ndarray, np.ndarray]:
     representatives: list[int] = []
     inverse = np.empty(len(dataset), dtype=np.int64)
     for i in range(len(dataset)):
-        key = dataset.set_tokens(i).tobytes()
+        # A 128-bit digest, not the tokens themselves: 10^6 distinct reads cost ~100 MB of keys, not ~400 MB.
+        key = hashlib.blake2b(dataset.set_tokens(i), digest_size=16).digest()
         if key not in position:
             position[key] = len(representatives)
             representatives.append(i)
@@ -149,9 +151,20 @@ def shard_of(dataset: TokenizedDataset, set_index: np.ndarray) -> TokenShard:
     lengths = dataset.set_lengths()[set_index]
     offsets = np.zeros(len(set_index) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    parts = [dataset.set_tokens(int(i)) for i in set_index]
-    ids = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint8)
-    return TokenShard(ids.astype(np.uint8, copy=False), offsets, dataset.max_length)
+    if len(set_index) == len(dataset) and np.array_equal(set_index, np.arange(len(dataset))):
+        return TokenShard(dataset.ids, dataset.offsets - dataset.offsets[0], dataset.max_length)  # all: no copy
+    ids = np.empty(int(offsets[-1]), dtype=np.uint8)
+    for row, i in enumerate(set_index.tolist()):
+        ids[offsets[row] : offsets[row + 1]] = dataset.set_tokens(i)
+    return TokenShard(ids, offsets, dataset.max_length)
+
+
+def release_pages(array: np.ndarray) -> None:
+    """Drop a memory-mapped array's pages from this process's resident set (they stay in the page cache, written
+    back by the kernel): writing or reading 10^6 reads' vectors through a map then never holds them all."""
+    mapped = getattr(array, "_mmap", None) or getattr(getattr(array, "base", None), "_mmap", None)
+    if mapped is not None and hasattr(mmap, "MADV_DONTNEED"):
+        mapped.madvise(mmap.MADV_DONTNEED)
 
 
 class Progress:
@@ -291,6 +304,7 @@ def local_runner(device: torch.device | str = "cpu", batch_size: int = CPU_BATCH
             out[start:stop] = encoder(
                 shard.part(start, stop), device=device, batch_size=batch_size, on_batch=progress.update
             )
+            release_pages(out)
 
     return run
 
@@ -332,6 +346,8 @@ def compute(
         else:
             for start in range(0, len(inverse), _COPY_ROWS):
                 out[start : start + _COPY_ROWS] = distinct[inverse[start : start + _COPY_ROWS]]
+                release_pages(out)
+                release_pages(distinct)
     finally:
         bar.close()
         if scratch is not None:

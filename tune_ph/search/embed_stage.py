@@ -131,6 +131,8 @@ def embed_on_cluster(
                 first, stop = pending.pop(ref)
                 result = ray.get(ref)
                 out[first:stop] = result["vectors"]
+                del result["vectors"]
+                embeddings.release_pages(out)  # a memory-mapped out: written pages leave the driver's RSS
                 by_node[result["node"]][0] += stop - first
                 by_node[result["node"]][1] += result["seconds"]
                 hosts[result["node"]] = result["host"]
