@@ -1,15 +1,19 @@
-"""Benchmark the frozen-backbone embedding cache: one frozen-trial epoch with and without cached set vectors.
+"""Benchmark the frozen-backbone embedding cache: one frozen-trial epoch with and without cached set vectors; with
+--stage first, the read-vector stage's speed beside the machine's measured matmul peak.
 
 Without the cache a frozen trial runs the backbone (no gradients) over every set it draws, every epoch; with it the
 backbone runs once per (weights, dataset, max_length) and each epoch trains only the aggregation and head.
 
     python benchmarks/bench_embeddings.py                          # synthetic realistic16s-shaped samples
     python benchmarks/bench_embeddings.py --dataset ../shared/data/realistic16s --max-sets 8
+    python benchmarks/bench_embeddings.py --stage --reads 8000     # reads/s and GFLOP/s vs the matmul peak
+    python benchmarks/bench_embeddings.py --stage --reads 1000000 --encoder bytes   # the stage's memory at 10^6 reads
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 
@@ -41,6 +45,9 @@ def synthetic(num_samples: int, reads: int, length: int) -> pd.DataFrame:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--stage"]:
+        stage_main(sys.argv[2:])
+        return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", default=None, help="a dataset source (default: synthetic samples)")
     p.add_argument("--samples", type=int, default=200, help="synthetic samples")
@@ -107,6 +114,195 @@ def main() -> None:
         f"{args.threads} threads): {without:.3f} s without the cache, {with_cache:.2f} s with it "
         f"(x{without / max(with_cache, 1e-9):.0f}); cache built once in {build_s:.1f} s, read back in {hit_s:.2f} s"
     )
+
+
+# ------------------------------------------------------------------------------------------------ --stage
+
+
+def matmul_peak(dtype: torch.dtype, threads: int, seconds: float = 1.5) -> float:
+    """The best GFLOP/s of square matmuls (512..2048) in dtype on `threads` threads: the machine's measured peak."""
+    torch.set_num_threads(threads)
+    best = 0.0
+    for n in (512, 1024, 2048):
+        a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+        a @ b
+        reps, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds / 3:
+            a @ b
+            reps += 1
+        best = max(best, 2 * n**3 * reps / (time.perf_counter() - started) / 1e9)
+    return best
+
+
+def encoder_flops(config: dict, length: int) -> dict[str, float]:
+    """FLOPs of one read of `length` tokens through the backbone: the projections (in_proj, out_proj), the FFT long
+    convolutions (forward and inverse real FFTs, 2.5 N log2 N each, and the spectral product) and the MLP."""
+    import math
+
+    from hyena_dna.model import _fast_fft_size
+
+    d, layers, inner = config["d_model"], config["n_layer"], config["d_inner"]
+    order = config.get("hyena_order", 2)
+    n = _fast_fft_size(2 * length)
+    proj = 2 * d * d * (order + 1) + 2 * d * d
+    mlp = 4 * d * inner
+    fft = (order - 1) * d * (2 * 2.5 * n * math.log2(n) + 6 * (n // 2 + 1)) / length
+    return {k: v * length * layers for k, v in {"projections": proj, "long conv": fft, "MLP": mlp}.items()}
+
+
+def random_reads(n: int, length: int, seed: int = 0):
+    """n distinct random reads of length-16..length bases, one per set (a TokenizedDataset without tokenizing)."""
+    from hyena_dna.tokenizer import VOCAB
+    from tune_ph.data.tokens import TokenizedDataset
+
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(length - 16, length + 1, n)
+    bases = np.array([VOCAB[b] for b in "ACGT"], dtype=np.uint8)
+    ids = bases[rng.integers(0, 4, int(lengths.sum()), dtype=np.uint8)]
+    samples = max(n // 100, 2)
+    return TokenizedDataset(
+        ids=ids,
+        offsets=np.r_[0, np.cumsum(lengths)].astype(np.int64),
+        set_sample=np.sort(rng.integers(0, samples, n)).astype(np.int32),
+        sample_ids=np.array([f"S{i}" for i in range(samples)]),
+        study_name=np.array(["st"] * samples),
+        environment=np.array(["soil"] * samples),
+        ph=np.full(samples, 6.5, dtype=np.float32),
+        split=np.array(["train"] * samples),
+        max_length=length,
+        max_sets=0,
+        fingerprint=f"bench-{n}-{length}-{seed}",
+    )
+
+
+class ByteEncoder:
+    """A near-free encoder (each read's first bytes as floats): the stage's data path alone, for its memory."""
+
+    shape = (4, 128)
+
+    def __call__(self, shard, *, device="cpu", batch_size=32, on_batch=None, precision="fp32"):
+        out = np.zeros((len(shard), *self.shape), dtype=np.float32)
+        for i in range(len(shard)):
+            seq = shard.ids[shard.offsets[i] : shard.offsets[i + 1]][:128]
+            out[i, :, : len(seq)] = seq
+        return out
+
+
+def _rss_gb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def stage_main(argv: list[str]) -> None:
+    import ray
+
+    from hyena_dna import HyenaDNAConfig, HyenaDNAModel
+    from hyena_dna.config import PRETRAINED_SIZES
+    from tune_ph.search import embed_stage
+
+    p = argparse.ArgumentParser(description="the read-vector stage: reads/s, GFLOP/s vs the matmul peak, scaling")
+    p.add_argument("--reads", type=int, default=8000, help="distinct synthetic reads")
+    p.add_argument("--length", type=int, default=264, help="tokens per read after padding (realistic16s: 264)")
+    p.add_argument("--model", default="hyenadna-tiny-1k-seqlen", help="a size name (random weights)")
+    p.add_argument("--model-config", default=None, help="a JSON backbone config instead of --model")
+    p.add_argument("--workers", default="1,2", help="Ray worker counts to time (comma-separated; '' for none)")
+    p.add_argument("--threads", type=int, default=2, help="driver threads for the single-process run")
+    p.add_argument("--encoder", choices=("hyena", "bytes"), default="hyena", help="bytes: the data path alone")
+    args = p.parse_args(argv)
+    import json
+
+    if args.model_config:
+        config = {**json.loads(args.model_config), "vocab_size": 16}
+        name = "custom " + args.model_config
+    else:
+        size = PRETRAINED_SIZES[args.model]
+        config = {"d_model": size.d_model, "n_layer": size.n_layer, "d_inner": 4 * size.d_model}
+        config |= {"l_max": size.max_length + 2, "vocab_size": 16}
+        name = args.model
+    dataset = random_reads(args.reads, args.length)
+    representatives, _ = embeddings.distinct_sets(dataset)
+    shard = embeddings.shard_of(dataset, representatives)
+    torch.manual_seed(0)
+    backbone = HyenaDNAModel(HyenaDNAConfig.from_dict(config)).eval()
+    encoder = embeddings.BackboneEncoder(backbone) if args.encoder == "hyena" else ByteEncoder()
+    full = HyenaDNAConfig.from_dict(config).to_dict()
+    flops = encoder_flops(full, args.length)
+    per_read = sum(flops.values())
+    fp32_peak = matmul_peak(torch.float32, args.threads)
+    bf16_peak = matmul_peak(torch.bfloat16, args.threads)
+    native = embeddings.cpu_bf16_native()
+    print(
+        f"matmul peak, {args.threads} threads: fp32 {fp32_peak:.1f} GFLOP/s, bf16 {bf16_peak:.1f} GFLOP/s "
+        f"(CPU capability {torch.backends.cpu.get_cpu_capability()}, native bf16: {'yes' if native else 'no'})"
+    )
+    parts = ", ".join(f"{k} {v / 1e6:.1f}" for k, v in flops.items())
+    print(
+        f"encoder {name} (d_model {full['d_model']}, {full['n_layer']} layers, L {args.length}): "
+        f"{per_read / 1e6:.1f} MFLOP/read ({parts})"
+    )
+
+    def figures(label: str, reads_s: float, threads: int) -> None:
+        gflops = reads_s * per_read / 1e9
+        share = fp32_peak * threads / args.threads
+        print(
+            f"{label}: {reads_s:.0f} reads/s, {gflops:.1f} GFLOP/s ({100 * gflops / share:.0f}% of the fp32 peak "
+            f"of {threads} thread(s), {share:.1f} GFLOP/s)"
+        )
+
+    single = None
+    if args.encoder == "hyena":
+        torch.set_num_threads(args.threads)
+        warm = shard.part(0, min(64, len(shard)))
+        encoder(warm)
+        started = time.perf_counter()
+        single = encoder(shard)
+        figures(f"driver, {args.threads} threads, fp32", len(shard) / (time.perf_counter() - started), args.threads)
+        if native:
+            started = time.perf_counter()
+            bf16 = encoder(shard, precision="bf16")
+            seconds = time.perf_counter() - started
+            a, b = single.reshape(len(single), -1), bf16.reshape(len(bf16), -1)
+            cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
+            figures(
+                f"driver, {args.threads} threads, bf16 autocast (min cosine to fp32 {cos.min():.5f})",
+                len(shard) / seconds,
+                args.threads,
+            )
+    rates = {}
+    for workers in [int(w) for w in args.workers.split(",") if w]:
+        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+        try:
+            ray.get(ray.remote(lambda: None).remote())  # the workers are up before the clock starts
+            progress = embeddings.Progress(len(shard), mode="off")
+            report: list[dict] = []
+            started = time.perf_counter()
+            with tempfile.TemporaryDirectory() as scratch:  # memory-mapped, as the stage writes the cache entry
+                out = np.lib.format.open_memmap(
+                    f"{scratch}/vectors.npy", mode="w+", dtype=np.float32, shape=(len(shard), *encoder.shape)
+                )
+                embed_stage.embed_on_cluster(encoder, shard, progress, report=report, out=out)
+                seconds = time.perf_counter() - started
+                diff = float(np.abs(out - single).max()) if single is not None else None
+                del out
+        finally:
+            ray.shutdown()
+        rates[workers] = len(shard) / seconds
+        per_worker = np.mean([r["reads"] / r["seconds"] for r in report])
+        worker_rss = max(r.get("rss_gb", 0.0) for r in report)
+        if diff is None:
+            print(
+                f"Ray, {workers} worker(s), {args.encoder} encoder (the stage's data path alone): "
+                f"{rates[workers]:.0f} reads/s"
+            )
+        else:
+            figures(f"Ray, {workers} worker(s), fp32 (max |diff| to the driver's {diff:.1e})", rates[workers], workers)
+        print(
+            f"  {per_worker:.0f} reads/s per worker inside its tasks; {len(report)} tasks; "
+            f"peak RSS: driver {_rss_gb():.2f} GB, a worker {worker_rss:.2f} GB"
+        )
+    if 1 in rates and 2 in rates:
+        print(f"scaling 1 -> 2 workers: x{rates[2] / rates[1]:.2f} ({100 * rates[2] / rates[1] / 2:.0f}% of linear)")
 
 
 if __name__ == "__main__":

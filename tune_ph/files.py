@@ -263,12 +263,18 @@ def load_npz(path: str | os.PathLike, *, max_bytes: int, what: str = "cache entr
         raise ValueError(f"{path}: not a readable .npz file ({err})") from None
 
 
+def mac_hasher(key: str = "") -> hashlib.blake2b:
+    """A blake2b MAC under this user's secret key, started with a key (the entry's name): what content_hash
+    updates, and what a cache that streams its arrays updates itself."""
+    from tune_ph import secret
+
+    return hashlib.blake2b(key.encode(), key=secret.key(), digest_size=16)
+
+
 def content_hash(arrays: dict[str, np.ndarray], key: str = "") -> str:
     """A MAC of named arrays (names, dtypes, shapes and bytes) and a key (the entry's name) under this user's secret
     key: a cache entry's own check, which no one without that key can forge for a planted entry."""
-    from tune_ph import secret
-
-    h = hashlib.blake2b(key.encode(), key=secret.key(), digest_size=16)
+    h = mac_hasher(key)
     for name in sorted(arrays):
         value = np.ascontiguousarray(arrays[name])
         h.update(f"\x1e{name}\x1f{value.dtype.str}\x1f{value.shape}\x1f".encode())

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import logging
 import math
+import mmap
 import os
+import stat
+import sys
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from hyena_dna import HyenaDNAModel
+from hyena_dna import HyenaDNAModel, tokenizer
+from hyena_dna.config import HyenaDNAConfig
 from tune_ph import files
 from tune_ph.config import POOLINGS
 from tune_ph.data import token_cache
@@ -25,10 +33,10 @@ from tune_ph.model.regressor import autocast
 
 log = logging.getLogger(__name__)
 
-# Bump when what a cached array holds changes (2: an .npz with the vectors' content hash).
-CACHE_FORMAT = 2
+# Bump when what a cached array holds changes (2: an .npz with the vectors' content hash; 3: an uncompressed .npy,
+# memory-mapped when read, with its content hash in <entry>.hash beside it).
+CACHE_FORMAT = 3
 SUBFOLDER = "embeddings"
-HASH_KEY = "content_hash"
 # Sets whose vectors are recomputed and compared on every cache hit (a forged entry cannot know which), and how
 # closely they must agree: bf16 autocast on a GPU and batch composition move vectors by far less than this.
 _SPOT_CHECKS = 2
@@ -36,6 +44,34 @@ _SPOT_TOLERANCE = 0.05
 # Sets per forward pass on a CPU: the forward is bound by element-wise work, and larger batches were slower
 # (tiny-1k, 256-token reads, 2 cores: 179 sets/s at 32, 133 at 128, 85 at 512).
 CPU_BATCH = 32
+
+
+def cpu_bf16_native(capability: str | None = None) -> bool:
+    """Whether this CPU computes bf16 natively (AVX512 with avx512_bf16, or AMX tiles), decided by what torch
+    detects, never by a fixed rule: on AVX2 or older bf16 is emulated and slower than fp32."""
+    capability = capability or torch.backends.cpu.get_cpu_capability()
+    if capability not in ("AVX512", "AMX"):  # "DEFAULT", "AVX2", "ZVECTOR", "VSX", "SVE256", ...
+        return False
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def precision_for(device: torch.device, precision: str = "fp32") -> str:
+    """The precision the backbone runs at: "fp32", "bf16" (refused on a CPU without native bf16), or "auto":
+    bf16 on CUDA and on a CPU with native bf16, else fp32."""
+    if precision not in ("fp32", "bf16", "auto"):
+        raise ValueError(f"unknown precision {precision!r}; use fp32, bf16 or auto")
+    native = device.type == "cuda" or (device.type == "cpu" and cpu_bf16_native())
+    if precision == "bf16" and not native:
+        raise ValueError(f"bf16 is not native on this {device.type} ({torch.backends.cpu.get_cpu_capability()})")
+    return "bf16" if precision == "bf16" or (precision == "auto" and native) else "fp32"
+
+
+def precision_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast for precision "bf16" (the long convolutions stay fp32, as in hyena_dna.fft_conv); "fp32" is
+    what the cached vectors always were: fp32 on a CPU, the model's usual bf16 autocast on CUDA."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return autocast(device)
 
 
 def batch_for(device: torch.device, batch_size: int) -> int:
@@ -60,7 +96,7 @@ def cache_key(backbone: HyenaDNAModel, dataset: TokenizedDataset) -> str:
 
 def cache_path(backbone: HyenaDNAModel, dataset: TokenizedDataset, cache_dir: str | os.PathLike | None) -> Path:
     """Where the vectors of this backbone on this tokenized dataset live (beside the token cache)."""
-    return token_cache.cache_folder(cache_dir) / SUBFOLDER / f"{cache_key(backbone, dataset)}-v{CACHE_FORMAT}.npz"
+    return token_cache.cache_folder(cache_dir) / SUBFOLDER / f"{cache_key(backbone, dataset)}-v{CACHE_FORMAT}.npy"
 
 
 def distinct_sets(dataset: TokenizedDataset) -> tuple[np.ndarray, np.ndarray]:
@@ -70,12 +106,208 @@ def distinct_sets(dataset: TokenizedDataset) -> tuple[np.ndarray, np.ndarray]:
     representatives: list[int] = []
     inverse = np.empty(len(dataset), dtype=np.int64)
     for i in range(len(dataset)):
-        key = dataset.set_tokens(i).tobytes()
+        # A 128-bit digest, not the tokens themselves: 10^6 distinct reads cost ~100 MB of keys, not ~400 MB.
+        key = hashlib.blake2b(dataset.set_tokens(i), digest_size=16).digest()
         if key not in position:
             position[key] = len(representatives)
             representatives.append(i)
         inverse[i] = position[key]
     return np.asarray(representatives, dtype=np.int64), inverse
+
+
+@dataclass(frozen=True)
+class TokenShard:
+    """Some distinct token sequences as flat arrays (cheap to pickle and to send to a worker): sequence i is
+    ids[offsets[i]:offsets[i + 1]], left-padded with [PAD] to max_length when it is embedded."""
+
+    ids: np.ndarray  # uint8 (total_tokens,)
+    offsets: np.ndarray  # int64 (n + 1,)
+    max_length: int
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def tokens(self) -> int:
+        return int(self.offsets[-1] - self.offsets[0])
+
+    def part(self, start: int, stop: int) -> TokenShard:
+        """Sequences start..stop-1 as their own shard (views where possible)."""
+        offsets = self.offsets[start : stop + 1]
+        return TokenShard(self.ids[offsets[0] : offsets[-1]], offsets - offsets[0], self.max_length)
+
+    def padded(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input_ids int64 (n, max_length), mask bool) of sequences start..stop-1, as TokenizedDataset.tokens_of."""
+        length = self.max_length
+        ids = np.full((stop - start, length), tokenizer.PAD_ID, dtype=np.int64)
+        mask = np.zeros((stop - start, length), dtype=bool)
+        for row, i in enumerate(range(start, stop)):
+            seq = self.ids[self.offsets[i] : self.offsets[i + 1]]
+            ids[row, length - len(seq) :] = seq
+            mask[row, length - len(seq) :] = True
+        return torch.from_numpy(ids), torch.from_numpy(mask)
+
+
+def shard_of(dataset: TokenizedDataset, set_index: np.ndarray) -> TokenShard:
+    """The token sequences of some sets of a dataset, as one TokenShard."""
+    lengths = dataset.set_lengths()[set_index]
+    offsets = np.zeros(len(set_index) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    if len(set_index) == len(dataset) and np.array_equal(set_index, np.arange(len(dataset))):
+        return TokenShard(dataset.ids, dataset.offsets - dataset.offsets[0], dataset.max_length)  # all: no copy
+    ids = np.empty(int(offsets[-1]), dtype=np.uint8)
+    for row, i in enumerate(set_index.tolist()):
+        ids[offsets[row] : offsets[row + 1]] = dataset.set_tokens(i)
+    return TokenShard(ids, offsets, dataset.max_length)
+
+
+def release_pages(array: np.ndarray) -> None:
+    """Drop a memory-mapped array's pages from this process's resident set (they stay in the page cache, written
+    back by the kernel): writing or reading 10^6 reads' vectors through a map then never holds them all."""
+    mapped = getattr(array, "_mmap", None) or getattr(getattr(array, "base", None), "_mmap", None)
+    if mapped is not None and hasattr(mmap, "MADV_DONTNEED"):
+        mapped.madvise(mmap.MADV_DONTNEED)
+
+
+class Progress:
+    """How far a stage is, in reads: a bar with reads/s and time left on a terminal, else a line every tenth.
+
+    mode: "auto" (a bar when stderr is a terminal, else lines), "bar", "lines" (printed, flushed, on stdout: the
+    search's console), "log" (the same lines through logging, e.g. inside a trial) or "off".
+    """
+
+    def __init__(self, total: int, what: str = "read vectors", mode: str = "auto", stream: TextIO | None = None):
+        if mode == "auto":
+            mode = "bar" if sys.stderr.isatty() else "lines"
+        self.total, self.what, self.mode, self.stream = total, what, mode, stream
+        self.done = 0
+        self.started = time.perf_counter()
+        self._tenths = 0
+        self._bar = (
+            tqdm(total=total, desc=what, unit="read", unit_scale=True, dynamic_ncols=True) if mode == "bar" else None
+        )
+
+    def line(self) -> str:
+        """`read vectors: 30% (69,330 of 231,100 reads), 182 reads/s, about 14 min left`."""
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        rate = self.done / elapsed
+        left = (self.total - self.done) / rate if rate > 0 else float("nan")
+        share = 100 * self.done // max(self.total, 1)
+        return f"{self.what}: {share}% ({self.done:,} of {self.total:,} reads), {rate:,.0f} reads/s, {_duration(left)}"
+
+    def update(self, reads: int) -> None:
+        self.done += reads
+        if self._bar is not None:
+            self._bar.update(reads)
+            return
+        tenths = 10 * self.done // max(self.total, 1)
+        if tenths > self._tenths and self.mode in ("lines", "log"):
+            self._tenths = tenths
+            if self.mode == "log":
+                log.info("%s", self.line())
+            else:
+                print(self.line(), file=self.stream or sys.stdout, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "time left unknown"
+    if seconds < 0.5:
+        return "done"
+    if seconds < 90:
+        return f"about {seconds:.0f} s left"
+    if seconds < 5400:
+        return f"about {seconds / 60:.0f} min left"
+    return f"about {seconds / 3600:.1f} h left"
+
+
+class BackboneEncoder:
+    """A frozen HyenaDNA backbone as a picklable recipe (its config and state_dict, sent once through Ray's object
+    store): token sequences -> float32 (n, len(POOLINGS), d_model) pooled vectors. Every worker rebuilds the very
+    same weights from the state_dict, so its vectors are the driver's (never a fresh random init)."""
+
+    def __init__(self, backbone: HyenaDNAModel):
+        self.config = backbone.config.to_dict()
+        self.state = {k: v.detach().to("cpu").clone() for k, v in backbone.state_dict().items()}
+        self.shape = (len(POOLINGS), backbone.config.d_model)
+        self._built: HyenaDNAModel | None = backbone
+
+    def __getstate__(self) -> dict:
+        return {"config": self.config, "state": self.state, "shape": self.shape}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _built=None)
+
+    def backbone(self, device: torch.device) -> HyenaDNAModel:
+        if self._built is None:
+            built = HyenaDNAModel(HyenaDNAConfig.from_dict(dict(self.config)))
+            built.load_state_dict(self.state)
+            self._built = built
+        return self._built.to(device).eval()
+
+    def __call__(
+        self,
+        shard: TokenShard,
+        *,
+        device: torch.device | str = "cpu",
+        batch_size: int = CPU_BATCH,
+        on_batch: Callable[[int], None] | None = None,
+        precision: str = "fp32",
+    ) -> np.ndarray:
+        backbone = self.backbone(torch.device(device))
+        return encode(backbone, shard, batch_size=batch_size, on_batch=on_batch, precision=precision)
+
+
+def encode(
+    backbone: HyenaDNAModel,
+    shard: TokenShard,
+    *,
+    batch_size: int = CPU_BATCH,
+    on_batch: Callable[[int], None] | None = None,
+    precision: str = "fp32",
+) -> np.ndarray:
+    """Run the backbone (eval mode, no gradients) over every sequence of a shard: float32 (n, len(POOLINGS),
+    d_model). Sequences are padded to the shard's max_length as everywhere else, so a vector does not depend on
+    which other sequences shared its batch. precision: see precision_for (fp32: the cached vectors' precision)."""
+    device = next(backbone.parameters()).device
+    precision = precision_for(device, precision)
+    batch_size = batch_for(device, batch_size)
+    backbone.eval()
+    out = np.zeros((len(shard), len(POOLINGS), backbone.config.d_model), dtype=np.float32)
+    with torch.inference_mode(), precision_context(device, precision):
+        for start in range(0, len(shard), batch_size):
+            stop = min(start + batch_size, len(shard))
+            ids, mask = shard.padded(start, stop)
+            ids, mask = ids.to(device), mask.to(device)
+            hidden = backbone(ids)
+            pooled = torch.stack([pool_hidden(hidden, mask, p) for p in POOLINGS], dim=1)
+            out[start:stop] = pooled.float().cpu().numpy()
+            if on_batch is not None:
+                on_batch(stop - start)
+    return out
+
+
+# What embeds the distinct reads: (encoder, shard, progress, out) fills out (n, *encoder.shape) float32, which may be
+# a memory map. The default runs in this process; tune_ph.search.embed_stage.ray_runner spreads the shard over the
+# Ray cluster.
+Runner = Callable[[BackboneEncoder, TokenShard, Progress, np.ndarray], None]
+# Reads per piece when the distinct reads' vectors are copied out to every set (bounded memory, see compute).
+_COPY_ROWS = 1 << 14
+
+
+def local_runner(device: torch.device | str = "cpu", batch_size: int = CPU_BATCH) -> Runner:
+    def run(encoder: BackboneEncoder, shard: TokenShard, progress: Progress, out: np.ndarray) -> None:
+        for start in range(0, len(shard), _COPY_ROWS):  # pieces: a memory-mapped out is written as it goes
+            stop = min(start + _COPY_ROWS, len(shard))
+            out[start:stop] = encoder(
+                shard.part(start, stop), device=device, batch_size=batch_size, on_batch=progress.update
+            )
+            release_pages(out)
+
+    return run
 
 
 def compute(
@@ -84,45 +316,56 @@ def compute(
     *,
     batch_size: int = 32,
     device: torch.device | str = "cpu",
-    progress: bool = True,
+    progress: bool | str = True,
+    runner: Runner | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Run the backbone (eval mode, no gradients) once over every distinct set: float32 (n_sets, len(POOLINGS),
-    d_model). Sets are padded to the dataset's max_length as everywhere else, so a vector does not depend on
-    which other sets shared its batch."""
+    """The backbone's float32 (n_sets, len(POOLINGS), d_model) vectors of every set, each distinct read embedded
+    once (by ``runner``: this process by default). progress: True/"auto" a bar or tenth-lines, False logged
+    tenth-lines, or a Progress mode. out: where to write them (e.g. a memory map of the cache entry); then the
+    distinct reads' vectors go to a memory-mapped scratch file beside it, so memory stays bounded."""
     device = torch.device(device)
-    batch_size = batch_for(device, batch_size)
     backbone = backbone.to(device).eval()
     representatives, inverse = distinct_sets(dataset)
-    out = np.zeros((len(representatives), len(POOLINGS), backbone.config.d_model), dtype=np.float32)
-    starts = range(0, len(representatives), batch_size)
+    shard = shard_of(dataset, representatives)
+    mode = "auto" if progress is True else "log" if progress is False else progress
+    bar = Progress(len(shard), mode=mode)
+    shape = (len(POOLINGS), backbone.config.d_model)
+    scratch = Path(out.filename).with_suffix(".distinct.tmp") if isinstance(out, np.memmap) else None
     started = time.perf_counter()
-    with torch.inference_mode(), autocast(device):
-        bar = tqdm(starts, total=len(starts), desc="set vectors", unit="batch", disable=not progress)
-        for done, start in enumerate(bar, start=1):
-            if not progress and done % max(len(starts) // 10, 1) == 0:  # without a bar, a line every tenth
-                elapsed = time.perf_counter() - started
-                log.info(
-                    "set vectors: %d/%d batches, about %.0f s left",
-                    done,
-                    len(starts),
-                    elapsed * (len(starts) / done - 1),
-                )
-            ids, mask = dataset.tokens_of(representatives[start : start + batch_size])
-            ids, mask = ids.to(device), mask.to(device)
-            hidden = backbone(ids)
-            pooled = torch.stack([pool_hidden(hidden, mask, p) for p in POOLINGS], dim=1)
-            out[start : start + len(ids)] = pooled.float().cpu().numpy()
+    distinct = None
+    try:
+        if scratch is not None:
+            distinct = np.lib.format.open_memmap(scratch, mode="w+", dtype=np.float32, shape=(len(shard), *shape))
+        else:
+            distinct = np.zeros((len(shard), *shape), dtype=np.float32)
+        run = runner or local_runner(device, batch_size)
+        run(BackboneEncoder(backbone), shard, bar, distinct)
+        bar.close()
+        if out is None:
+            out = distinct[inverse]
+        else:
+            for start in range(0, len(inverse), _COPY_ROWS):
+                out[start : start + _COPY_ROWS] = distinct[inverse[start : start + _COPY_ROWS]]
+                release_pages(out)
+                release_pages(distinct)
+    finally:
+        bar.close()
+        if scratch is not None:
+            distinct = None  # the map closed before its file goes
+            scratch.unlink(missing_ok=True)
     seconds = time.perf_counter() - started
-    tokens = int(dataset.set_lengths()[representatives].sum())
+    tokens = shard.tokens()
     log.info(
-        "set vectors of %d sets (%d distinct, %s tokens) in %.1f s (%.0f tokens/s)",
+        "set vectors of %d sets (%d distinct, %s tokens) in %.1f s (%.0f reads/s, %.0f tokens/s)",
         len(dataset),
         len(representatives),
         f"{tokens:,}",
         seconds,
+        len(representatives) / max(seconds, 1e-9),
         tokens / max(seconds, 1e-9),
     )
-    return out[inverse]
+    return out
 
 
 def set_vectors(
@@ -133,31 +376,78 @@ def set_vectors(
     use_cache: bool = True,
     batch_size: int = 32,
     device: torch.device | str = "cpu",
-    progress: bool = True,
+    progress: bool | str = True,
     shared: Mapping[str, np.ndarray] | None = None,
+    runner: Runner | None = None,
 ) -> np.ndarray:
     """The frozen backbone's pooled vectors of every set (see ``compute``): from ``shared`` (vectors computed
-    elsewhere, e.g. by the search driver, keyed by ``cache_key``), else read from or written to the disk cache."""
+    elsewhere, e.g. by the search driver, keyed by ``cache_key``), else memory-mapped from the disk cache (read-only,
+    paged in as used, never all in RAM) or computed into it. runner: what embeds the distinct reads."""
     if shared:
         found = shared.get(cache_key(backbone, dataset))
         if found is not None:
             log.info("set vectors shared by the driver (%d sets)", len(found))
             return found
+    kwargs = {"batch_size": batch_size, "device": device, "progress": progress, "runner": runner}
     if not use_cache:
-        return compute(backbone, dataset, batch_size=batch_size, device=device, progress=progress)
+        return compute(backbone, dataset, **kwargs)
     path = cache_path(backbone, dataset, cache_dir)
     vectors = _read(path, backbone, dataset)
     if vectors is not None:
         return vectors
-    vectors = compute(backbone, dataset, batch_size=batch_size, device=device, progress=progress)
+    shape = (len(dataset), len(POOLINGS), backbone.config.d_model)
+    tmp = path.parent / f".{path.name}.{os.getpid()}-{time.monotonic_ns()}.tmp"
     try:
-        files.save_npz(
-            path, {"vectors": vectors, HASH_KEY: np.array(files.content_hash({"vectors": vectors}, path.name))}
-        )
-        log.info("embedding cache written: %s", path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
     except OSError as exc:  # a read-only cache folder should not stop training
         log.warning("could not write the embedding cache %s (%s); set TUNE_PH_CACHE to a writable folder", path, exc)
-    return vectors
+        return compute(backbone, dataset, **kwargs)
+    try:
+        compute(backbone, dataset, out=out, **kwargs)
+        out.flush()
+        del out
+        files.write_text(hash_path(path), stream_hash(tmp, path.name))
+        os.replace(tmp, path)
+        log.info("embedding cache written: %s", path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return open_npy(path)
+
+
+def open_npy(path: Path) -> np.memmap:
+    """An .npy file's array, memory-mapped read-only, after checking its header: a plain little-endian array whose
+    declared size is the file's (never an .npz, a pickle or a header that would allocate more than is there)."""
+    with open(path, "rb") as fh:
+        try:
+            version = np.lib.format.read_magic(fh)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read(fh)
+        except Exception as exc:  # noqa: BLE001 - any header numpy cannot parse (SyntaxError, TokenError, ...)
+            raise ValueError(f"not an .npy array ({str(exc)[:100]})") from None
+        offset = fh.tell()
+    if fortran or dtype.hasobject or dtype.byteorder == ">":
+        raise ValueError(f"an array this cache never writes ({dtype}, fortran order {fortran})")
+    if os.path.getsize(path) != offset + math.prod(shape) * dtype.itemsize:
+        raise ValueError("its size does not match its header")
+    return np.memmap(path, dtype=dtype, mode="r", shape=shape, offset=offset)
+
+
+def hash_path(path: Path) -> Path:
+    """The content hash of a cache entry lives beside it (an .npy holds one array, and is memory-mapped as is)."""
+    return path.with_name(path.name + ".hash")
+
+
+def stream_hash(path: Path, key: str) -> str:
+    """files.content_hash({"vectors": the .npy's array}, key), read in pieces (never the whole array in RAM)."""
+    vectors = open_npy(path)
+    h = files.mac_hasher(key)
+    h.update(f"\x1evectors\x1f{vectors.dtype.str}\x1f{vectors.shape}\x1f".encode())
+    with open(path, "rb") as fh:
+        fh.seek(vectors.offset)
+        for piece in iter(lambda: fh.read(1 << 24), b""):
+            h.update(piece)
+    return h.hexdigest()
 
 
 def cached(
@@ -168,17 +458,20 @@ def cached(
 
 
 def _read(path: Path, backbone: HyenaDNAModel, dataset: TokenizedDataset) -> np.ndarray | None:
-    """A cache entry's vectors, or None (recomputed) when it is missing, damaged, of another shape, changed since
-    it was written (its content hash) or not this backbone's (a few sets recomputed at random disagree)."""
+    """A cache entry's vectors, memory-mapped, or None (recomputed) when it is missing, damaged, of another shape,
+    changed since it was written (its content hash) or not this backbone's (a few sets recomputed at random
+    disagree)."""
     if not path.exists():
         return None
     expected = (len(dataset), len(POOLINGS), backbone.config.d_model)
     try:
-        arrays = files.load_npz(path, max_bytes=4 * math.prod(expected) + (1 << 16), what="embedding cache entry")
-        vectors = arrays["vectors"]
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise ValueError("not a regular file")
+        vectors = open_npy(path)
         if vectors.shape != expected or vectors.dtype != np.float32:
-            raise ValueError(f"its vectors have shape {vectors.shape} {vectors.dtype}, not {expected} float32")
-        if str(arrays.get(HASH_KEY, "")) != files.content_hash({"vectors": vectors}, path.name):
+            raise ValueError(f"it holds {vectors.shape} {vectors.dtype}, not {expected} float32")
+        recorded = hash_path(path).read_text().strip() if hash_path(path).is_file() else ""
+        if recorded != stream_hash(path, path.name):
             raise ValueError("its content does not match its hash (changed since it was written)")
         _spot_check(vectors, backbone, dataset)
     except (OSError, ValueError, KeyError) as exc:  # a damaged or forged entry is recomputed, not fatal
@@ -217,3 +510,74 @@ def for_pooling(vectors: np.ndarray, pooling: str) -> torch.Tensor:
         # Vectors shared through Ray's object store are read-only; they are only ever read, so no copy is made.
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         return torch.from_numpy(vectors[:, POOLINGS.index(pooling)])
+
+
+# ------------------------------------------------------------------------------------------------ fit once per search
+# A fit on the vectors (PCA + clusters of the train reads, ...) depends only on the vectors, the reads it was fitted
+# on and its own settings; trials of one search that ask for the same fit share it instead of refitting it.
+FIT_SUBFOLDER = "fits"
+_FITS: dict[str, dict[str, np.ndarray]] = {}  # this process's fits (a worker reused by Tune keeps them)
+
+
+def fit_key(vectors_key: str, what: str, *, rows: np.ndarray | None = None, **settings: object) -> str:
+    """The identity of a fit: the vectors (cache_key, plus the pooling or anything else that picks them), which
+    rows it was fitted on (e.g. the train split's set indices), what it is (name and version) and its settings
+    (cluster count, dimensions, seed, ...)."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{vectors_key}\x1f{what}\x1f{sorted(settings.items())!r}".encode())
+    if rows is not None:
+        h.update(np.ascontiguousarray(rows, dtype=np.int64).tobytes())
+    return f"{what}-{h.hexdigest()}"
+
+
+def fit_once(
+    key: str, fit: Callable[[], Mapping[str, np.ndarray]], cache_dir: str | os.PathLike | None = None
+) -> dict[str, np.ndarray]:
+    """The arrays of the fit named key (fit_key): this process's copy, else the cache's (content-hashed .npz),
+    else fit() called once and stored. Processes that ask for the same fit at once (a search's trials on one
+    node) wait on a file lock for the first one's result instead of fitting it again.
+
+    Meant for ReadClusters.fit: key = fit_key(cache_key(...), "pca-kmeans-v1", rows=train_sets, pooling=...,
+    clusters=K, dims=dims, seed=seed); fit returns {"center", "projection", "centroids"}.
+    """
+    if key in _FITS:
+        return _FITS[key]
+    folder = token_cache.cache_folder(cache_dir) / FIT_SUBFOLDER
+    path = folder / f"{key}.npz"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = open(folder / f"{key}.lock", "a+b")  # noqa: SIM115 - held across the fit
+    except OSError as exc:  # a read-only cache: fit here, share within this process only
+        log.warning("fits are not shared (%s); set TUNE_PH_CACHE to a writable folder", exc)
+        _FITS[key] = {k: np.asarray(v) for k, v in fit().items()}
+        return _FITS[key]
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        arrays = _read_fit(path)
+        if arrays is None:
+            started = time.perf_counter()
+            arrays = {k: np.asarray(v) for k, v in fit().items()}
+            stored = {**arrays, "content_hash": np.array(files.content_hash(arrays, path.name))}
+            try:
+                files.save_npz(path, stored)
+            except OSError as exc:
+                log.warning("could not store the fit %s (%s)", path, exc)
+            log.info("fit %s in %.1f s, stored for the other trials", key, time.perf_counter() - started)
+        else:
+            log.info("fit %s shared from %s", key, path)
+    _FITS[key] = arrays
+    return arrays
+
+
+def _read_fit(path: Path) -> dict[str, np.ndarray] | None:
+    if not path.exists():
+        return None
+    try:
+        arrays = files.load_npz(path, max_bytes=1 << 31, what="fit cache entry")
+        recorded = str(arrays.pop("content_hash", ""))
+        if recorded != files.content_hash(arrays, path.name):
+            raise ValueError("its content does not match its hash")
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("ignoring fit cache %s (%s); fitting again", path, str(exc)[:300])
+        return None
+    return arrays

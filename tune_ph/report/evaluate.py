@@ -90,7 +90,10 @@ def evaluate_checkpoint(
     torch_device = resolve_device(device)
     model.to(torch_device)
     # A frozen backbone's vectors are usually cached already (training computed them): no backbone run then.
-    vectors = embeddings.cached(model.backbone, dataset, cfg.cache_dir) if cfg.freeze_backbone else None
+    # The backbone's cached vectors serve a model that reads them; a model with its own read encoder (k-mer
+    # profiles) counts them as it predicts.
+    uses_backbone = cfg.freeze_backbone and model.read_encoder is None
+    vectors = embeddings.cached(model.backbone, dataset, cfg.cache_dir) if uses_backbone else None
     preds = predict(
         model,
         dataset,

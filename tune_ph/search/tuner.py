@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import optuna
+import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
@@ -17,7 +18,7 @@ from tune_ph.metrics import best_column, metric_mode
 from tune_ph.model import embeddings
 from tune_ph.model.regressor import resolve_device
 from tune_ph.report import results
-from tune_ph.search import console
+from tune_ph.search import console, embed_stage
 from tune_ph.search.spec import OptunaSpace, SearchSpec
 from tune_ph.search.trainable import train_trial
 from tune_ph.training.fit import seeded_model
@@ -33,9 +34,13 @@ def may_freeze(spec: SearchSpec) -> bool:
     return "freeze_backbone" in spec.params or spec.fixed.get("freeze_backbone") is True
 
 
-def shared_vectors(spec: SearchSpec, datasets: dict[str, TokenizedDataset]) -> dict[str, np.ndarray]:
-    """The frozen backbones' set vectors, computed once on the driver (or read from the embedding cache) for every
-    model a frozen trial may use, keyed by embeddings.cache_key.
+def shared_vectors(
+    spec: SearchSpec, datasets: dict[str, TokenizedDataset], progress: bool | str = True
+) -> dict[str, np.ndarray]:
+    """The frozen backbones' set vectors, computed once per search (or read from the embedding cache) for every
+    model a frozen trial may use, keyed by embeddings.cache_key: the distinct reads are embedded by Ray tasks on
+    every node of the cluster when Ray runs (embed_stage), else on the driver, with a progress bar (or a line every
+    tenth when the console is not a terminal) showing reads/s and the time left.
 
     The backbone is fit's own (fit.seeded_model of the model's config), so a trial's key matches; a trial whose
     backbone differs (a searched seed of a from-scratch model) misses and computes its own through the disk cache.
@@ -45,13 +50,22 @@ def shared_vectors(spec: SearchSpec, datasets: dict[str, TokenizedDataset]) -> d
     out: dict[str, np.ndarray] = {}
     for model in spec.model_choices():
         cfg = spec.train_config(model)
+        if cfg.read_encoder != "hyena":  # k-mer profiles are counted by each trial in seconds: nothing to share
+            continue
         backbone = seeded_model(cfg).backbone
         dataset = datasets[model]
         key = embeddings.cache_key(backbone, dataset)
         if key not in out:
             log.info("set vectors of %s for frozen trials", model)
+            device = resolve_device(cfg.device)
             out[key] = embeddings.set_vectors(
-                backbone, dataset, cache_dir=cfg.cache_dir, device=resolve_device(cfg.device), batch_size=64
+                backbone,
+                dataset,
+                cache_dir=cfg.cache_dir,
+                device=device,
+                batch_size=64,
+                progress=progress,
+                runner=embed_stage.ray_runner(device.type) if ray.is_initialized() else None,
             )
     return out
 
