@@ -345,7 +345,10 @@ def _baseline_entry(tmp_path: Path) -> tuple[Path, dict]:
     table["residual_mean"] = table["true_ph"] - table["predicted_ph_mean"]
     from tune_ph.metrics import regression_metrics
 
-    metrics = {"name": "ridge", **regression_metrics(table["true_ph"].to_numpy(), table["predicted_ph_mean"], "test_")}
+    metrics = {
+        "name": "ridge",
+        **regression_metrics(table["true_ph"].to_numpy(), table["predicted_ph_mean"], split="test"),
+    }
     path = tmp_path / "entry.json"
     members.store(members.Baseline("ridge", metrics, table[list(members.PREDICTION_COLUMNS)]), path)
     return path, json.loads(path.read_text())
