@@ -103,12 +103,14 @@ def _tiny_dataset(folder: Path) -> Path:
 def test_bench_quality(tmp_path):
     out = tmp_path / "quality"
     argv = ["--dataset", str(_tiny_dataset(tmp_path)), "--output-dir", str(out)]
-    space = write_space(tmp_path, tiny_space(name="tiny", fixed__dataset="demo"))
+    clusters = {"freeze_backbone": True, "aggregation": "clusters", "clusters": 8, "cluster_dims": 4, "max_sets": None}
+    space = tiny_space(name="tiny", fixed__dataset="demo", fixed__max_length=120, space={"head": {"choice": ["trees"]}})
+    space["fixed"].update(clusters, tree_min_samples=2)
     lines = _run(
         "bench_quality.py",
         *argv,
         "--space",
-        str(space),
+        str(write_space(tmp_path, space)),
         "--num-samples",
         "1",
         "--epochs",
@@ -118,13 +120,17 @@ def test_bench_quality(tmp_path):
         timeout=900,
     )
     quality = rf"quality {{name}} +test R² {NUMBER}  RMSE {NUMBER}  MAE {NUMBER}  wall +{NUMBER} min  \(.+\)"
-    for name in ("dna-model", "kmer4-hgb", "kmer6-ridge", "kmer8-ridge", "otu5-hgb"):
+    members = ("kmer4-hgb", "kmer6-ridge", "kmer8-ridge", "otu5-hgb", "environment-mean")
+    for name in ("dna-model", "kmer-codebook", *members):
         r2, rmse, mae, minutes = (float(x) for x in _match(quality.format(name=name), lines).groups())
         assert r2 <= 1 and 0 < mae <= rmse and minutes >= 0
-    assert sum("(chosen on val)" in line for line in lines) == 1
-    for folder in ("model", "baseline"):
-        header = (out / folder / "test_predictions.csv").read_text().splitlines()[0]
-        assert header.startswith("sample_id,") and "predicted_ph_mean" in header
+    assert "kmer reads" in _match(quality.format(name="kmer-codebook"), lines).group(0)
+    assert "hyena reads" in _match(quality.format(name="dna-model"), lines).group(0)
+    chosen = [line for line in lines if "(chosen on val)" in line]
+    assert len(chosen) == 1 and "-mean" not in chosen[0]  # the bar is a model of the reads, not a reference
+    for folder in ("model", "control", "baseline", *(f"baselines/{name}" for name in members)):
+        table = (out / folder / "test_predictions.csv").read_text().splitlines()
+        assert table[0].startswith("sample_id,") and "predicted_ph_mean" in table[0] and len(table) == 1 + 8
 
 
 def test_bench_baseline(tmp_path):
