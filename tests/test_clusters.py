@@ -151,13 +151,13 @@ def test_the_cluster_fit_sees_only_the_train_reads(tmp_path, monkeypatch):
     shapes the features the head is selected and tested on."""
     dataset = organism_dataset(n_samples=24, reads=6, seed=2)
     seen: list[torch.Tensor] = []
-    original = ReadClusters.fit
+    original = ReadClusters.fit_arrays
 
     def recording(self, vectors, seed):
         seen.append(vectors.clone())
         return original(self, vectors, seed)
 
-    monkeypatch.setattr(ReadClusters, "fit", recording)
+    monkeypatch.setattr(ReadClusters, "fit_arrays", recording)
     cfg = clusters_config(tmp_path, epochs=1)
     fit(cfg, dataset, progress=False)
     ((vectors,),) = [seen]

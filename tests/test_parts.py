@@ -16,7 +16,7 @@ from tune_ph.baseline.reference import baseline_line, leak_note, reference_of
 from tune_ph.config import TrainConfig
 from tune_ph.errors import ConfigError, InputError
 from tune_ph.files import load_torch
-from tune_ph.model import abundance
+from tune_ph.model import abundance, embeddings
 from tune_ph.model.read_encoders import KmerEncoder, kmer_vectors
 from tune_ph.model.regressor import ReadClusters, level_sizes, load_checkpoint
 from tune_ph.model.tree_head import TreeHead
@@ -147,6 +147,22 @@ def test_trees_on_several_resolutions_learn_which_organisms_a_sample_holds(tmp_p
     assert isinstance(model.head, TreeHead) and (read_encoder == "kmer") == (model.read_encoder is not None)
     metrics = evaluate_checkpoint(path, dataset=dataset, output_dir=tmp_path / "eval", device="cpu")
     assert metrics["test_r2"] > 0.5
+
+
+def test_trials_that_ask_for_the_same_clusters_share_one_fit(tmp_path, monkeypatch):
+    dataset = organism_dataset(n_samples=24, reads=6, seed=3)
+    calls = []
+    original = ReadClusters.fit_arrays
+    monkeypatch.setattr(ReadClusters, "fit_arrays", lambda self, v, seed: calls.append(1) or original(self, v, seed))
+    monkeypatch.setattr(embeddings, "_FITS", {})  # as a fresh worker: only the cache on disk is shared
+    first = fit(clusters_config(tmp_path, epochs=1, abundance="clr"), dataset, progress=False)
+    monkeypatch.setattr(embeddings, "_FITS", {})
+    second = fit(clusters_config(tmp_path, epochs=1, abundance="relative", head="mlp2"), dataset, progress=False)
+    assert len(calls) == 1  # another abundance and head: the same fit, shared
+    name = "aggregation.clusters.centroids"
+    torch.testing.assert_close(first.best_state.weights[name], second.best_state.weights[name])
+    fit(clusters_config(tmp_path, epochs=1, cluster_dims=4), dataset, progress=False)
+    assert len(calls) == 2  # other dimensions: another fit
 
 
 def _member(name: str, val_r2: float, features: str = "kmer") -> Baseline:

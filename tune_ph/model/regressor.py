@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -119,8 +120,13 @@ class ReadClusters(nn.Module):
         return nn.functional.normalize((vectors.float() - self.center) @ self.projection, dim=-1)
 
     def fit(self, vectors: torch.Tensor, seed: int) -> None:
-        """Fit the projection and every resolution's centroids on train read vectors (N, D); scikit-learn's PCA and
-        MiniBatchKMeans."""
+        """Fit the projection and every resolution's centroids on train read vectors (N, D)."""
+        self.load_fit(self.fit_arrays(vectors, seed))
+
+    def fit_arrays(self, vectors: torch.Tensor, seed: int) -> dict[str, np.ndarray]:
+        """What ``fit`` keeps, as arrays (center, projection, centroids), without keeping it: scikit-learn's PCA and
+        MiniBatchKMeans on train read vectors (N, D). A search shares one such fit among the trials that ask for it
+        (embeddings.fit_once)."""
         from sklearn.cluster import MiniBatchKMeans
         from sklearn.decomposition import PCA
 
@@ -132,14 +138,23 @@ class ReadClusters(nn.Module):
             )
         pca = PCA(n_components=dims, whiten=True, random_state=seed).fit(data)
         # whiten=True: scaled components, so (x - mean) @ projection equals pca.transform(x).
-        self.center.copy_(torch.from_numpy(pca.mean_))
-        self.projection.copy_(torch.from_numpy((pca.components_ / np.sqrt(pca.explained_variance_)[:, None]).T))
-        embedded = self.embed(vectors.detach().cpu()).numpy()
+        center = pca.mean_.astype(np.float32)
+        projection = (pca.components_ / np.sqrt(pca.explained_variance_)[:, None]).T.astype(np.float32)
+        embedded = nn.functional.normalize(torch.from_numpy((data - center) @ projection), dim=-1).numpy()
         fitted = [
             MiniBatchKMeans(k, batch_size=4096, n_init=1, max_iter=20, random_state=seed).fit(embedded).cluster_centers_
             for k in self.sizes
         ]
-        self.centroids.copy_(torch.from_numpy(np.concatenate(fitted)))
+        return {"center": center, "projection": projection, "centroids": np.concatenate(fitted).astype(np.float32)}
+
+    def load_fit(self, arrays: dict[str, np.ndarray]) -> None:
+        """Keep a fit (fit_arrays' arrays) in the buffers; arrays of other shapes are refused."""
+        for name in ("center", "projection", "centroids"):
+            buffer = getattr(self, name)
+            value = torch.as_tensor(np.asarray(arrays[name]), dtype=buffer.dtype)
+            if value.shape != buffer.shape:
+                raise ValueError(f"a clusters fit's {name} is {tuple(value.shape)}, not {tuple(buffer.shape)}")
+            buffer.copy_(value)
 
     def assign(self, vectors: torch.Tensor) -> torch.Tensor:
         """The nearest centroid of each set vector at every resolution (N, levels), as rows of ``centroids``."""
@@ -311,17 +326,27 @@ def backbone_config(cfg: TrainConfig) -> HyenaDNAConfig:
         raise ConfigError("model", str(err)) from None
 
 
-def _head(cfg: TrainConfig, width: int) -> RegressionHead | TreeHead:
-    if cfg.head == "trees":
-        return TreeHead(
-            width,
-            pooling=cfg.pooling,
-            leaves=cfg.tree_leaves,
-            learning_rate=cfg.tree_learning_rate,
-            min_samples=cfg.tree_min_samples,
-            seed=cfg.seed,
-        )
+def _mlp_head(cfg: TrainConfig, width: int) -> RegressionHead:
     return RegressionHead(width, cfg.head, cfg.pooling, cfg.head_dropout)
+
+
+def _tree_head(cfg: TrainConfig, width: int) -> TreeHead:
+    return TreeHead(
+        width,
+        pooling=cfg.pooling,
+        leaves=cfg.tree_leaves,
+        learning_rate=cfg.tree_learning_rate,
+        min_samples=cfg.tree_min_samples,
+        seed=cfg.seed,
+    )
+
+
+# Head name -> how a config builds it on `width` inputs. A new head is its class and one line here (and its name in
+# tune_ph.config.ARCHITECTURES, which the YAML and the CLI read without importing torch).
+HEADS: dict[str, Callable[[TrainConfig, int], RegressionHead | TreeHead]] = {
+    **dict.fromkeys(MLP_HEADS, _mlp_head),
+    "trees": _tree_head,
+}
 
 
 def head_bytes(cfg: TrainConfig, d_model: int) -> int:
@@ -364,7 +389,7 @@ def _assemble(cfg: TrainConfig, backbone: HyenaDNAModel) -> PhRegressor:
     if cfg.aggregation == "clusters":
         clusters = ReadClusters(width, cfg.clusters, cfg.cluster_dims, cfg.cluster_levels, cfg.abundance)
     # With clusters the head reads a sample's abundances, one per cluster, instead of a set vector.
-    head = _head(cfg, clusters.n_features if clusters else width)
+    head = HEADS[cfg.head](cfg, clusters.n_features if clusters else width)
     standardise = cfg.freeze_backbone and clusters is None
     aggregation = SetAggregation(width, cfg.aggregation, standardise=standardise, clusters=clusters)
     return PhRegressor(

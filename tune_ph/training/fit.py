@@ -269,6 +269,41 @@ def seeded_model(cfg: TrainConfig) -> PhRegressor:
     return build_model(cfg)
 
 
+def _vectors_key(cfg: TrainConfig, dataset: TokenizedDataset, model: PhRegressor) -> str:
+    """What a frozen run's set vectors are: the encoder (the backbone's weights and pooling, or the k-mer length)
+    and the tokenized data."""
+    if model.read_encoder is not None:
+        data = f"{dataset.fingerprint}-L{dataset.max_length}-n{dataset.max_sets}"
+        return f"{cfg.read_encoder}{cfg.encoder_k}-{data}"
+    return f"{embeddings.cache_key(model.backbone, dataset)}-{cfg.pooling}"
+
+
+def _fit_clusters(cfg: TrainConfig, dataset: TokenizedDataset, model: PhRegressor, vectors: torch.Tensor) -> None:
+    """Fit the read clusters on the train reads' vectors, or take the same fit from another trial of the search
+    (its abundances and head may differ; the fit depends on the vectors, the reads, the sizes and the seed only)."""
+    clusters = model.aggregation.clusters
+    train_sets = dataset.set_indices("train")
+    key = embeddings.fit_key(
+        _vectors_key(cfg, dataset, model),
+        "pca-kmeans-v1",
+        rows=train_sets,
+        clusters=clusters.sizes,
+        dims=cfg.cluster_dims,
+        seed=cfg.seed,
+    )
+    started = time.perf_counter()
+    arrays = embeddings.fit_once(
+        key, lambda: clusters.fit_arrays(vectors[torch.from_numpy(train_sets)], cfg.seed), cfg.cache_dir
+    )
+    clusters.load_fit(arrays)
+    log.info(
+        "%s clusters of %d train read sets in %.1f s",
+        " + ".join(map(str, clusters.sizes)),
+        len(train_sets),
+        time.perf_counter() - started,
+    )
+
+
 def fit(
     cfg: TrainConfig,
     dataset: TokenizedDataset,
@@ -305,15 +340,7 @@ def fit(
         run.vectors = _frozen_vectors(cfg, dataset, model, device, progress, shared_vectors)
         clusters = model.aggregation.clusters
         if clusters is not None and resume_from is None:  # resumed: the fit is in the weights
-            train_sets = torch.from_numpy(dataset.set_indices("train"))
-            started = time.perf_counter()
-            clusters.fit(run.vectors[train_sets], cfg.seed)
-            log.info(
-                "%d clusters of %d train read sets in %.1f s",
-                cfg.clusters,
-                len(train_sets),
-                time.perf_counter() - started,
-            )
+            _fit_clusters(cfg, dataset, model, run.vectors)
 
     for epoch in range(run.epoch + 1, cfg.epochs + 1):
         metrics = run.train_and_validate(epoch, progress)
