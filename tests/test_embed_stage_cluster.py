@@ -40,6 +40,7 @@ def _winner(folder: Path) -> tuple[dict, dict]:
 def test_a_search_joined_to_two_nodes_embeds_on_both_with_one_nodes_vectors_and_winner(tmp_path, monkeypatch):
     from ray.cluster_utils import Cluster
 
+    from tune_ph.search import cluster as ray_cluster
     from tune_ph.search import embed_stage
 
     space = write_space(
@@ -52,11 +53,18 @@ def test_a_search_joined_to_two_nodes_embeds_on_both_with_one_nodes_vectors_and_
         ),
     )
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 1})
+    # Both nodes on loopback, as `ray start --node-ip-address 127.0.0.1` would put them: whatever an earlier test of
+    # this session left in Ray's module state, the servers bind loopback and the address names it.
+    with ray_cluster.loopback_node():
+        cluster = Cluster(
+            initialize_head=True, connect=False, head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.1"}
+        )
     try:
-        cluster.add_node(num_cpus=1)
+        with ray_cluster.loopback_node():
+            cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
         cluster.wait_for_nodes()
-        two = _search(space, tmp_path / "two", tmp_path / "cache-two", "--address", cluster.address, "--allow-no-auth")
+        address = f"127.0.0.1:{cluster.address.rsplit(':', 1)[1]}"
+        two = _search(space, tmp_path / "two", tmp_path / "cache-two", "--address", address, "--allow-no-auth")
     finally:
         cluster.shutdown()
     shares = {m.group(1): int(m.group(3)) for m in NODE_LINE.finditer(two.stderr)}
