@@ -32,15 +32,29 @@ def _search(space: Path, out: Path, cache: Path, *extra: str) -> subprocess.Comp
     return proc
 
 
+# The two nodes start in a process of their own: Ray's module state in this test process (an earlier test's ray.init
+# with token auth, its node address) would otherwise leak into the nodes, and the search could not join them.
+_TWO_NODES = """
+import sys
+from ray.cluster_utils import Cluster
+from tune_ph.search.cluster import loopback_node
+with loopback_node():  # both nodes on loopback, as `ray start --node-ip-address 127.0.0.1` puts them
+    head = {"num_cpus": 1, "node_ip_address": "127.0.0.1"}
+    cluster = Cluster(initialize_head=True, connect=False, head_node_args=head)
+    cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+cluster.wait_for_nodes()
+print(cluster.address.rsplit(":", 1)[1], flush=True)
+sys.stdin.read()  # until the test closes stdin
+cluster.shutdown()
+"""
+
+
 def _winner(folder: Path) -> tuple[dict, dict]:
     best = folder / files.BEST_DIR
     return json.loads((best / files.RUN_CONFIG_FILE).read_text()), json.loads((best / files.METRICS_FILE).read_text())
 
 
 def test_a_search_joined_to_two_nodes_embeds_on_both_with_one_nodes_vectors_and_winner(tmp_path, monkeypatch):
-    from ray.cluster_utils import Cluster
-
-    from tune_ph.search import cluster as ray_cluster
     from tune_ph.search import embed_stage
 
     space = write_space(
@@ -53,20 +67,21 @@ def test_a_search_joined_to_two_nodes_embeds_on_both_with_one_nodes_vectors_and_
         ),
     )
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    # Both nodes on loopback, as `ray start --node-ip-address 127.0.0.1` would put them: whatever an earlier test of
-    # this session left in Ray's module state, the servers bind loopback and the address names it.
-    with ray_cluster.loopback_node():
-        cluster = Cluster(
-            initialize_head=True, connect=False, head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.1"}
-        )
+    nodes = subprocess.Popen(
+        [sys.executable, "-c", _TWO_NODES],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+    )
     try:
-        with ray_cluster.loopback_node():
-            cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
-        cluster.wait_for_nodes()
-        address = f"127.0.0.1:{cluster.address.rsplit(':', 1)[1]}"
+        port = nodes.stdout.readline().strip()
+        assert port.isdigit(), f"the two-node cluster did not start (printed {port!r})"
+        address = f"127.0.0.1:{port}"
         two = _search(space, tmp_path / "two", tmp_path / "cache-two", "--address", address, "--allow-no-auth")
     finally:
-        cluster.shutdown()
+        nodes.stdin.close()
+        nodes.wait(timeout=120)
     shares = {m.group(1): int(m.group(3)) for m in NODE_LINE.finditer(two.stderr)}
     assert len(shares) == 2, two.stderr[-4000:]  # each node's share is logged
     total = {int(m.group(4)) for m in NODE_LINE.finditer(two.stderr)}
