@@ -32,18 +32,16 @@ def _search(space: Path, out: Path, cache: Path, *extra: str) -> subprocess.Comp
     return proc
 
 
-# The two nodes start in a process of their own: Ray's module state in this test process (an earlier test's ray.init
-# with token auth, its node address) would otherwise leak into the nodes, and the search could not join them.
+# The two nodes start in a process of their own: Ray's module state in this test process (an earlier test's loopback
+# start) would otherwise bind them to loopback only, while Ray 2.60 rewrites the address a driver joins from
+# 127.0.0.1 to the machine's routable one, so the search could not reach them.
 _TWO_NODES = """
 import sys
 from ray.cluster_utils import Cluster
-from tune_ph.search.cluster import loopback_node
-with loopback_node():  # both nodes on loopback, as `ray start --node-ip-address 127.0.0.1` puts them
-    head = {"num_cpus": 1, "node_ip_address": "127.0.0.1"}
-    cluster = Cluster(initialize_head=True, connect=False, head_node_args=head)
-    cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 1})
+cluster.add_node(num_cpus=1)
 cluster.wait_for_nodes()
-print(cluster.address.rsplit(":", 1)[1], flush=True)
+print(cluster.address, flush=True)
 sys.stdin.read()  # until the test closes stdin
 cluster.shutdown()
 """
@@ -75,9 +73,8 @@ def test_a_search_joined_to_two_nodes_embeds_on_both_with_one_nodes_vectors_and_
         env={**os.environ, "RAY_AUTH_MODE": "disabled"},
     )
     try:
-        port = nodes.stdout.readline().strip()
-        assert port.isdigit(), f"the two-node cluster did not start (printed {port!r})"
-        address = f"127.0.0.1:{port}"
+        address = nodes.stdout.readline().strip()
+        assert address.rpartition(":")[2].isdigit(), f"the two-node cluster did not start (printed {address!r})"
         two = _search(space, tmp_path / "two", tmp_path / "cache-two", "--address", address, "--allow-no-auth")
     finally:
         nodes.stdin.close()
