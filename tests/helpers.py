@@ -140,6 +140,29 @@ def worker_setup() -> None:
 TINY = dict(d_model=32, n_layer=1, d_inner=64, l_max=66)
 
 
+def tiny_state(**train: object) -> dict:
+    """A best_model.pt's content as train writes it (untrained TINY model, clusters fit on random vectors)."""
+    # Imported here: Ray workers import this module through their setup hook, and need no model to do so.
+    import torch
+
+    from tune_ph.config import TrainConfig
+    from tune_ph.model.regressor import build_model
+
+    cfg = TrainConfig(dataset="demo", from_scratch=True, model_config=dict(TINY), max_length=64, device="cpu", **train)
+    model = build_model(cfg)
+    if cfg.aggregation == "clusters":
+        model.aggregation.clusters.fit(torch.randn(64, TINY["d_model"]), seed=0)
+    return {
+        "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "train_config": cfg.to_dict(),
+        "model_config": model.backbone.config.to_dict(),
+        "target_mean": 6.0,
+        "target_std": 1.0,
+        "max_length": 64,
+        "epoch": 1,
+    }
+
+
 def motif_dataset(n_samples: int = 48, max_length: int = 64, max_sets: int = 2, seed: int = 0) -> TokenizedDataset:
     """Sets made of two bases, pH linear in the fraction of G: learnable by a tiny model in a few epochs."""
     rng = np.random.default_rng(seed)

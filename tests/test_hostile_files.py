@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT, TINY
+from helpers import ROOT, TINY, tiny_state
 
 from hyena_dna import HyenaDNAModel
 from tune_ph import files
@@ -24,23 +24,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 PEAK_LIMIT = 1 << 30  # the interpreter, torch and tune_ph take a few hundred MiB; the models declared take 2.7-5 GB
 # Below hyena_dna's upper bounds and (on most machines) the memory available: 0.8 G numbers, 3.2 GB of float32.
 BIG_BACKBONE = {"d_model": 2048, "n_layer": 16, "d_inner": 8192}
-
-
-def tiny_state(**train) -> dict:
-    """A best_model.pt's content as train writes it (untrained tiny model, clusters fit on random vectors)."""
-    cfg = TrainConfig(dataset="demo", from_scratch=True, model_config=dict(TINY), max_length=64, device="cpu", **train)
-    model = build_model(cfg)
-    if cfg.aggregation == "clusters":
-        model.aggregation.clusters.fit(torch.randn(64, TINY["d_model"]), seed=0)
-    return {
-        "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
-        "train_config": cfg.to_dict(),
-        "model_config": model.backbone.config.to_dict(),
-        "target_mean": 6.0,
-        "target_std": 1.0,
-        "max_length": 64,
-        "epoch": 1,
-    }
 
 
 def save(path: Path, state: dict) -> Path:

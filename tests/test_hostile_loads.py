@@ -32,7 +32,7 @@ import optuna
 import pandas as pd
 import pytest
 import torch
-from helpers import ROOT, TINY, TINY_MODEL, motif_dataset, tiny_space, write_space
+from helpers import ROOT, TINY, TINY_MODEL, motif_dataset, tiny_space, tiny_state, write_space
 
 from hyena_dna import HyenaDNAConfig, HyenaDNAModel, memory
 from tune_ph import cli, files, secret
@@ -126,19 +126,7 @@ def declared_bomb(path: Path, settings: dict) -> Path:
 
 def tiny_checkpoint(path: Path, **overrides) -> Path:
     """A best_model.pt as train writes it (untrained tiny model): load_checkpoint and predict accept it."""
-    cfg = TrainConfig(dataset="demo", from_scratch=True, model_config=dict(TINY), max_length=64, device="cpu")
-    model = build_model(cfg)
-    state = {
-        "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
-        "train_config": cfg.to_dict(),
-        "model_config": model.backbone.config.to_dict(),
-        "target_mean": 6.0,
-        "target_std": 1.0,
-        "max_length": 64,
-        "epoch": 1,
-    }
-    state.update(overrides)
-    files.save_torch(path, state)
+    files.save_torch(path, {**tiny_state(), **overrides})
     return path
 
 
