@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from tune_ph.config import POOLINGS
+
 # HyenaDNA's character vocabulary: A, C, G, T are ids 7..10 (hyena_dna.tokenizer); anything else breaks a k-mer.
 _FIRST_BASE_ID = 7
 _BASES = 4
@@ -18,6 +20,8 @@ _CHUNK = 2048
 
 def pool_hidden(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
     """Reduce (B, L, D) hidden states to (B, D) using only positions where mask is True."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling {pooling!r}; choose one of: {', '.join(POOLINGS)}")
     if hidden.dim() != 3 or mask.shape != hidden.shape[:2]:
         raise ValueError(
             f"expected hidden (B, L, D) and mask (B, L); got {tuple(hidden.shape)} and {tuple(mask.shape)}"
@@ -30,8 +34,6 @@ def pool_hidden(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch
             return total
         count = mask.sum(dim=1, keepdim=True).clamp(min=1).to(total.dtype)
         return total / count
-    if pooling not in ("last", "first"):
-        raise ValueError(f"unknown pooling {pooling!r}; choose one of: pool, last, first, sum")
     length = mask.shape[1]
     positions = torch.arange(length, device=mask.device).expand_as(mask)
     if pooling == "last":
