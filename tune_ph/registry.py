@@ -84,7 +84,8 @@ class Registry(Generic[Part]):
         try:
             return self._parts[name]
         except KeyError:
-            raise ValueError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(self._parts)}") from None
+            known = [n for n in self.catalog if n in self._parts]  # in the order flags and errors show them
+            raise ValueError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(known)}") from None
 
     def __contains__(self, name: object) -> bool:
         return name in self._parts
