@@ -16,6 +16,10 @@ places it found; tests/test_layering.py pins them.
 - run functions: the modules that call training's fit(); one run function (training/run.py) calls it.
 - re-exports: `from tune_ph.X import name` (in tune_ph/, tests/, benchmarks/) where X does not define name but
   imports it from elsewhere.
+- part-name branches: a comparison with a registered part's name (`kind == "attention"`, `x in ("hgb", "ridge")`,
+  `case "clusters":`) anywhere in tune_ph/: a part's behaviour is its class's (tune_ph.registry), so nothing
+  branches on its name. The names are those of the catalogs (TrainConfig's aggregations, heads, read encoders and
+  abundance transforms; the baseline's models and references).
 """
 
 from __future__ import annotations
@@ -286,6 +290,37 @@ def fit_callers() -> list[str]:
     return found
 
 
+def part_names() -> set[str]:
+    """The names of every registered part, from the light catalogs (no torch or scikit-learn is imported)."""
+    from tune_ph import config
+    from tune_ph.baseline import choices
+
+    catalogs = (config.AGGREGATIONS, config.ARCHITECTURES, config.READ_ENCODERS, config.ABUNDANCES, choices.MODELS)
+    return {name for catalog in catalogs for name in catalog} | set(choices.REFERENCE_NAMES)
+
+
+def _names_in(node: ast.AST, names: set[str]) -> list[str]:
+    """The part names a compared value spells: a string constant, or a tuple/list/set of them."""
+    values = node.elts if isinstance(node, (ast.Tuple, ast.List, ast.Set)) else [node]
+    return [v.value for v in values if isinstance(v, ast.Constant) and v.value in names]
+
+
+def part_name_branches() -> list[str]:
+    """file:line: 'name', for every comparison (or match case) with a part's name in tune_ph/."""
+    names = part_names()
+    found = []
+    for _, path, tree in modules():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Compare):
+                spelled = [n for side in (node.left, *node.comparators) for n in _names_in(side, names)]
+            elif isinstance(node, ast.MatchValue):
+                spelled = _names_in(node.value, names)
+            else:
+                continue
+            found.extend(f"{path.relative_to(ROOT)}:{node.lineno}: {name!r}" for name in spelled)
+    return found
+
+
 COUNTS = {
     "metric literals outside metrics.py": metric_literals,
     "upward imports": upward_imports,
@@ -293,6 +328,7 @@ COUNTS = {
     "fit() callers (run functions)": fit_callers,
     "flags engines": flag_engines,
     "names imported through a module that does not define them": reexports,
+    "part-name branches (if ... == '<part name>')": part_name_branches,
 }
 
 

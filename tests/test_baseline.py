@@ -146,8 +146,8 @@ def test_demo_is_learnt_on_the_dna_models_split(demo_df, tmp_path):
 def test_long_kmers_are_sparse_and_hgb_keeps_the_features_most_related_to_ph(demo_df, tmp_path, monkeypatch):
     monkeypatch.setattr(regressors, "HGB_MAX_FEATURES", 256)  # the selection's path at a test's size
     fitted = []
-    fit = regressors.FITTERS["hgb"]
-    monkeypatch.setitem(regressors.FITTERS, "hgb", lambda xt, *a: fitted.append(xt) or fit(xt, *a))
+    fit = regressors.Hgb.fit
+    monkeypatch.setattr(regressors.Hgb, "fit", staticmethod(lambda xt, *a: fitted.append(xt) or fit(xt, *a)))
     res = run_baseline(demo_df, split_samples(demo_df), k=7, models=("hgb", "ridge"), cache_dir=tmp_path)
     assert fitted[0].format == "csr" and fitted[0].shape[1] == 4**7
     hgb = res["hgb"].metrics
@@ -389,8 +389,8 @@ def test_cli_missing_dataset_path_is_a_usage_error(tmp_path):
 
 def test_reference_baseline_is_fitted_once_then_read_from_the_cache(tmp_path, monkeypatch):
     calls = []
-    fit_ridge = regressors.FITTERS["ridge"]
-    monkeypatch.setitem(regressors.FITTERS, "ridge", lambda *a: calls.append(1) or fit_ridge(*a))
+    fit_ridge = regressors.RidgeOnVal.fit
+    monkeypatch.setattr(regressors.RidgeOnVal, "fit", staticmethod(lambda *a: calls.append(1) or fit_ridge(*a)))
     cfg = {"dataset": "demo", "cache_dir": str(tmp_path), "split_by": "study"}
     first, second = reference.reference_baseline(cfg), reference.reference_baseline(cfg)
     assert len(calls) == 1 and not first.cached and second.cached  # the tests' family: k=4 (conftest)

@@ -14,7 +14,8 @@ from hyena_dna import tokenizer
 from tune_ph.config import TrainConfig
 from tune_ph.errors import ConfigError
 from tune_ph.model import embeddings
-from tune_ph.model.regressor import ReadClusters, build_model, load_checkpoint
+from tune_ph.model.clusters import ReadClusters
+from tune_ph.model.regressor import build_model, load_checkpoint
 from tune_ph.report.evaluate import evaluate_checkpoint
 from tune_ph.training.fit import fit, seeded_model
 from tune_ph.training.predict import predict

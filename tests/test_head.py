@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from tune_ph.config import MLP_HEADS, POOLINGS
+from tune_ph.config import POOLINGS
+from tune_ph.model.heads import MLP_HEADS, RegressionHead
 from tune_ph.model.read_encoders import pool_hidden
-from tune_ph.model.regressor import RegressionHead
 
 D = 32
 

@@ -52,3 +52,24 @@ def test_one_run_function_calls_fit():
 def test_one_engine_makes_flags_of_every_settings_record():
     """TrainConfig, PretrainConfig and the search settings all get their flags from tune_ph/schema.py."""
     assert count_structure.flag_engines() == ["tune_ph.schema.add_arguments"]
+
+
+def test_nothing_branches_on_a_part_name():
+    """A part's behaviour is its registered class's: no `if kind == "attention"` anywhere in tune_ph/."""
+    assert count_structure.part_name_branches() == []
+
+
+def test_the_counter_sees_a_branch_on_a_part_name(tmp_path, monkeypatch):
+    package = tmp_path / "tune_ph"
+    package.mkdir()
+    (package / "bad.py").write_text(
+        "def f(cfg, m):\n    if cfg.aggregation == 'attention' or m in ('hgb', 'x'):\n        return 1\n"
+        "    match cfg.head:\n        case 'trees':\n            return 2\n"
+    )
+    monkeypatch.setattr(count_structure, "ROOT", tmp_path)
+    monkeypatch.setattr(count_structure, "PACKAGE", package)
+    assert [place.rsplit(": ", 1)[1] for place in count_structure.part_name_branches()] == [
+        "'attention'",
+        "'hgb'",
+        "'trees'",
+    ]

@@ -17,8 +17,9 @@ from tune_ph.config import TrainConfig
 from tune_ph.errors import ConfigError, InputError
 from tune_ph.files import load_torch
 from tune_ph.model import abundance, embeddings
+from tune_ph.model.clusters import ReadClusters, level_sizes
 from tune_ph.model.read_encoders import KmerEncoder, kmer_vectors
-from tune_ph.model.regressor import ReadClusters, level_sizes, load_checkpoint
+from tune_ph.model.regressor import load_checkpoint
 from tune_ph.model.tree_head import TreeHead
 from tune_ph.report.evaluate import evaluate_checkpoint
 from tune_ph.training.fit import fit

@@ -15,16 +15,12 @@ from tune_ph.config import AGGREGATIONS, POOLINGS, TrainConfig
 from tune_ph.data import token_cache
 from tune_ph.data.tokens import build
 from tune_ph.files import save_torch
-from tune_ph.model import embeddings
+from tune_ph.model import aggregation, embeddings
 from tune_ph.model.checkpoint import REQUIRED_KEYS
+from tune_ph.model.clusters import ReadClusters
+from tune_ph.model.heads import RegressionHead
 from tune_ph.model.read_encoders import pool_hidden
-from tune_ph.model.regressor import (
-    ReadClusters,
-    RegressionHead,
-    SetAggregation,
-    build_model,
-    load_checkpoint,
-)
+from tune_ph.model.regressor import build_model, load_checkpoint
 from tune_ph.report.evaluate import evaluate_checkpoint
 from tune_ph.search import tuner
 from tune_ph.search.space import parse_space
@@ -102,9 +98,10 @@ def test_aggregation_ignores_set_order_and_other_samples(kind: str, standardise:
     if kind == "clusters":  # fit on vectors of their own; they standardise in their own space
         clusters = ReadClusters(d, n_clusters=4, dims=3)
         clusters.fit(torch.randn(40, d), seed=0)
-        agg, head = SetAggregation(d, kind, clusters=clusters), RegressionHead(4, "mlp2", dropout=0.0)
+        agg, head = aggregation.Clusters(d, clusters), RegressionHead(4, "mlp2", dropout=0.0)
     else:
-        agg, head = SetAggregation(d, kind, standardise=standardise), RegressionHead(d, "mlp2", dropout=0.0)
+        agg = aggregation.AGGREGATIONS[kind](d, standardise=standardise)
+        head = RegressionHead(d, "mlp2", dropout=0.0)
     agg.eval(), head.eval()
     counts = [3, 1, 5]
     owner = torch.repeat_interleave(torch.arange(3), torch.tensor(counts))
@@ -173,7 +170,7 @@ def test_resume_keeps_the_norm_its_weights_were_trained_with(tmp_path, frozen: b
 
 def test_attention_weights_sum_to_one_per_sample_and_matter() -> None:
     torch.manual_seed(1)
-    agg = SetAggregation(8, "attention")
+    agg = aggregation.Attention(8)
     owner = torch.tensor([0, 0, 0, 1, 1])
     w = agg.weights(torch.randn(5, 8), owner, 2)
     torch.testing.assert_close(torch.zeros(2).index_add_(0, owner, w), torch.ones(2))

@@ -9,19 +9,11 @@ from typing import Any
 from hyena_dna.config import HyenaDNAConfig, max_length_of
 from tune_ph import schema
 from tune_ph.errors import ConfigError
+from tune_ph.registry import Catalog
 
 DEFAULT_DATASET = "jedick/microbial-DNA-pH"
 DEFAULT_MODEL = "hyenadna-tiny-1k-seqlen"
-# Heads: a linear layer or an MLP (trained by gradient steps), or gradient-boosted trees on the cluster abundances.
-MLP_HEADS: tuple[str, ...] = ("linear", "mlp2", "mlp2_ln", "mlp3", "mlp4", "mlp5")
-ARCHITECTURES: tuple[str, ...] = (*MLP_HEADS, "trees")
-# What turns a read set into a vector: the HyenaDNA backbone, or its k-mer profile (the control; model.read_encoders).
-READ_ENCODERS: tuple[str, ...] = ("hyena", "kmer")
-# How a sample's cluster counts become features (model.abundance).
-ABUNDANCES: tuple[str, ...] = ("clr", "relative", "presence")
 POOLINGS: tuple[str, ...] = ("pool", "last", "first", "sum")
-# How a sample's set vectors become one prediction (model.SetAggregation).
-AGGREGATIONS: tuple[str, ...] = ("mean", "attention", "mean_prediction", "clusters")
 LOSSES: tuple[str, ...] = ("smoothl1", "mse", "mae", "huber")
 LR_SCHEDULERS: tuple[str, ...] = ("none", "plateau")
 # How samples are split (tune_ph.data.split): by sample (the published split) or by holding out whole studies.
@@ -39,6 +31,51 @@ MAX_SIZES: dict[str, int] = {
     "epochs": 1_000_000,
     "early_stopping_patience": 1_000_000,
 }
+
+
+@dataclass(frozen=True)
+class Part:
+    """What a TrainConfig knows of a part (aggregation, head, read encoder, abundance transform) by its name alone;
+    the part itself is a class in tune_ph.model, registered there (which declares it here too, torch-free)."""
+
+    name: str
+    frozen_only: str | None = None  # why the part needs freeze_backbone=True (the error says so); None: it does not
+    gives_features: bool = False  # an aggregation whose head reads fixed features per sample (cluster abundances)
+    needs_features: str | None = None  # a head grown once on fixed features: what to choose when there are none
+
+
+# The parts a config chooses from, by name: those of tune_ph's own, declared here so that the YAML and the CLI know
+# them without importing torch (each part's class, registered in tune_ph.model, must agree; registering a new one
+# adds it). Heads: a linear layer or an MLP (gradient steps), or gradient-boosted trees on the cluster abundances.
+ARCHITECTURES: Catalog[Part] = Catalog(
+    "head architecture",
+    Part,
+    *(Part(name) for name in ("linear", "mlp2", "mlp2_ln", "mlp3", "mlp4", "mlp5")),
+    Part("trees", needs_features="trees read a sample's cluster abundances; use aggregation=clusters or another head"),
+)
+# What turns a read set into a vector: the HyenaDNA backbone, or its k-mer profile (the control; model.read_encoders).
+READ_ENCODERS: Catalog[Part] = Catalog(
+    "read encoder",
+    Part,
+    Part("hyena"),
+    Part("kmer", frozen_only="read_encoder=kmer has nothing to fine-tune; set freeze_backbone=True or use hyena"),
+)
+# How a sample's cluster counts become features (model.abundance).
+ABUNDANCES: Catalog[Part] = Catalog("abundance transform", Part, Part("clr"), Part("relative"), Part("presence"))
+# How a sample's set vectors become one prediction (model.aggregation).
+AGGREGATIONS: Catalog[Part] = Catalog(
+    "aggregation",
+    Part,
+    Part("mean"),
+    Part("attention"),
+    Part("mean_prediction"),
+    Part(
+        "clusters",
+        frozen_only="clusters are fit once on a frozen backbone's read vectors; set freeze_backbone=True "
+        "(--freeze-backbone) or choose another aggregation",
+        gives_features=True,
+    ),
+)
 
 
 def _field(default: Any, help: str, **meta: Any) -> Any:
@@ -157,21 +194,7 @@ class TrainConfig:
             raise ConfigError(
                 "model_config", "a custom model_config needs from_scratch=True (there are no pretrained weights for it)"
             )
-        if self.aggregation == "clusters" and not self.freeze_backbone:
-            raise ConfigError(
-                "aggregation",
-                "clusters are fit once on a frozen backbone's read vectors; set freeze_backbone=True "
-                "(--freeze-backbone) or choose another aggregation",
-            )
-        if self.head == "trees" and self.aggregation != "clusters":
-            raise ConfigError(
-                "head", "trees read a sample's cluster abundances; use aggregation=clusters or another head"
-            )
-        if self.read_encoder != "hyena" and not self.freeze_backbone:
-            raise ConfigError(
-                "read_encoder",
-                f"read_encoder={self.read_encoder} has nothing to fine-tune; set freeze_backbone=True or use hyena",
-            )
+        self._check_parts()
         if self.test_fraction + self.val_fraction >= 1:
             raise ConfigError(
                 "val_fraction",
@@ -189,6 +212,17 @@ class TrainConfig:
                     f"{self.max_length} tokens do not fit model {self.model}, whose max "
                     f"length is {limit}; allowed: {MIN_MAX_LENGTH}..{limit}",
                 )
+
+    def _check_parts(self) -> None:
+        """What the chosen parts ask of each other and of the backbone (their catalog records say)."""
+        aggregation, head = AGGREGATIONS[self.aggregation], ARCHITECTURES[self.head]
+        encoder = READ_ENCODERS[self.read_encoder]
+        if aggregation.frozen_only and not self.freeze_backbone:
+            raise ConfigError("aggregation", aggregation.frozen_only)
+        if head.needs_features and not aggregation.gives_features:
+            raise ConfigError("head", head.needs_features)
+        if encoder.frozen_only and not self.freeze_backbone:
+            raise ConfigError("read_encoder", encoder.frozen_only)
 
     def sets_per_forward(self) -> int:
         """Sets per backbone call at evaluation: a training step's worth, and at least 8 per sample (inference keeps

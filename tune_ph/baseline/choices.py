@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from numbers import Integral
 from typing import Any
 
 from tune_ph.errors import InputError
+from tune_ph.registry import Catalog
 
-# The models fit on the profiles: HistGradientBoosting and Ridge.
-MODELS = ("hgb", "ridge")
+
+@dataclass(frozen=True)
+class Model:
+    """A baseline model by its name alone (its class is in baseline.regressors, registered there)."""
+
+    name: str
+
+
+# The models fit on every family's features (HistGradientBoosting and Ridge), known here without scikit-learn for
+# the flags; registering a model class in baseline.regressors adds its name.
+MODELS: Catalog[Model] = Catalog("baseline model", Model, Model("hgb"), Model("ridge"))
 K_RANGE = (1, 8)  # 4^8 = 65,536 features is already far more than the samples of any pH dataset
 # The family fitted when none is named: `python -m tune_ph baseline`'s defaults, and the one beside the DNA model.
 DEFAULT_KS = (4, 6, 8)

@@ -33,7 +33,7 @@ class FamilySpec:
     """Which baselines to fit: k-mer lengths × models, read clustering (otu_k 0: none), trivial references."""
 
     ks: tuple[int, ...] = choices.DEFAULT_KS
-    models: tuple[str, ...] = choices.MODELS
+    models: tuple[str, ...] = tuple(choices.MODELS)
     otu_k: int = choices.OTU_K
     clusters: tuple[int, ...] = choices.CLUSTER_CHOICES
     references: bool = True

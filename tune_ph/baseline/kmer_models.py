@@ -19,7 +19,6 @@ from tune_ph.metrics import TEST_R2
 
 log = logging.getLogger(__name__)
 
-MODELS = choices.MODELS
 # From this k on, profiles are sparse rows (4^7 = 16,384 columns, most of them absent from a sample).
 SPARSE_FROM_K = 7
 
@@ -32,9 +31,9 @@ def member_name(k: int, model: str) -> str:
 def check_models(models: Sequence[str]) -> list[str]:
     """The models deduplicated in order, or a BaselineError naming the unknown ones."""
     models = list(dict.fromkeys(models))
-    unknown = [m for m in models if m not in MODELS]
+    unknown = [m for m in models if m not in choices.MODELS]
     if unknown or not models:
-        raise BaselineError(f"unknown model(s) {unknown or models}; use {', '.join(MODELS)}")
+        raise BaselineError(f"unknown model(s) {unknown or models}; use {', '.join(choices.MODELS)}")
     return models
 
 
@@ -51,7 +50,7 @@ def run_baseline(
 
     samples_df: cleaned samples (``tune_ph.data.sources.load_samples``); split: {"train"|"val"|"test": sample ids}, e.g.
     ``tune_ph.data.split.split_samples(samples_df, ...)``. Each sample is one row of relative k-mer frequencies over
-    all its reads (sparse from k=SPARSE_FROM_K). Models: "hgb" and "ridge" (``tune_ph.baseline.regressors``).
+    all its reads (sparse from k=SPARSE_FROM_K). Models: those registered in ``tune_ph.baseline.regressors``.
 
     Returns {model: Baseline} whose metrics hold val_*/test_* mse, rmse, mae, r2, n_samples, test_*_ci95, model,
     k and the model's settings. Results are cached as JSON under ``cache_dir`` (default:
@@ -61,7 +60,7 @@ def run_baseline(
     k = check_k(k)
     models = check_models(models)
     parts = members.split_frames(samples_df, split)
-    wanted = {model: (member_name(k, model), regressors.settings(model)) for model in models}
+    wanted = {model: (member_name(k, model), regressors.MODELS[model].settings()) for model in models}
     fp, split_id = fingerprint(samples_df), split_hash(split)
     results, todo = members.look_up(wanted, fp=fp, split_id=split_id, cache_dir=cache_dir, use_cache=use_cache)
     if not todo:
@@ -81,7 +80,7 @@ def run_baseline(
 
     for model, path in todo:
         t0 = time.perf_counter()
-        fitted, params = regressors.FITTERS[model](x["train"], y["train"], x["val"], y["val"])
+        fitted, params = regressors.MODELS[model].fit(x["train"], y["train"], x["val"], y["val"])
         predicted = {name: fitted.predict(x[name]) if len(y[name]) else np.zeros(0) for name in ("val", "test")}
         fit_s = time.perf_counter() - t0
         result = members.scored(

@@ -41,7 +41,7 @@ def member_name(k: int, model: str) -> str:
 
 def _settings(model: str, k: int, clusters: Sequence[int]) -> dict[str, Any]:
     return {
-        "model": regressors.settings(model),
+        "model": regressors.MODELS[model].settings(),
         "k": k,
         "clusters": list(clusters),
         "kmeans": KMEANS_PARAMS,
@@ -107,7 +107,7 @@ def run_otu_baseline(
     *,
     k: int = choices.OTU_K,
     clusters: Sequence[int] = choices.CLUSTER_CHOICES,
-    models: Sequence[str] = choices.MODELS,
+    models: Sequence[str] = tuple(choices.MODELS),
     cache_dir: str | os.PathLike | None = None,
     use_cache: bool = True,
 ) -> dict[str, Baseline]:
@@ -136,7 +136,7 @@ def run_otu_baseline(
         t0 = time.perf_counter()
         fits = {}
         for n, x in features.items():
-            fitted, params = regressors.FITTERS[model](x["train"], y["train"], x["val"], y["val"])
+            fitted, params = regressors.MODELS[model].fit(x["train"], y["train"], x["val"], y["val"])
             val = fitted.predict(x["val"]) if len(y["val"]) else np.zeros(0)
             fits[n] = (fitted, params, val, regression_metrics(y["val"], val)["r2"])
         by_val = {n: r2 for n, (_, _, _, r2) in fits.items()}

@@ -6,6 +6,9 @@ from collections.abc import Callable
 
 import torch
 
+from tune_ph.config import ABUNDANCES
+from tune_ph.registry import Registry
+
 # A pseudocount of one half keeps log(0) away: a cluster no read of the sample fell in is "less than one read".
 _PSEUDOCOUNT = 0.5
 
@@ -26,14 +29,14 @@ def presence(counts: torch.Tensor) -> torch.Tensor:
     return (counts > 0).to(counts.dtype)
 
 
-# Name -> transform of (samples, clusters) counts. A new transform is a function here and one line below, plus its
-# name in tune_ph.config.ABUNDANCES (which the YAML and CLI read without importing torch).
-TRANSFORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"clr": clr, "relative": relative, "presence": presence}
+# Name -> transform of (samples, clusters) counts: a function with no state and no setting of its own (the config's
+# `abundance` names it). A new transform is a function here (or anywhere) and one registration line.
+TRANSFORMS: Registry[Callable[[torch.Tensor], torch.Tensor]] = Registry(ABUNDANCES)
+TRANSFORMS.register(clr, "clr")
+TRANSFORMS.register(relative, "relative")
+TRANSFORMS.register(presence, "presence")
 
 
 def transform(name: str, counts: torch.Tensor) -> torch.Tensor:
     """Apply the named transform to (samples, clusters) counts."""
-    try:
-        return TRANSFORMS[name](counts)
-    except KeyError:
-        raise ValueError(f"unknown abundance transform {name!r}; choose one of: {', '.join(TRANSFORMS)}") from None
+    return TRANSFORMS[name](counts)

@@ -16,12 +16,13 @@ from tune_ph.config import MIN_MAX_LENGTH, TrainConfig
 from tune_ph.errors import InputError
 from tune_ph.files import load_torch, save_torch
 from tune_ph.metrics import VAL_LOSS, best_column
+from tune_ph.model.aggregation import AGGREGATIONS
 
 _REQUIRED = object()
 # What a checkpoint holds besides the weights without which it cannot be rebuilt: every version wrote them.
 REQUIRED_KEYS = ("model", "train_config", "model_config", "target_mean", "target_std")
 
-# The clusters fit's buffers in a regressor's state_dict (model.regressor.ReadClusters).
+# The clusters fit's buffers in a regressor's state_dict (model.clusters.ReadClusters).
 _CENTROIDS, _PROJECTION = "aggregation.clusters.centroids", "aggregation.clusters.projection"
 
 _TYPE_NAMES = {dict: "a mapping", list: "a list", str: "a string", int: "an integer", float: "a number"}
@@ -87,10 +88,10 @@ def state_budget(state: Any) -> int:
     # by config.MAX_SIZES), and the clusters fit.
     width, dims = config.d_model, 0
     saved = state.get("train_config")
-    if isinstance(saved, dict) and saved.get("aggregation") == "clusters":
+    if isinstance(saved, dict):
         try:
             train = TrainConfig.from_saved(saved)
-            width, dims = max(width, train.clusters), train.cluster_dims
+            width, dims = AGGREGATIONS[train.aggregation].state_bound(train, width)
         except InputError:  # the reader says what is wrong with it
             pass
     head = 2 * width**2 * 4 + 4 * (width + config.d_model) * dims

@@ -4,12 +4,14 @@ pooling of hidden states that the backbone's vectors share."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
-from tune_ph.config import POOLINGS
+from tune_ph.config import POOLINGS, READ_ENCODERS, TrainConfig
+from tune_ph.registry import Registry
 
 # HyenaDNA's character vocabulary: A, C, G, T are ids 7..10 (hyena_dna.tokenizer); anything else breaks a k-mer.
 _FIRST_BASE_ID = 7
@@ -52,11 +54,23 @@ class KmerEncoder(nn.Module):
     """
 
     name = "kmer"
+    fields: ClassVar[tuple[str, ...]] = ("encoder_k",)
+    frozen_only = "read_encoder=kmer has nothing to fine-tune; set freeze_backbone=True or use hyena"
+    reads_backbone = False  # its vectors are counted by each run in seconds: nothing of the backbone's to share
 
     def __init__(self, k: int):
         super().__init__()
         self.k = k
         self.register_buffer("_place", _BASES ** torch.arange(k - 1, -1, -1), persistent=False)
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig) -> KmerEncoder:
+        return cls(cfg.encoder_k)
+
+    @classmethod
+    def width_of(cls, cfg: TrainConfig, d_model: int) -> int:
+        """A set vector's width, before the encoder is built."""
+        return _BASES**cfg.encoder_k
 
     @property
     def width(self) -> int:
@@ -85,14 +99,30 @@ def kmer_vectors(
     return out
 
 
-# Name -> the encoder a config builds; "hyena" is the task model's own backbone, pooled (no module of its own, so a
-# checkpoint's backbone keys stay where they always were). A new encoder is a class here and one line below, plus its
-# name in tune_ph.config.READ_ENCODERS.
-ENCODERS: dict[str, Callable[[int], nn.Module]] = {"kmer": KmerEncoder}
+class Backbone:
+    """The task model's own backbone, pooled: no module of its own, so a checkpoint's backbone keys stay where they
+    always were (``backbone.``)."""
 
+    name = "hyena"
+    fields: ClassVar[tuple[str, ...]] = ("pooling",)
+    reads_backbone = True
 
-def make_encoder(name: str, k: int) -> nn.Module | None:
-    """The read encoder named (None: the backbone's pooled hidden states)."""
-    if name == "hyena":
+    @classmethod
+    def from_config(cls, cfg: TrainConfig) -> None:
         return None
-    return ENCODERS[name](k)
+
+    @classmethod
+    def width_of(cls, cfg: TrainConfig, d_model: int) -> int:
+        return d_model
+
+
+# Name -> the encoder a config builds. A new encoder is its class (name, fields, from_config, width_of,
+# reads_backbone, and a module that maps (ids, mask) to set vectors) and one registration line.
+ENCODERS: Registry[Any] = Registry(READ_ENCODERS)
+ENCODERS.register(Backbone)
+ENCODERS.register(KmerEncoder)
+
+
+def make_encoder(cfg: TrainConfig) -> nn.Module | None:
+    """The read encoder cfg names (None: the backbone's pooled hidden states)."""
+    return ENCODERS[cfg.read_encoder].from_config(cfg)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
+from tune_ph.config import TrainConfig
 from tune_ph.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,9 @@ class TreeHead(nn.Module):
     any weight and loading it parses text; nothing is unpickled.
     """
 
+    name = "trees"
+    fields: ClassVar[tuple[str, ...]] = ("tree_leaves", "tree_learning_rate", "tree_min_samples", "seed", "pooling")
+    needs_features = "trees read a sample's cluster abundances; use aggregation=clusters or another head"
     trainable_by_gradient = False
 
     def __init__(
@@ -62,6 +66,28 @@ class TreeHead(nn.Module):
         }
         self.register_buffer("model_text", torch.zeros(0, dtype=torch.uint8))
         self._booster: Any = None
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig, width: int) -> TreeHead:
+        """The head cfg declares on `width` features."""
+        return cls(
+            width,
+            pooling=cfg.pooling,
+            leaves=cfg.tree_leaves,
+            learning_rate=cfg.tree_learning_rate,
+            min_samples=cfg.tree_min_samples,
+            seed=cfg.seed,
+        )
+
+    @classmethod
+    def numel(cls, cfg: TrainConfig, width: int) -> int:
+        """A linear layer's worth: the fitted trees' own size is bounded by MAX_MODEL_BYTES, not the config."""
+        return width + 1
+
+    @classmethod
+    def sized_state(cls, saved: dict[str, Any], where: str) -> dict[str, torch.Tensor]:
+        """The fitted trees' size is the file's (bounded by checked_text)."""
+        return {"model_text": cls.checked_text(saved.get("model_text"), where)}
 
     @property
     def fitted(self) -> bool:

@@ -16,6 +16,7 @@ from ray.tune.search.optuna import OptunaSearch
 from tune_ph.data.tokens import TokenizedDataset
 from tune_ph.metrics import best_column, metric_mode
 from tune_ph.model import embeddings
+from tune_ph.model.read_encoders import ENCODERS
 from tune_ph.model.regressor import resolve_device
 from tune_ph.report import results
 from tune_ph.search import console, embed_stage
@@ -50,7 +51,7 @@ def shared_vectors(
     out: dict[str, np.ndarray] = {}
     for model in spec.model_choices():
         cfg = spec.train_config(model)
-        if cfg.read_encoder != "hyena":  # k-mer profiles are counted by each trial in seconds: nothing to share
+        if not ENCODERS[cfg.read_encoder].reads_backbone:  # e.g. k-mer profiles: counted by each trial in seconds
             continue
         backbone = seeded_model(cfg).backbone
         dataset = datasets[model]

@@ -31,7 +31,6 @@ from tune_ph.model import embeddings
 from tune_ph.model.checkpoint import Checkpoint
 from tune_ph.model.read_encoders import kmer_vectors
 from tune_ph.model.regressor import PhRegressor, build_model, configure_optimizer, match_norm, resolve_device
-from tune_ph.model.tree_head import TreeHead
 from tune_ph.training.epoch import make_loss, seed_everything, train_epoch
 from tune_ph.training.predict import predict
 
@@ -81,7 +80,7 @@ class _Run:
         self.cfg, self.dataset, self.model, self.metric, self.device = cfg, dataset, model, metric, device
         self.target_mean, self.target_std = _target_scale(dataset)
         # Trees on a frozen encoder's clusters have no parameter a gradient step could move: they are grown once.
-        self.trees = isinstance(model.head, TreeHead)
+        self.trees = not model.head.trainable_by_gradient
         self.optimizer = None if self.trees else configure_optimizer(model, cfg)
         self.scheduler = (
             torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="min", patience=3)
@@ -195,7 +194,7 @@ class _Run:
         samples = self.dataset.sample_indices(split)
         sets = self.dataset.set_indices(split)
         owner = torch.from_numpy(np.searchsorted(samples, self.dataset.set_sample[sets]))
-        features = self.model.aggregation.clusters.abundances(self.vectors[torch.from_numpy(sets)], owner, len(samples))
+        features = self.model.aggregation.features(self.vectors[torch.from_numpy(sets)], owner, len(samples))
         target = (torch.from_numpy(self.dataset.ph[samples]).float() - self.target_mean) / self.target_std
         return features, target
 
@@ -281,7 +280,7 @@ def _vectors_key(cfg: TrainConfig, dataset: TokenizedDataset, model: PhRegressor
 def _fit_clusters(cfg: TrainConfig, dataset: TokenizedDataset, model: PhRegressor, vectors: torch.Tensor) -> None:
     """Fit the read clusters on the train reads' vectors, or take the same fit from another trial of the search
     (its abundances and head may differ; the fit depends on the vectors, the reads, the sizes and the seed only)."""
-    clusters = model.aggregation.clusters
+    clusters = model.aggregation.read_clusters
     train_sets = dataset.set_indices("train")
     key = embeddings.fit_key(
         _vectors_key(cfg, dataset, model),
@@ -338,8 +337,7 @@ def fit(
         run.resume(resume_from)
     if cfg.freeze_backbone:  # after a resume has loaded its weights: the vectors must be of those
         run.vectors = _frozen_vectors(cfg, dataset, model, device, progress, shared_vectors)
-        clusters = model.aggregation.clusters
-        if clusters is not None and resume_from is None:  # resumed: the fit is in the weights
+        if model.aggregation.read_clusters is not None and resume_from is None:  # resumed: the fit is in the weights
             _fit_clusters(cfg, dataset, model, run.vectors)
 
     for epoch in range(run.epoch + 1, cfg.epochs + 1):

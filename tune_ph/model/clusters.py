@@ -1,0 +1,115 @@
+"""Learned OTUs: read-set vectors clustered (PCA-whitened, MiniBatchKMeans on the train reads) at one or several
+resolutions -> a sample's abundances per cluster; the state the clusters aggregation keeps in a checkpoint."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from tune_ph.errors import ConfigError
+from tune_ph.model import abundance
+
+
+def level_sizes(clusters: int, levels: int) -> list[int]:
+    """Cluster counts of each resolution, finest first: clusters, clusters/4, clusters/16, ... (at least 2 each)."""
+    return [clusters // 4**i for i in range(levels) if clusters // 4**i >= 2]
+
+
+class ReadClusters(nn.Module):
+    """Learned OTUs: read-set vectors -> PCA-whitened, L2-normalised -> the nearest of K centroids (MiniBatchKMeans fit
+    on the train split's reads), at one or several resolutions -> a sample's abundances per cluster (CLR, relative
+    or presence, each resolution a composition of its own).
+
+    Which organism a read comes from is what says most about pH; a frozen encoder's vectors put reads of one
+    organism near each other, so clusters of them stand for organisms (as OTUs do) and a sample is described by
+    how many of its reads fall in each. Coarse resolutions gather related organisms (lineages), where the signal of
+    real samples often lives; fine ones keep single organisms apart. The fit is kept as buffers: a checkpoint holds
+    it like any weight.
+    """
+
+    def __init__(self, width: int, n_clusters: int, dims: int, levels: int = 1, transform: str = "clr"):
+        super().__init__()
+        if dims > width:
+            raise ConfigError("cluster_dims", f"cluster_dims {dims} exceeds the read vectors' width {width}")
+        if transform not in abundance.TRANSFORMS:
+            raise ConfigError("abundance", f"unknown abundance transform {transform!r}")
+        self.sizes = level_sizes(n_clusters, levels)
+        self.transform = transform
+        self.register_buffer("center", torch.zeros(width))
+        self.register_buffer("projection", torch.zeros(width, dims))
+        # Every resolution's centroids in one buffer, finest first (one resolution: the layout of older checkpoints).
+        self.register_buffer("centroids", torch.zeros(sum(self.sizes), dims))
+
+    @property
+    def n_features(self) -> int:
+        """Abundances per sample: one per cluster of every resolution."""
+        return sum(self.sizes)
+
+    def embed(self, vectors: torch.Tensor) -> torch.Tensor:
+        """Set vectors (N, D) -> the space the clusters live in (N, dims)."""
+        return nn.functional.normalize((vectors.float() - self.center) @ self.projection, dim=-1)
+
+    def fit(self, vectors: torch.Tensor, seed: int) -> None:
+        """Fit the projection and every resolution's centroids on train read vectors (N, D)."""
+        self.load_fit(self.fit_arrays(vectors, seed))
+
+    def fit_arrays(self, vectors: torch.Tensor, seed: int) -> dict[str, np.ndarray]:
+        """What ``fit`` keeps, as arrays (center, projection, centroids), without keeping it: scikit-learn's PCA and
+        MiniBatchKMeans on train read vectors (N, D). A search shares one such fit among the trials that ask for it
+        (embeddings.fit_once)."""
+        from sklearn.cluster import MiniBatchKMeans
+        from sklearn.decomposition import PCA
+
+        data = vectors.detach().float().cpu().numpy()
+        dims = self.centroids.shape[1]
+        if len(data) < self.sizes[0]:
+            raise ConfigError(
+                "clusters", f"{self.sizes[0]} clusters need at least as many train read sets, got {len(data)}"
+            )
+        pca = PCA(n_components=dims, whiten=True, random_state=seed).fit(data)
+        # whiten=True: scaled components, so (x - mean) @ projection equals pca.transform(x).
+        center = pca.mean_.astype(np.float32)
+        projection = (pca.components_ / np.sqrt(pca.explained_variance_)[:, None]).T.astype(np.float32)
+        embedded = nn.functional.normalize(torch.from_numpy((data - center) @ projection), dim=-1).numpy()
+        fitted = [
+            MiniBatchKMeans(k, batch_size=4096, n_init=1, max_iter=20, random_state=seed).fit(embedded).cluster_centers_
+            for k in self.sizes
+        ]
+        return {"center": center, "projection": projection, "centroids": np.concatenate(fitted).astype(np.float32)}
+
+    def load_fit(self, arrays: dict[str, np.ndarray]) -> None:
+        """Keep a fit (fit_arrays' arrays) in the buffers; arrays of other shapes are refused."""
+        for name in ("center", "projection", "centroids"):
+            buffer = getattr(self, name)
+            value = torch.as_tensor(np.asarray(arrays[name]), dtype=buffer.dtype)
+            if value.shape != buffer.shape:
+                raise ValueError(f"a clusters fit's {name} is {tuple(value.shape)}, not {tuple(buffer.shape)}")
+            buffer.copy_(value)
+
+    def assign(self, vectors: torch.Tensor) -> torch.Tensor:
+        """The nearest centroid of each set vector at every resolution (N, levels), as rows of ``centroids``."""
+        z = self.embed(vectors)
+        distance = (self.centroids**2).sum(-1) - 2 * z @ self.centroids.T
+        out, start = [], 0
+        for size in self.sizes:
+            out.append(distance[:, start : start + size].argmin(dim=-1) + start)
+            start += size
+        return torch.stack(out, dim=1)
+
+    def counts(self, vectors: torch.Tensor, owner: torch.Tensor, num_samples: int) -> torch.Tensor:
+        """Each sample's read count in every cluster of every resolution (num_samples, n_features)."""
+        counts = vectors.new_zeros((num_samples, self.n_features), dtype=torch.float32)
+        labels = self.assign(vectors)
+        rows = owner.unsqueeze(1).expand_as(labels)
+        counts.index_put_((rows.reshape(-1), labels.reshape(-1)), counts.new_ones(labels.numel()), accumulate=True)
+        return counts
+
+    def abundances(self, vectors: torch.Tensor, owner: torch.Tensor, num_samples: int) -> torch.Tensor:
+        """Each sample's transformed abundances (num_samples, n_features), each resolution transformed on its own."""
+        counts = self.counts(vectors, owner, num_samples)
+        blocks = torch.split(counts, self.sizes, dim=1)
+        return torch.cat([abundance.transform(self.transform, block) for block in blocks], dim=1)
+
+    def extra_repr(self) -> str:
+        return f"sizes={self.sizes}, transform={self.transform!r}"
