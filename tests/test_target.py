@@ -97,7 +97,8 @@ def temperature_run(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("temperature")
     demo = sources.load_samples("demo").head(60).copy()
     demo["temperature"] = demo.pop("pH") * 4.0 - 10.0
-    demo["sequences"] = [list(reads[:12]) for reads in demo["sequences"]]
+    # Reads of 100 bases: whole in the 128-token sets, so each set is a read and a taxonomy keyed by reads names it.
+    demo["sequences"] = [[read[:100] for read in reads[:12]] for reads in demo["sequences"]]
     demo.to_parquet(folder / "samples.parquet")
     cfg = TrainConfig(
         dataset=str(folder / "samples.parquet"),
@@ -157,3 +158,44 @@ def test_predict_with_a_temperature_model_names_its_columns(temperature_run: Pat
     assert {"predicted_temperature_mean", "predicted_temperature_sd", "true_temperature"} <= set(table.columns)
     assert not any("_ph" in column for column in table.columns)
     assert table["true_temperature"].min() < 0 < table["true_temperature"].max()  # 4 pH - 10 over all 60 samples
+
+
+@pytest.mark.slow
+def test_a_temperature_search_reports_its_drivers_and_the_predict_step(ray_session, temperature_run, tmp_path, capsys):
+    """End to end through the search command: --target and --taxonomy on the command line, report.html with the
+    target's words and the driving clusters, best/ with the target's columns, and the next: list's predict step."""
+    from helpers import tiny_space, write_space
+
+    from tune_ph.commands import search as search_cli
+    from tune_ph.report import results
+
+    reads = pd.read_parquet(temperature_run / "samples.parquet")["sequences"]
+    taxa = tmp_path / "taxa.tsv"
+    taxa.write_text(
+        "".join(f"{read}\ttaxon {k % 3}\n" for k, read in enumerate(sorted({r for rs in reads for r in rs})))
+    )
+    fixed = {
+        **tiny_space()["fixed"],
+        "dataset": str(temperature_run / "samples.parquet"),
+        "freeze_backbone": True,
+        "aggregation": "clusters",
+        "clusters": 8,
+        "cluster_dims": 8,
+        "max_sets": None,
+        "sets_per_step": 0,
+        "cache_dir": str(temperature_run / "cache"),
+    }
+    space = write_space(tmp_path, tiny_space(name="warm", fixed=fixed, search__num_samples=2))
+    argv = ["--space", str(space), "--output-dir", str(tmp_path / "experiments"), "--no-baseline"]
+    assert search_cli.main([*argv, "--target", "temperature", "--taxonomy", str(taxa)]) == 0
+    out = capsys.readouterr().out
+    folder = tmp_path / "experiments" / "warm"
+    assert f"python -m tune_ph predict --checkpoint {folder} --dataset NEW_SAMPLES --output predictions.csv" in out
+    best = folder / files.BEST_DIR
+    assert json.loads((best / files.METRICS_FILE).read_text())["target"] == "temperature"
+    assert "predicted_temperature_mean" in pd.read_csv(best / files.PREDICTIONS_FILE).columns
+    driving = pd.read_csv(best / files.DRIVERS_FILE, keep_default_na=False)
+    assert driving["taxon"].str.startswith("taxon ").all()
+    page = (folder / results.REPORT_FILE).read_text()
+    assert '<h2 id="drivers">' in page and "predicted: <code>temperature</code>" in page
+    assert "variation in temperature between" in page and "Not shown: 2 completed trials are too few" in page
