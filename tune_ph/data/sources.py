@@ -201,7 +201,8 @@ def _label_problem(value, target: Target, labelled: bool) -> str | None:
     if not math.isfinite(value):
         return f"is {value}, not a finite number"
     if not low <= value <= high:
-        return f"is {value}, outside {low:g}-{high:g}" + ("" if target.name == DEFAULT_TARGET else " (--target-range)")
+        given = target.name != DEFAULT_TARGET or (low, high) != PH_RANGE
+        return f"is {value}, outside {low:g}-{high:g}" + (" (--target-range)" if given else "")
     return None
 
 
