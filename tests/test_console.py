@@ -121,6 +121,29 @@ def test_final_summary_names_every_output_and_the_commands(tmp_path, capsys):
     assert f"python -m tune_ph monitor {folder}" in out
     assert f"python -m tune_ph export {folder}" in out
     assert "tune_ph.search.run" not in out  # finished: nothing to continue
+    predict = f"python -m tune_ph predict --checkpoint {folder} --dataset NEW_SAMPLES --output predictions.csv"
+    assert predict in out
+
+
+def test_the_predict_step_shown_is_a_command_predict_accepts(tmp_path, capsys):
+    """With NEW_SAMPLES replaced by a source, the printed command parses as predict's flags and finds the winner."""
+    import shlex
+
+    from tune_ph.commands import predict as predict_cli
+    from tune_ph.training.checkpoints import find_checkpoint
+
+    folder = tmp_path / "quick"
+    _fake_experiment(folder, exported=True)
+    words = shlex.split(console.predict_command(folder).replace(console.NEW_SAMPLES, "demo"))
+    assert words[:4] == ["python", "-m", "tune_ph", "predict"]
+    args = predict_cli.build_parser().parse_args(words[4:])
+    assert args.dataset == "demo" and args.output == "predictions.csv"
+    assert find_checkpoint(args.checkpoint) == folder / files.BEST_DIR / files.MODEL_FILE
+    console.print_outputs(folder, str(folder), "val_loss", finished=False, exported=False)
+    assert "tune_ph predict" in capsys.readouterr().out  # an interrupted search's export so far can predict too
+    (folder / files.BEST_DIR / files.MODEL_FILE).unlink()
+    console.print_outputs(folder, str(folder), "val_loss", finished=True, exported=False)
+    assert "tune_ph predict" not in capsys.readouterr().out  # nothing exported: nothing to predict with
 
 
 def test_summary_of_a_stopped_search_gives_the_resume_command(tmp_path, capsys):
@@ -253,3 +276,36 @@ def test_interrupted_search_prints_our_resume_command_not_rays(tmp_path):
     assert f"python -m tune_ph.search --name stopme --output-dir {tmp_path} --resume" in out, out[-3000:]
     assert "Tuner.restore" not in out and "Trials did not complete" not in out
     assert "RAY_AUTH_MODE=disabled" not in out and "driver_artifacts" not in out, out
+
+
+@pytest.mark.parametrize("done", [2, 1])
+def test_a_rerun_says_resume_only_for_an_unfinished_search(tmp_path, capsys, done):
+    """A finished search (every planned trial done, per trials.csv) is left as it is: no --resume advice."""
+    from types import SimpleNamespace
+
+    from tune_ph.search import outcome
+    from tune_ph.search.run import unused_experiment
+
+    folder = tmp_path / "quick"
+    folder.mkdir()
+    results.save_settings(folder, {"name": "quick", "search": {"num_samples": 2}})
+    statuses = ["TERMINATED"] * done + ["PAUSED"] * (2 - done)
+    pd.DataFrame({"trial_id": ["a", "b"], "status": statuses}).to_csv(folder / results.TRIALS_FILE, index=False)
+    assert outcome.finished(folder) is (done == 2)
+    _, fresh = unused_experiment(SimpleNamespace(name="quick"), folder, None)
+    out = capsys.readouterr().out
+    assert fresh == tmp_path / "quick-2" and str(fresh) in out
+    if done == 2:
+        assert "holds a finished search, left as it is; this one is a new experiment" in out
+        assert "--resume" not in out
+    else:
+        assert "holds an unfinished search (continue that one with --resume)" in out
+
+
+def test_a_search_without_trials_csv_or_with_a_damaged_one_is_not_finished(tmp_path):
+    from tune_ph.search import outcome
+
+    results.save_settings(tmp_path, {"name": "quick", "search": {"num_samples": 1}})
+    assert not outcome.finished(tmp_path)  # killed before trials.csv was written
+    (tmp_path / results.TRIALS_FILE).write_text('"unclosed\n')
+    assert not outcome.finished(tmp_path)

@@ -286,19 +286,41 @@ def test_text_from_the_experiment_is_escaped(written):
     assert ERROR in page.words("trials")
 
 
-def test_importances_of_a_small_search_carry_a_caveat(written):
+def test_importances_of_a_small_search_are_hidden_and_the_page_says_why(written):
     _, page = written
     words = page.words("importances")
-    assert "Importances from 4 completed trials are unreliable" in words
-    assert page.images["importances"]
+    assert "Not shown: 4 completed trials are too few (they are shown from 20 on)" in words
+    assert "plots above" in words
+    assert not page.images["importances"]
+
+
+def test_importances_from_enough_trials_are_shown_with_their_uncertainty(experiment, tmp_path):
+    """From 20 completed trials on, the plot is there, with the caveat on how far to trust it."""
+    import random
+
+    rng = random.Random(0)
+    study = optuna.create_study(study_name="many", storage=f"sqlite:///{tmp_path / 's.db'}", direction="minimize")
+    dists = {
+        "head": optuna.distributions.CategoricalDistribution(["linear", "mlp2"]),
+        "learning_rate": optuna.distributions.FloatDistribution(3e-4, 2e-3, log=True),
+    }
+    for _ in range(html_report.SMALL_SEARCH):
+        params = {"head": rng.choice(["linear", "mlp2"]), "learning_rate": rng.uniform(3e-4, 2e-3)}
+        value = (params["head"] == "mlp2") + rng.random() * 0.1
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=value))
+    page = Page(html_report._importances_html(tmp_path / "s.db", "many", 0))
+    words = page.words("importances")
+    assert "Not shown" not in words and page.images["importances"]
+    assert "Importances from 20 completed trials carry much uncertainty" in words
 
 
 def test_importance_notes():
-    notes = html_report.importance_notes({"learning_rate": 0.99, "head": 0.01}, 6, n_stopped=4)
-    assert "Importances from 6 completed trials are unreliable" in notes[0]
+    notes = html_report.importance_notes({"learning_rate": 0.99, "head": 0.01}, 26, n_stopped=4)
+    assert "Importances from 26 completed trials carry much uncertainty" in notes[0]
     assert notes[1].startswith("learning_rate gets 0.99 of the importance")
     assert "4 trial(s) were stopped early by ASHA" in notes[2]
     assert html_report.importance_notes({"learning_rate": 0.6, "head": 0.4}, 40) == []
+    assert "8 completed trials are too few" in html_report.too_few_trials(8)
 
 
 def test_stop_reason():
@@ -404,7 +426,7 @@ def test_report_and_model_description_of_a_real_search(finished_experiment):
     for row in trials.itertuples():
         expected = "finished" if row.epochs_run >= 2 else f"stopped by ASHA at epoch {row.epochs_run}"
         assert outcome[row.trial_id] == row.stop_reason == expected
-    assert "completed trials are unreliable" in page.words("importances")
+    assert "completed trials are too few" in page.words("importances")
 
 
 @pytest.mark.parametrize(

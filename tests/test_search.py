@@ -314,7 +314,9 @@ def test_a_rerun_starts_a_new_experiment_and_leaves_the_first_alone(ray_session,
     capsys.readouterr()
     assert search_cli.main(argv) == 0
     out = capsys.readouterr().out
-    assert f"{tmp_path / 'again'} holds an earlier search" in out and str(tmp_path / "again-2") in out, out
+    assert f"{tmp_path / 'again'} holds a finished search" in out and str(tmp_path / "again-2") in out, out
+    (line,) = [ln for ln in out.splitlines() if "holds a" in ln]
+    assert "--resume" not in line  # a finished search has nothing to continue
     assert _snapshot(tmp_path / "again") == first  # not one byte of the first experiment changed
     second = json.loads((tmp_path / "again-2" / "search_settings.json").read_text())
     assert second["name"] == "again-2" and len(pd.read_csv(tmp_path / "again-2" / "trials.csv")) == 1

@@ -79,8 +79,11 @@ def test_a_pretrained_gpu_space_offline_names_all_it_lacks_and_the_offline_route
     assert len(err.strip().splitlines()) == 1, err  # one line, no hub text
     assert "a GPU" in err and "resources.gpus_per_trial" in err
     assert "pretrained weights of hyenadna-tiny-1k-seqlen" in err
-    assert "python -m tune_ph pretrain" in err and "--output-dir runs/pretrained" in err
-    assert "--model runs/pretrained --gpus-per-trial 0" in err
+    # heads.yaml reads the hub dataset, which needs the internet too: the route pretrains and searches on the demo.
+    assert "python -m tune_ph pretrain --dataset demo --from-scratch --output-dir runs/pretrained" in err
+    assert "--model runs/pretrained --dataset demo --gpus-per-trial 0" in err
+    assert "pretrain --dataset jedick/microbial-DNA-pH" not in err
+    assert "jedick/microbial-DNA-pH is a hub dataset, which needs the internet" in err
     assert "quick.yaml" in err and "heads.yaml, " not in err  # heads.yaml itself needs weights
     assert not (tmp_path / "experiments").exists()  # nothing written
 
@@ -94,8 +97,29 @@ def test_weights_the_hub_cannot_give_are_one_line_with_the_offline_route(tmp_pat
     assert len(err.strip().splitlines()) == 1, err
     assert "pretrained weights of hyenadna-tiny-1k-seqlen" in err and "offline?" in err
     assert "python -m tune_ph pretrain --dataset demo --from-scratch --output-dir runs/pretrained" in err
-    assert "--model runs/pretrained`" in err and "Fixes:" not in err
+    assert "--model runs/pretrained`" in err and "Fixes:" not in err  # the demo is local: no --dataset added
+    assert "hub dataset" not in err
     assert not list(tmp_path.rglob("trial_*"))
+
+
+def test_the_offline_route_pretrains_on_a_local_dataset_with_the_pretrain_command_s_own_flags(tmp_path):
+    """The suggested pretrain command parses as the pretrain command's flags, on a dataset this machine holds."""
+    import shlex
+
+    from tune_ph.commands import pretrain as pretrain_cli
+    from tune_ph.search import space
+
+    spec = space.load_space(ROOT / "search_spaces" / "heads.yaml")
+    message = space.lacking_message(spec, gpu=False, weights=["hyenadna-tiny-1k-seqlen"])
+    suggested = message.split("`")[1]
+    assert suggested.startswith("python -m tune_ph pretrain ")
+    args = pretrain_cli.parse_args(shlex.split(suggested)[4:])
+    assert args.dataset == "demo" and args.from_scratch and args.output_dir == "runs/pretrained"
+    local = tmp_path / "my_dataset"
+    local.mkdir()
+    spec.fixed["dataset"] = str(local)
+    message = space.lacking_message(spec, gpu=False, weights=["hyenadna-tiny-1k-seqlen"])
+    assert f"pretrain --dataset {local} --from-scratch" in message and "hub dataset" not in message
 
 
 def test_spaces_without_weights_are_read_from_the_folder():

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from hyena_dna.config import HyenaDNAConfig, max_length_of
 from tune_ph import schema
 from tune_ph.errors import ConfigError
+from tune_ph.metrics import DEFAULT_TARGET
 from tune_ph.registry import Catalog
 
 DEFAULT_DATASET = "jedick/microbial-DNA-pH"
@@ -94,6 +96,19 @@ class TrainConfig:
     dataset: str = _field(
         DEFAULT_DATASET, "hub dataset id, local folder/.parquet/.jsonl, or 'demo' (offline)", data=True
     )
+    target: str = _field(
+        DEFAULT_TARGET,
+        "the dataset's numeric column to predict (pH, temperature, salinity, depth, ...); names every output",
+        data=True,
+    )
+    target_range: list[float] | None = _field(
+        None,
+        "LO HI: the values the target may take; a row outside is a bad row (default: 0 14 for pH, any finite value "
+        "for another target)",
+        data=True,
+        nargs=2,
+        metavar=("LO", "HI"),
+    )
     model: str = _field(DEFAULT_MODEL, "HyenaDNA size name, hub id or local checkpoint folder")
     from_scratch: bool = _field(False, "random initialisation instead of pretrained weights")
     # A custom backbone (HyenaDNAConfig fields), from scratch only; `model` then only names the run.
@@ -177,6 +192,12 @@ class TrainConfig:
     test_fraction: float = _field(0.2, "share of samples held out for test", data=True)
     val_fraction: float = _field(0.1, "share of all samples used for validation", data=True)
     cache_dir: str | None = _field(None, "where tokenized datasets are cached", data=True)
+    taxonomy: str | None = _field(
+        None,
+        "TSV of sequence (or feature id) and taxon: names the clusters that drive a clusters model's predictions in "
+        "drivers.csv and report.html",
+        searchable=False,
+    )
     skip_bad_rows: bool = _field(False, "drop invalid rows (counted) instead of failing", data=True)
 
     def __post_init__(self) -> None:
@@ -354,6 +375,17 @@ def _device(value: str) -> str | None:
     return f"device must be auto, cpu or cuda[:N], got {value!r}"
 
 
+def _target(value: str) -> str | None:
+    return None if value.strip() else "target must name a numeric column of the dataset (e.g. pH, temperature)"
+
+
+def _target_range(value: list[float]) -> str | None:
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+    if len(value) != 2 or not numbers or not value[0] < value[1]:
+        return f"target_range must be two finite numbers LO HI with LO < HI, got {value!r}"
+    return None
+
+
 def _model(value: str) -> str | None:
     return None if value.strip() else "model must name a HyenaDNA size, a hub id or a local checkpoint folder"
 
@@ -384,6 +416,8 @@ RULES: dict[str, schema.Rule] = {
     "max_length": _max_length,
     "device": _device,
     "model": _model,
+    "target": _target,
+    "target_range": _target_range,
 }
 
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from hyena_dna.memory import available_memory
 from tune_ph.errors import InputError
+from tune_ph.metrics import DEFAULT_TARGET, target_names
 
 # torch (and hyena_dna.pretrained, which needs it) are imported where a checkpoint is written or read: the file
 # names here are read by every command's --help, which should not wait seconds for torch.
@@ -32,14 +33,20 @@ LOG_FILE = "training_log.json"
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "test_predictions.csv"
 RESIDUALS_FILE = "residuals.png"
+# A clusters model's learned OTUs that move its predictions most (report.drivers), as a table and a plot.
+DRIVERS_FILE = "drivers.csv"
+DRIVERS_PLOT = "drivers.png"
 # The columns of the predictions CSVs (a run's and a baseline's test_predictions.csv, `predict --output`): one name
 # per quantity, so that each file reads like the others.
 SAMPLE_ID, STUDY_NAME, ENVIRONMENT = "sample_id", "study_name", "environment"
-TRUE_PH = "true_ph"
-PREDICTED_PH = "predicted_ph_mean"  # the sample's one prediction, named as in the published recipe's tables
-PREDICTED_PH_SD = "predicted_ph_sd"  # standard deviation (n - 1) of what each read set alone predicts
+# The target's columns as tables are built (pH's names, those of the published recipe's tables); a file of another
+# target renames them to its own (metrics.target_names: true_temperature, predicted_temperature_mean, ...).
+_PH = target_names(DEFAULT_TARGET)
+TRUE_PH = _PH.true
+PREDICTED_PH = _PH.predicted  # the sample's one prediction
+PREDICTED_PH_SD = _PH.predicted_sd  # standard deviation (n - 1) of what each read set alone predicts
 N_SETS = "n_sets"  # read sets the prediction is made from
-RESIDUAL = "residual_mean"  # observed minus predicted: positive where the model under-predicted pH
+RESIDUAL = _PH.residual  # observed minus predicted: positive where the model under-predicted
 N_READS_USED, N_READS = "n_reads_used", "n_reads"  # reads in the sets; reads of the sample
 PREDICTION_COLUMNS = (SAMPLE_ID, STUDY_NAME, TRUE_PH, PREDICTED_PH, PREDICTED_PH_SD, N_SETS, RESIDUAL, ENVIRONMENT)
 # A baseline predicts from a whole sample's k-mer profile: there are no sets to count or to spread.
@@ -117,6 +124,11 @@ def save_torch(path: str | os.PathLike, state: dict[str, Any]) -> Path:
 def write_csv(path: str | os.PathLike, frame: Any) -> Path:
     """A pandas DataFrame as CSV, without the index."""
     return _atomic(path, lambda fh: fh.write(frame.to_csv(index=False).encode("utf-8")))
+
+
+def write_predictions(path: str | os.PathLike, table: Any, target: str = DEFAULT_TARGET) -> Path:
+    """A predictions table built with pH's column names (TRUE_PH, ...), written with its target's names."""
+    return write_csv(path, table.rename(columns=_PH.renamed(target_names(target))))
 
 
 def json_safe(value: Any) -> Any:

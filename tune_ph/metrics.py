@@ -1,10 +1,58 @@
-"""Metric names (what a run records and reports, which way is better) and the regression metrics of pH predictions."""
+"""Metric names (what a run records and reports, which way is better), the target's names, and regression metrics."""
 
 from __future__ import annotations
 
 import math
+import re
+from dataclasses import dataclass
 
 import numpy as np  # light (scikit-learn, for the point metrics, is imported where they are computed)
+
+# ------------------------------------------------------------------------------------------------ the target
+
+# The column a model predicts unless told otherwise, and its physical range (values outside are bad rows).
+DEFAULT_TARGET = "pH"
+PH_RANGE = (0.0, 14.0)
+
+
+@dataclass(frozen=True)
+class TargetNames:
+    """Every user-facing name of the predicted quantity: the column it is read from, the words the console and the
+    report use, and the prediction CSVs' columns (pH keeps the names of earlier versions: true_ph,
+    predicted_ph_mean, predicted_ph_sd)."""
+
+    name: str  # the dataset column, as the user wrote it: "pH", "temperature"
+    slug: str  # its form in column names: "ph", "temperature"
+    true: str  # true_<slug>
+    predicted: str  # predicted_<slug>_mean: the sample's one prediction
+    predicted_sd: str  # predicted_<slug>_sd: the spread of what each read set alone predicts
+    residual: str = "residual_mean"  # observed minus predicted, whatever the target
+
+    def renamed(self, names: TargetNames) -> dict[str, str]:
+        """Column renames from these names to another target's (a table built with pH's names, written as its own)."""
+        return {self.true: names.true, self.predicted: names.predicted, self.predicted_sd: names.predicted_sd}
+
+
+def target_names(target: str = DEFAULT_TARGET) -> TargetNames:
+    """The names of a target column: "pH" -> true_ph, predicted_ph_mean; "Temperature (C)" -> true_temperature_c."""
+    slug = re.sub(r"[^0-9a-z]+", "_", target.strip().lower()).strip("_") or "target"
+    return TargetNames(
+        name=target,
+        slug=slug,
+        true=f"true_{slug}",
+        predicted=f"predicted_{slug}_mean",
+        predicted_sd=f"predicted_{slug}_sd",
+    )
+
+
+def target_range(
+    target: str = DEFAULT_TARGET, given: tuple[float, float] | list[float] | None = None
+) -> tuple[float, float]:
+    """The values a target may take: the given range, pH's 0-14, or any finite value."""
+    if given is not None:
+        return float(given[0]), float(given[1])
+    return PH_RANGE if target == DEFAULT_TARGET else (-math.inf, math.inf)
+
 
 # A metric's name is <split>_<statistic> (val_r2, test_rmse), made here and nowhere else: metric_name().
 SPLITS = ("train", "val", "test")

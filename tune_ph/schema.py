@@ -2,9 +2,9 @@
 PretrainConfig (training/pretrain_config.py) and the search settings (search/settings.py).
 
 A field's metadata says what it is: help (text), choices (allowed values), rule (value -> what is wrong with it,
-None when nothing), cli (False: no flag), aliases (extra flags); other keys are the owner's own (data, yaml,
-searchable, per_model). A class may keep its range rules beside its fields instead (`rules`, by field name), so
-that its field list reads as a list of settings.
+None when nothing), cli (False: no flag), aliases (extra flags), nargs and metavar (a list of numbers); other keys
+are the owner's own (data, yaml, searchable, per_model). A class may keep its range rules beside its fields instead
+(`rules`, by field name), so that its field list reads as a list of settings.
 """
 
 from __future__ import annotations
@@ -146,7 +146,10 @@ def add_arguments(
         if kind is bool:
             parser.add_argument(*flags, action=argparse.BooleanOptionalAction, default=default, help=help_text)
             continue
-        extra = {"required": True} if _required(f) else {}
+        extra: dict[str, Any] = {"required": True} if _required(f) else {}
+        if "nargs" in meta:  # a list of numbers (TrainConfig.target_range: --target-range LO HI)
+            kind = float
+            extra.update(nargs=meta["nargs"], metavar=meta.get("metavar"))
         parser.add_argument(*flags, type=kind, default=default, choices=meta.get("choices"), help=help_text, **extra)
 
 

@@ -31,7 +31,17 @@ REFERENCE_FEATURES = "none"
 # The references' names, in the order they are shown.
 REFERENCE_NAMES = ("train-mean", "environment-mean", "study-mean")
 # TrainConfig fields a baseline takes as flags: what decides the samples and the split.
-DATA_FLAGS = ("dataset", "split_seed", "split_by", "test_fraction", "val_fraction", "skip_bad_rows", "cache_dir")
+DATA_FLAGS = (
+    "dataset",
+    "target",
+    "target_range",
+    "split_seed",
+    "split_by",
+    "test_fraction",
+    "val_fraction",
+    "skip_bad_rows",
+    "cache_dir",
+)
 
 
 class KmerError(InputError):

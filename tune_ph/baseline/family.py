@@ -19,7 +19,7 @@ from tune_ph.baseline.kmer_models import check_models, run_baseline
 from tune_ph.baseline.members import Baseline, BaselineError
 from tune_ph.data.split import SplitRecord
 from tune_ph.files import write_csv, write_json
-from tune_ph.metrics import TEST_MAE, TEST_R2, TEST_R2_CI95, TEST_RMSE, VAL_R2
+from tune_ph.metrics import DEFAULT_TARGET, TEST_MAE, TEST_R2, TEST_R2_CI95, TEST_RMSE, VAL_R2
 
 log = logging.getLogger(__name__)
 
@@ -127,15 +127,19 @@ def summary_table(family: Mapping[str, Baseline], chosen: str | None) -> pd.Data
 
 
 def write_family(
-    family: Mapping[str, Baseline], output_dir: str | os.PathLike, record: SplitRecord, chosen: str | None
+    family: Mapping[str, Baseline],
+    output_dir: str | os.PathLike,
+    record: SplitRecord,
+    chosen: str | None,
+    target: str = DEFAULT_TARGET,
 ) -> dict[str, Path]:
     """OUTPUT_DIR/<name>/{metrics.json, test_predictions.csv, split.json} per member, OUTPUT_DIR/split.json and
-    OUTPUT_DIR/summary.csv; returns the member folders."""
+    OUTPUT_DIR/summary.csv; returns the member folders. target: the predicted column, naming the CSVs' columns."""
     out = Path(output_dir)
     split = record.to_dict()
     folders = {}
     for name, b in family.items():
-        folders[name] = b.write(out / name, split_by=record.split_by, chosen_on_val=name == chosen)
+        folders[name] = b.write(out / name, target, split_by=record.split_by, chosen_on_val=name == chosen)
         write_json(folders[name] / files.SPLIT_FILE, split)
     write_json(out / files.SPLIT_FILE, split)
     write_csv(out / SUMMARY_FILE, summary_table(family, chosen))

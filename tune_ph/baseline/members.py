@@ -18,8 +18,8 @@ from tune_ph import files, secret
 from tune_ph.data import token_cache
 from tune_ph.data.token_cache import default_cache_dir
 from tune_ph.errors import InputError
-from tune_ph.files import write_csv, write_json
-from tune_ph.metrics import TRAIN_N_SAMPLES, VAL_R2, bootstrap_ci, regression_metrics
+from tune_ph.files import write_json
+from tune_ph.metrics import DEFAULT_TARGET, TRAIN_N_SAMPLES, VAL_R2, bootstrap_ci, regression_metrics
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +45,12 @@ class Baseline:
     cached: bool = False
     cache_path: str | None = None
 
-    def write(self, folder: str | os.PathLike, **extra: Any) -> Path:
-        """FOLDER/metrics.json (with `extra` entries) and FOLDER/test_predictions.csv; returns the folder."""
+    def write(self, folder: str | os.PathLike, target: str = DEFAULT_TARGET, **extra: Any) -> Path:
+        """FOLDER/metrics.json (with `extra` entries and the target's name) and FOLDER/test_predictions.csv (its
+        columns named after the target); returns the folder."""
         folder = Path(folder)
-        write_json(folder / files.METRICS_FILE, {**self.metrics, **extra})
-        write_csv(folder / files.PREDICTIONS_FILE, self.predictions)
+        write_json(folder / files.METRICS_FILE, {**self.metrics, "target": target, **extra})
+        files.write_predictions(folder / files.PREDICTIONS_FILE, self.predictions, target)
         return folder
 
     @property

@@ -158,6 +158,10 @@ def baseline_command(cfg: TrainConfig) -> str:
             args += [f"--{name.replace('_', '-')}", str(getattr(cfg, name))]
     if cfg.skip_bad_rows:
         args.append("--skip-bad-rows")
+    if cfg.target != default.target:
+        args += ["--target", cfg.target]
+    if cfg.target_range is not None:
+        args += ["--target-range", *map(str, cfg.target_range)]
     return shlex.join(args)
 
 
@@ -173,7 +177,7 @@ def reference_baseline(
     fit on no more bases than this.
     """
     from tune_ph.baseline.family import CHOSEN_BY, choose_on_val, run_family  # scikit-learn's models, when needed
-    from tune_ph.data.sources import load_samples
+    from tune_ph.data.sources import Target, load_samples
     from tune_ph.data.split import split_for
 
     command = "python -m tune_ph baseline --dataset DATASET"
@@ -184,7 +188,7 @@ def reference_baseline(
         command = baseline_command(cfg)
         if local_only and cfg.dataset != "demo" and not Path(cfg.dataset).expanduser().exists():
             return Reference(reason=f"dataset {cfg.dataset} is not a local path", command=command)
-        df = load_samples(cfg.dataset, skip_bad_rows=cfg.skip_bad_rows)
+        df = load_samples(cfg.dataset, skip_bad_rows=cfg.skip_bad_rows, target=Target.of(cfg))
         bases = int(df["sequences"].map(lambda reads: sum(map(len, reads))).sum())
         if max_bases is not None and bases > max_bases:
             return Reference(reason=f"{bases / 1e6:.0f} M bases is too slow to fit here", command=command)

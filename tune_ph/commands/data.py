@@ -13,7 +13,7 @@ from tune_ph.config import DEFAULT_DATASET, TrainConfig
 from tune_ph.data import fasta, token_cache
 
 # The TrainConfig fields `data summary` takes as flags (how the split is drawn).
-SUMMARY_FIELDS = ("skip_bad_rows", "split_seed", "split_by", "test_fraction", "val_fraction")
+SUMMARY_FIELDS = ("target", "target_range", "skip_bad_rows", "split_seed", "split_by", "test_fraction", "val_fraction")
 
 
 def _print_examples(label: str, names: list[str]) -> None:
@@ -63,10 +63,10 @@ def _main(argv: Sequence[str] | None) -> int:
     else:
         # TrainConfig's rules for these flags: fractions that leave samples to train on, seeds numpy takes.
         cfg = TrainConfig(dataset=args.source, **config.given_fields(args, SUMMARY_FIELDS))
-        from tune_ph.data.sources import load_samples
+        from tune_ph.data.sources import Target, load_samples
         from tune_ph.data.split import split_samples
 
-        df = load_samples(cfg.dataset, skip_bad_rows=cfg.skip_bad_rows)
+        df = load_samples(cfg.dataset, skip_bad_rows=cfg.skip_bad_rows, target=Target.of(cfg))
         split = split_samples(
             df,
             seed=cfg.split_seed,

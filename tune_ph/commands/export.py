@@ -32,7 +32,7 @@ def _main(argv: Sequence[str] | None) -> int:
         choices=METRIC_MODES,
         help="selection metric (default: the search's, usually val_loss)",
     )
-    config.add_arguments(p, only=("device",))  # the same flag and rule as training's
+    config.add_arguments(p, only=("device", "taxonomy"))  # the same flags and rules as training's
     p.add_argument("--no-report", action="store_true")
     p.add_argument("--no-baseline", action="store_true", help="skip the comparison with the baseline chosen on val")
     args = p.parse_args(argv)
@@ -47,7 +47,9 @@ def _main(argv: Sequence[str] | None) -> int:
     path = results.experiment_path(folder, args.storage_path or saved.storage)
     table = results.write_trials_table(path, folder, metric)
     results.print_summary(table, metric)
-    test = export_best(path, folder, metric, device=args.device, with_baseline=not args.no_baseline)
+    test = export_best(
+        path, folder, metric, device=args.device, with_baseline=not args.no_baseline, taxonomy=args.taxonomy
+    )
     print(
         f"exported to {folder / files.BEST_DIR}: "
         + ", ".join(f"{k} {v:.3f}" for k, v in test.items() if isinstance(v, float))

@@ -23,13 +23,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     return cli.run(_main, argv)
 
 
-def _main(argv: Sequence[str] | None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """predict's flags (the search's console prints a predict command; a test parses it with these)."""
     p = argparse.ArgumentParser(
         prog="python -m tune_ph predict",
-        description="Predict the pH of new samples (a dataset source or FASTA files) with a trained checkpoint.",
+        description="Predict the pH (or the checkpoint's --target) of new samples (a dataset source or FASTA files) "
+        "with a trained checkpoint.",
         epilog="Every read of a sample is used, packed into sets of the checkpoint's max_length (--max-sets caps "
         "the sets per sample); --batch-size defaults to the checkpoint's, --device to auto. Output: one row per "
-        f"sample ({', '.join(files.PREDICT_COLUMNS)}; {files.TRUE_PH} and {files.RESIDUAL} when pH is known).",
+        f"sample ({', '.join(files.PREDICT_COLUMNS)}; {files.TRUE_PH} and {files.RESIDUAL} when pH is known; "
+        "a model of another --target names its columns after it: predicted_temperature_mean, ...).",
     )
     p.add_argument(
         "--checkpoint",
@@ -52,7 +55,11 @@ def _main(argv: Sequence[str] | None) -> int:
     )
     p.add_argument("--output", required=True, help="the predictions CSV to write")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    args = p.parse_args(argv)
+    return p
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
     given = config.given_fields(args, CONFIG_FLAGS)
     for name, value in given.items():
         config.check_field(name, value)
@@ -73,12 +80,13 @@ def _main(argv: Sequence[str] | None) -> int:
     from tune_ph.training.inference import predict_samples, sample_metrics
 
     path = find_checkpoint(args.checkpoint)
-    load_checkpoint(path)  # a damaged checkpoint should fail before minutes of data loading
+    _, checkpoint = load_checkpoint(path)  # a damaged checkpoint should fail before minutes of data loading
+    target = sources.Target.of(checkpoint.train_config)  # what the model predicts, and the column it is known in
     skip = bool(given.get("skip_bad_rows", False))
     if args.fasta_dir is not None:
         samples = read_fasta_dir(args.fasta_dir, args.metadata, max_dna=args.max_dna, skip_bad_rows=skip)
     else:
-        samples = sources.load_samples(args.dataset, skip_bad_rows=skip, labelled=False)
+        samples = sources.load_samples(args.dataset, skip_bad_rows=skip, labelled=False, target=target)
     table = predict_samples(
         path,
         samples,
@@ -95,11 +103,11 @@ def _main(argv: Sequence[str] | None) -> int:
         f"predicted {len(table)} sample(s) from {used:,} of their {reads:,} reads ({sets:,} read sets) "
         f"with {path} -> {output}"
     )
-    metrics = sample_metrics(table)
+    metrics = sample_metrics(table, target.name)
     if metrics is not None:
         print(
-            f"pH known for {metrics['n']} of {len(table)}: R² {metrics['r2']:.3f}  RMSE {metrics['rmse']:.3f}  "
-            f"MAE {metrics['mae']:.3f}"
+            f"{target.name} known for {metrics['n']} of {len(table)}: R² {metrics['r2']:.3f}  "
+            f"RMSE {metrics['rmse']:.3f}  MAE {metrics['mae']:.3f}"
         )
     return cli.EXIT_OK
 

@@ -12,11 +12,12 @@ from typing import Any
 # line and the space file are known to be usable, so --help and every error they show answer in a moment.
 from tune_ph import cli, config
 from tune_ph import search_settings as settings
+from tune_ph.data.taxonomy import load_taxonomy
 from tune_ph.report import monitor
 from tune_ph.search import origin, space
 
 # TrainConfig fields that have a command-line override here (the others are set in the YAML).
-OVERRIDE_FIELDS = ("dataset", "model", "epochs", "device")
+OVERRIDE_FIELDS = ("dataset", "target", "target_range", "model", "epochs", "device", "taxonomy")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -114,6 +115,9 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.resume:
         space.resume_name(args.space, args.name)
     given = None if args.resume else space.spec_from_flags(args.space, args.name, overrides)
+    if given is not None and given.fixed.get("taxonomy"):  # read by the export at the end: a bad table fails now
+        given.fixed["taxonomy"] = str(Path(given.fixed["taxonomy"]).expanduser().resolve())
+        load_taxonomy(given.fixed["taxonomy"])
 
     from tune_ph.search import cluster, resources
     from tune_ph.search.run import check_this_machine, load_spec, locked_search, unused_experiment

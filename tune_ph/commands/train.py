@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 # are known to be usable: --help and every error the flags alone show answer in a moment.
 from tune_ph import cli, config, files
 from tune_ph.config import TrainConfig
+from tune_ph.data.taxonomy import load_taxonomy
 from tune_ph.files import write_json
 from tune_ph.metrics import EPOCH, TEST_MAE, TEST_N_SAMPLES, TEST_R2, TEST_R2_CI95, TEST_RMSE, VAL_LOSS
 
@@ -93,6 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     args = parse_args(argv)
     cfg = TrainConfig(**config.given_fields(args))
+    if cfg.taxonomy:  # read by the test evaluation at the end: a bad table fails before training
+        load_taxonomy(cfg.taxonomy)
 
     import torch
 

@@ -7,6 +7,7 @@ import math
 import os
 import socket
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -20,19 +21,22 @@ from tune_ph.data.demo import make_demo
 from tune_ph.data.split import split_samples
 from tune_ph.data.tokens import TokenizedDataset
 from tune_ph.errors import BadRowError, ConfigError, DatasetError
+from tune_ph.metrics import DEFAULT_TARGET, PH_RANGE, target_range
 
 log = logging.getLogger(__name__)
 
 # The columns of the published dataset, as the FASTA builder writes them.
 SCHEMA = tuple(fasta.PARQUET_SCHEMA.names)
 REQUIRED = ("sample_id", "study_name", "pH", "sequences", "environment")
+# The column every stage after cleaning reads the target from (a --target's values are copied into it).
+LABEL = "pH"
 # What an unlabelled table (samples to predict) needs; pH, study_name and environment may be absent.
 UNLABELLED_REQUIRED = ("sample_id", "sequences")
 _TABLE_SUFFIXES = (".parquet", ".jsonl", ".json")
 _SKIP_HINT = "Fix the data, or pass skip_bad_rows=True (CLI: --skip-bad-rows) to drop such rows."
 
 
-__all__ = ["load_samples", "prepare", "prepare_for"]
+__all__ = ["Target", "load_samples", "prepare", "prepare_for"]
 
 
 # ---------------------------------------------------------------- sources
@@ -183,19 +187,36 @@ def _as_reads(value) -> list[str] | None:
         return None
 
 
-def _row_problem(sid, study, env, ph, reads, labelled: bool = True) -> tuple[str, str] | None:
+def _label_problem(value, target: Target, labelled: bool) -> str | None:
+    """What is wrong with a row's target value (a number in the target's range), or None."""
+    if isinstance(value, (bool, np.bool_)):  # float(True) is 1.0: a JSON true must not become pH 1
+        return f"is true/false ({value!r}), not a number"
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return f"is not a number ({value!r})"
+    if math.isnan(value):  # unlabelled: a missing value is NaN (labelled rows without one were dropped)
+        return "is missing" if labelled else None
+    low, high = target.range
+    if not math.isfinite(value):
+        return f"is {value}, not a finite number"
+    if not low <= value <= high:
+        given = target.name != DEFAULT_TARGET or (low, high) != PH_RANGE
+        return f"is {value}, outside {low:g}-{high:g}" + (" (--target-range)" if given else "")
+    return None
+
+
+def _row_problem(
+    sid, study, env, ph, reads, labelled: bool = True, target: Target | None = None
+) -> tuple[str, str] | None:
     """(field, problem) of the first thing wrong with a row, or None (unlabelled: only sample_id and reads)."""
+    target = target or Target()
     for field, value in (("sample_id", sid), ("study_name", study), ("environment", env))[: 3 if labelled else 1]:
         if value is None or (isinstance(value, float) and math.isnan(value)) or not str(value).strip():
             return field, "is missing or empty"
-    if isinstance(ph, (bool, np.bool_)):  # float(True) is 1.0: a JSON true must not become pH 1
-        return "pH", f"is true/false ({ph!r}), not a number"
-    try:
-        ph = float(ph)
-    except (TypeError, ValueError):
-        return "pH", f"is not a number ({ph!r})"
-    if not 0.0 <= ph <= 14.0 and (labelled or not math.isnan(ph)):  # unlabelled: a missing pH is NaN
-        return "pH", f"is {ph}, outside 0-14"
+    problem = _label_problem(ph, target, labelled)
+    if problem is not None:
+        return target.name, problem
     if reads is None:
         return "sequences", "is missing or not a list of DNA strings"
     if reads:
@@ -211,20 +232,55 @@ def _row_problem(sid, study, env, ph, reads, labelled: bool = True) -> tuple[str
     return None
 
 
-def clean_samples(
-    df: pd.DataFrame, *, skip_bad_rows: bool = False, where: str = "dataset", labelled: bool = True
-) -> pd.DataFrame:
-    """Validate and normalise a raw sample table (drop null pH and empty reads; bad rows → error or skip).
+@dataclass(frozen=True)
+class Target:
+    """The column a model predicts and the values it may take (TrainConfig.target, target_range)."""
 
-    labelled=False (samples to predict): only sample_id and sequences are needed; a missing pH stays NaN
-    and a missing study_name or environment becomes "".
+    name: str = DEFAULT_TARGET
+    range: tuple[float, float] = PH_RANGE
+
+    @classmethod
+    def of(cls, cfg: TrainConfig) -> Target:
+        return cls(cfg.target, target_range(cfg.target, cfg.target_range))
+
+
+def required_columns(target: Target, labelled: bool = True) -> tuple[str, ...]:
+    """The columns a table needs: the target's column in place of pH (unlabelled: sample_id and sequences)."""
+    return tuple(target.name if c == LABEL else c for c in REQUIRED) if labelled else UNLABELLED_REQUIRED
+
+
+def _with_label(df: pd.DataFrame, target: Target, labelled: bool) -> pd.DataFrame:
+    """The table with the target's values in the label column, pH (what every later stage reads); the target's own
+    column is kept, so a cleaned table cleans again to itself. Unlabelled, without the target: no labels (NaN)."""
+    if target.name == LABEL:
+        return df
+    df = df.copy()
+    df[LABEL] = df[target.name] if target.name in df.columns else np.nan
+    return df
+
+
+def clean_samples(
+    df: pd.DataFrame,
+    *,
+    skip_bad_rows: bool = False,
+    where: str = "dataset",
+    labelled: bool = True,
+    target: Target | None = None,
+) -> pd.DataFrame:
+    """Validate and normalise a raw sample table (drop null targets and empty reads; bad rows → error or skip).
+
+    target: the column to predict and its range (default pH, 0-14); its values land in the pH column, which every
+    later stage reads. labelled=False (samples to predict): only sample_id and sequences are needed; a missing
+    target value stays NaN and a missing study_name or environment becomes "".
     """
-    _check_columns(df, where, REQUIRED if labelled else UNLABELLED_REQUIRED)
-    df = df.reset_index(drop=True) if labelled else _without_labels(df.reset_index(drop=True))
+    target = target or Target()
+    _check_columns(df, where, required_columns(target, labelled))
+    df = _with_label(df.reset_index(drop=True), target, labelled)
+    df = df if labelled else _without_labels(df)
     source_row = np.arange(len(df))  # row numbers in messages are the source's (0-based), not after drops
     null_ph = pd.to_numeric(df["pH"], errors="coerce").isna() & df["pH"].isna()
     if null_ph.any() and labelled:
-        log.info("%s: dropped %d sample(s) with no pH", where, int(null_ph.sum()))
+        log.info("%s: dropped %d sample(s) with no %s", where, int(null_ph.sum()), target.name)
         df = df.loc[~null_ph].reset_index(drop=True)
         source_row = source_row[~null_ph.to_numpy()]
 
@@ -243,7 +299,7 @@ def clean_samples(
             nonempty = [r.strip() for r in reads if r and r.strip()]
             empty_reads += len(reads) - len(nonempty)
             reads_col[i] = reads = nonempty
-        problem = _row_problem(sid, study, env, ph, reads, labelled)
+        problem = _row_problem(sid, study, env, ph, reads, labelled, target)
         key = str(sid).strip()
         if problem is None and key in seen:
             problem = ("sample_id", f"is a duplicate of row {seen[key]} (ids are compared without surrounding spaces)")
@@ -276,6 +332,8 @@ def clean_samples(
     for col in ("sample_id", "study_name", "environment"):
         out[col] = out[col].astype(str).str.strip()
     out["pH"] = out["pH"].astype(float)
+    if target.name != LABEL:
+        out[target.name] = out["pH"]
     # A fixed row order makes the token arrays (and their cache key) independent of shard order.
     return out.sort_values("sample_id", kind="stable").reset_index(drop=True)
 
@@ -289,13 +347,17 @@ def _without_labels(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def load_samples(source: str = DEFAULT_DATASET, *, skip_bad_rows: bool = False, labelled: bool = True) -> pd.DataFrame:
+def load_samples(
+    source: str = DEFAULT_DATASET, *, skip_bad_rows: bool = False, labelled: bool = True, target: Target | None = None
+) -> pd.DataFrame:
     """Samples of a dataset source ("demo", hub id, local folder or file), validated and cleaned.
 
-    labelled=False: samples to predict; rows without pH are kept (see clean_samples).
+    labelled=False: samples to predict; rows without a target value are kept (see clean_samples). target: the
+    column to predict (default pH), whose values the returned table holds in its pH column.
     """
-    raw = _read_source(str(source), REQUIRED if labelled else UNLABELLED_REQUIRED)
-    df = clean_samples(raw, skip_bad_rows=skip_bad_rows, where=str(source), labelled=labelled)
+    target = target or Target()
+    raw = _read_source(str(source), required_columns(target, labelled))
+    df = clean_samples(raw, skip_bad_rows=skip_bad_rows, where=str(source), labelled=labelled, target=target)
     log.info("%s: %d samples", source, len(df))
     return df
 
@@ -312,6 +374,7 @@ def prepare(
     cache_dir: str | os.PathLike | None = None,
     skip_bad_rows: bool = False,
     split_by: str = "none",
+    target: Target | None = None,
 ) -> TokenizedDataset:
     """Load, split and tokenize a dataset source (token arrays are cached on disk by content).
 
@@ -320,7 +383,7 @@ def prepare(
     """
     if max_length is None and model_max_length is None:
         raise ValueError("give max_length or model_max_length")
-    df = load_samples(source, skip_bad_rows=skip_bad_rows)
+    df = load_samples(source, skip_bad_rows=skip_bad_rows, target=target)
     if max_length is None:
         max_length = tokens.effective_length(df, model_max_length)
     split = split_samples(df, seed=seed, test_fraction=test_fraction, val_fraction=val_fraction, by=split_by)
@@ -352,4 +415,5 @@ def prepare_for(cfg: TrainConfig, model_max_length: int | None = None) -> Tokeni
         cache_dir=cfg.cache_dir,
         skip_bad_rows=cfg.skip_bad_rows,
         split_by=cfg.split_by,
+        target=Target.of(cfg),
     )

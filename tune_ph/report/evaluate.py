@@ -14,11 +14,13 @@ import pandas as pd
 from tune_ph import files
 from tune_ph.baseline.reference import Reference, compare
 from tune_ph.data import sources, tokens
+from tune_ph.data.taxonomy import load_taxonomy
 from tune_ph.data.tokens import TokenizedDataset
-from tune_ph.files import write_csv, write_json
+from tune_ph.files import write_json
 from tune_ph.metrics import TEST_R2, bootstrap_ci, regression_metrics
 from tune_ph.model import embeddings
 from tune_ph.model.regressor import load_checkpoint, resolve_device
+from tune_ph.report import drivers
 from tune_ph.report.plots import plot_residuals
 from tune_ph.training.checkpoints import checkpoint_split
 from tune_ph.training.predict import Predictions, predict
@@ -56,22 +58,28 @@ def evaluate_checkpoint(
     device: str = "auto",
     progress: bool = False,
     baseline: Reference | None = None,
+    taxonomy: str | None = None,
 ) -> dict[str, Any]:
-    """Predict the test split with a checkpoint; write test_predictions.csv, metrics.json, residuals.png.
+    """Predict the test split with a checkpoint; write test_predictions.csv, metrics.json, residuals.png, and for a
+    clusters model drivers.csv and drivers.png (the clusters that move its val predictions most; report.drivers).
 
     dataset: a TokenizedDataset (reused as is), a source string, or None for the source in the saved config; the
     run's own source is split as its split.json beside the checkpoint says (checked), else as its config draws it.
     output_dir: defaults to the checkpoint's folder. The metrics hold 95 % bootstrap intervals (test_r2_ci95, ...)
     and, given the baseline chosen on val with its test predictions, "vs_baseline": the paired difference in R².
+    taxonomy: a TSV naming the drivers' taxa (default: the run's own, TrainConfig.taxonomy).
     """
     checkpoint_path = Path(checkpoint_path)
     model, checkpoint = load_checkpoint(checkpoint_path)
     cfg = checkpoint.train_config
+    # Read before minutes of prediction: a bad table is one error line at once.
+    taxa_file = taxonomy or cfg.taxonomy
+    taxa = load_taxonomy(taxa_file) if taxa_file and model.aggregation.read_clusters is not None else None
     if dataset is None or isinstance(dataset, str):
         source = dataset if isinstance(dataset, str) else cfg.dataset
         # The run's own data: its own split, checked (another dataset's samples are split as the config draws them).
         if source == cfg.dataset and os.path.lexists(checkpoint_path.parent / files.SPLIT_FILE):
-            df = sources.load_samples(source, skip_bad_rows=cfg.skip_bad_rows)
+            df = sources.load_samples(source, skip_bad_rows=cfg.skip_bad_rows, target=sources.Target.of(cfg))
             split = checkpoint_split(checkpoint_path, checkpoint, df)
             dataset = tokens.build(
                 df, split, max_length=checkpoint.max_length, max_sets=cfg.max_sets, cache_dir=cfg.cache_dir
@@ -115,14 +123,18 @@ def evaluate_checkpoint(
         test_n_sets=int(preds.n_sets.sum()),
         epoch=checkpoint.epoch,
         checkpoint=str(checkpoint_path),
+        target=cfg.target,
     )
     comparison = compare(table, baseline)
     if comparison is not None:
         metrics["vs_baseline"] = comparison.to_dict()
 
     out = Path(output_dir) if output_dir is not None else checkpoint_path.parent
-    write_csv(out / files.PREDICTIONS_FILE, table)
+    files.write_predictions(out / files.PREDICTIONS_FILE, table, cfg.target)
     write_json(out / files.METRICS_FILE, metrics)  # an undefined R² (one test sample) is written as null
     title = f"Test residuals, R² {metrics[TEST_R2]:.3f} ({len(table)} samples)"
-    plot_residuals(table, out / files.RESIDUALS_FILE, title=title)
+    plot_residuals(table, out / files.RESIDUALS_FILE, title=title, target=cfg.target)
+    if model.aggregation.read_clusters is not None:
+        pooled = None if vectors is None else embeddings.for_pooling(vectors, cfg.pooling)
+        drivers.write_drivers(model.cpu(), checkpoint, dataset, out, pooled, taxa)
     return metrics

@@ -67,11 +67,13 @@ def export_best(
     device: str = "auto",
     baseline: Reference | None = None,
     with_baseline: bool = True,
+    taxonomy: str | None = None,
 ) -> dict[str, Any]:
     """Copy the best checkpoint to folder/best/ (best_model.pt + config.json) and evaluate it on the test split.
 
     The test metrics are compared with the baseline chosen on val: `baseline`, else the experiment's
     baseline.json, else computed now for a small local dataset (and saved); with_baseline=False: none.
+    taxonomy: a TSV naming the taxa of a clusters model's drivers (default: the trial's TrainConfig.taxonomy).
     """
     experiment = results.Experiment(path)
     trial, checkpoint, metrics = results.best_checkpoint(experiment, metric)
@@ -103,7 +105,7 @@ def export_best(
         if baseline is None and with_baseline:
             baseline = report_baseline(folder, train_config)
         test = evaluate_checkpoint(
-            out / files.MODEL_FILE, dataset=dataset, output_dir=out, device=device, baseline=baseline
+            out / files.MODEL_FILE, dataset=dataset, output_dir=out, device=device, baseline=baseline, taxonomy=taxonomy
         )
         test["checkpoint"] = str(final / files.MODEL_FILE)
         write_json(out / files.METRICS_FILE, test)

@@ -13,15 +13,16 @@ import pandas as pd
 from tune_ph import files
 from tune_ph.baseline.reference import Reference
 from tune_ph.files import write_text
-from tune_ph.metrics import SUMMARY_METRICS, VAL_LOSS, best_column, metric_mode
-from tune_ph.report import plots, results
+from tune_ph.metrics import DEFAULT_TARGET, SUMMARY_METRICS, VAL_LOSS, best_column, metric_mode
+from tune_ph.report import drivers, plots, results
 from tune_ph.report.page import CSS, fmt, img, table_html
 from tune_ph.report.winner import find_winner, ranked, read_json, used_when, winner_html
 from tune_ph.search_settings import SavedSearch
 
-__all__ = ["importance_notes", "trials_view", "write_report"]
+__all__ = ["importance_notes", "too_few_trials", "trials_view", "write_report"]
 
-# Below this many completed trials, importances are a hint at best (fANOVA and PED-ANOVA fit a handful of points).
+# Below this many completed trials, importances are not shown: PED-ANOVA (and fANOVA) fit a handful of points, and on
+# the quick start's 8 trials they ranked first a parameter the scatter plots show to matter least.
 SMALL_SEARCH = 20
 DOMINANT_SHARE = 0.9  # one parameter with this share or more: say that it is likely an artefact of few trials
 
@@ -73,10 +74,10 @@ def trials_view(table: pd.DataFrame, settings: SavedSearch, metric: str) -> pd.D
 def importance_notes(importances: dict[str, float], n_complete: int, n_stopped: int = 0) -> list[str]:
     """Plain-language caveats to print beside parameter importances."""
     notes = []
-    if n_complete < SMALL_SEARCH:
+    if n_complete < 2 * SMALL_SEARCH:
         notes.append(
-            f"Importances from {n_complete} completed trials are unreliable: with fewer than about {SMALL_SEARCH} "
-            "trials they mostly reflect which values the few trials happened to get; read them as a hint."
+            f"Importances from {n_complete} completed trials carry much uncertainty: they depend on which values the "
+            "trials happened to get; check them against the plots of each hyperparameter above."
         )
     if importances:
         top, share = max(importances.items(), key=lambda kv: kv[1])
@@ -92,6 +93,15 @@ def importance_notes(importances: dict[str, float], n_complete: int, n_stopped: 
             "parameter that only slows early training (such as a low learning rate) can look important."
         )
     return notes
+
+
+def too_few_trials(n_complete: int) -> str:
+    """Why the importances of a small search are not shown."""
+    return (
+        f"Not shown: {n_complete} completed trials are too few (they are shown from {SMALL_SEARCH} on). From so few, "
+        "an importance mostly says which values the trials happened to get, and it can rank first a hyperparameter "
+        "that the plots above show to matter least; read those plots, one point per trial, instead."
+    )
 
 
 def parameter_importances(study_db: Path, study_name: str | None = None) -> tuple[dict[str, float] | None, int, str]:
@@ -123,9 +133,38 @@ def _importances_html(study_db: Path, name: str, n_stopped: int) -> str:
     parts = ['<h2 id="importances">Parameter importances</h2>']
     if importances is None:
         return parts[0] + f"<p>Not available: {html.escape(why)}.</p>"
+    if n_complete < SMALL_SEARCH:
+        return parts[0] + f"<p>{html.escape(too_few_trials(n_complete))}</p>"
     parts += [f'<p class="note">{html.escape(n)}</p>' for n in importance_notes(importances, n_complete, n_stopped)]
     parts.append(img(plots.figure_png(plots.importance_figure(importances)), "parameter importances"))
     return "\n".join(parts)
+
+
+def drivers_html(best_dir: Path) -> str:
+    """The clusters that drive the winner (best/drivers.csv and .png, written by evaluate for a clusters model), or
+    "" when there are none."""
+    path = Path(best_dir) / files.DRIVERS_FILE
+    if not path.is_file():
+        return ""
+    try:
+        table = pd.read_csv(path, dtype={"central_read": str, "taxon": str, "taxon_reads": str}, keep_default_na=False)
+    except (OSError, ValueError) as err:
+        return f'<h2 id="drivers">Which clusters drive the predictions</h2><p>Not readable: {html.escape(str(err))}</p>'
+    plot = Path(best_dir) / files.DRIVERS_PLOT
+    shown = table.copy()
+    shown["central_read"] = [r if len(r) <= 40 else f"{r[:37]}..." for r in shown["central_read"].astype(str)]
+    rows = [[fmt(v) if isinstance(v, float) else str(v) for v in row] for row in shown.values.tolist()]
+    taxa = "" if (table["taxon"].astype(str) != "").any() else " Give a taxonomy table (--taxonomy TSV) to name them."
+    return (
+        '<h2 id="drivers">Which clusters drive the predictions</h2><p class="muted">The learned OTUs whose abundances, '
+        "shuffled among the validation samples, raise the validation RMSE most (permutation importance, mean and sd of "
+        f"{drivers.REPEATS} shuffles); each with its most central training read (nearest its centroid), its mean share "
+        "of the reads of validation samples below and above their median, where it is more abundant, and its most "
+        "common taxon among its training reads with a known one." + html.escape(taxa) + " All columns are in "
+        f"<code>{files.BEST_DIR}/{files.DRIVERS_FILE}</code>.</p>"
+        + (img(plot.read_bytes(), "drivers") if plot.is_file() else "")
+        + f'<div class="scroll">{table_html(list(table.columns), rows)}</div>'
+    )
 
 
 def _summary(table: pd.DataFrame, settings: SavedSearch, metric: str) -> str:
@@ -143,7 +182,8 @@ def _summary(table: pd.DataFrame, settings: SavedSearch, metric: str) -> str:
     return (
         f"<p>{len(table)} trial(s): {html.escape(said)}. Trials were ranked by their best "
         f"<b>{html.escape(metric)}</b> ({'lower' if metric_mode(metric) == 'min' else 'higher'} is better) on the "
-        f"validation split. Dataset: <code>{html.escape(fmt(fixed.get('dataset', '?')))}</code>.</p>"
+        f"validation split. Dataset: <code>{html.escape(fmt(fixed.get('dataset', '?')))}</code>; predicted: "
+        f"<code>{html.escape(fmt(fixed.get('target', DEFAULT_TARGET)))}</code>.</p>"
     )
 
 
@@ -167,13 +207,17 @@ def write_report(
     best_dir = folder / files.BEST_DIR
     winner = find_winner(table, settings, metric, results.best_info(folder), read_json(best_dir / files.METRICS_FILE))
     name = html.escape(str(settings.name or folder.name))
+    driving = drivers_html(best_dir)
     parts = [
         f"<h1>Search report: {name}</h1>",
-        '<nav><a href="#winner">Winner</a><a href="#curves">Learning curves</a><a href="#parallel">Hyperparameters'
+        '<nav><a href="#winner">Winner</a>'
+        + ('<a href="#drivers">Drivers</a>' if driving else "")
+        + '<a href="#curves">Learning curves</a><a href="#parallel">Hyperparameters'
         '</a><a href="#trials">Trials</a><a href="#importances">Importances</a></nav>',
         _summary(table, settings, metric),
     ]
     parts.append(winner_html(winner, folder, baseline) if winner else "<p>No trial has a value of the metric yet.</p>")
+    parts.append(driving)
     winner_id = winner.trial_id if winner else None
     reasons = dict(zip(table["trial_id"].astype(str), table["stop_reason"].astype(str)))
     curves = plots.learning_curves(

@@ -15,7 +15,7 @@ import pandas as pd
 from matplotlib.lines import Line2D
 
 from tune_ph.files import write_bytes
-from tune_ph.metrics import BEST_PREFIX, VAL_LOSS
+from tune_ph.metrics import BEST_PREFIX, DEFAULT_TARGET, VAL_LOSS
 
 matplotlib.use("Agg")  # files only: runs happen on headless machines and inside Ray workers
 
@@ -30,8 +30,11 @@ NA_LABEL = "n/a (not used)"
 NAMED_FINISHED = 8
 
 
-def plot_residuals(df: pd.DataFrame, path: str | Path, *, title: str | None = None) -> Path:
-    """Scatter residual_mean against true_ph, one colour per environment; writes and returns path."""
+def plot_residuals(
+    df: pd.DataFrame, path: str | Path, *, title: str | None = None, target: str = DEFAULT_TARGET
+) -> Path:
+    """Scatter residual_mean against true_ph (pH's column names, whatever the target: the axes say which it is), one
+    colour per environment; writes and returns path."""
     for column in ("true_ph", "residual_mean"):
         if column not in df.columns:
             raise ValueError(f"plot_residuals needs a {column!r} column; got columns {list(df.columns)}")
@@ -42,8 +45,8 @@ def plot_residuals(df: pd.DataFrame, path: str | Path, *, title: str | None = No
         for name, group in groups:
             ax.scatter(group["true_ph"], group["residual_mean"], s=18, alpha=0.8, label=f"{name} ({len(group)})")
         ax.axhline(0.0, color="0.4", linewidth=0.8, linestyle="--")
-        ax.set_xlabel("true pH")
-        ax.set_ylabel("residual (true − predicted pH)")
+        ax.set_xlabel(f"true {target}")
+        ax.set_ylabel(f"residual (true − predicted {target})")
         ax.set_title(title or f"Test residuals ({len(df)} samples)")
         ax.legend(title="environment", fontsize="small", loc="best", frameon=False)
         fig.tight_layout()

@@ -15,6 +15,7 @@ from tune_ph import files
 from tune_ph.baseline.choices import REFERENCE_NAMES
 from tune_ph.baseline.reference import Comparison, Reference, interval_text, leak_note
 from tune_ph.metrics import (
+    DEFAULT_TARGET,
     METRIC_MODES,
     TEST_MAE,
     TEST_N_SAMPLES,
@@ -29,12 +30,18 @@ from tune_ph.report import results
 from tune_ph.report.page import fmt, img, table_html
 from tune_ph.search_settings import SavedSearch
 
-# Under the residual plot: what its usual slope means.
-RESIDUALS_NOTE = (
-    "A residual is true minus predicted pH, so points rising from left to right mean that low pH is over-predicted "
-    "and high pH under-predicted: the predictions are pulled toward the mean pH (regression to the mean), as those "
-    "of any model that explains only part of the variation are; the flatter the points lie around 0, the better."
-)
+
+def residuals_note(target: str = DEFAULT_TARGET) -> str:
+    """Under the residual plot: what its usual slope means."""
+    return (
+        f"A residual is true minus predicted {target}, so points rising from left to right mean that low {target} is "
+        f"over-predicted and high {target} under-predicted: the predictions are pulled toward the mean {target} "
+        "(regression to the mean), as those of any model that explains only part of the variation are; the flatter "
+        "the points lie around 0, the better."
+    )
+
+
+RESIDUALS_NOTE = residuals_note()
 TEST_METRICS = ((TEST_R2, "R²"), (TEST_RMSE, "RMSE"), (TEST_MAE, "MAE"), (TEST_N_SAMPLES, "n samples"))
 
 
@@ -123,16 +130,19 @@ def find_winner(
 
 
 def r2_in_words(test: dict[str, Any]) -> str | None:
-    """One sentence on what the test R² and RMSE mean for pH, or None without them."""
+    """One sentence on what the test R² and RMSE mean for the target (metrics.json's, default pH), or None without
+    them."""
     r2, rmse, n = test.get(TEST_R2), test.get(TEST_RMSE), test.get(TEST_N_SAMPLES)
+    target = str(test.get("target") or DEFAULT_TARGET)
+    units = "pH units" if target == DEFAULT_TARGET else f"units of {target}"
     if not isinstance(r2, (int, float)) or not math.isfinite(r2):
         return None
     samples = f"the {n} test samples" if isinstance(n, int) else "the test samples"
     share = f"explain {r2:.0%} of" if r2 >= 0.005 else "explain none of"
-    error = f", and are off by {rmse:.2f} pH units in a typical sample (RMSE)" if isinstance(rmse, float) else ""
+    error = f", and are off by {rmse:.2f} {units} in a typical sample (RMSE)" if isinstance(rmse, float) else ""
     return (
-        f"R² is the share of the variation in pH between {samples} that the predictions explain (0: no better than "
-        f"predicting their mean pH for each, 1: exact); this model's predictions {share} it{error}."
+        f"R² is the share of the variation in {target} between {samples} that the predictions explain (0: no better "
+        f"than predicting their mean {target} for each, 1: exact); this model's predictions {share} it{error}."
     )
 
 
@@ -259,7 +269,7 @@ def winner_html(w: Winner, folder: Path, baseline: Reference | None = None) -> s
         parts.append(
             "<h3>Test residuals</h3>"
             + img(residuals.read_bytes(), "test residuals", css="residuals")
-            + f'<p class="muted">{RESIDUALS_NOTE}</p>'
+            + f'<p class="muted">{residuals_note(str(w.test.get("target") or DEFAULT_TARGET))}</p>'
         )
     if w.fixed:
         parts.append(

@@ -51,7 +51,7 @@ RAY_HINTS = {
 # Why the k-mer baseline is on the console, said where it is printed.
 BASELINE_WHY = (
     "a plain regression on each sample's k-mer frequencies, no language model, fit in seconds on the same train "
-    "split: the DNA model earns its cost only where it predicts pH better than this"
+    "split: the DNA model earns its cost only where it predicts better than this"
 )
 # The status table is printed when trials changed (status or epoch), at most this often, and otherwise as a
 # heartbeat; the trial and best-so-far lines in between say what happened.
@@ -287,6 +287,26 @@ def resume_command(folder: Path) -> str:
     return command(*words, "--resume")
 
 
+# Stands for the user's own samples in the predict command shown (any --dataset source; README "Predict new samples").
+NEW_SAMPLES = "NEW_SAMPLES"
+
+
+def predict_command(folder: Path) -> str:
+    """The predict command for new samples with an experiment's exported winner (its best/ folder)."""
+    return command(
+        "python",
+        "-m",
+        "tune_ph",
+        "predict",
+        "--checkpoint",
+        Path(folder),
+        "--dataset",
+        NEW_SAMPLES,
+        "--output",
+        "predictions.csv",
+    )
+
+
 def watch_commands(folder: Path, logdir: str) -> list[tuple[str, str]]:
     """(command, what it shows) for TensorBoard and optuna-dashboard on this experiment."""
     missing = "" if monitor.tensorboard_installed() else f" (needs {monitor.MONITOR_HINT})"
@@ -383,6 +403,8 @@ def print_outputs(folder: Path, logdir: str, metric: str, *, finished: bool, exp
     nexts = watch_commands(folder, logdir)
     what = "export and test the best trial" + (" again" if exported else "" if finished else " so far")
     nexts.append((command("python", "-m", "tune_ph", "export", folder), what))
+    if (best / files.MODEL_FILE).is_file():
+        nexts.append((predict_command(folder), "predict new samples with the winner (or --fasta-dir READS_DIR)"))
     if not finished:
         nexts.insert(0, (resume_command(folder), "continue the search where it stopped"))
     print("next:")

@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 
 from tune_ph import cli
+from tune_ph.errors import InputError
 from tune_ph.metrics import best_column
 from tune_ph.report import results
 
@@ -51,6 +52,20 @@ def exit_code(table: pd.DataFrame, num_samples: int, any_results: bool) -> int:
     if finished >= num_samples:
         return cli.EXIT_OK
     return cli.EXIT_INTERRUPTED if any_results else cli.EXIT_FAILURE
+
+
+def finished(folder: Path) -> bool:
+    """Whether the search in an experiment folder ran every trial it planned (its trials.csv says so); a search
+    interrupted, killed before writing trials.csv, or whose files are damaged is not finished."""
+    path = Path(folder) / results.TRIALS_FILE
+    try:
+        table = pd.read_csv(path) if path.is_file() else None
+        planned = results.saved_search(folder).search.num_samples
+    except (OSError, ValueError, InputError):  # a damaged file: say "not finished", the cautious answer
+        return False
+    if table is None or "status" not in table or not isinstance(planned, int):
+        return False
+    return int(table["status"].isin(DONE).sum()) >= planned
 
 
 def tell_study(folder: Path, study_name: str, path: str, metric: str) -> int:

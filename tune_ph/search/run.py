@@ -75,7 +75,11 @@ def unused_experiment(spec: SearchSpec, folder: Path, storage: str | None) -> tu
     while taken(folder.with_name(f"{spec.name}-{number}")):
         number += 1
     fresh = folder.with_name(f"{spec.name}-{number}")
-    print(f"{folder} holds an earlier search (continue it with --resume); this one is {fresh}")
+    # A finished search is complete: a rerun is a new experiment (README), and --resume would have nothing to do.
+    if outcome.finished(folder):
+        print(f"{folder} holds a finished search, left as it is; this one is a new experiment, {fresh}")
+    else:
+        print(f"{folder} holds an unfinished search (continue that one with --resume); this one is {fresh}")
     spec.name = fresh.name
     return spec, fresh
 

@@ -411,6 +411,11 @@ def spaces_without_weights() -> list[Path]:
     return out
 
 
+def _local_dataset(dataset: str) -> bool:
+    """Whether a dataset source is on this machine (the demo or a path), not a hub id to download."""
+    return dataset == "demo" or Path(dataset).expanduser().exists()
+
+
 def lacking_message(spec: SearchSpec, *, gpu: bool, weights: list[str], why: str = "") -> str:
     """One line: what this machine lacks for the search (a GPU, pretrained weights it cannot download) and the
     offline route: pretrain a backbone here, or a shipped space that needs no weights."""
@@ -422,9 +427,15 @@ def lacking_message(spec: SearchSpec, *, gpu: bool, weights: list[str], why: str
     if weights:
         where = why or "not in the local Hugging Face cache; the search would download them from the hub"
         needs.append(f"the pretrained weights of {', '.join(weights)} ({where})")
-    dataset = spec.fixed.get("dataset", default_of("dataset"))
-    pretrain = f"python -m tune_ph pretrain --dataset {dataset} --from-scratch --output-dir runs/pretrained"
-    route = f"`{pretrain}`, then this search with `--model runs/pretrained{' --gpus-per-trial 0' if gpu else ''}`"
+    dataset = str(spec.fixed.get("dataset", default_of("dataset")))
+    # A hub dataset needs the network that is missing here: the route pretrains on data this machine holds.
+    hub = not _local_dataset(dataset)
+    local = "demo" if hub else dataset
+    pretrain = f"python -m tune_ph pretrain --dataset {local} --from-scratch --output-dir runs/pretrained"
+    flags = f"--model runs/pretrained{f' --dataset {local}' if hub else ''}{' --gpus-per-trial 0' if gpu else ''}"
+    route = f"`{pretrain}`, then this search with `{flags}`"
+    if hub:
+        route += f" (or your own data: --dataset FOLDER in both; {dataset} is a hub dataset, which needs the internet)"
     free = [_shown(p) for p in spaces_without_weights()]
     if free:
         route += f"; or a space that needs no weights: {', '.join(free)}"

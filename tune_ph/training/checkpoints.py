@@ -94,7 +94,9 @@ def checkpoint_split(path: Path, checkpoint: Checkpoint, samples: pd.DataFrame) 
     split_file = path.parent / files.SPLIT_FILE
     cfg = checkpoint.train_config
     # The split is drawn over the labelled samples training saw; unlabelled rows never were in it.
-    labelled = sources.clean_samples(samples, skip_bad_rows=True, where="the samples (labelled rows)")
+    labelled = sources.clean_samples(
+        samples, skip_bad_rows=True, where="the samples (labelled rows)", target=sources.Target.of(cfg)
+    )
     fingerprint = checkpoint.dataset_fingerprint
     same_data = not fingerprint or tokens.fingerprint(labelled) == fingerprint
     if os.path.lexists(split_file):

@@ -10,7 +10,7 @@ import pandas as pd
 from tune_ph import files
 from tune_ph.data import read_sets, sources, tokens
 from tune_ph.errors import DatasetError, InputError
-from tune_ph.metrics import regression_metrics
+from tune_ph.metrics import DEFAULT_TARGET, regression_metrics, target_names
 from tune_ph.model.regressor import load_checkpoint, resolve_device
 from tune_ph.training.checkpoints import checkpoint_split, find_checkpoint
 from tune_ph.training.predict import predict
@@ -35,7 +35,8 @@ def predict_samples(
     progress: bool | None = None,
     max_sets: int | None = None,
 ) -> pd.DataFrame:
-    """Predict the pH of every sample of a table with a checkpoint, tokenized with the checkpoint's max_length.
+    """Predict the target (pH, or the checkpoint's --target) of every sample of a table with a checkpoint, tokenized
+    with the checkpoint's max_length.
 
     Every read of a sample is used (as many sets as its reads fill) unless max_sets caps it: training's max_sets
     bounds what one step sees, while a prediction is best from all of a sample's reads.
@@ -44,14 +45,16 @@ def predict_samples(
     are skipped with a warning. split: "train", "val" or "test" predicts only that split of the checkpoint's run.
     Returns one row per sample, files.PREDICT_COLUMNS: sample_id, study_name, predicted_ph_mean, predicted_ph_sd
     (spread of single sets), n_sets, n_reads_used, n_reads; and true_ph, residual_mean (true - predicted) when any
-    sample has a pH (the names of evaluate's test_predictions.csv).
+    sample has a value of the target (the names of evaluate's test_predictions.csv; another target's columns are
+    named after it, metrics.target_names: predicted_temperature_mean, ...).
     """
     if split is not None and split not in tokens.SPLITS:
         raise InputError(f"unknown split {split!r}; use one of {', '.join(tokens.SPLITS)} (or None for every sample)")
     path = find_checkpoint(checkpoint)
     model, checkpoint = load_checkpoint(path)
     cfg, max_length = checkpoint.train_config, checkpoint.max_length
-    df = sources.clean_samples(samples, skip_bad_rows=skip_bad_rows, where="samples", labelled=False)
+    target = sources.Target.of(cfg)
+    df = sources.clean_samples(samples, skip_bad_rows=skip_bad_rows, where="samples", labelled=False, target=target)
     if split is not None:
         chosen = set(checkpoint_split(path, checkpoint, df)[split])
         df = df.loc[df["sample_id"].isin(chosen)].reset_index(drop=True)
@@ -92,15 +95,15 @@ def predict_samples(
     if np.isfinite(true).any():
         table[files.TRUE_PH] = true.astype(np.float32)  # the dataset's precision, as evaluate writes it
         table[files.RESIDUAL] = true - mean
-    return table
+    return table.rename(columns=target_names().renamed(target_names(target.name)))
 
 
-def sample_metrics(table: pd.DataFrame) -> dict[str, float] | None:
-    """R², RMSE, MAE, MSE and n of the samples of a predict_samples table whose pH is known; None if none is."""
-    if files.TRUE_PH not in table.columns:
+def sample_metrics(table: pd.DataFrame, target: str = DEFAULT_TARGET) -> dict[str, float] | None:
+    """R², RMSE, MAE, MSE and n of the samples of a predict_samples table (of a model of `target`) whose target value
+    is known; None if none is."""
+    names = target_names(target)
+    if names.true not in table.columns:
         return None
-    known = table.loc[table[files.TRUE_PH].notna()]
-    metrics: dict[str, float] = regression_metrics(
-        known[files.TRUE_PH].to_numpy(), known[files.PREDICTED_PH].to_numpy()
-    )
+    known = table.loc[table[names.true].notna()]
+    metrics: dict[str, float] = regression_metrics(known[names.true].to_numpy(), known[names.predicted].to_numpy())
     return {**metrics, "n": len(known)}

@@ -48,6 +48,9 @@ class PretrainConfig:
         help="folder of the run: the pretrained backbone, its state and history", rule=_folder
     )
     dataset: str = _shared("dataset")
+    # The samples training will see (rows with a value of the target), so that the split is training's too.
+    target: str = _shared("target")
+    target_range: list[float] | None = _shared("target_range")
     model: str = _shared("model", help="HyenaDNA size name, hub id or local checkpoint folder to start from")
     from_scratch: bool = _shared(
         "from_scratch",
