@@ -20,7 +20,19 @@ REFERENCE_FEATURES = "none"
 # The references' names, in the order they are shown.
 REFERENCE_NAMES = ("train-mean", "environment-mean", "study-mean")
 # TrainConfig fields a baseline takes as flags: what decides the samples and the split.
-DATA_FLAGS = ("dataset", "split_seed", "split_by", "test_fraction", "val_fraction", "skip_bad_rows", "cache_dir")
+DATA_FLAGS = (
+    "dataset",
+    "split_seed",
+    "split_by",
+    "test_fraction",
+    "val_fraction",
+    "skip_bad_rows",
+    "cache_dir",
+    "sequences",
+    "metadata",
+    "min_count",
+    "rarefy",
+)
 
 
 class KmerError(InputError):

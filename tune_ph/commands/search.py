@@ -16,7 +16,7 @@ from tune_ph.report import monitor
 from tune_ph.search import origin, space
 
 # TrainConfig fields that have a command-line override here (the others are set in the YAML).
-OVERRIDE_FIELDS = ("dataset", "model", "epochs", "device")
+OVERRIDE_FIELDS = ("dataset", "sequences", "metadata", "min_count", "rarefy", "model", "epochs", "device")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -15,11 +15,12 @@ import pandas as pd
 
 from hyena_dna import tokenizer
 from tune_ph.config import DEFAULT_DATASET, TrainConfig
-from tune_ph.data import fasta, tokens
+from tune_ph.data import fasta, feature_table, tokens
 from tune_ph.data.demo import make_demo
+from tune_ph.data.feature_table import TableOptions
 from tune_ph.data.split import split_samples
 from tune_ph.data.tokens import TokenizedDataset
-from tune_ph.errors import BadRowError, ConfigError, DatasetError
+from tune_ph.errors import BadRowError, ConfigError, DatasetError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ _TABLE_SUFFIXES = (".parquet", ".jsonl", ".json")
 _SKIP_HINT = "Fix the data, or pass skip_bad_rows=True (CLI: --skip-bad-rows) to drop such rows."
 
 
-__all__ = ["load_samples", "prepare", "prepare_for"]
+__all__ = ["load_for", "load_samples", "prepare", "prepare_for"]
 
 
 # ---------------------------------------------------------------- sources
@@ -42,8 +43,8 @@ def _local_alternatives() -> str:
     return (
         "Local alternatives: a folder laid out like the hub repository (data/*.parquet), a folder written by "
         "datasets' save_to_disk, .parquet/.jsonl files with the same columns, your own FASTA files via "
-        "`python -m tune_ph data build --fasta-dir DIR --metadata CSV --output-dir DIR`, or `demo` for the "
-        "synthetic set."
+        "`python -m tune_ph data build --fasta-dir DIR --metadata CSV --output-dir DIR`, a feature (ASV) table "
+        "(.biom or a QIIME 2 / DADA2 .tsv/.csv of counts) with --metadata TSV, or `demo` for the synthetic set."
     )
 
 
@@ -53,7 +54,7 @@ def _looks_like_path(source: str) -> bool:
         source.startswith(("/", "./", "../", "~", "."))
         or "\\" in source
         or source.count("/") > 1
-        or source.lower().endswith(_TABLE_SUFFIXES + (".csv", ".arrow"))
+        or source.lower().endswith(_TABLE_SUFFIXES + feature_table.TABLE_SUFFIXES + (".arrow",))
     )
 
 
@@ -90,7 +91,10 @@ def _is_json_lines(path: Path) -> bool:
 def _load_local(path: Path, required: Sequence[str] = REQUIRED) -> pd.DataFrame:
     if path.is_file():
         if not path.name.lower().endswith(_TABLE_SUFFIXES):
-            raise DatasetError(f"{path}: unsupported file type; use .parquet or .jsonl (or a dataset folder)")
+            raise DatasetError(
+                f"{path}: unsupported file type; use .parquet or .jsonl (or a dataset folder), or a feature table "
+                f"({', '.join(feature_table.TABLE_SUFFIXES)})"
+            )
         return _read_table_files([path], required)
     if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
         import datasets  # slow to import; only needed for save_to_disk folders
@@ -160,10 +164,19 @@ def _check_columns(df: pd.DataFrame, where: str, required: Sequence[str] = REQUI
     return df
 
 
-def _read_source(source: str, required: Sequence[str] = REQUIRED) -> pd.DataFrame:
+def _read_source(
+    source: str, required: Sequence[str] = REQUIRED, table: TableOptions = feature_table.NO_TABLE
+) -> pd.DataFrame:
+    path = Path(source).expanduser()
+    if source != "demo" and feature_table.is_feature_table(path):
+        return feature_table.read_feature_table(path, table, labelled=required == REQUIRED)
+    if table.given():
+        raise InputError(
+            f"{' and '.join(table.given())} go with a feature table (.biom, or a QIIME 2 / DADA2 .tsv/.csv of counts); "
+            f"--dataset {source} is not one: leave them out"
+        )
     if source == "demo":
         return make_demo()
-    path = Path(source).expanduser()
     if path.exists():
         return _load_local(path, required)
     if _looks_like_path(source):
@@ -229,6 +242,7 @@ def clean_samples(
         source_row = source_row[~null_ph.to_numpy()]
 
     reads_col: list[list[str] | None] = [_as_reads(v) for v in df["sequences"]]
+    counts_col = _as_counts(df, where) if "counts" in df.columns else None
     bad: list[tuple[int, str, str, str]] = []
     # Ids are compared as they are finally stored (stripped): "S1" and "S1 " are one sample, and keeping both
     # would put the same id in two splits.
@@ -240,9 +254,11 @@ def clean_samples(
     ):
         reads = reads_col[i]
         if reads is not None:
-            nonempty = [r.strip() for r in reads if r and r.strip()]
-            empty_reads += len(reads) - len(nonempty)
-            reads_col[i] = reads = nonempty
+            kept_read = [bool(r and r.strip()) for r in reads]
+            empty_reads += len(reads) - sum(kept_read)
+            reads_col[i] = reads = [r.strip() for r, k in zip(reads, kept_read) if k]
+            if counts_col is not None:
+                counts_col[i] = _aligned_counts(counts_col[i], kept_read, where, sid)
         problem = _row_problem(sid, study, env, ph, reads, labelled)
         key = str(sid).strip()
         if problem is None and key in seen:
@@ -264,6 +280,8 @@ def clean_samples(
 
     out = df.loc[keep].copy()
     out["sequences"] = [reads_col[i] for i in np.flatnonzero(keep)]
+    if counts_col is not None:
+        out["counts"] = [counts_col[i] for i in np.flatnonzero(keep)]
     no_reads = out["sequences"].map(len) == 0
     if no_reads.any():
         log.warning(
@@ -280,6 +298,28 @@ def clean_samples(
     return out.sort_values("sample_id", kind="stable").reset_index(drop=True)
 
 
+def _as_counts(df: pd.DataFrame, where: str) -> list[list[int]]:
+    """A table's per-read counts (a feature table's: how many reads each distinct sequence stands for)."""
+    out = []
+    for sid, value in zip(df["sample_id"].tolist(), df["counts"].tolist()):
+        counts = np.asarray(value if value is not None else [], dtype=np.float64).ravel()
+        if not np.all(np.isfinite(counts) & (counts >= 1) & (counts == np.round(counts))):
+            raise BadRowError(
+                f"{where}: sample_id {sid!r}: field 'counts' holds a value that is not a whole number > 0"
+            )
+        out.append(counts.astype(np.int64).tolist())
+    return out
+
+
+def _aligned_counts(counts: list[int], kept_read: list[bool], where: str, sid) -> list[int]:
+    if len(counts) != len(kept_read):
+        raise BadRowError(
+            f"{where}: sample_id {sid!r}: {len(counts)} counts for {len(kept_read)} sequences; give one count per "
+            "sequence"
+        )
+    return [c for c, k in zip(counts, kept_read) if k]
+
+
 def _without_labels(df: pd.DataFrame) -> pd.DataFrame:
     """An unlabelled table with every REQUIRED column: absent or null labels become "" (pH: NaN)."""
     df = df.copy()
@@ -289,15 +329,29 @@ def _without_labels(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def load_samples(source: str = DEFAULT_DATASET, *, skip_bad_rows: bool = False, labelled: bool = True) -> pd.DataFrame:
-    """Samples of a dataset source ("demo", hub id, local folder or file), validated and cleaned.
+def load_samples(
+    source: str = DEFAULT_DATASET,
+    *,
+    skip_bad_rows: bool = False,
+    labelled: bool = True,
+    table: TableOptions = feature_table.NO_TABLE,
+) -> pd.DataFrame:
+    """Samples of a dataset source ("demo", hub id, local folder or file, feature table), validated and cleaned.
 
-    labelled=False: samples to predict; rows without pH are kept (see clean_samples).
+    labelled=False: samples to predict; rows without pH are kept (see clean_samples). table: a feature table's
+    sequences, metadata and filters (a feature table's samples carry a `counts` column: reads per sequence).
     """
-    raw = _read_source(str(source), REQUIRED if labelled else UNLABELLED_REQUIRED)
+    raw = _read_source(str(source), REQUIRED if labelled else UNLABELLED_REQUIRED, table)
     df = clean_samples(raw, skip_bad_rows=skip_bad_rows, where=str(source), labelled=labelled)
     log.info("%s: %d samples", source, len(df))
     return df
+
+
+def load_for(cfg: TrainConfig, *, labelled: bool = True) -> pd.DataFrame:
+    """The samples of a config's dataset, read with its table options and skip_bad_rows."""
+    return load_samples(
+        cfg.dataset, skip_bad_rows=cfg.skip_bad_rows, labelled=labelled, table=feature_table.options_of(cfg)
+    )
 
 
 def prepare(
@@ -312,6 +366,7 @@ def prepare(
     cache_dir: str | os.PathLike | None = None,
     skip_bad_rows: bool = False,
     split_by: str = "none",
+    table: TableOptions = feature_table.NO_TABLE,
 ) -> TokenizedDataset:
     """Load, split and tokenize a dataset source (token arrays are cached on disk by content).
 
@@ -320,7 +375,7 @@ def prepare(
     """
     if max_length is None and model_max_length is None:
         raise ValueError("give max_length or model_max_length")
-    df = load_samples(source, skip_bad_rows=skip_bad_rows)
+    df = load_samples(source, skip_bad_rows=skip_bad_rows, table=table)
     if max_length is None:
         max_length = tokens.effective_length(df, model_max_length)
     split = split_samples(df, seed=seed, test_fraction=test_fraction, val_fraction=val_fraction, by=split_by)
@@ -352,4 +407,5 @@ def prepare_for(cfg: TrainConfig, model_max_length: int | None = None) -> Tokeni
         cache_dir=cfg.cache_dir,
         skip_bad_rows=cfg.skip_bad_rows,
         split_by=cfg.split_by,
+        table=feature_table.options_of(cfg),
     )

@@ -73,11 +73,20 @@ class RegressionHead(nn.Module):
         return f"architecture={self.architecture!r}, pooling={self.pooling!r}"
 
 
-def segment_mean(values: torch.Tensor, owner: torch.Tensor, num_groups: int) -> torch.Tensor:
-    """Mean of the rows of values (N, ...) that share an owner (N,) in 0..num_groups-1 -> (num_groups, ...)."""
-    total = values.new_zeros((num_groups, *values.shape[1:])).index_add_(0, owner, values)
-    count = torch.bincount(owner, minlength=num_groups).clamp(min=1).to(values.dtype)
-    return total / count.view(-1, *([1] * (values.dim() - 1)))
+def segment_mean(
+    values: torch.Tensor, owner: torch.Tensor, num_groups: int, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean of the rows of values (N, ...) that share an owner (N,) in 0..num_groups-1 -> (num_groups, ...);
+    weights (N,): a weighted mean (a feature table's counts: a sequence read 90 times counts 90 times)."""
+    shape = (-1, *([1] * (values.dim() - 1)))
+    if weights is None:
+        total = values.new_zeros((num_groups, *values.shape[1:])).index_add_(0, owner, values)
+        count = torch.bincount(owner, minlength=num_groups).clamp(min=1).to(values.dtype)
+        return total / count.view(shape)
+    w = weights.to(values)
+    total = values.new_zeros((num_groups, *values.shape[1:])).index_add_(0, owner, values * w.view(shape))
+    count = values.new_zeros(num_groups).index_add_(0, owner, w).clamp(min=torch.finfo(values.dtype).tiny)
+    return total / count.view(shape)
 
 
 def level_sizes(clusters: int, levels: int) -> list[int]:
@@ -166,17 +175,24 @@ class ReadClusters(nn.Module):
             start += size
         return torch.stack(out, dim=1)
 
-    def counts(self, vectors: torch.Tensor, owner: torch.Tensor, num_samples: int) -> torch.Tensor:
-        """Each sample's read count in every cluster of every resolution (num_samples, n_features)."""
+    def counts(
+        self, vectors: torch.Tensor, owner: torch.Tensor, num_samples: int, weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Each sample's read count in every cluster of every resolution (num_samples, n_features); weights (N,):
+        the reads each set stands for (a feature table's counts), else 1 each."""
         counts = vectors.new_zeros((num_samples, self.n_features), dtype=torch.float32)
         labels = self.assign(vectors)
         rows = owner.unsqueeze(1).expand_as(labels)
-        counts.index_put_((rows.reshape(-1), labels.reshape(-1)), counts.new_ones(labels.numel()), accumulate=True)
+        ones = counts.new_ones(labels.shape)
+        added = ones if weights is None else ones * weights.to(counts).unsqueeze(1)
+        counts.index_put_((rows.reshape(-1), labels.reshape(-1)), added.reshape(-1), accumulate=True)
         return counts
 
-    def abundances(self, vectors: torch.Tensor, owner: torch.Tensor, num_samples: int) -> torch.Tensor:
+    def abundances(
+        self, vectors: torch.Tensor, owner: torch.Tensor, num_samples: int, weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Each sample's transformed abundances (num_samples, n_features), each resolution transformed on its own."""
-        counts = self.counts(vectors, owner, num_samples)
+        counts = self.counts(vectors, owner, num_samples, weights)
         blocks = torch.split(counts, self.sizes, dim=1)
         return torch.cat([abundance.transform(self.transform, block) for block in blocks], dim=1)
 
@@ -224,11 +240,19 @@ class SetAggregation(nn.Module):
         return exp / exp.new_zeros(num_samples).index_add_(0, owner, exp)[owner]
 
     def forward(
-        self, vectors: torch.Tensor, owner: torch.Tensor, num_samples: int, head: RegressionHead | TreeHead
+        self,
+        vectors: torch.Tensor,
+        owner: torch.Tensor,
+        num_samples: int,
+        head: RegressionHead | TreeHead,
+        weights: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """vectors (N, D) of sets, owner (N,) their sample in 0..num_samples-1 -> predictions (num_samples,)."""
+        """vectors (N, D) of sets, owner (N,) their sample in 0..num_samples-1 -> predictions (num_samples,).
+
+        weights (N,): the reads each set stands for (a feature table's counts): cluster abundances count them, means
+        are weighted by them, attention scales each set's weight by them; None: 1 each."""
         if self.clusters is not None:  # the clusters standardise in their own (whitened) space
-            return head.regress(self.clusters.abundances(vectors, owner, num_samples))
+            return head.regress(self.clusters.abundances(vectors, owner, num_samples, weights))
         if self.training and vectors.shape[0] < 2:  # batch statistics need two sets
             self.norm.eval()
             vectors = self.norm(vectors)
@@ -236,11 +260,15 @@ class SetAggregation(nn.Module):
         else:
             vectors = self.norm(vectors)
         if self.kind == "mean_prediction":
-            return segment_mean(head.regress(vectors).float(), owner, num_samples)
+            return segment_mean(head.regress(vectors).float(), owner, num_samples, weights)
         if self.kind == "mean":
-            return head.regress(segment_mean(vectors, owner, num_samples))
-        weights = self.weights(vectors, owner, num_samples).to(vectors.dtype)
-        pooled = vectors.new_zeros((num_samples, vectors.shape[1])).index_add_(0, owner, vectors * weights[:, None])
+            return head.regress(segment_mean(vectors, owner, num_samples, weights))
+        attention = self.weights(vectors, owner, num_samples).to(vectors.dtype)
+        if weights is not None:  # a set standing for n reads weighs as n copies of it would
+            scaled = attention * weights.to(attention)
+            total = scaled.new_zeros(num_samples).index_add_(0, owner, scaled)
+            attention = scaled / total[owner].clamp(min=torch.finfo(scaled.dtype).tiny)
+        pooled = vectors.new_zeros((num_samples, vectors.shape[1])).index_add_(0, owner, vectors * attention[:, None])
         return head.regress(pooled)
 
     def extra_repr(self) -> str:
@@ -293,9 +321,12 @@ class PhRegressor(nn.Module):
             hidden = self.backbone(input_ids)
         return pool_hidden(hidden, mask, self.head.pooling)
 
-    def from_set_vectors(self, vectors: torch.Tensor, owner: torch.Tensor, num_samples: int) -> torch.Tensor:
-        """Set vectors (S, D) of some samples -> standardised pH per sample (num_samples,)."""
-        return self.aggregation(vectors, owner, num_samples, self.head).float()
+    def from_set_vectors(
+        self, vectors: torch.Tensor, owner: torch.Tensor, num_samples: int, weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Set vectors (S, D) of some samples -> standardised pH per sample (num_samples,); weights (S,): the reads
+        each set stands for (TokenizedDataset.set_weight)."""
+        return self.aggregation(vectors, owner, num_samples, self.head, weights).float()
 
     def forward(
         self,
@@ -303,6 +334,7 @@ class PhRegressor(nn.Module):
         mask: torch.Tensor,
         owner: torch.Tensor | None = None,
         num_samples: int | None = None,
+        weights: torch.Tensor | None = None,
     ) -> torch.Tensor:
         vectors = self.set_vectors(input_ids, mask)
         if owner is None:
@@ -310,7 +342,7 @@ class PhRegressor(nn.Module):
             num_samples = vectors.shape[0]
         elif num_samples is None:
             num_samples = int(owner.max()) + 1 if owner.numel() else 0
-        return self.from_set_vectors(vectors, owner, num_samples)
+        return self.from_set_vectors(vectors, owner, num_samples, weights)
 
 
 def backbone_config(cfg: TrainConfig) -> HyenaDNAConfig:

@@ -71,7 +71,7 @@ def evaluate_checkpoint(
         source = dataset if isinstance(dataset, str) else cfg.dataset
         # The run's own data: its own split, checked (another dataset's samples are split as the config draws them).
         if source == cfg.dataset and os.path.lexists(checkpoint_path.parent / files.SPLIT_FILE):
-            df = sources.load_samples(source, skip_bad_rows=cfg.skip_bad_rows)
+            df = sources.load_for(cfg)
             split = checkpoint_split(checkpoint_path, checkpoint, df)
             dataset = tokens.build(
                 df, split, max_length=checkpoint.max_length, max_sets=cfg.max_sets, cache_dir=cfg.cache_dir
