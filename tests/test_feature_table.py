@@ -230,6 +230,7 @@ def example_search(ray_session, tmp_path_factory) -> Path:
         fixed__freeze_backbone=True,
         fixed__aggregation="clusters",
         fixed__sets_per_step=0,
+        fixed__cluster_dims=8,
         space={"clusters": {"choice": [16, 32]}, "learning_rate": {"loguniform": [1e-3, 1e-2]}},
         search__num_samples=2,
     )
@@ -246,7 +247,7 @@ def test_search_on_a_biom_table_and_predict_new_samples(example_search, tmp_path
     assert np.isfinite(metrics["test_r2"])
     assert (example_search / "report.html").is_file()
     config = json.loads((example_search / "best" / "config.json").read_text())
-    assert config["metadata"].endswith("sample-metadata.tsv")  # the table's companions travel with the run
+    assert config["train_config"]["metadata"].endswith("sample-metadata.tsv")  # the table's companions travel with the run
 
     out = tmp_path / "new.csv"
     argv = ["--checkpoint", str(example_search), "--dataset", str(EXAMPLE / "new-samples.biom")]
