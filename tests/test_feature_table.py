@@ -13,15 +13,18 @@ import pandas as pd
 import pytest
 import torch
 from biom import Table
-from helpers import ROOT, tiny_space, write_space
+from helpers import ROOT, TINY_MODEL, tiny_space, write_space
 
 from tune_ph.baseline.kmers import kmer_profiles
 from tune_ph.commands import data as data_cli
 from tune_ph.commands import predict as predict_cli
 from tune_ph.commands import search as search_cli
+from tune_ph.config import TrainConfig
 from tune_ph.data import feature_table, sources, tokens
 from tune_ph.data.feature_table import TableOptions
-from tune_ph.model.regressor import ReadClusters, segment_mean
+from tune_ph.files import save_torch
+from tune_ph.model.regressor import ReadClusters, build_model, segment_mean
+from tune_ph.training import inference
 
 EXAMPLE = ROOT / "examples" / "qiime2"
 RNG = np.random.default_rng(7)
@@ -207,6 +210,47 @@ def test_error_duplicate_metadata_ids_and_no_ph_column(tmp_path, capsys):
     assert f"--metadata {meta}: no pH column (found: acidity); add one named pH" in err, err
 
 
+def test_predict_from_a_biom_table_weighs_each_sequence_by_its_count(tmp_path, capsys, one_thread):
+    # 60-base sequences in 64 tokens: one per set whether read from the table or as repeated reads.
+    cfg = TrainConfig(
+        dataset="demo",
+        from_scratch=True,
+        model_config=dict(TINY_MODEL),
+        max_length=64,
+        device="cpu",
+        aggregation="mean",
+    )
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    with torch.no_grad():  # a random head barely varies; widen its output so equal predictions are no coincidence
+        model.head.net[-1].weight.mul_(300.0)
+    checkpoint = tmp_path / "best_model.pt"
+    state = {
+        "model": model.state_dict(),
+        "train_config": cfg.to_dict(),
+        "model_config": model.backbone.config.to_dict(),
+    }
+    save_torch(checkpoint, {**state, "target_mean": 6.5, "target_std": 1.5, "max_length": 64, "epoch": 1})
+    table, fasta, out = _biom(tmp_path / "new.biom"), _fasta(tmp_path / "s.fa"), tmp_path / "p.csv"
+    argv = ["--checkpoint", str(checkpoint), "--dataset", str(table), "--sequences", str(fasta), "--output", str(out)]
+    assert predict_cli.main(argv) == 0
+    assert "predicted 3 sample(s) from 35 of their 35 reads (8 read sets)" in capsys.readouterr().out
+    predicted = pd.read_csv(out).set_index("sample_id")
+    assert predicted["n_sets"].to_dict() == {"S1": 3, "S2": 2, "S3": 3}
+    assert predicted["n_reads"].to_dict() == {"S1": 14, "S2": 10, "S3": 11}
+    # The same as the samples with each sequence repeated count times, as reads ...
+    df = feature_table.read_feature_table(table, TableOptions(str(fasta)), labelled=False)
+    repeated = [
+        [s for s, n in zip(reads, counts) for _ in range(n)] for reads, counts in zip(df["sequences"], df["counts"])
+    ]
+    as_reads = inference.predict_samples(checkpoint, df.drop(columns="counts").assign(sequences=repeated), device="cpu")
+    expected = as_reads.set_index("sample_id").loc[predicted.index, "predicted_ph_mean"]
+    assert np.allclose(predicted["predicted_ph_mean"], expected, atol=1e-4)
+    # ... and not as the distinct sequences once each.
+    once = inference.predict_samples(checkpoint, df.drop(columns="counts"), device="cpu").set_index("sample_id")
+    assert not np.allclose(predicted["predicted_ph_mean"], once.loc[predicted.index, "predicted_ph_mean"], atol=1e-2)
+
+
 def test_example_summary(capsys):
     args = ["--sequences", str(EXAMPLE / "dna-sequences.fasta"), "--metadata", str(EXAMPLE / "sample-metadata.tsv")]
     assert data_cli.main(["summary", str(EXAMPLE / "feature-table.biom"), *args]) == 0
@@ -247,7 +291,9 @@ def test_search_on_a_biom_table_and_predict_new_samples(example_search, tmp_path
     assert np.isfinite(metrics["test_r2"])
     assert (example_search / "report.html").is_file()
     config = json.loads((example_search / "best" / "config.json").read_text())
-    assert config["train_config"]["metadata"].endswith("sample-metadata.tsv")  # the table's companions travel with the run
+    assert config["train_config"]["metadata"].endswith(
+        "sample-metadata.tsv"
+    )  # the table's companions travel with the run
 
     out = tmp_path / "new.csv"
     argv = ["--checkpoint", str(example_search), "--dataset", str(EXAMPLE / "new-samples.biom")]
