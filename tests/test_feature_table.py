@@ -89,6 +89,11 @@ def test_qiime2_tsv_and_dada2_seqtab_read_as_the_biom(tmp_path):
     lines += [f'"{s}",' + ",".join(map(str, COUNTS[i])) for i, s in enumerate(SAMPLES)]
     seqtab.write_text("\n".join(lines) + "\n")
     _expected(sources.load_samples(str(seqtab), table=TableOptions(metadata=options.metadata)))
+    # R's write.table(seqtab, sep="\t") leaves the row names' header cell out.
+    seqtab = tmp_path / "seqtab.tsv"
+    lines = ["\t".join(SEQS)] + [f"{s}\t" + "\t".join(map(str, COUNTS[i])) for i, s in enumerate(SAMPLES)]
+    seqtab.write_text("\n".join(lines) + "\n")
+    _expected(sources.load_samples(str(seqtab), table=TableOptions(metadata=options.metadata)))
 
 
 def test_counts_weight_without_expanding_reads(tmp_path):
@@ -132,7 +137,7 @@ def test_min_count_and_rarefy_say_what_they_drop(tmp_path, caplog):
 def test_table_options_need_a_feature_table(capsys, tmp_path):
     assert data_cli.main(["summary", "demo", "--metadata", str(_meta(tmp_path / "m.tsv"))]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--metadata go with a feature table" in err, err
+    assert err.count("\n") == 1 and "--metadata goes with a feature table" in err and "leave it out" in err, err
 
 
 def _companions(tmp_path: Path) -> list[str]:

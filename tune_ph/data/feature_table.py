@@ -1,6 +1,4 @@
-"""Feature (ASV) tables as the field writes them -> the sample table: BIOM (HDF5 or JSON), a DADA2 seqtab or QIIME 2
-TSV/CSV, the features' sequences (FASTA) and the sample metadata (TSV/CSV); one row per sample holding its distinct
-sequences and their counts (never expanded to reads)."""
+"""Feature (ASV) tables as the field writes them (BIOM, QIIME 2 TSV, DADA2 seqtab; FASTA; metadata) -> samples."""
 
 from __future__ import annotations
 
@@ -38,9 +36,10 @@ ENVIRONMENT_COLUMNS = ("environment", "env_broad_scale", "env_biome", "env_mater
 DEFAULT_ENVIRONMENT = "unspecified"
 # Rarefaction draws from one fixed seed: the same table gives the same subsample on every run and machine.
 RAREFY_SEED = 0
-# A label that is a sequence, not an id: long, and nothing but nucleotide letters (IUPAC codes included).
-_DNA_LABEL = re.compile(r"^[ACGTUNRYSWKMBDHV]{20,}$", re.IGNORECASE)
-_MOSTLY_ACGT = re.compile(r"[ACGTU]", re.IGNORECASE)
+# A label that is a sequence, not an id: long, and nearly all A, C, G, T (a stray letter is then a bad base, not an
+# id); QIIME 2's MD5 ids and names such as ASV_12 are neither.
+_MIN_SEQUENCE = 20
+_ACGT = re.compile(r"[ACGTU]", re.IGNORECASE)
 _FIX_COUNTS = "counts must be whole numbers >= 0 (a table of reads, not of relative abundances)"
 
 
@@ -127,8 +126,8 @@ def _rows(path: Path) -> tuple[list[list[str]], int]:
     return [[c.strip() for c in row] for row in csv.reader(body, delimiter=delimiter)], skip + 1
 
 
-def _is_dna_label(label: str) -> bool:
-    return bool(_DNA_LABEL.match(label)) and len(_MOSTLY_ACGT.findall(label)) >= 0.9 * len(label)
+def _is_sequence(label: str) -> bool:
+    return len(label) >= _MIN_SEQUENCE and len(_ACGT.findall(label)) >= 0.9 * len(label)
 
 
 def _features_in_rows(path: Path, corner: str, columns: list[str], rows: list[str], fasta_ids: set[str]) -> bool:
@@ -139,7 +138,7 @@ def _features_in_rows(path: Path, corner: str, columns: list[str], rows: list[st
     if name in _SAMPLE_HEADERS:
         return False
     for in_rows, labels in ((False, columns), (True, rows)):  # sequences as labels mark the feature axis
-        if labels and sum(map(_is_dna_label, labels)) >= 0.5 * len(labels):
+        if labels and sum(map(_is_sequence, labels)) >= 0.5 * len(labels):
             return in_rows
     for in_rows, labels in ((True, rows), (False, columns)):  # ids the FASTA holds mark it too
         if labels and fasta_ids and sum(x in fasta_ids for x in labels) >= 0.5 * len(labels):
@@ -275,7 +274,7 @@ def _sequences(table: _Counts, fasta: dict[str, str] | None, fasta_path: str | N
             _check_dna(seq, f"{fasta_path}: feature {f!r}")
         return [s.upper() for s in out]
     for k, f in enumerate(table.features):
-        if not _DNA_LABEL.match(f) and (len(f) < 20 or len(_MOSTLY_ACGT.findall(f)) < 0.9 * len(f)):
+        if not _is_sequence(f):
             raise DatasetError(
                 f"{table.path}: feature {f!r} (number {k + 1}) is an id, not a DNA sequence; give the features' "
                 "sequences with --sequences dna-sequences.fasta (QIIME 2: qiime tools export on the rep-seqs .qza)"

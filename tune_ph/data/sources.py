@@ -171,9 +171,10 @@ def _read_source(
     if source != "demo" and feature_table.is_feature_table(path):
         return feature_table.read_feature_table(path, table, labelled=required == REQUIRED)
     if table.given():
+        flags = table.given()
         raise InputError(
-            f"{' and '.join(table.given())} go with a feature table (.biom, or a QIIME 2 / DADA2 .tsv/.csv of counts); "
-            f"--dataset {source} is not one: leave them out"
+            f"{' and '.join(flags)} {'go' if len(flags) > 1 else 'goes'} with a feature table (.biom, or a QIIME 2 / "
+            f"DADA2 .tsv/.csv of counts); --dataset {source} is not one: leave {'them' if len(flags) > 1 else 'it'} out"
         )
     if source == "demo":
         return make_demo()
