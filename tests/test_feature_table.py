@@ -14,7 +14,9 @@ import pytest
 import torch
 from biom import Table
 from helpers import ROOT, TINY_MODEL, tiny_space, write_space
+from sklearn.cluster import MiniBatchKMeans
 
+from tune_ph.baseline import otus
 from tune_ph.baseline.kmers import kmer_profiles
 from tune_ph.commands import data as data_cli
 from tune_ph.commands import predict as predict_cli
@@ -23,7 +25,7 @@ from tune_ph.config import TrainConfig
 from tune_ph.data import feature_table, sources, tokens
 from tune_ph.data.feature_table import TableOptions
 from tune_ph.files import save_torch
-from tune_ph.model.regressor import ReadClusters, build_model, segment_mean
+from tune_ph.model.regressor import ReadClusters, RegressionHead, SetAggregation, build_model, segment_mean
 from tune_ph.training import inference
 
 EXAMPLE = ROOT / "examples" / "qiime2"
@@ -112,11 +114,25 @@ def test_counts_weight_without_expanding_reads(tmp_path):
     clusters.load_fit({"center": np.zeros(1), "projection": np.ones((1, 1)), "centroids": np.array([[1.0], [-1.0]])})
     counts = clusters.counts(torch.tensor([[2.0], [-3.0]]), owner, 1, w)
     assert counts.tolist() == [[3.0, 1.0]]
+    # Every aggregation of set vectors: a set of weight 3 counts as three copies of it.
+    torch.manual_seed(0)
+    head, vectors = RegressionHead(8, "mlp2").eval(), torch.randn(2, 8)
+    repeated = (vectors[[0, 0, 0, 1]], torch.zeros(4, dtype=torch.long))
+    for kind in ("mean", "mean_prediction", "attention"):
+        aggregation = SetAggregation(8, kind).eval()
+        weighted = aggregation(vectors, owner, 1, head, w)
+        assert torch.allclose(weighted, aggregation(*repeated, 1, head), atol=1e-6), kind
+        assert not torch.allclose(weighted, aggregation(vectors, owner, 1, head), atol=1e-4), kind
     # The k-mer baselines' profiles: the same as repeating each read count times.
     reads, weights = ["ACGTA", "TTTTT"], [3, 1]
     assert np.allclose(kmer_profiles([reads], 2, weights=[weights]), kmer_profiles([["ACGTA"] * 3 + ["TTTTT"]], 2))
     sparse_rows = kmer_profiles([reads], 2, weights=[weights], sparse_rows=True).toarray()
     assert np.allclose(sparse_rows, kmer_profiles([["ACGTA"] * 3 + ["TTTTT"]], 2))
+    # The k-mer OTU baselines' cluster abundances: the same.
+    km = MiniBatchKMeans(2, n_init=1, random_state=0).fit(kmer_profiles([["ACGTA"], ["TTTTT"]], 2))
+    by_count = otus._abundances(pd.DataFrame({"sequences": [reads], "counts": [weights]}), 2, [km])[0]
+    assert np.allclose(by_count, otus._abundances(pd.DataFrame({"sequences": [["ACGTA"] * 3 + ["TTTTT"]]}), 2, [km])[0])
+    assert sorted(by_count[0].tolist()) == [0.25, 0.75]
 
 
 def test_min_count_and_rarefy_say_what_they_drop(tmp_path, caplog):
