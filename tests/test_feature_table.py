@@ -26,6 +26,7 @@ from tune_ph.data import feature_table, sources, tokens
 from tune_ph.data.feature_table import TableOptions
 from tune_ph.files import save_torch
 from tune_ph.model.regressor import ReadClusters, RegressionHead, SetAggregation, build_model, segment_mean
+from tune_ph.report.evaluate import evaluate_checkpoint
 from tune_ph.training import inference
 
 EXAMPLE = ROOT / "examples" / "qiime2"
@@ -231,27 +232,27 @@ def test_error_duplicate_metadata_ids_and_no_ph_column(tmp_path, capsys):
     assert f"--metadata {meta}: no pH column (found: acidity); add one named pH" in err, err
 
 
-def test_predict_from_a_biom_table_weighs_each_sequence_by_its_count(tmp_path, capsys, one_thread):
-    # 60-base sequences in 64 tokens: one per set whether read from the table or as repeated reads.
+def _tiny_checkpoint(path: Path, **settings) -> Path:
+    """A tiny random model saved as a checkpoint (no training: the tests are about plumbing)."""
     cfg = TrainConfig(
-        dataset="demo",
-        from_scratch=True,
-        model_config=dict(TINY_MODEL),
-        max_length=64,
-        device="cpu",
-        aggregation="mean",
+        from_scratch=True, model_config=dict(TINY_MODEL), max_length=64, device="cpu", aggregation="mean", **settings
     )
     torch.manual_seed(0)
     model = build_model(cfg)
     with torch.no_grad():  # a random head barely varies; widen its output so equal predictions are no coincidence
         model.head.net[-1].weight.mul_(300.0)
-    checkpoint = tmp_path / "best_model.pt"
     state = {
         "model": model.state_dict(),
         "train_config": cfg.to_dict(),
         "model_config": model.backbone.config.to_dict(),
     }
-    save_torch(checkpoint, {**state, "target_mean": 6.5, "target_std": 1.5, "max_length": 64, "epoch": 1})
+    save_torch(path, {**state, "target_mean": 6.5, "target_std": 1.5, "max_length": 64, "epoch": 1})
+    return path
+
+
+def test_predict_from_a_biom_table_weighs_each_sequence_by_its_count(tmp_path, capsys, one_thread):
+    # 60-base sequences in 64 tokens: one per set whether read from the table or as repeated reads.
+    checkpoint = _tiny_checkpoint(tmp_path / "best_model.pt", dataset="demo")
     table, fasta, out = _biom(tmp_path / "new.biom"), _fasta(tmp_path / "s.fa"), tmp_path / "p.csv"
     argv = ["--checkpoint", str(checkpoint), "--dataset", str(table), "--sequences", str(fasta), "--output", str(out)]
     assert predict_cli.main(argv) == 0
@@ -270,6 +271,17 @@ def test_predict_from_a_biom_table_weighs_each_sequence_by_its_count(tmp_path, c
     # ... and not as the distinct sequences once each.
     once = inference.predict_samples(checkpoint, df.drop(columns="counts"), device="cpu").set_index("sample_id")
     assert not np.allclose(predicted["predicted_ph_mean"], once.loc[predicted.index, "predicted_ph_mean"], atol=1e-2)
+
+
+def test_a_run_on_a_table_evaluates_on_another_kind_of_source(tmp_path, one_thread):
+    options = _files(tmp_path)
+    table = _biom(tmp_path / "t.biom")
+    run = tmp_path / "run"
+    run.mkdir()
+    checkpoint = _tiny_checkpoint(run / "best_model.pt", dataset=str(table), **vars(options))
+    evaluate_checkpoint(checkpoint, dataset="demo", output_dir=tmp_path / "eval", device="cpu")
+    # The demo's test split: the run's FASTA and metadata were not forced on it.
+    assert len(pd.read_csv(tmp_path / "eval" / "test_predictions.csv")) == 60
 
 
 def test_example_summary(capsys):

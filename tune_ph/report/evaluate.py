@@ -13,7 +13,7 @@ import pandas as pd
 
 from tune_ph import files
 from tune_ph.baseline.reference import Reference, compare
-from tune_ph.data import sources, tokens
+from tune_ph.data import feature_table, sources, tokens
 from tune_ph.data.tokens import TokenizedDataset
 from tune_ph.files import write_csv, write_json
 from tune_ph.metrics import TEST_R2, bootstrap_ci, regression_metrics
@@ -77,7 +77,11 @@ def evaluate_checkpoint(
                 df, split, max_length=checkpoint.max_length, max_sets=cfg.max_sets, cache_dir=cfg.cache_dir
             )
         else:
-            dataset = sources.prepare_for(replace(cfg, dataset=source, max_length=checkpoint.max_length))
+            other = replace(cfg, dataset=source, max_length=checkpoint.max_length)
+            if source != cfg.dataset and not feature_table.is_feature_table(Path(source).expanduser()):
+                # The run's feature-table companions (FASTA, metadata, filters) are not another kind of source's.
+                other = replace(other, sequences=None, metadata=None, min_count=0, rarefy=None)
+            dataset = sources.prepare_for(other)
     elif dataset.max_length != checkpoint.max_length or dataset.max_sets != (cfg.max_sets or 0):
         raise ValueError(
             f"the dataset was tokenized with max_length={dataset.max_length}, max_sets={dataset.max_sets} but "
