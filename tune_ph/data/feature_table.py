@@ -163,7 +163,10 @@ def _read_delimited(path: Path, fasta_ids: set[str]) -> _Counts:
                 "its label and one count per column"
             )
     columns, labels = header[1:], [r[0] for r in body]
-    values = pd.DataFrame([r[1:] for r in body]).apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
+    try:  # numpy parses a large table many times faster; pandas only to find the cell that is not a number
+        values = np.array([r[1:] for r in body], dtype=np.float64)
+    except ValueError:
+        values = pd.DataFrame([r[1:] for r in body]).apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
     bad = np.argwhere(np.isnan(values))
     if len(bad):
         r, c = map(int, bad[0])
