@@ -506,6 +506,7 @@ def read_feature_table(
     _check_unique(table.samples, "sample", str(path), "sample ids must be unique (merge or rename the samples)")
     _check_unique(table.features, "feature", str(path), "feature ids must be unique (merge or rename the features)")
     _check_counts(table)
+    table.matrix.eliminate_zeros()  # a BIOM file may store zeros; a sample holds only the sequences it has
     sequences = _sequences(table, fasta, options.sequences)
     labels = _labels(table, options, labelled)
     matrix, distinct = _merge_identical(table, sequences)

@@ -254,7 +254,7 @@ class TokenizedDataset:
             values["max_sets"] = int(values["max_sets"])
             values["fingerprint"] = str(values["fingerprint"])
             if values["set_weight"].shape != values["set_sample"].shape:
-                raise ValueError("its set weights do not match its sets")
+                raise ValueError(f"{path}: its set weights do not match its sets")
         except (KeyError, TypeError) as err:
             raise ValueError(f"{path}: not a token cache entry ({err})") from None
         return cls(**values)
