@@ -45,12 +45,13 @@ _FIX_COUNTS = "counts must be whole numbers >= 0 (a table of reads, not of relat
 
 @dataclass(frozen=True)
 class TableOptions:
-    """How a feature table becomes samples: its sequences and metadata files, and the usual filters."""
+    """How a feature table becomes samples: the TrainConfig fields of the same names (config.py says what each
+    means and checks it), carried to the data layer together (options_of) and by predict from its flags."""
 
-    sequences: str | None = None  # FASTA of the features' sequences, when the table's features are ids
-    metadata: str | None = None  # sample metadata TSV/CSV: pH, study, environment
-    min_count: int = 0  # features whose total count is below this are dropped (0: none)
-    rarefy: int | None = None  # subsample every sample to this many reads; samples with fewer are dropped
+    sequences: str | None = None
+    metadata: str | None = None
+    min_count: int = 0
+    rarefy: int | None = None
 
     def given(self) -> list[str]:
         """The flags of the options set (they only apply to a feature table)."""
