@@ -120,7 +120,15 @@ class MaxVector(Aggregation):
         super().__init__(width, standardise)
         self.scale = nn.Parameter(torch.ones(width))
 
-    def combine(self, vectors: torch.Tensor, owner: torch.Tensor, num_samples: int, head: nn.Module) -> torch.Tensor:
+    def combine(
+        self,
+        vectors: torch.Tensor,
+        owner: torch.Tensor,
+        num_samples: int,
+        head: nn.Module,
+        weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        # A set's weight (the reads it stands for) leaves a maximum unchanged: repeated copies have the same max.
         top = vectors.new_full((num_samples, vectors.shape[1]), -torch.inf)
         top = top.scatter_reduce(0, owner[:, None].expand_as(vectors), vectors, reduce="amax")
         return head.regress(top * self.scale)

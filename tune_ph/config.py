@@ -94,7 +94,10 @@ class TrainConfig:
     """Everything one training run needs, as JSON-able primitives (saved with every checkpoint)."""
 
     dataset: str = _field(
-        DEFAULT_DATASET, "hub dataset id, local folder/.parquet/.jsonl, or 'demo' (offline)", data=True
+        DEFAULT_DATASET,
+        "hub dataset id, local folder/.parquet/.jsonl, a feature (ASV) table (.biom, or a QIIME 2 / DADA2 .tsv/.csv "
+        "of counts, with --metadata), or 'demo' (offline)",
+        data=True,
     )
     target: str = _field(
         DEFAULT_TARGET,
@@ -199,6 +202,26 @@ class TrainConfig:
         searchable=False,
     )
     skip_bad_rows: bool = _field(False, "drop invalid rows (counted) instead of failing", data=True)
+    # A feature table's companions and filters (tune_ph.data.feature_table); other sources refuse them.
+    sequences: str | None = _field(
+        None,
+        "with a feature table whose features are ids: the FASTA of their sequences (QIIME 2: dna-sequences.fasta)",
+        data=True,
+    )
+    metadata: str | None = _field(
+        None,
+        "with a feature table: the sample metadata TSV/CSV (first column sample-id, #SampleID or id; a pH column; "
+        "study and environment columns when present)",
+        data=True,
+    )
+    min_count: int = _field(
+        0, "with a feature table: drop features whose total count over all samples is below this (0: none)", data=True
+    )
+    rarefy: int | None = _field(
+        None,
+        "with a feature table: subsample each sample to this many reads (fixed seed); samples with fewer are dropped",
+        data=True,
+    )
 
     def __post_init__(self) -> None:
         if self.sets_per_step == 0 and not isinstance(self.sets_per_step, bool):
@@ -412,6 +435,8 @@ RULES: dict[str, schema.Rule] = {
     "split_seed": _not_negative("split_seed", " (numpy seeds are unsigned)"),
     "test_fraction": _test_fraction,
     "val_fraction": _fraction("val_fraction"),
+    "min_count": _not_negative("min_count"),
+    "rarefy": _positive_integer("rarefy"),
     "head_dropout": _fraction("head_dropout"),
     "max_length": _max_length,
     "device": _device,

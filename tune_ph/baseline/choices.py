@@ -41,6 +41,10 @@ DATA_FLAGS = (
     "val_fraction",
     "skip_bad_rows",
     "cache_dir",
+    "sequences",
+    "metadata",
+    "min_count",
+    "rarefy",
 )
 
 

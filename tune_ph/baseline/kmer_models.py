@@ -69,8 +69,12 @@ def run_baseline(
     # Profile only the samples in the split, once for all models still to fit.
     t0 = time.perf_counter()
     names = ("train", "val", "test")
+    weights = [c for name in names for c in parts[name]["counts"]] if "counts" in samples_df.columns else None
     every = kmer_profiles(
-        [reads for name in names for reads in parts[name]["sequences"]], k, sparse_rows=k >= SPARSE_FROM_K
+        [reads for name in names for reads in parts[name]["sequences"]],
+        k,
+        sparse_rows=k >= SPARSE_FROM_K,
+        weights=weights,
     )
     bounds = np.cumsum([0] + [len(parts[name]) for name in names])
     x = {name: every[bounds[i] : bounds[i + 1]] for i, name in enumerate(names)}

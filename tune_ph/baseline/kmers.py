@@ -38,8 +38,21 @@ def kmer_names(k: int) -> list[str]:
     return ["".join("ACGT"[d] for d in row) for row in digits]
 
 
-def _chunk_keys(samples: Sequence[Sequence[str]], k: int) -> np.ndarray:
-    """sample * 4^k + k-mer index of every valid k-mer of a few samples, in one vectorised pass."""
+Weights = Sequence[Sequence[float]] | None  # per sample, the reads each of its sequences stands for (None: 1 each)
+
+
+def _window_weights(samples: Sequence[Sequence[str]], weights: Sequence[Sequence[float]]) -> np.ndarray:
+    """The weight of every byte of the joined samples (each read's, its separator included)."""
+    lengths = [len(r.encode("latin-1", "replace")) + 1 for reads in samples for r in reads]
+    flat = np.fromiter((w for ws in weights for w in ws), dtype=np.float64, count=len(lengths))
+    return np.repeat(flat, lengths)
+
+
+def _chunk_keys(
+    samples: Sequence[Sequence[str]], k: int, weights: Weights = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """sample * 4^k + k-mer index of every valid k-mer of a few samples, in one vectorised pass, and each one's
+    weight (its read's; None without weights)."""
     n_kmers = 4**k
     # Every read ends with the separator (an invalid byte), so no window crosses a read or sample boundary.
     pieces = [
@@ -49,7 +62,7 @@ def _chunk_keys(samples: Sequence[Sequence[str]], k: int) -> np.ndarray:
     codes = _CODE[np.frombuffer(b"".join(pieces), dtype=np.uint8)]
     n_windows = len(codes) - k + 1
     if n_windows <= 0:
-        return np.zeros(0, dtype=np.int64)
+        return np.zeros(0, dtype=np.int64), None if weights is None else np.zeros(0)
     # A window is valid when it holds no invalid byte: a difference of the running count of invalid bytes.
     bad = np.concatenate(([0], np.cumsum(codes == _INVALID, dtype=np.int32)))
     valid = bad[k:] == bad[:-k]
@@ -59,20 +72,24 @@ def _chunk_keys(samples: Sequence[Sequence[str]], k: int) -> np.ndarray:
         index *= 4
         index += codes[j : j + n_windows] & 3
     sample_of = np.repeat(np.arange(len(samples), dtype=np.int64), lengths)[:n_windows]
-    return sample_of[valid] * n_kmers + index[valid]
+    keys = sample_of[valid] * n_kmers + index[valid]
+    return keys, None if weights is None else _window_weights(samples, weights)[:n_windows][valid]
 
 
-def _chunk_counts(samples: Sequence[Sequence[str]], k: int) -> np.ndarray:
-    """k-mer counts (int64, len(samples) x 4^k) of a few samples."""
+def _chunk_counts(samples: Sequence[Sequence[str]], k: int, weights: Weights = None) -> np.ndarray:
+    """k-mer counts (int64, or float64 weighted, len(samples) x 4^k) of a few samples."""
     n_kmers = 4**k
-    keys = _chunk_keys(samples, k)
-    return np.bincount(keys, minlength=len(samples) * n_kmers).reshape(len(samples), n_kmers)
+    keys, w = _chunk_keys(samples, k, weights)
+    return np.bincount(keys, weights=w, minlength=len(samples) * n_kmers).reshape(len(samples), n_kmers)
 
 
-def _chunk_sparse(samples: Sequence[Sequence[str]], k: int) -> sparse.csr_matrix:
+def _chunk_sparse(samples: Sequence[Sequence[str]], k: int, weights: Weights = None) -> sparse.csr_matrix:
     """Relative k-mer frequencies (float32 CSR, len(samples) x 4^k) of a few samples: only k-mers present."""
     n_kmers = 4**k
-    keys, counts = np.unique(_chunk_keys(samples, k), return_counts=True)
+    all_keys, w = _chunk_keys(samples, k, weights)
+    keys, inverse, counts = np.unique(all_keys, return_inverse=True, return_counts=True)
+    if w is not None:
+        counts = np.bincount(inverse.ravel(), weights=w, minlength=len(keys))
     rows = keys // n_kmers
     totals = np.bincount(rows, weights=counts, minlength=len(samples))
     values = (counts / totals[rows]).astype(np.float32)
@@ -99,13 +116,20 @@ def _chunks(sizes: np.ndarray, n_kmers: int) -> list[tuple[int, int]]:
 
 
 def kmer_profiles(
-    sequences: Sequence[Sequence[str]], k: int, *, progress: bool | None = None, sparse_rows: bool = False
+    sequences: Sequence[Sequence[str]],
+    k: int,
+    *,
+    progress: bool | None = None,
+    sparse_rows: bool = False,
+    weights: Weights = None,
 ) -> np.ndarray | sparse.csr_matrix:
     """Relative k-mer frequencies (float32, n_samples x 4^k) pooled over all reads of each sample.
 
-    Rows sum to 1; a sample without any valid k-mer (all reads shorter than k or ambiguous) gets a zero row and a
-    warning. ``progress=None`` shows a bar only on datasets large enough to take a few seconds. sparse_rows: a
-    scipy CSR matrix holding only the k-mers present (k=8: ~8 % of 65,536 on 16S reads, a tenth of the memory).
+    weights: per sample, the reads each of its sequences stands for (a feature table's counts): a sequence counted
+    90 times adds its k-mers 90 times, without being repeated. Rows sum to 1; a sample without any valid k-mer (all
+    reads shorter than k or ambiguous) gets a zero row and a warning. ``progress=None`` shows a bar only on datasets
+    large enough to take a few seconds. sparse_rows: a scipy CSR matrix holding only the k-mers present (k=8: ~8 % of
+    65,536 on 16S reads, a tenth of the memory).
     """
     k = check_k(k)
     sizes = np.fromiter(
@@ -117,10 +141,11 @@ def kmer_profiles(
     with tqdm(total=len(sequences), desc=f"{k}-mer profiles", unit="sample", disable=not show) as bar:
         # Sparse blocks hold no dense count cells, so only the bases bound a chunk.
         for a, b in _chunks(sizes, 1 if sparse_rows else 4**k):
+            part = None if weights is None else weights[a:b]
             if out is None:
-                blocks.append(_chunk_sparse(sequences[a:b], k))
+                blocks.append(_chunk_sparse(sequences[a:b], k, part))
             else:
-                counts = _chunk_counts(sequences[a:b], k)
+                counts = _chunk_counts(sequences[a:b], k, part)
                 totals = counts.sum(axis=1, keepdims=True)
                 out[a:b] = counts / np.maximum(totals, 1)
             bar.update(b - a)

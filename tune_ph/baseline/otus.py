@@ -58,17 +58,23 @@ def _fit_reads(train: pd.DataFrame) -> list[str]:
 
 
 def _abundances(df: pd.DataFrame, k: int, fitted: Sequence[MiniBatchKMeans]) -> list[np.ndarray]:
-    """Each sample's share of reads in each cluster (n_samples x n_clusters per clustering)."""
+    """Each sample's share of reads in each cluster (n_samples x n_clusters per clustering); a feature table's
+    sequence counts as many reads as its count."""
     out = [np.zeros((len(df), km.n_clusters)) for km in fitted]
     owner = np.repeat(np.arange(len(df)), [len(s) for s in df["sequences"]])
     reads = [r for sample in df["sequences"] for r in sample]
+    if "counts" in df.columns:
+        read_weight = np.fromiter((c for sample in df["counts"] for c in sample), dtype=np.float64, count=len(reads))
+    else:
+        read_weight = np.ones(len(reads))
     for start in range(0, len(reads), _ASSIGN_READS):
         chunk = reads[start : start + _ASSIGN_READS]
         profiles = kmer_profiles([[r] for r in chunk], k, progress=False)
         valid = profiles.any(axis=1)  # a read without a valid k-mer belongs to no cluster
         rows = owner[start : start + len(chunk)][valid]
+        weight = read_weight[start : start + len(chunk)][valid]
         for counts, km in zip(out, fitted):
-            np.add.at(counts, (rows, km.predict(profiles[valid])), 1.0)
+            np.add.at(counts, (rows, km.predict(profiles[valid])), weight)
     return [counts / np.maximum(counts.sum(axis=1, keepdims=True), 1) for counts in out]
 
 

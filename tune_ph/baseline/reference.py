@@ -153,7 +153,8 @@ def baseline_command(cfg: TrainConfig) -> str:
     """The `python -m tune_ph baseline` command for the same data and split as a training config."""
     default = TrainConfig()
     args = ["python", "-m", "tune_ph", "baseline", "--dataset", cfg.dataset]
-    for name in ("split_by", "split_seed", "test_fraction", "val_fraction"):
+    data = ("split_by", "split_seed", "test_fraction", "val_fraction", "sequences", "metadata", "min_count", "rarefy")
+    for name in data:
         if getattr(cfg, name) != getattr(default, name):
             args += [f"--{name.replace('_', '-')}", str(getattr(cfg, name))]
     if cfg.skip_bad_rows:
@@ -177,7 +178,7 @@ def reference_baseline(
     fit on no more bases than this.
     """
     from tune_ph.baseline.family import CHOSEN_BY, choose_on_val, run_family  # scikit-learn's models, when needed
-    from tune_ph.data.sources import Target, load_samples
+    from tune_ph.data.sources import load_for
     from tune_ph.data.split import split_for
 
     command = "python -m tune_ph baseline --dataset DATASET"
@@ -188,7 +189,7 @@ def reference_baseline(
         command = baseline_command(cfg)
         if local_only and cfg.dataset != "demo" and not Path(cfg.dataset).expanduser().exists():
             return Reference(reason=f"dataset {cfg.dataset} is not a local path", command=command)
-        df = load_samples(cfg.dataset, skip_bad_rows=cfg.skip_bad_rows, target=Target.of(cfg))
+        df = load_for(cfg)
         bases = int(df["sequences"].map(lambda reads: sum(map(len, reads))).sum())
         if max_bases is not None and bases > max_bases:
             return Reference(reason=f"{bases / 1e6:.0f} M bases is too slow to fit here", command=command)

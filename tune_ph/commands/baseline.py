@@ -69,7 +69,7 @@ def _main(argv: Sequence[str] | None) -> int:
         check_k(k)
     from tune_ph.baseline.family import CHOSEN_BY, FamilySpec, choose_on_val, run_family, write_family
     from tune_ph.baseline.reference import baseline_command, interval_text, reference_of
-    from tune_ph.data.sources import Target, load_samples
+    from tune_ph.data.sources import load_for
     from tune_ph.data.split import SplitRecord, split_for
 
     models = tuple(MODELS) if "both" in args.models else tuple(args.models)
@@ -77,7 +77,7 @@ def _main(argv: Sequence[str] | None) -> int:
     cfg = TrainConfig(**config.given_fields(args, DATA_FLAGS))
 
     start = time.perf_counter()
-    df = load_samples(cfg.dataset, skip_bad_rows=cfg.skip_bad_rows, target=Target.of(cfg))
+    df = load_for(cfg)
     split = split_for(df, cfg)
     record = SplitRecord.of(split, cfg, dict(zip(df["sample_id"].astype(str), df["study_name"].astype(str))))
     family = run_family(df, split, spec, cache_dir=cfg.cache_dir, use_cache=not args.no_cache)

@@ -13,7 +13,19 @@ from tune_ph.config import DEFAULT_DATASET, TrainConfig
 from tune_ph.data import fasta, token_cache
 
 # The TrainConfig fields `data summary` takes as flags (how the split is drawn).
-SUMMARY_FIELDS = ("target", "target_range", "skip_bad_rows", "split_seed", "split_by", "test_fraction", "val_fraction")
+SUMMARY_FIELDS = (
+    "target",
+    "target_range",
+    "skip_bad_rows",
+    "split_seed",
+    "split_by",
+    "test_fraction",
+    "val_fraction",
+    "sequences",
+    "metadata",
+    "min_count",
+    "rarefy",
+)
 
 
 def _print_examples(label: str, names: list[str]) -> None:
@@ -63,10 +75,10 @@ def _main(argv: Sequence[str] | None) -> int:
     else:
         # TrainConfig's rules for these flags: fractions that leave samples to train on, seeds numpy takes.
         cfg = TrainConfig(dataset=args.source, **config.given_fields(args, SUMMARY_FIELDS))
-        from tune_ph.data.sources import Target, load_samples
+        from tune_ph.data.sources import load_for
         from tune_ph.data.split import split_samples
 
-        df = load_samples(cfg.dataset, skip_bad_rows=cfg.skip_bad_rows, target=Target.of(cfg))
+        df = load_for(cfg)
         split = split_samples(
             df,
             seed=cfg.split_seed,
@@ -76,6 +88,10 @@ def _main(argv: Sequence[str] | None) -> int:
         )
         counts = df["environment"].value_counts()
         print(f"{len(df)} samples, {df['study_name'].nunique()} studies, {len(counts)} environments")
+        if "counts" in df.columns:  # a feature table: distinct sequences, each with its reads
+            distinct = len({r for reads in df["sequences"] for r in reads})
+            reads = int(df["counts"].map(sum).sum())
+            print(f"{distinct:,} distinct sequences, {reads:,} reads (each sequence is embedded once)")
         print("environments: " + ", ".join(f"{env} {n}" for env, n in counts.items()))
         print("split: " + ", ".join(f"{name} {len(ids)}" for name, ids in split.items()))
     return cli.EXIT_OK

@@ -15,7 +15,7 @@ from tune_ph.errors import InputError
 from tune_ph.files import write_csv
 
 # The TrainConfig fields predict takes as flags (same names and rules as training's).
-CONFIG_FLAGS = ("dataset", "batch_size", "device", "skip_bad_rows", "max_sets")
+CONFIG_FLAGS = ("dataset", "batch_size", "device", "skip_bad_rows", "max_sets", "sequences", "min_count", "rarefy")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -41,7 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     config.add_arguments(p, only=CONFIG_FLAGS, overrides=True)
     p.add_argument("--fasta-dir", help="instead of --dataset: DIR/{study_name}/{sample_id}.fasta[.gz] or DIR/*.fasta")
-    p.add_argument("--metadata", help="with --fasta-dir: CSV with sample_id (+ study_name, environment, pH)")
+    p.add_argument(
+        "--metadata",
+        help="with --fasta-dir: CSV with sample_id (+ study_name, environment, pH); with a feature table as --dataset: "
+        "its sample metadata TSV/CSV (optional: pH, or the checkpoint's --target, when known, is compared with the "
+        "predictions)",
+    )
     p.add_argument(
         "--max-dna",
         type=int,
@@ -65,8 +70,8 @@ def _main(argv: Sequence[str] | None) -> int:
         config.check_field(name, value)
     if (args.dataset is None) == (args.fasta_dir is None):
         raise InputError("give exactly one of --dataset SOURCE or --fasta-dir DIR")
-    if args.fasta_dir is None and args.metadata is not None:
-        raise InputError("--metadata goes with --fasta-dir (a --dataset source carries its own columns)")
+    if args.fasta_dir is not None and (args.sequences is not None or args.min_count or args.rarefy is not None):
+        raise InputError("--sequences, --min-count and --rarefy go with a feature table as --dataset, not --fasta-dir")
     if args.max_dna < 1:
         raise InputError(f"--max-dna must be a positive number of bases, got {args.max_dna}")
     output = Path(args.output)
@@ -75,6 +80,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
     from tune_ph.data import sources
     from tune_ph.data.fasta_samples import read_fasta_dir
+    from tune_ph.data.feature_table import TableOptions
     from tune_ph.model.regressor import load_checkpoint
     from tune_ph.training.checkpoints import find_checkpoint
     from tune_ph.training.inference import predict_samples, sample_metrics
@@ -86,7 +92,9 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.fasta_dir is not None:
         samples = read_fasta_dir(args.fasta_dir, args.metadata, max_dna=args.max_dna, skip_bad_rows=skip)
     else:
-        samples = sources.load_samples(args.dataset, skip_bad_rows=skip, labelled=False, target=target)
+        # A feature table's filters are the command line's: a prediction keeps every read unless told otherwise.
+        options = TableOptions(args.sequences, args.metadata, given.get("min_count", 0), args.rarefy)
+        samples = sources.load_samples(args.dataset, skip_bad_rows=skip, labelled=False, target=target, table=options)
     table = predict_samples(
         path,
         samples,

@@ -17,7 +17,19 @@ from tune_ph.report import monitor
 from tune_ph.search import origin, space
 
 # TrainConfig fields that have a command-line override here (the others are set in the YAML).
-OVERRIDE_FIELDS = ("dataset", "target", "target_range", "model", "epochs", "device", "taxonomy")
+OVERRIDE_FIELDS = (
+    "dataset",
+    "target",
+    "target_range",
+    "sequences",
+    "metadata",
+    "min_count",
+    "rarefy",
+    "model",
+    "epochs",
+    "device",
+    "taxonomy",
+)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

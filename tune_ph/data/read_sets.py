@@ -1,4 +1,5 @@
-"""A sample's reads -> read sets: whole reads packed in order, joined by [SEP], within max_length tokens."""
+"""A sample's reads -> read sets: whole reads packed in order, joined by [SEP], within max_length tokens (a feature
+table's distinct sequences: one set each, weighted by its count)."""
 
 from __future__ import annotations
 
@@ -45,6 +46,19 @@ def pack_sets(read_lengths: Sequence[int], max_length: int, max_sets: int | None
     return sets
 
 
+def sample_sets(
+    reads: Sequence[str], max_length: int, max_sets: int | None = None, counts: Sequence[int] | None = None
+) -> tuple[list[list[int]], list[float]]:
+    """(read sets, the weight of each) of one sample: without counts, reads packed by ``pack_sets`` (weight 1); with
+    counts (a feature table's distinct sequences, most abundant first), each sequence a set of its own weighted by
+    its count: embedded once, never repeated as reads."""
+    if counts is None:
+        sets = pack_sets([len(r) for r in reads], max_length, max_sets)
+        return sets, [1.0] * len(sets)
+    chosen = [i for i in range(len(reads)) if len(reads[i]) > 0][: max_sets or None]
+    return [[i] for i in chosen], [float(counts[i]) for i in chosen]
+
+
 def encode_set(reads: Sequence[str], max_length: int, name: str | None = None) -> np.ndarray:
     """Token ids (uint8) of reads joined with one [SEP] each, truncated to ``max_length`` keeping the end."""
     # One encode call over the concatenation, then [SEP] inserted at the read boundaries: many times
@@ -58,5 +72,8 @@ def encode_set(reads: Sequence[str], max_length: int, name: str | None = None) -
 
 
 def longest_sample(df: pd.DataFrame) -> int:
-    """Tokens of the longest sample with all its reads joined by [SEP] (a context beyond it is only padding)."""
+    """Tokens of the longest sample with all its reads joined by [SEP] (a context beyond it is only padding); with
+    counts, the longest sequence (each is a set of its own)."""
+    if "counts" in df.columns:
+        return max((len(r) for reads in df["sequences"] for r in reads), default=0)
     return max((sum(map(len, reads)) + max(len(reads) - 1, 0) for reads in df["sequences"]), default=0)

@@ -16,11 +16,12 @@ import pandas as pd
 
 from hyena_dna import tokenizer
 from tune_ph.config import DEFAULT_DATASET, TrainConfig
-from tune_ph.data import fasta, tokens
+from tune_ph.data import fasta, feature_table, tokens
 from tune_ph.data.demo import make_demo
+from tune_ph.data.feature_table import TableOptions
 from tune_ph.data.split import split_samples
 from tune_ph.data.tokens import TokenizedDataset
-from tune_ph.errors import BadRowError, ConfigError, DatasetError
+from tune_ph.errors import BadRowError, ConfigError, DatasetError, InputError
 from tune_ph.metrics import DEFAULT_TARGET, PH_RANGE, target_range
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ _TABLE_SUFFIXES = (".parquet", ".jsonl", ".json")
 _SKIP_HINT = "Fix the data, or pass skip_bad_rows=True (CLI: --skip-bad-rows) to drop such rows."
 
 
-__all__ = ["Target", "load_samples", "prepare", "prepare_for"]
+__all__ = ["Target", "load_for", "load_samples", "prepare", "prepare_for"]
 
 
 # ---------------------------------------------------------------- sources
@@ -46,8 +47,8 @@ def _local_alternatives() -> str:
     return (
         "Local alternatives: a folder laid out like the hub repository (data/*.parquet), a folder written by "
         "datasets' save_to_disk, .parquet/.jsonl files with the same columns, your own FASTA files via "
-        "`python -m tune_ph data build --fasta-dir DIR --metadata CSV --output-dir DIR`, or `demo` for the "
-        "synthetic set."
+        "`python -m tune_ph data build --fasta-dir DIR --metadata CSV --output-dir DIR`, a feature (ASV) table "
+        "(.biom or a QIIME 2 / DADA2 .tsv/.csv of counts) with --metadata TSV, or `demo` for the synthetic set."
     )
 
 
@@ -57,7 +58,7 @@ def _looks_like_path(source: str) -> bool:
         source.startswith(("/", "./", "../", "~", "."))
         or "\\" in source
         or source.count("/") > 1
-        or source.lower().endswith(_TABLE_SUFFIXES + (".csv", ".arrow"))
+        or source.lower().endswith(_TABLE_SUFFIXES + feature_table.TABLE_SUFFIXES + (".arrow",))
     )
 
 
@@ -94,7 +95,10 @@ def _is_json_lines(path: Path) -> bool:
 def _load_local(path: Path, required: Sequence[str] = REQUIRED) -> pd.DataFrame:
     if path.is_file():
         if not path.name.lower().endswith(_TABLE_SUFFIXES):
-            raise DatasetError(f"{path}: unsupported file type; use .parquet or .jsonl (or a dataset folder)")
+            raise DatasetError(
+                f"{path}: unsupported file type; use .parquet or .jsonl (or a dataset folder), or a feature table "
+                f"({', '.join(feature_table.TABLE_SUFFIXES)})"
+            )
         return _read_table_files([path], required)
     if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
         import datasets  # slow to import; only needed for save_to_disk folders
@@ -164,10 +168,24 @@ def _check_columns(df: pd.DataFrame, where: str, required: Sequence[str] = REQUI
     return df
 
 
-def _read_source(source: str, required: Sequence[str] = REQUIRED) -> pd.DataFrame:
+def _read_source(
+    source: str,
+    required: Sequence[str] = REQUIRED,
+    table: TableOptions = feature_table.NO_TABLE,
+    *,
+    labelled: bool = True,
+) -> pd.DataFrame:
+    path = Path(source).expanduser()
+    if source != "demo" and feature_table.is_feature_table(path):
+        return feature_table.read_feature_table(path, table, labelled=labelled)
+    if table.given():
+        flags = table.given()
+        raise InputError(
+            f"{' and '.join(flags)} {'go' if len(flags) > 1 else 'goes'} with a feature table (.biom, or a QIIME 2 / "
+            f"DADA2 .tsv/.csv of counts); --dataset {source} is not one: leave {'them' if len(flags) > 1 else 'it'} out"
+        )
     if source == "demo":
         return make_demo()
-    path = Path(source).expanduser()
     if path.exists():
         return _load_local(path, required)
     if _looks_like_path(source):
@@ -285,6 +303,7 @@ def clean_samples(
         source_row = source_row[~null_ph.to_numpy()]
 
     reads_col: list[list[str] | None] = [_as_reads(v) for v in df["sequences"]]
+    counts_col = _as_counts(df, where) if "counts" in df.columns else None
     bad: list[tuple[int, str, str, str]] = []
     # Ids are compared as they are finally stored (stripped): "S1" and "S1 " are one sample, and keeping both
     # would put the same id in two splits.
@@ -296,9 +315,11 @@ def clean_samples(
     ):
         reads = reads_col[i]
         if reads is not None:
-            nonempty = [r.strip() for r in reads if r and r.strip()]
-            empty_reads += len(reads) - len(nonempty)
-            reads_col[i] = reads = nonempty
+            kept_read = [bool(r and r.strip()) for r in reads]
+            empty_reads += len(reads) - sum(kept_read)
+            reads_col[i] = reads = [r.strip() for r, k in zip(reads, kept_read) if k]
+            if counts_col is not None:
+                counts_col[i] = _aligned_counts(counts_col[i], kept_read, where, sid)
         problem = _row_problem(sid, study, env, ph, reads, labelled, target)
         key = str(sid).strip()
         if problem is None and key in seen:
@@ -320,6 +341,8 @@ def clean_samples(
 
     out = df.loc[keep].copy()
     out["sequences"] = [reads_col[i] for i in np.flatnonzero(keep)]
+    if counts_col is not None:
+        out["counts"] = [counts_col[i] for i in np.flatnonzero(keep)]
     no_reads = out["sequences"].map(len) == 0
     if no_reads.any():
         log.warning(
@@ -338,6 +361,28 @@ def clean_samples(
     return out.sort_values("sample_id", kind="stable").reset_index(drop=True)
 
 
+def _as_counts(df: pd.DataFrame, where: str) -> list[list[int]]:
+    """A table's per-read counts (a feature table's: how many reads each distinct sequence stands for)."""
+    out = []
+    for sid, value in zip(df["sample_id"].tolist(), df["counts"].tolist()):
+        counts = np.asarray(value if value is not None else [], dtype=np.float64).ravel()
+        if not np.all(np.isfinite(counts) & (counts >= 1) & (counts == np.round(counts))):
+            raise BadRowError(
+                f"{where}: sample_id {sid!r}: field 'counts' holds a value that is not a whole number > 0"
+            )
+        out.append(counts.astype(np.int64).tolist())
+    return out
+
+
+def _aligned_counts(counts: list[int], kept_read: list[bool], where: str, sid) -> list[int]:
+    if len(counts) != len(kept_read):
+        raise BadRowError(
+            f"{where}: sample_id {sid!r}: {len(counts)} counts for {len(kept_read)} sequences; give one count per "
+            "sequence"
+        )
+    return [c for c, k in zip(counts, kept_read) if k]
+
+
 def _without_labels(df: pd.DataFrame) -> pd.DataFrame:
     """An unlabelled table with every REQUIRED column: absent or null labels become "" (pH: NaN)."""
     df = df.copy()
@@ -348,18 +393,35 @@ def _without_labels(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def load_samples(
-    source: str = DEFAULT_DATASET, *, skip_bad_rows: bool = False, labelled: bool = True, target: Target | None = None
+    source: str = DEFAULT_DATASET,
+    *,
+    skip_bad_rows: bool = False,
+    labelled: bool = True,
+    target: Target | None = None,
+    table: TableOptions = feature_table.NO_TABLE,
 ) -> pd.DataFrame:
-    """Samples of a dataset source ("demo", hub id, local folder or file), validated and cleaned.
+    """Samples of a dataset source ("demo", hub id, local folder or file, feature table), validated and cleaned.
 
     labelled=False: samples to predict; rows without a target value are kept (see clean_samples). target: the
-    column to predict (default pH), whose values the returned table holds in its pH column.
+    column to predict (default pH), whose values the returned table holds in its pH column. table: a feature
+    table's sequences, metadata and filters (a feature table's samples carry a `counts` column: reads per sequence).
     """
     target = target or Target()
-    raw = _read_source(str(source), required_columns(target, labelled))
+    raw = _read_source(str(source), required_columns(target, labelled), table, labelled=labelled)
     df = clean_samples(raw, skip_bad_rows=skip_bad_rows, where=str(source), labelled=labelled, target=target)
     log.info("%s: %d samples", source, len(df))
     return df
+
+
+def load_for(cfg: TrainConfig, *, labelled: bool = True) -> pd.DataFrame:
+    """The samples of a config's dataset, read with its target, its table options and skip_bad_rows."""
+    return load_samples(
+        cfg.dataset,
+        skip_bad_rows=cfg.skip_bad_rows,
+        labelled=labelled,
+        target=Target.of(cfg),
+        table=feature_table.options_of(cfg),
+    )
 
 
 def prepare(
@@ -375,6 +437,7 @@ def prepare(
     skip_bad_rows: bool = False,
     split_by: str = "none",
     target: Target | None = None,
+    table: TableOptions = feature_table.NO_TABLE,
 ) -> TokenizedDataset:
     """Load, split and tokenize a dataset source (token arrays are cached on disk by content).
 
@@ -383,7 +446,7 @@ def prepare(
     """
     if max_length is None and model_max_length is None:
         raise ValueError("give max_length or model_max_length")
-    df = load_samples(source, skip_bad_rows=skip_bad_rows, target=target)
+    df = load_samples(source, skip_bad_rows=skip_bad_rows, target=target, table=table)
     if max_length is None:
         max_length = tokens.effective_length(df, model_max_length)
     split = split_samples(df, seed=seed, test_fraction=test_fraction, val_fraction=val_fraction, by=split_by)
@@ -416,4 +479,5 @@ def prepare_for(cfg: TrainConfig, model_max_length: int | None = None) -> Tokeni
         skip_bad_rows=cfg.skip_bad_rows,
         split_by=cfg.split_by,
         target=Target.of(cfg),
+        table=feature_table.options_of(cfg),
     )

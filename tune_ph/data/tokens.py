@@ -26,8 +26,8 @@ log = logging.getLogger(__name__)
 SPLITS = files.SPLITS
 # Bump when the packing rule changes, so stale caches are never reused (it is part of every dataset fingerprint).
 CACHE_FORMAT = 2
-# The cache file's own layout (its name's -v part): 3 added the content hash checked on every read.
-ENTRY_FORMAT = 3
+# The cache file's own layout (its name's -v part): 3 added the content hash checked on every read, 4 the set weights.
+ENTRY_FORMAT = 4
 HASH_KEY = "content_hash"
 # Samples whose tokens are rebuilt and compared on every cache hit (a poisoned entry cannot know which).
 _SPOT_CHECKS = 3
@@ -73,6 +73,19 @@ class TokenizedDataset:
     max_length: int
     max_sets: int  # 0: as many sets as a sample's reads fill
     fingerprint: str
+    # float32 (n_sets,): the reads a set stands for where a sample's sets are pooled (a feature table's counts);
+    # None: 1 for every set (lists of reads).
+    set_weight: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.set_weight is None:
+            self.set_weight = np.ones(len(self.set_sample), dtype=np.float32)
+        self._weighted = bool(np.any(self.set_weight != 1))
+
+    def weights_of(self, set_index: np.ndarray) -> torch.Tensor | None:
+        """The weights (float32) of some sets where a sample's sets are pooled; None when every set weighs 1 (lists
+        of reads), so that their arithmetic stays exactly unweighted."""
+        return torch.from_numpy(self.set_weight[set_index]) if self._weighted else None
 
     @property
     def num_samples(self) -> int:
@@ -240,6 +253,8 @@ class TokenizedDataset:
             values["max_length"] = int(values["max_length"])
             values["max_sets"] = int(values["max_sets"])
             values["fingerprint"] = str(values["fingerprint"])
+            if values["set_weight"].shape != values["set_sample"].shape:
+                raise ValueError(f"{path}: its set weights do not match its sets")
         except (KeyError, TypeError) as err:
             raise ValueError(f"{path}: not a token cache entry ({err})") from None
         return cls(**values)
@@ -258,6 +273,11 @@ def fingerprint(df: pd.DataFrame) -> str:
         h.update(str(len(reads)).encode())
         h.update("\x1f".join(reads).encode("latin-1", "replace"))
         h.update(b"\x1e")
+    if "counts" in df.columns:  # only then: lists of reads keep the fingerprints their checkpoints recorded
+        h.update(b"counts\x1e")
+        for counts in df["counts"]:
+            h.update(np.asarray(counts, dtype=np.int64).tobytes())
+            h.update(b"\x1e")
     return h.hexdigest()
 
 
@@ -290,14 +310,18 @@ def tokenize(
     chunks: list[np.ndarray] = []
     lengths: list[int] = []
     set_sample: list[int] = []
+    weights: list[float] = []
     keep_rows: list[int] = []
     no_reads: list[str] = []
-    rows = zip(df["sample_id"].tolist(), df["sequences"].tolist())
+    all_counts = df["counts"].tolist() if "counts" in df.columns else [None] * len(df)
+    rows = zip(df["sample_id"].tolist(), df["sequences"].tolist(), all_counts)
     show = len(df) >= _PROGRESS_MIN_SAMPLES
-    for row, (sid, reads) in enumerate(tqdm(rows, total=len(df), desc="tokenizing", unit="sample", disable=not show)):
+    bar = tqdm(rows, total=len(df), desc="tokenizing", unit="sample", disable=not show)
+    for row, (sid, reads, counts) in enumerate(bar):
         sid = str(sid)
-        reads = [r for r in reads if r]
-        sets = read_sets.pack_sets([len(r) for r in reads], max_length, max_sets)
+        reads, counts = _nonempty(reads, counts)
+        sets, set_weights = read_sets.sample_sets(reads, max_length, max_sets, counts)
+        weights += set_weights
         if not sets:
             no_reads.append(sid)
             continue
@@ -326,7 +350,16 @@ def tokenize(
         max_length=int(max_length),
         max_sets=int(max_sets or 0),
         fingerprint=fp,
+        set_weight=np.asarray(weights, dtype=np.float32),
     )
+
+
+def _nonempty(reads: Sequence[str], counts: Sequence[int] | None) -> tuple[list[str], list[int] | None]:
+    """A sample's non-empty reads (and their counts, when it has counts)."""
+    if counts is None:
+        return [r for r in reads if r], None
+    pairs = [(r, int(c)) for r, c in zip(reads, counts) if r]
+    return [r for r, _ in pairs], [c for _, c in pairs]
 
 
 def build(
@@ -375,7 +408,7 @@ def _entry_cap(df: pd.DataFrame) -> int:
     """The most bytes a cache entry of these samples can hold: a token per base and separator, the per-set and
     per-sample arrays (unicode: 4 bytes a character), with room to spare. A larger entry is not theirs."""
     reads = sum(len(r) for r in df["sequences"])
-    bases = sum(len(x) for r in df["sequences"] for x in r)
+    bases = sum(len(x) for r in df["sequences"] for x in r) + 4 * reads  # + a float32 weight per set
     text = sum(int(df[c].astype(str).str.len().max() or 0) if len(df) else 0 for c in ("sample_id", "study_name"))
     text += int(df["environment"].astype(str).str.len().max() or 0) if len(df) else 0
     return 2 * (bases + reads + 16 * (reads + 1) + len(df) * (4 * (text + 5) + 8)) + (1 << 20)
@@ -413,11 +446,13 @@ def _check_against(
         raise ValueError(f"its {', '.join(wrong)} differ from the samples'")
     starts, counts = ds.sample_sets()
     for s in np.random.default_rng().choice(len(ids), size=min(_SPOT_CHECKS, len(ids)), replace=False):
-        reads = [r for r in kept["sequences"].iloc[int(s)] if r]
-        expected = [
-            read_sets.encode_set([reads[i] for i in m], max_length)
-            for m in read_sets.pack_sets([len(r) for r in reads], max_length, max_sets)
-        ]
-        got = [ds.set_tokens(int(k)) for k in range(starts[s], starts[s] + counts[s])]
+        given = kept["counts"].iloc[int(s)] if "counts" in kept.columns else None
+        reads, read_counts = _nonempty(kept["sequences"].iloc[int(s)], given)
+        sets, weights = read_sets.sample_sets(reads, max_length, max_sets, read_counts)
+        expected = [read_sets.encode_set([reads[i] for i in m], max_length) for m in sets]
+        span = range(starts[s], starts[s] + counts[s])
+        got = [ds.set_tokens(int(k)) for k in span]
         if len(got) != len(expected) or not all(np.array_equal(a, b) for a, b in zip(got, expected)):
             raise ValueError(f"the tokens of sample {ids[int(s)]!r} differ from its reads")
+        if not np.array_equal(ds.set_weight[starts[s] : starts[s] + counts[s]], np.float32(weights)):
+            raise ValueError(f"the set weights of sample {ids[int(s)]!r} differ from its counts")

@@ -21,11 +21,20 @@ from tune_ph.registry import Registry
 MIN_WIDTH = 16
 
 
-def segment_mean(values: torch.Tensor, owner: torch.Tensor, num_groups: int) -> torch.Tensor:
-    """Mean of the rows of values (N, ...) that share an owner (N,) in 0..num_groups-1 -> (num_groups, ...)."""
-    total = values.new_zeros((num_groups, *values.shape[1:])).index_add_(0, owner, values)
-    count = torch.bincount(owner, minlength=num_groups).clamp(min=1).to(values.dtype)
-    return total / count.view(-1, *([1] * (values.dim() - 1)))
+def segment_mean(
+    values: torch.Tensor, owner: torch.Tensor, num_groups: int, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean of the rows of values (N, ...) that share an owner (N,) in 0..num_groups-1 -> (num_groups, ...);
+    weights (N,): a weighted mean (a feature table's counts: a sequence read 90 times counts 90 times)."""
+    shape = (-1, *([1] * (values.dim() - 1)))
+    if weights is None:
+        total = values.new_zeros((num_groups, *values.shape[1:])).index_add_(0, owner, values)
+        count = torch.bincount(owner, minlength=num_groups).clamp(min=1).to(values.dtype)
+        return total / count.view(shape)
+    w = weights.to(values)
+    total = values.new_zeros((num_groups, *values.shape[1:])).index_add_(0, owner, values * w.view(shape))
+    count = values.new_zeros(num_groups).index_add_(0, owner, w).clamp(min=torch.finfo(values.dtype).tiny)
+    return total / count.view(shape)
 
 
 class Aggregation(nn.Module):
@@ -76,8 +85,11 @@ class Aggregation(nn.Module):
         """Clusters to fit on the train reads' vectors before training (None: nothing to fit)."""
         return None
 
-    def features(self, vectors: torch.Tensor, owner: torch.Tensor, num_samples: int) -> torch.Tensor:
-        """The fixed features (num_samples, F) a head grown once reads (only where gives_features)."""
+    def features(
+        self, vectors: torch.Tensor, owner: torch.Tensor, num_samples: int, weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The fixed features (num_samples, F) a head grown once reads (only where gives_features); weights (N,):
+        the reads each set stands for."""
         raise TypeError(f"aggregation {self.name!r} gives no fixed features per sample")
 
     def standardised(self, vectors: torch.Tensor) -> torch.Tensor:
@@ -88,13 +100,30 @@ class Aggregation(nn.Module):
             return vectors
         return self.norm(vectors)
 
-    def combine(self, vectors: torch.Tensor, owner: torch.Tensor, num_samples: int, head: nn.Module) -> torch.Tensor:
-        """Standardised set vectors -> predictions (num_samples,)."""
+    def combine(
+        self,
+        vectors: torch.Tensor,
+        owner: torch.Tensor,
+        num_samples: int,
+        head: nn.Module,
+        weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Standardised set vectors -> predictions (num_samples,); weights (N,) as forward's."""
         raise NotImplementedError
 
-    def forward(self, vectors: torch.Tensor, owner: torch.Tensor, num_samples: int, head: nn.Module) -> torch.Tensor:
-        """vectors (N, D) of sets, owner (N,) their sample in 0..num_samples-1 -> predictions (num_samples,)."""
-        return self.combine(self.standardised(vectors), owner, num_samples, head)
+    def forward(
+        self,
+        vectors: torch.Tensor,
+        owner: torch.Tensor,
+        num_samples: int,
+        head: nn.Module,
+        weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """vectors (N, D) of sets, owner (N,) their sample in 0..num_samples-1 -> predictions (num_samples,).
+
+        weights (N,): the reads each set stands for (a feature table's counts): cluster abundances count them, means
+        are weighted by them, attention scales each set's weight by them; None: 1 each."""
+        return self.combine(self.standardised(vectors), owner, num_samples, head, weights)
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}"
@@ -109,8 +138,15 @@ class MeanPrediction(Aggregation):
 
     name = "mean_prediction"
 
-    def combine(self, vectors: torch.Tensor, owner: torch.Tensor, num_samples: int, head: nn.Module) -> torch.Tensor:
-        return segment_mean(head.regress(vectors).float(), owner, num_samples)
+    def combine(
+        self,
+        vectors: torch.Tensor,
+        owner: torch.Tensor,
+        num_samples: int,
+        head: nn.Module,
+        weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return segment_mean(head.regress(vectors).float(), owner, num_samples, weights)
 
 
 @AGGREGATIONS.register
@@ -119,8 +155,15 @@ class MeanVector(Aggregation):
 
     name = "mean"
 
-    def combine(self, vectors: torch.Tensor, owner: torch.Tensor, num_samples: int, head: nn.Module) -> torch.Tensor:
-        return head.regress(segment_mean(vectors, owner, num_samples))
+    def combine(
+        self,
+        vectors: torch.Tensor,
+        owner: torch.Tensor,
+        num_samples: int,
+        head: nn.Module,
+        weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return head.regress(segment_mean(vectors, owner, num_samples, weights))
 
 
 @AGGREGATIONS.register
@@ -150,9 +193,20 @@ class Attention(Aggregation):
         exp = torch.exp(score - top[owner])
         return exp / exp.new_zeros(num_samples).index_add_(0, owner, exp)[owner]
 
-    def combine(self, vectors: torch.Tensor, owner: torch.Tensor, num_samples: int, head: nn.Module) -> torch.Tensor:
-        weights = self.weights(vectors, owner, num_samples).to(vectors.dtype)
-        pooled = vectors.new_zeros((num_samples, vectors.shape[1])).index_add_(0, owner, vectors * weights[:, None])
+    def combine(
+        self,
+        vectors: torch.Tensor,
+        owner: torch.Tensor,
+        num_samples: int,
+        head: nn.Module,
+        weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        attention = self.weights(vectors, owner, num_samples).to(vectors.dtype)
+        if weights is not None:  # a set standing for n reads weighs as n copies of it would
+            scaled = attention * weights.to(attention)
+            total = scaled.new_zeros(num_samples).index_add_(0, owner, scaled)
+            attention = scaled / total[owner].clamp(min=torch.finfo(scaled.dtype).tiny)
+        pooled = vectors.new_zeros((num_samples, vectors.shape[1])).index_add_(0, owner, vectors * attention[:, None])
         return head.regress(pooled)
 
 
@@ -197,8 +251,17 @@ class Clusters(Aggregation):
     def read_clusters(self) -> ReadClusters:
         return self.clusters
 
-    def features(self, vectors: torch.Tensor, owner: torch.Tensor, num_samples: int) -> torch.Tensor:
-        return self.clusters.abundances(vectors, owner, num_samples)
+    def features(
+        self, vectors: torch.Tensor, owner: torch.Tensor, num_samples: int, weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.clusters.abundances(vectors, owner, num_samples, weights)
 
-    def forward(self, vectors: torch.Tensor, owner: torch.Tensor, num_samples: int, head: nn.Module) -> torch.Tensor:
-        return head.regress(self.features(vectors, owner, num_samples))
+    def forward(
+        self,
+        vectors: torch.Tensor,
+        owner: torch.Tensor,
+        num_samples: int,
+        head: nn.Module,
+        weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return head.regress(self.features(vectors, owner, num_samples, weights))

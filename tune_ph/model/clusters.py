@@ -97,17 +97,24 @@ class ReadClusters(nn.Module):
             start += size
         return torch.stack(out, dim=1)
 
-    def counts(self, vectors: torch.Tensor, owner: torch.Tensor, num_samples: int) -> torch.Tensor:
-        """Each sample's read count in every cluster of every resolution (num_samples, n_features)."""
+    def counts(
+        self, vectors: torch.Tensor, owner: torch.Tensor, num_samples: int, weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Each sample's read count in every cluster of every resolution (num_samples, n_features); weights (N,):
+        the reads each set stands for (a feature table's counts), else 1 each."""
         counts = vectors.new_zeros((num_samples, self.n_features), dtype=torch.float32)
         labels = self.assign(vectors)
         rows = owner.unsqueeze(1).expand_as(labels)
-        counts.index_put_((rows.reshape(-1), labels.reshape(-1)), counts.new_ones(labels.numel()), accumulate=True)
+        ones = counts.new_ones(labels.shape)
+        added = ones if weights is None else ones * weights.to(counts).unsqueeze(1)
+        counts.index_put_((rows.reshape(-1), labels.reshape(-1)), added.reshape(-1), accumulate=True)
         return counts
 
-    def abundances(self, vectors: torch.Tensor, owner: torch.Tensor, num_samples: int) -> torch.Tensor:
+    def abundances(
+        self, vectors: torch.Tensor, owner: torch.Tensor, num_samples: int, weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Each sample's transformed abundances (num_samples, n_features), each resolution transformed on its own."""
-        counts = self.counts(vectors, owner, num_samples)
+        counts = self.counts(vectors, owner, num_samples, weights)
         blocks = torch.split(counts, self.sizes, dim=1)
         return torch.cat([abundance.transform(self.transform, block) for block in blocks], dim=1)
 

@@ -69,9 +69,12 @@ class PhRegressor(nn.Module):
             hidden = self.backbone(input_ids)
         return pool_hidden(hidden, mask, self.head.pooling)
 
-    def from_set_vectors(self, vectors: torch.Tensor, owner: torch.Tensor, num_samples: int) -> torch.Tensor:
-        """Set vectors (S, D) of some samples -> standardised pH per sample (num_samples,)."""
-        return self.aggregation(vectors, owner, num_samples, self.head).float()
+    def from_set_vectors(
+        self, vectors: torch.Tensor, owner: torch.Tensor, num_samples: int, weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Set vectors (S, D) of some samples -> standardised pH per sample (num_samples,); weights (S,): the reads
+        each set stands for (TokenizedDataset.set_weight)."""
+        return self.aggregation(vectors, owner, num_samples, self.head, weights).float()
 
     def forward(
         self,
@@ -79,6 +82,7 @@ class PhRegressor(nn.Module):
         mask: torch.Tensor,
         owner: torch.Tensor | None = None,
         num_samples: int | None = None,
+        weights: torch.Tensor | None = None,
     ) -> torch.Tensor:
         vectors = self.set_vectors(input_ids, mask)
         if owner is None:
@@ -86,7 +90,7 @@ class PhRegressor(nn.Module):
             num_samples = vectors.shape[0]
         elif num_samples is None:
             num_samples = int(owner.max()) + 1 if owner.numel() else 0
-        return self.from_set_vectors(vectors, owner, num_samples)
+        return self.from_set_vectors(vectors, owner, num_samples, weights)
 
 
 def backbone_config(cfg: TrainConfig) -> HyenaDNAConfig:

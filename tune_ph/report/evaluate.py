@@ -13,7 +13,7 @@ import pandas as pd
 
 from tune_ph import files
 from tune_ph.baseline.reference import Reference, compare
-from tune_ph.data import sources, tokens
+from tune_ph.data import feature_table, sources, tokens
 from tune_ph.data.taxonomy import load_taxonomy
 from tune_ph.data.tokens import TokenizedDataset
 from tune_ph.files import write_json
@@ -79,13 +79,17 @@ def evaluate_checkpoint(
         source = dataset if isinstance(dataset, str) else cfg.dataset
         # The run's own data: its own split, checked (another dataset's samples are split as the config draws them).
         if source == cfg.dataset and os.path.lexists(checkpoint_path.parent / files.SPLIT_FILE):
-            df = sources.load_samples(source, skip_bad_rows=cfg.skip_bad_rows, target=sources.Target.of(cfg))
+            df = sources.load_for(cfg)
             split = checkpoint_split(checkpoint_path, checkpoint, df)
             dataset = tokens.build(
                 df, split, max_length=checkpoint.max_length, max_sets=cfg.max_sets, cache_dir=cfg.cache_dir
             )
         else:
-            dataset = sources.prepare_for(replace(cfg, dataset=source, max_length=checkpoint.max_length))
+            other = replace(cfg, dataset=source, max_length=checkpoint.max_length)
+            if source != cfg.dataset and not feature_table.is_feature_table(Path(source).expanduser()):
+                # The run's feature-table companions (FASTA, metadata, filters) are not another kind of source's.
+                other = replace(other, sequences=None, metadata=None, min_count=0, rarefy=None)
+            dataset = sources.prepare_for(other)
     elif dataset.max_length != checkpoint.max_length or dataset.max_sets != (cfg.max_sets or 0):
         raise ValueError(
             f"the dataset was tokenized with max_length={dataset.max_length}, max_sets={dataset.max_sets} but "

@@ -370,7 +370,7 @@ def spec_from_flags(space: str | None, name: str | None, overrides: dict[str, An
     if not space:
         raise SpaceError("--space is required (e.g. --space search_spaces/quick.yaml)")
     spec = apply_overrides(load_space(space), {**overrides, "name": name})
-    for key in ("model", "dataset", "cache_dir"):
+    for key in ("model", "dataset", "cache_dir", "sequences", "metadata"):
         value = spec.fixed.get(key)
         if isinstance(value, str) and (key == "cache_dir" or Path(value).expanduser().exists()):
             spec.fixed[key] = str(Path(value).expanduser().resolve())

@@ -84,12 +84,17 @@ def train_epoch(
         count = len(choice.sample_index)
         ph = torch.from_numpy(dataset.ph[choice.sample_index]).to(device, non_blocking=True)
         target = (ph.float() - target_mean) / target_std
+        weights = dataset.weights_of(choice.set_index)
+        weights = weights.to(device, non_blocking=True) if weights is not None else None
         if vectors is not None:  # frozen backbone: its pooled vectors are cached, only the rest trains
-            pred = model.from_set_vectors(vectors[torch.from_numpy(choice.set_index)].to(device), owner, count)
+            chosen = vectors[torch.from_numpy(choice.set_index)].to(device)
+            pred = model.from_set_vectors(chosen, owner, count, weights)
         else:
             ids, mask = dataset.tokens_of(choice.set_index)
             with autocast(device):
-                pred = model(ids.to(device, non_blocking=True), mask.to(device, non_blocking=True), owner, count)
+                pred = model(
+                    ids.to(device, non_blocking=True), mask.to(device, non_blocking=True), owner, count, weights
+                )
         loss = loss_fn(pred, target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

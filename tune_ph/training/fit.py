@@ -194,7 +194,8 @@ class _Run:
         samples = self.dataset.sample_indices(split)
         sets = self.dataset.set_indices(split)
         owner = torch.from_numpy(np.searchsorted(samples, self.dataset.set_sample[sets]))
-        features = self.model.aggregation.features(self.vectors[torch.from_numpy(sets)], owner, len(samples))
+        weights = self.dataset.weights_of(sets)
+        features = self.model.aggregation.features(self.vectors[torch.from_numpy(sets)], owner, len(samples), weights)
         target = (torch.from_numpy(self.dataset.ph[samples]).float() - self.target_mean) / self.target_std
         return features, target
 

@@ -19,9 +19,12 @@ from tune_ph.training.predict import predict
 _PROGRESS_MIN_SAMPLES = 200
 
 
-def _reads_used(reads: list[str], max_length: int, max_sets: int | None) -> int:
-    """How many of a sample's reads its read sets hold (the packing of tokens.tokenize)."""
-    return sum(map(len, read_sets.pack_sets([len(r) for r in reads if r], max_length, max_sets)))
+def _reads_used(reads: list[str], max_length: int, max_sets: int | None, counts: list[int] | None = None) -> int:
+    """How many of a sample's reads its read sets hold (the packing of tokens.tokenize; with counts, the reads its
+    distinct sequences stand for)."""
+    if counts is None:
+        return sum(map(len, read_sets.pack_sets([len(r) for r in reads if r], max_length, max_sets)))
+    return int(sum(read_sets.sample_sets(reads, max_length, max_sets, counts)[1]))
 
 
 def predict_samples(
@@ -79,7 +82,9 @@ def predict_samples(
         progress=dataset.num_samples >= _PROGRESS_MIN_SAMPLES if progress is None else progress,
     )
     index, mean, true = preds.sample_index, preds.predicted, preds.true
-    reads = df.set_index("sample_id")["sequences"].loc[dataset.sample_ids[index]]
+    rows = df.set_index("sample_id").loc[dataset.sample_ids[index]]
+    reads = rows["sequences"]
+    counts = rows["counts"].tolist() if "counts" in rows.columns else [None] * len(rows)
     table = pd.DataFrame(
         {
             files.SAMPLE_ID: dataset.sample_ids[index],
@@ -87,8 +92,8 @@ def predict_samples(
             files.PREDICTED_PH: mean,
             files.PREDICTED_PH_SD: preds.set_sd,
             files.N_SETS: preds.n_sets,
-            files.N_READS_USED: [_reads_used(r, max_length, max_sets) for r in reads],
-            files.N_READS: [len(r) for r in reads],
+            files.N_READS_USED: [_reads_used(r, max_length, max_sets, c) for r, c in zip(reads, counts)],
+            files.N_READS: [len(r) if c is None else int(sum(c)) for r, c in zip(reads, counts)],
         },
         columns=list(files.PREDICT_COLUMNS),
     )

@@ -73,7 +73,9 @@ def predict(
                 vecs = torch.cat(parts)
             owner = torch.from_numpy(choice.owner).to(device)
             count = len(choice.sample_index)
-            predicted.append(model.from_set_vectors(vecs, owner, count).double().cpu().numpy())
+            weights = dataset.weights_of(choice.set_index)
+            weights = weights.to(device) if weights is not None else None
+            predicted.append(model.from_set_vectors(vecs, owner, count, weights).double().cpu().numpy())
             # What each set alone would predict: the spread is a rough uncertainty of the sample's prediction.
             single = model.from_set_vectors(vecs, torch.arange(len(vecs), device=device), len(vecs))
             spread.append(_single_set_sd(single, owner, count))

@@ -79,6 +79,10 @@ class PretrainConfig:
     val_fraction: float = _shared("val_fraction")
     cache_dir: str | None = _shared("cache_dir")
     skip_bad_rows: bool = _shared("skip_bad_rows")
+    sequences: str | None = _shared("sequences")
+    metadata: str | None = _shared("metadata")
+    min_count: int = _shared("min_count")
+    rarefy: int | None = _shared("rarefy")
     device: str = _shared("device")
     checkpoint_every: int = _own(
         200, "save the resumable state and the backbone every this many steps", _positive("checkpoint_every")
