@@ -348,3 +348,31 @@ def test_search_on_a_biom_table_and_predict_new_samples(example_search, tmp_path
     assert (table["n_sets"] == [len(by_id.loc[s, "sequences"]) for s in table["sample_id"]]).all()
     assert table["predicted_ph_mean"].between(0, 14).all() and table["true_ph"].notna().all()
     assert "pH known for 12 of 12" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- with --target and --taxonomy
+
+
+def test_a_feature_table_reads_the_target_column_of_its_metadata(tmp_path, capsys, one_thread):
+    table, fasta = _biom(tmp_path / "t.biom"), str(_fasta(tmp_path / "s.fa"))
+    meta = tmp_path / "m.tsv"
+    meta.write_text("sample-id\tpH\ttemperature\n" + "".join(f"{s}\t6\t{12 + 3 * i}\n" for i, s in enumerate(SAMPLES)))
+    cfg = TrainConfig(dataset=str(table), sequences=fasta, metadata=str(meta), target="temperature")
+    df = sources.load_for(cfg)
+    # The target's values land in the label column every later stage reads, its own column kept.
+    assert df.set_index("sample_id")["pH"].to_dict() == {"S1": 12.0, "S2": 15.0, "S3": 18.0}
+    assert df["temperature"].tolist() == df["pH"].tolist() and df["counts"].tolist()[0] == [10, 3, 1]
+    # The range is the target's: 18 is outside --target-range 10 16, a bad row named by the column.
+    flags = ["--sequences", fasta, "--metadata", str(meta), "--target", "temperature"]
+    err = _summary_error(capsys, table, *flags, "--target-range", "10", "16")
+    assert "'S3'" in err and "temperature" in err and "outside 10-16 (--target-range)" in err, err
+    # A metadata file without the target's column says which column it needs.
+    err = _summary_error(capsys, table, "--sequences", fasta, "--metadata", str(_meta(tmp_path / "ph.tsv")), *flags[4:])
+    assert "no temperature column (--target)" in err and "add one named temperature" in err, err
+    # predict of a temperature model compares with the metadata's temperature, not its pH.
+    checkpoint = _tiny_checkpoint(tmp_path / "best_model.pt", dataset="demo", target="temperature")
+    out = tmp_path / "p.csv"
+    argv = ["--checkpoint", str(checkpoint), "--dataset", str(table), *flags[:4], "--output", str(out)]
+    assert predict_cli.main([*argv, "--no-progress"]) == 0
+    assert "temperature known for 3 of 3" in capsys.readouterr().out
+    assert pd.read_csv(out).set_index("sample_id")["true_temperature"].to_dict() == {"S1": 12, "S2": 15, "S3": 18}

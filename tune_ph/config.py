@@ -210,8 +210,8 @@ class TrainConfig:
     )
     metadata: str | None = _field(
         None,
-        "with a feature table: the sample metadata TSV/CSV (first column sample-id, #SampleID or id; a pH column; "
-        "study and environment columns when present)",
+        "with a feature table: the sample metadata TSV/CSV (first column sample-id, #SampleID or id; a pH column, or "
+        "the --target column; study and environment columns when present)",
         data=True,
     )
     min_count: int = _field(

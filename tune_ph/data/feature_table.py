@@ -21,6 +21,7 @@ from scipy import sparse
 from hyena_dna import tokenizer
 from tune_ph.data.fasta import open_regular
 from tune_ph.errors import DatasetError, InputError
+from tune_ph.metrics import DEFAULT_TARGET
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +300,9 @@ def _metadata_rows(path: Path) -> tuple[list[str], list[list[str]], list[int]]:
     while numbered and numbered[0][1].startswith("#") and "\t" not in numbered[0][1] and "," not in numbered[0][1]:
         numbered.pop(0)
     if not numbered:
-        raise DatasetError(f"--metadata {path}: empty; it needs a header (sample-id, pH, ...) and one row per sample")
+        raise DatasetError(
+            f"--metadata {path}: empty; it needs a header (sample-id, pH or your --target, ...) and one row per sample"
+        )
     delimiter = "\t" if "\t" in numbered[0][1] else ","
     parsed = [[c.strip() for c in row] for row in csv.reader([line for _, line in numbered], delimiter=delimiter)]
     header = parsed[0]
@@ -346,25 +349,30 @@ def _column(frame: pd.DataFrame, names: Sequence[str]) -> str | None:
     return next((lower[n] for n in names if n in lower), None)
 
 
-def _ph(meta: pd.DataFrame, lines: dict[str, int], path: str, labelled: bool) -> pd.Series | None:
-    column = "pH" if "pH" in meta.columns else _column(meta, ("ph",))
+def _target_values(
+    meta: pd.DataFrame, lines: dict[str, int], path: str, labelled: bool, target: str
+) -> pd.Series | None:
+    """The target column's numbers (the exact name first, else the one that differs only in case); its range is
+    checked with every other source's rows (sources.clean_samples)."""
+    column = target if target in meta.columns else _column(meta, (target.lower(),))
     if column is None:
         if labelled:
+            flag = "" if target == DEFAULT_TARGET else " (--target)"
             raise DatasetError(
-                f"--metadata {path}: no pH column (found: {', '.join(map(str, meta.columns))}); add one named pH "
-                "holding each sample's pH (leave a cell empty where it is unknown)"
+                f"--metadata {path}: no {target} column{flag} (found: {', '.join(map(str, meta.columns))}); add one "
+                f"named {target} holding each sample's {target} (leave a cell empty where it is unknown)"
             )
         return None
     raw = meta[column].replace({"": None, "NA": None, "NaN": None, "nan": None, "missing": None})
-    ph = pd.to_numeric(raw, errors="coerce")
-    bad = ph.isna() & raw.notna()
+    values = pd.to_numeric(raw, errors="coerce")
+    bad = values.isna() & raw.notna()
     if bad.any():
         sid = str(meta.index[np.flatnonzero(bad.to_numpy())[0]])
         raise DatasetError(
             f"--metadata {path}: line {lines[sid]} (sample {sid!r}), column {column!r}: "
             f"{meta.loc[sid, column]!r} is not a number; give a number, or leave the cell empty where it is unknown"
         )
-    return ph
+    return values
 
 
 # ---------------------------------------------------------------- filters
@@ -438,17 +446,17 @@ def _rarefy(matrix: sparse.csr_matrix, samples: list[str], depth: int, where: st
 # ---------------------------------------------------------------- samples
 
 
-def _labels(table: _Counts, options: TableOptions, labelled: bool) -> pd.DataFrame:
-    """study_name, environment and pH of every sample of the table (from the metadata; checked)."""
+def _labels(table: _Counts, options: TableOptions, labelled: bool, target: str) -> pd.DataFrame:
+    """study_name, environment and the target of every sample of the table (from the metadata; checked)."""
     frame = pd.DataFrame(index=pd.Index(table.samples, name="sample_id"))
-    study, env, ph = table.path.name.split(".")[0], DEFAULT_ENVIRONMENT, np.nan
+    study, env = table.path.name.split(".")[0], DEFAULT_ENVIRONMENT
     if options.metadata is None:
         if labelled:
             raise DatasetError(
-                f"{table.path}: a feature table has no pH; give the sample metadata with --metadata "
-                "sample-metadata.tsv (first column sample-id, a pH column)"
+                f"{table.path}: a feature table has no {target}; give the sample metadata with --metadata "
+                f"sample-metadata.tsv (first column sample-id, a {target} column)"
             )
-        return frame.assign(study_name=study, environment=env, pH=ph)
+        return frame.assign(study_name=study, environment=env, **{target: np.nan})
     meta, lines = read_metadata(options.metadata)
     missing = [s for s in table.samples if s not in meta.index]
     if missing and labelled:
@@ -458,13 +466,13 @@ def _labels(table: _Counts, options: TableOptions, labelled: bool) -> pd.DataFra
             "to the samples it describes (qiime feature-table filter-samples)"
         )
     if missing:
-        log.info("%d sample(s) of %s have no row in %s (no pH)", len(missing), table.path, options.metadata)
+        log.info("%d sample(s) of %s have no row in %s (no %s)", len(missing), table.path, options.metadata, target)
     extra = len(set(meta.index) - set(table.samples))
     if extra:
         log.info("%s: %d sample(s) not in %s, ignored", options.metadata, extra, table.path.name)
     known = meta.reindex(table.samples)
-    ph_values = _ph(meta, lines, options.metadata, labelled)
-    frame["pH"] = ph_values.reindex(table.samples).to_numpy(np.float64) if ph_values is not None else np.nan
+    values = _target_values(meta, lines, options.metadata, labelled, target)
+    frame[target] = values.reindex(table.samples).to_numpy(np.float64) if values is not None else np.nan
     for name, candidates, default in (
         ("study_name", STUDY_COLUMNS, study),
         ("environment", ENVIRONMENT_COLUMNS, env),
@@ -489,10 +497,11 @@ def _sample_rows(matrix: sparse.csr_matrix, sequences: list[str]) -> tuple[list[
 
 
 def read_feature_table(
-    path: str | os.PathLike, options: TableOptions = NO_TABLE, *, labelled: bool = True
+    path: str | os.PathLike, options: TableOptions = NO_TABLE, *, labelled: bool = True, target: str = DEFAULT_TARGET
 ) -> pd.DataFrame:
-    """The sample table of a feature table: sample_id, study_name, environment, pH, sequences (distinct, most
-    abundant first) and counts (reads of each). labelled=False (samples to predict): the metadata is optional."""
+    """The sample table of a feature table: sample_id, study_name, environment, the target (the metadata's column
+    of that name: pH unless a --target names another), sequences (distinct, most abundant first) and counts (reads
+    of each). labelled=False (samples to predict): the metadata is optional."""
     path = Path(path).expanduser()
     fasta = None
     if options.sequences is not None:
@@ -509,7 +518,7 @@ def read_feature_table(
     _check_counts(table)
     table.matrix.eliminate_zeros()  # a BIOM file may store zeros; a sample holds only the sequences it has
     sequences = _sequences(table, fasta, options.sequences)
-    labels = _labels(table, options, labelled)
+    labels = _labels(table, options, labelled, target)
     matrix, distinct = _merge_identical(table, sequences)
     matrix = _min_count(matrix, options.min_count, path.name)
     samples = list(table.samples)
@@ -526,4 +535,4 @@ def read_feature_table(
         len(distinct),
         int(sum(map(sum, counts))),
     )
-    return out[["sample_id", "study_name", "environment", "pH", "sequences", "counts"]]
+    return out[["sample_id", "study_name", "environment", target, "sequences", "counts"]]

@@ -173,11 +173,12 @@ def _read_source(
     required: Sequence[str] = REQUIRED,
     table: TableOptions = feature_table.NO_TABLE,
     *,
+    target: str = LABEL,
     labelled: bool = True,
 ) -> pd.DataFrame:
     path = Path(source).expanduser()
-    if source != "demo" and feature_table.is_feature_table(path):
-        return feature_table.read_feature_table(path, table, labelled=labelled)
+    if source != "demo" and feature_table.is_feature_table(path):  # its target column is the metadata's
+        return feature_table.read_feature_table(path, table, labelled=labelled, target=target)
     if table.given():
         flags = table.given()
         raise InputError(
@@ -407,7 +408,7 @@ def load_samples(
     table's sequences, metadata and filters (a feature table's samples carry a `counts` column: reads per sequence).
     """
     target = target or Target()
-    raw = _read_source(str(source), required_columns(target, labelled), table, labelled=labelled)
+    raw = _read_source(str(source), required_columns(target, labelled), table, target=target.name, labelled=labelled)
     df = clean_samples(raw, skip_bad_rows=skip_bad_rows, where=str(source), labelled=labelled, target=target)
     log.info("%s: %d samples", source, len(df))
     return df
