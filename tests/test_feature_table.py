@@ -306,6 +306,7 @@ def example_search(ray_session, tmp_path_factory) -> Path:
         fixed__dataset=str(EXAMPLE / "feature-table.biom"),
         fixed__sequences=str(EXAMPLE / "dna-sequences.fasta"),
         fixed__metadata=str(EXAMPLE / "sample-metadata.tsv"),
+        fixed__taxonomy=str(EXAMPLE / "taxonomy.tsv"),
         fixed__max_sets=None,
         fixed__freeze_backbone=True,
         fixed__aggregation="clusters",
@@ -326,6 +327,9 @@ def test_search_on_a_biom_table_and_predict_new_samples(example_search, tmp_path
     metrics = json.loads((example_search / "best" / "metrics.json").read_text())
     assert np.isfinite(metrics["test_r2"])
     assert (example_search / "report.html").is_file()
+    # The example's taxonomy.tsv is keyed by feature id: the drivers are named through dna-sequences.fasta.
+    drivers = pd.read_csv(example_search / "best" / "drivers.csv", keep_default_na=False)
+    assert drivers["taxon"].str.startswith("d__Bacteria; ").all(), drivers[["taxon", "taxon_reads"]]
     config = json.loads((example_search / "best" / "config.json").read_text())
     assert config["train_config"]["metadata"].endswith(
         "sample-metadata.tsv"
@@ -376,3 +380,41 @@ def test_a_feature_table_reads_the_target_column_of_its_metadata(tmp_path, capsy
     assert predict_cli.main([*argv, "--no-progress"]) == 0
     assert "temperature known for 3 of 3" in capsys.readouterr().out
     assert pd.read_csv(out).set_index("sample_id")["true_temperature"].to_dict() == {"S1": 12, "S2": 15, "S3": 18}
+
+
+def test_a_taxonomy_keyed_by_feature_id_names_the_drivers_of_a_feature_table(tmp_path, one_thread):
+    from test_clusters import ORGANISMS, clusters_config
+
+    from tune_ph.training.fit import fit
+
+    # Six organisms as six features (ids, their sequences in a FASTA); low pH favours 0-2, high pH 3-5.
+    rng = np.random.default_rng(3)
+    seqs = ["".join(rng.choice(list("ACGT"), 48)) for _ in range(ORGANISMS)]
+    ids = [f"asv{k}" for k in range(ORGANISMS)]
+    samples = [f"S{i:02d}" for i in range(60)]
+    ph = np.round(rng.uniform(4.0, 9.0, len(samples)), 2)
+    high = (ph[:, None] - 4.0) / 5.0
+    counts = rng.poisson(40 * np.hstack([np.repeat(1 - high, 3, axis=1), np.repeat(high, 3, axis=1)]) + 2)
+    table = _biom(tmp_path / "t.biom", counts=counts, features=ids, samples=samples)
+    fasta = _fasta(tmp_path / "s.fa", ids=ids, seqs=seqs)
+    meta = tmp_path / "m.tsv"
+    meta.write_text("sample-id\tpH\n" + "".join(f"{s}\t{v}\n" for s, v in zip(samples, ph)))
+    taxa = tmp_path / "taxonomy.tsv"  # as QIIME 2 exports it: keyed by feature id, not by sequence
+    taxa.write_text("Feature ID\tTaxon\tConfidence\n" + "".join(f"{i}\tg__Genus{k}\t0.99\n" for k, i in enumerate(ids)))
+    cfg = clusters_config(
+        tmp_path, dataset=str(table), sequences=str(fasta), metadata=str(meta), taxonomy=str(taxa), epochs=30
+    )
+    dataset = sources.prepare_for(cfg)
+    result = fit(cfg, dataset, progress=False, metric="val_r2")
+    path = result.best_state.save(tmp_path / "best" / "best_model.pt")
+    evaluate_checkpoint(path, dataset=dataset, device="cpu")
+    drivers = pd.read_csv(tmp_path / "best" / "drivers.csv", keep_default_na=False)
+    # Every cluster is named through the FASTA: the id's sequence is the read the model saw.
+    assert drivers["taxon"].str.match(r"g__Genus\d$").all(), drivers[["taxon", "taxon_reads"]]
+    strong = drivers[drivers["importance"] > 0.05]
+    assert len(strong) >= 2, drivers
+    for row in strong.itertuples():
+        assert row.more_in == ("low pH" if int(row.taxon[-1]) < 3 else "high pH"), row
+    # A set stands for its count's reads: a cluster's train reads are the counts of its sequences.
+    known, total = map(int, drivers["taxon_reads"].iloc[0].split(" of "))
+    assert known == total == drivers["train_reads"].iloc[0] > 60

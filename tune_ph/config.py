@@ -197,8 +197,8 @@ class TrainConfig:
     cache_dir: str | None = _field(None, "where tokenized datasets are cached", data=True)
     taxonomy: str | None = _field(
         None,
-        "TSV of sequence (or feature id) and taxon: names the clusters that drive a clusters model's predictions in "
-        "drivers.csv and report.html",
+        "TSV of sequence (or feature id, named through a feature table's --sequences) and taxon: names the clusters "
+        "that drive a clusters model's predictions in drivers.csv and report.html",
         searchable=False,
     )
     skip_bad_rows: bool = _field(False, "drop invalid rows (counted) instead of failing", data=True)

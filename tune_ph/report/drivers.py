@@ -123,12 +123,17 @@ def _read_of(dataset: TokenizedDataset, set_index: int) -> str:
 
 
 def _taxon(dataset: TokenizedDataset, members: np.ndarray, taxonomy: Taxonomy | None) -> tuple[str, str]:
-    """The most common taxon of a cluster's train reads and how many of those with a known taxon carry it."""
+    """The most common taxon of a cluster's train reads and how many of those with a known taxon carry it (a feature
+    table's set counts as the reads it stands for)."""
     if taxonomy is None or not len(taxonomy):
         return "", ""
-    found = Counter(t for t in (taxonomy.taxon_of(_read_of(dataset, int(s))) for s in members) if t)
+    found: Counter[str] = Counter()
+    for s in members:
+        taxon = taxonomy.taxon_of(_read_of(dataset, int(s)))
+        if taxon:
+            found[taxon] += int(dataset.set_weight[s])
     if not found:
-        return "(none of its reads in the taxonomy)", f"0 of {len(members)}"
+        return "(none of its reads in the taxonomy)", f"0 of {int(dataset.set_weight[members].sum())}"
     taxon, count = found.most_common(1)[0]
     return taxon, f"{count} of {sum(found.values())}"
 
@@ -151,9 +156,11 @@ def cluster_drivers(
     target = checkpoint.train_config.target
     every = _all_vectors(model, dataset, vectors)
     samples, sets, owner = _split_sets(dataset, "val")
+    weights = dataset.weights_of(sets)  # a feature table's counts: the abundances the model itself reads
     with torch.inference_mode():
-        features = clusters.abundances(every[torch.from_numpy(sets)], owner, len(samples)).float()
-        shares = _shares(clusters, clusters.counts(every[torch.from_numpy(sets)], owner, len(samples)))
+        chosen = every[torch.from_numpy(sets)]
+        features = clusters.abundances(chosen, owner, len(samples), weights).float()
+        shares = _shares(clusters, clusters.counts(chosen, owner, len(samples), weights))
     true = dataset.ph[samples].astype(np.float64)
     # Standardised targets in, target units out: the head predicts (y - mean) / std.
     importance, spread = _permutation_importance(
@@ -181,7 +188,7 @@ def cluster_drivers(
                 low_share,
                 high_share,
                 ("high" if high_share > low_share else "low") + f" {target}",
-                len(members),
+                int(dataset.set_weight[members].sum()),  # a feature table's sets stand for their counts' reads
                 _read_of(dataset, central) if central is not None else "",
                 taxon,
                 taxon_reads,

@@ -14,7 +14,7 @@ import pandas as pd
 from tune_ph import files
 from tune_ph.baseline.reference import Reference, compare
 from tune_ph.data import feature_table, sources, tokens
-from tune_ph.data.taxonomy import load_taxonomy
+from tune_ph.data.taxonomy import Taxonomy, load_taxonomy
 from tune_ph.data.tokens import TokenizedDataset
 from tune_ph.files import write_json
 from tune_ph.metrics import TEST_R2, bootstrap_ci, regression_metrics
@@ -50,6 +50,16 @@ def predictions_table(dataset: TokenizedDataset, preds: Predictions) -> pd.DataF
     )
 
 
+def _with_feature_sequences(taxa: Taxonomy | None, sequences: str | None, max_length: int) -> Taxonomy | None:
+    """A taxonomy keyed by feature id (QIIME 2's taxonomy.tsv) also keyed by each id's sequence in a feature table's
+    FASTA (--sequences), whole and as its set holds it (its last max_length bases: each distinct sequence of a
+    feature table is a set of its own): the drivers look taxa up by the sequences the model read."""
+    if taxa is None or not taxa.by_id or sequences is None:
+        return taxa
+    by_id = feature_table.read_fasta_ids(Path(sequences).expanduser())
+    return taxa.with_sequences(by_id).with_sequences({k: v[-max_length:] for k, v in by_id.items()})
+
+
 def evaluate_checkpoint(
     checkpoint_path: str | Path,
     *,
@@ -75,6 +85,7 @@ def evaluate_checkpoint(
     # Read before minutes of prediction: a bad table is one error line at once.
     taxa_file = taxonomy or cfg.taxonomy
     taxa = load_taxonomy(taxa_file) if taxa_file and model.aggregation.read_clusters is not None else None
+    data_cfg = cfg  # the settings the samples are read with (a feature table's FASTA names its ids' sequences)
     if dataset is None or isinstance(dataset, str):
         source = dataset if isinstance(dataset, str) else cfg.dataset
         # The run's own data: its own split, checked (another dataset's samples are split as the config draws them).
@@ -89,6 +100,7 @@ def evaluate_checkpoint(
             if source != cfg.dataset and not feature_table.is_feature_table(Path(source).expanduser()):
                 # The run's feature-table companions (FASTA, metadata, filters) are not another kind of source's.
                 other = replace(other, sequences=None, metadata=None, min_count=0, rarefy=None)
+            data_cfg = other
             dataset = sources.prepare_for(other)
     elif dataset.max_length != checkpoint.max_length or dataset.max_sets != (cfg.max_sets or 0):
         raise ValueError(
@@ -140,5 +152,6 @@ def evaluate_checkpoint(
     plot_residuals(table, out / files.RESIDUALS_FILE, title=title, target=cfg.target)
     if model.aggregation.read_clusters is not None:
         pooled = None if vectors is None else embeddings.for_pooling(vectors, cfg.pooling)
+        taxa = _with_feature_sequences(taxa, data_cfg.sequences, dataset.max_length)
         drivers.write_drivers(model.cpu(), checkpoint, dataset, out, pooled, taxa)
     return metrics
