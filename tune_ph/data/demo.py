@@ -18,7 +18,7 @@ ENVIRONMENTS: dict[str, tuple[float, float, float]] = {
     "soda lake": (0.12, 9.6, 0.5),
 }
 NUM_FAMILIES = 12
-# Each family's amplicon has two hypervariable stretches with VARIANTS versions each; a clade is one version of
+# Each family's amplicon has two hypervariable stretches with VARIANTS variants each; a clade is one variant of
 # each (VARIANTS**2 clades per family), and STRAINS strains of every clade differ by point mutations.
 VARIANTS = 3
 STRAINS = 3
@@ -55,29 +55,26 @@ def _mutate(rng: np.random.Generator, seq: np.ndarray, rate: float) -> np.ndarra
 def _make_taxa(rng: np.random.Generator) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
     """Templates, pH optima, niche widths and clade of every taxon.
 
-    Within a family, clade (i, j) carries version i of the first hypervariable stretch and version j of the second,
-    and its pH niche is the family's niche number (i + j) mod VARIANTS. So every version of either stretch occurs
+    Within a family, clade (i, j) carries variant i of the first hypervariable stretch and variant j of the second,
+    and its pH niche is the family's niche number (i + j) mod VARIANTS. So every variant of either stretch occurs
     equally in every niche, and the strains' point mutations are shared by all clades of the family: what a whole
-    sample's k-mer counts show (which versions and mutations are present, which families) says little about pH,
-    while which *combination* one read carries (its clade, ~85 % identity to its nearest other clade) says it.
+    sample's k-mer counts show (which variants and mutations are present, which families) says little about pH,
+    while which *combination* one read carries (its clade, ~80 % identity to its nearest other clade) says it.
     A family's niches are spread evenly over the pH range, so which families are present says little too.
     """
     templates, optima, widths, clade = [], [], [], []
     lo, hi = _OPTIMA
     for f in range(NUM_FAMILIES):
         ancestor = _random_seq(rng, READ_LENGTH)
-        versions = [[_random_seq(rng, stop - start) for _ in range(VARIANTS)] for start, stop in HYPERVARIABLE]
+        variants = [[_random_seq(rng, stop - start) for _ in range(VARIANTS)] for start, stop in HYPERVARIABLE]
         niche = lo + rng.permutation((rng.uniform() + np.arange(VARIANTS) / VARIANTS) % 1.0) * (hi - lo)
-        conserved = np.ones(READ_LENGTH, dtype=bool)
-        for start, stop in HYPERVARIABLE:
-            conserved[start:stop] = False
         strains = [_mutate(rng, ancestor, STRAIN_DIVERGENCE) for _ in range(STRAINS)]
         for i in range(VARIANTS):
             for j in range(VARIANTS):
                 for strain in strains:
-                    template = np.where(conserved, strain, ancestor)
-                    for (start, stop), version in zip(HYPERVARIABLE, (versions[0][i], versions[1][j])):
-                        template[start:stop] = version
+                    template = strain.copy()  # its mutations inside the stretches are overwritten just below
+                    for (start, stop), variant in zip(HYPERVARIABLE, (variants[0][i], variants[1][j])):
+                        template[start:stop] = variant
                     templates.append(template)
                     optima.append(np.clip(niche[(i + j) % VARIANTS] + rng.normal(0, 0.3), *_PH_RANGE))
                     widths.append(rng.uniform(0.5, 0.9))
