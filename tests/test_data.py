@@ -133,7 +133,7 @@ def test_summary_prints_counts_as_sentences(capsys) -> None:
     assert data_cli.main(["summary", "demo"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "300 samples, 14 studies, 7 environments", out
-    assert out[1].startswith("environments: soil 71, ") and "{" not in out[1]
+    assert out[1].startswith("environments: soil 83, ") and "{" not in out[1]
     assert out[2] == "split: train 210, val 30, test 60"
 
 

@@ -171,7 +171,7 @@ def test_sd_is_the_std_of_the_per_set_predictions(checkpoint: Path, demo: pd.Dat
     # 30-base reads + [SEP]: 4 fit a 128-token set, so all 20 reads fill 5 sets (training saw at most 3).
     assert table.loc["SHORT_READS", ["n_sets", "n_reads_used", "n_reads"]].tolist() == [5, 20, 20]
     assert table.loc["ONE_READ", "n_sets"] == 1 and np.isnan(table.loc["ONE_READ", "predicted_ph_sd"])
-    # Demo reads (250-400 bases) are longer than a set: one read per set, every read of the sample.
+    # Demo reads (250 bases) are longer than a set: one read per set, every read of the sample.
     demo_rows = table.loc[table.index[:12]]
     assert (demo_rows["n_reads_used"] == demo_rows["n_reads"]).all() and (demo_rows["n_sets"] > NUM_SETS).all()
     capped = inference.predict_samples(checkpoint, df, device="cpu", max_sets=NUM_SETS).set_index("sample_id")
