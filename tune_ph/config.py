@@ -116,7 +116,10 @@ class TrainConfig:
     from_scratch: bool = _field(False, "random initialisation instead of pretrained weights")
     # A custom backbone (HyenaDNAConfig fields), from scratch only; `model` then only names the run.
     model_config: dict[str, Any] | None = _field(
-        None, "custom backbone: HyenaDNAConfig fields", cli=False, searchable=False
+        None,
+        "custom backbone (needs --from-scratch): HyenaDNAConfig fields as inline JSON or a JSON file, e.g. "
+        '{"d_model": 64, "n_layer": 2}',
+        searchable=False,
     )
     head: str = _field("mlp2", "regression head architecture", choices=ARCHITECTURES)
     pooling: str = _field("pool", "how a set's tokens are pooled (real tokens only)", choices=POOLINGS)

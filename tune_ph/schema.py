@@ -2,7 +2,8 @@
 PretrainConfig (training/pretrain_config.py) and the search settings (search/settings.py).
 
 A field's metadata says what it is: help (text), choices (allowed values), rule (value -> what is wrong with it,
-None when nothing), cli (False: no flag), aliases (extra flags), nargs and metavar (a list of numbers); other keys
+None when nothing), cli (False: no flag), aliases (extra flags), nargs and metavar (a list of numbers); a field that
+holds a mapping (and no scalar) takes a JSON object or a JSON file's path on the command line; other keys
 are the owner's own (data, yaml, searchable, per_model). A class may keep its range rules beside its fields instead
 (`rules`, by field name), so that its field list reads as a list of settings.
 """
@@ -10,11 +11,13 @@ are the owner's own (data, yaml, searchable, per_model). A class may keep its ra
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import MISSING, Field, field, fields
+from pathlib import Path
 from typing import Any
 
 from tune_ph.errors import ConfigError
@@ -141,8 +144,11 @@ def add_arguments(
         meta = f.metadata
         flags = [f"--{f.name.replace('_', '-')}", *meta.get("aliases", ())]
         default = f.default if defaults and not _required(f) else None
-        kind = scalar_types(cls, f.name)[0]
         help_text = f"{meta['help']}{help_tail(f)}"
+        if is_mapping(cls, f.name):  # parsed by given(), so that bad JSON is one error line naming the flag
+            parser.add_argument(*flags, default=default, metavar="JSON", help=help_text)
+            continue
+        kind = scalar_types(cls, f.name)[0]
         if kind is bool:
             parser.add_argument(*flags, action=argparse.BooleanOptionalAction, default=default, help=help_text)
             continue
@@ -159,4 +165,27 @@ def given(args: argparse.Namespace, cls: type, only: tuple[str, ...] | None = No
     only: the fields add_arguments() was given; another flag may share a field's name (a search's --output-dir).
     """
     names = only if only is not None else tuple(f.name for f in flag_fields(cls))
-    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    out = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    for name, value in out.items():
+        if isinstance(value, str) and name in cls.__dataclass_fields__ and is_mapping(cls, name):
+            out[name] = json_object(name, value)
+    return out
+
+
+def is_mapping(cls: type, name: str) -> bool:
+    """Whether a field holds a mapping and no single value (its flag takes JSON: TrainConfig.model_config)."""
+    return dict in annotation_types(cls, name) and not scalar_types(cls, name)
+
+
+def json_object(name: str, value: str) -> dict[str, Any]:
+    """A mapping field's flag value: a JSON file's path or inline JSON, holding one object."""
+    flag = f"--{name.replace('_', '-')}"
+    path = Path(value).expanduser()
+    try:
+        text = path.read_text() if path.is_file() else value
+        parsed = json.loads(text)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(name, f"{flag} {value!r} is neither a JSON file nor JSON ({err})") from None
+    if not isinstance(parsed, dict):
+        raise ConfigError(name, f"{flag} must hold a JSON object {{...}}, got {type(parsed).__name__}")
+    return parsed

@@ -10,7 +10,7 @@ from pathlib import Path
 
 # Libraries that take seconds to import (torch, pandas, scikit-learn, Ray) are imported in _main once the flags
 # are known to be usable: --help and every error the flags alone show answer in a moment.
-from tune_ph import cli, config
+from tune_ph import cli
 from tune_ph.training import pretrain_config
 from tune_ph.training.pretrain_config import PretrainConfig
 
@@ -24,12 +24,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "the output folder is a checkpoint that `python -m tune_ph train --model OUTPUT_DIR` fine-tunes.",
     )
     pretrain_config.add_arguments(p)
-    p.add_argument(
-        "--model-config",
-        default=None,
-        metavar="JSON",
-        help="custom backbone (HyenaDNAConfig fields) as a JSON file or inline JSON; needs --from-scratch",
-    )
     p.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its last state")
     p.add_argument(
         "--num-threads",
@@ -47,9 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = parse_args(argv)
-    given = config.given_fields(args, only=pretrain_config.field_names())
-    if args.model_config is not None:
-        given["model_config"] = pretrain_config.read_model_config(args.model_config)
+    given = pretrain_config.given_fields(args)
     if not args.resume:  # a resumed run's flags are checked against its saved settings, after the imports
         PretrainConfig.from_dict(given)
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 from tune_ph import config, schema
@@ -140,14 +138,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     schema.add_arguments(parser, PretrainConfig, defaults=False)
 
 
-def read_model_config(value: str) -> dict[str, Any]:
-    """--model-config: a JSON file's path or inline JSON, holding one object."""
-    path = Path(value).expanduser()
-    text = path.read_text() if path.is_file() else value
-    try:
-        parsed = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ConfigError("model_config", f"--model-config {value!r} is neither a JSON file nor JSON ({err})") from None
-    if not isinstance(parsed, dict):
-        raise ConfigError("model_config", f"--model-config must hold a JSON object, got {type(parsed).__name__}")
-    return parsed
+def given_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The PretrainConfig values on a parsed command line (None = not given; --model-config's JSON read)."""
+    return schema.given(args, PretrainConfig, field_names())
