@@ -188,3 +188,60 @@ def test_each_distinct_read_is_embedded_once(tmp_path, monkeypatch):
     _, mask = dataset.tokens_of(np.arange(len(dataset)))
     mean = (one_by_one * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
     np.testing.assert_allclose(vectors[:, 0], mean.numpy(), atol=1e-5)  # pooling 0 is "pool": the mean
+
+
+def test_topics_gather_the_clusters_of_one_lineage_by_co_abundance():
+    """Six finest clusters, two lineages of three whose reads rise and fall together across samples: the topics
+    share each cluster's reads by P(topic | cluster), and the clusters of one lineage share their topic."""
+    rng = np.random.default_rng(0)
+    clusters = ReadClusters(16, n_clusters=6, dims=4, transform="relative", topics=2)
+    share = rng.uniform(0, 1, 60)
+    within = np.array([0.5, 0.3, 0.2])
+    p = np.concatenate([share[:, None] * within, (1 - share)[:, None] * within], axis=1)
+    counts = torch.from_numpy(np.stack([rng.multinomial(200, row) for row in p]).astype(np.float32))
+    weights = clusters.fit_topics(torch.cat([counts, torch.zeros(60, 2)], dim=1), seed=0)
+    assert weights.shape == (2, 6)
+    np.testing.assert_allclose(weights.sum(axis=0), 1.0, atol=1e-5)
+    topic = weights.argmax(axis=0)
+    assert len(set(topic[:3])) == 1 and len(set(topic[3:])) == 1 and topic[0] != topic[3], weights
+    clusters.load_topics(weights)
+    with pytest.raises(ValueError, match="topics fit"):
+        clusters.load_topics(weights[:1])
+
+
+def test_topic_counts_are_the_finest_counts_shared_by_topic_and_a_composition_of_their_own():
+    vectors, _ = _blobs(n_blobs=8, per_blob=10)
+    clusters = ReadClusters(16, n_clusters=8, dims=4, levels=2, transform="relative", topics=3)
+    clusters.fit(vectors, seed=0)
+    weights = torch.rand(3, 8, generator=torch.Generator().manual_seed(0))
+    clusters.load_topics((weights / weights.sum(0)).numpy())
+    owner = torch.arange(80) % 4
+    counts = clusters.counts(vectors, owner, 4)
+    assert counts.shape == (4, 8 + 2 + 3) == (4, clusters.n_features)
+    torch.testing.assert_close(counts[:, 10:], counts[:, :8] @ clusters.topic_weights.T)
+    torch.testing.assert_close(counts[:, 10:].sum(1), counts[:, :8].sum(1))  # every read shared out in full
+    shares = clusters.abundances(vectors, owner, 4)
+    torch.testing.assert_close(shares[:, 10:].sum(1), torch.ones(4))
+
+
+def test_topics_are_fit_on_the_train_samples_and_kept_in_the_checkpoint(tmp_path, monkeypatch):
+    dataset = organism_dataset()
+    seen: list[torch.Tensor] = []
+    original = ReadClusters.fit_topics
+
+    def recording(self, counts, seed):
+        seen.append(counts.clone())
+        return original(self, counts, seed)
+
+    monkeypatch.setattr(ReadClusters, "fit_topics", recording)
+    cfg = clusters_config(tmp_path, topics=2, abundance="relative", head="trees", epochs=1)
+    result = fit(cfg, dataset, progress=False, metric="val_r2")
+    ((counts,),) = [seen]
+    assert len(counts) == int((dataset.split == "train").sum())
+    assert result.history[-1]["val_r2"] > 0.3, result.history
+    path = result.best_state.save(tmp_path / "best_model.pt")
+    model, _ = load_checkpoint(path)
+    assert model.aggregation.clusters.topics == 2
+    torch.testing.assert_close(model.aggregation.clusters.topic_weights.sum(0), torch.ones(ORGANISMS))
+    metrics = evaluate_checkpoint(path, dataset=dataset, output_dir=tmp_path / "eval", device="cpu")
+    assert metrics["test_r2"] > 0.3

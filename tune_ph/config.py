@@ -27,6 +27,7 @@ MIN_MAX_LENGTH = 8
 MAX_SIZES: dict[str, int] = {
     "clusters": 16_384,
     "cluster_dims": 4_096,  # hyena_dna's largest d_model
+    "topics": 4_096,
     "batch_size": 65_536,
     "sets_per_step": 65_536,
     "max_sets": 1_000_000,
@@ -139,6 +140,12 @@ class TrainConfig:
         1,
         "aggregation=clusters: resolutions clustered at once, each with a quarter of the clusters of the one before "
         "(4 with clusters 1024: 1024 + 256 + 64 + 16); coarse ones gather lineages, fine ones organisms",
+    )
+    topics: int = _field(
+        0,
+        "aggregation=clusters: topics (LDA on the train samples' finest cluster counts) added beside the clusters: "
+        "finest clusters that rise and fall together across samples, as reads of one lineage do however diverse "
+        "their sequences; 0: none",
     )
     abundance: str = _field(
         "clr",
@@ -427,6 +434,7 @@ RULES: dict[str, schema.Rule] = {
     # k-mer profiles have 4^k values per read; each cluster level has a quarter of the clusters of the one before.
     "encoder_k": _between("encoder_k", 1, 6),
     "cluster_levels": _between("cluster_levels", 1, 6),
+    "topics": _not_negative("topics", " (0: none)"),
     "tree_leaves": _between("tree_leaves", 2, 4096),
     "tree_min_samples": _between("tree_min_samples", 1, 4096),
     "tree_learning_rate": _tree_learning_rate,

@@ -216,7 +216,7 @@ class Clusters(Aggregation):
     The clusters standardise in their own (whitened) space, so the set vectors are not standardised."""
 
     name = "clusters"
-    fields = ("clusters", "cluster_dims", "cluster_levels", "abundance")
+    fields = ("clusters", "cluster_dims", "cluster_levels", "topics", "abundance")
     frozen_only = (
         "clusters are fit once on a frozen backbone's read vectors; set freeze_backbone=True "
         "(--freeze-backbone) or choose another aggregation"
@@ -229,15 +229,17 @@ class Clusters(Aggregation):
 
     @classmethod
     def from_config(cls, cfg: TrainConfig, width: int) -> Clusters:
-        return cls(width, ReadClusters(width, cfg.clusters, cfg.cluster_dims, cfg.cluster_levels, cfg.abundance))
+        clusters = ReadClusters(width, cfg.clusters, cfg.cluster_dims, cfg.cluster_levels, cfg.abundance, cfg.topics)
+        return cls(width, clusters)
 
     @classmethod
     def head_inputs(cls, cfg: TrainConfig, width: int) -> int:
-        return sum(level_sizes(cfg.clusters, cfg.cluster_levels))
+        return sum(level_sizes(cfg.clusters, cfg.cluster_levels)) + cfg.topics
 
     @classmethod
     def numel(cls, cfg: TrainConfig, width: int) -> int:
-        return width + width * cfg.cluster_dims + cls.head_inputs(cfg, width) * cfg.cluster_dims
+        sizes = level_sizes(cfg.clusters, cfg.cluster_levels)
+        return width + width * cfg.cluster_dims + sum(sizes) * cfg.cluster_dims + cfg.topics * sizes[0]
 
     @classmethod
     def sized_by(cls, cfg: TrainConfig) -> tuple[str, int] | None:

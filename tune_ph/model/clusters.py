@@ -26,9 +26,17 @@ class ReadClusters(nn.Module):
     how many of its reads fall in each. Coarse resolutions gather related organisms (lineages), where the signal of
     real samples often lives; fine ones keep single organisms apart. The fit is kept as buffers: a checkpoint holds
     it like any weight.
+
+    Topics (``topics`` > 0) gather the finest clusters by co-abundance instead of by sequence: an LDA topic model of
+    the train samples' counts. Reads of one lineage rise and fall together across samples however diverse their
+    sequences are, so a topic stands for a lineage (or a niche) that k-means on a random read hash cannot see. Each
+    finest cluster's reads are shared among the topics by P(topic | cluster), so a sample's topic counts are its
+    cluster counts times a fixed matrix: one more composition beside the resolutions, transformed the same way.
     """
 
-    def __init__(self, width: int, n_clusters: int, dims: int, levels: int = 1, transform: str = "clr"):
+    def __init__(
+        self, width: int, n_clusters: int, dims: int, levels: int = 1, transform: str = "clr", topics: int = 0
+    ):
         super().__init__()
         if dims > width:
             raise ConfigError("cluster_dims", f"cluster_dims {dims} exceeds the read vectors' width {width}")
@@ -40,11 +48,20 @@ class ReadClusters(nn.Module):
         self.register_buffer("projection", torch.zeros(width, dims))
         # Every resolution's centroids in one buffer, finest first (one resolution: the layout of older checkpoints).
         self.register_buffer("centroids", torch.zeros(sum(self.sizes), dims))
+        self.topics = topics
+        if topics:  # only then: a model without topics keeps the layout of older checkpoints
+            # P(topic | cluster) of every finest cluster: (topics, finest clusters), each column summing to 1.
+            self.register_buffer("topic_weights", torch.zeros(topics, self.sizes[0]))
+
+    @property
+    def blocks(self) -> list[int]:
+        """Widths of the compositions a sample's counts hold: every resolution's clusters, then the topics."""
+        return self.sizes + ([self.topics] if self.topics else [])
 
     @property
     def n_features(self) -> int:
-        """Abundances per sample: one per cluster of every resolution."""
-        return sum(self.sizes)
+        """Abundances per sample: one per cluster of every resolution, and one per topic."""
+        return sum(self.blocks)
 
     def embed(self, vectors: torch.Tensor) -> torch.Tensor:
         """Set vectors (N, D) -> the space the clusters live in (N, dims)."""
@@ -100,23 +117,44 @@ class ReadClusters(nn.Module):
     def counts(
         self, vectors: torch.Tensor, owner: torch.Tensor, num_samples: int, weights: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Each sample's read count in every cluster of every resolution (num_samples, n_features); weights (N,):
-        the reads each set stands for (a feature table's counts), else 1 each."""
-        counts = vectors.new_zeros((num_samples, self.n_features), dtype=torch.float32)
+        """Each sample's read count in every cluster of every resolution, then in every topic (num_samples,
+        n_features); weights (N,): the reads each set stands for (a feature table's counts), else 1 each."""
+        counts = vectors.new_zeros((num_samples, sum(self.sizes)), dtype=torch.float32)
         labels = self.assign(vectors)
         rows = owner.unsqueeze(1).expand_as(labels)
         ones = counts.new_ones(labels.shape)
         added = ones if weights is None else ones * weights.to(counts).unsqueeze(1)
         counts.index_put_((rows.reshape(-1), labels.reshape(-1)), added.reshape(-1), accumulate=True)
+        if self.topics:
+            counts = torch.cat([counts, counts[:, : self.sizes[0]] @ self.topic_weights.T], dim=1)
         return counts
+
+    def fit_topics(self, counts: torch.Tensor, seed: int) -> np.ndarray:
+        """P(topic | cluster) (topics, finest clusters) from the train samples' counts (samples, n_features):
+        scikit-learn's LDA (batch variational Bayes) on the finest resolution's counts."""
+        from sklearn.decomposition import LatentDirichletAllocation
+
+        fine = counts[:, : self.sizes[0]].detach().double().cpu().numpy()
+        if len(fine) < 2:
+            raise ConfigError("topics", f"topics need at least 2 train samples, got {len(fine)}")
+        lda = LatentDirichletAllocation(self.topics, learning_method="batch", max_iter=50, random_state=seed)
+        components = lda.fit(fine).components_
+        return (components / components.sum(axis=0, keepdims=True)).astype(np.float32)
+
+    def load_topics(self, weights: np.ndarray) -> None:
+        """Keep fit_topics' matrix; one of another shape is refused."""
+        value = torch.as_tensor(np.asarray(weights), dtype=torch.float32)
+        if value.shape != self.topic_weights.shape:
+            raise ValueError(f"a topics fit is {tuple(value.shape)}, not {tuple(self.topic_weights.shape)}")
+        self.topic_weights.copy_(value)
 
     def abundances(
         self, vectors: torch.Tensor, owner: torch.Tensor, num_samples: int, weights: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Each sample's transformed abundances (num_samples, n_features), each resolution transformed on its own."""
         counts = self.counts(vectors, owner, num_samples, weights)
-        blocks = torch.split(counts, self.sizes, dim=1)
+        blocks = torch.split(counts, self.blocks, dim=1)
         return torch.cat([abundance.transform(self.transform, block) for block in blocks], dim=1)
 
     def extra_repr(self) -> str:
-        return f"sizes={self.sizes}, transform={self.transform!r}"
+        return f"sizes={self.sizes}, topics={self.topics}, transform={self.transform!r}"

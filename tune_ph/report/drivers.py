@@ -111,7 +111,7 @@ def _permutation_importance(
 
 def _shares(clusters: ReadClusters, counts: torch.Tensor) -> np.ndarray:
     """Each sample's share of its reads in every cluster, within that cluster's resolution (n, features)."""
-    blocks = torch.split(counts, clusters.sizes, dim=1)
+    blocks = torch.split(counts, clusters.blocks, dim=1)
     return torch.cat([b / b.sum(dim=1, keepdim=True).clamp_min(1) for b in blocks], dim=1).numpy()
 
 
@@ -171,7 +171,9 @@ def cluster_drivers(
     labels, distance = _assign(clusters, every[torch.from_numpy(train_sets)])
     starts = np.cumsum([0, *clusters.sizes])
     rows = []
-    for rank, feature in enumerate(np.argsort(-importance, kind="stable")[:top], start=1):
+    # Clusters only: a topic has no reads of its own to show (its reads are those of the clusters it gathers).
+    ranked = [f for f in np.argsort(-importance, kind="stable") if f < starts[-1]]
+    for rank, feature in enumerate(ranked[:top], start=1):
         level = int(np.searchsorted(starts, feature, side="right") - 1)
         in_cluster = (labels[:, level] == int(feature)).numpy()
         members = train_sets[in_cluster]

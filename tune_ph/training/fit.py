@@ -29,6 +29,7 @@ from tune_ph.metrics import (
 )
 from tune_ph.model import embeddings
 from tune_ph.model.checkpoint import Checkpoint
+from tune_ph.model.clusters import ReadClusters
 from tune_ph.model.read_encoders import kmer_vectors
 from tune_ph.model.regressor import PhRegressor, build_model, configure_optimizer, match_norm, resolve_device
 from tune_ph.training.epoch import make_loss, seed_everything, train_epoch
@@ -302,6 +303,29 @@ def _fit_clusters(cfg: TrainConfig, dataset: TokenizedDataset, model: PhRegresso
         len(train_sets),
         time.perf_counter() - started,
     )
+    if clusters.topics:
+        _fit_topics(cfg, dataset, clusters, vectors, key)
+
+
+def _fit_topics(
+    cfg: TrainConfig, dataset: TokenizedDataset, clusters: ReadClusters, vectors: torch.Tensor, clusters_key: str
+) -> None:
+    """Fit the topics on the train samples' counts in the clusters just fit (shared like the clusters: they depend
+    on that fit, the train reads and their counts, the number of topics and the seed)."""
+    samples, train_sets = dataset.sample_indices("train"), dataset.set_indices("train")
+    owner = torch.from_numpy(np.searchsorted(samples, dataset.set_sample[train_sets]))
+    key = embeddings.fit_key(clusters_key, "lda-v1", topics=clusters.topics, seed=cfg.seed)
+    started = time.perf_counter()
+
+    def fit() -> dict[str, np.ndarray]:
+        with torch.inference_mode():
+            counts = clusters.counts(
+                vectors[torch.from_numpy(train_sets)], owner, len(samples), dataset.weights_of(train_sets)
+            )
+        return {"topic_weights": clusters.fit_topics(counts, cfg.seed)}
+
+    clusters.load_topics(embeddings.fit_once(key, fit, cfg.cache_dir)["topic_weights"])
+    log.info("%d topics of %d train samples in %.1f s", clusters.topics, len(samples), time.perf_counter() - started)
 
 
 def fit(
