@@ -611,3 +611,58 @@ def test_search_with_dashboard_but_without_its_packages_stops_before_writing(mon
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pip install -e '.[dashboard]'" in err, err
     assert not (tmp_path / "exp").exists()  # no stub experiment left for the next run to stumble on
+
+
+@pytest.mark.parametrize(
+    "address, host",
+    [
+        ("127.0.0.1:6379", "127.0.0.1"),
+        ("ray://localhost:10001", "localhost"),
+        ("[::1]:6379", "::1"),
+        ("10.0.0.5:6379", "10.0.0.5"),
+        ("head.example.org", "head.example.org"),
+        ("auto", None),
+    ],
+)
+def test_address_host(address, host):
+    assert cluster.address_host(address) == host
+
+
+# A head started the way this project starts Ray (every server on loopback), in a process of its own.
+_LOOPBACK_HEAD = """
+import sys
+from ray.cluster_utils import Cluster
+from tune_ph.search import cluster
+with cluster.loopback_node():
+    head = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 1})
+print(head.address, flush=True)
+sys.stdin.read()  # until the test closes stdin
+head.shutdown()
+"""
+_JOIN = """
+import sys
+import ray
+from tune_ph.search.cluster import init_ray
+init_ray(address=sys.argv[1], allow_no_auth=True)
+print("alive nodes", sum(node["Alive"] for node in ray.nodes()), flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_a_driver_joins_a_loopback_only_cluster_at_127_0_0_1():
+    """`--address 127.0.0.1:PORT` reaches a cluster bound to loopback (Ray 2.60 would otherwise give the joining
+    driver the routable address, from which nothing on loopback answers)."""
+    env = {**os.environ, cluster.AUTH_MODE_ENV: "disabled"}
+    head = subprocess.Popen(
+        [sys.executable, "-c", _LOOPBACK_HEAD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        address = head.stdout.readline().strip()
+        assert address.startswith("127.0.0.1:"), f"the loopback head did not start (printed {address!r})"
+        joined = subprocess.run(
+            [sys.executable, "-c", _JOIN, address], env=env, capture_output=True, text=True, timeout=240
+        )
+        assert joined.returncode == 0 and "alive nodes 1" in joined.stdout, joined.stderr[-3000:]
+    finally:
+        head.stdin.close()
+        head.wait(timeout=120)

@@ -50,6 +50,15 @@ def is_loopback_host(host: str | None) -> bool:
     return ip.is_loopback
 
 
+def address_host(address: str) -> str | None:
+    """The host of a Ray address ("HOST:PORT", "ray://HOST:PORT"); None for "auto" or an address without one."""
+    if address == "auto":
+        return None
+    rest = address.split("://", 1)[-1]
+    host = rest.rpartition(":")[0] if rest.rpartition(":")[2].isdigit() else rest
+    return host.strip("[]") or None
+
+
 def token_paths(env: Mapping[str, str] | None = None) -> list[Path]:
     """Files Ray 2.60 may read the token from: $RAY_AUTH_TOKEN_PATH, then ~/.ray/auth_token (where Ray writes it)."""
     env = os.environ if env is None else env
@@ -379,7 +388,13 @@ def init_ray(
                 "the dashboard of a cluster you join is the head's (`ray start --head --dashboard-host`); "
                 "--dashboard/--dashboard-host are ignored with --address"
             )
-        ctx = ray.init(address=address, **kwargs)
+        # A cluster started on loopback (as this project starts one) is reachable on loopback only, but Ray 2.60
+        # resolves a joining driver's own address to the routable one and then never reaches it: join as a
+        # loopback node too.
+        host = address_host(address)
+        joining = loopback_node() if host is not None and is_loopback_host(host) else contextlib.nullcontext()
+        with joining:
+            ctx = ray.init(address=address, **kwargs)
         secure_token_files()
         print_dashboard(ctx, address)
         return True
