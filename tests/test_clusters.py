@@ -147,18 +147,24 @@ def test_a_random_frozen_backbone_learns_which_organisms_a_sample_holds(tmp_path
     assert metrics["test_r2"] == pytest.approx(r2, abs=1e-5) and metrics["test_r2"] > 0.5
 
 
+def _record_calls(monkeypatch, method: str) -> list[torch.Tensor]:
+    """The data (vectors or counts) every call of ReadClusters.<method>(data, seed) is given, as it runs on."""
+    seen: list[torch.Tensor] = []
+    original = getattr(ReadClusters, method)
+
+    def recording(self, data, seed):
+        seen.append(data.clone())
+        return original(self, data, seed)
+
+    monkeypatch.setattr(ReadClusters, method, recording)
+    return seen
+
+
 def test_the_cluster_fit_sees_only_the_train_reads(tmp_path, monkeypatch):
     """The clusters (and their PCA) are fit on the train split's read vectors alone: nothing of a val or test read
     shapes the features the head is selected and tested on."""
     dataset = organism_dataset(n_samples=24, reads=6, seed=2)
-    seen: list[torch.Tensor] = []
-    original = ReadClusters.fit_arrays
-
-    def recording(self, vectors, seed):
-        seen.append(vectors.clone())
-        return original(self, vectors, seed)
-
-    monkeypatch.setattr(ReadClusters, "fit_arrays", recording)
+    seen = _record_calls(monkeypatch, "fit_arrays")
     cfg = clusters_config(tmp_path, epochs=1)
     fit(cfg, dataset, progress=False)
     ((vectors,),) = [seen]
@@ -226,14 +232,7 @@ def test_topic_counts_are_the_finest_counts_shared_by_topic_and_a_composition_of
 
 def test_topics_are_fit_on_the_train_samples_and_kept_in_the_checkpoint(tmp_path, monkeypatch):
     dataset = organism_dataset()
-    seen: list[torch.Tensor] = []
-    original = ReadClusters.fit_topics
-
-    def recording(self, counts, seed):
-        seen.append(counts.clone())
-        return original(self, counts, seed)
-
-    monkeypatch.setattr(ReadClusters, "fit_topics", recording)
+    seen = _record_calls(monkeypatch, "fit_topics")
     cfg = clusters_config(tmp_path, topics=2, abundance="relative", head="trees", epochs=1)
     result = fit(cfg, dataset, progress=False, metric="val_r2")
     ((counts,),) = [seen]

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import TINY_MODEL
+from test_clusters import clusters_config
 
 from tune_ph import config, files
 from tune_ph.commands import predict as predict_cli
@@ -100,24 +100,13 @@ def temperature_run(tmp_path_factory) -> Path:
     # Reads of 100 bases: whole in the 128-token sets, so each set is a read and a taxonomy keyed by reads names it.
     demo["sequences"] = [[read[:100] for read in reads[:12]] for reads in demo["sequences"]]
     demo.to_parquet(folder / "samples.parquet")
-    cfg = TrainConfig(
+    cfg = clusters_config(
+        folder,
         dataset=str(folder / "samples.parquet"),
         target="temperature",
-        from_scratch=True,
-        model_config=dict(TINY_MODEL),
-        freeze_backbone=True,
-        aggregation="clusters",
         clusters=8,
-        cluster_dims=8,
-        head="linear",
-        sets_per_step=0,
-        batch_size=8,
-        learning_rate=3e-2,
-        weight_decay=0.0,
         epochs=3,
         max_length=128,
-        device="cpu",
-        cache_dir=str(folder / "cache"),
         output_dir=str(folder / "run"),
     )
     done = run(cfg, RunFolder(folder / "run", with_baseline=False), progress=False)
