@@ -42,8 +42,11 @@ def naive_fft_conv(u: torch.Tensor, k: torch.Tensor, bias: torch.Tensor) -> torc
 
 
 def naive_short_conv(z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """The textbook causal depthwise convolution: Conv1d padded on both sides, first L outputs kept."""
-    return nn.functional.conv1d(z, weight, bias, padding=weight.shape[-1] - 1, groups=z.shape[1])[..., : z.shape[-1]]
+    """The textbook causal depthwise convolution of channels-last z (B, L, C): Conv1d padded on both sides, first L
+    outputs kept."""
+    zt = z.transpose(1, 2)
+    out = nn.functional.conv1d(zt, weight, bias, padding=weight.shape[-1] - 1, groups=zt.shape[1])
+    return out[..., : zt.shape[-1]].transpose(1, 2)
 
 
 def peak_memory_gib(device: torch.device) -> float:

@@ -49,23 +49,36 @@ def fft_conv(u: Tensor, k: Tensor, bias: Tensor) -> Tensor:
         k_f = torch.fft.rfft(k.float(), n=n)
         u_f = torch.fft.rfft(u32, n=n)
         y = torch.fft.irfft(u_f * k_f, n=n)[..., :seq_len]
-        y = y + u32 * bias.float().unsqueeze(-1)
+        y = torch.addcmul(y, u32, bias.float().unsqueeze(-1))
     return y.to(u.dtype)
 
 
 def short_conv(z: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-    """Causal depthwise convolution of z (B, C, L) with a short kernel (C, 1, K): K shifted multiply-adds.
+    """Causal depthwise convolution of z (B, L, C), channels last, with a short kernel (C, 1, K): K shifted
+    multiply-adds along L.
 
-    Equal to Conv1d(groups=C, padding=K-1)[..., :L]; for K = 3 the shifts are cheaper than a depthwise
+    Equal to Conv1d(groups=C, padding=K-1) on z.transpose(1, 2), first L outputs. Channels last, the projection's
+    output is used as it comes (no transposed or padded copy), and the shifts are cheaper than a depthwise
     convolution, whose backward pass is slow on CPU.
     """
-    seq_len, width = z.shape[-1], weight.shape[-1]
-    padded = F.pad(z, (width - 1, 0))
-    w = weight[:, 0, :, None]  # (C, K, 1)
-    out = bias[:, None] + padded[..., width - 1 :] * w[:, -1]
-    for j in range(width - 1):
-        out = out + padded[..., j : j + seq_len] * w[:, j]
+    w = weight[:, 0, :]  # (C, K); tap K - 1 weighs the current position
+    width = w.shape[-1]
+    out = torch.addcmul(bias, z, w[:, -1])
+    for shift in range(1, width):
+        out[:, shift:].addcmul_(z[:, :-shift], w[:, -1 - shift])
     return out
+
+
+_GELU_2C = 2 * math.sqrt(2 / math.pi)
+
+
+def _gelu_tanh_(x: Tensor) -> Tensor:
+    """F.gelu(x, approximate="tanh") in place, as x * sigmoid(2a) (= x * (1 + tanh(a)) / 2): on CPU about twice as
+    fast as F.gelu's tanh form (8.6 vs 19 ms for 4.3 M floats on one x86 thread), equal to about 5e-7. Only for
+    fp32 tensors that need no gradient."""
+    s = x * x
+    s.mul_(0.044715 * _GELU_2C).add_(_GELU_2C).mul_(x).sigmoid_()
+    return x.mul_(s)
 
 
 class Sin(nn.Module):
@@ -157,15 +170,15 @@ class HyenaOperator(nn.Module):
 
     def forward(self, u: Tensor) -> Tensor:
         seq_len = u.shape[1]
-        z = self.in_proj(u).transpose(1, 2)  # (B, width, L)
-        z = short_conv(z, self.short_filter.weight, self.short_filter.bias)
-        x0, *gates, v = z.split(self.d_model, dim=1)
+        # Channels last (B, L, width) from the projection through the gates; only the long convolution runs along
+        # the last axis, where the FFT is fastest (30 % faster than transposing the whole projection on CPU).
+        z = short_conv(self.in_proj(u), self.short_filter.weight, self.short_filter.bias)
+        x0, *gates, v = z.split(self.d_model, dim=-1)
         k = self.filter_fn(seq_len).view(self.order - 1, self.d_model, seq_len)
         bias = self.filter_fn.bias.view(self.order - 1, self.d_model)
         for i, x_i in enumerate(reversed(gates)):
-            v = fft_conv(v * x_i, k[i], bias[i])
-        y = (v * x0).transpose(1, 2)
-        return self.out_proj(y)
+            v = fft_conv((v * x_i).transpose(1, 2).contiguous(), k[i], bias[i]).transpose(1, 2)
+        return self.out_proj(v * x0)
 
 
 class MLP(nn.Module):
@@ -177,7 +190,10 @@ class MLP(nn.Module):
         self.fc2 = nn.Linear(d_inner, d_model)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+        h = self.fc1(x)
+        if h.device.type == "cpu" and h.dtype == torch.float32 and not (torch.is_grad_enabled() and h.requires_grad):
+            return self.fc2(_gelu_tanh_(h))  # embedding on CPU: the GELU was a fifth of the forward
+        return self.fc2(F.gelu(h, approximate="tanh"))
 
 
 class Block(nn.Module):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hyena_dna import PRETRAINED_SIZES, HyenaDNAConfig, HyenaDNAModel
-from hyena_dna.model import _fast_fft_size, fft_conv, short_conv
+from hyena_dna.model import MLP, _fast_fft_size, fft_conv, short_conv
 
 CASES = [
     ("hyenadna-tiny-1k-ref", 1024),
@@ -95,11 +95,28 @@ def test_fft_conv_equals_direct_causal_convolution():
     torch.testing.assert_close(fft_conv(u, k, bias), expected, rtol=1e-4, atol=1e-4)
 
 
-def test_short_conv_equals_causal_depthwise_conv1d():
+@pytest.mark.parametrize("length", [1, 2, 20])
+def test_short_conv_equals_causal_depthwise_conv1d(length):
     torch.manual_seed(0)
     conv = torch.nn.Conv1d(6, 6, 3, padding=2, groups=6)
-    z = torch.randn(2, 6, 20)
-    torch.testing.assert_close(short_conv(z, conv.weight, conv.bias), conv(z)[..., :20], rtol=1e-5, atol=1e-6)
+    z = torch.randn(2, length, 6)  # channels last
+    expected = conv(z.transpose(1, 2))[..., :length].transpose(1, 2)
+    torch.testing.assert_close(short_conv(z, conv.weight, conv.bias), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_inference_gelu_equals_the_tanh_gelu_and_training_keeps_f_gelu():
+    torch.manual_seed(0)
+    mlp = MLP(8, 32)
+    x = torch.randn(3, 5, 8) * 4
+    expected = mlp.fc2(torch.nn.functional.gelu(mlp.fc1(x), approximate="tanh"))
+    with torch.no_grad():
+        torch.testing.assert_close(mlp(x), expected, rtol=1e-5, atol=1e-6)
+    with torch.inference_mode():
+        torch.testing.assert_close(mlp(x), expected, rtol=1e-5, atol=1e-6)
+    out = mlp(x)  # with gradients: the out-of-place F.gelu, so backward works
+    out.sum().backward()
+    assert mlp.fc1.weight.grad is not None and torch.isfinite(mlp.fc1.weight.grad).all()
+    torch.testing.assert_close(out, expected)
 
 
 def test_fast_fft_size():
