@@ -25,8 +25,10 @@ def row_chunks(array: np.ndarray, rows: np.ndarray | None = None, chunk: int = C
     A memory-mapped array's pages are dropped after each chunk: a pass over 10^6 reads never keeps them all."""
     total = len(array) if rows is None else len(rows)
     for start in range(0, total, chunk):
-        part = array[start : start + chunk] if rows is None else array[np.asarray(rows[start : start + chunk])]
-        out = np.array(part, dtype=np.float32)  # a copy, also of a float32 slice: it outlives the dropped pages
+        if rows is None:  # a copy, also of a float32 slice: it outlives the dropped pages
+            out = np.array(array[start : start + chunk], dtype=np.float32)
+        else:  # indexing by rows copies already
+            out = np.asarray(array[np.asarray(rows[start : start + chunk])], dtype=np.float32)
         release_pages(array)
         yield out
 
