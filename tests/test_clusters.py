@@ -147,14 +147,16 @@ def test_a_random_frozen_backbone_learns_which_organisms_a_sample_holds(tmp_path
     assert metrics["test_r2"] == pytest.approx(r2, abs=1e-5) and metrics["test_r2"] > 0.5
 
 
-def _record_calls(monkeypatch, method: str) -> list[torch.Tensor]:
-    """The data (vectors or counts) every call of ReadClusters.<method>(data, seed) is given, as it runs on."""
-    seen: list[torch.Tensor] = []
+def _record_calls(monkeypatch, method: str) -> list[tuple[torch.Tensor | np.ndarray, dict, bool]]:
+    """What every call of ReadClusters.<method>(data, seed, **keywords) is given, as it runs on: a copy of the data
+    (vectors or counts), the keywords, and whether the data was a memory map."""
+    seen = []
     original = getattr(ReadClusters, method)
 
-    def recording(self, data, seed):
-        seen.append(data.clone())
-        return original(self, data, seed)
+    def recording(self, data, seed, **keywords):
+        copied = data.clone() if isinstance(data, torch.Tensor) else np.array(data)
+        seen.append((copied, keywords, isinstance(data, np.memmap)))
+        return original(self, data, seed, **keywords)
 
     monkeypatch.setattr(ReadClusters, method, recording)
     return seen
@@ -162,18 +164,21 @@ def _record_calls(monkeypatch, method: str) -> list[torch.Tensor]:
 
 def test_the_cluster_fit_sees_only_the_train_reads(tmp_path, monkeypatch):
     """The clusters (and their PCA) are fit on the train split's read vectors alone: nothing of a val or test read
-    shapes the features the head is selected and tested on."""
+    shapes the features the head is selected and tested on. The fit is handed the cache's memory map and the train
+    rows, never a copy of the train rows' vectors (10^6 reads' would not fit in memory twice)."""
     dataset = organism_dataset(n_samples=24, reads=6, seed=2)
     seen = _record_calls(monkeypatch, "fit_arrays")
     cfg = clusters_config(tmp_path, epochs=1)
     fit(cfg, dataset, progress=False)
-    ((vectors,),) = [seen]
+    ((vectors, keywords, mapped),) = seen
     train = dataset.set_indices("train")
-    assert len(vectors) == len(train) < len(dataset)
+    assert mapped and len(vectors) == len(dataset)
+    np.testing.assert_array_equal(keywords["rows"], train)
+    assert len(train) < len(dataset)
     model = seeded_model(cfg)  # fit's own backbone
     every = embeddings.set_vectors(model.backbone, dataset, cache_dir=cfg.cache_dir, device="cpu", progress=False)
     expected = embeddings.for_pooling(every, cfg.pooling)[torch.from_numpy(train)]
-    torch.testing.assert_close(vectors, expected)
+    torch.testing.assert_close(torch.from_numpy(vectors[keywords["rows"]]), expected)
 
 
 def test_each_distinct_read_is_embedded_once(tmp_path, monkeypatch):
@@ -235,7 +240,7 @@ def test_topics_are_fit_on_the_train_samples_and_kept_in_the_checkpoint(tmp_path
     seen = _record_calls(monkeypatch, "fit_topics")
     cfg = clusters_config(tmp_path, topics=2, abundance="relative", head="trees", epochs=1)
     result = fit(cfg, dataset, progress=False, metric="val_r2")
-    ((counts,),) = [seen]
+    ((counts, _, _),) = seen
     assert len(counts) == int((dataset.split == "train").sum())
     assert result.history[-1]["val_r2"] > 0.3, result.history
     path = result.best_state.save(tmp_path / "best_model.pt")

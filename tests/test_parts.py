@@ -154,7 +154,9 @@ def test_trials_that_ask_for_the_same_clusters_share_one_fit(tmp_path, monkeypat
     dataset = organism_dataset(n_samples=24, reads=6, seed=3)
     calls = []
     original = ReadClusters.fit_arrays
-    monkeypatch.setattr(ReadClusters, "fit_arrays", lambda self, v, seed: calls.append(1) or original(self, v, seed))
+    monkeypatch.setattr(
+        ReadClusters, "fit_arrays", lambda self, *args, **kw: calls.append(1) or original(self, *args, **kw)
+    )
     monkeypatch.setattr(embeddings, "_FITS", {})  # as a fresh worker: only the cache on disk is shared
     first = fit(clusters_config(tmp_path, epochs=1, abundance="clr"), dataset, progress=False)
     monkeypatch.setattr(embeddings, "_FITS", {})

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from tune_ph.errors import ConfigError
-from tune_ph.model import abundance
+from tune_ph.model import abundance, streamed
 
 
 def level_sizes(clusters: int, levels: int) -> list[int]:
@@ -67,28 +67,38 @@ class ReadClusters(nn.Module):
         """Set vectors (N, D) -> the space the clusters live in (N, dims)."""
         return nn.functional.normalize((vectors.float() - self.center) @ self.projection, dim=-1)
 
-    def fit(self, vectors: torch.Tensor, seed: int) -> None:
-        """Fit the projection and every resolution's centroids on train read vectors (N, D)."""
-        self.load_fit(self.fit_arrays(vectors, seed))
+    def fit(self, vectors: torch.Tensor | np.ndarray, seed: int, rows: np.ndarray | None = None) -> None:
+        """Fit the projection and every resolution's centroids on train read vectors (N, D), or on their rows
+        ``rows``."""
+        self.load_fit(self.fit_arrays(vectors, seed, rows))
 
-    def fit_arrays(self, vectors: torch.Tensor, seed: int) -> dict[str, np.ndarray]:
-        """What ``fit`` keeps, as arrays (center, projection, centroids), without keeping it: scikit-learn's PCA and
-        MiniBatchKMeans on train read vectors (N, D). A search shares one such fit among the trials that ask for it
-        (embeddings.fit_once)."""
+    def fit_arrays(
+        self, vectors: torch.Tensor | np.ndarray, seed: int, rows: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
+        """What ``fit`` keeps, as arrays (center, projection, centroids), without keeping it: scikit-learn's
+        whitened PCA (streamed.whitened_pca, to float error) and MiniBatchKMeans on train read vectors (N, D), or
+        on the rows ``rows`` of them. A search shares one such fit among the trials that ask for it
+        (embeddings.fit_once).
+
+        The vectors are read a chunk at a time and may be the embedding cache's memory map: memory holds one
+        chunk and the embedded rows (N, dims), never the train rows' vectors (N, D)."""
         from sklearn.cluster import MiniBatchKMeans
-        from sklearn.decomposition import PCA
 
-        data = vectors.detach().float().cpu().numpy()
+        data = vectors.detach().cpu().numpy() if isinstance(vectors, torch.Tensor) else vectors
+        count = len(data) if rows is None else len(rows)
         dims = self.centroids.shape[1]
-        if len(data) < self.sizes[0]:
+        if count < self.sizes[0]:
             raise ConfigError(
-                "clusters", f"{self.sizes[0]} clusters need at least as many train read sets, got {len(data)}"
+                "clusters", f"{self.sizes[0]} clusters need at least as many train read sets, got {count}"
             )
-        pca = PCA(n_components=dims, whiten=True, random_state=seed).fit(data)
-        # whiten=True: scaled components, so (x - mean) @ projection equals pca.transform(x).
-        center = pca.mean_.astype(np.float32)
-        projection = (pca.components_ / np.sqrt(pca.explained_variance_)[:, None]).T.astype(np.float32)
-        embedded = nn.functional.normalize(torch.from_numpy((data - center) @ projection), dim=-1).numpy()
+        center, projection = streamed.whitened_pca(data, dims, rows)
+        embedded = np.empty((count, dims), dtype=np.float32)
+        start = 0
+        for part in streamed.row_chunks(data, rows):
+            # float32 like embed(): the rows are placed as they will be assigned
+            z = torch.from_numpy((part - center) @ projection)
+            embedded[start : start + len(part)] = nn.functional.normalize(z, dim=-1).numpy()
+            start += len(part)
         fitted = [
             MiniBatchKMeans(k, batch_size=4096, n_init=1, max_iter=20, random_state=seed).fit(embedded).cluster_centers_
             for k in self.sizes

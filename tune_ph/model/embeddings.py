@@ -7,7 +7,6 @@ import fcntl
 import hashlib
 import logging
 import math
-import mmap
 import os
 import stat
 import sys
@@ -30,6 +29,7 @@ from tune_ph.data import token_cache
 from tune_ph.data.tokens import TokenizedDataset
 from tune_ph.model.read_encoders import pool_hidden
 from tune_ph.model.regressor import autocast
+from tune_ph.model.streamed import release_pages
 
 log = logging.getLogger(__name__)
 
@@ -164,14 +164,6 @@ def shard_of(dataset: TokenizedDataset, set_index: np.ndarray) -> TokenShard:
     for row, i in enumerate(set_index.tolist()):
         ids[offsets[row] : offsets[row + 1]] = dataset.set_tokens(i)
     return TokenShard(ids, offsets, dataset.max_length)
-
-
-def release_pages(array: np.ndarray) -> None:
-    """Drop a memory-mapped array's pages from this process's resident set (they stay in the page cache, written
-    back by the kernel): writing or reading 10^6 reads' vectors through a map then never holds them all."""
-    mapped = getattr(array, "_mmap", None) or getattr(getattr(array, "base", None), "_mmap", None)
-    if mapped is not None and hasattr(mmap, "MADV_DONTNEED"):
-        mapped.madvise(mmap.MADV_DONTNEED)
 
 
 class Progress:
@@ -510,12 +502,22 @@ def _spot_check(vectors: np.ndarray, backbone: HyenaDNAModel, dataset: Tokenized
         raise ValueError(f"the vectors of sets {chosen.tolist()} differ from the backbone's own")
 
 
-def for_pooling(vectors: np.ndarray, pooling: str) -> torch.Tensor:
-    """The (n_sets, d_model) vectors of one pooling, as a tensor sharing the array's memory."""
+def pooled(vectors: np.ndarray, pooling: str) -> np.ndarray:
+    """The (n_sets, d_model) vectors of one pooling: a view, of the cache's memory map where vectors are one."""
+    return vectors[:, POOLINGS.index(pooling)]
+
+
+def as_tensor(vectors: np.ndarray) -> torch.Tensor:
+    """Vectors as a tensor sharing the array's memory."""
     with warnings.catch_warnings():
         # Vectors shared through Ray's object store are read-only; they are only ever read, so no copy is made.
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(vectors[:, POOLINGS.index(pooling)])
+        return torch.from_numpy(vectors)
+
+
+def for_pooling(vectors: np.ndarray, pooling: str) -> torch.Tensor:
+    """The (n_sets, d_model) vectors of one pooling, as a tensor sharing the array's memory."""
+    return as_tensor(pooled(vectors, pooling))
 
 
 # ------------------------------------------------------------------------------------------------ fit once per search
@@ -543,7 +545,7 @@ def fit_once(
     else fit() called once and stored. Processes that ask for the same fit at once (a search's trials on one
     node) wait on a file lock for the first one's result instead of fitting it again.
 
-    Meant for ReadClusters.fit: key = fit_key(cache_key(...), "pca-kmeans-v1", rows=train_sets, pooling=...,
+    Meant for ReadClusters.fit: key = fit_key(cache_key(...), "pca-kmeans-v2", rows=train_sets, pooling=...,
     clusters=K, dims=dims, seed=seed); fit returns {"center", "projection", "centroids"}.
     """
     if key in _FITS:

@@ -21,6 +21,7 @@ import ray
 
 from tune_ph.model import embeddings
 from tune_ph.model.embeddings import CPU_BATCH, Progress, TokenShard
+from tune_ph.model.streamed import release_pages
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ def embed_on_cluster(
                 result = ray.get(ref)
                 out[first:stop] = result["vectors"]
                 del result["vectors"]
-                embeddings.release_pages(out)  # a memory-mapped out: written pages leave the driver's RSS
+                release_pages(out)  # a memory-mapped out: written pages leave the driver's RSS
                 by_node[result["node"]][0] += stop - first
                 by_node[result["node"]][1] += result["seconds"]
                 hosts[result["node"]] = result["host"]

@@ -243,14 +243,14 @@ def _frozen_vectors(
     device: torch.device,
     progress: bool,
     shared: Mapping[str, np.ndarray] | None,
-) -> torch.Tensor:
+) -> np.ndarray:
     """Every set's vector from the frozen read encoder: k-mer profiles are counted (seconds, nothing to cache), the
-    backbone's pooled states come from the driver or the embedding cache."""
+    backbone's pooled states come from the driver or the embedding cache (a view of its memory map, not a copy)."""
     if model.read_encoder is not None:
         started = time.perf_counter()
         vectors = kmer_vectors(model.read_encoder, dataset.tokens_of, len(dataset))
         log.info("%s profiles of %d read sets in %.1f s", cfg.read_encoder, len(dataset), time.perf_counter() - started)
-        return vectors
+        return vectors.numpy()
     set_vectors = embeddings.set_vectors(
         model.backbone,
         dataset,
@@ -260,7 +260,7 @@ def _frozen_vectors(
         batch_size=cfg.sets_per_forward(),
         shared=shared,
     )
-    return embeddings.for_pooling(set_vectors, cfg.pooling)
+    return embeddings.pooled(set_vectors, cfg.pooling)
 
 
 def seeded_model(cfg: TrainConfig) -> PhRegressor:
@@ -279,23 +279,23 @@ def _vectors_key(cfg: TrainConfig, dataset: TokenizedDataset, model: PhRegressor
     return f"{embeddings.cache_key(model.backbone, dataset)}-{cfg.pooling}"
 
 
-def _fit_clusters(cfg: TrainConfig, dataset: TokenizedDataset, model: PhRegressor, vectors: torch.Tensor) -> None:
+def _fit_clusters(cfg: TrainConfig, dataset: TokenizedDataset, model: PhRegressor, vectors: np.ndarray) -> None:
     """Fit the read clusters on the train reads' vectors, or take the same fit from another trial of the search
-    (its abundances and head may differ; the fit depends on the vectors, the reads, the sizes and the seed only)."""
+    (its abundances and head may differ; the fit depends on the vectors, the reads, the sizes and the seed only).
+    The fit reads the train rows a chunk at a time from vectors (the cache's memory map): they are never copied
+    out all at once."""
     clusters = model.aggregation.read_clusters
     train_sets = dataset.set_indices("train")
     key = embeddings.fit_key(
         _vectors_key(cfg, dataset, model),
-        "pca-kmeans-v1",
+        "pca-kmeans-v2",  # v2: the streamed float64 PCA (v1's float32 covariance could place reads elsewhere)
         rows=train_sets,
         clusters=clusters.sizes,
         dims=cfg.cluster_dims,
         seed=cfg.seed,
     )
     started = time.perf_counter()
-    arrays = embeddings.fit_once(
-        key, lambda: clusters.fit_arrays(vectors[torch.from_numpy(train_sets)], cfg.seed), cfg.cache_dir
-    )
+    arrays = embeddings.fit_once(key, lambda: clusters.fit_arrays(vectors, cfg.seed, rows=train_sets), cfg.cache_dir)
     clusters.load_fit(arrays)
     log.info(
         "%s clusters of %d train read sets in %.1f s",
@@ -308,7 +308,7 @@ def _fit_clusters(cfg: TrainConfig, dataset: TokenizedDataset, model: PhRegresso
 
 
 def _fit_topics(
-    cfg: TrainConfig, dataset: TokenizedDataset, clusters: ReadClusters, vectors: torch.Tensor, clusters_key: str
+    cfg: TrainConfig, dataset: TokenizedDataset, clusters: ReadClusters, vectors: np.ndarray, clusters_key: str
 ) -> None:
     """Fit the topics on the train samples' counts in the clusters just fit (shared like the clusters: they depend
     on that fit, the train reads and their counts, the number of topics and the seed)."""
@@ -320,7 +320,7 @@ def _fit_topics(
     def fit() -> dict[str, np.ndarray]:
         with torch.inference_mode():
             counts = clusters.counts(
-                vectors[torch.from_numpy(train_sets)], owner, len(samples), dataset.weights_of(train_sets)
+                torch.from_numpy(vectors[train_sets]), owner, len(samples), dataset.weights_of(train_sets)
             )
         return {"topic_weights": clusters.fit_topics(counts, cfg.seed)}
 
@@ -361,9 +361,10 @@ def fit(
     if resume_from is not None:
         run.resume(resume_from)
     if cfg.freeze_backbone:  # after a resume has loaded its weights: the vectors must be of those
-        run.vectors = _frozen_vectors(cfg, dataset, model, device, progress, shared_vectors)
+        vectors = _frozen_vectors(cfg, dataset, model, device, progress, shared_vectors)
+        run.vectors = embeddings.as_tensor(vectors)
         if model.aggregation.read_clusters is not None and resume_from is None:  # resumed: the fit is in the weights
-            _fit_clusters(cfg, dataset, model, run.vectors)
+            _fit_clusters(cfg, dataset, model, vectors)
 
     for epoch in range(run.epoch + 1, cfg.epochs + 1):
         metrics = run.train_and_validate(epoch, progress)
