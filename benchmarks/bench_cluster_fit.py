@@ -96,6 +96,7 @@ def main() -> None:
         return
     path = Path(args.folder) / f"bench_cluster_fit_{args.reads}x{args.width}.npy"
     if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
         write_vectors(path, args.reads, args.width)
     threads = str(args.threads)
     env = {**os.environ, "OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}

@@ -72,6 +72,19 @@ def test_bench_embeddings():
     assert float(m.group(3)) > 0 and all(float(m.group(i)) >= 0 for i in (4, 5, 6))
 
 
+@pytest.mark.parametrize("fit", ["new", "old"])
+def test_bench_cluster_fit(tmp_path, fit):
+    argv = ["--reads", "3000", "--width", "16", "--clusters", "8", "--dims", "4", "--folder", str(tmp_path / "v")]
+    lines = _run("bench_cluster_fit.py", *argv, "--fit", fit)
+    m = _match(
+        rf"{fit} fit: 3,000 reads x 16 -> 8 clusters x 4 dims, {NUMBER} s, peak RSS {NUMBER} GiB "
+        rf"\(imports {NUMBER} GiB; vectors {NUMBER} GiB on disk\)",
+        lines,
+    )
+    assert float(m.group(1)) >= 0 and float(m.group(2)) >= float(m.group(3)) > 0  # the whole child holds its imports
+    assert float(m.group(4)) == pytest.approx(3000 * 16 * 4 / 2**30, abs=0.005)  # the float32 .npy it wrote
+
+
 def test_bench_search():
     ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket paths must stay < 108 chars
     env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_TMPDIR": str(ray_tmp)}
