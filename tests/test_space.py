@@ -169,6 +169,20 @@ def test_overrides_win_and_are_validated(tmp_path):
         apply_overrides(spec, {"num_samples": 0})
 
 
+def test_the_search_command_splits_by_study_from_the_command_line(tmp_path, capsys):
+    # The leak sentence of the console and the report points the user to --split-by study: the search takes it.
+    from tune_ph.commands import search as search_cli
+
+    args = search_cli.parse_args(["--space", str(write_space(tmp_path, tiny_space())), "--split-by", "study"])
+    overrides = search_cli.overrides_of(args)
+    assert overrides["split_by"] == "study" and "split_seed" not in overrides
+    spec = apply_overrides(load_space(args.space), overrides)
+    assert spec.fixed["split_by"] == "study"
+    with pytest.raises(SystemExit):
+        search_cli.parse_args(["--space", "x.yaml", "--split-by", "genus"])
+    assert "invalid choice: 'genus'" in capsys.readouterr().err
+
+
 def _suggestions(spec, n=12, seed=0):
     study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=3))
     space = OptunaSpace(spec.params)

@@ -25,6 +25,8 @@ OVERRIDE_FIELDS = (
     "metadata",
     "min_count",
     "rarefy",
+    "split_by",
+    "split_seed",
     "model",
     "epochs",
     "device",
