@@ -209,6 +209,11 @@ def stage_main(argv: list[str]) -> None:
     p.add_argument("--workers", default="1,2", help="Ray worker counts to time (comma-separated; '' for none)")
     p.add_argument("--threads", type=int, default=2, help="driver threads for the single-process run")
     p.add_argument("--encoder", choices=("hyena", "bytes"), default="hyena", help="bytes: the data path alone")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="every process compiles the backbone (torch.compile), as the stage does for 20,000 reads per worker",
+    )
     args = p.parse_args(argv)
     import json
 
@@ -225,7 +230,7 @@ def stage_main(argv: list[str]) -> None:
     shard = embeddings.shard_of(dataset, representatives)
     torch.manual_seed(0)
     backbone = HyenaDNAModel(HyenaDNAConfig.from_dict(config)).eval()
-    encoder = embeddings.BackboneEncoder(backbone) if args.encoder == "hyena" else ByteEncoder()
+    encoder = embeddings.BackboneEncoder(backbone, compile=args.compile) if args.encoder == "hyena" else ByteEncoder()
     full = HyenaDNAConfig.from_dict(config).to_dict()
     flops = encoder_flops(full, args.length)
     per_read = sum(flops.values())
@@ -257,7 +262,8 @@ def stage_main(argv: list[str]) -> None:
         encoder(warm)
         started = time.perf_counter()
         single = encoder(shard)
-        figures(f"driver, {args.threads} threads, fp32", len(shard) / (time.perf_counter() - started), args.threads)
+        mode = "fp32, compiled" if args.compile else "fp32"
+        figures(f"driver, {args.threads} threads, {mode}", len(shard) / (time.perf_counter() - started), args.threads)
         if native:
             started = time.perf_counter()
             bf16 = encoder(shard, precision="bf16")
@@ -296,7 +302,11 @@ def stage_main(argv: list[str]) -> None:
                 f"{rates[workers]:.0f} reads/s"
             )
         else:
-            figures(f"Ray, {workers} worker(s), fp32 (max |diff| to the driver's {diff:.1e})", rates[workers], workers)
+            figures(
+                f"Ray, {workers} worker(s), {mode} (max |diff| to the driver's {diff:.1e})",
+                rates[workers],
+                workers,
+            )
         print(
             f"  {per_worker:.0f} reads/s per worker inside its tasks; {len(report)} tasks; "
             f"peak RSS: driver {_rss_gb():.2f} GB, a worker {worker_rss:.2f} GB"

@@ -68,6 +68,43 @@ def test_a_pickled_encoder_embeds_with_the_drivers_weights_not_a_fresh_init():
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
 
 
+def test_a_compiled_encoder_gives_the_eager_vectors_and_a_failed_compile_stays_eager(monkeypatch, caplog):
+    dataset = motif_dataset(n_samples=12, max_length=64)
+    backbone = _backbone(seed=3)
+    representatives, _ = embeddings.distinct_sets(dataset)
+    shard = embeddings.shard_of(dataset, representatives)
+    eager = embeddings.BackboneEncoder(backbone)(shard, batch_size=5)
+    assert len(shard) % 5, "the last batch must be partial: it is filled up to the compiled shape"
+    compiled = embeddings.BackboneEncoder(backbone, compile=True)
+    monkeypatch.setattr(embeddings, "_COMPILED", {})
+    calls = []
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: calls.append(kw) or real_compile(model, **kw))
+    with caplog.at_level("INFO", logger="tune_ph.model.embeddings"):
+        got = compiled(shard, batch_size=5)
+        again = compiled(shard.part(0, 7), batch_size=5)  # this process's compiled forward, not a second compile
+    np.testing.assert_allclose(got, eager, atol=1e-5, rtol=1e-6)  # 'sum' pools reach 1e2: float32 rounding
+    np.testing.assert_allclose(again, eager[:7], atol=1e-5, rtol=1e-6)
+    assert calls == [{"dynamic": False}] and "backbone compiled in" in caplog.text
+
+    def broken(model, **kw):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(embeddings, "_COMPILED", {})
+    monkeypatch.setattr(torch, "compile", broken)
+    with caplog.at_level("WARNING", logger="tune_ph.model.embeddings"):
+        fallback = compiled(shard, batch_size=5)
+    np.testing.assert_array_equal(fallback, eager)  # the eager forward itself
+    assert "torch.compile not used (RuntimeError: no C++ compiler); embedding eagerly" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("reads", "device", "worth"), [(19_999, "cpu", False), (20_000, "cpu", True), (10**6, "cuda", False)]
+)
+def test_only_a_process_with_enough_reads_on_a_cpu_compiles(reads, device, worth):
+    assert embeddings.worth_compiling(reads, device) is worth
+
+
 def test_shard_parts_are_the_datasets_padded_tokens():
     dataset = motif_dataset(n_samples=6, max_length=64)
     index = np.arange(len(dataset))

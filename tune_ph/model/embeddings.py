@@ -85,6 +85,50 @@ def batch_for(device: torch.device, batch_size: int, length: int, d_model: int) 
     return max(1, min(batch_size, CPU_BATCH, CPU_ACTIVATIONS // max(length * d_model, 1)))
 
 
+# torch.compile (inductor) fuses the element-wise work that bounds the CPU forward: 1.4-2x per thread on tiny-1k's
+# 264-token reads (2 cores, shared), for a compile of about 25 s per process. Only a process that embeds at least
+# this many reads compiles; fewer would not pay it back.
+COMPILE_MIN_READS = 20_000
+# Compiled forwards of this process, by weights hash (a Ray worker runs many shards of one backbone); None: the
+# compile failed or its vectors disagreed, so this process stays eager.
+_COMPILED: dict[str, Callable[[torch.Tensor], torch.Tensor] | None] = {}
+
+
+def worth_compiling(reads_per_process: float, device: torch.device | str) -> bool:
+    """Whether a process that embeds this many reads on this device should compile the backbone (CPU only: on CUDA
+    the forward is not bound by element-wise work the same way, and nothing of ours has measured it there)."""
+    return torch.device(device).type == "cpu" and reads_per_process >= COMPILE_MIN_READS
+
+
+def compiled_forward(
+    backbone: HyenaDNAModel, key: str, sample: torch.Tensor
+) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """This process's compiled forward of backbone (key: its weights hash), checked once against the eager forward
+    on ``sample`` (a batch of input ids of the shape every call will have): None when compiling fails (no C++
+    compiler, an unsupported op) or the vectors differ by more than 1e-5, and the caller stays eager."""
+    if key in _COMPILED:
+        return _COMPILED[key]
+    started = time.perf_counter()
+    try:
+        compiled = torch.compile(backbone, dynamic=False)
+        with torch.inference_mode():
+            got, expected = compiled(sample), backbone(sample)
+        diff = float((got - expected).abs().max())
+        if not diff <= 1e-5 * max(float(expected.abs().max()), 1.0):
+            raise ValueError(f"its hidden states differ from the eager forward's by {diff:.1e}")
+    except Exception as exc:  # noqa: BLE001 - any failure of the optional compile leaves the eager forward
+        log.warning("read vectors: torch.compile not used (%s: %s); embedding eagerly", type(exc).__name__, exc)
+        compiled = None
+    else:
+        log.info(
+            "read vectors: backbone compiled in %.1f s (hidden states within %.1e of eager)",
+            time.perf_counter() - started,
+            diff,
+        )
+    _COMPILED[key] = compiled
+    return compiled
+
+
 def weights_hash(backbone: HyenaDNAModel) -> str:
     """A content hash of the backbone's architecture and weights: a changed weight is a different cache entry."""
     h = hashlib.blake2b(digest_size=16)
@@ -227,14 +271,23 @@ class BackboneEncoder:
     store): token sequences -> float32 (n, len(POOLINGS), d_model) pooled vectors. Every worker rebuilds the very
     same weights from the state_dict, so its vectors are the driver's (never a fresh random init)."""
 
-    def __init__(self, backbone: HyenaDNAModel):
+    def __init__(self, backbone: HyenaDNAModel, compile: bool = False):
         self.config = backbone.config.to_dict()
         self.state = {k: v.detach().to("cpu").clone() for k, v in backbone.state_dict().items()}
         self.shape = (len(POOLINGS), backbone.config.d_model)
+        self.key = weights_hash(backbone)
+        # Set by a runner that knows how many reads each process embeds (worth_compiling).
+        self.compile = compile
         self._built: HyenaDNAModel | None = backbone
 
     def __getstate__(self) -> dict:
-        return {"config": self.config, "state": self.state, "shape": self.shape}
+        return {
+            "config": self.config,
+            "state": self.state,
+            "shape": self.shape,
+            "key": self.key,
+            "compile": self.compile,
+        }
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state, _built=None)
@@ -256,7 +309,15 @@ class BackboneEncoder:
         precision: str = "fp32",
     ) -> np.ndarray:
         backbone = self.backbone(torch.device(device))
-        return encode(backbone, shard, batch_size=batch_size, on_batch=on_batch, precision=precision)
+        compiled = self.compile and precision_for(torch.device(device), precision) == "fp32"
+        return encode(
+            backbone,
+            shard,
+            batch_size=batch_size,
+            on_batch=on_batch,
+            precision=precision,
+            compile_key=self.key if compiled else None,
+        )
 
 
 def encode(
@@ -266,26 +327,41 @@ def encode(
     batch_size: int = CPU_BATCH,
     on_batch: Callable[[int], None] | None = None,
     precision: str = "fp32",
+    compile_key: str | None = None,
 ) -> np.ndarray:
     """Run the backbone (eval mode, no gradients) over every sequence of a shard: float32 (n, len(POOLINGS),
     d_model). Sequences are padded to the shard's max_length as everywhere else, so a vector does not depend on
-    which other sequences shared its batch. precision: see precision_for (fp32: the cached vectors' precision)."""
+    which other sequences shared its batch. precision: see precision_for (fp32: the cached vectors' precision).
+    compile_key: the backbone's weights hash to run this process's compiled forward (compiled_forward); every
+    batch then has the same shape (the last one filled up with padding rows), so it compiles once."""
     device = next(backbone.parameters()).device
     precision = precision_for(device, precision)
     batch_size = batch_for(device, batch_size, shard.max_length, backbone.config.d_model)
     backbone.eval()
     out = np.zeros((len(shard), len(POOLINGS), backbone.config.d_model), dtype=np.float32)
+    forward: Callable[[torch.Tensor], torch.Tensor] = backbone
+    if compile_key is not None and len(shard):
+        first, _ = shard.padded(0, min(batch_size, len(shard)))
+        compiled = compiled_forward(backbone, compile_key, _filled(first.to(device), batch_size))
+        forward = backbone if compiled is None else compiled
     with torch.inference_mode(), precision_context(device, precision):
         for start in range(0, len(shard), batch_size):
             stop = min(start + batch_size, len(shard))
             ids, mask = shard.padded(start, stop)
             ids, mask = ids.to(device), mask.to(device)
-            hidden = backbone(ids)
+            hidden = forward(_filled(ids, batch_size))[: stop - start] if forward is not backbone else backbone(ids)
             pooled = torch.stack([pool_hidden(hidden, mask, p) for p in POOLINGS], dim=1)
             out[start:stop] = pooled.float().cpu().numpy()
             if on_batch is not None:
                 on_batch(stop - start)
     return out
+
+
+def _filled(ids: torch.Tensor, rows: int) -> torch.Tensor:
+    """ids (n, L) with padding rows appended up to ``rows``: a compiled forward sees one shape only."""
+    if len(ids) >= rows:
+        return ids
+    return torch.cat([ids, ids.new_full((rows - len(ids), ids.shape[1]), tokenizer.PAD_ID)])
 
 
 # What embeds the distinct reads: (encoder, shard, progress, out) fills out (n, *encoder.shape) float32, which may be
@@ -298,6 +374,7 @@ _COPY_ROWS = 1 << 14
 
 def local_runner(device: torch.device | str = "cpu", batch_size: int = CPU_BATCH) -> Runner:
     def run(encoder: BackboneEncoder, shard: TokenShard, progress: Progress, out: np.ndarray) -> None:
+        encoder.compile = encoder.compile or worth_compiling(len(shard), device)
         for start in range(0, len(shard), _COPY_ROWS):  # pieces: a memory-mapped out is written as it goes
             stop = min(start + _COPY_ROWS, len(shard))
             out[start:stop] = encoder(

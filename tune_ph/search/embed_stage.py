@@ -103,6 +103,8 @@ def embed_on_cluster(
     driver holds a bounded number of finished parts whatever the number of reads."""
     workers = cluster_workers(gpu)
     sizes = shard_sizes(len(shard), workers)
+    if isinstance(encoder, embeddings.BackboneEncoder):  # each worker compiles once if its share pays for it
+        encoder.compile = encoder.compile or embeddings.worth_compiling(len(shard) / workers, "cuda" if gpu else "cpu")
     if out is None:
         out = np.zeros((len(shard), *encoder.shape), dtype=np.float32)
     if not sizes:
