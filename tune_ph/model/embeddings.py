@@ -85,9 +85,9 @@ def batch_for(device: torch.device, batch_size: int, length: int, d_model: int) 
     return max(1, min(batch_size, CPU_BATCH, CPU_ACTIVATIONS // max(length * d_model, 1)))
 
 
-# torch.compile (inductor) fuses the element-wise work that bounds the CPU forward: 1.4-2x per thread on tiny-1k's
-# 264-token reads (2 cores, shared), for a compile of about 25 s per process. Only a process that embeds at least
-# this many reads compiles; fewer would not pay it back.
+# torch.compile (inductor) fuses the element-wise work that bounds the CPU forward: on realistic16s's 140,539 reads
+# (tiny-1k, 264 tokens, 2 Ray workers) 192 reads/s per worker instead of 147, for a compile of 15-25 s per process.
+# Only a process that embeds at least this many reads compiles; fewer would not pay it back.
 COMPILE_MIN_READS = 20_000
 # Compiled forwards of this process, by weights hash (a Ray worker runs many shards of one backbone); None: the
 # compile failed or its vectors disagreed, so this process stays eager.
