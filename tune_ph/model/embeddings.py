@@ -276,7 +276,7 @@ class BackboneEncoder:
         self.state = {k: v.detach().to("cpu").clone() for k, v in backbone.state_dict().items()}
         self.shape = (len(POOLINGS), backbone.config.d_model)
         self.key = weights_hash(backbone)
-        # Set by a runner that knows how many reads each process embeds (worth_compiling).
+        # Set by a runner that knows how many reads each process embeds (plan).
         self.compile = compile
         self._built: HyenaDNAModel | None = backbone
 
@@ -291,6 +291,11 @@ class BackboneEncoder:
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state, _built=None)
+
+    def plan(self, reads_per_process: float, device: torch.device | str) -> None:
+        """Tell the encoder how many reads each process will embed: it compiles where that pays (worth_compiling);
+        a compile asked for at construction stays."""
+        self.compile = self.compile or worth_compiling(reads_per_process, device)
 
     def backbone(self, device: torch.device) -> HyenaDNAModel:
         if self._built is None:
@@ -374,7 +379,7 @@ _COPY_ROWS = 1 << 14
 
 def local_runner(device: torch.device | str = "cpu", batch_size: int = CPU_BATCH) -> Runner:
     def run(encoder: BackboneEncoder, shard: TokenShard, progress: Progress, out: np.ndarray) -> None:
-        encoder.compile = encoder.compile or worth_compiling(len(shard), device)
+        encoder.plan(len(shard), device)
         for start in range(0, len(shard), _COPY_ROWS):  # pieces: a memory-mapped out is written as it goes
             stop = min(start + _COPY_ROWS, len(shard))
             out[start:stop] = encoder(

@@ -104,7 +104,7 @@ def embed_on_cluster(
     workers = cluster_workers(gpu)
     sizes = shard_sizes(len(shard), workers)
     if isinstance(encoder, embeddings.BackboneEncoder):  # each worker compiles once if its share pays for it
-        encoder.compile = encoder.compile or embeddings.worth_compiling(len(shard) / workers, "cuda" if gpu else "cpu")
+        encoder.plan(len(shard) / workers, "cuda" if gpu else "cpu")
     if out is None:
         out = np.zeros((len(shard), *encoder.shape), dtype=np.float32)
     if not sizes:

@@ -27,7 +27,7 @@ from tune_ph.metrics import (
     regression_metrics,
     worst_value,
 )
-from tune_ph.model import embeddings
+from tune_ph.model import embeddings, streamed
 from tune_ph.model.checkpoint import Checkpoint
 from tune_ph.model.clusters import ReadClusters
 from tune_ph.model.read_encoders import kmer_vectors
@@ -318,10 +318,16 @@ def _fit_topics(
     started = time.perf_counter()
 
     def fit() -> dict[str, np.ndarray]:
+        # Counts add up over the train rows, so they are read a chunk at a time like the clusters' fit.
+        weights = dataset.weights_of(train_sets)
+        counts = torch.zeros(len(samples), clusters.n_features)
+        start = 0
         with torch.inference_mode():
-            counts = clusters.counts(
-                torch.from_numpy(vectors[train_sets]), owner, len(samples), dataset.weights_of(train_sets)
-            )
+            for part in streamed.row_chunks(vectors, train_sets):
+                stop = start + len(part)
+                part_weights = None if weights is None else weights[start:stop]
+                counts += clusters.counts(torch.from_numpy(part), owner[start:stop], len(samples), part_weights)
+                start = stop
         return {"topic_weights": clusters.fit_topics(counts, cfg.seed)}
 
     clusters.load_topics(embeddings.fit_once(key, fit, cfg.cache_dir)["topic_weights"])
