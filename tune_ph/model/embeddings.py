@@ -344,17 +344,18 @@ def encode(
     batch_size = batch_for(device, batch_size, shard.max_length, backbone.config.d_model)
     backbone.eval()
     out = np.zeros((len(shard), len(POOLINGS), backbone.config.d_model), dtype=np.float32)
-    forward: Callable[[torch.Tensor], torch.Tensor] = backbone
+    compiled = None
     if compile_key is not None and len(shard):
         first, _ = shard.padded(0, min(batch_size, len(shard)))
         compiled = compiled_forward(backbone, compile_key, _filled(first.to(device), batch_size))
-        forward = backbone if compiled is None else compiled
+    forward = backbone if compiled is None else compiled
+    fill = 0 if compiled is None else batch_size  # the compiled forward's one shape
     with torch.inference_mode(), precision_context(device, precision):
         for start in range(0, len(shard), batch_size):
             stop = min(start + batch_size, len(shard))
             ids, mask = shard.padded(start, stop)
             ids, mask = ids.to(device), mask.to(device)
-            hidden = forward(_filled(ids, batch_size))[: stop - start] if forward is not backbone else backbone(ids)
+            hidden = forward(_filled(ids, fill))[: stop - start]
             pooled = torch.stack([pool_hidden(hidden, mask, p) for p in POOLINGS], dim=1)
             out[start:stop] = pooled.float().cpu().numpy()
             if on_batch is not None:
