@@ -91,10 +91,11 @@ def _search(args: argparse.Namespace, out: Path, space: Path, name: str, label: 
     shutil.copy(best / files.PREDICTIONS_FILE, out / name / files.PREDICTIONS_FILE)
     metrics = json.loads((best / files.METRICS_FILE).read_text())
     config = json.loads((best / files.RUN_CONFIG_FILE).read_text())["train_config"]
-    levels = config.get("cluster_levels", 1)
+    levels, fits, topics = config.get("cluster_levels", 1), config.get("cluster_fits", 1), config.get("topics", 0)
     what = (
         f"{Path(space).name}: {config['read_encoder']} reads, {config['aggregation']} {config.get('clusters')}"
-        f"{f' x{levels} levels' if levels > 1 else ''}, {config.get('abundance', 'clr')}, {config['head']}"
+        f"{f' x{levels} levels' if levels > 1 else ''}{f', {topics} topics' if topics else ''}"
+        f"{f', {fits} fits' if fits > 1 else ''}, {config.get('abundance', 'clr')}, {config['head']}"
     )
     return _line(label, metrics, seconds, what)
 

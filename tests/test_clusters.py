@@ -3,6 +3,8 @@ backbone that learns which organisms a sample holds, checkpoints, and embedding 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -249,3 +251,59 @@ def test_topics_are_fit_on_the_train_samples_and_kept_in_the_checkpoint(tmp_path
     torch.testing.assert_close(model.aggregation.clusters.topic_weights.sum(0), torch.ones(ORGANISMS))
     metrics = evaluate_checkpoint(path, dataset=dataset, output_dir=tmp_path / "eval", device="cpu")
     assert metrics["test_r2"] > 0.3
+
+
+def test_fits_cluster_the_same_reads_side_by_side_and_the_first_is_the_single_fit():
+    """cluster_fits 3: three clusterings (k-means and topic seeds seed, seed + 1, seed + 2) of one whitening, each
+    with its resolutions and topics; the first is exactly what one fit gives, the others cut the reads elsewhere."""
+    vectors, _ = _blobs(n_blobs=12, per_blob=20)
+    owner = torch.arange(len(vectors)) % 10
+    one = ReadClusters(16, n_clusters=16, dims=4, levels=2, transform="relative", topics=3)
+    three = ReadClusters(16, n_clusters=16, dims=4, levels=2, transform="relative", topics=3, fits=3)
+    for clusters in (one, three):
+        clusters.fit(vectors, seed=5)
+        clusters.load_topics(clusters.fit_topics(clusters.counts(vectors, owner, 10), seed=5))
+    assert three.blocks == [16, 4] * 3 + [3] * 3 and three.n_features == 3 * (16 + 4 + 3)
+    assert three.centroids.shape == (3 * 20, 4) and three.topic_weights.shape == (3 * 3, 16)
+    torch.testing.assert_close(three.centroids[:20], one.centroids)
+    torch.testing.assert_close(three.topic_weights[:3], one.topic_weights)
+    assert not torch.allclose(three.centroids[20:40], one.centroids)  # another seed: another cut
+    counts = three.counts(vectors, owner, 10)
+    for fit in range(3):  # every read counted once at every resolution of every fit, and shared out to its topics
+        torch.testing.assert_close(counts[:, fit * 20 : fit * 20 + 16].sum(1), torch.bincount(owner).float())
+        topics = counts[:, 60 + 3 * fit : 63 + 3 * fit]
+        finest = counts[:, fit * 20 : fit * 20 + 16]
+        torch.testing.assert_close(topics, finest @ three.topic_weights[3 * fit : 3 * fit + 3].T)
+    shares = three.abundances(vectors, owner, 10)
+    torch.testing.assert_close(shares[:, : one.n_features - 3], one.abundances(vectors, owner, 10)[:, :-3])
+    with pytest.raises(ConfigError, match="cluster_fits"):
+        ReadClusters(16, n_clusters=16, dims=4, fits=0)
+
+
+def test_a_model_of_several_fits_trains_saves_and_loads_with_the_head_sized_by_every_fit(tmp_path):
+    dataset = organism_dataset()
+    cfg = clusters_config(tmp_path, cluster_fits=3, topics=2, abundance="relative", head="mlp2")
+    result = fit(cfg, dataset, progress=False, metric="val_r2")
+    assert max(h["val_r2"] for h in result.history) > 0.5, result.history
+    path = result.best_state.save(tmp_path / "best_model.pt")
+    model, _ = load_checkpoint(path)
+    clusters = model.aggregation.clusters
+    assert clusters.fits == 3 and clusters.n_features == 3 * (ORGANISMS + 2)
+    assert model.head.net[0].in_features == clusters.n_features
+    metrics = evaluate_checkpoint(path, dataset=dataset, output_dir=tmp_path / "eval", device="cpu")
+    assert metrics["test_r2"] > 0.3
+
+
+def test_a_checkpoint_of_several_fits_is_within_the_state_budget_it_declares():
+    """The size check before loading bounds the head by its inputs (every fit's clusters and topics): a 5-fit
+    mlp2 with AdamW's two moments fits its budget, which one fit's bound (the clusters alone) would refuse."""
+    from tune_ph.model.checkpoint import state_budget
+
+    cfg = clusters_config(
+        Path("."), clusters=1024, cluster_levels=4, cluster_fits=5, topics=32, head="mlp2", abundance="relative"
+    )
+    model = build_model(cfg)
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    saved = {"model_config": model.backbone.config.to_dict(), "train_config": cfg.to_dict()}
+    one_fit = {**saved, "train_config": {**cfg.to_dict(), "cluster_fits": 1}}
+    assert state_budget(one_fit) < 3 * weights <= state_budget(saved)

@@ -141,6 +141,12 @@ class TrainConfig:
         "aggregation=clusters: resolutions clustered at once, each with a quarter of the clusters of the one before "
         "(4 with clusters 1024: 1024 + 256 + 64 + 16); coarse ones gather lineages, fine ones organisms",
     )
+    cluster_fits: int = _field(
+        1,
+        "aggregation=clusters: independent clusterings side by side, each with its own k-means and topic seed "
+        "(seed, seed + 1, ...): the head sees several cuts of the same reads, so no one fit's accidents decide "
+        "what it learns",
+    )
     topics: int = _field(
         0,
         "aggregation=clusters: topics (LDA on the train samples' finest cluster counts) added beside the clusters: "
@@ -434,6 +440,7 @@ RULES: dict[str, schema.Rule] = {
     # k-mer profiles have 4^k values per read; each cluster level has a quarter of the clusters of the one before.
     "encoder_k": _between("encoder_k", 1, 6),
     "cluster_levels": _between("cluster_levels", 1, 6),
+    "cluster_fits": _between("cluster_fits", 1, 8),
     "topics": _not_negative("topics", " (0: none)"),
     "tree_leaves": _between("tree_leaves", 2, 4096),
     "tree_min_samples": _between("tree_min_samples", 1, 4096),

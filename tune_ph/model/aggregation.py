@@ -216,7 +216,7 @@ class Clusters(Aggregation):
     The clusters standardise in their own (whitened) space, so the set vectors are not standardised."""
 
     name = "clusters"
-    fields = ("clusters", "cluster_dims", "cluster_levels", "topics", "abundance")
+    fields = ("clusters", "cluster_dims", "cluster_levels", "cluster_fits", "topics", "abundance")
     frozen_only = (
         "clusters are fit once on a frozen backbone's read vectors; set freeze_backbone=True "
         "(--freeze-backbone) or choose another aggregation"
@@ -229,17 +229,20 @@ class Clusters(Aggregation):
 
     @classmethod
     def from_config(cls, cfg: TrainConfig, width: int) -> Clusters:
-        clusters = ReadClusters(width, cfg.clusters, cfg.cluster_dims, cfg.cluster_levels, cfg.abundance, cfg.topics)
+        clusters = ReadClusters(
+            width, cfg.clusters, cfg.cluster_dims, cfg.cluster_levels, cfg.abundance, cfg.topics, cfg.cluster_fits
+        )
         return cls(width, clusters)
 
     @classmethod
     def head_inputs(cls, cfg: TrainConfig, width: int) -> int:
-        return sum(level_sizes(cfg.clusters, cfg.cluster_levels)) + cfg.topics
+        return cfg.cluster_fits * (sum(level_sizes(cfg.clusters, cfg.cluster_levels)) + cfg.topics)
 
     @classmethod
     def numel(cls, cfg: TrainConfig, width: int) -> int:
         sizes = level_sizes(cfg.clusters, cfg.cluster_levels)
-        return width + width * cfg.cluster_dims + sum(sizes) * cfg.cluster_dims + cfg.topics * sizes[0]
+        per_fit = sum(sizes) * cfg.cluster_dims + cfg.topics * sizes[0]
+        return width + width * cfg.cluster_dims + cfg.cluster_fits * per_fit
 
     @classmethod
     def sized_by(cls, cfg: TrainConfig) -> tuple[str, int] | None:
@@ -247,7 +250,8 @@ class Clusters(Aggregation):
 
     @classmethod
     def state_bound(cls, cfg: TrainConfig, d_model: int) -> tuple[int, int]:
-        return max(d_model, cfg.clusters), cfg.cluster_dims
+        # The head reads every fit's clusters and topics: its inputs, not the clusters alone, size it.
+        return max(d_model, cls.head_inputs(cfg, d_model)), cfg.cluster_dims
 
     @property
     def read_clusters(self) -> ReadClusters:

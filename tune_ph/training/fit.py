@@ -298,8 +298,9 @@ def _fit_clusters(cfg: TrainConfig, dataset: TokenizedDataset, model: PhRegresso
     arrays = embeddings.fit_once(key, lambda: clusters.fit_arrays(vectors, cfg.seed, rows=train_sets), cfg.cache_dir)
     clusters.load_fit(arrays)
     log.info(
-        "%s clusters of %d train read sets in %.1f s",
-        " + ".join(map(str, clusters.sizes)),
+        "%s%s clusters of %d train read sets in %.1f s",
+        f"{clusters.fits} fits x " if clusters.fits > 1 else "",
+        " + ".join(map(str, clusters.levels)),
         len(train_sets),
         time.perf_counter() - started,
     )
@@ -331,7 +332,13 @@ def _fit_topics(
         return {"topic_weights": clusters.fit_topics(counts, cfg.seed)}
 
     clusters.load_topics(embeddings.fit_once(key, fit, cfg.cache_dir)["topic_weights"])
-    log.info("%d topics of %d train samples in %.1f s", clusters.topics, len(samples), time.perf_counter() - started)
+    log.info(
+        "%s%d topics of %d train samples in %.1f s",
+        f"{clusters.fits} fits x " if clusters.fits > 1 else "",
+        clusters.topics,
+        len(samples),
+        time.perf_counter() - started,
+    )
 
 
 def fit(
