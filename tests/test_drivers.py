@@ -111,3 +111,16 @@ def test_a_model_without_clusters_has_no_drivers(tmp_path):
     checkpoint = Checkpoint.from_state(tiny_state(aggregation="mean"))
     assert drivers.write_drivers(model_of(checkpoint), checkpoint, motif_dataset(), tmp_path) is None
     assert not (tmp_path / files.DRIVERS_FILE).exists()
+
+
+def test_the_drivers_of_several_fits_say_which_fit_each_cluster_is_of(tmp_path):
+    """cluster_fits 2: cluster k of 6 exists in both clusterings, so each row names its fit, and both fits' clusters
+    of the organisms show (each fit finds the six organisms)."""
+    dataset = organism_dataset(n_samples=80, seed=1)
+    result = fit(clusters_config(tmp_path, cluster_fits=2), dataset, progress=False, metric="val_r2")
+    path = result.best_state.save(tmp_path / "best" / files.MODEL_FILE)
+    evaluate_checkpoint(path, dataset=dataset, device="cpu")
+    table = pd.read_csv(tmp_path / "best" / files.DRIVERS_FILE, keep_default_na=False)
+    assert list(table.columns) == drivers.driver_columns("pH")
+    assert set(table["fit"]) == {1, 2} and set(table["resolution"]) == {6}
+    assert table["cluster"].between(0, 5).all()

@@ -38,6 +38,7 @@ def driver_columns(target: str = DEFAULT_TARGET) -> list[str]:
         "rank",
         "cluster",
         "resolution",
+        "fit",
         "importance",
         "importance_sd",
         f"share_low_{slug}",
@@ -185,6 +186,7 @@ def cluster_drivers(
                 rank,
                 int(feature - starts[level]),
                 clusters.sizes[level],
+                level // len(clusters.levels) + 1,  # cluster_fits > 1: which clustering it is of
                 importance[feature],
                 spread[feature],
                 low_share,
@@ -207,8 +209,10 @@ def plot_drivers(table: pd.DataFrame, target: str = DEFAULT_TARGET) -> bytes:
     import matplotlib.pyplot as plt
 
     order = table.iloc[::-1]
+    several = "fit" in order and order["fit"].max() > 1  # cluster 17 of 1024 exists once per fit
     labels = [
         f"cluster {r.cluster} of {r.resolution}"
+        + (f", fit {r.fit}" if several else "")
         + (f" · {str(r.taxon)[-40:]}" if isinstance(r.taxon, str) and r.taxon else "")
         for r in order.itertuples()
     ]
