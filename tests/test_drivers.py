@@ -12,6 +12,7 @@ from test_clusters import ORGANISMS, READ_LENGTH, clusters_config, organism_data
 from tune_ph import files
 from tune_ph.data.taxonomy import load_taxonomy
 from tune_ph.errors import InputError
+from tune_ph.model.regressor import load_checkpoint
 from tune_ph.report import drivers, html_report
 from tune_ph.report.evaluate import evaluate_checkpoint
 from tune_ph.training.fit import fit
@@ -124,3 +125,24 @@ def test_the_drivers_of_several_fits_say_which_fit_each_cluster_is_of(tmp_path):
     assert list(table.columns) == drivers.driver_columns("pH")
     assert set(table["fit"]) == {1, 2} and set(table["resolution"]) == {6}
     assert table["cluster"].between(0, 5).all()
+
+
+def test_features_no_tree_splits_on_are_not_shuffled_and_weigh_nothing(tmp_path, monkeypatch):
+    """Trees read only the features they split on: the drivers shuffle those alone (each shuffle costs a predict,
+    and five cluster fits give thousands of features), and every other feature's importance is exactly 0."""
+    dataset = organism_dataset(n_samples=80, seed=1)
+    cfg = clusters_config(tmp_path, cluster_fits=3, head="trees", abundance="relative", epochs=1)
+    result = fit(cfg, dataset, progress=False, metric="val_r2")
+    path = result.best_state.save(tmp_path / "best" / files.MODEL_FILE)
+    model, state = load_checkpoint(path)
+    used = model.head.used_features()
+    assert 0 < len(used) < model.aggregation.clusters.n_features
+    predicted = []
+    regress = type(model.head).regress
+    monkeypatch.setattr(type(model.head), "regress", lambda self, x: predicted.append(1) or regress(self, x))
+    table = drivers.cluster_drivers(model, state, dataset, top=model.aggregation.clusters.n_features)
+    assert len(predicted) == 1 + len(used)  # the unshuffled val set, then each used feature once
+    feature = (table["fit"] - 1) * ORGANISMS + table["cluster"]  # one resolution of six clusters per fit
+    assert len(table) == model.aggregation.clusters.n_features
+    assert (table.loc[~feature.isin(used), ["importance", "importance_sd"]] == 0).all().all()
+    assert (table.loc[feature.isin(used), "importance"] != 0).any()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -53,6 +54,7 @@ class RegressionHead(nn.Module):
             raise ValueError(f"unknown pooling {pooling!r}; choose one of: {', '.join(POOLINGS)}")
         self.architecture = architecture
         self.pooling = pooling
+        self.d_model = d_model
         n_hidden, layer_norm = MLP_SHAPES[architecture]
         layers: list[nn.Module] = []
         if layer_norm:
@@ -88,6 +90,10 @@ class RegressionHead(nn.Module):
     def regress(self, vectors: torch.Tensor) -> torch.Tensor:
         """Vectors (N, D) -> one value each (N,)."""
         return self.net(vectors).squeeze(-1)
+
+    def used_features(self) -> np.ndarray:
+        """The inputs a prediction may depend on: every one, through the first layer's weights."""
+        return np.arange(self.d_model)
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """hidden (B, L, D), mask (B, L) bool with True at real tokens -> (B,)."""

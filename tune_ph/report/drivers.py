@@ -87,7 +87,8 @@ def _assign(clusters: ReadClusters, vectors: torch.Tensor) -> tuple[torch.Tensor
 def _permutation_importance(
     model: PhRegressor, features: torch.Tensor, true: np.ndarray, scale: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Each feature's rise in val RMSE (target units) when its values are shuffled among the samples: mean, sd."""
+    """Each feature's rise in val RMSE (target units) when its values are shuffled among the samples: mean, sd
+    (0 for a feature the head does not read)."""
     rng = np.random.default_rng(SEED)
     n, width = features.shape
     true_std = torch.as_tensor(true, dtype=torch.float64)
@@ -101,7 +102,7 @@ def _permutation_importance(
         orders = torch.from_numpy(np.stack([rng.permutation(n) for _ in range(REPEATS)]))
         mean, sd = np.zeros(width), np.zeros(width)
         tiled = features.repeat(REPEATS, 1)
-        for j in range(width):
+        for j in model.head.used_features():
             column = tiled[:, j].clone()
             tiled[:, j] = features[orders, j].reshape(-1)
             rise = (rmse(tiled) - base).numpy()
