@@ -269,11 +269,11 @@ def test_fits_cluster_the_same_reads_side_by_side_and_the_first_is_the_single_fi
     torch.testing.assert_close(three.topic_weights[:3], one.topic_weights)
     assert not torch.allclose(three.centroids[20:40], one.centroids)  # another seed: another cut
     counts = three.counts(vectors, owner, 10)
-    for fit in range(3):  # every read counted once at every resolution of every fit, and shared out to its topics
-        torch.testing.assert_close(counts[:, fit * 20 : fit * 20 + 16].sum(1), torch.bincount(owner).float())
-        topics = counts[:, 60 + 3 * fit : 63 + 3 * fit]
-        finest = counts[:, fit * 20 : fit * 20 + 16]
-        torch.testing.assert_close(topics, finest @ three.topic_weights[3 * fit : 3 * fit + 3].T)
+    for k in range(3):  # every read counted once at every resolution of every fit, and shared out to its topics
+        torch.testing.assert_close(counts[:, k * 20 : k * 20 + 16].sum(1), torch.bincount(owner).float())
+        topics = counts[:, 60 + 3 * k : 63 + 3 * k]
+        finest = counts[:, k * 20 : k * 20 + 16]
+        torch.testing.assert_close(topics, finest @ three.topic_weights[3 * k : 3 * k + 3].T)
     shares = three.abundances(vectors, owner, 10)
     torch.testing.assert_close(shares[:, : one.n_features - 3], one.abundances(vectors, owner, 10)[:, :-3])
     with pytest.raises(ConfigError, match="cluster_fits"):
