@@ -270,10 +270,15 @@ def test_fits_cluster_the_same_reads_side_by_side_and_the_first_is_the_single_fi
     assert not torch.allclose(three.centroids[20:40], one.centroids)  # another seed: another cut
     counts = three.counts(vectors, owner, 10)
     for k in range(3):  # every read counted once at every resolution of every fit, and shared out to its topics
-        torch.testing.assert_close(counts[:, k * 20 : k * 20 + 16].sum(1), torch.bincount(owner).float())
+        finest, coarse = counts[:, k * 20 : k * 20 + 16], counts[:, k * 20 + 16 : k * 20 + 20]
+        torch.testing.assert_close(finest.sum(1), torch.bincount(owner).float())
+        torch.testing.assert_close(coarse.sum(1), torch.bincount(owner).float())
         topics = counts[:, 60 + 3 * k : 63 + 3 * k]
-        finest = counts[:, k * 20 : k * 20 + 16]
         torch.testing.assert_close(topics, finest @ three.topic_weights[3 * k : 3 * k + 3].T)
+        # Each fit's topics are LDA of that fit's own finest counts, with its own seed.
+        alone = ReadClusters(16, n_clusters=16, dims=4, transform="relative", topics=3)
+        fine_only = torch.cat([finest, torch.zeros(10, 3)], dim=1)
+        np.testing.assert_allclose(three.topic_weights[3 * k : 3 * k + 3].numpy(), alone.fit_topics(fine_only, 5 + k))
     shares = three.abundances(vectors, owner, 10)
     torch.testing.assert_close(shares[:, : one.n_features - 3], one.abundances(vectors, owner, 10)[:, :-3])
     with pytest.raises(ConfigError, match="cluster_fits"):
@@ -307,3 +312,16 @@ def test_a_checkpoint_of_several_fits_is_within_the_state_budget_it_declares():
     saved = {"model_config": model.backbone.config.to_dict(), "train_config": cfg.to_dict()}
     one_fit = {**saved, "train_config": {**cfg.to_dict(), "cluster_fits": 1}}
     assert state_budget(one_fit) < 3 * weights <= state_budget(saved)
+
+
+def test_a_centroid_two_fits_share_is_not_taken_for_damage():
+    """Two fits of the same reads may keep the same centroid (a cluster of one outlier read): the load check
+    refuses only centroids that are all one point."""
+    from tune_ph.errors import InputError
+    from tune_ph.model.checkpoint import check_values
+
+    centroids = torch.randn(6, 4)
+    centroids[3] = centroids[0]
+    check_values({"aggregation.clusters.centroids": centroids}, "shared.pt")
+    with pytest.raises(InputError, match="shared.pt: its clusters .* are all one point"):
+        check_values({"aggregation.clusters.centroids": torch.ones(6, 4)}, "shared.pt")

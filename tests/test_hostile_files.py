@@ -127,7 +127,7 @@ def _inf_centroids(state: dict) -> str:
 
 def _zero_centroids(state: dict) -> str:
     state["model"]["aggregation.clusters.centroids"].zero_()
-    return "repeat a centroid"
+    return "are all one point"
 
 
 def _zero_projection(state: dict) -> str:

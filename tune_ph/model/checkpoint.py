@@ -230,8 +230,10 @@ def check_values(weights: dict[str, torch.Tensor], where: str | os.PathLike) -> 
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
             raise InputError(f"{where}: its weight {name} holds NaN or infinite values; the file is damaged")
     centroids, projection = weights.get(_CENTROIDS), weights.get(_PROJECTION)
-    if centroids is not None and centroids.ndim == 2 and len(torch.unique(centroids, dim=0)) < len(centroids):
-        raise InputError(f"{where}: its clusters ({_CENTROIDS}) repeat a centroid; the file is damaged")
+    # All equal, not any two: fits (cluster_fits) and resolutions of one vectors may well share a centroid, e.g. a
+    # cluster of one outlier read that every k-means keeps.
+    if centroids is not None and centroids.ndim == 2 and len(centroids) > 1 and bool((centroids == centroids[0]).all()):
+        raise InputError(f"{where}: its clusters ({_CENTROIDS}) are all one point; the file is damaged")
     if projection is not None and not bool(projection.any()):
         raise InputError(f"{where}: its clusters' projection ({_PROJECTION}) is all zeros; the file is damaged")
 

@@ -102,7 +102,9 @@ def _permutation_importance(
         orders = torch.from_numpy(np.stack([rng.permutation(n) for _ in range(REPEATS)]))
         mean, sd = np.zeros(width), np.zeros(width)
         tiled = features.repeat(REPEATS, 1)
-        for j in model.head.used_features():
+        # A head may say which inputs it reads (trees: those split on); one that does not is read on all of them.
+        used = getattr(model.head, "used_features", None)
+        for j in used() if used is not None else range(width):
             column = tiled[:, j].clone()
             tiled[:, j] = features[orders, j].reshape(-1)
             rise = (rmse(tiled) - base).numpy()
