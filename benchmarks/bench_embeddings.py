@@ -27,6 +27,7 @@ from tune_ph.data.split import split_samples
 from tune_ph.data.tokens import build
 from tune_ph.model import embeddings
 from tune_ph.model.regressor import build_model, configure_optimizer
+from tune_ph.progress import Progress
 from tune_ph.training.epoch import make_loss, seed_everything, train_epoch
 
 
@@ -280,7 +281,7 @@ def stage_main(argv: list[str]) -> None:
         ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
         try:
             ray.get(ray.remote(lambda: None).remote())  # the workers are up before the clock starts
-            progress = embeddings.Progress(len(shard), mode="off")
+            progress = Progress(len(shard), mode="off")
             report: list[dict] = []
             started = time.perf_counter()
             with tempfile.TemporaryDirectory() as scratch:  # memory-mapped, as the stage writes the cache entry

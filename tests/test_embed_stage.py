@@ -13,7 +13,9 @@ import torch
 from helpers import TINY_MODEL, motif_dataset
 
 from hyena_dna import HyenaDNAConfig, HyenaDNAModel
+from tune_ph import progress as progress_module
 from tune_ph.model import embeddings
+from tune_ph.progress import Progress
 from tune_ph.search import embed_stage
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -28,7 +30,7 @@ def _backbone(seed: int = 0) -> HyenaDNAModel:
 
 def test_progress_prints_a_line_every_tenth_with_reads_per_second_and_time_left():
     out = io.StringIO()
-    progress = embeddings.Progress(1000, mode="lines", stream=out)
+    progress = Progress(1000, mode="lines", stream=out)
     for _ in range(40):
         progress.update(25)
     progress.close()
@@ -39,9 +41,9 @@ def test_progress_prints_a_line_every_tenth_with_reads_per_second_and_time_left(
 
 
 def test_progress_off_and_log_modes_print_nothing(capsys, caplog):
-    caplog.set_level("INFO", logger=embeddings.__name__)
+    caplog.set_level("INFO", logger=progress_module.__name__)
     for mode in ("off", "log"):
-        progress = embeddings.Progress(10, mode=mode)
+        progress = Progress(10, mode=mode)
         progress.update(10)
         progress.close()
     assert capsys.readouterr().out == ""

@@ -180,3 +180,19 @@ def test_cache_dir_from_environment(tmp_path, monkeypatch) -> None:
     assert token_cache.default_cache_dir() == tmp_path / "c"
     build(_df({"a": ["ACGT"]}), {"train": ["a"]}, max_length=8)
     assert len(list((tmp_path / "c").glob("*.npz"))) == 1
+
+
+def test_tokenizing_shows_ten_progress_lines_not_a_bar_when_the_console_is_not_a_terminal(capsys) -> None:
+    # Under pytest stderr is not a terminal, as when a user sends the console to a log file: a tqdm bar there is one
+    # carriage-return smear, so a big dataset gets a line every tenth instead.
+    n = tokens._PROGRESS_MIN_SAMPLES
+    reads = {f"s{i}": ["ACGT" * 5] for i in range(n)}
+    build(_df(reads), {"train": list(reads)}, max_length=32, use_cache=False)
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert len(lines) == 10 and "\r" not in captured.err, (lines, captured.err[-200:])
+    assert lines[0].startswith(f"tokenizing: 10% ({n // 10} of {n} samples), ")
+    assert lines[-1].startswith(f"tokenizing: 100% ({n} of {n} samples)") and " samples/s, " in lines[-1]
+    small = {f"s{i}": ["ACGT"] for i in range(5)}
+    build(_df(small), {"train": list(small)}, max_length=32, use_cache=False)
+    assert capsys.readouterr().out == ""  # small datasets tokenize in a blink: no lines

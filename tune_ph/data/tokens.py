@@ -14,12 +14,12 @@ from typing import Any, TypeVar
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from hyena_dna import tokenizer
 from tune_ph import files
 from tune_ph.config import MIN_MAX_LENGTH
 from tune_ph.data import read_sets, token_cache
+from tune_ph.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -315,9 +315,11 @@ def tokenize(
     no_reads: list[str] = []
     all_counts = df["counts"].tolist() if "counts" in df.columns else [None] * len(df)
     rows = zip(df["sample_id"].tolist(), df["sequences"].tolist(), all_counts)
-    show = len(df) >= _PROGRESS_MIN_SAMPLES
-    bar = tqdm(rows, total=len(df), desc="tokenizing", unit="sample", disable=not show)
-    for row, (sid, reads, counts) in enumerate(bar):
+    progress = Progress(
+        len(df), "tokenizing", mode="auto" if len(df) >= _PROGRESS_MIN_SAMPLES else "off", unit="samples"
+    )
+    for row, (sid, reads, counts) in enumerate(rows):
+        progress.update(1)
         sid = str(sid)
         reads, counts = _nonempty(reads, counts)
         sets, set_weights = read_sets.sample_sets(reads, max_length, max_sets, counts)
@@ -332,6 +334,7 @@ def tokenize(
             chunks.append(ids)
             lengths.append(len(ids))
             set_sample.append(sample_pos)
+    progress.close()
     if no_reads:
         log.warning("%d sample(s) have no reads and yield no sets, e.g. %s", len(no_reads), ", ".join(no_reads[:5]))
     kept = df.iloc[keep_rows]

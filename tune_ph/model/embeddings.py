@@ -9,17 +9,14 @@ import logging
 import math
 import os
 import stat
-import sys
 import time
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from hyena_dna import HyenaDNAModel, tokenizer
 from hyena_dna.config import HyenaDNAConfig
@@ -30,6 +27,7 @@ from tune_ph.data.tokens import TokenizedDataset
 from tune_ph.model.read_encoders import pool_hidden
 from tune_ph.model.regressor import autocast
 from tune_ph.model.streamed import release_pages
+from tune_ph.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -208,62 +206,6 @@ def shard_of(dataset: TokenizedDataset, set_index: np.ndarray) -> TokenShard:
     for row, i in enumerate(set_index.tolist()):
         ids[offsets[row] : offsets[row + 1]] = dataset.set_tokens(i)
     return TokenShard(ids, offsets, dataset.max_length)
-
-
-class Progress:
-    """How far a stage is, in reads: a bar with reads/s and time left on a terminal, else a line every tenth.
-
-    mode: "auto" (a bar when stderr is a terminal, else lines), "bar", "lines" (printed, flushed, on stdout: the
-    search's console), "log" (the same lines through logging, e.g. inside a trial) or "off".
-    """
-
-    def __init__(self, total: int, what: str = "read vectors", mode: str = "auto", stream: TextIO | None = None):
-        if mode == "auto":
-            mode = "bar" if sys.stderr.isatty() else "lines"
-        self.total, self.what, self.mode, self.stream = total, what, mode, stream
-        self.done = 0
-        self.started = time.perf_counter()
-        self._tenths = 0
-        self._bar = (
-            tqdm(total=total, desc=what, unit="read", unit_scale=True, dynamic_ncols=True) if mode == "bar" else None
-        )
-
-    def line(self) -> str:
-        """`read vectors: 30% (69,330 of 231,100 reads), 182 reads/s, about 14 min left`."""
-        elapsed = max(time.perf_counter() - self.started, 1e-9)
-        rate = self.done / elapsed
-        left = (self.total - self.done) / rate if rate > 0 else float("nan")
-        share = 100 * self.done // max(self.total, 1)
-        return f"{self.what}: {share}% ({self.done:,} of {self.total:,} reads), {rate:,.0f} reads/s, {_duration(left)}"
-
-    def update(self, reads: int) -> None:
-        self.done += reads
-        if self._bar is not None:
-            self._bar.update(reads)
-            return
-        tenths = 10 * self.done // max(self.total, 1)
-        if tenths > self._tenths and self.mode in ("lines", "log"):
-            self._tenths = tenths
-            if self.mode == "log":
-                log.info("%s", self.line())
-            else:
-                print(self.line(), file=self.stream or sys.stdout, flush=True)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
-
-def _duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "time left unknown"
-    if seconds < 0.5:
-        return "done"
-    if seconds < 90:
-        return f"about {seconds:.0f} s left"
-    if seconds < 5400:
-        return f"about {seconds / 60:.0f} min left"
-    return f"about {seconds / 3600:.1f} h left"
 
 
 class BackboneEncoder:

@@ -20,8 +20,9 @@ import numpy as np
 import ray
 
 from tune_ph.model import embeddings
-from tune_ph.model.embeddings import CPU_BATCH, Progress, TokenShard
+from tune_ph.model.embeddings import CPU_BATCH, TokenShard
 from tune_ph.model.streamed import release_pages
+from tune_ph.progress import Progress
 
 log = logging.getLogger(__name__)
 
