@@ -48,6 +48,25 @@ def test_the_fit_is_scikit_learns_pca_and_kmeans():
     assert purity > 0.9, purity
 
 
+def test_assignment_in_bounded_chunks_equals_assigning_every_read_at_once(monkeypatch):
+    # Distances to every centroid of every fit are computed a chunk of reads at a time (a million reads x 6,800
+    # centroids would be 27 GB at once); chunk edges must not change any read's cluster.
+    vectors, _ = _blobs(n_blobs=6, per_blob=40)
+    clusters = ReadClusters(16, n_clusters=8, dims=4, levels=2, fits=2)
+    clusters.fit(vectors, seed=3)
+    whole = clusters.assign(vectors)
+    z = clusters.embed(vectors)
+    distance = torch.cdist(z, clusters.centroids)
+    starts = np.r_[0, np.cumsum(clusters.sizes)]
+    expected = torch.stack(
+        [distance[:, a:b].argmin(dim=-1) + a for a, b in zip(starts[:-1], starts[1:], strict=True)], dim=1
+    )
+    torch.testing.assert_close(whole, expected)
+    monkeypatch.setattr("tune_ph.model.clusters.ASSIGN_DISTANCES", 7 * len(clusters.centroids))  # 7 reads a chunk
+    torch.testing.assert_close(clusters.assign(vectors), whole)
+    assert clusters.assign(vectors[:0]).shape == (0, len(clusters.sizes))
+
+
 def test_abundances_are_the_clr_of_cluster_counts():
     vectors, _ = _blobs(n_blobs=4, per_blob=20)
     clusters = ReadClusters(16, n_clusters=4, dims=3)
