@@ -67,6 +67,23 @@ def test_assignment_in_bounded_chunks_equals_assigning_every_read_at_once(monkey
     assert clusters.assign(vectors[:0]).shape == (0, len(clusters.sizes))
 
 
+def test_abundances_of_some_rows_read_a_chunk_at_a_time_equal_those_of_the_rows_copied_out():
+    # A trial's split features read the split's rows from all vectors (the cache's memory map) a chunk at a time;
+    # counts and topics add up over chunks, so weights, topics and every fit come out as from one copy.
+    vectors, _ = _blobs(n_blobs=6, per_blob=40)
+    clusters = ReadClusters(16, n_clusters=8, dims=4, levels=2, topics=3, fits=2, transform="relative")
+    clusters.fit(vectors, seed=5)
+    rows = np.random.default_rng(0).permutation(len(vectors))[:150]
+    owner = torch.from_numpy(np.arange(150) % 7)
+    weights = torch.from_numpy(np.random.default_rng(1).integers(1, 5, 150).astype(np.float32))
+    clusters.load_topics(clusters.fit_topics(clusters.counts(vectors[rows], owner, 7, weights), seed=0))
+    counts = clusters.counts(vectors[rows], owner, 7, weights)
+    torch.testing.assert_close(clusters.counts_of_rows(vectors, rows, owner, 7, weights, chunk=16), counts)
+    assert (counts[:, -6:] > 0).any() and counts.sum() > 0  # the topics' blocks are counted too
+    got = clusters.abundances(vectors, owner, 7, weights, rows=rows)
+    torch.testing.assert_close(got, clusters.abundances(vectors[rows], owner, 7, weights))
+
+
 def test_abundances_are_the_clr_of_cluster_counts():
     vectors, _ = _blobs(n_blobs=4, per_blob=20)
     clusters = ReadClusters(16, n_clusters=4, dims=3)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -86,10 +87,16 @@ class Aggregation(nn.Module):
         return None
 
     def features(
-        self, vectors: torch.Tensor, owner: torch.Tensor, num_samples: int, weights: torch.Tensor | None = None
+        self,
+        vectors: torch.Tensor,
+        owner: torch.Tensor,
+        num_samples: int,
+        weights: torch.Tensor | None = None,
+        rows: np.ndarray | None = None,
     ) -> torch.Tensor:
         """The fixed features (num_samples, F) a head grown once reads (only where gives_features); weights (N,):
-        the reads each set stands for."""
+        the reads each set stands for; rows: the sets to read among all of ``vectors`` (owner and weights given
+        per row), None: every one."""
         raise TypeError(f"aggregation {self.name!r} gives no fixed features per sample")
 
     def standardised(self, vectors: torch.Tensor) -> torch.Tensor:
@@ -258,9 +265,14 @@ class Clusters(Aggregation):
         return self.clusters
 
     def features(
-        self, vectors: torch.Tensor, owner: torch.Tensor, num_samples: int, weights: torch.Tensor | None = None
+        self,
+        vectors: torch.Tensor,
+        owner: torch.Tensor,
+        num_samples: int,
+        weights: torch.Tensor | None = None,
+        rows: np.ndarray | None = None,
     ) -> torch.Tensor:
-        return self.clusters.abundances(vectors, owner, num_samples, weights)
+        return self.clusters.abundances(vectors, owner, num_samples, weights, rows)
 
     def forward(
         self,

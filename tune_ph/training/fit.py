@@ -27,7 +27,7 @@ from tune_ph.metrics import (
     regression_metrics,
     worst_value,
 )
-from tune_ph.model import embeddings, streamed
+from tune_ph.model import embeddings
 from tune_ph.model.checkpoint import Checkpoint
 from tune_ph.model.clusters import ReadClusters
 from tune_ph.model.read_encoders import kmer_vectors
@@ -196,7 +196,8 @@ class _Run:
         sets = self.dataset.set_indices(split)
         owner = torch.from_numpy(np.searchsorted(samples, self.dataset.set_sample[sets]))
         weights = self.dataset.weights_of(sets)
-        features = self.model.aggregation.features(self.vectors[torch.from_numpy(sets)], owner, len(samples), weights)
+        # The split's rows are read from the vectors (the cache's memory map) a chunk at a time, never copied out whole.
+        features = self.model.aggregation.features(self.vectors, owner, len(samples), weights, rows=sets)
         target = (torch.from_numpy(self.dataset.ph[samples]).float() - self.target_mean) / self.target_std
         return features, target
 
@@ -319,16 +320,8 @@ def _fit_topics(
     started = time.perf_counter()
 
     def fit() -> dict[str, np.ndarray]:
-        # Counts add up over the train rows, so they are read a chunk at a time like the clusters' fit.
-        weights = dataset.weights_of(train_sets)
-        counts = torch.zeros(len(samples), clusters.n_features)
-        start = 0
-        with torch.inference_mode():
-            for part in streamed.row_chunks(vectors, train_sets):
-                stop = start + len(part)
-                part_weights = None if weights is None else weights[start:stop]
-                counts += clusters.counts(torch.from_numpy(part), owner[start:stop], len(samples), part_weights)
-                start = stop
+        # Read a chunk of train rows at a time, like the clusters' fit.
+        counts = clusters.counts_of_rows(vectors, train_sets, owner, len(samples), dataset.weights_of(train_sets))
         return {"topic_weights": clusters.fit_topics(counts, cfg.seed)}
 
     clusters.load_topics(embeddings.fit_once(key, fit, cfg.cache_dir)["topic_weights"])
