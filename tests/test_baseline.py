@@ -440,3 +440,11 @@ def test_the_model_is_compared_with_the_chosen_baseline_on_the_same_test_samples
     assert found.line().endswith("over 199 test samples (paired bootstrap, 95 %): ahead")
     assert compare(table, Reference(results=ref.results, chosen="kmer8-ridge")) is None  # no predictions saved
     assert Comparison.from_dict({"baseline": "x"}) is None
+
+
+def test_kmer_profiles_print_no_progress_into_a_log(capsys):
+    # Not a terminal (a log file): no tqdm smear and no lines either; the caller logs one line with the time taken.
+    seqs = [["ACGTACGTAC" * 3] * 4 for _ in range(30)]
+    kmer_profiles(seqs, 4, progress=True)
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""

@@ -20,7 +20,10 @@ from tune_ph.search import embed_stage
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-LINE = re.compile(r"read vectors: \d+% \([\d,]+ of [\d,]+ reads\), [\d,]+ reads/s, (about [\d.]+ (s|min|h) left|done)")
+LINE = re.compile(
+    r"read vectors: \d+% \([\d,]+ of [\d,]+ reads\), [\d,]+ reads/s, "
+    r"(about [\d.]+ (s|min|h) left|less than 1 s left|done)"
+)
 
 
 def _backbone(seed: int = 0) -> HyenaDNAModel:
@@ -38,6 +41,17 @@ def test_progress_prints_a_line_every_tenth_with_reads_per_second_and_time_left(
     assert len(lines) == 10, lines
     assert all(LINE.fullmatch(line) for line in lines), lines
     assert lines[0].startswith("read vectors: 10% (100 of 1,000 reads)") and lines[-1].endswith("done")
+
+
+def test_progress_says_done_only_when_every_read_is_done():
+    # A fast stage has well under a second left at 90 %: that is not "done".
+    out = io.StringIO()
+    progress = Progress(10, mode="lines", stream=out)
+    for _ in range(10):
+        progress.update(1)
+    lines = out.getvalue().splitlines()
+    assert [line.endswith("done") for line in lines] == [False] * 9 + [True], lines
+    assert lines[8].endswith("less than 1 s left") and all(LINE.fullmatch(line) for line in lines), lines
 
 
 def test_progress_off_and_log_modes_print_nothing(capsys, caplog):

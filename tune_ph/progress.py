@@ -47,10 +47,8 @@ class Progress:
         rate = self.done / elapsed
         left = (self.total - self.done) / rate if rate > 0 else float("nan")
         share = 100 * self.done // max(self.total, 1)
-        return (
-            f"{self.what}: {share}% ({self.done:,} of {self.total:,} {self.unit}), {rate:,.0f} {self.unit}/s, "
-            f"{_duration(left)}"
-        )
+        when = "done" if self.done >= self.total else _duration(left)
+        return f"{self.what}: {share}% ({self.done:,} of {self.total:,} {self.unit}), {rate:,.0f} {self.unit}/s, {when}"
 
     def update(self, done: int) -> None:
         self.done += done
@@ -73,8 +71,8 @@ class Progress:
 def _duration(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "time left unknown"
-    if seconds < 0.5:
-        return "done"
+    if seconds < 1:
+        return "less than 1 s left"  # not "done": a stage at 90 % of a few seconds is not done
     if seconds < 90:
         return f"about {seconds:.0f} s left"
     if seconds < 5400:

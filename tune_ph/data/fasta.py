@@ -159,7 +159,9 @@ def build_dataset(
 
     rows, without_reads = [], []
     wanted = set()
-    for rec in tqdm(meta.to_dict("records"), desc="reading FASTA", unit="sample", disable=len(meta) < 50):
+    for rec in tqdm(
+        meta.to_dict("records"), desc="reading FASTA", unit="sample", disable=True if len(meta) < 50 else None
+    ):
         key = (str(rec["study_name"]).strip(), str(rec["sample_id"]).strip())
         wanted.add(key)
         path = found.get(key)

@@ -113,7 +113,9 @@ def read_fasta_dir(
     meta = read_metadata(metadata) if metadata is not None else None
     rows: list[dict] = []
     skipped: list[str] = []
-    for study, sid, path in tqdm(files, desc="reading FASTA", unit="file", disable=len(files) < _PROGRESS_MIN_FILES):
+    for study, sid, path in tqdm(
+        files, desc="reading FASTA", unit="file", disable=True if len(files) < _PROGRESS_MIN_FILES else None
+    ):
         try:
             reads = read_fasta(path, max_dna)
             _check_dna(path, sid, reads)

@@ -76,7 +76,10 @@ def train_epoch(
     choices = dataset.choose_sets(
         "train", cfg.batch_size, sets_per_step=cfg.sets_per_step, shuffle=True, seed=cfg.seed * 1000 + epoch
     )
-    bar = tqdm(choices, total=n_batches, desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress, leave=False)
+    # disable=None: tqdm's own rule, a bar only on a terminal (in a log file it is a carriage-return smear).
+    bar = tqdm(
+        choices, total=n_batches, desc=f"epoch {epoch}/{cfg.epochs}", disable=None if progress else True, leave=False
+    )
     pending = 0
     step = 0
     for step, choice in enumerate(bar, start=1):

@@ -62,7 +62,9 @@ def predict(
     choices = dataset.choose_sets(split, batch_size)
     total = dataset.num_sample_batches(split, batch_size)
     with torch.inference_mode(), autocast(device):
-        for choice in tqdm(choices, total=total, desc=f"predict {split}", disable=not progress, leave=False):
+        for choice in tqdm(
+            choices, total=total, desc=f"predict {split}", disable=None if progress else True, leave=False
+        ):
             if vectors is not None:
                 vecs = vectors[torch.from_numpy(choice.set_index)].to(device)
             else:
