@@ -67,7 +67,7 @@ def test_assignment_in_bounded_chunks_equals_assigning_every_read_at_once(monkey
     assert clusters.assign(vectors[:0]).shape == (0, len(clusters.sizes))
 
 
-def test_abundances_of_some_rows_read_a_chunk_at_a_time_equal_those_of_the_rows_copied_out():
+def test_abundances_of_some_rows_read_a_chunk_at_a_time_equal_those_of_the_rows_copied_out(tmp_path):
     # A trial's split features read the split's rows from all vectors (the cache's memory map) a chunk at a time;
     # counts and topics add up over chunks, so weights, topics and every fit come out as from one copy.
     vectors, _ = _blobs(n_blobs=6, per_blob=40)
@@ -82,6 +82,9 @@ def test_abundances_of_some_rows_read_a_chunk_at_a_time_equal_those_of_the_rows_
     assert (counts[:, -6:] > 0).any() and counts.sum() > 0  # the topics' blocks are counted too
     got = clusters.abundances(vectors, owner, 7, weights, rows=rows)
     torch.testing.assert_close(got, clusters.abundances(vectors[rows], owner, 7, weights))
+    np.save(tmp_path / "vectors.npy", vectors.numpy())
+    mapped = np.load(tmp_path / "vectors.npy", mmap_mode="r")  # read-only, as the cache's entries are
+    torch.testing.assert_close(clusters.counts_of_rows(mapped, rows, owner, 7, weights, chunk=16), counts)
 
 
 def test_abundances_are_the_clr_of_cluster_counts():
@@ -276,10 +279,22 @@ def test_topic_counts_are_the_finest_counts_shared_by_topic_and_a_composition_of
 def test_topics_are_fit_on_the_train_samples_and_kept_in_the_checkpoint(tmp_path, monkeypatch):
     dataset = organism_dataset()
     seen = _record_calls(monkeypatch, "fit_topics")
+    read_from = []
+    counts_of_rows = ReadClusters.counts_of_rows
+
+    def recording(self, vectors, rows, *args, **keywords):
+        read_from.append((type(vectors), len(rows)))
+        return counts_of_rows(self, vectors, rows, *args, **keywords)
+
+    monkeypatch.setattr(ReadClusters, "counts_of_rows", recording)
     cfg = clusters_config(tmp_path, topics=2, abundance="relative", head="trees", epochs=1)
     result = fit(cfg, dataset, progress=False, metric="val_r2")
     ((counts, _, _),) = seen
     assert len(counts) == int((dataset.split == "train").sum())
+    # The topics' fit and the trees' train and val features read the cache's memory map chunk by chunk (its pages
+    # are dropped as they go), not a tensor of it and not a copy of a split's vectors.
+    splits = [len(dataset.set_indices(split)) for split in ("train", "train", "val")]
+    assert read_from == [(np.memmap, n) for n in splits], read_from
     assert result.history[-1]["val_r2"] > 0.3, result.history
     path = result.best_state.save(tmp_path / "best_model.pt")
     model, _ = load_checkpoint(path)

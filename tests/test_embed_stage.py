@@ -54,6 +54,16 @@ def test_progress_says_done_only_when_every_read_is_done():
     assert lines[8].endswith("less than 1 s left") and all(LINE.fullmatch(line) for line in lines), lines
 
 
+def test_counted_items_count_once_the_loop_body_is_done_with_them():
+    progress = Progress(5, mode="off", unit="samples")
+    seen = []
+    for item in progress.counted(range(5)):
+        seen.append((item, progress.done))  # the item in hand is not done yet
+        if item == 2:
+            continue  # a skipped item is done too
+    assert seen == [(i, i) for i in range(5)] and progress.done == 5
+
+
 def test_progress_off_and_log_modes_print_nothing(capsys, caplog):
     caplog.set_level("INFO", logger=progress_module.__name__)
     for mode in ("off", "log"):

@@ -6,11 +6,13 @@ import logging
 import math
 import sys
 import time
-from typing import TextIO
+from collections.abc import Iterable, Iterator
+from typing import TextIO, TypeVar
 
 from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Progress:
@@ -49,6 +51,12 @@ class Progress:
         share = 100 * self.done // max(self.total, 1)
         when = "done" if self.done >= self.total else _duration(left)
         return f"{self.what}: {share}% ({self.done:,} of {self.total:,} {self.unit}), {rate:,.0f} {self.unit}/s, {when}"
+
+    def counted(self, items: Iterable[T]) -> Iterator[T]:
+        """items, each counted as one unit done once the loop's body has finished with it (continue included)."""
+        for item in items:
+            yield item
+            self.update(1)
 
     def update(self, done: int) -> None:
         self.done += done

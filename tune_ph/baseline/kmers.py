@@ -129,8 +129,9 @@ def kmer_profiles(
     weights: per sample, the reads each of its sequences stands for (a feature table's counts): a sequence counted
     90 times adds its k-mers 90 times, without being repeated. Rows sum to 1; a sample without any valid k-mer (all
     reads shorter than k or ambiguous) gets a zero row and a warning. ``progress=None`` shows a bar only on datasets
-    large enough to take a few seconds. sparse_rows: a scipy CSR matrix holding only the k-mers present (k=8: ~8 % of
-    65,536 on 16S reads, a tenth of the memory).
+    large enough to take a few seconds, and any bar only on a terminal (a log gets the caller's one line).
+    sparse_rows: a scipy CSR matrix holding only the k-mers present (k=8: ~8 % of 65,536 on 16S reads, a tenth of
+    the memory).
     """
     k = check_k(k)
     sizes = np.fromiter(

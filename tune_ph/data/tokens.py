@@ -318,23 +318,24 @@ def tokenize(
     progress = Progress(
         len(df), "tokenizing", mode="auto" if len(df) >= _PROGRESS_MIN_SAMPLES else "off", unit="samples"
     )
-    for row, (sid, reads, counts) in enumerate(rows):
-        progress.update(1)
-        sid = str(sid)
-        reads, counts = _nonempty(reads, counts)
-        sets, set_weights = read_sets.sample_sets(reads, max_length, max_sets, counts)
-        weights += set_weights
-        if not sets:
-            no_reads.append(sid)
-            continue
-        sample_pos = len(keep_rows)
-        keep_rows.append(row)
-        for members in sets:
-            ids = read_sets.encode_set([reads[i] for i in members], max_length, name=sid)
-            chunks.append(ids)
-            lengths.append(len(ids))
-            set_sample.append(sample_pos)
-    progress.close()
+    try:
+        for row, (sid, reads, counts) in enumerate(progress.counted(rows)):
+            sid = str(sid)
+            reads, counts = _nonempty(reads, counts)
+            sets, set_weights = read_sets.sample_sets(reads, max_length, max_sets, counts)
+            weights += set_weights
+            if not sets:
+                no_reads.append(sid)
+                continue
+            sample_pos = len(keep_rows)
+            keep_rows.append(row)
+            for members in sets:
+                ids = read_sets.encode_set([reads[i] for i in members], max_length, name=sid)
+                chunks.append(ids)
+                lengths.append(len(ids))
+                set_sample.append(sample_pos)
+    finally:
+        progress.close()
     if no_reads:
         log.warning("%d sample(s) have no reads and yield no sets, e.g. %s", len(no_reads), ", ".join(no_reads[:5]))
     kept = df.iloc[keep_rows]

@@ -88,7 +88,7 @@ class Aggregation(nn.Module):
 
     def features(
         self,
-        vectors: torch.Tensor,
+        vectors: torch.Tensor | np.ndarray,
         owner: torch.Tensor,
         num_samples: int,
         weights: torch.Tensor | None = None,
@@ -266,7 +266,7 @@ class Clusters(Aggregation):
 
     def features(
         self,
-        vectors: torch.Tensor,
+        vectors: torch.Tensor | np.ndarray,
         owner: torch.Tensor,
         num_samples: int,
         weights: torch.Tensor | None = None,

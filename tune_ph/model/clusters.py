@@ -140,7 +140,8 @@ class ReadClusters(nn.Module):
             buffer.copy_(value)
 
     def assign(self, vectors: torch.Tensor) -> torch.Tensor:
-        """The nearest centroid of each set vector at every resolution (N, levels), as rows of ``centroids``."""
+        """The nearest centroid of each set vector at every resolution of every fit (N, len(sizes)), as rows of
+        ``centroids``."""
         squared = (self.centroids**2).sum(-1)
         # A chunk of rows at a time: the distances to every centroid of five fits (6,800) for a split's 155,000
         # reads were 4 GB at once, and 27 GB at a million reads.
@@ -228,14 +229,15 @@ class ReadClusters(nn.Module):
 
     def abundances(
         self,
-        vectors: torch.Tensor,
+        vectors: torch.Tensor | np.ndarray,
         owner: torch.Tensor,
         num_samples: int,
         weights: torch.Tensor | None = None,
         rows: np.ndarray | None = None,
     ) -> torch.Tensor:
         """Each sample's transformed abundances (num_samples, n_features), each resolution transformed on its own.
-        rows: the sets to count among all of ``vectors`` (read a chunk at a time, see counts_of_rows); None: all."""
+        rows: the sets to count among all of ``vectors`` (read a chunk at a time, see counts_of_rows: pass the
+        memory-mapped array, not a tensor of it, so that its pages are dropped chunk by chunk); None: all."""
         if rows is None:
             counts = self.counts(vectors, owner, num_samples, weights)
         else:

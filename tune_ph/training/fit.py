@@ -95,6 +95,9 @@ class _Run:
         self.best_epoch = 0
         self.best_state: Checkpoint | None = None
         self.vectors: torch.Tensor | None = None  # a frozen backbone's set vectors
+        # The same vectors as the array they came as (the cache's memory map): read through it, pages are dropped
+        # chunk by chunk; through the tensor they are not.
+        self.vector_array: np.ndarray | None = None
         self._cached: Checkpoint | None = None
 
     def resume(self, state: Checkpoint) -> None:
@@ -197,9 +200,9 @@ class _Run:
         owner = torch.from_numpy(np.searchsorted(samples, self.dataset.set_sample[sets]))
         weights = self.dataset.weights_of(sets)
         # The split's rows are read from the vectors (the cache's memory map) a chunk at a time, never copied out whole.
-        features = self.model.aggregation.features(self.vectors, owner, len(samples), weights, rows=sets)
+        features = self.model.aggregation.features(self.vector_array, owner, len(samples), weights, rows=sets)
         target = (torch.from_numpy(self.dataset.ph[samples]).float() - self.target_mean) / self.target_std
-        return features, target
+        return features.cpu(), target  # on the CPU, beside the target: trees read numpy, wherever the clusters are
 
     def grow_trees(self) -> float:
         """Grow the tree head on the train samples' abundances (early stopping on val): the train loss."""
@@ -368,7 +371,7 @@ def fit(
         run.resume(resume_from)
     if cfg.freeze_backbone:  # after a resume has loaded its weights: the vectors must be of those
         vectors = _frozen_vectors(cfg, dataset, model, device, progress, shared_vectors)
-        run.vectors = embeddings.as_tensor(vectors)
+        run.vectors, run.vector_array = embeddings.as_tensor(vectors), vectors
         if model.aggregation.read_clusters is not None and resume_from is None:  # resumed: the fit is in the weights
             _fit_clusters(cfg, dataset, model, vectors)
 
