@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Sequence
 
 import numpy as np
 from scipy import sparse
+from tqdm.auto import tqdm
 
 from tune_ph.baseline.choices import check_k
-from tune_ph.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -140,10 +139,8 @@ def kmer_profiles(
     out = None if sparse_rows else np.zeros((len(sequences), 4**k), dtype=np.float32)
     blocks = []
     show = bool(sizes.sum() >= _PROGRESS_MIN_BASES) if progress is None else progress
-    # A bar on a terminal only: profiles take seconds, and a log already gets their one line with the time taken.
-    mode = "bar" if show and sys.stderr.isatty() else "off"
-    bar = Progress(len(sequences), f"{k}-mer profiles", mode=mode, unit="samples")
-    try:
+    # disable=None: tqdm's own rule, a bar on a terminal only (profiles take seconds; a log gets the caller's line).
+    with tqdm(total=len(sequences), desc=f"{k}-mer profiles", unit="sample", disable=None if show else True) as bar:
         # Sparse blocks hold no dense count cells, so only the bases bound a chunk.
         for a, b in _chunks(sizes, 1 if sparse_rows else 4**k):
             part = None if weights is None else weights[a:b]
@@ -154,8 +151,6 @@ def kmer_profiles(
                 totals = counts.sum(axis=1, keepdims=True)
                 out[a:b] = counts / np.maximum(totals, 1)
             bar.update(b - a)
-    finally:
-        bar.close()
     if out is None:
         out = sparse.vstack(blocks, format="csr") if blocks else sparse.csr_matrix((0, 4**k), dtype=np.float32)
     empty = np.asarray(out.sum(axis=1)).ravel() == 0 if sparse_rows else ~out.any(axis=1)

@@ -94,11 +94,15 @@ class _Run:
         self.best_value = worst_value(metric)
         self.best_epoch = 0
         self.best_state: Checkpoint | None = None
-        self.vectors: torch.Tensor | None = None  # a frozen backbone's set vectors
-        # The same vectors as the array they came as (the cache's memory map): read through it, pages are dropped
-        # chunk by chunk; through the tensor they are not.
+        # A frozen backbone's set vectors as they came (the cache's memory map): read through it, pages are dropped
+        # chunk by chunk; through a tensor of it they are not.
         self.vector_array: np.ndarray | None = None
         self._cached: Checkpoint | None = None
+
+    @property
+    def vectors(self) -> torch.Tensor | None:
+        """The set vectors as a tensor sharing vector_array's memory (no copy)."""
+        return None if self.vector_array is None else embeddings.as_tensor(self.vector_array)
 
     def resume(self, state: Checkpoint) -> None:
         """Continue from a checkpoint: its weights, optimizer and history; training goes on at its epoch + 1."""
@@ -371,7 +375,7 @@ def fit(
         run.resume(resume_from)
     if cfg.freeze_backbone:  # after a resume has loaded its weights: the vectors must be of those
         vectors = _frozen_vectors(cfg, dataset, model, device, progress, shared_vectors)
-        run.vectors, run.vector_array = embeddings.as_tensor(vectors), vectors
+        run.vector_array = vectors
         if model.aggregation.read_clusters is not None and resume_from is None:  # resumed: the fit is in the weights
             _fit_clusters(cfg, dataset, model, vectors)
 
