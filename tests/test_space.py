@@ -256,6 +256,54 @@ def test_per_model_values_with_a_fixed_model_resolve_to_that_model(tmp_path):
     assert set(again.params) == {"head", "batch_size"}
 
 
+def test_values_per_head_follow_the_head_each_trial_draws():
+    """`per: head` (realistic.yaml's abundance): trees get their one value, untouched by TPE; the MLP's entry is
+    its own TPE dimension."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    per_head = {"per": "head", "values": {"linear": "relative", "mlp2": {"choice": ["clr", "presence"]}}}
+    spec = parse_space(tiny_space(space__abundance=per_head))
+    seen = set()
+    for config, params in _suggestions(spec, n=16):
+        seen.add((config["head"], config["abundance"]))
+        assert ("abundance__mlp2" in params) == (config["head"] == "mlp2")
+        assert not any(name.startswith("abundance") and name != "abundance__mlp2" for name in params)
+        if config["head"] == "linear":
+            assert config["abundance"] == "relative"
+    assert {head for head, _ in seen} == {"linear", "mlp2"} and seen - {("linear", "relative")} <= {
+        ("mlp2", "clr"),
+        ("mlp2", "presence"),
+    }
+    shipped = load_space(ROOT / "search_spaces" / "realistic.yaml").params["abundance"]
+    assert shipped.per == "head" and shipped.values["trees"].args == "relative"
+
+
+def test_values_per_head_with_the_head_fixed_resolve_to_its_entry(tmp_path):
+    per_head = {"per": "head", "values": {"linear": "relative", "mlp2": {"choice": ["clr", "presence"]}}}
+    spec = apply_overrides(parse_space(tiny_space(space__abundance=per_head)), {"head": "linear"})
+    assert "abundance" not in spec.params and spec.fixed["abundance"] == "relative"
+    spec = apply_overrides(parse_space(tiny_space(space__abundance=per_head)), {"head": "mlp2"})
+    assert spec.params["abundance"].args == ["clr", "presence"] and "abundance" not in spec.fixed
+
+
+@pytest.mark.parametrize(
+    "per_values, where, problem",
+    [
+        ({"per": "haed", "values": {"linear": "clr"}}, "space.abundance.per", "did you mean 'head'"),
+        ({"per": "learning_rate", "values": {"0.1": "clr"}}, "space.abundance.per", "not searched with choice"),
+        ({"per": "head", "values": {"linear": "clr"}}, "space.abundance.values", "no value for head mlp2"),
+        (
+            {"per": "head", "values": {"linear": "clr", "mlp2": "clr", "mlp3": "clr"}},
+            "space.abundance.values",
+            "mlp3 is not a possible head; possible: linear, mlp2",
+        ),
+        ({"per": "head", "values": {"linear": "clr", "mlp2": "sqrt"}}, "space.abundance.values.mlp2", "sqrt"),
+    ],
+)
+def test_values_per_field_name_the_key_and_the_fix(tmp_path, per_values, where, problem):
+    msg = _error(tmp_path, tiny_space(space__abundance=per_values))
+    assert where in msg and problem in msg, msg
+
+
 def test_model_override_on_a_per_model_space():
     spec = apply_overrides(load_space(ROOT / "search_spaces" / "sizes.yaml"), {"model": "hyenadna-small-32k-seqlen"})
     assert "model" not in spec.params and spec.params["batch_size"].args == [2, 4]

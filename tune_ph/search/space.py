@@ -173,30 +173,42 @@ def _section(ck: Checker, raw: dict, name: str) -> dict[str, Any]:
     return out
 
 
-def _check_per_model(ck: Checker, spec: SearchSpec) -> None:
-    """Every model the search can pick needs a value in each `per: model` mapping (rechecked after --model)."""
+def _check_per(ck: Checker, spec: SearchSpec) -> None:
+    """Every value the `per` field can take needs an entry in the mapping (rechecked after overrides)."""
     for name, param in spec.params.items():
-        if param.per:
-            missing = [m for m in spec.model_choices() if m not in param.values]
-            if missing:
+        if not param.per:
+            continue
+        if param.per == "model":
+            possible = spec.model_choices()
+        else:
+            values = _possible_values(spec, param.per)
+            if not values:
+                ck.fail(f"space.{name}.per", f"{param.per} is not searched with choice; `per` needs its values")
+            possible = [str(v) for v in values]
+            unknown = [k for k in param.values if k not in possible]
+            if unknown and param.per in spec.params:  # a fixed one (an override) keeps the other entries unused
                 ck.fail(
                     f"space.{name}.values",
-                    f"no value for model {', '.join(missing)}; every model the search can pick needs one",
+                    f"{', '.join(unknown)} is not a possible {param.per}; possible: {', '.join(possible)}",
                 )
+        missing = [m for m in possible if m not in param.values]
+        if missing:
+            ck.fail(
+                f"space.{name}.values",
+                f"no value for {param.per} {', '.join(missing)}; every {param.per} the search can pick needs one",
+            )
 
 
 def _resolve_fixed_conditions(spec: SearchSpec) -> None:
-    """A `when` or `per: model` on a fixed field is decided once: drop the parameter or the condition, or
-    keep the one entry of a per-model mapping that the fixed model picks."""
-    if "model" not in spec.params:
-        model = spec.fixed.get("model", default_of("model"))
-        for name, param in list(spec.params.items()):
-            if param.per == "model":
-                chosen = param.values[model]
-                chosen.when = param.when
-                spec.params[name] = chosen
-                if chosen.dist is None and not chosen.when:  # one fixed value for that model
-                    spec.fixed[name] = spec.params.pop(name).args
+    """A `when` or `per` on a fixed field is decided once: drop the parameter or the condition, or keep the one
+    entry of a `per` mapping that the fixed value picks."""
+    for name, param in list(spec.params.items()):
+        if param.per and param.per not in spec.params:
+            chosen = param.values[str(spec.fixed.get(param.per, default_of(param.per)))]
+            chosen.when = param.when
+            spec.params[name] = chosen
+            if chosen.dist is None and not chosen.when:  # one fixed value for that choice
+                spec.fixed[name] = spec.params.pop(name).args
     for name in list(spec.params):
         param = spec.params[name]
         for dep in [d for d in (param.when or {}) if d not in spec.params]:
@@ -210,7 +222,7 @@ def _resolve_fixed_conditions(spec: SearchSpec) -> None:
 def validate(spec: SearchSpec) -> None:
     """Cross-field checks, rerun after CLI overrides: ranges, lengths that fit each model, resources."""
     ck = Checker(spec.path)
-    _check_per_model(ck, spec)
+    _check_per(ck, spec)
     _resolve_fixed_conditions(spec)
     for k, v in spec.fixed.items():
         if k in FIELD_TYPES and not (k == "max_length" and isinstance(v, dict)):

@@ -1,4 +1,5 @@
-"""One search-space entry (a value, a distribution, per-model values, a `when` condition) -> a validated Param.
+"""One search-space entry (a value, a distribution, values per model or per another field's value, a `when` condition)
+-> a validated Param.
 
 The errors name the file and the key path (space.py's sections use the same checker).
 """
@@ -62,7 +63,7 @@ def check_value(ck: Checker, key: str, name: str, value: Any) -> None:
 
 
 def parse_param(ck: Checker, key: str, name: str, spec: Any, nested: bool = False) -> Param:
-    """One `space` entry: a plain value, one distribution, or `per: model` values; with an optional `when`."""
+    """One `space` entry: a plain value, one distribution, or `per: FIELD` values; with an optional `when`."""
     if not isinstance(spec, dict):
         spec = coerce(name, spec)
         if isinstance(spec, list):
@@ -75,7 +76,7 @@ def parse_param(ck: Checker, key: str, name: str, spec: Any, nested: bool = Fals
     elif len(dists) != 1:
         ck.fail(
             key,
-            f"expected exactly one of {', '.join(DISTRIBUTIONS)} (or per: model, or a plain value); "
+            f"expected exactly one of {', '.join(DISTRIBUTIONS)} (or per: model|FIELD, or a plain value); "
             f"got keys {', '.join(map(str, spec)) or 'none'}",
         )
         raise AssertionError  # unreachable: fail() raises
@@ -87,16 +88,19 @@ def parse_param(ck: Checker, key: str, name: str, spec: Any, nested: bool = Fals
 
 
 def _parse_per(ck: Checker, key: str, name: str, spec: dict, nested: bool) -> Param:
-    """`{per: model, values: {size: value or distribution}}`."""
+    """`{per: model, values: {size: value or distribution}}`, or per another field's value (`per: head`, values
+    keyed by each head): what suits one choice of that field need not suit another."""
     if nested:
         ck.fail(key, "`per` cannot be nested")
     ck.check_keys(key, spec, ("per", "values", "when"))
     per = spec["per"]
-    if per != "model":
-        ck.fail(f"{key}.per", f"only `per: model` is supported, got {per!r}")
+    if not isinstance(per, str) or per not in FIELD_TYPES:
+        close = difflib.get_close_matches(str(per), list(FIELD_TYPES), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        ck.fail(f"{key}.per", f"{per!r} is not a setting{hint}; `per` names the setting whose value picks the entry")
     values = spec.get("values")
     if not isinstance(values, dict) or not values:
-        ck.fail(f"{key}.values", "expected a non-empty mapping of model size -> value or distribution")
+        ck.fail(f"{key}.values", f"expected a non-empty mapping of {per} -> value or distribution")
     parsed = {str(m): parse_param(ck, f"{key}.values.{m}", name, v, nested=True) for m, v in values.items()}
     return Param(name, per=per, values=parsed)
 

@@ -128,7 +128,9 @@ class OptunaSpace:
             if param.when and not all(chosen.get(k) in allowed for k, allowed in param.when.items()):
                 continue
             if param.per is not None:
-                key = str(chosen.get(param.per))
+                if param.per not in chosen:  # the field it depends on did not apply to this trial
+                    continue
+                key = str(chosen[param.per])
                 # A separate Optuna name per size: each has its own value range, and TPE learns them apart.
                 chosen[name] = _suggest(trial, f"{name}__{key}", param.values[key])
             else:
