@@ -269,3 +269,15 @@ def test_a_non_finite_loss_stops_the_run_naming_the_steps(
     monkeypatch.setattr(CausalLM, "forward", bad_from_step_3)
     with pytest.raises(NonFiniteLossError, match=r"in steps 3\.\.4; the run was stopped"):
         pretrain.pretrain(cfg(tmp_path / "run", max_steps=6, log_every=2), dataset, progress=False)
+
+
+def test_a_log_gets_step_lines_not_a_bar(dataset: TokenizedDataset, tmp_path: Path, caplog, capsys) -> None:
+    """Progress on, output not a terminal (a user's log file): INFO step lines, and no tqdm carriage returns."""
+    import logging
+
+    with caplog.at_level(logging.INFO, logger=pretrain.log.name):
+        pretrain.pretrain(cfg(tmp_path / "run", max_steps=4, log_every=2, progress=True), dataset, progress=True)
+    steps = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    assert [line.split()[1] for line in steps] == ["2/4", "4/4"]
+    assert all(r.levelno == logging.INFO for r in caplog.records)
+    assert "\r" not in capsys.readouterr().err

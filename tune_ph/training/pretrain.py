@@ -239,7 +239,8 @@ class _Pretraining:
 
     def run(self, show: bool) -> float:
         """Train up to self.total steps; returns the training's tokens per second (NaN if it logged none)."""
-        bar = tqdm(total=self.total, initial=self.step, desc="pretrain", unit="step", disable=not show)
+        # A bar on a terminal only (tqdm's rule): in a log its carriage returns smear, and the step lines say it all.
+        bar = tqdm(total=self.total, initial=self.step, desc="pretrain", unit="step", disable=None if show else True)
         window = _Window(self.device)
         size = self.cfg.batch_size
         try:
@@ -291,7 +292,7 @@ class _Pretraining:
         self.history["train"].append({"step": self.step, "epoch": epoch, "loss": mean, "lr": lr, "tokens_per_s": speed})
         # Without a progress bar these lines are the only sign of progress: log them at INFO then.
         log.log(
-            logging.DEBUG if self.cfg.progress else logging.INFO,
+            logging.INFO if bar.disable else logging.DEBUG,
             "step %d/%d  loss %.4f  lr %.2e  %.0f tokens/s",
             self.step,
             self.total,
