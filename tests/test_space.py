@@ -297,11 +297,57 @@ def test_values_per_head_with_the_head_fixed_resolve_to_its_entry(tmp_path):
             "mlp3 is not a possible head; possible: linear, mlp2",
         ),
         ({"per": "head", "values": {"linear": "clr", "mlp2": "sqrt"}}, "space.abundance.values.mlp2", "sqrt"),
+        (
+            {"per": "head", "values": {"linear": "clr", "mlp2": {"choice": ["clr"], "when": {"head_dropout": [0]}}}},
+            "space.abundance.values.mlp2.when",
+            "beside `per`",
+        ),
     ],
 )
 def test_values_per_field_name_the_key_and_the_fix(tmp_path, per_values, where, problem):
     msg = _error(tmp_path, tiny_space(space__abundance=per_values))
     assert where in msg and problem in msg, msg
+
+
+def test_a_per_may_not_name_another_per(tmp_path):
+    from tune_ph.search.spec import default_of
+
+    per_model = {"per": "model", "values": {default_of("model"): {"choice": ["linear", "mlp2"]}}}
+    per_head = {"per": "head", "values": {"linear": "clr", "mlp2": "relative"}}
+    msg = _error(tmp_path, tiny_space(space__head=per_model, space__abundance=per_head))
+    assert "space.abundance.per" in msg and "head itself takes values per model" in msg, msg
+
+
+def test_values_per_a_true_false_setting_survive_the_saved_settings():
+    """JSON writes YAML's true/null keys as "true"/"null": --resume must read them back as the same entries."""
+    import json
+
+    space = tiny_space(
+        space__freeze_backbone={"choice": [True, False]},
+        space__learning_rate={
+            "per": "freeze_backbone",
+            "values": {True: {"loguniform": [1e-3, 1e-2]}, False: {"loguniform": [1e-5, 1e-4]}},
+        },
+    )
+    spec = apply_overrides(parse_space(space), {})
+    again = apply_overrides(parse_space(json.loads(json.dumps(spec.to_dict())), "saved.json"), {})
+    for each in (spec, again):
+        for config, _ in _suggestions(each, n=8):
+            low = 1e-3 if config["freeze_backbone"] else 1e-5
+            assert low <= config["learning_rate"] <= low * 10
+
+
+def test_a_per_setting_goes_with_the_setting_a_fixed_value_rules_out():
+    """head is searched only for clusters; with mean_prediction fixed neither head nor abundance per head is drawn
+    (before: parsing kept abundance, then the next validation asked for an entry for head's default)."""
+    space = tiny_space(
+        fixed__aggregation="mean_prediction",
+        space__head={"choice": ["linear", "mlp2"], "when": {"aggregation": ["clusters"]}},
+        space__abundance={"per": "head", "values": {"linear": "clr", "mlp2": "relative"}},
+    )
+    space["space"].pop("head_dropout")
+    spec = apply_overrides(parse_space(space), {})
+    assert set(spec.params) == {"learning_rate"} and "abundance" not in spec.fixed
 
 
 def test_model_override_on_a_per_model_space():

@@ -24,6 +24,7 @@ from tune_ph.search.spec import (
     SearchSpec,
     default_of,
     dependency_order,
+    per_key,
     values_of,
 )
 
@@ -181,10 +182,16 @@ def _check_per(ck: Checker, spec: SearchSpec) -> None:
         if param.per == "model":
             possible = spec.model_choices()
         else:
+            if param.per in spec.params and spec.params[param.per].per:
+                ck.fail(
+                    f"space.{name}.per",
+                    f"{param.per} itself takes values per {spec.params[param.per].per}; "
+                    "a `per` may name a setting searched with choice or fixed, not another `per`",
+                )
             values = _possible_values(spec, param.per)
             if not values:
                 ck.fail(f"space.{name}.per", f"{param.per} is not searched with choice; `per` needs its values")
-            possible = [str(v) for v in values]
+            possible = [per_key(v) for v in values]
             unknown = [k for k in param.values if k not in possible]
             if unknown and param.per in spec.params:  # a fixed one (an override) keeps the other entries unused
                 ck.fail(
@@ -201,22 +208,28 @@ def _check_per(ck: Checker, spec: SearchSpec) -> None:
 
 def _resolve_fixed_conditions(spec: SearchSpec) -> None:
     """A `when` or `per` on a fixed field is decided once: drop the parameter or the condition, or keep the one
-    entry of a `per` mapping that the fixed value picks."""
+    entry of a `per` mapping that the fixed value picks. A parameter that no trial draws takes with it those that
+    depend on it (a `per` on it would otherwise be looked up under its default, which no trial has)."""
+    dropped: set[str] = set()
+    for name in dependency_order(spec.params):  # a setting's dependencies first, so what they drop is known
+        param = spec.params[name]
+        for dep in [d for d in (param.when or {}) if d not in spec.params]:
+            value = spec.fixed.get(dep, default_of(dep) if dep in FIELD_TYPES else None)
+            if dep in dropped or value not in param.when[dep]:
+                del spec.params[name]
+                dropped.add(name)
+                break
+            del param.when[dep]
     for name, param in list(spec.params.items()):
         if param.per and param.per not in spec.params:
-            chosen = param.values[str(spec.fixed.get(param.per, default_of(param.per)))]
+            if param.per in dropped:
+                del spec.params[name]
+                continue
+            chosen = param.values[per_key(spec.fixed.get(param.per, default_of(param.per)))]
             chosen.when = param.when
             spec.params[name] = chosen
             if chosen.dist is None and not chosen.when:  # one fixed value for that choice
                 spec.fixed[name] = spec.params.pop(name).args
-    for name in list(spec.params):
-        param = spec.params[name]
-        for dep in [d for d in (param.when or {}) if d not in spec.params]:
-            value = spec.fixed.get(dep, default_of(dep) if dep in FIELD_TYPES else None)
-            if value not in param.when[dep]:
-                del spec.params[name]
-                break
-            del param.when[dep]
 
 
 def validate(spec: SearchSpec) -> None:

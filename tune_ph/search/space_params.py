@@ -12,7 +12,7 @@ from typing import Any
 
 from tune_ph import config, schema
 from tune_ph.errors import ConfigError, SpaceError
-from tune_ph.search.spec import FIELD_TYPES, Param
+from tune_ph.search.spec import FIELD_TYPES, Param, per_key
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
 
@@ -83,6 +83,8 @@ def parse_param(ck: Checker, key: str, name: str, spec: Any, nested: bool = Fals
     else:
         param = _parse_distribution(ck, key, name, spec, dists[0])
     if "when" in spec:
+        if nested:  # one condition for the whole setting: an entry's own would be dropped when its value is chosen
+            ck.fail(f"{key}.when", "a `when` goes on the setting itself, beside `per`, not inside one of its values")
         param.when = _parse_when(ck, f"{key}.when", spec["when"])
     return param
 
@@ -101,7 +103,7 @@ def _parse_per(ck: Checker, key: str, name: str, spec: dict, nested: bool) -> Pa
     values = spec.get("values")
     if not isinstance(values, dict) or not values:
         ck.fail(f"{key}.values", f"expected a non-empty mapping of {per} -> value or distribution")
-    parsed = {str(m): parse_param(ck, f"{key}.values.{m}", name, v, nested=True) for m, v in values.items()}
+    parsed = {per_key(m): parse_param(ck, f"{key}.values.{m}", name, v, nested=True) for m, v in values.items()}
     return Param(name, per=per, values=parsed)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,20 @@ DATA_FIELDS = tuple(name for name in FIELD_TYPES if config.field_meta(name).get(
 UNSEARCHABLE = DATA_FIELDS + tuple(
     name for name in FIELD_TYPES if config.field_meta(name).get("searchable", True) is False
 )
+
+
+def per_key(value: Any) -> str:
+    """The key of a `per` entry for a value the field takes: a string is itself, anything else its JSON text, so a
+    YAML key (true, 1e-3, null), its JSON copy in the saved settings ("true") and the trial's value all agree."""
+    if isinstance(value, str):
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            return value
+        if isinstance(parsed, str):
+            return value
+        value = parsed
+    return json.dumps(value)
 
 
 def default_of(name: str) -> Any:
@@ -130,7 +145,7 @@ class OptunaSpace:
             if param.per is not None:
                 if param.per not in chosen:  # the field it depends on did not apply to this trial
                     continue
-                key = str(chosen[param.per])
+                key = per_key(chosen[param.per])
                 # A separate Optuna name per size: each has its own value range, and TPE learns them apart.
                 chosen[name] = _suggest(trial, f"{name}__{key}", param.values[key])
             else:
