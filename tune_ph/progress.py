@@ -76,6 +76,12 @@ class Progress:
             self._bar.close()
 
 
+def bar_disable(show: bool) -> bool | None:
+    """tqdm's ``disable`` for a short stage's bar, wanted when ``show``: None lets tqdm decide, and it draws the bar on
+    a terminal only (in a log file a bar is a carriage-return smear; the stage logs its own line there)."""
+    return None if show else True
+
+
 def _duration(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "time left unknown"

@@ -10,6 +10,7 @@ from scipy import sparse
 from tqdm.auto import tqdm
 
 from tune_ph.baseline.choices import check_k
+from tune_ph.progress import bar_disable
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +140,7 @@ def kmer_profiles(
     out = None if sparse_rows else np.zeros((len(sequences), 4**k), dtype=np.float32)
     blocks = []
     show = bool(sizes.sum() >= _PROGRESS_MIN_BASES) if progress is None else progress
-    # disable=None: tqdm's own rule, a bar on a terminal only (profiles take seconds; a log gets the caller's line).
-    with tqdm(total=len(sequences), desc=f"{k}-mer profiles", unit="sample", disable=None if show else True) as bar:
+    with tqdm(total=len(sequences), desc=f"{k}-mer profiles", unit="sample", disable=bar_disable(show)) as bar:
         # Sparse blocks hold no dense count cells, so only the bases bound a chunk.
         for a, b in _chunks(sizes, 1 if sparse_rows else 4**k):
             part = None if weights is None else weights[a:b]

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from tune_ph.errors import DatasetError
+from tune_ph.progress import bar_disable
 
 log = logging.getLogger(__name__)
 
@@ -159,9 +160,7 @@ def build_dataset(
 
     rows, without_reads = [], []
     wanted = set()
-    for rec in tqdm(
-        meta.to_dict("records"), desc="reading FASTA", unit="sample", disable=True if len(meta) < 50 else None
-    ):
+    for rec in tqdm(meta.to_dict("records"), desc="reading FASTA", unit="sample", disable=bar_disable(len(meta) >= 50)):
         key = (str(rec["study_name"]).strip(), str(rec["sample_id"]).strip())
         wanted.add(key)
         path = found.get(key)

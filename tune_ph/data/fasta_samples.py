@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from hyena_dna import tokenizer
 from tune_ph.data.fasta import DEFAULT_MAX_DNA, FASTA_SUFFIXES, is_regular, read_fasta, sample_id_of
 from tune_ph.errors import DatasetError
+from tune_ph.progress import bar_disable
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ def read_fasta_dir(
     rows: list[dict] = []
     skipped: list[str] = []
     for study, sid, path in tqdm(
-        files, desc="reading FASTA", unit="file", disable=True if len(files) < _PROGRESS_MIN_FILES else None
+        files, desc="reading FASTA", unit="file", disable=bar_disable(len(files) >= _PROGRESS_MIN_FILES)
     ):
         try:
             reads = read_fasta(path, max_dna)

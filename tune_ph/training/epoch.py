@@ -13,6 +13,7 @@ from tune_ph.config import TrainConfig
 from tune_ph.data.tokens import TokenizedDataset
 from tune_ph.errors import RunFailure
 from tune_ph.model.regressor import PhRegressor, autocast
+from tune_ph.progress import bar_disable
 
 # On CUDA a finiteness check per step would force a device sync; losses are checked in chunks instead.
 _CUDA_CHECK_EVERY = 32
@@ -76,10 +77,7 @@ def train_epoch(
     choices = dataset.choose_sets(
         "train", cfg.batch_size, sets_per_step=cfg.sets_per_step, shuffle=True, seed=cfg.seed * 1000 + epoch
     )
-    # disable=None: tqdm's own rule, a bar only on a terminal (in a log file it is a carriage-return smear).
-    bar = tqdm(
-        choices, total=n_batches, desc=f"epoch {epoch}/{cfg.epochs}", disable=None if progress else True, leave=False
-    )
+    bar = tqdm(choices, total=n_batches, desc=f"epoch {epoch}/{cfg.epochs}", disable=bar_disable(progress), leave=False)
     pending = 0
     step = 0
     for step, choice in enumerate(bar, start=1):

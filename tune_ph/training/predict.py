@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from tune_ph.data.tokens import TokenizedDataset
 from tune_ph.model.regressor import PhRegressor, autocast, resolve_device
+from tune_ph.progress import bar_disable
 
 
 @dataclass
@@ -62,9 +63,7 @@ def predict(
     choices = dataset.choose_sets(split, batch_size)
     total = dataset.num_sample_batches(split, batch_size)
     with torch.inference_mode(), autocast(device):
-        for choice in tqdm(
-            choices, total=total, desc=f"predict {split}", disable=None if progress else True, leave=False
-        ):
+        for choice in tqdm(choices, total=total, desc=f"predict {split}", disable=bar_disable(progress), leave=False):
             if vectors is not None:
                 vecs = vectors[torch.from_numpy(choice.set_index)].to(device)
             else:

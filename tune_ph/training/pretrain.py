@@ -24,6 +24,7 @@ from tune_ph.errors import ConfigError, InputError
 from tune_ph.files import write_json
 from tune_ph.model.causal_lm import CausalLM, eval_loss, eval_slice, right_padded
 from tune_ph.model.regressor import autocast, build_model, configure_optimizer, resolve_device
+from tune_ph.progress import bar_disable
 from tune_ph.training import environment
 from tune_ph.training.epoch import NonFiniteLossError, seed_everything
 from tune_ph.training.pretrain_config import RUNTIME_FIELDS, PretrainConfig
@@ -239,8 +240,7 @@ class _Pretraining:
 
     def run(self, show: bool) -> float:
         """Train up to self.total steps; returns the training's tokens per second (NaN if it logged none)."""
-        # A bar on a terminal only (tqdm's rule): in a log its carriage returns smear, and the step lines say it all.
-        bar = tqdm(total=self.total, initial=self.step, desc="pretrain", unit="step", disable=None if show else True)
+        bar = tqdm(total=self.total, initial=self.step, desc="pretrain", unit="step", disable=bar_disable(show))
         window = _Window(self.device)
         size = self.cfg.batch_size
         try:
