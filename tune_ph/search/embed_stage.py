@@ -23,6 +23,7 @@ from tune_ph.model import embeddings
 from tune_ph.model.embeddings import CPU_BATCH, TokenShard
 from tune_ph.model.streamed import release_pages
 from tune_ph.progress import Progress
+from tune_ph.search.worker_exit import quiet_shutdown
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ def shard_sizes(n: int, workers: int) -> list[int]:
 def _embed_shard(encoder: Any, shard: TokenShard, device: str, batch_size: int, threads: int) -> dict[str, Any]:
     import torch
 
+    quiet_shutdown()  # the search's end stops this worker with SIGTERM: that is no error to print
     torch.set_num_threads(max(threads, 1))
     started = time.perf_counter()
     vectors = encoder(shard, device=device, batch_size=batch_size)

@@ -20,6 +20,7 @@ from tune_ph.data.tokens import TokenizedDataset
 from tune_ph.files import TRIAL_STATE_FILE
 from tune_ph.metrics import DEFAULT_METRIC, EPOCH_METRICS, best_column, is_better, worst_value
 from tune_ph.model.checkpoint import Checkpoint
+from tune_ph.search.worker_exit import quiet_shutdown
 from tune_ph.training.run import run
 
 
@@ -68,6 +69,7 @@ def train_trial(
     """Tune function trainable; `datasets` (keyed by model) and the frozen backbones' set `vectors` (keyed by
     embeddings.cache_key) arrive once through tune.with_parameters."""
     started = time.perf_counter()
+    quiet_shutdown()  # Ray stops a trial's worker with SIGTERM: that is no error to print
     # One "checkpoint created" line per epoch per trial would drown Tune's status table.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     # Each trial gets its own CPU budget from Ray; torch would otherwise use every core of the node. From the CPUs
