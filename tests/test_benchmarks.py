@@ -166,3 +166,22 @@ def test_bench_baseline(tmp_path):
     assert any(line.startswith(f"{chosen}: val R² ") for line in lines)
     assert float(_match(rf"load \+ split demo: {NUMBER} s \(300 samples\)", lines).group(1)) >= 0
     assert float(_match(rf"peak RSS {NUMBER} GiB", lines).group(1)) > 0
+
+
+def test_bench_read_ph(tmp_path):
+    lines = _run(
+        "bench_read_ph.py", "--max-steps", "2", "--samples", "4", "--eval-reads", "2", "--save", str(tmp_path / "tuned")
+    )
+    ridge = _match(rf"read-ph kmer5-ridge: read val R² {NUMBER}, sample val R² \(mean of its reads\) {NUMBER}", lines)
+    # The demo's pH is learnable from its reads' k-mers: the ridge must see some of it.
+    assert float(ridge.group(2)) > 0
+    tuned = _match(
+        rf"read-ph hyenadna-tiny-1k-seqlen: 16 reads in {NUMBER} min \({NUMBER} reads/s\), train loss {NUMBER} -> "
+        rf"{NUMBER}, read val R² {NUMBER}, sample val R² \(mean of 2 reads\) {NUMBER}",
+        lines,
+    )
+    assert float(tuned.group(2)) > 0
+    # What --save wrote is a checkpoint folder the project loads.
+    from hyena_dna import HyenaDNAModel
+
+    assert HyenaDNAModel.from_pretrained(tmp_path / "tuned").config.d_model == 128
