@@ -6,7 +6,8 @@ profile with the same reads and labels. Does the backbone learn, in that budget,
     python benchmarks/bench_read_ph.py --dataset ../shared/data/realph16s --minutes 9 --save runs/read_ph
 
 One line per model: the k-mer ridge's read-level and sample-level val R², then the backbone's reads seen, reads/s,
-train loss (first vs last 100 steps), read-level val R² and sample-level val R² (the mean of each val sample's read predictions).
+train loss (first vs last 100 steps), read-level val R² and sample-level val R² (the mean of each val sample's read
+predictions).
 --save writes the tuned backbone as a checkpoint folder (`--model DIR` with from_scratch false reads it).
 """
 
@@ -18,11 +19,11 @@ import time
 
 import numpy as np
 import torch
-from hyena_dna import HyenaDNAConfig, HyenaDNAModel, tokenizer
 from sklearn.linear_model import Ridge
 from sklearn.metrics import r2_score
 from torch import nn
 
+from hyena_dna import HyenaDNAConfig, HyenaDNAModel, tokenizer
 from tune_ph.data.sources import load_samples
 from tune_ph.data.split import split_samples
 from tune_ph.model.read_encoders import KmerEncoder, pool_hidden
@@ -96,7 +97,9 @@ def main() -> int:
     val = read_tokens(df, split["val"], a.max_length)
 
     ridge_read, ridge_sample = kmer_ridge(train, y_train, val, y_val, a.k, a.max_length)
-    print(f"read-ph kmer{a.k}-ridge: read val R² {ridge_read:.3f}, sample val R² (mean of its reads) {ridge_sample:.3f}")
+    print(
+        f"read-ph kmer{a.k}-ridge: read val R² {ridge_read:.3f}, sample val R² (mean of its reads) {ridge_sample:.3f}"
+    )
 
     torch.manual_seed(a.seed)
     backbone = HyenaDNAModel(HyenaDNAConfig.from_name(a.model))
@@ -104,7 +107,8 @@ def main() -> int:
     # Pooled vectors of a random backbone differ little from read to read: standardised, the head sees them.
     head = nn.Sequential(nn.BatchNorm1d(d), nn.Linear(d, 1))
     optimizer = torch.optim.AdamW(
-        [{"params": backbone.parameters(), "lr": a.lr}, {"params": head.parameters(), "lr": a.head_lr}], weight_decay=0.01
+        [{"params": backbone.parameters(), "lr": a.lr}, {"params": head.parameters(), "lr": a.head_lr}],
+        weight_decay=0.01,
     )
     mean, scale = y_train.mean(), y_train.std()
     target = torch.tensor((y_train - mean) / scale, dtype=torch.float32)
