@@ -27,8 +27,12 @@ def test_a_trial_imports_only_what_training_needs():
     loaded = _modules_after("import tune_ph.search.trainable")
     assert "tune_ph.search.trainable" in loaded and "tune_ph.training.fit" in loaded  # the import did happen
     assert _families(loaded, "tune_ph.report", "optuna", "matplotlib") == []
-    # The search's driver-side modules stay out too.
-    assert _families(loaded, "tune_ph.search") == ["tune_ph.search", "tune_ph.search.trainable"]
+    # The search's driver-side modules stay out too; worker_exit is the workers' own (a quiet SIGTERM exit).
+    assert _families(loaded, "tune_ph.search") == [
+        "tune_ph.search",
+        "tune_ph.search.trainable",
+        "tune_ph.search.worker_exit",
+    ]
     # Training's validation pass, not the predict command's: no data sources, scikit-learn or scipy (the split and
     # the tokenized data arrive ready; pandas comes with Ray itself).
     assert _families(loaded, "sklearn", "scipy", "tune_ph.data.sources", "tune_ph.data.split") == []
