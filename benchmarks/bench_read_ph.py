@@ -26,7 +26,7 @@ from torch import nn
 from hyena_dna import HyenaDNAConfig, HyenaDNAModel, tokenizer
 from tune_ph.data.sources import load_samples
 from tune_ph.data.split import split_samples
-from tune_ph.model.read_encoders import KmerEncoder, pool_hidden
+from tune_ph.model.read_encoders import KmerEncoder, kmer_vectors, pool_hidden
 
 _WINDOW = 100  # steps averaged for the first and last train loss
 
@@ -48,10 +48,9 @@ def kmer_ridge(train, y_train, val, y_val, k: int, length: int) -> tuple[float, 
 
     def profiles(samples):
         reads = [r for sample in samples for r in sample]
-        with torch.inference_mode():
-            parts = [encoder(*padded(reads[i : i + 2048], length)) for i in range(0, len(reads), 2048)]
+        vectors = kmer_vectors(encoder, lambda rows: padded([reads[i] for i in rows], length), len(reads))
         owner = np.repeat(np.arange(len(samples)), [len(s) for s in samples])
-        return torch.cat(parts).numpy(), owner
+        return vectors.numpy(), owner
 
     x_train, owner_train = profiles(train)
     x_val, owner_val = profiles(val)
@@ -119,6 +118,7 @@ def main() -> int:
         return head(pool_hidden(backbone(ids), mask, "pool")).squeeze(-1)
 
     losses: list[float] = []
+    reads_seen = 0
     started = time.perf_counter()
     while time.perf_counter() - started < a.minutes * 60 and (a.max_steps is None or len(losses) < a.max_steps):
         chosen = rng.choice(len(train), min(a.samples, len(train)), replace=False)
@@ -129,10 +129,10 @@ def main() -> int:
         nn.utils.clip_grad_norm_(backbone.parameters(), 1.0)
         optimizer.step()
         losses.append(loss.item())
+        reads_seen += len(picks)
         if len(losses) % _WINDOW == 0:
             print(f"step {len(losses)}: loss {np.mean(losses[-_WINDOW:]):.3f}", file=sys.stderr, flush=True)
     seconds = time.perf_counter() - started
-    reads_seen = len(losses) * a.samples * a.reads
 
     backbone.eval()  # no dropout from here on, the norm's statistics included
     recalibrate(head[0], predict, [r for sample in train[:256] for r in sample[:8]])
