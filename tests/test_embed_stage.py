@@ -107,11 +107,13 @@ def test_a_compiled_encoder_gives_the_eager_vectors_and_a_failed_compile_stays_e
     real_compile = torch.compile
     monkeypatch.setattr(torch, "compile", lambda model, **kw: calls.append(kw) or real_compile(model, **kw))
     with caplog.at_level("INFO", logger="tune_ph.model.embeddings"):
-        got = compiled(shard, batch_size=5)
-        again = compiled(shard.part(0, 7), batch_size=5)  # this process's compiled forward, not a second compile
+        got = compiled(shard, batch_size=5, precision="fp32")
+        # this process's compiled forward, not a second compile
+        again = compiled(shard.part(0, 7), batch_size=5, precision="fp32")
     np.testing.assert_allclose(got, eager, atol=1e-5, rtol=1e-6)  # 'sum' pools reach 1e2: float32 rounding
     np.testing.assert_allclose(again, eager[:7], atol=1e-5, rtol=1e-6)
     assert calls == [{"dynamic": False}] and "backbone compiled in" in caplog.text
+    assert compiled.precision_used(precision="fp32") == "fp32 compiled"
 
     def broken(model, **kw):
         raise RuntimeError("no C++ compiler")
@@ -122,6 +124,50 @@ def test_a_compiled_encoder_gives_the_eager_vectors_and_a_failed_compile_stays_e
         fallback = compiled(shard, batch_size=5)
     np.testing.assert_array_equal(fallback, eager)  # the eager forward itself
     assert "torch.compile not used (RuntimeError: no C++ compiler); embedding eagerly" in caplog.text
+    assert compiled.precision_used() == "fp32 eager"
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_a_compiled_forward_runs_bf16_only_where_the_cpu_computes_it_natively(monkeypatch, caplog, native):
+    # The capability is what is patched; the compile and the bf16 autocast are real (emulated on a CPU without it).
+    monkeypatch.setattr(embeddings, "cpu_bf16_native", lambda capability=None: native)
+    monkeypatch.setattr(embeddings, "_COMPILED", {})
+    dataset = motif_dataset(n_samples=12, max_length=64)
+    shard = embeddings.shard_of(dataset, embeddings.distinct_sets(dataset)[0])
+    backbone = _backbone(seed=3)
+    eager = embeddings.BackboneEncoder(backbone)(shard, batch_size=5)
+    encoder = embeddings.BackboneEncoder(backbone, compile=True)
+    with caplog.at_level("INFO", logger="tune_ph.model.embeddings"):
+        got = encoder(shard, batch_size=5)
+    if native:
+        assert encoder.precision_used() == "bf16 compiled" and "bf16 autocast, native on this CPU" in caplog.text
+        assert _cosines(got, eager).min() >= embeddings.BF16_MIN_COSINE
+        assert np.abs(got - eager).max() > 1e-4  # bf16 rounding shows: it did run in bf16
+    else:
+        assert encoder.precision_used() == "fp32 compiled" and "bf16" not in caplog.text
+        np.testing.assert_allclose(got, eager, atol=1e-5, rtol=1e-6)
+
+
+def test_bf16_that_disagrees_with_fp32_leaves_the_compiled_forward_in_fp32(monkeypatch, caplog):
+    monkeypatch.setattr(embeddings, "cpu_bf16_native", lambda capability=None: True)
+    monkeypatch.setattr(embeddings, "BF16_MIN_COSINE", 1.5)  # no cosine reaches it
+    monkeypatch.setattr(embeddings, "_COMPILED", {})
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: calls.append(kw) or model)  # the eager forward
+    dataset = motif_dataset(n_samples=6, max_length=64)
+    shard = embeddings.shard_of(dataset, np.arange(len(dataset)))
+    backbone = _backbone(seed=3)
+    encoder = embeddings.BackboneEncoder(backbone, compile=True)
+    with caplog.at_level("INFO", logger="tune_ph.model.embeddings"):
+        got = encoder(shard, batch_size=4)
+    assert len(calls) == 2 and "bf16 autocast not used (minimum cosine to fp32" in caplog.text
+    assert encoder.precision_used() == "fp32 compiled"
+    np.testing.assert_allclose(got, embeddings.BackboneEncoder(backbone)(shard, batch_size=4), atol=1e-5, rtol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -166,6 +212,7 @@ def test_the_stage_as_ray_tasks_gives_the_single_process_vectors(ray_session, mo
     assert len(report) == len(embed_stage.shard_sizes(distinct, 2)) > 1
     assert sum(row["reads"] for row in report) == distinct
     assert all(row["task"] == embed_stage.TASK_NAME for row in report)
+    assert all(row["precision"] == "fp32 eager" for row in report)  # too few reads per worker to compile
 
 
 @pytest.mark.parametrize(

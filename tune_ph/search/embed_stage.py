@@ -55,8 +55,10 @@ def _embed_shard(encoder: Any, shard: TokenShard, device: str, batch_size: int, 
     started = time.perf_counter()
     vectors = encoder(shard, device=device, batch_size=batch_size)
     context = ray.get_runtime_context()
+    used = getattr(encoder, "precision_used", None)
     return {
         "vectors": vectors,
+        "precision": used(device) if used is not None else "fp32",
         "node": context.get_node_id(),
         "host": ray.util.get_node_ip_address(),
         "pid": os.getpid(),
@@ -128,6 +130,7 @@ def embed_on_cluster(
 
     by_node: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
     hosts: dict[str, str] = {}
+    precisions: dict[str, set[str]] = defaultdict(set)
     started = time.perf_counter()
     try:
         submit()
@@ -142,6 +145,7 @@ def embed_on_cluster(
                 by_node[result["node"]][0] += stop - first
                 by_node[result["node"]][1] += result["seconds"]
                 hosts[result["node"]] = result["host"]
+                precisions[result["node"]].add(result["precision"])
                 if report is not None:
                     report.append({k: v for k, v in result.items() if k != "vectors"} | {"reads": stop - first})
                 progress.update(stop - first)
@@ -153,13 +157,14 @@ def embed_on_cluster(
     seconds = time.perf_counter() - started
     for node, (reads, busy) in sorted(by_node.items(), key=lambda kv: -kv[1][0]):
         log.info(
-            "read vectors: node %s (%s) embedded %d of %d reads (%.0f%%), %.0f reads/s per worker",
+            "read vectors: node %s (%s) embedded %d of %d reads (%.0f%%), %.0f reads/s per worker, %s",
             node[:12],
             hosts[node],
             reads,
             len(shard),
             100 * reads / len(shard),
             reads / max(busy, 1e-9),
+            " / ".join(sorted(precisions[node])),
         )
     log.info(
         "read vectors: %d reads in %d Ray tasks on %d node(s) (%d %s workers) in %.1f s",
