@@ -263,7 +263,7 @@ def stage_main(argv: list[str]) -> None:
         encoder(warm, precision="fp32")  # a compile's time is not counted
         started = time.perf_counter()
         single = reference = encoder(shard, precision="fp32")
-        mode = "fp32, compiled" if args.compile else "fp32"
+        mode = "fp32 compiled" if args.compile else "fp32"
         figures(f"driver, {args.threads} threads, {mode}", len(shard) / (time.perf_counter() - started), args.threads)
         if native:
             # What the stage runs where bf16 is native: bf16 autocast inside the compiled forward (precision
@@ -283,7 +283,7 @@ def stage_main(argv: list[str]) -> None:
                 args.threads,
             )
             if args.compile:
-                reference, mode = bf16, used.replace(" compiled", ", compiled")
+                reference, mode = bf16, used
     rates = {}
     for workers in [int(w) for w in args.workers.split(",") if w]:
         ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
@@ -311,8 +311,9 @@ def stage_main(argv: list[str]) -> None:
                 f"{rates[workers]:.0f} reads/s"
             )
         else:
+            ran = " / ".join(sorted({r["precision"] for r in report}))  # what the workers ran (plan may compile)
             figures(
-                f"Ray, {workers} worker(s), {mode} (max |diff| to the driver's {diff:.1e})",
+                f"Ray, {workers} worker(s), {ran} (max |diff| to the driver's {mode} vectors {diff:.1e})",
                 rates[workers],
                 workers,
             )

@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 CACHE_FORMAT = 3
 SUBFOLDER = "embeddings"
 # Sets whose vectors are recomputed and compared on every cache hit (a forged entry cannot know which), and how
-# closely they must agree: bf16 autocast on a GPU and batch composition move vectors by far less than this.
+# closely they must agree: bf16 autocast (a GPU's, or a compiled CPU forward's, see BF16_MIN_COSINE) and batch
+# composition move vectors by far less than this.
 _SPOT_CHECKS = 2
 _SPOT_TOLERANCE = 0.05
 # Sets per forward pass on a CPU: the forward is bound by element-wise work over a few tensors of sets x tokens x
@@ -88,11 +89,11 @@ def batch_for(device: torch.device, batch_size: int, length: int, d_model: int) 
 # Only a process that embeds at least this many reads compiles; fewer would not pay it back.
 COMPILE_MIN_READS = 20_000
 # Where the CPU computes bf16 natively (cpu_bf16_native), the compiled forward runs under bf16 autocast: measured on a
-# Xeon with AMX (tiny-1k, 264 tokens), 344 reads/s per thread instead of 260, 590 on two threads instead of 427, with
-# a minimum cosine of 1.00000 to fp32. Eager bf16 does not pay (277 vs 271 reads/s: the casts cost what the matmuls
-# save), so an eager forward stays fp32. The bf16 forward is used only where every hidden state of the check batch
-# keeps a cosine of at least BF16_MIN_COSINE to the eager fp32 one, and where its largest difference stays well inside
-# the tolerance that a cache hit's spot check (in fp32) allows.
+# Xeon with AMX (tiny-1k, 264 tokens, random reads), bf16 344 reads/s on one thread vs fp32 260, and 629 vs 498 on two
+# (bench_embeddings --stage --compile), with a minimum cosine of 1.00000 to fp32. Eager bf16 does not pay (bf16 277
+# vs fp32 271 reads/s: the casts cost what the matmuls save), so an eager forward stays fp32. The bf16 forward is
+# used only where every hidden state of the check batch keeps a cosine of at least BF16_MIN_COSINE to the eager fp32
+# one, and where its largest difference stays well inside the tolerance of a cache hit's spot check (in fp32).
 BF16_MIN_COSINE = 0.999
 _BF16_MAX_DIFF = _SPOT_TOLERANCE / 5
 
@@ -117,20 +118,20 @@ def worth_compiling(reads_per_process: float, device: torch.device | str) -> boo
 
 
 def compiled_forward(
-    backbone: HyenaDNAModel, key: str, sample: torch.Tensor, *, bf16: bool = True
+    backbone: HyenaDNAModel, key: str, sample: torch.Tensor, *, allow_bf16: bool = True
 ) -> CompiledForward | None:
     """This process's compiled forward of backbone (key: its weights hash), checked once against the eager fp32
-    forward on ``sample`` (a batch of input ids of the shape every call will have). bf16: try bf16 autocast first
+    forward on ``sample`` (a batch of input ids of the shape every call will have). allow_bf16: try bf16 autocast first
     where this CPU computes bf16 natively (see BF16_MIN_COSINE), else, or when it disagrees, fp32 (within 1e-5 of
     eager). None when compiling fails (no C++ compiler, an unsupported op) or fp32 disagrees too: the caller stays
     eager."""
-    if (key, bf16) in _COMPILED:
-        return _COMPILED[key, bf16]
+    if (key, allow_bf16) in _COMPILED:
+        return _COMPILED[key, allow_bf16]
     device = sample.device
     with torch.inference_mode():
         expected = backbone(sample)
     scale = max(float(expected.abs().max()), 1.0)
-    native = bf16 and device.type == "cpu" and cpu_bf16_native()
+    native = allow_bf16 and device.type == "cpu" and cpu_bf16_native()
     found = None
     for precision in ("bf16", "fp32") if native else ("fp32",):
         started = time.perf_counter()
@@ -150,7 +151,7 @@ def compiled_forward(
         log.info("read vectors: backbone compiled in %.1f s (%s)", time.perf_counter() - started, agreement)
         found = CompiledForward(compiled, precision)
         break
-    _COMPILED[key, bf16] = found
+    _COMPILED[key, allow_bf16] = found
     return found
 
 
@@ -335,19 +336,20 @@ def encode(
     """Run the backbone (eval mode, no gradients) over every sequence of a shard: float32 (n, len(POOLINGS),
     d_model). Sequences are padded to the shard's max_length as everywhere else, so a vector does not depend on
     which other sequences shared its batch. precision: "auto" runs bf16 autocast only inside a compiled forward on
-    a CPU with native bf16 (compiled_forward), else fp32; "fp32" never bf16; "bf16" also eager (precision_for).
-    compile_key: the backbone's weights hash to run this process's compiled forward (compiled_forward); every
-    batch then has the same shape (the last one filled up with padding rows), so it compiles once."""
+    a CPU with native bf16 (compiled_forward), else fp32; "fp32" never bf16; "bf16" eager bf16 autocast too
+    (precision_for), compiled where it agrees with fp32. compile_key: the backbone's weights hash to run this
+    process's compiled forward on a CPU (compiled_forward; ignored on an accelerator); every batch then has the
+    same shape (the last one filled up with padding rows), so it compiles once."""
     device = next(backbone.parameters()).device
     run_precision = precision_for(device, "fp32" if precision == "auto" else precision)
     batch_size = batch_for(device, batch_size, shard.max_length, backbone.config.d_model)
     backbone.eval()
     out = np.zeros((len(shard), len(POOLINGS), backbone.config.d_model), dtype=np.float32)
     compiled = None
-    if compile_key is not None and len(shard):
+    if compile_key is not None and device.type == "cpu" and len(shard):
         first, _ = shard.padded(0, min(batch_size, len(shard)))
         sample = _filled(first.to(device), batch_size)
-        compiled = compiled_forward(backbone, compile_key, sample, bf16=precision != "fp32")
+        compiled = compiled_forward(backbone, compile_key, sample, allow_bf16=precision != "fp32")
     forward, fill = (backbone, 0) if compiled is None else (compiled.forward, batch_size)  # one compiled shape
     if compiled is not None:
         run_precision = compiled.precision

@@ -58,7 +58,7 @@ def _embed_shard(encoder: Any, shard: TokenShard, device: str, batch_size: int, 
     used = getattr(encoder, "precision_used", None)
     return {
         "vectors": vectors,
-        "precision": used(device) if used is not None else "fp32",
+        "precision": used(device) if used is not None else "n/a",  # an encoder without a precision
         "node": context.get_node_id(),
         "host": ray.util.get_node_ip_address(),
         "pid": os.getpid(),
