@@ -184,6 +184,34 @@ def test_bf16_that_fails_leaves_the_compiled_forward_in_fp32(monkeypatch, caplog
     np.testing.assert_allclose(got, embeddings.BackboneEncoder(backbone)(shard, batch_size=4), atol=1e-5, rtol=1e-6)
 
 
+@pytest.mark.parametrize(
+    ("reads", "device", "worth"), [(19_999, "cpu", False), (20_000, "cpu", True), (10**6, "cuda", False)]
+)
+def test_only_a_process_with_enough_reads_on_a_cpu_compiles(reads, device, worth):
+    assert embeddings.worth_compiling(reads, device) is worth
+
+
+def test_shard_parts_are_the_datasets_padded_tokens():
+    dataset = motif_dataset(n_samples=6, max_length=64)
+    index = np.arange(len(dataset))
+    shard = embeddings.shard_of(dataset, index)
+    part = shard.part(3, 7)
+    ids, mask = part.padded(0, 4)
+    want_ids, want_mask = dataset.tokens_of(index[3:7])
+    torch.testing.assert_close(ids, want_ids)
+    torch.testing.assert_close(mask, want_mask)
+
+
+@pytest.mark.parametrize(("n", "workers"), [(0, 2), (1, 2), (63, 2), (1000, 2), (100_000, 2), (10**6, 32)])
+def test_shard_sizes_cover_every_read_in_bounded_parts(n, workers):
+    sizes = embed_stage.shard_sizes(n, workers)
+    assert sum(sizes) == n
+    assert all(0 < s <= embed_stage.MAX_SHARD for s in sizes)
+    if n >= embed_stage.MIN_SHARD * embed_stage.SHARDS_PER_WORKER * workers:
+        assert len(sizes) >= embed_stage.SHARDS_PER_WORKER * workers
+    assert max(sizes, default=0) - min(sizes, default=0) <= 1
+
+
 @pytest.mark.slow  # Ray (the session's instance, 2 CPUs)
 def test_the_stage_as_ray_tasks_gives_the_single_process_vectors(ray_session, monkeypatch):
     monkeypatch.setattr(embed_stage, "MIN_SHARD", 8)  # several tasks even on tiny data
