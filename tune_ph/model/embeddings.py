@@ -317,11 +317,19 @@ class BackboneEncoder:
         """What this process's calls with ``precision`` ran at, in words (a worker reports it: the nodes of one
         cluster may differ): "bf16 compiled", "fp32 compiled", or eager at precision_for's choice."""
         found = _COMPILED.get((self.key, precision != "fp32")) if self.compile else None
-        if found is not None:
-            return f"{found.precision} compiled"
         device = torch.device(device)
-        eager = precision_for(device, "fp32" if precision == "auto" else precision)
-        return f"{eager} eager" if device.type == "cpu" else f"{device.type} autocast"
+        ran = run_precision(device, precision, found)
+        if found is not None:
+            return f"{ran} compiled"
+        return f"{ran} eager" if device.type == "cpu" else f"{device.type} autocast"
+
+
+def run_precision(device: torch.device, precision: str, compiled: CompiledForward | None) -> str:
+    """The precision encode runs at, "fp32" or "bf16": a compiled forward's own, else the eager one ("auto" is fp32
+    eager: eager bf16 does not pay, see BF16_MIN_COSINE)."""
+    if compiled is not None:
+        return compiled.precision
+    return precision_for(device, "fp32" if precision == "auto" else precision)
 
 
 def encode(
@@ -341,7 +349,7 @@ def encode(
     process's compiled forward on a CPU (compiled_forward; ignored on an accelerator); every batch then has the
     same shape (the last one filled up with padding rows), so it compiles once."""
     device = next(backbone.parameters()).device
-    run_precision = precision_for(device, "fp32" if precision == "auto" else precision)
+    precision_for(device, precision)  # an unknown name, or bf16 asked for where it is not native, fails first
     batch_size = batch_for(device, batch_size, shard.max_length, backbone.config.d_model)
     backbone.eval()
     out = np.zeros((len(shard), len(POOLINGS), backbone.config.d_model), dtype=np.float32)
@@ -351,9 +359,7 @@ def encode(
         sample = _filled(first.to(device), batch_size)
         compiled = compiled_forward(backbone, compile_key, sample, allow_bf16=precision != "fp32")
     forward, fill = (backbone, 0) if compiled is None else (compiled.forward, batch_size)  # one compiled shape
-    if compiled is not None:
-        run_precision = compiled.precision
-    with torch.inference_mode(), precision_context(device, run_precision):
+    with torch.inference_mode(), precision_context(device, run_precision(device, precision, compiled)):
         for start in range(0, len(shard), batch_size):
             stop = min(start + batch_size, len(shard))
             ids, mask = shard.padded(start, stop)
