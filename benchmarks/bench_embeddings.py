@@ -189,6 +189,17 @@ class ByteEncoder:
         return out
 
 
+def steady_rate(report: list[dict]) -> float | None:
+    """Reads/s per worker over every task but each worker's first: a worker compiles (and warms up) once, in its first
+    task, so this is the rate of the rest of a long stage. None when no worker ran a second task."""
+    first: dict[int, int] = {}
+    reads = seconds = 0.0
+    for i, row in enumerate(report):  # rows in finishing order: a worker's first row is its first task
+        if first.setdefault(row["pid"], i) != i:
+            reads, seconds = reads + row["reads"], seconds + row["seconds"]
+    return reads / seconds if seconds else None
+
+
 def _rss_gb() -> float:
     import resource
 
@@ -321,6 +332,10 @@ def stage_main(argv: list[str]) -> None:
             f"  {per_worker:.0f} reads/s per worker inside its tasks; {len(report)} tasks; "
             f"peak RSS: driver {_rss_gb():.2f} GB, a worker {worker_rss:.2f} GB"
         )
+        steady = steady_rate(report)
+        if steady is not None and diff is not None:
+            label = "  per worker after its first task (its compile and warm-up, once per process, left out)"
+            figures(label, steady, 1)
     if 1 in rates and 2 in rates:
         print(f"scaling 1 -> 2 workers: x{rates[2] / rates[1]:.2f} ({100 * rates[2] / rates[1] / 2:.0f}% of linear)")
 

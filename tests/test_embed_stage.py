@@ -288,6 +288,24 @@ def test_bench_embeddings_stage_prints_its_figures():
     assert re.search(rf"driver, 1 threads, fp32: {number} reads/s, {number} GFLOP/s \({number}% of the fp32", out)
     match = re.search(r"Ray, 1 worker\(s\), fp32 eager \(max \|diff\| to the driver's fp32 vectors ([\d.e+-]+)\)", out)
     assert match and float(match.group(1)) <= 1e-5, out
+    # 150 reads in shards of 64: the worker ran three tasks, so a rate without its first (compiling) one exists
+    assert re.search(rf"per worker after its first task .*: {number} reads/s, {number} GFLOP/s \({number}% of", out)
+
+
+def test_steady_rate_leaves_out_each_workers_first_task(monkeypatch):
+    from helpers import ROOT
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from bench_embeddings import steady_rate
+
+    rows = [
+        {"pid": 1, "reads": 100, "seconds": 10.0},  # worker 1 compiles
+        {"pid": 2, "reads": 100, "seconds": 20.0},  # worker 2 compiles
+        {"pid": 1, "reads": 300, "seconds": 1.0},
+        {"pid": 2, "reads": 100, "seconds": 1.0},
+    ]
+    assert steady_rate(rows) == 200.0
+    assert steady_rate(rows[:2]) is None
 
 
 def test_cached_vectors_are_memory_mapped_from_an_npy_with_its_hash_beside_it(tmp_path, caplog):
