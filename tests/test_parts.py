@@ -150,22 +150,73 @@ def test_trees_on_several_resolutions_learn_which_organisms_a_sample_holds(tmp_p
     assert metrics["test_r2"] > 0.5
 
 
+def _count_pieces(monkeypatch) -> dict[str, list]:
+    """Record every piece of a clusters fit that is computed rather than shared: PCAs, k-means (k, seed), topics."""
+    from tune_ph.model import clusters as clusters_module
+    from tune_ph.model import streamed
+
+    computed: dict[str, list] = {"pca": [], "kmeans": [], "topics": []}
+    pca, kmeans, topics = (
+        streamed.whitened_pca,
+        clusters_module.kmeans_centroids,
+        ReadClusters.fit_topics,
+    )
+    monkeypatch.setattr(streamed, "whitened_pca", lambda *a, **k: computed["pca"].append(1) or pca(*a, **k))
+    monkeypatch.setattr(
+        clusters_module, "kmeans_centroids", lambda e, k, s: computed["kmeans"].append((k, s)) or kmeans(e, k, s)
+    )
+    monkeypatch.setattr(
+        ReadClusters,
+        "fit_topics",
+        lambda self, counts, seed, fits=None: (
+            computed["topics"].append((seed, fits)) or topics(self, counts, seed, fits)
+        ),
+    )
+    return computed
+
+
 def test_trials_that_ask_for_the_same_clusters_share_one_fit(tmp_path, monkeypatch):
     dataset = organism_dataset(n_samples=24, reads=6, seed=3)
-    calls = []
-    original = ReadClusters.fit_arrays
-    monkeypatch.setattr(
-        ReadClusters, "fit_arrays", lambda self, *args, **kw: calls.append(1) or original(self, *args, **kw)
-    )
+    computed = _count_pieces(monkeypatch)
     monkeypatch.setattr(embeddings, "_FITS", {})  # as a fresh worker: only the cache on disk is shared
     first = fit(clusters_config(tmp_path, epochs=1, abundance="clr"), dataset, progress=False)
+    assert computed == {"pca": [1], "kmeans": [(ORGANISMS, 42)], "topics": []}
     monkeypatch.setattr(embeddings, "_FITS", {})
     second = fit(clusters_config(tmp_path, epochs=1, abundance="relative", head="mlp2"), dataset, progress=False)
-    assert len(calls) == 1  # another abundance and head: the same fit, shared
+    assert computed == {"pca": [1], "kmeans": [(ORGANISMS, 42)], "topics": []}  # another abundance and head: shared
     name = "aggregation.clusters.centroids"
     torch.testing.assert_close(first.best_state.weights[name], second.best_state.weights[name])
     fit(clusters_config(tmp_path, epochs=1, cluster_dims=4), dataset, progress=False)
-    assert len(calls) == 2  # other dimensions: another fit
+    assert computed["pca"] == [1, 1] and computed["kmeans"] == [(ORGANISMS, 42)] * 2  # other dimensions: refitted
+
+
+def test_fits_that_differ_in_levels_fits_or_topics_share_their_common_pieces(tmp_path, monkeypatch):
+    """A fit of one resolution takes the finest k-means of a fit of two, one fit takes the first of three (with its
+    topics), and what is shared equals what a fit of its own computes."""
+    dataset = organism_dataset(n_samples=24, reads=6, seed=3)
+    computed = _count_pieces(monkeypatch)
+    monkeypatch.setattr(embeddings, "_FITS", {})
+    settings = dict(epochs=1, clusters=8, abundance="relative", head="trees", topics=2)
+    wide = fit(clusters_config(tmp_path, cluster_levels=2, cluster_fits=3, **settings), dataset, progress=False)
+    assert computed["kmeans"] == [(8, 42), (2, 42), (8, 43), (2, 43), (8, 44), (2, 44)]
+    assert computed["topics"] == [(42, [0]), (42, [1]), (42, [2])]
+    monkeypatch.setattr(embeddings, "_FITS", {})
+    narrow = fit(clusters_config(tmp_path, cluster_levels=1, cluster_fits=1, **settings), dataset, progress=False)
+    assert len(computed["kmeans"]) == 6 and len(computed["topics"]) == 3 and computed["pca"] == [1]  # all shared
+    monkeypatch.setattr(embeddings, "_FITS", {})
+    alone = fit(
+        clusters_config(tmp_path / "own", cluster_levels=1, cluster_fits=1, **settings), dataset, progress=False
+    )
+    assert len(computed["kmeans"]) == 7 and len(computed["topics"]) == 4  # a cache of its own: computed again
+    for name in ("aggregation.clusters.centroids", "aggregation.clusters.topic_weights"):
+        shared, own = narrow.best_state.weights[name], alone.best_state.weights[name]
+        torch.testing.assert_close(shared, own, rtol=0, atol=0)
+    finest_first_fit = wide.best_state.weights["aggregation.clusters.centroids"][:8]
+    torch.testing.assert_close(narrow.best_state.weights["aggregation.clusters.centroids"], finest_first_fit)
+    torch.testing.assert_close(
+        narrow.best_state.weights["aggregation.clusters.topic_weights"],
+        wide.best_state.weights["aggregation.clusters.topic_weights"][:2],
+    )
 
 
 def _member(name: str, val_r2: float, features: str = "kmer") -> Baseline:

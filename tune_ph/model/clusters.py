@@ -3,6 +3,8 @@ resolutions -> a sample's abundances per cluster; the state the clusters aggrega
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+
 import numpy as np
 import torch
 from torch import nn
@@ -17,6 +19,39 @@ ASSIGN_DISTANCES = 1 << 23
 def level_sizes(clusters: int, levels: int) -> list[int]:
     """Cluster counts of each resolution, finest first: clusters, clusters/4, clusters/16, ... (at least 2 each)."""
     return [clusters // 4**i for i in range(levels) if clusters // 4**i >= 2]
+
+
+# A keeper of a fit's pieces: once(what, settings, fit) -> fit()'s arrays, computed here or kept from an earlier fit.
+FitPieces = Callable[[str, dict[str, int], Callable[[], dict[str, np.ndarray]]], Mapping[str, np.ndarray]]
+
+
+def _compute(what: str, settings: dict[str, int], fit: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return fit()
+
+
+def _embedded_rows(
+    data: np.ndarray, rows: np.ndarray | None, count: int, center: np.ndarray, projection: np.ndarray
+) -> np.ndarray:
+    """The train rows in the clusters' space (count, dims), whitened and L2-normalised a chunk at a time."""
+    embedded = np.empty((count, projection.shape[1]), dtype=np.float32)
+    start = 0
+    for part in streamed.row_chunks(data, rows):
+        # float32 like embed(): the rows are placed as they will be assigned
+        z = torch.from_numpy((part - center) @ projection)
+        embedded[start : start + len(part)] = nn.functional.normalize(z, dim=-1).numpy()
+        start += len(part)
+    return embedded
+
+
+def kmeans_centroids(embedded: np.ndarray, k: int, random_state: int) -> np.ndarray:
+    """k MiniBatchKMeans centroids of the embedded rows: one resolution of one fit."""
+    from sklearn.cluster import MiniBatchKMeans
+
+    return (
+        MiniBatchKMeans(k, batch_size=4096, n_init=1, max_iter=20, random_state=random_state)
+        .fit(embedded)
+        .cluster_centers_
+    )
 
 
 class ReadClusters(nn.Module):
@@ -95,17 +130,24 @@ class ReadClusters(nn.Module):
         self.load_fit(self.fit_arrays(vectors, seed, rows))
 
     def fit_arrays(
-        self, vectors: torch.Tensor | np.ndarray, seed: int, rows: np.ndarray | None = None
+        self,
+        vectors: torch.Tensor | np.ndarray,
+        seed: int,
+        rows: np.ndarray | None = None,
+        once: FitPieces | None = None,
     ) -> dict[str, np.ndarray]:
         """What ``fit`` keeps, as arrays (center, projection, centroids), without keeping it: scikit-learn's
         whitened PCA (streamed.whitened_pca, to float error) and MiniBatchKMeans on train read vectors (N, D), or
-        on the rows ``rows`` of them. A search shares one such fit among the trials that ask for it
-        (embeddings.fit_once).
+        on the rows ``rows`` of them.
+
+        once(what, settings, fit): where a caller keeps each piece for other fits (embeddings.fit_once in a search):
+        the PCA ("pca", no settings) and each k-means ("kmeans", {"clusters": k, "seed": s}) depend on the vectors,
+        the rows and the dimensions only, so a fit of one resolution takes the finest k-means of a fit of four, and
+        one fit takes the first of five. Pieces it is handed are not computed again (the rows are not even embedded
+        when every k-means is handed).
 
         The vectors are read a chunk at a time and may be the embedding cache's memory map: memory holds one
         chunk and the embedded rows (N, dims), never the train rows' vectors (N, D)."""
-        from sklearn.cluster import MiniBatchKMeans
-
         data = vectors.detach().cpu().numpy() if isinstance(vectors, torch.Tensor) else vectors
         count = len(data) if rows is None else len(rows)
         dims = self.centroids.shape[1]
@@ -113,18 +155,18 @@ class ReadClusters(nn.Module):
             raise ConfigError(
                 "clusters", f"{self.levels[0]} clusters need at least as many train read sets, got {count}"
             )
-        center, projection = streamed.whitened_pca(data, dims, rows)
-        embedded = np.empty((count, dims), dtype=np.float32)
-        start = 0
-        for part in streamed.row_chunks(data, rows):
-            # float32 like embed(): the rows are placed as they will be assigned
-            z = torch.from_numpy((part - center) @ projection)
-            embedded[start : start + len(part)] = nn.functional.normalize(z, dim=-1).numpy()
-            start += len(part)
+        once = once or _compute
+        pca = once("pca", {}, lambda: dict(zip(("center", "projection"), streamed.whitened_pca(data, dims, rows))))
+        center, projection = pca["center"], pca["projection"]
+        embedded: list[np.ndarray] = []  # the rows in the clusters' space, embedded when a k-means needs them
+
+        def kmeans(k: int, random_state: int) -> dict[str, np.ndarray]:
+            if not embedded:
+                embedded.append(_embedded_rows(data, rows, count, center, projection))
+            return {"centroids": kmeans_centroids(embedded[0], k, random_state)}
+
         fitted = [
-            MiniBatchKMeans(k, batch_size=4096, n_init=1, max_iter=20, random_state=seed + fit)
-            .fit(embedded)
-            .cluster_centers_
+            once("kmeans", {"clusters": k, "seed": seed + fit}, lambda k=k, s=seed + fit: kmeans(k, s))["centroids"]
             for fit in range(self.fits)
             for k in self.levels
         ]
@@ -206,15 +248,19 @@ class ReadClusters(nn.Module):
     def _per_fit_topics(self) -> list[torch.Tensor]:
         return list(torch.split(self.topic_weights, self.topics))
 
-    def fit_topics(self, counts: torch.Tensor, seed: int) -> np.ndarray:
+    def fit_topics(self, counts: torch.Tensor, seed: int, fits: list[int] | None = None) -> np.ndarray:
         """P(topic | cluster) (fits x topics, finest clusters) from the train samples' counts (samples,
-        n_features): scikit-learn's LDA (batch variational Bayes) on each fit's finest resolution's counts."""
+        n_features): scikit-learn's LDA (batch variational Bayes) on each fit's finest resolution's counts. fits:
+        only these fits' rows (a fit's topics depend on its finest clusters and its seed alone, so a search shares
+        them like the k-means)."""
         from sklearn.decomposition import LatentDirichletAllocation
 
         if len(counts) < 2:
             raise ConfigError("topics", f"topics need at least 2 train samples, got {len(counts)}")
         fitted = []
         for fit, fine in enumerate(self._finest(counts)):
+            if fits is not None and fit not in fits:
+                continue
             lda = LatentDirichletAllocation(self.topics, learning_method="batch", max_iter=50, random_state=seed + fit)
             components = lda.fit(fine.detach().double().cpu().numpy()).components_
             fitted.append(components / components.sum(axis=0, keepdims=True))

@@ -637,8 +637,8 @@ def fit_once(
     else fit() called once and stored. Processes that ask for the same fit at once (a search's trials on one
     node) wait on a file lock for the first one's result instead of fitting it again.
 
-    Meant for ReadClusters.fit: key = fit_key(cache_key(...), "pca-kmeans-v2", rows=train_sets, pooling=...,
-    clusters=K, dims=dims, seed=seed); fit returns {"center", "projection", "centroids"}.
+    Meant for the pieces of ReadClusters.fit_arrays (training.fit._fit_clusters): key = fit_key(vectors key,
+    "kmeans-v3", rows=train_sets, dims=dims, clusters=K, seed=seed); fit returns {"centroids"}.
     """
     if key in _FITS:
         return _FITS[key]

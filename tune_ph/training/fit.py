@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -29,7 +30,7 @@ from tune_ph.metrics import (
 )
 from tune_ph.model import embeddings
 from tune_ph.model.checkpoint import Checkpoint
-from tune_ph.model.clusters import ReadClusters
+from tune_ph.model.clusters import FitPieces, ReadClusters
 from tune_ph.model.read_encoders import kmer_vectors
 from tune_ph.model.regressor import PhRegressor, build_model, configure_optimizer, match_norm, resolve_device
 from tune_ph.training.epoch import make_loss, seed_everything, train_epoch
@@ -288,23 +289,22 @@ def _vectors_key(cfg: TrainConfig, dataset: TokenizedDataset, model: PhRegressor
 
 
 def _fit_clusters(cfg: TrainConfig, dataset: TokenizedDataset, model: PhRegressor, vectors: np.ndarray) -> None:
-    """Fit the read clusters on the train reads' vectors, or take the same fit from another trial of the search
-    (its abundances and head may differ; the fit depends on the vectors, the reads, the sizes and the seed only).
-    The fit reads the train rows a chunk at a time from vectors (the cache's memory map): they are never copied
-    out all at once."""
+    """Fit the read clusters on the train reads' vectors, taking every piece another trial of the search already fit
+    (its abundances and head may differ): the PCA depends on the vectors, the reads and the dimensions; each k-means
+    also on its cluster count and seed, so a fit of one resolution takes the finest of four, and mlp2's one fit the
+    first of trees' five. The fit reads the train rows a chunk at a time from vectors (the cache's memory map): they
+    are never copied out all at once."""
     clusters = model.aggregation.read_clusters
     train_sets = dataset.set_indices("train")
-    key = embeddings.fit_key(
-        _vectors_key(cfg, dataset, model),
-        "pca-kmeans-v2",  # v2: the streamed float64 PCA (v1's float32 covariance could place reads elsewhere)
-        rows=train_sets,
-        clusters=clusters.sizes,
-        dims=cfg.cluster_dims,
-        seed=cfg.seed,
-    )
+    vectors_key = _vectors_key(cfg, dataset, model)
+
+    def once(what: str, settings: dict[str, int], fit: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        # v3: one cache entry per piece (v2 kept a whole fit, so fits that differed in one level shared nothing)
+        key = embeddings.fit_key(vectors_key, f"{what}-v3", rows=train_sets, dims=cfg.cluster_dims, **settings)
+        return embeddings.fit_once(key, fit, cfg.cache_dir)
+
     started = time.perf_counter()
-    arrays = embeddings.fit_once(key, lambda: clusters.fit_arrays(vectors, cfg.seed, rows=train_sets), cfg.cache_dir)
-    clusters.load_fit(arrays)
+    clusters.load_fit(clusters.fit_arrays(vectors, cfg.seed, rows=train_sets, once=once))
     log.info(
         "%s%s clusters of %d train read sets in %.1f s",
         f"{clusters.fits} fits x " if clusters.fits > 1 else "",
@@ -313,25 +313,33 @@ def _fit_clusters(cfg: TrainConfig, dataset: TokenizedDataset, model: PhRegresso
         time.perf_counter() - started,
     )
     if clusters.topics:
-        _fit_topics(cfg, dataset, clusters, vectors, key)
+        _fit_topics(cfg, dataset, clusters, vectors, once)
 
 
 def _fit_topics(
-    cfg: TrainConfig, dataset: TokenizedDataset, clusters: ReadClusters, vectors: np.ndarray, clusters_key: str
+    cfg: TrainConfig, dataset: TokenizedDataset, clusters: ReadClusters, vectors: np.ndarray, once: FitPieces
 ) -> None:
-    """Fit the topics on the train samples' counts in the clusters just fit (shared like the clusters: they depend
-    on that fit, the train reads and their counts, the number of topics and the seed)."""
+    """Fit the topics on the train samples' counts in the clusters just fit, each fit's topics shared like its
+    k-means (they depend on its finest clusters, the train reads and their counts, the number of topics and the
+    seed). The counts are taken only when a fit's topics are not shared."""
     samples, train_sets = dataset.sample_indices("train"), dataset.set_indices("train")
     owner = torch.from_numpy(np.searchsorted(samples, dataset.set_sample[train_sets]))
-    key = embeddings.fit_key(clusters_key, "lda-v1", topics=clusters.topics, seed=cfg.seed)
     started = time.perf_counter()
 
-    def fit() -> dict[str, np.ndarray]:
+    @functools.cache
+    def counts() -> torch.Tensor:
         # Read a chunk of train rows at a time, like the clusters' fit.
-        counts = clusters.counts_of_rows(vectors, train_sets, owner, len(samples), dataset.weights_of(train_sets))
-        return {"topic_weights": clusters.fit_topics(counts, cfg.seed)}
+        return clusters.counts_of_rows(vectors, train_sets, owner, len(samples), dataset.weights_of(train_sets))
 
-    clusters.load_topics(embeddings.fit_once(key, fit, cfg.cache_dir)["topic_weights"])
+    weights = [
+        once(
+            "lda",
+            {"clusters": clusters.levels[0], "seed": cfg.seed + fit, "topics": clusters.topics},
+            lambda fit=fit: {"topic_weights": clusters.fit_topics(counts(), cfg.seed, fits=[fit])},
+        )["topic_weights"]
+        for fit in range(clusters.fits)
+    ]
+    clusters.load_topics(np.concatenate(weights))
     log.info(
         "%s%d topics of %d train samples in %.1f s",
         f"{clusters.fits} fits x " if clusters.fits > 1 else "",
