@@ -3,6 +3,7 @@ resolutions -> a sample's abundances per cluster; the state the clusters aggrega
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -158,12 +159,13 @@ class ReadClusters(nn.Module):
         once = once or _compute
         pca = once("pca", {}, lambda: dict(zip(("center", "projection"), streamed.whitened_pca(data, dims, rows))))
         center, projection = pca["center"], pca["projection"]
-        embedded: list[np.ndarray] = []  # the rows in the clusters' space, embedded when a k-means needs them
+
+        @functools.cache
+        def embedded() -> np.ndarray:  # the rows in the clusters' space, once, when a k-means needs them
+            return _embedded_rows(data, rows, count, center, projection)
 
         def kmeans(k: int, random_state: int) -> dict[str, np.ndarray]:
-            if not embedded:
-                embedded.append(_embedded_rows(data, rows, count, center, projection))
-            return {"centroids": kmeans_centroids(embedded[0], k, random_state)}
+            return {"centroids": kmeans_centroids(embedded(), k, random_state)}
 
         fitted = [
             once("kmeans", {"clusters": k, "seed": seed + fit}, lambda k=k, s=seed + fit: kmeans(k, s))["centroids"]
