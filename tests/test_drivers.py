@@ -128,8 +128,9 @@ def test_the_drivers_of_several_fits_say_which_fit_each_cluster_is_of(tmp_path):
 
 
 def test_features_no_tree_splits_on_are_not_shuffled_and_weigh_nothing(tmp_path, monkeypatch):
-    """Trees read only the features they split on: the drivers shuffle those alone (each shuffle costs a predict,
-    and five cluster fits give thousands of features), and every other feature's importance is exactly 0."""
+    """Trees read only the features they split on: the drivers shuffle those alone (five cluster fits give
+    thousands of features), each by walking the trees that split on it, and every other feature's importance is
+    exactly 0. The walked importances are those of predicting every shuffled val set anew."""
     dataset = organism_dataset(n_samples=80, seed=1)
     cfg = clusters_config(tmp_path, cluster_fits=3, head="trees", abundance="relative", epochs=1)
     result = fit(cfg, dataset, progress=False, metric="val_r2")
@@ -137,12 +138,19 @@ def test_features_no_tree_splits_on_are_not_shuffled_and_weigh_nothing(tmp_path,
     model, state = load_checkpoint(path)
     used = model.head.used_features()
     assert 0 < len(used) < model.aggregation.clusters.n_features
-    predicted = []
-    regress = type(model.head).regress
-    monkeypatch.setattr(type(model.head), "regress", lambda self, x: predicted.append(1) or regress(self, x))
-    table = drivers.cluster_drivers(model, state, dataset, top=model.aggregation.clusters.n_features)
-    assert len(predicted) == 1 + len(used)  # the unshuffled val set, then each used feature once
+    head = type(model.head)
+    predicted, walked = [], []
+    regress, regress_with = head.regress, head.regress_with
+    monkeypatch.setattr(head, "regress", lambda self, x: predicted.append(1) or regress(self, x))
+    monkeypatch.setattr(head, "regress_with", lambda self, *a: walked.append(a[2]) or regress_with(self, *a))
+    every = model.aggregation.clusters.n_features
+    table = drivers.cluster_drivers(model, state, dataset, top=every)
+    assert len(predicted) == 1 and sorted(walked) == sorted(used)  # the unshuffled val set, then each used feature
     feature = (table["fit"] - 1) * ORGANISMS + table["cluster"]  # one resolution of six clusters per fit
-    assert len(table) == model.aggregation.clusters.n_features
+    assert len(table) == every
     assert (table.loc[~feature.isin(used), ["importance", "importance_sd"]] == 0).all().all()
     assert (table.loc[feature.isin(used), "importance"] != 0).any()
+    monkeypatch.setattr(head, "regress_with", lambda self, *a: None)  # a head that cannot: each shuffle predicted
+    anew = drivers.cluster_drivers(model, state, dataset, top=every)
+    assert len(predicted) == 2 + len(used)
+    pd.testing.assert_frame_equal(anew, table, atol=1e-6, rtol=0)

@@ -112,6 +112,43 @@ def test_trees_are_kept_as_text_and_predict_the_same_after_loading(tmp_path):
         wrong_width.regress(features[:2, :5])
 
 
+def test_walking_the_trees_of_one_changed_feature_predicts_what_lightgbm_predicts(tmp_path):
+    """regress_with re-walks only the trees that split on the changed feature (the drivers shuffle thousands of
+    features one by one); its predictions are LightGBM's own, values exactly at a threshold, zeros and NaNs included."""
+    rng = np.random.default_rng(1)
+    features = rng.random((400, 8)).astype(np.float32)
+    features[rng.random(features.shape) < 0.3] = 0.0  # abundances: many zeros
+    target = torch.from_numpy(2 * (features[:, 0] > 0.4) + features[:, 1] - features[:, 2] * features[:, 3])
+    head = TreeHead(8, leaves=15, min_samples=5)
+    x = torch.from_numpy(features)
+    head.fit(x[:300], target[:300].float(), x[300:], target[300:].float())
+    torch.save(head.state_dict(), tmp_path / "head.pt")
+    loaded = TreeHead(8)
+    loaded.load_state_dict(torch.load(tmp_path / "head.pt", weights_only=True))
+    thresholds = np.array([t["threshold"] for t in _splits(head.booster().dump_model()["tree_info"])], np.float32)
+    predicted = head.regress(x)
+    for feature in range(8):
+        values = rng.choice(np.concatenate([features[:, feature], thresholds, [0.0, np.nan]]), 400).astype(np.float32)
+        changed = x.clone()
+        changed[:, feature] = torch.from_numpy(values)
+        expected = head.regress(changed)
+        for walker in (head, loaded):
+            walked = walker.regress_with(x, predicted, feature, torch.from_numpy(values))
+            torch.testing.assert_close(walked, expected, atol=1e-6, rtol=0)
+        assert (walked != predicted).any() == bool(head.used_features().tolist().count(feature))
+
+
+def _splits(trees: list[dict]) -> list[dict]:
+    """Every split node of a LightGBM model dump's trees."""
+    found, stack = [], [t["tree_structure"] for t in trees]
+    while stack:
+        node = stack.pop()
+        if "split_feature" in node:
+            found.append(node)
+            stack += [node["left_child"], node["right_child"]]
+    return found
+
+
 def test_config_rules_of_the_new_parts():
     with pytest.raises(ConfigError, match="trees read a sample's cluster abundances"):
         TrainConfig(head="trees", freeze_backbone=True, aggregation="mean")

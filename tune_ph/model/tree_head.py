@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -66,6 +66,7 @@ class TreeHead(nn.Module):
         }
         self.register_buffer("model_text", torch.zeros(0, dtype=torch.uint8))
         self._booster: Any = None
+        self._trees: tuple[_Forest | None] | None = None  # the booster's trees as arrays (regress_with)
 
     @classmethod
     def from_config(cls, cfg: TrainConfig, width: int) -> TreeHead:
@@ -109,7 +110,7 @@ class TreeHead(nn.Module):
         )
         text = booster.model_to_string(num_iteration=booster.best_iteration)
         self.model_text = torch.frombuffer(bytearray(text.encode()), dtype=torch.uint8).clone()
-        self._booster = booster
+        self._booster, self._trees = booster, None
         return int(booster.best_iteration or booster.current_iteration())
 
     def regress(self, features: torch.Tensor) -> torch.Tensor:
@@ -123,6 +124,23 @@ class TreeHead(nn.Module):
         """The inputs a prediction may depend on: those some tree splits on. Shuffling any other changes nothing,
         so the drivers skip them (most of five cluster fits' 7,000 abundances, each costing a predict)."""
         return np.flatnonzero(self.booster().feature_importance(importance_type="split") > 0)
+
+    def regress_with(
+        self, features: torch.Tensor, predicted: torch.Tensor, feature: int, values: torch.Tensor
+    ) -> torch.Tensor | None:
+        """regress(features) with one feature's column replaced by values (N,), from the predictions as they are
+        (N,): only the trees that split on that feature are walked again (the drivers shuffle thousands of
+        features one by one, and each is in a few trees). None if a tree holds a split the walk does not follow."""
+        if self._trees is None:  # read once: (the trees,) or (None,) when they cannot be walked
+            self._trees = (_Forest.of(self.booster().dump_model()["tree_info"]),)
+        (forest,) = self._trees
+        if forest is None:
+            return None
+        x, new = _numpy(features), _numpy(values)
+        shift = np.zeros(len(x))
+        for tree in forest.splitting_on.get(feature, ()):
+            shift += tree.value[tree.leaves(x, feature, new)] - tree.value[tree.leaves(x)]
+        return (predicted.double() + torch.from_numpy(shift).to(predicted.device)).float()
 
     def booster(self) -> Any:
         """The LightGBM booster the buffer holds (parsed once)."""
@@ -155,11 +173,91 @@ class TreeHead(nn.Module):
         # The model text's length is the fitted model's, not known when the head is built: take the saved size.
         if prefix + "model_text" in state_dict:
             self.model_text = torch.zeros_like(self.checked_text(state_dict[prefix + "model_text"]))
-            self._booster = None
+            self._booster, self._trees = None, None
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         return f"n_features={self.n_features}, leaves={self.params['num_leaves']}, fitted={self.fitted}"
+
+
+class _Tree(NamedTuple):
+    """One regression tree of LightGBM's model dump as arrays: per split its feature, threshold, children (a child
+    >= 0 is a split, ~child a leaf) and where a missing value goes; per leaf its value."""
+
+    feature: np.ndarray
+    threshold: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+    missing_left: np.ndarray
+    value: np.ndarray
+
+    def leaves(self, x: np.ndarray, feature: int = -1, values: np.ndarray | None = None) -> np.ndarray:
+        """Each row's leaf (N,), with `feature` read from values instead of x when given. A row goes left where its
+        value is <= the threshold, a float32 value compared as float64 as LightGBM does."""
+        leaf = np.zeros(len(x), dtype=np.int64)
+        if not len(self.feature):
+            return leaf  # a tree of one leaf
+        node, active = np.zeros(len(x), dtype=np.int64), np.arange(len(x))
+        while len(active):
+            at = node[active]
+            split_feature = self.feature[at]
+            read = x[active, split_feature].astype(np.float64)
+            if values is not None:
+                read = np.where(split_feature == feature, values[active], read)
+            left = np.where(np.isnan(read), self.missing_left[at], read <= self.threshold[at])
+            child = np.where(left, self.left[at], self.right[at])
+            done = child < 0
+            leaf[active[done]] = ~child[done]
+            node[active[~done]] = child[~done]
+            active = active[~done]
+        return leaf
+
+
+class _Forest(NamedTuple):
+    """A booster's trees as arrays, and for each feature the trees that split on it."""
+
+    trees: list[_Tree]
+    splitting_on: dict[int, list[_Tree]]
+
+    @classmethod
+    def of(cls, dump: list[dict[str, Any]]) -> _Forest | None:
+        """The trees of dump_model()["tree_info"], or None if one holds a split other than "value <= threshold"
+        (categorical, or zero taken as missing: LightGBM's own predict is the only reader of those)."""
+        trees, splitting_on = [], {}
+        for info in dump:
+            splits: dict[int, tuple[int, float, int, int, bool]] = {}
+            leaves: dict[int, float] = {}
+            if not _flatten(info["tree_structure"], splits, leaves):
+                return None
+            columns = list(zip(*(splits[i] for i in range(len(splits))))) or [()] * 5
+            feature, threshold, left, right, missing_left = (np.array(c) for c in columns)
+            value = np.array([leaves[i] for i in range(len(leaves))])
+            tree = _Tree(feature.astype(np.int64), threshold.astype(np.float64), left, right, missing_left, value)
+            trees.append(tree)
+            for f in set(feature.tolist()):
+                splitting_on.setdefault(f, []).append(tree)
+        return cls(trees, splitting_on)
+
+
+def _flatten(
+    node: dict[str, Any], splits: dict[int, tuple[int, float, int, int, bool]], leaves: dict[int, float]
+) -> bool:
+    """A dump's node and those under it into splits[split_index] and leaves[leaf_index]; False at a split that is
+    not a plain threshold."""
+    if "leaf_value" in node:
+        leaves[node.get("leaf_index", 0)] = node["leaf_value"]
+        return True
+    if node.get("decision_type") != "<=" or node.get("missing_type") == "Zero":
+        return False
+    children = []
+    for child in (node["left_child"], node["right_child"]):
+        children.append(child["split_index"] if "split_index" in child else ~child.get("leaf_index", 0))
+        if not _flatten(child, splits, leaves):
+            return False
+    # LightGBM reads a NaN as 0 unless the split learnt where missing values go (missing_type NaN).
+    nan_left = node["default_left"] if node.get("missing_type") == "NaN" else 0.0 <= node["threshold"]
+    splits[node["split_index"]] = (node["split_feature"], node["threshold"], *children, bool(nan_left))
+    return True
 
 
 def _numpy(tensor: torch.Tensor) -> np.ndarray:

@@ -85,30 +85,38 @@ def _assign(clusters: ReadClusters, vectors: torch.Tensor) -> tuple[torch.Tensor
 
 
 def _permutation_importance(
-    model: PhRegressor, features: torch.Tensor, true: np.ndarray, scale: float
+    model: PhRegressor, features: torch.Tensor, true: np.ndarray, scale: float, shown: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Each feature's rise in val RMSE (target units) when its values are shuffled among the samples: mean, sd
-    (0 for a feature the head does not read)."""
+    """Each of the first `shown` features' rise in val RMSE (target units) when its values are shuffled among the
+    samples: mean, sd (0 for a feature the head does not read)."""
     rng = np.random.default_rng(SEED)
     n, width = features.shape
     true_std = torch.as_tensor(true, dtype=torch.float64)
 
-    def rmse(batch: torch.Tensor) -> torch.Tensor:
-        predicted = model.head.regress(batch).double().reshape(REPEATS, n) * scale
-        return ((predicted - true_std) ** 2).mean(dim=1).sqrt()
+    def rmse(predicted: torch.Tensor) -> torch.Tensor:
+        return ((predicted.double().reshape(-1, n) * scale - true_std) ** 2).mean(dim=1).sqrt()
 
     with torch.inference_mode():
-        base = float(((model.head.regress(features).double() * scale - true_std) ** 2).mean().sqrt())
+        predicted = model.head.regress(features)
+        base = float(rmse(predicted)[0])
         orders = torch.from_numpy(np.stack([rng.permutation(n) for _ in range(REPEATS)]))
         mean, sd = np.zeros(width), np.zeros(width)
-        tiled = features.repeat(REPEATS, 1)
-        # A head may say which inputs it reads (trees: those split on); one that does not is read on all of them.
+        tiled, unshuffled = features.repeat(REPEATS, 1), predicted.repeat(REPEATS)
+        # A head may say which inputs it reads (trees: those split on) and predict one input's change on its own
+        # (trees: walking only the trees that split on it); one that does not is read on all and predicts anew.
         used = getattr(model.head, "used_features", None)
+        regress_with = getattr(model.head, "regress_with", None)
         for j in used() if used is not None else range(width):
-            column = tiled[:, j].clone()
-            tiled[:, j] = features[orders, j].reshape(-1)
-            rise = (rmse(tiled) - base).numpy()
-            tiled[:, j] = column
+            if j >= shown:
+                continue
+            shuffled = features[orders, j].reshape(-1)
+            moved = None if regress_with is None else regress_with(tiled, unshuffled, int(j), shuffled)
+            if moved is None:
+                column = tiled[:, j].clone()
+                tiled[:, j] = shuffled
+                moved = model.head.regress(tiled)
+                tiled[:, j] = column
+            rise = (rmse(moved) - base).numpy()
             mean[j], sd[j] = rise.mean(), rise.std(ddof=1) if REPEATS > 1 else 0.0
     return mean, sd
 
@@ -166,17 +174,18 @@ def cluster_drivers(
         features = clusters.abundances(chosen, owner, len(samples), weights).float()
         shares = _shares(clusters, clusters.counts(chosen, owner, len(samples), weights))
     true = dataset.ph[samples].astype(np.float64)
+    starts = np.cumsum([0, *clusters.sizes])
+    # Clusters only: a topic has no reads of its own to show (its reads are those of the clusters it gathers), and
+    # the topics' features come after the clusters'.
     # Standardised targets in, target units out: the head predicts (y - mean) / std.
     importance, spread = _permutation_importance(
-        model, features, (true - checkpoint.target_mean), checkpoint.target_std
+        model, features, (true - checkpoint.target_mean), checkpoint.target_std, shown=int(starts[-1])
     )
     low = true <= np.median(true)
     train_sets = dataset.set_indices("train")
     labels, distance = _assign(clusters, every[torch.from_numpy(train_sets)])
-    starts = np.cumsum([0, *clusters.sizes])
     rows = []
-    # Clusters only: a topic has no reads of its own to show (its reads are those of the clusters it gathers).
-    ranked = [f for f in np.argsort(-importance, kind="stable") if f < starts[-1]]
+    ranked = np.argsort(-importance[: starts[-1]], kind="stable")
     for rank, feature in enumerate(ranked[:top], start=1):
         level = int(np.searchsorted(starts, feature, side="right") - 1)
         in_cluster = (labels[:, level] == int(feature)).numpy()
