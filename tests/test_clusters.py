@@ -19,6 +19,7 @@ from tune_ph.model import embeddings
 from tune_ph.model.clusters import ReadClusters
 from tune_ph.model.regressor import build_model, load_checkpoint
 from tune_ph.report.evaluate import evaluate_checkpoint
+from tune_ph.training import fit as fit_module
 from tune_ph.training.fit import fit, seeded_model
 from tune_ph.training.predict import predict
 
@@ -186,6 +187,29 @@ def test_a_random_frozen_backbone_learns_which_organisms_a_sample_holds(tmp_path
     test_ph = dataset.ph[dataset.split == "test"].astype(np.float64)
     r2 = 1 - ((again - test_ph) ** 2).sum() / ((test_ph - test_ph.mean()) ** 2).sum()
     assert metrics["test_r2"] == pytest.approx(r2, abs=1e-5) and metrics["test_r2"] > 0.5
+
+
+@pytest.mark.parametrize(("head", "topics", "sets_per_step"), [("mlp2", 2, 0), ("linear", 0, 3)])
+def test_a_gradient_head_on_fixed_abundances_takes_them_once_per_split_and_learns_the_same(
+    tmp_path, monkeypatch, head, topics, sets_per_step
+):
+    """With every read of a sample in every step, its abundances are the same at every step: they are taken once per
+    split (as the trees' are) instead of assigning every read at every step and validation. Same losses either way.
+    With a few random reads a step they change, and every step assigns its reads."""
+    dataset = organism_dataset(n_samples=40, seed=3)
+    cfg = clusters_config(tmp_path, head=head, topics=topics, sets_per_step=sets_per_step, epochs=4)
+    calls = []
+    assign = ReadClusters.assign
+    monkeypatch.setattr(ReadClusters, "assign", lambda self, v: calls.append(len(v)) or assign(self, v))
+    result = fit(cfg, dataset, progress=False)
+    train, val = len(dataset.set_indices("train")), len(dataset.set_indices("val"))
+    once = train * (topics > 0) + train + val  # the topics' fit counts the train reads; then each split once
+    assert (sum(calls) == once) == (sets_per_step == 0), (sum(calls), once)
+    monkeypatch.setattr(fit_module._Run, "fixed_features", property(lambda self: False))
+    every_step = fit(cfg, dataset, progress=False)
+    for fast, slow in zip(result.history, every_step.history, strict=True):
+        for name in ("train_loss", "val_loss", "val_r2"):
+            assert fast[name] == pytest.approx(slow[name], abs=1e-5), (name, fast[name], slow[name])
 
 
 def _record_calls(monkeypatch, method: str) -> list[tuple[torch.Tensor | np.ndarray, dict, bool]]:

@@ -76,6 +76,10 @@ class PhRegressor(nn.Module):
         each set stands for (TokenizedDataset.set_weight)."""
         return self.aggregation(vectors, owner, num_samples, self.head, weights).float()
 
+    def from_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Samples' fixed head inputs (num_samples, F; aggregation.features) -> standardised pH per sample."""
+        return self.head.regress(features).float()
+
     def forward(
         self,
         input_ids: torch.Tensor,

@@ -64,8 +64,12 @@ def train_epoch(
     device: torch.device,
     progress: bool,
     vectors: torch.Tensor | None = None,
+    features: torch.Tensor | None = None,
 ) -> float:
-    """One pass over the train samples: each step takes batch_size samples, sets_per_step random sets of each."""
+    """One pass over the train samples: each step takes batch_size samples, sets_per_step random sets of each.
+
+    vectors: a frozen backbone's cached set vectors (only the rest trains); features: the train samples' fixed head
+    inputs (cluster abundances of every set, in sample_indices order): the head alone trains on them."""
     model.train()
     check_every = _CUDA_CHECK_EVERY if device.type == "cuda" else 1
     # Losses stay on the device and are read in chunks: one host sync per chunk, not per step.
@@ -80,6 +84,7 @@ def train_epoch(
     bar = tqdm(choices, total=n_batches, desc=f"epoch {epoch}/{cfg.epochs}", disable=bar_disable(progress), leave=False)
     pending = 0
     step = 0
+    train_samples = dataset.sample_indices("train")
     for step, choice in enumerate(bar, start=1):
         owner = torch.from_numpy(choice.owner).to(device, non_blocking=True)
         count = len(choice.sample_index)
@@ -87,7 +92,10 @@ def train_epoch(
         target = (ph.float() - target_mean) / target_std
         weights = dataset.weights_of(choice.set_index)
         weights = weights.to(device, non_blocking=True) if weights is not None else None
-        if vectors is not None:  # frozen backbone: its pooled vectors are cached, only the rest trains
+        if features is not None:
+            rows = torch.from_numpy(np.searchsorted(train_samples, choice.sample_index))
+            pred = model.from_features(features[rows].to(device, non_blocking=True))
+        elif vectors is not None:  # frozen backbone: its pooled vectors are cached, only the rest trains
             chosen = vectors[torch.from_numpy(choice.set_index)].to(device)
             pred = model.from_set_vectors(chosen, owner, count, weights)
         else:

@@ -32,7 +32,14 @@ from tune_ph.model import embeddings
 from tune_ph.model.checkpoint import Checkpoint
 from tune_ph.model.clusters import FitPieces, ReadClusters
 from tune_ph.model.read_encoders import kmer_vectors
-from tune_ph.model.regressor import PhRegressor, build_model, configure_optimizer, match_norm, resolve_device
+from tune_ph.model.regressor import (
+    PhRegressor,
+    autocast,
+    build_model,
+    configure_optimizer,
+    match_norm,
+    resolve_device,
+)
 from tune_ph.training.epoch import make_loss, seed_everything, train_epoch
 from tune_ph.training.predict import predict
 
@@ -99,11 +106,21 @@ class _Run:
         # chunk by chunk; through a tensor of it they are not.
         self.vector_array: np.ndarray | None = None
         self._cached: Checkpoint | None = None
+        self._features: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # split_features, once per split
 
     @property
     def vectors(self) -> torch.Tensor | None:
         """The set vectors as a tensor sharing vector_array's memory (no copy)."""
         return None if self.vector_array is None else embeddings.as_tensor(self.vector_array)
+
+    @property
+    def fixed_features(self) -> bool:
+        """Whether each sample's head inputs are the same at every step: a frozen encoder's vectors, an aggregation
+        that gives features (cluster abundances) and every set of a sample in every step. Then they are taken once
+        per split, as the trees' are, instead of assigning every read to its clusters at every step and epoch."""
+        return (
+            self.vector_array is not None and self.model.aggregation.gives_features and self.cfg.sets_per_step is None
+        )
 
     def resume(self, state: Checkpoint) -> None:
         """Continue from a checkpoint: its weights, optimizer and history; training goes on at its epoch + 1."""
@@ -151,6 +168,36 @@ class _Run:
         self.epoch = epoch
         started = time.perf_counter()
         train_loss = self.grow_trees() if self.trees else self.train_epoch(epoch, progress)
+        true, predicted = self.validate()
+        # Val loss in standardised units, so it is comparable with the train loss.
+        val_loss = float(
+            self.loss_fn(
+                torch.from_numpy((predicted - self.target_mean) / self.target_std),
+                torch.from_numpy((true - self.target_mean) / self.target_std),
+            )
+        )
+        metrics: dict[str, Any] = {
+            "epoch": epoch,
+            TRAIN_LOSS: train_loss,
+            VAL_LOSS: val_loss,
+            **regression_metrics(true, predicted, split="val"),
+            "lr": self.optimizer.param_groups[0]["lr"] if self.optimizer is not None else self.cfg.tree_learning_rate,
+            "epoch_seconds": time.perf_counter() - started,
+        }
+        if self.scheduler is not None:
+            self.scheduler.step(val_loss)
+        self.history.append(metrics)
+        return metrics
+
+    def validate(self) -> tuple[np.ndarray, np.ndarray]:
+        """The val samples' true and predicted targets (target units)."""
+        if self.fixed_features:
+            features, _ = self.split_features("val")
+            self.model.eval()
+            with torch.inference_mode(), autocast(self.device):
+                predicted = self.model.from_features(features.to(self.device)).double().cpu().numpy()
+            true = self.dataset.ph[self.dataset.sample_indices("val")].astype(np.float64)
+            return true, predicted * self.target_std + self.target_mean
         val = predict(
             self.model,
             self.dataset,
@@ -162,25 +209,7 @@ class _Run:
             device=self.device,
             vectors=self.vectors,
         )
-        # Val loss in standardised units, so it is comparable with the train loss.
-        val_loss = float(
-            self.loss_fn(
-                torch.from_numpy((val.predicted - self.target_mean) / self.target_std),
-                torch.from_numpy((val.true - self.target_mean) / self.target_std),
-            )
-        )
-        metrics: dict[str, Any] = {
-            "epoch": epoch,
-            TRAIN_LOSS: train_loss,
-            VAL_LOSS: val_loss,
-            **regression_metrics(val.true, val.predicted, split="val"),
-            "lr": self.optimizer.param_groups[0]["lr"] if self.optimizer is not None else self.cfg.tree_learning_rate,
-            "epoch_seconds": time.perf_counter() - started,
-        }
-        if self.scheduler is not None:
-            self.scheduler.step(val_loss)
-        self.history.append(metrics)
-        return metrics
+        return val.true, val.predicted
 
     def train_epoch(self, epoch: int, progress: bool) -> float:
         """One epoch of gradient steps over the train samples: its mean loss."""
@@ -196,10 +225,17 @@ class _Run:
             device=self.device,
             progress=progress,
             vectors=self.vectors,
+            features=self.split_features("train")[0] if self.fixed_features else None,
         )
 
     def split_features(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """The abundances (samples, features) of a split's samples and their standardised pH, from the vectors."""
+        """The abundances (samples, features) of a split's samples and their standardised pH, from the vectors
+        (taken once: the clusters are fit before training and do not move)."""
+        if split not in self._features:
+            self._features[split] = self._split_features(split)
+        return self._features[split]
+
+    def _split_features(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         samples = self.dataset.sample_indices(split)
         sets = self.dataset.set_indices(split)
         owner = torch.from_numpy(np.searchsorted(samples, self.dataset.set_sample[sets]))
