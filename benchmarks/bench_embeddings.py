@@ -135,6 +135,35 @@ def matmul_peak(dtype: torch.dtype, threads: int, seconds: float = 1.5) -> float
     return best
 
 
+def _matmul_rate(barrier, results, seconds: float) -> None:
+    """One process: 1-thread fp32 matmuls (1024) for `seconds` once every process is ready -> GFLOP/s."""
+    torch.set_num_threads(1)
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    a @ b
+    barrier.wait()
+    reps, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        a @ b
+        reps += 1
+    results.put(2 * 1024**3 * reps / (time.perf_counter() - started) / 1e9)
+
+
+def concurrent_matmul(processes: int, seconds: float = 3.0) -> float:
+    """GFLOP/s summed over `processes` separate 1-thread processes doing fp32 matmuls at the same time: how far the
+    machine itself scales independent workers (its cores may share a physical core, caches or a host's time)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(processes), context.Queue()
+    workers = [context.Process(target=_matmul_rate, args=(barrier, results, seconds)) for _ in range(processes)]
+    for worker in workers:
+        worker.start()
+    total = sum(results.get(timeout=120 + seconds) for _ in workers)
+    for worker in workers:
+        worker.join()
+    return total
+
+
 def encoder_flops(config: dict, length: int) -> dict[str, float]:
     """FLOPs of one read of `length` tokens through the backbone: the projections (in_proj, out_proj), the FFT long
     convolutions (forward and inverse real FFTs, 2.5 N log2 N each, and the spectral product) and the MLP."""
@@ -337,7 +366,13 @@ def stage_main(argv: list[str]) -> None:
             label = "  per worker after its first task (its compile and warm-up, once per process, left out)"
             figures(label, steady, 1)
     if 1 in rates and 2 in rates:
-        print(f"scaling 1 -> 2 workers: x{rates[2] / rates[1]:.2f} ({100 * rates[2] / rates[1] / 2:.0f}% of linear)")
+        # The same question put to the machine alone: two 1-thread matmul processes at once against one.
+        alone, both = concurrent_matmul(1), concurrent_matmul(2)
+        print(
+            f"scaling 1 -> 2 workers: x{rates[2] / rates[1]:.2f} ({100 * rates[2] / rates[1] / 2:.0f}% of linear); "
+            f"the machine's own, 2 one-thread fp32 matmul processes at once against 1: x{both / alone:.2f} "
+            f"({alone:.1f} -> {both:.1f} GFLOP/s)"
+        )
 
 
 if __name__ == "__main__":

@@ -272,7 +272,7 @@ def test_bench_embeddings_stage_prints_its_figures():
     from helpers import ROOT
 
     tiny = '{"d_model": 16, "n_layer": 1, "d_inner": 32, "filter_order": 16, "l_max": 66}'
-    argv = ["--stage", "--reads", "150", "--length", "64", "--model-config", tiny, "--workers", "1", "--threads", "1"]
+    argv = ["--stage", "--reads", "150", "--length", "64", "--model-config", tiny, "--workers", "1,2", "--threads", "1"]
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "bench_embeddings.py"), *argv],
         capture_output=True,
@@ -290,6 +290,8 @@ def test_bench_embeddings_stage_prints_its_figures():
     assert match and float(match.group(1)) <= 1e-5, out
     # 150 reads in shards of 64: the worker ran three tasks, so a rate without its first (compiling) one exists
     assert re.search(rf"per worker after its first task .*: {number} reads/s, {number} GFLOP/s \({number}% of", out)
+    # Two workers' scaling beside the machine's own for two independent processes
+    assert re.search(rf"scaling 1 -> 2 workers: x{number} .*matmul processes at once against 1: x{number}", out)
 
 
 def test_steady_rate_leaves_out_each_workers_first_task(monkeypatch):
