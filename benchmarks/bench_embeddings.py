@@ -140,7 +140,7 @@ def _matmul_rate(barrier, results, seconds: float) -> None:
     torch.set_num_threads(1)
     a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
     a @ b
-    barrier.wait()
+    barrier.wait(timeout=120)
     reps, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
         a @ b
@@ -155,13 +155,17 @@ def concurrent_matmul(processes: int, seconds: float = 3.0) -> float:
 
     context = multiprocessing.get_context("spawn")
     barrier, results = context.Barrier(processes), context.Queue()
-    workers = [context.Process(target=_matmul_rate, args=(barrier, results, seconds)) for _ in range(processes)]
+    workers = [
+        context.Process(target=_matmul_rate, args=(barrier, results, seconds), daemon=True) for _ in range(processes)
+    ]
     for worker in workers:
         worker.start()
-    total = sum(results.get(timeout=120 + seconds) for _ in workers)
-    for worker in workers:
-        worker.join()
-    return total
+    try:
+        return sum(results.get(timeout=240 + seconds) for _ in workers)
+    finally:
+        for worker in workers:  # one that failed must not keep the others, or the benchmark, waiting
+            worker.terminate()
+            worker.join()
 
 
 def encoder_flops(config: dict, length: int) -> dict[str, float]:

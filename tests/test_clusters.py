@@ -212,6 +212,14 @@ def test_a_gradient_head_on_fixed_abundances_takes_them_once_per_split_and_learn
             assert fast[name] == pytest.approx(slow[name], abs=1e-5), (name, fast[name], slow[name])
 
 
+def test_fixed_abundances_without_val_samples_stop_with_the_split_named(tmp_path):
+    dataset = organism_dataset(n_samples=30, seed=3)
+    dataset.split[dataset.split == "val"] = "test"
+    assert not len(dataset.sample_indices("val"))
+    with pytest.raises(ValueError, match="the 'val' split has no samples"):
+        fit(clusters_config(tmp_path, head="mlp2", epochs=2), dataset, progress=False)
+
+
 def _record_calls(monkeypatch, method: str) -> list[tuple[torch.Tensor | np.ndarray, dict, bool]]:
     """What every call of ReadClusters.<method>(data, seed, **keywords) is given, as it runs on: a copy of the data
     (vectors or counts), the keywords, and whether the data was a memory map."""

@@ -114,14 +114,17 @@ def test_trees_are_kept_as_text_and_predict_the_same_after_loading(tmp_path):
 
 def test_walking_the_trees_of_one_changed_feature_predicts_what_lightgbm_predicts(tmp_path):
     """regress_with re-walks only the trees that split on the changed feature (the drivers shuffle thousands of
-    features one by one); its predictions are LightGBM's own, values exactly at a threshold, zeros and NaNs included."""
+    features one by one); its predictions are LightGBM's own, values exactly at a threshold, zeros, NaNs and
+    infinities included. A model whose prediction is more than a sum of leaves is left to LightGBM."""
     rng = np.random.default_rng(1)
     features = rng.random((400, 8)).astype(np.float32)
     features[rng.random(features.shape) < 0.3] = 0.0  # abundances: many zeros
     target = torch.from_numpy(2 * (features[:, 0] > 0.4) + features[:, 1] - features[:, 2] * features[:, 3])
+    features[rng.random(features.shape) < 0.05] = np.nan  # so that splits learn where missing values go
     head = TreeHead(8, leaves=15, min_samples=5)
     x = torch.from_numpy(features)
     head.fit(x[:300], target[:300].float(), x[300:], target[300:].float())
+    assert any(split["missing_type"] == "NaN" for split in _splits(head.booster().dump_model()["tree_info"]))
     torch.save(head.state_dict(), tmp_path / "head.pt")
     loaded = TreeHead(8)
     loaded.load_state_dict(torch.load(tmp_path / "head.pt", weights_only=True))
@@ -136,6 +139,13 @@ def test_walking_the_trees_of_one_changed_feature_predicts_what_lightgbm_predict
             walked = walker.regress_with(x, predicted, feature, torch.from_numpy(values))
             torch.testing.assert_close(walked, expected, atol=1e-6, rtol=0)
         assert (walked != predicted).any() == bool(head.used_features().tolist().count(feature))
+    # Where a prediction is more than a sum of leaves reached by thresholds, LightGBM's own predict must answer.
+    for setting in ({"zero_as_missing": True}, {"objective": "poisson"}, {"linear_tree": True}):
+        other = TreeHead(8, leaves=15, min_samples=5)
+        other.params.update(setting)
+        positive = target.abs().float() + 0.1
+        other.fit(x[:300], positive[:300], x[300:], positive[300:])
+        assert other.regress_with(x, other.regress(x), 0, x[:, 1]) is None, setting
 
 
 def _splits(trees: list[dict]) -> list[dict]:

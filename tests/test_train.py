@@ -147,6 +147,10 @@ def test_resume_continues_at_the_next_epoch(dataset: TokenizedDataset) -> None:
     assert epochs_run == [3, 4]
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
     assert resumed.history[:2] == first.history
+    # The checkpoint is read, not moved: a second resume from the same object trains the same epochs.
+    again = fit(cfg(epochs=4, lr_scheduler="plateau"), dataset, progress=False, resume_from=state)
+    losses = [h[name] for h in again.history[2:] for name in ("train_loss", "val_loss")]
+    assert losses == pytest.approx([h[name] for h in resumed.history[2:] for name in ("train_loss", "val_loss")])
     # Nothing left to do: resuming a finished run returns at once.
     done: list[int] = []
     fit(cfg(epochs=2), dataset, progress=False, resume_from=state, on_epoch_end=lambda m, _s: done.append(m["epoch"]))

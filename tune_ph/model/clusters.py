@@ -206,14 +206,17 @@ class ReadClusters(nn.Module):
         """Each sample's read count in every cluster of every resolution, then in every topic (num_samples,
         n_features); weights (N,): the reads each set stands for (a feature table's counts), else 1 each."""
         counts = vectors.new_zeros((num_samples, sum(self.sizes)), dtype=torch.float32)
-        labels = self.assign(vectors)
-        rows = owner.unsqueeze(1).expand_as(labels)
-        ones = counts.new_ones(labels.shape)
-        added = ones if weights is None else ones * weights.to(counts).unsqueeze(1)
-        counts.index_put_((rows.reshape(-1), labels.reshape(-1)), added.reshape(-1), accumulate=True)
-        if self.topics:
-            topics = [fine @ weights.T for fine, weights in zip(self._finest(counts), self._per_fit_topics())]
-            counts = torch.cat([counts, *topics], dim=1)
+        # fp32 whatever the caller's autocast (bf16 on CUDA in predict): a read lands in the same cluster in training,
+        # validation and the test evaluation.
+        with torch.autocast(counts.device.type, enabled=False):
+            labels = self.assign(vectors)
+            rows = owner.unsqueeze(1).expand_as(labels)
+            ones = counts.new_ones(labels.shape)
+            added = ones if weights is None else ones * weights.to(counts).unsqueeze(1)
+            counts.index_put_((rows.reshape(-1), labels.reshape(-1)), added.reshape(-1), accumulate=True)
+            if self.topics:
+                topics = [fine @ weights.T for fine, weights in zip(self._finest(counts), self._per_fit_topics())]
+                counts = torch.cat([counts, *topics], dim=1)
         return counts
 
     def counts_of_rows(

@@ -66,7 +66,9 @@ class TreeHead(nn.Module):
         }
         self.register_buffer("model_text", torch.zeros(0, dtype=torch.uint8))
         self._booster: Any = None
-        self._trees: tuple[_Forest | None] | None = None  # the booster's trees as arrays (regress_with)
+        # The booster's trees as arrays for regress_with, read once (None when they cannot be walked)
+        self._trees: _Forest | None = None
+        self._trees_read = False
 
     @classmethod
     def from_config(cls, cfg: TrainConfig, width: int) -> TreeHead:
@@ -110,7 +112,7 @@ class TreeHead(nn.Module):
         )
         text = booster.model_to_string(num_iteration=booster.best_iteration)
         self.model_text = torch.frombuffer(bytearray(text.encode()), dtype=torch.uint8).clone()
-        self._booster, self._trees = booster, None
+        self._booster, self._trees, self._trees_read = booster, None, False
         return int(booster.best_iteration or booster.current_iteration())
 
     def regress(self, features: torch.Tensor) -> torch.Tensor:
@@ -122,7 +124,7 @@ class TreeHead(nn.Module):
 
     def used_features(self) -> np.ndarray:
         """The inputs a prediction may depend on: those some tree splits on. Shuffling any other changes nothing,
-        so the drivers skip them (most of five cluster fits' 7,000 abundances, each costing a predict)."""
+        so the drivers skip them (most of five cluster fits' 7,000 abundances)."""
         return np.flatnonzero(self.booster().feature_importance(importance_type="split") > 0)
 
     def regress_with(
@@ -131,9 +133,9 @@ class TreeHead(nn.Module):
         """regress(features) with one feature's column replaced by values (N,), from the predictions as they are
         (N,): only the trees that split on that feature are walked again (the drivers shuffle thousands of
         features one by one, and each is in a few trees). None if a tree holds a split the walk does not follow."""
-        if self._trees is None:  # read once: (the trees,) or (None,) when they cannot be walked
-            self._trees = (_Forest.of(self.booster().dump_model()["tree_info"]),)
-        (forest,) = self._trees
+        if not self._trees_read:
+            self._trees, self._trees_read = _Forest.of(self.booster().dump_model()), True
+        forest = self._trees
         if forest is None:
             return None
         x, new = _numpy(features), _numpy(values)
@@ -173,7 +175,7 @@ class TreeHead(nn.Module):
         # The model text's length is the fitted model's, not known when the head is built: take the saved size.
         if prefix + "model_text" in state_dict:
             self.model_text = torch.zeros_like(self.checked_text(state_dict[prefix + "model_text"]))
-            self._booster, self._trees = None, None
+            self._booster, self._trees, self._trees_read = None, None, False
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
@@ -204,6 +206,7 @@ class _Tree(NamedTuple):
             read = x[active, split_feature].astype(np.float64)
             if values is not None:
                 read = np.where(split_feature == feature, values[active], read)
+            read = np.clip(read, -1e300, 1e300)  # LightGBM reads an infinite value as ±1e300
             left = np.where(np.isnan(read), self.missing_left[at], read <= self.threshold[at])
             child = np.where(left, self.left[at], self.right[at])
             done = child < 0
@@ -214,17 +217,19 @@ class _Tree(NamedTuple):
 
 
 class _Forest(NamedTuple):
-    """A booster's trees as arrays, and for each feature the trees that split on it."""
+    """A booster's trees as arrays, for each feature the trees that split on it."""
 
-    trees: list[_Tree]
     splitting_on: dict[int, list[_Tree]]
 
     @classmethod
-    def of(cls, dump: list[dict[str, Any]]) -> _Forest | None:
-        """The trees of dump_model()["tree_info"], or None if one holds a split other than "value <= threshold"
-        (categorical, or zero taken as missing: LightGBM's own predict is the only reader of those)."""
-        trees, splitting_on = [], {}
-        for info in dump:
+    def of(cls, dump: dict[str, Any]) -> _Forest | None:
+        """The trees of a dump_model(), or None where a prediction is more than the sum of leaf values reached by
+        "value <= threshold" splits: another objective (its output transformed), linear trees, categorical splits
+        or zero taken as missing. LightGBM's own predict is the only reader of those."""
+        if str(dump.get("objective", "")).split(" ")[0] != "regression":
+            return None
+        splitting_on: dict[int, list[_Tree]] = {}
+        for info in dump["tree_info"]:
             splits: dict[int, tuple[int, float, int, int, bool]] = {}
             leaves: dict[int, float] = {}
             if not _flatten(info["tree_structure"], splits, leaves):
@@ -233,10 +238,9 @@ class _Forest(NamedTuple):
             feature, threshold, left, right, missing_left = (np.array(c) for c in columns)
             value = np.array([leaves[i] for i in range(len(leaves))])
             tree = _Tree(feature.astype(np.int64), threshold.astype(np.float64), left, right, missing_left, value)
-            trees.append(tree)
             for f in set(feature.tolist()):
                 splitting_on.setdefault(f, []).append(tree)
-        return cls(trees, splitting_on)
+        return cls(splitting_on)
 
 
 def _flatten(
@@ -246,7 +250,7 @@ def _flatten(
     not a plain threshold."""
     if "leaf_value" in node:
         leaves[node.get("leaf_index", 0)] = node["leaf_value"]
-        return True
+        return "leaf_coeff" not in node  # a linear tree's leaf is a function of the row, not a value
     if node.get("decision_type") != "<=" or node.get("missing_type") == "Zero":
         return False
     children = []

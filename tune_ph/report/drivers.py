@@ -88,7 +88,7 @@ def _permutation_importance(
     model: PhRegressor, features: torch.Tensor, true: np.ndarray, scale: float, shown: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each of the first `shown` features' rise in val RMSE (target units) when its values are shuffled among the
-    samples: mean, sd (0 for a feature the head does not read)."""
+    samples: mean, sd (0 for a feature the head does not read, and for every feature from `shown` on)."""
     rng = np.random.default_rng(SEED)
     n, width = features.shape
     true_std = torch.as_tensor(true, dtype=torch.float64)

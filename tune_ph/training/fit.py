@@ -129,7 +129,9 @@ class _Run:
         match_norm(self.model, state.weights)
         self.model.load_state_dict(state.weights)
         if self.optimizer is not None:
-            self.optimizer.load_state_dict(state.optimizer)
+            # A copy: the optimizer would otherwise step the checkpoint's own moment tensors, and a second resume
+            # from the same in-memory checkpoint would start from moved ones.
+            self.optimizer.load_state_dict(copy.deepcopy(state.optimizer))
         if self.scheduler is not None and state.scheduler is not None:
             self.scheduler.load_state_dict(state.scheduler)
         self.history = list(state.history)
@@ -192,6 +194,8 @@ class _Run:
     def validate(self) -> tuple[np.ndarray, np.ndarray]:
         """The val samples' true and predicted targets (target units)."""
         if self.fixed_features:
+            if not len(self.dataset.sample_indices("val")):
+                raise ValueError("the 'val' split has no samples; check the split fractions and the dataset size")
             features, _ = self.split_features("val")
             self.model.eval()
             with torch.inference_mode(), autocast(self.device):
