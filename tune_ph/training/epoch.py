@@ -10,7 +10,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from tune_ph.config import TrainConfig
-from tune_ph.data.tokens import TokenizedDataset
+from tune_ph.data.tokens import SetChoice, TokenizedDataset
 from tune_ph.errors import RunFailure
 from tune_ph.model.regressor import PhRegressor, autocast
 from tune_ph.progress import bar_disable
@@ -51,6 +51,22 @@ def _check_finite(losses: torch.Tensor, count: int, first_batch: int, epoch: int
         )
 
 
+def _from_sets(
+    model: PhRegressor, dataset: TokenizedDataset, choice: SetChoice, device: torch.device, vectors: torch.Tensor | None
+) -> torch.Tensor:
+    """One step's standardised predictions from its chosen sets: their cached vectors, else the backbone."""
+    owner = torch.from_numpy(choice.owner).to(device, non_blocking=True)
+    count = len(choice.sample_index)
+    weights = dataset.weights_of(choice.set_index)
+    weights = weights.to(device, non_blocking=True) if weights is not None else None
+    if vectors is not None:  # frozen backbone: its pooled vectors are cached, only the rest trains
+        chosen = vectors[torch.from_numpy(choice.set_index)].to(device)
+        return model.from_set_vectors(chosen, owner, count, weights)
+    ids, mask = dataset.tokens_of(choice.set_index)
+    with autocast(device):
+        return model(ids.to(device, non_blocking=True), mask.to(device, non_blocking=True), owner, count, weights)
+
+
 def train_epoch(
     model: PhRegressor,
     dataset: TokenizedDataset,
@@ -86,24 +102,13 @@ def train_epoch(
     step = 0
     train_samples = dataset.sample_indices("train")
     for step, choice in enumerate(bar, start=1):
-        owner = torch.from_numpy(choice.owner).to(device, non_blocking=True)
-        count = len(choice.sample_index)
         ph = torch.from_numpy(dataset.ph[choice.sample_index]).to(device, non_blocking=True)
         target = (ph.float() - target_mean) / target_std
-        weights = dataset.weights_of(choice.set_index)
-        weights = weights.to(device, non_blocking=True) if weights is not None else None
         if features is not None:
             rows = torch.from_numpy(np.searchsorted(train_samples, choice.sample_index))
             pred = model.from_features(features[rows].to(device, non_blocking=True))
-        elif vectors is not None:  # frozen backbone: its pooled vectors are cached, only the rest trains
-            chosen = vectors[torch.from_numpy(choice.set_index)].to(device)
-            pred = model.from_set_vectors(chosen, owner, count, weights)
         else:
-            ids, mask = dataset.tokens_of(choice.set_index)
-            with autocast(device):
-                pred = model(
-                    ids.to(device, non_blocking=True), mask.to(device, non_blocking=True), owner, count, weights
-                )
+            pred = _from_sets(model, dataset, choice, device, vectors)
         loss = loss_fn(pred, target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

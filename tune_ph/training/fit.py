@@ -194,8 +194,6 @@ class _Run:
     def validate(self) -> tuple[np.ndarray, np.ndarray]:
         """The val samples' true and predicted targets (target units)."""
         if self.fixed_features:
-            if not len(self.dataset.sample_indices("val")):
-                raise ValueError("the 'val' split has no samples; check the split fractions and the dataset size")
             features, _ = self.split_features("val")
             self.model.eval()
             with torch.inference_mode(), autocast(self.device):
@@ -241,6 +239,8 @@ class _Run:
 
     def _split_features(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         samples = self.dataset.sample_indices(split)
+        if not len(samples):  # as predict says it: a table of no rows would give NaN metrics, or a LightGBM error
+            raise ValueError(f"the {split!r} split has no samples; check the split fractions and the dataset size")
         sets = self.dataset.set_indices(split)
         owner = torch.from_numpy(np.searchsorted(samples, self.dataset.set_sample[sets]))
         weights = self.dataset.weights_of(sets)
